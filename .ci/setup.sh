@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what hivecore needs, only what is missing; quiet and idempotent.
+#   - Debian/Ubuntu as root: git, nix-bin, chromium via apt (when absent)
+#   - a virtualenv in .venv with hivecore installed editable, with its dev extra
+# Usage: .ci/setup.sh [--no-browser]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_browser=1
+[ "${1:-}" = "--no-browser" ] && want_browser=0
+
+missing=()
+command -v git >/dev/null 2>&1 || missing+=(git)
+command -v nix >/dev/null 2>&1 || missing+=(nix-bin)
+if [ "$want_browser" = 1 ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing ${missing[*]} (apt)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "setup: warning: missing ${missing[*]}; install them (as root on Debian: apt-get install ${missing[*]})" >&2
+    fi
+fi
+
+python=${PYTHON:-python3}
+stamp=".venv/.hivecore-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+    echo "setup: preparing .venv (pip install -e '.[dev]')"
+    [ -x .venv/bin/python ] || "$python" -m venv .venv
+    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    rm -f .venv/.hivecore-*
+    touch "$stamp"
+fi

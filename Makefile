@@ -1,0 +1,27 @@
+# Quick start (README): `make run` starts the daemon, `make test` runs the whole suite.
+# Both install what is missing first (.ci/setup.sh); a second run installs nothing.
+.PHONY: run test lint bench setup
+STATE_DIR ?= ./hive-state
+PORT ?= 7000
+
+setup:
+	@.ci/setup.sh
+
+run:
+	@.ci/setup.sh --no-browser
+	.venv/bin/hive-c0re serve --state-dir $(STATE_DIR) --runtime process --dashboard-host 127.0.0.1 --dashboard-port $(PORT)
+
+test:
+	@.ci/setup.sh
+	.venv/bin/python -m pytest -q
+
+lint:
+	@.ci/setup.sh --no-browser
+	.venv/bin/ruff check hivecore actors web tests bench
+	.venv/bin/mypy hivecore actors web
+
+bench:
+	@.ci/setup.sh --no-browser
+	.venv/bin/python bench/event_bus.py
+	.venv/bin/python bench/rescan.py
+	.venv/bin/python bench/host_sock.py

@@ -1,0 +1,1 @@
+"""Actors: trio tasks that each own one concern's state and are driven through a handle."""

@@ -1,0 +1,165 @@
+"""``hive-c0re``: the daemon's command line (``serve``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from hivecore.config import Config
+from hivecore.daemon import main as daemon_main
+from hivecore.errors import HiveError
+
+log = logging.getLogger("hive-c0re")
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+def _on_nixos() -> bool:
+    return Path("/etc/NIXOS").exists()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hive-c0re", description="hyperhive host daemon")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="run the daemon in the foreground",
+        description="Run the hive-c0re daemon until SIGINT/SIGTERM.",
+    )
+    nixos = _on_nixos()
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/hyperhive") if nixos else Path("hive-state"),
+        help="where agents, repos, the database and sockets live "
+        "(default: /var/lib/hyperhive on NixOS, else ./hive-state)",
+    )
+    serve.add_argument(
+        "--runtime",
+        choices=["process", "nixos"],
+        default="nixos" if nixos else "process",
+        help="container runtime: 'process' runs agents as supervised local processes "
+        "(default off NixOS); 'nixos' uses nixos-container",
+    )
+    serve.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        help="address the dashboard binds (default 127.0.0.1: it has no auth)",
+    )
+    serve.add_argument("--dashboard-port", type=int, default=7000, help="dashboard port (default 7000)")
+    serve.add_argument(
+        "--host-socket", type=Path, default=None, help="admin socket path (default <state-dir>/run/host.sock)"
+    )
+    serve.add_argument(
+        "--admin-group",
+        default=None,
+        help="group owning the admin socket (default hive-admin when that group exists)",
+    )
+    serve.add_argument(
+        "--operator-pronouns",
+        default="she/her",
+        help="pronouns agents use for the operator (default she/her)",
+    )
+    serve.add_argument(
+        "--hyperhive-flake",
+        default=None,
+        help="flake reference of hyperhive itself, rendered into the meta flake",
+    )
+    serve.add_argument(
+        "--crash-watch-interval",
+        type=float,
+        default=10.0,
+        help="seconds between crash_watch polls (default 10)",
+    )
+    serve.add_argument("--domain", default=None, help="public domain of the gateway, for agent URLs")
+    serve.add_argument(
+        "--log-level",
+        default=os.environ.get("HIVE_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level (default INFO)",
+    )
+    return parser
+
+
+def _default_group() -> str | None:
+    import grp
+
+    try:
+        grp.getgrnam("hive-admin")
+    except KeyError:
+        return None
+    return "hive-admin"
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    if not 0 <= args.dashboard_port <= 65535:
+        raise HiveError(f"--dashboard-port {args.dashboard_port} is not a port number")
+    if args.crash_watch_interval <= 0:
+        raise HiveError("--crash-watch-interval must be positive")
+    return Config(
+        state_dir=args.state_dir.absolute(),
+        runtime=args.runtime,
+        dashboard_host=args.dashboard_host,
+        dashboard_port=args.dashboard_port,
+        host_socket=args.host_socket.absolute() if args.host_socket else None,
+        admin_group=args.admin_group if args.admin_group is not None else _default_group(),
+        operator_pronouns=args.operator_pronouns,
+        hyperhive_flake=args.hyperhive_flake,
+        crash_watch_interval=args.crash_watch_interval,
+        domain=args.domain,
+    )
+
+
+async def serve(config: Config) -> None:
+    """Run the daemon; the first SIGINT/SIGTERM cancels it (bounded by a 5 s grace period)."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await nursery.start(daemon_main, config)
+            async for signum in signals:
+                log.info("received %s; shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel(reason=f"received {signal.Signals(signum).name}")
+                # if a task refuses to die (it should not), do not hang past the grace period
+                nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_SECONDS
+                break
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+        trio.run(serve, config)
+    except (HiveError, BaseExceptionGroup) as exc:
+        errors = _hive_errors(exc)
+        if errors is None:
+            raise
+        for err in errors:
+            print(f"hive-c0re: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _hive_errors(exc: BaseException) -> list[HiveError] | None:
+    """The HiveErrors in ``exc`` (unwrapping groups), or None if anything else is in there."""
+    if isinstance(exc, HiveError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        found: list[HiveError] = []
+        for inner in exc.exceptions:
+            sub = _hive_errors(inner)
+            if sub is None:
+                return None
+            found.extend(sub)
+        return found
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Daemon configuration (frozen) and the on-disk state layout derived from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+from hivecore.names import child_path
+
+RuntimeKind = Literal["process", "nixos"]
+
+
+@attrs.frozen
+class Config:
+    state_dir: Path
+    runtime: RuntimeKind = "process"
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 7000
+    host_socket: Path | None = None
+    """Admin socket path; ``None`` means ``<state>/run/host.sock``."""
+    admin_group: str | None = None
+    operator_pronouns: str = "she/her"
+    hyperhive_flake: str | None = None
+    crash_watch_interval: float = 10.0
+    stop_timeout: float = 10.0
+    """Seconds between SIGTERM and SIGKILL when stopping a process-runtime agent."""
+    domain: str | None = None
+    """Public domain of the gateway; agent URLs are ``https://<domain>/agent/<name>/``."""
+
+    @property
+    def paths(self) -> StatePaths:
+        return StatePaths(self.state_dir.absolute())
+
+    @property
+    def host_socket_path(self) -> Path:
+        return self.host_socket if self.host_socket is not None else self.paths.run / "host.sock"
+
+
+@attrs.frozen
+class StatePaths:
+    """Every path under the state dir, in one place (design brief §5)."""
+
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "db" / "hive.sqlite"
+
+    @property
+    def agents(self) -> Path:
+        return self.root / "agents"
+
+    @property
+    def applied_root(self) -> Path:
+        return self.root / "applied"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "meta"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def run_agents(self) -> Path:
+        return self.run / "agents"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.run / "hive-c0re.lock"
+
+    def agent_dir(self, name: str) -> Path:
+        return child_path(self.agents, name)
+
+    def agent_state(self, name: str) -> Path:
+        return self.agent_dir(name) / "state"
+
+    def agent_claude(self, name: str) -> Path:
+        return self.agent_dir(name) / "claude"
+
+    def agent_config(self, name: str) -> Path:
+        return self.agent_dir(name) / "config"
+
+    def applied(self, name: str) -> Path:
+        return child_path(self.applied_root, name)
+
+    def agent_run(self, name: str) -> Path:
+        return child_path(self.run_agents, name)
+
+    def create_layout(self) -> None:
+        for d in (self.db.parent, self.agents, self.applied_root, self.run_agents):
+            d.mkdir(parents=True, exist_ok=True)

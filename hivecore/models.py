@@ -1,0 +1,73 @@
+"""Domain records shared by the daemon's parts; several of them also travel on the wire."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+TransientKind = Literal["spawning", "starting", "stopping", "restarting", "rebuilding", "destroying"]
+TRANSIENT_KINDS: tuple[TransientKind, ...] = (
+    "spawning",
+    "starting",
+    "stopping",
+    "restarting",
+    "rebuilding",
+    "destroying",
+)
+
+ApprovalKind = Literal["spawn", "init_config", "apply_commit", "update_meta_inputs", "merge_config_pr"]
+ApprovalStatus = Literal["pending", "approved", "denied", "failed", "cancelled"]
+
+
+@attrs.frozen
+class Transient:
+    kind: TransientKind
+    since_unix: int
+
+
+@attrs.frozen(kw_only=True)
+class ContainerView:
+    """One dashboard row per agent (reference §7.2); built by ``container_view.build_all``."""
+
+    name: str
+    container: str
+    is_manager: bool = False
+    running: bool = False
+    failed: bool = False
+    pending: TransientKind | None = None
+    needs_login: bool = False
+    needs_update: bool = False
+    deployed_sha: str | None = None
+    port: int = 0
+    paused: bool = False
+    pending_reminders: int = 0
+    parent: str | None = None
+    active_model: str | None = None
+    status_text: str | None = None
+    status_set_at: str | None = None
+    url: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TombstoneView:
+    name: str
+    state_bytes: int
+    age_seconds: int
+    claude_creds_kept: bool
+
+
+@attrs.frozen(kw_only=True)
+class Approval:
+    """An approval row (reference §2.3); field order is the host.sock wire order."""
+
+    id: int
+    agent: str
+    kind: ApprovalKind
+    commit_ref: str
+    fetched_sha: str | None = None
+    requested_at: str
+    status: ApprovalStatus
+    resolved_at: str | None = None
+    note: str | None = None
+    description: str | None = None

@@ -1,0 +1,387 @@
+"""The embedded process runtime: each agent is a detached process group under a shim.
+
+On disk, per agent, under ``<state>/run/agents/<name>/``:
+
+``spec.json``
+    The command and environment to run (written by ``create``/``update``). Its presence is what makes
+    the agent exist for :meth:`ProcessRuntime.list`.
+``pid``
+    ``{"pid", "starttime", "started_at"}`` of the shim, the session and process-group leader.
+    ``starttime`` is ``/proc/<pid>/stat`` field 22; a pid only counts as this agent while it matches,
+    so a recycled pid is never mistaken for the agent.
+``stop-requested``
+    Written before a stop sends its first signal; cleared by ``start``. Tells a stop from a crash.
+``exit_status``
+    Written by the shim when the agent exits (or by this runtime when it reaps a shim that died
+    without writing it). Cleared by ``start``.
+``agent.log`` (+ ``.1`` … ``.3``), ``shim.log``
+    The agent's stdout/stderr, rotated by the shim; the shim's own stderr.
+
+Agents run in their own session, so they outlive the daemon; a new :class:`ProcessRuntime` on the same
+state dir re-adopts them from their pidfiles. The agent's environment is exactly ``spec.env`` (nothing
+is inherited from the daemon); its working directory is the daemon's.
+
+Reaping: when this daemon is the shim's parent, a dead shim stays a zombie until someone waits for it.
+Every probe that sees a zombie with the recorded pid *and* start time ``waitpid``\\ s it (``WNOHANG``,
+so never blocking); if it is not our child, the ``ChildProcessError`` is ignored and its real parent
+reaps it. Waiting for a stop polls with ``trio.sleep``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+import attrs
+import trio
+
+import hivecore
+from hivecore.config import StatePaths
+from hivecore.errors import HiveError, RuntimeFailure
+from hivecore.names import validate_name
+from hivecore.ports import agent_port
+from hivecore.runtime.base import AgentRuntimeState, AgentSpec
+from hivecore.runtime.shim import (
+    DEFAULT_LOG_MAX_BYTES,
+    EXIT_STATUS_FILE,
+    PYTHONPATH_ENV,
+    exit_status_record,
+    group_members,
+    read_proc_stat,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "spec.json"
+PID_FILE = "pid"
+STOP_MARKER = "stop-requested"
+SHIM_LOG = "shim.log"
+
+PACKAGE_ROOT = Path(hivecore.__file__).resolve().parent.parent
+"""The directory holding the ``hivecore`` package: what PYTHONPATH needs for ``python -m hivecore.…``."""
+
+_POLL_SECONDS = 0.05
+_NO_ENV: Mapping[str, str] = MappingProxyType({})
+_RESET_SIGNALS = (
+    signal.SIGPIPE,
+    signal.SIGXFSZ,
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+)
+"""Dispositions an exec keeps if the daemon ignores them (Python ignores SIGPIPE): reset for the shim."""
+_BLOCKED_UNTIL_SHIM_READY = (signal.SIGTERM, signal.SIGINT)
+"""The shim starts with these blocked and unblocks them once its forwarding handlers are installed."""
+
+
+def default_agent_spec(paths: StatePaths, name: str, *, extra_env: Mapping[str, str] = _NO_ENV) -> AgentSpec:
+    """The spec of the bundled minimal harness (``python -m hivecore.harness``) for agent ``name``."""
+    validate_name(name)
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    pythonpath = [str(PACKAGE_ROOT), *(p for p in inherited if p != str(PACKAGE_ROOT))]
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "PYTHONPATH": os.pathsep.join(pythonpath),
+        "HIVE_LABEL": name,
+        "HIVE_STATE_DIR": str(paths.agent_state(name)),
+        "HIVE_PORT": str(agent_port(name)),
+        **extra_env,
+    }
+    return AgentSpec(name=name, command=(sys.executable, "-m", "hivecore.harness"), env=env)
+
+
+@attrs.frozen
+class _PidRecord:
+    pid: int
+    starttime: int
+    started_at: float
+
+
+class ProcessRuntime:
+    """:class:`~hivecore.runtime.base.ContainerRuntime` over detached process groups (see the module doc).
+
+    The instance holds no state of its own: everything is on disk, so any number of instances (or a
+    restarted daemon) see the same agents. Callers serialise lifecycle verbs per agent.
+    """
+
+    kind = "process"
+
+    def __init__(
+        self, paths: StatePaths, *, stop_timeout: float = 10.0, log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    ) -> None:
+        self._paths = paths
+        self._stop_timeout = stop_timeout
+        self._log_max_bytes = log_max_bytes
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    async def list(self) -> dict[str, AgentRuntimeState]:
+        await trio.lowlevel.checkpoint()
+        return self.list_nowait()
+
+    def list_nowait(self) -> dict[str, AgentRuntimeState]:
+        """Every agent with a ``spec.json``, probed now (and reaped, when it is a zombie child of ours)."""
+        root = self._paths.run_agents
+        if not root.is_dir():
+            return {}
+        states = {}
+        for entry in sorted(root.iterdir()):
+            try:
+                name = validate_name(entry.name)
+            except HiveError:
+                log.warning("ignoring %s: not a valid agent name", entry)
+                continue
+            if entry.is_symlink() or not (entry / SPEC_FILE).is_file():
+                continue
+            states[name] = self._probe(name, entry)
+        return states
+
+    async def create(self, spec: AgentSpec) -> None:
+        """Write the spec (creating the run dir); an existing agent just gets the new spec."""
+        await trio.lowlevel.checkpoint()
+        rundir = self._rundir(spec.name)
+        rundir.mkdir(parents=True, exist_ok=True)
+        self._write_spec(rundir, spec)
+
+    async def update(self, spec: AgentSpec) -> None:
+        """Replace the spec; a running agent keeps its old command until it is restarted."""
+        await trio.lowlevel.checkpoint()
+        rundir = self._rundir(spec.name)
+        if not (rundir / SPEC_FILE).is_file():
+            raise RuntimeFailure(f'agent "{spec.name}" has not been created')
+        self._write_spec(rundir, spec)
+
+    async def start(self, name: str) -> None:
+        """Launch the shim from the stored spec; a no-op if the agent is already running."""
+        await trio.lowlevel.checkpoint()
+        rundir = self._rundir(name)
+        spec = self._read_spec(rundir, name)
+        record = _read_pid(rundir)
+        if record is not None and self._alive(rundir, record):
+            return
+        (rundir / STOP_MARKER).unlink(missing_ok=True)
+        (rundir / EXIT_STATUS_FILE).unlink(missing_ok=True)
+        pid = self._spawn_shim(rundir, spec)
+        st = read_proc_stat(pid)
+        if st is None:  # our own child: it exists until we reap it
+            raise RuntimeFailure(f'agent "{name}" vanished right after start (pid {pid})')
+        write_json_atomic(
+            rundir / PID_FILE, {"pid": pid, "starttime": st.starttime, "started_at": time.time()}
+        )
+        log.info("started agent %s (shim pid %d)", name, pid)
+
+    async def stop(self, name: str, *, graceful: bool = True) -> None:
+        """Stop the agent's process group and wait until the whole group is gone.
+
+        Graceful: SIGTERM to the shim (which forwards it to the agent), then SIGKILL to the whole group
+        once the stop timeout has passed; not graceful: SIGKILL to the group now.
+        A stopped (or unknown) agent is a no-op. On cancellation the signals already sent stand; the
+        ``stop-requested`` marker is written first, so the exit still counts as a stop, not a crash.
+        """
+        await trio.lowlevel.checkpoint()
+        rundir = self._rundir(name)
+        record = _read_pid(rundir)
+        if record is None or not self._alive(rundir, record):
+            return
+        (rundir / STOP_MARKER).touch()
+        if graceful:
+            # SIGTERM to the shim only: it forwards it to the agent. Signalling the whole group would
+            # hand the agent a second SIGTERM, which kills an agent that restores the default handler
+            # while it shuts down (trio's open_signal_receiver does exactly that).
+            _signal_process(record.pid, signal.SIGTERM)
+        else:
+            _signal_group(record.pid, signal.SIGKILL)
+        with trio.move_on_after(self._stop_timeout if graceful else float("inf")) as scope:
+            await self._wait_group_gone(rundir, record)
+        if scope.cancelled_caught:
+            log.warning("agent %s ignored SIGTERM for %.1f s: sending SIGKILL", name, self._stop_timeout)
+            _signal_group(record.pid, signal.SIGKILL)
+            await self._wait_group_gone(rundir, record)
+        log.info("stopped agent %s", name)
+
+    async def destroy(self, name: str) -> None:
+        """Stop the agent, then remove its run dir (its state dir is untouched). Unknown: a no-op."""
+        rundir = self._rundir(name)
+        await self.stop(name, graceful=True)
+        if rundir.exists():
+            shutil.rmtree(rundir)
+            log.info("destroyed agent %s", name)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _rundir(self, name: str) -> Path:
+        return self._paths.agent_run(name)
+
+    def _probe(self, name: str, rundir: Path) -> AgentRuntimeState:
+        record = _read_pid(rundir)
+        running = record is not None and self._alive(rundir, record)
+        if running:
+            assert record is not None
+            return AgentRuntimeState(name=name, running=True, pid=record.pid, started_at=record.started_at)
+        # Started, not running and not asked to stop: it died on its own (or was killed behind our back).
+        failed = record is not None and not (rundir / STOP_MARKER).exists()
+        return AgentRuntimeState(name=name, running=False, failed=failed, exit_status=_read_exit_code(rundir))
+
+    def _alive(self, rundir: Path, record: _PidRecord) -> bool:
+        """Is the recorded shim alive? Reaps it if it is a zombie child of this process."""
+        st = read_proc_stat(record.pid)
+        if st is None or st.starttime != record.starttime:
+            return False
+        if st.state == "Z":
+            _reap(rundir, record.pid)
+            return False
+        return True
+
+    async def _wait_group_gone(self, rundir: Path, record: _PidRecord) -> None:
+        while True:
+            self._alive(rundir, record)  # reap the shim as soon as it is a zombie
+            if not _group_exists(record.pid):
+                return
+            await trio.sleep(_POLL_SECONDS)
+
+    def _spawn_shim(self, rundir: Path, spec: AgentSpec) -> int:
+        argv = [
+            sys.executable,
+            "-m",
+            "hivecore.runtime.shim",
+            "--log-max-bytes",
+            str(self._log_max_bytes),
+            str(rundir),
+            "--",
+            *spec.command,
+        ]
+        file_actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(rundir / SHIM_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ]
+        try:
+            return os.posix_spawn(
+                sys.executable,
+                argv,
+                _shim_env(spec.env),
+                file_actions=file_actions,
+                setsid=True,
+                setsigdef=_RESET_SIGNALS,
+                setsigmask=_BLOCKED_UNTIL_SHIM_READY,
+            )
+        except OSError as e:
+            raise RuntimeFailure(f'cannot start agent "{spec.name}": {e}') from e
+
+    def _write_spec(self, rundir: Path, spec: AgentSpec) -> None:
+        validate_name(spec.name)
+        if not spec.command:
+            raise RuntimeFailure(f'agent "{spec.name}" has an empty command')
+        record = {
+            "name": spec.name,
+            "command": list(spec.command),
+            "env": dict(spec.env),
+            "flake_ref": spec.flake_ref,
+        }
+        write_json_atomic(rundir / SPEC_FILE, record)
+
+    def _read_spec(self, rundir: Path, name: str) -> AgentSpec:
+        try:
+            raw = json.loads((rundir / SPEC_FILE).read_text(encoding="utf-8"))
+            return AgentSpec(
+                name=name,
+                command=tuple(str(a) for a in raw["command"]),
+                env={str(k): str(v) for k, v in raw.get("env", {}).items()},
+                flake_ref=raw.get("flake_ref"),
+            )
+        except FileNotFoundError:
+            raise RuntimeFailure(f'agent "{name}" has not been created') from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise RuntimeFailure(f'agent "{name}" has an unreadable spec: {e!r}') from e
+
+
+def _shim_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` plus a PYTHONPATH that lets the shim import hivecore; the shim restores the original."""
+    out = dict(env)
+    original = env.get("PYTHONPATH")
+    entries = [p for p in (original or "").split(os.pathsep) if p]
+    if str(PACKAGE_ROOT) not in entries:
+        out[PYTHONPATH_ENV] = json.dumps(original)
+        out["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), *entries])
+    return out
+
+
+def _read_pid(rundir: Path) -> _PidRecord | None:
+    try:
+        raw = json.loads((rundir / PID_FILE).read_text(encoding="utf-8"))
+        return _PidRecord(
+            pid=int(raw["pid"]), starttime=int(raw["starttime"]), started_at=float(raw["started_at"])
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("ignoring unreadable pidfile in %s: %s", rundir, e)
+        return None
+
+
+def _read_exit_code(rundir: Path) -> int | None:
+    """The recorded exit status: the return code, or ``-signal`` if the agent was killed by a signal."""
+    try:
+        raw = json.loads((rundir / EXIT_STATUS_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable exit status in %s: %s", rundir, e)
+        return None
+    if isinstance(raw.get("returncode"), int):
+        return int(raw["returncode"])
+    if isinstance(raw.get("signal"), int):
+        return -int(raw["signal"])
+    return None
+
+
+def _reap(rundir: Path, pid: int) -> None:
+    """Collect a zombie shim if it is our child; record its status if the shim could not."""
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return  # not our child: its parent (init after a daemon restart) reaps it
+    if reaped == 0:
+        return
+    exit_file = rundir / EXIT_STATUS_FILE
+    if rundir.is_dir() and not exit_file.exists():
+        write_json_atomic(exit_file, exit_status_record(os.waitstatus_to_exitcode(status), by="daemon"))
+
+
+def _signal_process(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError as e:
+        raise RuntimeFailure(f"cannot signal process {pid}: {e}") from e
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError as e:
+        raise RuntimeFailure(f"cannot signal process group {pgid}: {e}") from e
+
+
+def _group_exists(pgid: int) -> bool:
+    """Does process group ``pgid`` still have a live (non-zombie) member?"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return bool(group_members(pgid))

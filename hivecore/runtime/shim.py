@@ -1,0 +1,232 @@
+"""The process runtime's per-agent shim.
+
+Usage: ``python -m hivecore.runtime.shim [--log-max-bytes N] RUNDIR -- CMD…``.
+
+The shim is the session and process-group leader of one agent. It
+
+- starts ``CMD`` as its child (same process group) with stdin on ``/dev/null`` and stdout+stderr piped
+  into ``RUNDIR/agent.log``, rotated past ``--log-max-bytes`` (``agent.log.1`` … ``agent.log.3``);
+- forwards SIGTERM/SIGINT to the child and waits for it;
+- writes ``RUNDIR/exit_status`` (JSON ``{"returncode", "signal", "finished_at", "by": "shim"}``) so the
+  status survives a daemon restart (the daemon is then not the shim's parent and cannot ``waitpid`` it);
+- kills whatever the agent left behind in its process group, then exits.
+
+It uses the standard library only (no trio) so it starts fast. The small ``/proc`` and JSON helpers
+below are shared with :mod:`hivecore.runtime.process`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, NamedTuple
+
+EXIT_STATUS_FILE = "exit_status"
+LOG_FILE = "agent.log"
+LOG_KEEP = 3
+DEFAULT_LOG_MAX_BYTES = 1 << 20
+PYTHONPATH_ENV = "HIVE_SHIM_PYTHONPATH"
+"""Set by the runtime when it had to prepend the hivecore package root to the shim's PYTHONPATH: the
+agent's own PYTHONPATH as JSON (``null`` = unset), which the shim restores for the agent."""
+
+_FORWARDED = (signal.SIGTERM, signal.SIGINT)
+_PIPE_DRAIN_SECONDS = 1.0
+
+
+# -- helpers shared with the runtime ------------------------------------------------------------
+
+
+class ProcStat(NamedTuple):
+    state: str
+    pgrp: int
+    starttime: int
+    """Clock ticks since boot (``/proc/<pid>/stat`` field 22): with the pid, a unique process identity."""
+
+
+def read_proc_stat(pid: int) -> ProcStat | None:
+    """Parse ``/proc/<pid>/stat``; ``None`` if the process does not exist (or the file is unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # Field 2 (comm) is parenthesised and may itself contain spaces and ')': split after the last ')'.
+    _, _, rest = raw.rpartition(b")")
+    fields = rest.split()
+    try:
+        return ProcStat(state=fields[0].decode(), pgrp=int(fields[2]), starttime=int(fields[19]))
+    except (IndexError, ValueError):
+        return None
+
+
+def group_members(pgid: int, *, exclude: int | None = None) -> list[int]:
+    """Pids of the live (non-zombie) processes in process group ``pgid``."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == exclude:
+            continue
+        st = read_proc_stat(int(entry.name))
+        if st is not None and st.pgrp == pgid and st.state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` via a temp file and a rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def exit_status_record(code: int, *, by: str) -> dict[str, Any]:
+    """The ``exit_status`` JSON for a ``subprocess``-style code (negative = killed by that signal)."""
+    return {
+        "returncode": code if code >= 0 else None,
+        "signal": -code if code < 0 else None,
+        "finished_at": time.time(),
+        "by": by,
+    }
+
+
+# -- the shim -------------------------------------------------------------------------------------
+
+
+class RotatingLog:
+    """An append-only log file that rotates to ``.1`` … ``.keep`` once it grows past ``max_bytes``."""
+
+    def __init__(self, path: Path, *, max_bytes: int, keep: int = LOG_KEEP) -> None:
+        self._path = path
+        self._max_bytes = max(1, max_bytes)
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._file: IO[bytes] = path.open("ab")
+        if self._file.tell() >= self._max_bytes:
+            self._rotate()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self._file.write(data)
+            self._file.flush()
+            if self._file.tell() >= self._max_bytes:
+                self._rotate()
+
+    def note(self, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.write(f"[hive shim {stamp}] {text}\n".encode())
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for i in range(self._keep - 1, 0, -1):
+            older = self._path.with_name(f"{self._path.name}.{i}")
+            if older.exists():
+                os.replace(older, self._path.with_name(f"{self._path.name}.{i + 1}"))
+        os.replace(self._path, self._path.with_name(f"{self._path.name}.1"))
+        self._file = self._path.open("ab")
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def _pump(fd: int, log: RotatingLog) -> None:
+    while data := os.read(fd, 65536):
+        log.write(data)
+
+
+def _agent_env() -> dict[str, str]:
+    env = dict(os.environ)
+    saved = env.pop(PYTHONPATH_ENV, None)
+    if saved is not None:
+        original = json.loads(saved)
+        if original is None:
+            env.pop("PYTHONPATH", None)
+        else:
+            env["PYTHONPATH"] = str(original)
+    return env
+
+
+def run(rundir: Path, command: list[str], *, log_max_bytes: int) -> int:
+    """Run ``command`` under the shim until it exits; return the shim's own exit code."""
+    log = RotatingLog(rundir / LOG_FILE, max_bytes=log_max_bytes)
+    child: subprocess.Popen[bytes] | None = None
+    pending: list[int] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        if child is None:
+            pending.append(signum)
+        else:
+            child.send_signal(signum)
+
+    for sig in _FORWARDED:
+        signal.signal(sig, forward)
+    # The runtime spawns the shim with these blocked, so a stop that raced the interpreter's startup
+    # is pending now rather than lost (or fatal to the shim): it is delivered to ``forward`` here.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+
+    log.note(f"starting: {shlex.join(command)}")
+    try:
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=_agent_env(),
+        )
+    except OSError as e:
+        code = 126 if isinstance(e, PermissionError) else 127
+        log.note(f"cannot start the agent: {e}")
+        write_json_atomic(rundir / EXIT_STATUS_FILE, {**exit_status_record(code, by="shim"), "error": str(e)})
+        log.close()
+        return 0
+    for signum in pending:
+        child.send_signal(signum)
+    assert child.stdout is not None
+    reader = threading.Thread(target=_pump, args=(child.stdout.fileno(), log), name="log-pump", daemon=True)
+    reader.start()
+
+    code = child.wait()
+    # A straggler still holding the pipe must not keep the shim alive: drain briefly, then move on.
+    reader.join(_PIPE_DRAIN_SECONDS)
+    log.note(f"agent exited with {'signal ' + str(-code) if code < 0 else 'code ' + str(code)}")
+    write_json_atomic(rundir / EXIT_STATUS_FILE, exit_status_record(code, by="shim"))
+    stragglers = group_members(os.getpgrp(), exclude=os.getpid())
+    if stragglers:
+        log.note(f"killing {len(stragglers)} leftover process(es) in the agent's group")
+    log.close()
+    if stragglers:
+        os.killpg(os.getpgrp(), signal.SIGKILL)  # takes the shim down too; the status is already written
+    return 0
+
+
+def _usage() -> int:
+    sys.stderr.write("usage: python -m hivecore.runtime.shim [--log-max-bytes N] RUNDIR -- COMMAND...\n")
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    log_max_bytes = DEFAULT_LOG_MAX_BYTES
+    if args[:1] == ["--log-max-bytes"] and len(args) >= 2:
+        try:
+            log_max_bytes = int(args[1])
+        except ValueError:
+            return _usage()
+        args = args[2:]
+    if len(args) < 3 or args[1] != "--":
+        return _usage()
+    return run(Path(args[0]), args[2:], log_max_bytes=log_max_bytes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The one cattrs converter: the only place wire shapes are turned into JSON-able dicts and back.
+
+Rules every wire record follows:
+
+* a field whose default is ``None`` is **omitted** from the output while it is ``None``;
+  every other field is always present, in definition order;
+* unknown keys on input are ignored, and missing fields with defaults take their default — so a
+  payload written by an older (or newer) version still decodes;
+* validation errors become one readable sentence via :func:`describe_error`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_unstructure_fn
+
+T = TypeVar("T")
+
+
+def _omit_none_factory(cl: type[Any], conv: cattrs.Converter) -> Callable[[Any], dict[str, Any]]:
+    # cattrs' own omit_if_default moves omittable fields to the end; the wire contract pins field
+    # order, so unstructure everything in order and drop the None-defaulted keys afterwards.
+    base = make_dict_unstructure_fn(cl, conv)
+    omittable = tuple(a.name for a in attrs.fields(cl) if a.default is None)
+    if not omittable:
+        return base
+
+    def unstructure(obj: Any) -> dict[str, Any]:
+        out = base(obj)
+        for key in omittable:
+            if out[key] is None:
+                del out[key]
+        return out
+
+    return unstructure
+
+
+def _strict(kind: type[T]) -> Callable[[Any, Any], T]:
+    # cattrs' defaults coerce (int("5"), bool("false") is True); a wire field must already have the
+    # right JSON type. bool is not accepted where an int is expected.
+    def structure(value: Any, _: Any) -> T:
+        if type(value) is not kind and not (kind is float and type(value) is int):
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+        return value  # type: ignore[return-value]  # checked just above
+
+    return structure
+
+
+def make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=False)
+    conv.register_unstructure_hook_factory(attrs.has, _omit_none_factory)
+    for kind in (bool, int, str, float):
+        conv.register_structure_hook(kind, _strict(kind))
+    return conv
+
+
+converter = make_converter()
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line saying what was wrong with a decoded payload (``$.id: expected int …``)."""
+    if isinstance(exc, cattrs.BaseValidationError):
+        parts = cattrs.transform_error(exc, path="$", format_exception=_format_leaf)
+        return "; ".join(_rephrase(p) for p in parts)
+    return str(exc)
+
+
+def _format_leaf(exc: BaseException, kind: type | None) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, TypeError | ValueError) and str(exc):
+        return str(exc)
+    name = getattr(kind, "__name__", None) or str(kind)
+    return f"expected {name}"
+
+
+def _rephrase(part: str) -> str:
+    # "expected int @ $.id" -> "field 'id': expected int"
+    message, _, where = part.rpartition(" @ ")
+    where = where.removeprefix("$").removeprefix(".")
+    return f"field {where!r}: {message}" if where else message
+
+
+def dumps(obj: object) -> str:
+    """Compact JSON of a wire record (no spaces, so lines are byte-stable)."""
+    return json.dumps(converter.unstructure(obj), separators=(",", ":"), ensure_ascii=False)
+
+
+def loads(data: str | bytes, cl: type[T]) -> T:
+    return converter.structure(json.loads(data), cl)

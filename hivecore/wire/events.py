@@ -1,0 +1,138 @@
+"""Dashboard events: every frame on the SSE stream and every bus message (reference §7.2).
+
+Each record carries ``seq`` (stamped by the event bus; 0 until published) and is tagged on the wire
+by ``kind``. Add a kind by defining a record with a ``KIND`` and listing it in ``DashboardEvent``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+from cattrs.strategies import configure_tagged_union
+
+from hivecore.models import ContainerView, TombstoneView, TransientKind
+from hivecore.wire.converter import converter
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    KIND: ClassVar[str] = ""
+    seq: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class ApprovalAdded(Event):
+    KIND = "approval_added"
+    id: int
+    agent: str
+    approval_kind: str
+    commit_ref: str = ""
+    fetched_sha: str | None = None
+    diff: str | None = None
+    description: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ApprovalResolved(Event):
+    KIND = "approval_resolved"
+    id: int
+    agent: str
+    status: str
+    approval_kind: str | None = None
+    note: str | None = None
+    description: str | None = None
+    sha: str | None = None
+    tag: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TransientSet(Event):
+    KIND = "transient_set"
+    name: str
+    transient_kind: TransientKind
+    since_unix: int
+
+
+@attrs.frozen(kw_only=True)
+class TransientCleared(Event):
+    KIND = "transient_cleared"
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class ContainerStateChanged(Event):
+    KIND = "container_state_changed"
+    container: ContainerView
+
+
+@attrs.frozen(kw_only=True)
+class ContainerRemoved(Event):
+    KIND = "container_removed"
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class TombstonesChanged(Event):
+    KIND = "tombstones_changed"
+    tombstones: list[TombstoneView] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
+class MetaUpdateRunning(Event):
+    KIND = "meta_update_running"
+    running: bool
+
+
+@attrs.frozen(kw_only=True)
+class ActorCrashed(Event):
+    """A supervised actor raised; it is being restarted (or, with ``gave_up``, escalated)."""
+
+    KIND = "actor_crashed"
+    actor: str
+    error: str
+    restarts: int = 0
+    gave_up: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class AgentNotice(Event):
+    """A helper event for the manager, mirrored on the bus (crash, login and update axes)."""
+
+    KIND = "agent_notice"
+    event: str
+    agent: str
+    note: str | None = None
+
+
+DashboardEvent = (
+    ApprovalAdded
+    | ApprovalResolved
+    | TransientSet
+    | TransientCleared
+    | ContainerStateChanged
+    | ContainerRemoved
+    | TombstonesChanged
+    | MetaUpdateRunning
+    | ActorCrashed
+    | AgentNotice
+)
+
+def _tag(cl: type) -> str:
+    tag: str = cl.KIND  # type: ignore[attr-defined]  # every member of the union defines KIND
+    return tag
+
+
+configure_tagged_union(DashboardEvent, converter, tag_generator=_tag, tag_name="kind")
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """The wire form of an event, ``kind`` included."""
+    out: dict[str, Any] = converter.unstructure(event, unstructure_as=DashboardEvent)
+    return out
+
+
+def event_from_dict(data: Any) -> Event:
+    """Decode a wire event; unknown keys are ignored and missing optional fields default."""
+    event: Event = converter.structure(data, DashboardEvent)  # type: ignore[arg-type]  # union form
+    return event

@@ -1,0 +1,125 @@
+"""Helper events: JSON bodies of broker messages from ``system`` to the manager (reference §6).
+
+Tagged by ``event`` in snake_case; optional fields default, so old and new readers tolerate each
+other.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import attrs
+from cattrs.strategies import configure_tagged_union
+
+from hivecore.wire.converter import converter
+
+
+@attrs.frozen(kw_only=True)
+class HelperEvent:
+    EVENT: ClassVar[str] = ""
+
+
+@attrs.frozen(kw_only=True)
+class ApprovalResolvedHelper(HelperEvent):
+    EVENT = "approval_resolved"
+    id: int
+    agent: str
+    commit_ref: str = ""
+    status: str
+    note: str | None = None
+    sha: str | None = None
+    tag: str | None = None
+    description: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _Outcome(HelperEvent):
+    agent: str
+    ok: bool
+    note: str | None = None
+    sha: str | None = None
+    tag: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Spawned(_Outcome):
+    EVENT = "spawned"
+
+
+@attrs.frozen(kw_only=True)
+class Rebuilt(_Outcome):
+    EVENT = "rebuilt"
+
+
+@attrs.frozen(kw_only=True)
+class _AgentOnly(HelperEvent):
+    agent: str
+
+
+@attrs.frozen(kw_only=True)
+class Killed(_AgentOnly):
+    EVENT = "killed"
+
+
+@attrs.frozen(kw_only=True)
+class Destroyed(_AgentOnly):
+    EVENT = "destroyed"
+
+
+@attrs.frozen(kw_only=True)
+class ContainerCrash(_AgentOnly):
+    EVENT = "container_crash"
+    note: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class NeedsLogin(_AgentOnly):
+    EVENT = "needs_login"
+
+
+@attrs.frozen(kw_only=True)
+class LoggedIn(_AgentOnly):
+    EVENT = "logged_in"
+
+
+@attrs.frozen(kw_only=True)
+class NeedsUpdate(_AgentOnly):
+    EVENT = "needs_update"
+
+
+@attrs.frozen(kw_only=True)
+class ConfigReady(_AgentOnly):
+    EVENT = "config_ready"
+
+
+AnyHelperEvent = (
+    ApprovalResolvedHelper
+    | Spawned
+    | Rebuilt
+    | Killed
+    | Destroyed
+    | ContainerCrash
+    | NeedsLogin
+    | LoggedIn
+    | NeedsUpdate
+    | ConfigReady
+)
+
+def _tag(cl: type) -> str:
+    tag: str = cl.EVENT  # type: ignore[attr-defined]  # every member of the union defines EVENT
+    return tag
+
+
+configure_tagged_union(AnyHelperEvent, converter, tag_generator=_tag, tag_name="event")
+
+
+def helper_to_body(event: HelperEvent) -> str:
+    """The broker message body for a helper event."""
+    data: dict[str, Any] = converter.unstructure(event, unstructure_as=AnyHelperEvent)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def helper_from_body(body: str) -> HelperEvent:
+    event: HelperEvent = converter.structure(json.loads(body), AnyHelperEvent)  # type: ignore[arg-type]
+    return event

@@ -1,0 +1,137 @@
+"""crash_watch on real agent processes, with trio's MockClock driving the 10 s poll."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from actors.crash_watch import Baseline, decide
+from hivecore.models import ContainerView
+from hivecore.wire.helper import helper_from_body
+from tests.conftest import Parts
+
+
+def wait_dead(pid: int) -> None:
+    """Wait (real time, bounded) for a SIGKILLed process to be dead or a zombie."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"pid {pid} did not die")
+
+
+async def after_ticks(parts: Parts, n: int = 1) -> None:
+    """Let crash_watch complete ``n`` more ticks (virtual time)."""
+    target = parts.crash_watch.statistics().ticks + n
+    while parts.crash_watch.statistics().ticks < target:  # noqa: ASYNC110  # virtual time (MockClock)
+        await trio.sleep(1)
+
+
+async def manager_events(parts: Parts) -> list[tuple[str, str]]:
+    out = []
+    for _, _, body in await parts.inbox("manager"):
+        ev = helper_from_body(body)
+        out.append((ev.EVENT, getattr(ev, "agent", "")))
+    return out
+
+
+async def test_sigkilled_agent_yields_exactly_one_crash_within_one_tick(
+    parts: Parts, autojump_clock: trio.testing.MockClock
+) -> None:
+    c = parts.coordinator
+    await c.spawn("alpha")
+    await c.spawn("beta")
+    for name in ("alpha", "beta"):  # logged in, so the login axis stays quiet
+        (parts.config.paths.agent_claude(name) / "token").write_text("x")
+    await parts.nursery.start(parts.crash_watch.run)
+    await after_ticks(parts, 2)  # two quiet ticks
+    baseline = [e for e in await manager_events(parts) if e[0] != "spawned"]
+    assert baseline == []
+
+    pid = (await parts.runtime.list())["alpha"].pid
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)
+    wait_dead(pid)
+    ticks_at_kill = parts.crash_watch.statistics().ticks
+    while ("container_crash", "alpha") not in await manager_events(parts):
+        await trio.sleep(1)
+        assert parts.crash_watch.statistics().ticks <= ticks_at_kill + 1, "no crash event within one tick"
+    await after_ticks(parts, 3)  # more ticks: no repeats
+    crashes = [e for e in await manager_events(parts) if e[0] == "container_crash"]
+    assert crashes == [("container_crash", "alpha")]
+    assert c.views()["alpha"].failed
+    assert c.views()["beta"].running
+    assert parts.crash_watch.statistics().ticks >= 6
+
+
+async def test_operator_stop_and_destroy_are_not_crashes(
+    parts: Parts, autojump_clock: trio.testing.MockClock
+) -> None:
+    c = parts.coordinator
+    for name in ("alpha", "beta", "gamma"):
+        await c.spawn(name)
+    await parts.nursery.start(parts.crash_watch.run)
+    await after_ticks(parts)
+    await c.stop("alpha")
+    await c.kill("beta")
+    await c.destroy("gamma")
+    await after_ticks(parts, 3)
+    assert [e for e in await manager_events(parts) if e[0] == "container_crash"] == []
+
+
+async def test_first_tick_only_seeds(parts: Parts, autojump_clock: trio.testing.MockClock) -> None:
+    c = parts.coordinator
+    await c.spawn("alpha")
+    pid = (await parts.runtime.list())["alpha"].pid
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)
+    wait_dead(pid)
+    await parts.nursery.start(parts.crash_watch.run)  # a daemon restart after the agent died
+    await after_ticks(parts, 3)
+    events = [e for e in await manager_events(parts) if e[0] != "spawned"]
+    assert events == []  # already down and already needing login at seed time: nothing fires
+
+
+async def test_login_axis_fires_on_transitions(parts: Parts, autojump_clock: trio.testing.MockClock) -> None:
+    c = parts.coordinator
+    await c.spawn("alpha")
+    await parts.nursery.start(parts.crash_watch.run)
+    token = parts.config.paths.agent_claude("alpha") / ".credentials.json"
+    token.write_text("{}")
+    await after_ticks(parts)
+    token.unlink()
+    await after_ticks(parts)
+    events = [e for e in await manager_events(parts) if e[0] in ("needs_login", "logged_in")]
+    assert events == [("logged_in", "alpha"), ("needs_login", "alpha")]
+
+
+def row(name: str, **kw: object) -> ContainerView:
+    return ContainerView(name=name, container=f"h-{name}", **kw)  # type: ignore[arg-type]
+
+
+def test_decide_is_pure_and_covers_each_axis() -> None:
+    prev = Baseline(running=frozenset({"a", "b", "c"}), needs_login=frozenset({"d"}), stale=frozenset({"e"}))
+    views = {
+        "a": row("a", running=False),  # crash
+        "b": row("b", running=False, pending="stopping"),  # transient: not a crash
+        "c": row("c", running=False),  # stopped on purpose
+        "d": row("d", needs_login=False),  # logged in
+        "e": row("e", needs_update=True, needs_login=False),  # still stale: nothing
+        "f": row("f", needs_update=True, needs_login=False),  # newly stale
+    }
+    events = decide(prev, views, quiet=lambda n: n == "c")
+    assert [(e.EVENT, e.agent) for e in events] == [  # type: ignore[attr-defined]
+        ("container_crash", "a"),
+        ("logged_in", "d"),
+        ("needs_update", "f"),
+    ]

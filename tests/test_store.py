@@ -1,0 +1,111 @@
+"""sqlite store: WAL, versioned schema, forward migration, serialized calls off the trio thread."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from hivecore import store
+
+
+async def test_open_sets_wal_busy_timeout_and_schema(tmp_path: Path) -> None:
+    conn = store.connect(tmp_path / "db" / "hive.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"approvals", "messages"} <= tables
+
+
+async def test_reopen_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
+    path = tmp_path / "hive.sqlite"
+    conn = store.connect(path)
+    a = store.insert_approval(conn, "coder", "spawn", description="a coder")
+    conn.close()
+    conn = store.connect(path)
+    assert store.list_approvals(conn) == [a]
+
+
+async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "hive.sqlite"
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version={store.SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(store.SchemaTooNew, match="newer than this hive-c0re understands"):
+        store.connect(path)
+
+
+async def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "MIGRATIONS", (*store.MIGRATIONS, "CREATE TABLE x(a); SELECT nonsense("))
+    monkeypatch.setattr(store, "SCHEMA_VERSION", len(store.MIGRATIONS))
+    path = tmp_path / "hive.sqlite"
+    with pytest.raises(sqlite3.OperationalError):
+        store.connect(path)
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name='x'").fetchone()[0] == 0
+
+
+async def test_approvals_roundtrip_and_fail_pending(tmp_path: Path) -> None:
+    conn = store.connect(tmp_path / "hive.sqlite")
+    a1 = store.insert_approval(conn, "coder", "spawn")
+    a2 = store.insert_approval(conn, "coder", "apply_commit", "abc1234")
+    store.insert_approval(conn, "other", "spawn")
+    assert a1.status == "pending"
+    assert a1.requested_at.endswith("Z")
+    assert store.fail_pending_for_agent(conn, "coder", "agent destroyed") == [a1.id, a2.id]
+    rows = {a.id: a for a in store.list_approvals(conn)}
+    assert rows[a1.id].status == "failed"
+    assert rows[a1.id].note == "agent destroyed"
+    assert rows[a1.id].resolved_at is not None
+    assert rows[3].status == "pending"
+
+
+async def test_store_actor_runs_calls_in_order_off_the_trio_thread(tmp_path: Path) -> None:
+    s = store.Store(tmp_path / "hive.sqlite")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        results: list[int] = []
+
+        async def one(i: int) -> None:
+            a = await s.call(lambda c: store.insert_approval(c, f"a{i}", "spawn"))
+            results.append(a.id)
+
+        async with trio.open_nursery() as inner:
+            for i in range(20):
+                inner.start_soon(one, i)
+        ids = await s.call(lambda c: [a.id for a in store.list_approvals(c)])
+        store_thread = await s.call(lambda c: threading.get_ident())
+        with pytest.raises(sqlite3.OperationalError):
+            await s.call(lambda c: c.execute("SELECT * FROM nope"))
+        assert await s.call(lambda c: 42) == 42  # an error in one call does not break the actor
+        nursery.cancel_scope.cancel()
+    assert sorted(results) == ids == list(range(1, 21))
+    assert store_thread != threading.get_ident()
+
+
+async def test_cancelled_caller_does_not_abandon_the_write(tmp_path: Path) -> None:
+    s = store.Store(tmp_path / "hive.sqlite")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await s.call(lambda c: store.insert_approval(c, "late", "spawn"))
+        # the request was cancelled before it was sent, so nothing ran
+        assert await s.call(store.list_approvals) == []
+        started = trio.Event()
+
+        def slow_insert(c: sqlite3.Connection) -> store.Approval:
+            trio.from_thread.run_sync(started.set)
+            return store.insert_approval(c, "kept", "spawn")
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(s.call, slow_insert)
+            await started.wait()
+            inner.cancel_scope.cancel()
+        assert [a.agent for a in await s.call(store.list_approvals)] == ["kept"]
+        nursery.cancel_scope.cancel()

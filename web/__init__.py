@@ -1,0 +1,1 @@
+"""The dashboard: a Quart-trio app served by hypercorn."""
