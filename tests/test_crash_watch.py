@@ -135,3 +135,35 @@ def test_decide_is_pure_and_covers_each_axis() -> None:
         ("logged_in", "d"),
         ("needs_update", "f"),
     ]
+
+
+async def test_a_restarted_daemon_readopts_running_agents_without_restart_or_crash(
+    parts: Parts, autojump_clock: trio.testing.MockClock
+) -> None:
+    from actors.crash_watch import CrashWatch
+    from actors.event_bus import EventBus
+    from actors.transients import TransientRegistry
+    from hivecore.coordinator import Coordinator
+    from hivecore.runtime.process import ProcessRuntime
+
+    await parts.coordinator.spawn("alpha")
+    await parts.coordinator.spawn("beta")
+    pids = {n: s.pid for n, s in (await parts.runtime.list()).items()}
+    inbox_before = await parts.inbox("manager")
+
+    # a second daemon on the same state dir: fresh runtime, coordinator and crash_watch
+    bus = EventBus()
+    runtime = ProcessRuntime(parts.config.paths, stop_timeout=parts.config.stop_timeout)
+    coord = Coordinator(parts.config, bus, parts.store, TransientRegistry(bus), runtime)
+    watch = CrashWatch(coord, 10.0)
+    await parts.nursery.start(watch.run)
+    target = watch.statistics().ticks + 3
+    while watch.statistics().ticks < target:  # noqa: ASYNC110  # virtual time (MockClock)
+        await trio.sleep(1)
+    assert {n: s.pid for n, s in (await runtime.list()).items()} == pids
+    assert all(v.running for v in coord.views().values())
+    assert await parts.inbox("manager") == inbox_before  # no crash, no spawn, nothing
+    # and the adopted agents are fully manageable
+    await coord.stop("alpha")
+    assert not coord.views()["alpha"].running
+    assert not coord.views()["alpha"].failed

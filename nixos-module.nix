@@ -1,0 +1,144 @@
+# services.hive-c0re: the hyperhive host daemon (hivecore), with the nixos-container runtime.
+#
+#   imports = [ ./path/to/hivecore/nixos-module.nix ];
+#   services.hive-c0re = { enable = true; adminUsers = [ "mara" ]; };
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.hive-c0re;
+  inherit (lib) mkEnableOption mkOption mkIf types escapeShellArgs optionals;
+
+  defaultPackage = pkgs.python3Packages.buildPythonApplication {
+    pname = "hivecore";
+    version = "0.1.0";
+    pyproject = true;
+    src = lib.cleanSource ./.;
+    build-system = [ pkgs.python3Packages.setuptools ];
+    dependencies = with pkgs.python3Packages; [ trio attrs cattrs hypercorn quart quart-trio ];
+    doCheck = false;
+  };
+
+  args = [
+    "serve"
+    "--state-dir" cfg.stateDir
+    "--runtime" "nixos"
+    "--dashboard-host" cfg.dashboardHost
+    "--dashboard-port" (toString cfg.dashboardPort)
+    "--host-socket" "/run/hyperhive/host.sock"
+    "--admin-group" cfg.adminGroup
+    "--operator-pronouns" cfg.operatorPronouns
+    "--crash-watch-interval" (toString cfg.crashWatchInterval)
+  ]
+  ++ optionals (cfg.hyperhiveFlake != null) [ "--hyperhive-flake" cfg.hyperhiveFlake ]
+  ++ optionals (cfg.domain != null) [ "--domain" cfg.domain ]
+  ++ cfg.extraArgs;
+in
+{
+  options.services.hive-c0re = {
+    enable = mkEnableOption "the hive-c0re host daemon of hyperhive";
+
+    package = mkOption {
+      type = types.package;
+      default = defaultPackage;
+      defaultText = lib.literalMD "hivecore built from this checkout";
+      description = "Package providing `bin/hive-c0re` and `bin/hivectl`.";
+    };
+
+    stateDir = mkOption {
+      type = types.str;
+      default = "/var/lib/hyperhive";
+      description = "Agents' state, config repos, the meta flake and the database.";
+    };
+
+    dashboardHost = mkOption {
+      type = types.str;
+      default = "127.0.0.1";
+      description = "Address the dashboard binds. It has no authentication: keep it on loopback or behind the gateway.";
+    };
+
+    dashboardPort = mkOption {
+      type = types.port;
+      default = 7000;
+      description = "Dashboard HTTP port.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open dashboardPort in the firewall (only sensible with a non-loopback dashboardHost and a gateway in front).";
+    };
+
+    adminGroup = mkOption {
+      type = types.str;
+      default = "hive-admin";
+      description = "Group that may use /run/hyperhive/host.sock (mode 0660). Membership is full control of the hive.";
+    };
+
+    adminUsers = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "mara" ];
+      description = "Users added to adminGroup (they can run hivectl).";
+    };
+
+    operatorPronouns = mkOption {
+      type = types.str;
+      default = "she/her";
+      example = "they/them";
+      description = "Pronouns agents use for the operator (HIVE_OPERATOR_PRONOUNS); takes effect on the next rebuild.";
+    };
+
+    hyperhiveFlake = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Flake reference of hyperhive itself, rendered into the meta flake.";
+    };
+
+    domain = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Public domain of the gateway; agent URLs become https://<domain>/agent/<name>/.";
+    };
+
+    crashWatchInterval = mkOption {
+      type = types.ints.positive;
+      default = 10;
+      description = "Seconds between crash_watch polls.";
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = "Extra arguments for `hive-c0re serve`.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    boot.enableContainers = true;
+    users.groups.${cfg.adminGroup}.members = cfg.adminUsers;
+    environment.systemPackages = [ cfg.package ];
+    networking.firewall.allowedTCPPorts = optionals cfg.openFirewall [ cfg.dashboardPort ];
+
+    systemd.services.hive-c0re = {
+      description = "hyperhive host daemon (hive-c0re)";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network.target" ];
+      path = [ pkgs.git config.nix.package pkgs.nixos-container "/run/current-system/sw" ];
+      environment.HYPERHIVE_GIT = "${pkgs.git}/bin/git";
+      serviceConfig = {
+        ExecStart = "${cfg.package}/bin/hive-c0re ${escapeShellArgs args}";
+        Restart = "on-failure";
+        RestartSec = 2;
+        # containers are not our children; only the daemon itself is stopped
+        KillMode = "process";
+        TimeoutStopSec = 10;
+        RuntimeDirectory = "hyperhive";
+        RuntimeDirectoryMode = "0751";
+        # the agents' socket dirs are bind-mounted into their containers: keep them across restarts
+        RuntimeDirectoryPreserve = "yes";
+        StateDirectory = "hyperhive";
+        StateDirectoryMode = "0750";
+      };
+    };
+  };
+}
