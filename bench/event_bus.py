@@ -76,9 +76,8 @@ async def measure(n_subs: int, n_events: int, use_bus: bool) -> list[float]:
 
 async def main(n_events: int) -> None:
     print(f"publish→deliver latency, {n_events} events per row (µs)")
-    print(
-        f"{'subscribers':>11} {'bus p50':>9} {'bus p99':>9} {'bare p50':>9} {'bare p99':>9} {'p50 ratio':>9} {'p99 ratio':>9}"
-    )
+    cols = ("subscribers", "bus p50", "bus p99", "bare p50", "bare p99", "p50 ratio", "p99 ratio")
+    print(f"{cols[0]:>11} " + " ".join(f"{c:>9}" for c in cols[1:]))
     for n in (1, 100, 1000):
         events = max(20, n_events // max(1, n // 100))
         bus = await measure(n, events, use_bus=True)

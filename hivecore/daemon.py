@@ -65,8 +65,14 @@ async def main(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -
         coordinator = Coordinator(config, bus, store, transients, make_runtime(config))
         crash_watch = CrashWatch(coordinator, config.crash_watch_interval)
         supervisor = Supervisor(bus)
-        admin = AdminSocket(coordinator, config.host_socket_path, group=config.admin_group)
         daemon = Daemon(config, bus, coordinator, supervisor, crash_watch)
+        admin = AdminSocket(
+            coordinator,
+            config.host_socket_path,
+            group=config.admin_group,
+            # the dashboard's real address (port 0 binds an ephemeral port) once it is serving
+            home_url=lambda: daemon.dashboard_urls[0] + "/" if daemon.dashboard_urls else None,
+        )
 
         async def serve_web(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             hc = hypercorn.config.Config()

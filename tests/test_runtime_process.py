@@ -7,6 +7,7 @@ a leftover agent would outlive the test run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -362,3 +363,24 @@ def test_ports() -> None:
     assert agent_port(MANAGER_NAME) == 8000
     assert agent_port("alpha") == 8100 + fnv1a_32("alpha") % 900
     assert all(8100 <= agent_port(n) <= 8999 for n in ("a", "b", "zeta", "worker-01"))
+
+
+async def test_agents_do_not_inherit_the_daemons_open_fds(paths: StatePaths, runtime: ProcessRuntime) -> None:
+    """A detached agent holding the daemon's inherited pipe (a CI log) would keep its reader waiting."""
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    try:
+        pipe = os.readlink(f"/proc/self/fd/{w}")
+        await runtime.create(AgentSpec(name="alpha", command=SLEEP, env=ENV))
+        await runtime.start("alpha")
+        state = (await runtime.list())["alpha"]
+        assert state.pid is not None
+        for pid in [state.pid, *group_members(state.pid)]:
+            held = set()
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            assert pipe not in held, f"pid {pid} inherited {pipe}"
+    finally:
+        os.close(r)
+        os.close(w)

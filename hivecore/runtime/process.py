@@ -264,6 +264,9 @@ class ProcessRuntime:
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, str(rundir / SHIM_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
             (os.POSIX_SPAWN_DUP2, 1, 2),
+            # posix_spawn keeps every inheritable fd: close them, or a detached agent would hold
+            # whatever pipe the daemon's parent left open (a CI log, a terminal) for its lifetime
+            *((os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()),
         ]
         try:
             return os.posix_spawn(
@@ -303,6 +306,20 @@ class ProcessRuntime:
             raise RuntimeFailure(f'agent "{name}" has not been created') from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise RuntimeFailure(f'agent "{name}" has an unreadable spec: {e!r}') from e
+
+
+def _inheritable_fds() -> list[int]:
+    """Open fds above stderr that a spawned process would inherit."""
+    fds = []
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    fds.append(fd)
+            except OSError:
+                pass  # the fd listdir itself used, closed by now
+    return fds
 
 
 def _shim_env(env: Mapping[str, str]) -> dict[str, str]:

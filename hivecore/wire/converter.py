@@ -12,12 +12,14 @@ Rules every wire record follows:
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import attrs
 import cattrs
-from cattrs.gen import make_dict_unstructure_fn
+from cattrs.errors import AttributeValidationNote, ClassValidationError
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
 
 T = TypeVar("T")
 
@@ -51,9 +53,47 @@ def _strict(kind: type[T]) -> Callable[[Any, Any], T]:
     return structure
 
 
+def json_type_name(value: object) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _strict_attrs_factory(cl: type[Any], conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    # cattrs alone would accept "scope": "x" as an empty record and "agent_names": "abc" as
+    # ["a", "b", "c"]; a wire record must come from a JSON object and its lists from JSON arrays.
+    attrs.resolve_types(cl)
+    base = make_dict_structure_fn(cl, conv)
+    lists = [a for a in attrs.fields(cl) if typing.get_origin(a.type) is list]
+
+    def structure(value: Any, _: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected an object, got {json_type_name(value)}")
+        for a in lists:
+            if a.name in value and not isinstance(value[a.name], list):
+                err = TypeError(f"expected an array, got {json_type_name(value[a.name])}")
+                err.__notes__ = [AttributeValidationNote(f"@ attribute {a.name}", a.name, a.type)]
+                raise ClassValidationError(f"While structuring {cl.__name__}", [err], cl)
+        return base(value, cl)
+
+    return structure
+
+
 def make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=False)
     conv.register_unstructure_hook_factory(attrs.has, _omit_none_factory)
+    conv.register_structure_hook_factory(attrs.has, _strict_attrs_factory)
     for kind in (bool, int, str, float):
         conv.register_structure_hook(kind, _strict(kind))
     return conv

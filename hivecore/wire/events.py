@@ -118,6 +118,7 @@ DashboardEvent = (
     | AgentNotice
 )
 
+
 def _tag(cl: type) -> str:
     tag: str = cl.KIND  # type: ignore[attr-defined]  # every member of the union defines KIND
     return tag

@@ -106,6 +106,7 @@ AnyHelperEvent = (
     | ConfigReady
 )
 
+
 def _tag(cl: type) -> str:
     tag: str = cl.EVENT  # type: ignore[attr-defined]  # every member of the union defines EVENT
     return tag

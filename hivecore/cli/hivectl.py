@@ -1,0 +1,398 @@
+"""``hivectl``: a thin synchronous client of host.sock (see docs/host-sock.md).
+
+``hivectl [--socket PATH] [--json] VERB …`` sends one request line, reads the answer and prints it
+as an aligned table (or, with ``--json``, the daemon's answer lines verbatim).
+
+Exit codes: 0 the daemon said ok; 1 it refused (``ok:false``) or the command line was wrong;
+2 the daemon could not be reached or did not answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
+
+from hivecore.wire.host import (
+    HOST_SOCK_VERSION,
+    AgentStatusRequest,
+    ApproveRequest,
+    DenyRequest,
+    DestroyRequest,
+    HostRequest,
+    KillRequest,
+    LifecycleScope,
+    ListRequest,
+    PendingRequest,
+    RebuildRequest,
+    RequestSpawnRequest,
+    RestartRequest,
+    SetPausedRequest,
+    SpawnRequest,
+    StartRequest,
+    StopRequest,
+    SubscribeAgentStatusRequest,
+    UrlsRequest,
+    encode_request,
+)
+
+EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2
+NIXOS_SOCKET = "/run/hyperhive/host.sock"
+LOCAL_SOCKET = "./hive-state/run/host.sock"
+ADMIN_GROUP = "hive-admin"
+
+Response = dict[str, Any]
+
+
+def default_socket_path() -> str:
+    """``$HIVE_HOST_SOCK``, else the NixOS path if it exists, else ``./hive-state/run/host.sock``."""
+    env = os.environ.get("HIVE_HOST_SOCK")
+    if env:
+        return env
+    return NIXOS_SOCKET if os.path.exists(NIXOS_SOCKET) else LOCAL_SOCKET
+
+
+class Unreachable(Exception):
+    """The daemon could not be reached or did not answer; the message names the fix."""
+
+
+# --- talking to the daemon ---------------------------------------------------------------------------
+
+
+def connect(path: str, timeout: float | None) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except FileNotFoundError:
+        sock.close()
+        raise Unreachable(
+            f"no socket at {path}: the daemon is not running (start it with `hive-c0re serve`), "
+            "or point hivectl at its socket with --socket PATH or HIVE_HOST_SOCK"
+        ) from None
+    except PermissionError:
+        sock.close()
+        raise Unreachable(
+            f"permission denied on {path}: you are not in the {ADMIN_GROUP} group, or your login "
+            f"predates the group grant (log in again, or run `newgrp {ADMIN_GROUP}`)"
+        ) from None
+    except ConnectionRefusedError:
+        sock.close()
+        raise Unreachable(
+            f"nothing is listening on {path}: the daemon is down (the socket is left over from a stopped "
+            "daemon); start it with `hive-c0re serve`"
+        ) from None
+    except OSError as exc:
+        sock.close()
+        raise Unreachable(f"cannot connect to {path}: {exc.strerror or exc}") from None
+    return sock
+
+
+def exchange(path: str, request: HostRequest, timeout: float | None) -> Iterator[tuple[bytes, Response]]:
+    """Send ``request``; yield each answer line (raw, decoded) until the daemon closes."""
+    sock = connect(path, timeout)
+    with sock, sock.makefile("rb") as answers:
+        try:
+            sock.sendall(encode_request(request))
+            first = True
+            while line := answers.readline():
+                try:
+                    decoded = json.loads(line)
+                except ValueError:
+                    raise Unreachable(f"unreadable answer from the daemon: {line[:200]!r}") from None
+                if not isinstance(decoded, dict) or not isinstance(decoded.get("ok"), bool):
+                    raise Unreachable(f"unexpected answer from the daemon: {line[:200]!r}")
+                if first:
+                    _check_version(decoded)
+                    first = False
+                yield line.rstrip(b"\n"), decoded
+            if first:
+                raise Unreachable("the daemon closed the connection without answering")
+        except TimeoutError:
+            raise Unreachable(f"no answer from the daemon within {timeout:g} s") from None
+        except OSError as exc:
+            raise Unreachable(f"lost the connection to the daemon: {exc.strerror or exc}") from None
+
+
+def _check_version(answer: Response) -> None:
+    version = answer.get("version", 0)
+    if isinstance(version, int) and version > HOST_SOCK_VERSION:
+        _err(
+            f"warning: the daemon speaks host.sock version {version}, this hivectl knows "
+            f"{HOST_SOCK_VERSION}; continuing (upgrade hivectl if something looks wrong)"
+        )
+
+
+def _err(message: str) -> None:
+    print(f"hivectl: {message}", file=sys.stderr)
+
+
+# --- rendering ---------------------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell (the last one is not padded)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = []
+    for row in [list(headers), *rows]:
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)] + [row[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _one_line(text: object, limit: int = 60) -> str:
+    if not isinstance(text, str) or not text:
+        return "-"
+    first = text.strip().splitlines()[0] if text.strip() else "-"
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def status_cells(row: Response) -> list[str]:
+    state = "failed" if row.get("failed") else "running" if row.get("running") else "stopped"
+    needs = [k for k in ("login", "update") if row.get(f"needs_{k}")]
+    return [
+        str(row.get("name", "?")),
+        state,
+        "yes" if row.get("paused") else "-",
+        ",".join(needs) or "-",
+        str(row.get("deployed_sha") or "-"),
+        str(row.get("pending_reminders", 0)),
+        _one_line(row.get("status_text")),
+    ]
+
+
+STATUS_HEADERS = ("NAME", "STATE", "PAUSED", "NEEDS", "SHA", "REMINDERS", "STATUS")
+
+
+def render_status(answer: Response, names: Sequence[str]) -> str:
+    rows = [r for r in answer.get("agent_statuses") or [] if not names or r.get("name") in names]
+    if not rows:
+        return "no agents" if not names else "no such agents: " + ", ".join(names)
+    headers: list[str] = list(STATUS_HEADERS)
+    cells = [status_cells(r) for r in rows]
+    if any(r.get("url") for r in rows):
+        headers.append("URL")
+        for c, r in zip(cells, rows, strict=True):
+            c.append(str(r.get("url") or "-"))
+    return table(headers, cells)
+
+
+def render_pending(answer: Response) -> str:
+    approvals = answer.get("approvals") or []
+    if not approvals:
+        return "no approvals"
+    rows = [
+        [
+            str(a.get("id")),
+            str(a.get("agent")),
+            str(a.get("kind")),
+            str(a.get("commit_ref") or "-"),
+            str(a.get("status")),
+            str(a.get("requested_at")),
+            _one_line(a.get("description") or a.get("note"), 50),
+        ]
+        for a in approvals
+    ]
+    return table(["ID", "AGENT", "KIND", "REF", "STATUS", "REQUESTED", "DESCRIPTION"], rows)
+
+
+def render_urls(answer: Response) -> str:
+    urls = answer.get("urls") or {}
+    rows = [[k, str(v)] for k, v in urls.items() if v]
+    return table(["WHAT", "URL"], rows) if rows else "no urls"
+
+
+# --- the command line --------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # exit 2 means "daemon unreachable" here, so a usage error is 1
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_REFUSED, f"{self.prog}: error: {message}\n")
+
+
+Builder = Callable[[argparse.Namespace], HostRequest]
+Done = Callable[[argparse.Namespace], str]
+
+
+def _scope(args: argparse.Namespace) -> LifecycleScope:
+    return LifecycleScope(agent_names=list(args.names), agents=args.all)
+
+
+def _scope_text(args: argparse.Namespace) -> str:
+    if args.all:
+        return "every agent"
+    return ", ".join(args.names)
+
+
+def _named(cls: Callable[..., HostRequest]) -> Builder:
+    return lambda args: cls(name=args.name)
+
+
+def _past(word: str) -> Done:
+    return lambda args: f"{word} {args.name}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS, help="host.sock path")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print raw answers")
+    parser = _Parser(
+        prog="hivectl",
+        parents=[common],
+        description="Control a hyperhive daemon (hive-c0re) over its admin socket.",
+        epilog=f"socket: --socket, else $HIVE_HOST_SOCK, else {NIXOS_SOCKET} if it exists, else "
+        f"{LOCAL_SOCKET}. Exit codes: 0 ok, 1 refused or usage error, 2 daemon unreachable.",
+    )
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for an answer (300)")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
+
+    def verb(name: str, text: str, build: Builder, done: Done | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text, parents=[common])
+        p.set_defaults(build=build, done=done)
+        return p
+
+    verb("list", "list agent names", lambda a: ListRequest())
+    p = verb("status", "show every agent's status", lambda a: AgentStatusRequest())
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these agents")
+    verb(
+        "watch",
+        "print status changes as they happen (until interrupted)",
+        lambda a: SubscribeAgentStatusRequest(),
+    )
+    p = verb(
+        "start",
+        "start agents",
+        lambda a: StartRequest(scope=_scope(a)),
+        lambda a: f"started {_scope_text(a)}",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--all", action="store_true", help="every agent (the manager included)")
+    p = verb(
+        "stop",
+        "stop agents (SIGTERM, then SIGKILL after the stop timeout)",
+        lambda a: StopRequest(scope=_scope(a), graceful=not a.hard),
+        lambda a: f"stopped {_scope_text(a)}",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--all", action="store_true", help="every agent (the manager included)")
+    p.add_argument("--hard", action="store_true", help="kill at once instead of stopping gracefully")
+    for name, text, cls, past in (
+        ("restart", "restart an agent (no rebuild)", RestartRequest, "restarted"),
+        ("rebuild", "rebuild an agent from its config", RebuildRequest, "rebuilt"),
+        ("kill", "kill an agent at once", KillRequest, "killed"),
+        ("spawn", "create and start an agent (no approval)", SpawnRequest, "spawned"),
+    ):
+        verb(name, text, _named(cls), _past(past)).add_argument("name", metavar="NAME")
+    p = verb(
+        "destroy",
+        "destroy an agent (its state is kept unless --purge)",
+        lambda a: DestroyRequest(name=a.name, purge=a.purge),
+        lambda a: f"destroyed {a.name}" + (" and purged its state" if a.purge else " (state kept)"),
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--purge", action="store_true", help="also delete its state (no undo)")
+    p = verb(
+        "request-spawn",
+        "queue a spawn approval for the operator",
+        lambda a: RequestSpawnRequest(name=a.name, description=a.description),
+        lambda a: f"requested a spawn of {a.name}",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--description", default=None, help="shown on the approval card")
+    verb("pending", "list approvals", lambda a: PendingRequest())
+    p = verb("approve", "approve a request", lambda a: ApproveRequest(id=a.id), lambda a: f"approved {a.id}")
+    p.add_argument("id", type=int, metavar="ID")
+    p = verb(
+        "deny", "deny a request", lambda a: DenyRequest(id=a.id, note=a.note), lambda a: f"denied {a.id}"
+    )
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("--note", default=None, help="why (shown to the manager)")
+    p = verb(
+        "pause",
+        "pause an agent's turn loop",
+        lambda a: SetPausedRequest(name=a.name, paused=True),
+        _past("paused"),
+    )
+    p.add_argument("name", metavar="NAME")
+    p = verb(
+        "resume",
+        "resume a paused agent",
+        lambda a: SetPausedRequest(name=a.name, paused=False),
+        _past("resumed"),
+    )
+    p.add_argument("name", metavar="NAME")
+    verb("urls", "show where the hive can be reached", lambda a: UrlsRequest())
+    return parser
+
+
+WATCH_WIDTHS = (8, 10, 7, 6, 13, 12, 9)
+
+
+def watch_line(cells: Sequence[str]) -> str:
+    """A fixed-width row for ``watch`` (rows arrive one at a time, so widths cannot be measured)."""
+    padded = [c.ljust(w) for c, w in zip(cells, WATCH_WIDTHS, strict=False)]
+    return "  ".join([*padded, *cells[len(WATCH_WIDTHS) :]]).rstrip()
+
+
+def run(args: argparse.Namespace) -> int:
+    path = getattr(args, "socket", None) or default_socket_path()
+    as_json = getattr(args, "json", False)
+    request: HostRequest = args.build(args)
+    watching = isinstance(request, SubscribeAgentStatusRequest)
+    timeout = None if watching else args.timeout
+    for n, (raw, answer) in enumerate(exchange(path, request, timeout)):
+        if as_json:
+            print(raw.decode(errors="replace"), flush=watching)
+        if not answer["ok"]:
+            if not as_json:
+                _err(str(answer.get("error") or "refused (no reason given)"))
+            return EXIT_REFUSED
+        if as_json:
+            continue
+        if watching:
+            if n == 0:
+                print(watch_line(["TIME", *STATUS_HEADERS]), flush=True)
+            for row in answer.get("agent_statuses") or []:
+                print(watch_line([time.strftime("%H:%M:%S"), *status_cells(row)]), flush=True)
+        elif isinstance(request, ListRequest):
+            print("\n".join(answer.get("agents") or []) or "no agents")
+        elif isinstance(request, AgentStatusRequest):
+            print(render_status(answer, args.names))
+        elif isinstance(request, PendingRequest):
+            print(render_pending(answer))
+        elif isinstance(request, UrlsRequest):
+            print(render_urls(answer))
+        elif args.done is not None:
+            print(args.done(args))
+    if watching:
+        _err("the daemon ended the stream (it stopped, or dropped this slow watcher); run watch again")
+        return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb in ("start", "stop") and not args.names and not args.all:
+        parser.error(f"{args.verb}: name at least one agent, or use --all")
+    try:
+        return run(args)
+    except Unreachable as exc:
+        _err(str(exc))
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return EXIT_OK if args.verb == "watch" else 130
+    except BrokenPipeError:  # stdout closed early (hivectl watch | head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

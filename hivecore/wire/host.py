@@ -1,0 +1,331 @@
+"""host.sock wire records (reference §8): requests, the ``HostResponse`` envelope, status rows, urls.
+
+Everything here is sans-IO: :func:`parse_request` turns one request line (bytes) into a request
+record or a :class:`RequestError` whose ``message`` is the ``error`` text the client sees;
+:func:`encode_response` / :func:`encode_request` produce the exact bytes of one line. The shapes are a
+promise to the original's clients (hivectl, desktop sidebars):
+
+* requests are tagged by ``cmd`` (snake_case); unknown keys are ignored, optional fields default;
+* every answer carries ``version`` and ``ok``; ``error`` only when ``ok`` is false; the result
+  fields (``agents``, ``approvals``, ``agent_statuses``, ``urls``) only when they apply.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import attrs
+from cattrs.strategies import configure_tagged_union
+
+from hivecore.models import Approval, ContainerView
+from hivecore.wire.converter import converter, describe_error, dumps, json_type_name
+
+HOST_SOCK_VERSION = 1
+"""Bumped only for breaking changes (a field removed, renamed or retyped); new optional fields need none."""
+
+MAX_LINE = 64 * 1024
+"""The longest request line the server reads (bytes, newline excluded)."""
+
+
+# --- requests --------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class LifecycleScope:
+    """What a ``start``/``stop`` applies to. Unlike the original, an empty scope selects nothing."""
+
+    agent_names: list[str] = attrs.field(factory=list)
+    agents: bool = False
+    """Every agent the hive manages (the manager included)."""
+    ci: bool = False
+    forge: bool = False
+    gateway: bool = False
+    matrix: bool = False
+
+    def services(self) -> list[str]:
+        """The non-agent services selected (none of them run under hivecore)."""
+        return [s for s in ("ci", "forge", "gateway", "matrix") if getattr(self, s)]
+
+
+@attrs.frozen(kw_only=True)
+class HostRequest:
+    CMD: ClassVar[str] = ""
+
+
+@attrs.frozen(kw_only=True)
+class ListRequest(HostRequest):
+    CMD = "list"
+
+
+@attrs.frozen(kw_only=True)
+class AgentStatusRequest(HostRequest):
+    CMD = "agent_status"
+
+
+@attrs.frozen(kw_only=True)
+class SubscribeAgentStatusRequest(HostRequest):
+    CMD = "subscribe_agent_status"
+
+
+@attrs.frozen(kw_only=True)
+class StartRequest(HostRequest):
+    CMD = "start"
+    scope: LifecycleScope = attrs.field(factory=LifecycleScope)
+
+
+@attrs.frozen(kw_only=True)
+class StopRequest(HostRequest):
+    CMD = "stop"
+    scope: LifecycleScope = attrs.field(factory=LifecycleScope)
+    graceful: bool = True
+    """True: SIGTERM, then SIGKILL after the stop timeout; false: SIGKILL now. Absent means true."""
+
+
+@attrs.frozen(kw_only=True)
+class RestartRequest(HostRequest):
+    CMD = "restart"
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class RebuildRequest(HostRequest):
+    CMD = "rebuild"
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class KillRequest(HostRequest):
+    CMD = "kill"
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class DestroyRequest(HostRequest):
+    CMD = "destroy"
+    name: str
+    purge: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class SpawnRequest(HostRequest):
+    CMD = "spawn"
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class RequestSpawnRequest(HostRequest):
+    CMD = "request_spawn"
+    name: str
+    description: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PendingRequest(HostRequest):
+    CMD = "pending"
+
+
+@attrs.frozen(kw_only=True)
+class ApproveRequest(HostRequest):
+    CMD = "approve"
+    id: int
+
+
+@attrs.frozen(kw_only=True)
+class DenyRequest(HostRequest):
+    CMD = "deny"
+    id: int
+    note: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SetPausedRequest(HostRequest):
+    CMD = "set_paused"
+    name: str
+    paused: bool
+
+
+@attrs.frozen(kw_only=True)
+class UrlsRequest(HostRequest):
+    CMD = "urls"
+
+
+@attrs.frozen(kw_only=True)
+class _UnknownRequest(HostRequest):
+    """The tagged union's fallback, so an unknown verb is a value rather than a bare KeyError."""
+
+    cmd: str = ""
+
+
+AnyRequest = (
+    ListRequest
+    | AgentStatusRequest
+    | SubscribeAgentStatusRequest
+    | StartRequest
+    | StopRequest
+    | RestartRequest
+    | RebuildRequest
+    | KillRequest
+    | DestroyRequest
+    | SpawnRequest
+    | RequestSpawnRequest
+    | PendingRequest
+    | ApproveRequest
+    | DenyRequest
+    | SetPausedRequest
+    | UrlsRequest
+)
+REQUEST_TYPES: tuple[type[HostRequest], ...] = AnyRequest.__args__
+COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in REQUEST_TYPES)
+
+
+# --- responses -------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class AgentStatusRow:
+    """One agent in ``agent_statuses`` (reference §8.5, field order as serialised)."""
+
+    name: str
+    running: bool
+    failed: bool
+    needs_update: bool
+    needs_login: bool
+    deployed_sha: str | None = None
+    pending_reminders: int = 0
+    paused: bool = False
+    parent: str | None = None
+    active_model: str | None = None
+    status_text: str | None = None
+    status_set_at: str | None = None
+    url: str | None = None
+
+    @classmethod
+    def from_view(cls, view: ContainerView) -> AgentStatusRow:
+        return cls(
+            name=view.name,
+            running=view.running,
+            failed=view.failed,
+            needs_update=view.needs_update,
+            needs_login=view.needs_login,
+            deployed_sha=view.deployed_sha,
+            pending_reminders=view.pending_reminders,
+            paused=view.paused,
+            parent=view.parent,
+            active_model=view.active_model,
+            status_text=view.status_text,
+            status_set_at=view.status_set_at,
+            url=view.url,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Urls:
+    """Where the operator finds the hive; a key is omitted when that service does not exist."""
+
+    domain: str | None = None
+    home: str | None = None
+    forge: str | None = None
+    matrix: str | None = None
+
+
+def make_urls(domain: str | None, dashboard_host: str, dashboard_port: int) -> Urls:
+    """With a gateway domain, home is ``https://<domain>/``; without, the dashboard's own address.
+
+    A wildcard bind (``0.0.0.0``/``::``/empty) is shown as ``localhost``: host.sock clients are local.
+    forge and matrix stay None until hivecore runs those services.
+    """
+    if domain:
+        return Urls(domain=domain, home=f"https://{domain}/")
+    host = dashboard_host if dashboard_host not in ("", "0.0.0.0", "::") else "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    return Urls(home=f"http://{host}:{dashboard_port}/")
+
+
+@attrs.frozen(kw_only=True)
+class HostResponse:
+    version: int = HOST_SOCK_VERSION
+    ok: bool
+    error: str | None = None
+    agents: list[str] | None = None
+    approvals: list[Approval] | None = None
+    agent_statuses: list[AgentStatusRow] | None = None
+    urls: Urls | None = None
+
+
+OK = HostResponse(ok=True)
+
+
+def failure(message: str) -> HostResponse:
+    return HostResponse(ok=False, error=message)
+
+
+# --- encoding / decoding ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RequestError:
+    """A request line that could not be decoded; ``message`` is the answer's ``error``."""
+
+    message: str
+
+
+def encode_response(response: HostResponse) -> bytes:
+    return dumps(response).encode() + b"\n"
+
+
+def encode_request(request: HostRequest) -> bytes:
+    """One request line, ``cmd`` first (as the original's clients write it)."""
+    body: dict[str, Any] = {"cmd": request.CMD, **converter.unstructure(request)}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def decode_response(line: bytes | str) -> HostResponse:
+    """Decode an answer line (clients and tests); a missing ``version`` (pre-version daemon) is 0."""
+    data = json.loads(line)
+    if isinstance(data, dict):
+        data.setdefault("version", 0)
+    return converter.structure(data, HostResponse)
+
+
+def parse_request(line: bytes) -> HostRequest | RequestError:
+    """Decode one request line (without its newline); never raises for bad input."""
+    if len(line) > MAX_LINE:
+        return RequestError(f"request line exceeds {MAX_LINE} bytes")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RequestError(f"request is not valid UTF-8 (byte {exc.start})")
+    if not text.strip():
+        return RequestError('empty request; send one JSON object per line, e.g. {"cmd":"list"}')
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return RequestError(f"request is not valid JSON: {exc.msg} (column {exc.colno})")
+    except RecursionError:
+        return RequestError("request is not valid JSON: nested too deeply")
+    if not isinstance(data, dict):
+        return RequestError(f"request must be a JSON object, got {json_type_name(data)}")
+    if "cmd" not in data:
+        return RequestError('request has no "cmd" field')
+    cmd = data["cmd"]
+    if not isinstance(cmd, str):
+        return RequestError(f'field "cmd" must be a string, got {json_type_name(cmd)}')
+    try:
+        request: HostRequest = converter.structure(data, _WireRequest)  # type: ignore[arg-type]  # union form
+    except Exception as exc:  # cattrs validation errors and anything a hook raised
+        return RequestError(f'bad "{cmd}" request: {describe_error(exc)}')
+    if isinstance(request, _UnknownRequest):
+        return RequestError(f"unknown cmd {json.dumps(cmd, ensure_ascii=False)}")
+    return request
+
+
+_WireRequest = AnyRequest | _UnknownRequest
+configure_tagged_union(
+    _WireRequest,
+    converter,
+    tag_generator=lambda cl: str(getattr(cl, "CMD", "")),
+    tag_name="cmd",
+    default=_UnknownRequest,
+)

@@ -1,0 +1,240 @@
+"""The real ``hivectl`` as a subprocess against the real daemon's socket: tables, --json, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+import hivecore
+from hivecore.daemon import Daemon
+from hivecore.wire.host import AgentStatusRow, HostResponse, encode_response
+
+REPO = Path(hivecore.__file__).resolve().parent.parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "HIVE_HOST_SOCK"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+async def hivectl(
+    *args: str, sock: Path | None, env: dict[str, str] | None = None, user: int | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    cmd = [sys.executable, "-m", "hivecore.cli.hivectl"]
+    if sock is not None:
+        cmd += ["--socket", os.fspath(sock)]
+    if user is not None:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    with trio.fail_after(30):
+        return await trio.run_process(
+            [*cmd, *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env or _env(),
+            cwd=REPO,
+        )
+
+
+def out(result: subprocess.CompletedProcess[bytes]) -> str:
+    return result.stdout.decode()
+
+
+def err(result: subprocess.CompletedProcess[bytes]) -> str:
+    return result.stderr.decode()
+
+
+async def test_verbs_print_tables_and_exit_zero(hive: Daemon) -> None:
+    sock = hive.config.host_socket_path
+    result = await hivectl("list", sock=sock)
+    assert (result.returncode, out(result)) == (0, "no agents\n")
+    for name in ("a", "bee"):
+        result = await hivectl("spawn", name, sock=sock)
+        assert (result.returncode, out(result)) == (0, f"spawned {name}\n"), err(result)
+    assert out(await hivectl("list", sock=sock)) == "a\nbee\n"
+    assert out(await hivectl("stop", "bee", sock=sock)) == "stopped bee\n"
+    assert out(await hivectl("pause", "bee", sock=sock)) == "paused bee\n"
+
+    status = out(await hivectl("status", sock=sock)).splitlines()
+    assert status[0].split() == ["NAME", "STATE", "PAUSED", "NEEDS", "SHA", "REMINDERS", "STATUS"]
+    assert [line.split()[:3] for line in status[1:]] == [["a", "running", "-"], ["bee", "stopped", "yes"]]
+    state_col = status[0].index("STATE")
+    assert status[1][state_col:].startswith("running")
+    assert status[2][state_col:].startswith("stopped")  # aligned although "bee" is longer than "a"
+    only = out(await hivectl("status", "bee", sock=sock)).splitlines()
+    assert [line.split()[0] for line in only] == ["NAME", "bee"]
+
+    assert out(await hivectl("resume", "bee", sock=sock)) == "resumed bee\n"
+    assert out(await hivectl("start", "--all", sock=sock)) == "started every agent\n"
+    assert out(await hivectl("restart", "a", sock=sock)) == "restarted a\n"
+    assert out(await hivectl("stop", "a", "bee", "--hard", sock=sock)) == "stopped a, bee\n"
+    assert out(await hivectl("start", "a", sock=sock)) == "started a\n"
+    assert out(await hivectl("kill", "a", sock=sock)) == "killed a\n"
+    assert out(await hivectl("pending", sock=sock)) == "no approvals\n"
+    urls = out(await hivectl("urls", sock=sock)).splitlines()
+    assert urls[0].split() == ["WHAT", "URL"]
+    assert urls[1].split() == ["home", hive.dashboard_urls[0] + "/"]
+    assert out(await hivectl("destroy", "a", sock=sock)) == "destroyed a (state kept)\n"
+    result = await hivectl("destroy", "bee", "--purge", sock=sock)
+    assert out(result) == "destroyed bee and purged its state\n"
+
+
+async def test_json_prints_the_daemons_answer_verbatim(hive: Daemon) -> None:
+    sock = hive.config.host_socket_path
+    await hivectl("spawn", "a", sock=sock)
+    result = await hivectl("--json", "status", sock=sock)
+    expected = encode_response(
+        HostResponse(
+            ok=True, agent_statuses=[AgentStatusRow.from_view(v) for v in hive.coordinator.views().values()]
+        )
+    )
+    assert (result.returncode, result.stdout) == (0, expected)
+    # --json works after the verb too, and refusals are printed raw with exit code 1
+    result = await hivectl("restart", "ghost", "--json", sock=sock)
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {
+        "version": 1,
+        "ok": False,
+        "error": 'agent "ghost" is not managed by this hive',
+    }
+    assert (
+        await hivectl("pending", "--json", sock=sock)
+    ).stdout == b'{"version":1,"ok":true,"approvals":[]}\n'
+
+
+async def test_refusals_exit_one_with_the_daemons_message(hive: Daemon) -> None:
+    sock = hive.config.host_socket_path
+    result = await hivectl("restart", "ghost", sock=sock)
+    assert (result.returncode, err(result)) == (1, 'hivectl: agent "ghost" is not managed by this hive\n')
+    assert out(result) == ""
+    result = await hivectl("start", sock=sock)  # refused by hivectl itself (the daemon would too)
+    assert result.returncode == 1
+    assert "start: name at least one agent, or use --all" in err(result)
+    result = await hivectl("rebuild", "a", sock=sock)
+    assert result.returncode == 1
+    assert "rebuild is not available yet" in err(result)
+    for args in (
+        ["approve", "1"],
+        ["deny", "1", "--note", "no"],
+        ["request-spawn", "c", "--description", "d"],
+    ):
+        result = await hivectl(*args, sock=sock)
+        assert result.returncode == 1
+        assert "not available yet" in err(result)
+    # a usage error is 1 too: 2 is reserved for "daemon unreachable"
+    result = await hivectl("approve", "seven", sock=sock)
+    assert result.returncode == 1
+    assert "invalid int value" in err(result)
+
+
+async def test_unreachable_daemon_exits_two_and_names_the_fix(state_dir: Path) -> None:
+    missing = state_dir / "nope.sock"
+    result = await hivectl("list", sock=missing)
+    assert result.returncode == 2
+    assert f"no socket at {missing}: the daemon is not running" in err(result)
+
+    stale = state_dir / "stale.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(os.fspath(stale))
+    dead.close()
+    result = await hivectl("status", sock=stale)
+    assert result.returncode == 2
+    assert "the daemon is down" in err(result)
+
+    # the default path comes from HIVE_HOST_SOCK
+    result = await hivectl("list", sock=None, env=_env(HIVE_HOST_SOCK=os.fspath(missing)))
+    assert result.returncode == 2
+    assert f"no socket at {missing}" in err(result)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run hivectl as another user")
+async def test_permission_denied_names_the_admin_group(hive: Daemon) -> None:
+    result = await hivectl("list", sock=hive.config.host_socket_path, user=65534)
+    assert result.returncode == 2
+    assert "you are not in the hive-admin group" in err(result)
+
+
+async def fake_daemon(directory: Path) -> tuple[Path, trio.SocketListener]:
+    path = directory / "fake.sock"
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(os.fspath(path))
+    sock.listen()
+    return path, trio.SocketListener(sock)
+
+
+async def test_newer_daemon_version_warns_and_continues(state_dir: Path) -> None:
+    async def newer(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some()
+            await stream.send_all(b'{"version":2,"ok":true,"agents":["a"],"nodes":[]}\n')
+
+    async def mute(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some()
+
+    for handler, code in ((newer, 0), (mute, 2)):
+        path, listener = await fake_daemon(state_dir)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, handler, [listener])
+            result = await hivectl("list", sock=path)
+            nursery.cancel_scope.cancel()
+        path.unlink()
+        assert result.returncode == code
+        if code == 0:
+            assert out(result) == "a\n"
+            assert "warning: the daemon speaks host.sock version 2, this hivectl knows 1; continuing" in err(
+                result
+            )
+        else:
+            assert "the daemon closed the connection without answering" in err(result)
+
+
+async def test_watch_streams_changes(hive: Daemon) -> None:
+    sock = hive.config.host_socket_path
+    await hivectl("spawn", "w", sock=sock)
+    for as_json in (False, True):
+        args = [sys.executable, "-m", "hivecore.cli.hivectl", "--socket", os.fspath(sock), "watch"]
+        if as_json:
+            args.append("--json")
+        process = await trio.lowlevel.open_process(args, stdout=subprocess.PIPE, env=_env(), cwd=REPO)
+        try:
+            assert process.stdout is not None
+            buf = b""
+            with trio.fail_after(20):
+                while b"\n" not in buf:
+                    buf += await process.stdout.receive_some()
+                first, _, buf = buf.partition(b"\n")
+                if as_json:
+                    assert first == b'{"version":1,"ok":true}'
+                else:
+                    assert first.split() == [
+                        b"TIME",
+                        b"NAME",
+                        b"STATE",
+                        b"PAUSED",
+                        b"NEEDS",
+                        b"SHA",
+                        b"REMINDERS",
+                        b"STATUS",
+                    ]
+                await hive.coordinator.set_paused("w", not as_json)
+                while b"\n" not in buf:
+                    buf += await process.stdout.receive_some()
+            line = buf.partition(b"\n")[0]
+            if as_json:
+                assert json.loads(line)["agent_statuses"][0]["paused"] is False
+            else:
+                assert line.split()[1:4] == [b"w", b"running", b"yes"]
+        finally:
+            process.kill()
+            with trio.fail_after(10):
+                await process.wait()
