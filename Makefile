@@ -13,7 +13,7 @@ run:
 
 test:
 	@.ci/setup.sh
-	.venv/bin/python -m pytest -q
+	timeout 1200 .venv/bin/python -m pytest -q
 
 lint:
 	@.ci/setup.sh --no-browser

@@ -14,6 +14,8 @@ def kill_everything_under(run_agents: Path) -> None:
     """SIGKILL every process group recorded in ``<run_agents>/*/pid`` and every process whose
     command line names ``run_agents`` (a shim whose pidfile was not written yet); reap our children."""
     pids: set[int] = set()
+    if not run_agents.is_dir():
+        return
     for pidfile in run_agents.glob("*/pid"):
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             pids.add(int(json.loads(pidfile.read_text())["pid"]))

@@ -33,8 +33,9 @@ def wait_dead(pid: int) -> None:
 async def after_ticks(parts: Parts, n: int = 1) -> None:
     """Let crash_watch complete ``n`` more ticks (virtual time)."""
     target = parts.crash_watch.statistics().ticks + n
-    while parts.crash_watch.statistics().ticks < target:  # noqa: ASYNC110  # virtual time (MockClock)
-        await trio.sleep(1)
+    with trio.fail_after(60 * n):  # virtual seconds: a watch that stopped ticking fails, not hangs
+        while parts.crash_watch.statistics().ticks < target:  # noqa: ASYNC110  # virtual time (MockClock)
+            await trio.sleep(1)
 
 
 async def manager_events(parts: Parts) -> list[tuple[str, str]]:
@@ -158,8 +159,9 @@ async def test_a_restarted_daemon_readopts_running_agents_without_restart_or_cra
     watch = CrashWatch(coord, 10.0)
     await parts.nursery.start(watch.run)
     target = watch.statistics().ticks + 3
-    while watch.statistics().ticks < target:  # noqa: ASYNC110  # virtual time (MockClock)
-        await trio.sleep(1)
+    with trio.fail_after(180):  # virtual seconds
+        while watch.statistics().ticks < target:  # noqa: ASYNC110  # virtual time (MockClock)
+            await trio.sleep(1)
     assert {n: s.pid for n, s in (await runtime.list()).items()} == pids
     assert all(v.running for v in coord.views().values())
     assert await parts.inbox("manager") == inbox_before  # no crash, no spawn, nothing

@@ -27,13 +27,15 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 async def hivectl(
-    *args: str, sock: Path | None, env: dict[str, str] | None = None, user: int | None = None
+    *args: str, sock: Path | None, env: dict[str, str] | None = None, unprivileged: bool = False
 ) -> subprocess.CompletedProcess[bytes]:
     cmd = [sys.executable, "-m", "hivecore.cli.hivectl"]
     if sock is not None:
         cmd += ["--socket", os.fspath(sock)]
-    if user is not None:
-        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    if unprivileged:
+        # still uid 0 (so it can read this checkout and the venv wherever CI put them), but without
+        # the capabilities that let root ignore file permissions
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all", *cmd]
     with trio.fail_after(30):
         return await trio.run_process(
             [*cmd, *args],
@@ -156,9 +158,11 @@ async def test_unreachable_daemon_exits_two_and_names_the_fix(state_dir: Path) -
     assert f"no socket at {missing}" in err(result)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run hivectl as another user")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop capabilities with setpriv")
 async def test_permission_denied_names_the_admin_group(hive: Daemon) -> None:
-    result = await hivectl("list", sock=hive.config.host_socket_path, user=65534)
+    # the socket belongs to another user and group (0660): connecting without root's override is EACCES
+    os.chown(hive.config.host_socket_path, 65534, 65534)
+    result = await hivectl("list", sock=hive.config.host_socket_path, unprivileged=True)
     assert result.returncode == 2
     assert "you are not in the hive-admin group" in err(result)
 
