@@ -83,15 +83,17 @@ class CrashWatch:
         return CrashWatchStatistics(self._ticks, self._crashes, self.interval)
 
     async def tick(self) -> list[HelperEvent]:
+        """One poll. ``statistics().ticks`` counts completed ticks: once it moves, that tick's
+        helper events are already in the manager's inbox."""
         views = await self._coord.rescan_containers_and_emit()
         if views is None:  # superseded by a fresher rescan; judge on the next tick
             return []
-        self._ticks += 1
         prev, self._baseline = self._baseline, baseline_of(views)
         if prev is None:
             log.info(
                 "crash_watch: seeded with %d agents (%d running)", len(views), len(self._baseline.running)
             )
+            self._ticks += 1
             return []
 
         def quiet(name: str) -> bool:
@@ -104,6 +106,7 @@ class CrashWatch:
                 self._crashes += 1
                 log.warning("crash_watch: %s stopped without a stop request", agent)
             await self._coord.notify_manager(event, agent, getattr(event, "note", None))
+        self._ticks += 1
         return events
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -20,6 +20,7 @@ import attrs
 import cattrs
 from cattrs.errors import AttributeValidationNote, ClassValidationError
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
+from cattrs.strategies import configure_tagged_union
 
 T = TypeVar("T")
 
@@ -100,6 +101,25 @@ def make_converter() -> cattrs.Converter:
 
 
 converter = make_converter()
+
+
+def configure_tagged(union: Any, *, tag_attr: str, tag_name: str, default: type | None = None) -> None:
+    """Decode/encode ``union`` as a tagged union: key ``tag_name`` holds each class's ``tag_attr``.
+
+    With ``default``, a payload whose tag names no member decodes as ``default`` (so callers can
+    answer "unknown cmd" instead of cattrs raising a bare KeyError).
+    """
+
+    def tag(cl: type) -> str:
+        return str(getattr(cl, tag_attr))
+
+    configure_tagged_union(
+        union,
+        converter,
+        tag_generator=tag,
+        tag_name=tag_name,
+        default=attrs.NOTHING if default is None else default,
+    )
 
 
 def describe_error(exc: BaseException) -> str:

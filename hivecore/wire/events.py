@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import attrs
-from cattrs.strategies import configure_tagged_union
 
 from hivecore.models import ContainerView, TombstoneView, TransientKind
-from hivecore.wire.converter import converter
+from hivecore.wire.converter import configure_tagged, converter
 
 
 @attrs.frozen(kw_only=True)
@@ -119,12 +118,7 @@ DashboardEvent = (
 )
 
 
-def _tag(cl: type) -> str:
-    tag: str = cl.KIND  # type: ignore[attr-defined]  # every member of the union defines KIND
-    return tag
-
-
-configure_tagged_union(DashboardEvent, converter, tag_generator=_tag, tag_name="kind")
+configure_tagged(DashboardEvent, tag_attr="KIND", tag_name="kind")
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:

@@ -10,9 +10,8 @@ import json
 from typing import Any, ClassVar
 
 import attrs
-from cattrs.strategies import configure_tagged_union
 
-from hivecore.wire.converter import converter
+from hivecore.wire.converter import configure_tagged, converter
 
 
 @attrs.frozen(kw_only=True)
@@ -107,12 +106,7 @@ AnyHelperEvent = (
 )
 
 
-def _tag(cl: type) -> str:
-    tag: str = cl.EVENT  # type: ignore[attr-defined]  # every member of the union defines EVENT
-    return tag
-
-
-configure_tagged_union(AnyHelperEvent, converter, tag_generator=_tag, tag_name="event")
+configure_tagged(AnyHelperEvent, tag_attr="EVENT", tag_name="event")
 
 
 def helper_to_body(event: HelperEvent) -> str:

@@ -16,10 +16,9 @@ import json
 from typing import Any, ClassVar
 
 import attrs
-from cattrs.strategies import configure_tagged_union
 
 from hivecore.models import Approval, ContainerView
-from hivecore.wire.converter import converter, describe_error, dumps, json_type_name
+from hivecore.wire.converter import configure_tagged, converter, describe_error, dumps, json_type_name
 
 HOST_SOCK_VERSION = 1
 """Bumped only for breaking changes (a field removed, renamed or retyped); new optional fields need none."""
@@ -322,10 +321,4 @@ def parse_request(line: bytes) -> HostRequest | RequestError:
 
 
 _WireRequest = AnyRequest | _UnknownRequest
-configure_tagged_union(
-    _WireRequest,
-    converter,
-    tag_generator=lambda cl: str(getattr(cl, "CMD", "")),
-    tag_name="cmd",
-    default=_UnknownRequest,
-)
+configure_tagged(_WireRequest, tag_attr="CMD", tag_name="cmd", default=_UnknownRequest)
