@@ -7,7 +7,9 @@ closes every subscription on its way out and the socket actors unlink their sock
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -57,7 +59,7 @@ async def main(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -
     """Run the daemon until cancelled; ``task_status.started(Daemon)`` once every actor serves."""
     paths = config.paths
     paths.create_layout()
-    with hold_state_lock(paths.lock_file):
+    with hold_state_lock(paths.lock_file), _log_stop():
         log.info("state dir %s (runtime %s)", paths.root, config.runtime)
         bus = EventBus()
         store = Store(paths.db)
@@ -98,4 +100,11 @@ async def main(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -
             await nursery.start(supervisor.run, children)
             log.info("hive-c0re serving (%d actors)", len(children))
             task_status.started(daemon)
-    log.info("hive-c0re stopped")
+
+
+@contextlib.contextmanager
+def _log_stop() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        log.info("hive-c0re stopped (agents keep running; the next serve re-adopts them)")

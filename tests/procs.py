@@ -26,7 +26,7 @@ def kill_everything_under(run_agents: Path) -> None:
                 if marker in (entry / "cmdline").read_bytes():
                     pids.add(int(entry.name))
     for pid in pids:
-        if pid <= 1 or pid == os.getpgrp():
+        if pid <= 1 or pid in (os.getpid(), os.getppid(), os.getpgrp()):
             continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)

@@ -82,6 +82,12 @@ async def test_serve_logs_each_step_refuses_a_second_daemon_and_stops_on_sigterm
         assert rc == 0
         assert time.monotonic() - t0 < 5
         assert not (state_dir / "run" / "host.sock").exists()
+        assert proc.stderr is not None
+        tail = b""
+        while chunk := await proc.stderr.receive_some():
+            tail += chunk
+        assert b"received SIGTERM; shutting down" in tail
+        assert b"hive-c0re stopped" in tail
     finally:
         if proc.returncode is None:
             proc.kill()
