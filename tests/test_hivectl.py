@@ -242,3 +242,18 @@ async def test_watch_streams_changes(hive: Daemon) -> None:
             process.kill()
             with trio.fail_after(10):
                 await process.wait()
+
+
+async def test_hive_c0re_admin_verbs_are_the_same_client(hive: Daemon) -> None:
+    """The original's `hive-c0re list` / `hive-c0re spawn x` keep working (same client as hivectl)."""
+    sock = os.fspath(hive.config.host_socket_path)
+    base = [sys.executable, "-m", "hivecore.cli.daemon"]
+    with trio.fail_after(30):
+        spawned = await trio.run_process(
+            [*base, "spawn", "cc", "--socket", sock], capture_stdout=True, env=_env(), cwd=REPO, check=True
+        )
+        listed = await trio.run_process(
+            [*base, "list", "--socket", sock], capture_stdout=True, env=_env(), cwd=REPO, check=True
+        )
+    assert out(spawned) == "spawned cc\n"
+    assert out(listed) == "cc\n"

@@ -26,7 +26,12 @@ def _on_nixos() -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hive-c0re", description="hyperhive host daemon")
+    parser = argparse.ArgumentParser(
+        prog="hive-c0re",
+        description="hyperhive host daemon",
+        epilog="Every other verb (list, status, spawn, kill, destroy, pending, approve, deny, "
+        "request-spawn, …) is a host.sock client, exactly as `hivectl VERB`; see `hivectl --help`.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser(
         "serve",
@@ -131,6 +136,12 @@ async def serve(config: Config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] != "serve":
+        # the original's admin client lives in the same binary: `hive-c0re list`, `hive-c0re spawn x`
+        from hivecore.cli import hivectl
+
+        return hivectl.main(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
