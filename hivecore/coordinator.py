@@ -14,6 +14,7 @@ import logging
 import shutil
 from collections.abc import Awaitable, Callable
 
+import attrs
 import trio
 
 from actors.event_bus import EventBus
@@ -33,6 +34,15 @@ from hivecore.wire.events import AgentNotice, ContainerRemoved, ContainerStateCh
 from hivecore.wire.helper import Destroyed, HelperEvent, Killed, Spawned, helper_to_body
 
 log = logging.getLogger(__name__)
+
+_VERB_OF: dict[TransientKind, str] = {
+    "spawning": "spawn",
+    "starting": "start",
+    "stopping": "stop",
+    "restarting": "restart",
+    "rebuilding": "rebuild",
+    "destroying": "destroy",
+}
 
 
 class Coordinator:
@@ -161,7 +171,7 @@ class Coordinator:
                 except HiveError:
                     raise
                 except Exception as exc:
-                    raise RuntimeFailure(f"{kind.removesuffix('ing')} {name} failed: {exc}") from exc
+                    raise RuntimeFailure(f"{_VERB_OF[kind]} {name} failed: {exc}") from exc
                 await self.rescan_containers_and_emit()
             done = True
         finally:
@@ -276,7 +286,7 @@ class Coordinator:
             "HIVE_OPERATOR_PRONOUNS": self.config.operator_pronouns,
         }
         spec = default_agent_spec(self.paths, name, extra_env=extra)
-        return AgentSpec(name=name, command=spec.command, env=spec.env, flake_ref=f"{self.paths.meta}#{name}")
+        return attrs.evolve(spec, flake_ref=f"{self.paths.meta}#{name}")
 
     async def set_paused(self, name: object, paused: bool) -> None:
         """Write or remove the agent's pause marker; works while stopped; idempotent."""

@@ -181,3 +181,16 @@ async def test_spawn_refuses_an_existing_agent(parts: Parts) -> None:
     with pytest.raises(Refused, match='agent "coder" already exists'):
         await parts.coordinator.spawn("coder")
     assert parts.coordinator.views()["coder"].running
+
+
+async def test_a_runtime_failure_names_the_verb_and_leaves_no_transient(parts: Parts) -> None:
+    from hivecore.errors import RuntimeFailure
+
+    c = parts.coordinator
+    await c.spawn("coder")
+    (parts.config.paths.agent_run("coder") / "spec.json").write_text("not json")  # a corrupted spec
+    await c.stop("coder")
+    with pytest.raises(RuntimeFailure, match='agent "coder" has an unreadable spec'):
+        await c.start("coder")
+    assert c.transients.snapshot() == {}
+    assert not c.views()["coder"].running
