@@ -19,9 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 import outcome
 import trio
 
+from hivecore.errors import HiveError
 from hivecore.models import Approval
 from hivecore.wire.converter import converter
 
@@ -62,6 +64,16 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 class SchemaTooNew(Exception):
     pass
+
+
+class StoreUnavailable(HiveError):
+    """The store actor stopped while a request was in flight."""
+
+
+@attrs.frozen
+class StoreStatistics:
+    calls: int
+    queued: int
 
 
 def now_rfc3339() -> str:
@@ -159,7 +171,10 @@ class Store:
         reply_send, reply_recv = trio.open_memory_channel[outcome.Outcome[Any]](1)
         with reply_recv:
             await self._send.send((fn, reply_send))
-            result: outcome.Outcome[T] = await reply_recv.receive()
+            try:
+                result: outcome.Outcome[T] = await reply_recv.receive()
+            except trio.EndOfChannel:
+                raise StoreUnavailable("the database stopped before answering; try again") from None
         return result.unwrap()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -169,16 +184,19 @@ class Store:
             task_status.started(self)
             while True:
                 fn, reply = await self._recv.receive()
-                self._calls += 1
-                result = await trio.to_thread.run_sync(outcome.capture, fn, conn)
-                # a cancelled caller closed its end; the work is done regardless
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    reply.send_nowait(result)
+                # closing the reply on every path means a caller never waits on an answer that
+                # cannot come (if this actor is cancelled or crashes mid-request it sees EndOfChannel)
+                with reply:
+                    self._calls += 1
+                    result = await trio.to_thread.run_sync(outcome.capture, fn, conn)
+                    # a cancelled caller closed its end; the work is done regardless
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        reply.send_nowait(result)
         finally:
             conn.close()
 
-    def statistics(self) -> dict[str, int]:
-        return {"calls": self._calls, "queued": self._send.statistics().current_buffer_used}
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(calls=self._calls, queued=self._send.statistics().current_buffer_used)
 
 
 # --- broker messages (sync, run on the store thread) ----------------------------------------------

@@ -109,3 +109,27 @@ async def test_cancelled_caller_does_not_abandon_the_write(tmp_path: Path) -> No
             inner.cancel_scope.cancel()
         assert [a.agent for a in await s.call(store.list_approvals)] == ["kept"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_request_in_flight_when_the_store_stops_still_gets_its_answer(tmp_path: Path) -> None:
+    s = store.Store(tmp_path / "hive.sqlite")
+    answers: list[int] = []
+    async with trio.open_nursery() as outer:
+        with trio.CancelScope() as actor_scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(s.run)
+                in_flight = trio.Event()
+
+                def slow(c: sqlite3.Connection) -> int:
+                    trio.from_thread.run_sync(in_flight.set)
+                    return store.insert_approval(c, "late", "spawn").id
+
+                async def caller() -> None:
+                    answers.append(await s.call(slow))
+
+                outer.start_soon(caller)
+                await in_flight.wait()
+                actor_scope.cancel()  # shutdown while the write runs on the store thread
+    assert answers == [1]  # the write finished and its caller was answered, not left waiting
+    conn = store.connect(tmp_path / "hive.sqlite")
+    assert [a.agent for a in store.list_approvals(conn)] == ["late"]
