@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what hivecore needs, only what is missing; quiet and idempotent.
-#   - Debian/Ubuntu as root: git, nix-bin, chromium via apt (when absent)
+#   - Debian/Ubuntu as root: git, nix-bin, chromium (and python3-venv if venv is missing) via apt
 #   - a virtualenv in .venv with hivecore installed editable, with its dev extra
 # Usage: .ci/setup.sh [--no-browser]
 set -euo pipefail
@@ -8,23 +8,37 @@ cd "$(dirname "$0")/.."
 
 want_browser=1
 [ "${1:-}" = "--no-browser" ] && want_browser=0
+python=${PYTHON:-python3}
 
 missing=()
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v nix >/dev/null 2>&1 || missing+=(nix-bin)
 if [ "$want_browser" = 1 ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
+if [ ! -x .venv/bin/python ] && ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing ${missing[*]} (apt)"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >/dev/null
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        apt-get update -qq >/dev/null || echo "setup: warning: apt-get update failed" >&2
+        if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+            # one unavailable package must not block the others
+            for pkg in "${missing[@]}"; do
+                apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 ||
+                    echo "setup: warning: could not install $pkg with apt" >&2
+            done
+        fi
     else
         echo "setup: warning: missing ${missing[*]}; install them (as root on Debian: apt-get install ${missing[*]})" >&2
     fi
 fi
 
-python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup: hivecore needs Python >= 3.11; $("$python" --version 2>&1) found (set PYTHON=/path/to/python3.11)" >&2
+    exit 1
+fi
+
 stamp=".venv/.hivecore-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
     echo "setup: preparing .venv (pip install -e '.[dev]')"
