@@ -10,13 +10,15 @@ import trio
 from hivecore.daemon import Daemon
 
 
-async def http_get(daemon: Daemon, path: str) -> tuple[int, dict[str, str], bytes]:
+async def http_get(daemon: Daemon, path: str, headers: str = "") -> tuple[int, dict[str, str], bytes]:
     url = urlsplit(daemon.dashboard_urls[0])
     assert url.hostname is not None
     assert url.port is not None
     stream = await trio.open_tcp_stream(url.hostname, url.port)
     async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        await stream.send_all(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n".encode()
+        )
         data = b""
         # hypercorn answers "Connection: close" but keeps the socket open until its keep-alive
         # timeout, so read exactly content-length bytes instead of waiting for EOF
@@ -24,10 +26,10 @@ async def http_get(daemon: Daemon, path: str) -> tuple[int, dict[str, str], byte
             data += await stream.receive_some()
         head, _, body = data.partition(b"\r\n\r\n")
         lines = head.decode().split("\r\n")
-        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-        while len(body) < int(headers.get("content-length", "0")):
+        got = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        while len(body) < int(got.get("content-length", "0")):
             body += await stream.receive_some()
-    return int(lines[0].split()[1]), headers, body
+    return int(lines[0].split()[1]), got, body
 
 
 class SSE:
@@ -116,3 +118,15 @@ async def test_index_page_is_served(hive: Daemon) -> None:
     assert b"HIVE-C0RE" in body
     status, _, _ = await http_get(hive, "/static/dashboard.js")
     assert status == 200
+
+
+async def test_bad_stream_parameters_get_a_clear_400(hive: Daemon) -> None:
+    status, _, body = await http_get(hive, "/api/dashboard/stream?kinds=transient_set,bogus")
+    assert status == 400
+    answer = json.loads(body)
+    assert answer["ok"] is False
+    assert answer["error"].startswith("unknown event kind(s) bogus; known: actor_crashed, ")
+    status, _, body = await http_get(hive, "/api/dashboard/stream", "Last-Event-ID: ../etc\r\n")
+    assert status == 400
+    assert json.loads(body)["error"] == "Last-Event-ID must be a seq number, got '../etc'"
+    assert hive.bus.statistics().subscribers == 0  # nothing was subscribed

@@ -21,7 +21,7 @@ from actors.event_bus import EventBus, RefetchRequired
 from actors.supervisor import Supervisor
 from hivecore.coordinator import Coordinator
 from hivecore.wire.converter import converter
-from hivecore.wire.events import event_to_dict
+from hivecore.wire.events import EVENT_KINDS, event_to_dict
 
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_SECONDS = 15.0
@@ -30,6 +30,10 @@ KEEPALIVE_SECONDS = 15.0
 def _sse(data: dict[str, Any], *, event_id: int | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(json.dumps({"ok": False, "error": message}), status=status, mimetype="application/json")
 
 
 def create_app(coordinator: Coordinator, bus: EventBus, supervisor: Supervisor) -> QuartTrio:
@@ -62,8 +66,15 @@ def create_app(coordinator: Coordinator, bus: EventBus, supervisor: Supervisor) 
     async def stream() -> Response:
         kinds_arg = request.args.get("kinds")
         kinds = [k for k in kinds_arg.split(",") if k] if kinds_arg else None
+        unknown = sorted(set(kinds or ()) - EVENT_KINDS)
+        if unknown:
+            return _error(
+                400, f"unknown event kind(s) {', '.join(unknown)}; known: {', '.join(sorted(EVENT_KINDS))}"
+            )
         last_id = request.headers.get("Last-Event-ID")
-        after = int(last_id) if last_id and last_id.isdigit() else None
+        if last_id is not None and not last_id.strip().isdigit():
+            return _error(400, f"Last-Event-ID must be a seq number, got {last_id[:40]!r}")
+        after = int(last_id) if last_id is not None else None
         try:
             sub = bus.subscribe(kinds=kinds, after_seq=after)
         except RefetchRequired as exc:

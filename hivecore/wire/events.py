@@ -6,6 +6,7 @@ by ``kind``. Add a kind by defining a record with a ``KIND`` and listing it in `
 
 from __future__ import annotations
 
+import typing
 from typing import Any, ClassVar
 
 import attrs
@@ -119,6 +120,8 @@ DashboardEvent = (
 
 
 configure_tagged(DashboardEvent, tag_attr="KIND", tag_name="kind")
+
+EVENT_KINDS: frozenset[str] = frozenset(cl.KIND for cl in typing.get_args(DashboardEvent))
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:
