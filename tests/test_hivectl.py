@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -158,7 +159,14 @@ async def test_unreachable_daemon_exits_two_and_names_the_fix(state_dir: Path) -
     assert f"no socket at {missing}" in err(result)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop capabilities with setpriv")
+def _can_drop_caps() -> bool:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return False
+    probe = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all", "true"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.skipif(not _can_drop_caps(), reason="needs root and a setpriv that can drop capabilities")
 async def test_permission_denied_names_the_admin_group(hive: Daemon) -> None:
     # the socket belongs to another user and group (0660): connecting without root's override is EACCES
     os.chown(hive.config.host_socket_path, 65534, 65534)
