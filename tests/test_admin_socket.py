@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import grp
 import os
 import shutil
 import socket
@@ -441,7 +442,7 @@ async def test_socket_mode_group_and_directory(parts: Parts, short_dir: Path) ->
         assert stat.S_IMODE(st_sock.st_mode) == 0o660
         assert stat.S_IMODE(parent.stat().st_mode) == 0o751
         if group is not None:
-            assert st_sock.st_gid == 1
+            assert st_sock.st_gid == grp.getgrnam(group).gr_gid
         nursery.cancel_scope.cancel()
     assert not path.exists()  # unlinked on the way out
 
