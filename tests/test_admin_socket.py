@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import logging
-import grp
 import os
 import shutil
 import socket
