@@ -24,7 +24,7 @@ single agent, exactly that agent's message).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -305,8 +305,7 @@ class AdminSocket:
             or len(cached[0]) != len(views)
             or any(a is not b for a, b in zip(cached[0], views, strict=True))
         ):
-            rows = [AgentStatusRow.from_view(v) for v in views]
-            cached = self._status_cache = (views, encode_response(HostResponse(ok=True, agent_statuses=rows)))
+            cached = self._status_cache = (views, encode_response(_status_response(views)))
         return cached[1]
 
     # --- verbs -------------------------------------------------------------------------------------
@@ -326,8 +325,7 @@ class AdminSocket:
             case ListRequest():
                 return HostResponse(ok=True, agents=await coord.agent_names())
             case AgentStatusRequest():
-                rows = [AgentStatusRow.from_view(v) for v in coord.views().values()]
-                return HostResponse(ok=True, agent_statuses=rows)
+                return _status_response(coord.views().values())
             case StartRequest(scope=scope):
                 return await self._apply(request.CMD, await self.resolve_scope(scope), coord.start)
             case StopRequest(scope=scope, graceful=graceful):
@@ -411,6 +409,10 @@ class AdminSocket:
             return failure(failures[names[0]])
         listed = "; ".join(f"{n}: {failures[n]}" for n in names if n in failures)
         return failure(f"{verb} failed for {len(failures)} of {len(names)} agents: {listed}")
+
+
+def _status_response(views: Iterable[ContainerView]) -> HostResponse:
+    return HostResponse(ok=True, agent_statuses=[AgentStatusRow.from_view(v) for v in views])
 
 
 async def _wait_hangup(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
