@@ -146,9 +146,12 @@ def _rephrase(part: str) -> str:
     return f"field {where!r}: {message}" if where else message
 
 
-def dumps(obj: object) -> str:
-    """Compact JSON of a wire record (no spaces, so lines are byte-stable)."""
-    return json.dumps(converter.unstructure(obj), separators=(",", ":"), ensure_ascii=False)
+def dumps(obj: object, unstructure_as: Any = None) -> str:
+    """Compact JSON of a wire record (no spaces, so lines are byte-stable); ``unstructure_as`` a
+    tagged union adds the tag."""
+    return json.dumps(
+        converter.unstructure(obj, unstructure_as=unstructure_as), separators=(",", ":"), ensure_ascii=False
+    )
 
 
 def loads(data: str | bytes, cl: type[T]) -> T:

@@ -7,11 +7,11 @@ other.
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import attrs
 
-from hivecore.wire.converter import configure_tagged, converter
+from hivecore.wire.converter import configure_tagged, converter, dumps
 
 
 @attrs.frozen(kw_only=True)
@@ -111,8 +111,7 @@ configure_tagged(AnyHelperEvent, tag_attr="EVENT", tag_name="event")
 
 def helper_to_body(event: HelperEvent) -> str:
     """The broker message body for a helper event."""
-    data: dict[str, Any] = converter.unstructure(event, unstructure_as=AnyHelperEvent)
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return dumps(event, unstructure_as=AnyHelperEvent)
 
 
 def helper_from_body(body: str) -> HelperEvent:
