@@ -1,19 +1,27 @@
-"""crash_watch: the 10 s poller that keeps the dashboard honest and tells the manager about crashes.
+"""crash_watch: keeps the dashboard honest and tells the manager about crashes, promptly.
 
-Every tick (and whenever a lifecycle verb asks for a prompt rescan) it calls
-``rescan_containers_and_emit`` and compares the result with the previous tick:
+It judges every row change the views actor applies (a tick's full scan, a verb's per-agent scan, a
+prompt rescan), not only tick-to-tick:
 
 * crash axis — running before, not running now, no transient set and not stopped on purpose →
-  ``container_crash`` to the manager;
+  ``container_crash`` to the manager. "Before" is the last applied row, so an agent that a verb left
+  running counts even if no tick has seen it yet;
 * login axis — ``needs_login`` / ``logged_in`` on each transition;
 * up-to-date axis — ``needs_update`` only when staleness appears (``rebuilt`` covers the other way).
 
-The first tick only seeds, so a daemon restart never floods the manager. The decisions are the
-pure :func:`decide`; the actor does the I/O.
+Its first tick only seeds, so a daemon restart never floods the manager. Between ticks (every
+``interval`` s, the safety net and the login/update axes' clock) it watches each running agent's
+exit through the runtime (``wait_exit``: a pidfd for the process runtime) and asks for a rescan of
+just that agent the moment it exits, so a crash is reported within about a second.
+
+The decisions are the pure :func:`decide`; quietness (a transient, a stop on purpose) is judged at
+the instant the views actor applies the change, synchronously, so no verb can slip in between.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,11 +29,16 @@ from typing import Any
 import attrs
 import trio
 
-from hivecore.coordinator import Coordinator
+from actors.views import RowsApplied, Views
 from hivecore.models import ContainerView
+from hivecore.runtime.base import ContainerRuntime
+from hivecore.services.notify import Notifier
 from hivecore.wire.helper import ContainerCrash, HelperEvent, LoggedIn, NeedsLogin, NeedsUpdate
 
 log = logging.getLogger(__name__)
+
+_NEW = ContainerView(name="", container="")
+"""What a row that did not exist before counts as: not running, logged in, up to date."""
 
 
 @attrs.frozen
@@ -64,63 +77,158 @@ def decide(
     return events
 
 
+def decide_changes(applied: RowsApplied, quiet: Callable[[str], bool]) -> list[HelperEvent]:
+    """:func:`decide` over one scan's changes (a removed row is never a crash: destroy is on purpose)."""
+    before = {n: old or _NEW for n, (old, new) in applied.changes.items() if new is not None}
+    after = {n: new for n, (_, new) in applied.changes.items() if new is not None}
+    return decide(baseline_of(before), after, quiet)
+
+
 @attrs.frozen
 class CrashWatchStatistics:
     ticks: int
     crashes_reported: int
     interval: float
+    exit_watchers: int = 0
 
 
 class CrashWatch:
-    def __init__(self, coordinator: Coordinator, interval: float) -> None:
-        self._coord = coordinator
+    """The actor. ``quiet(name)`` says whether a stop of ``name`` was caused on purpose right now."""
+
+    def __init__(
+        self,
+        views: Views,
+        notifier: Notifier,
+        quiet: Callable[[str], bool],
+        interval: float,
+        *,
+        runtime: ContainerRuntime | None = None,
+    ) -> None:
+        self._views = views
+        self._notifier = notifier
+        self._quiet = quiet
         self.interval = interval
-        self._baseline: Baseline | None = None
+        self._runtime = runtime
+        self._seeded = False
         self._ticks = 0
         self._crashes = 0
+        self._outbox: collections.deque[HelperEvent] = collections.deque()
+        self._queued = 0
+        self._sent = 0
+        self._has_work = trio.Event()
+        self._delivery_waiters: list[tuple[int, trio.Event]] = []
+        self._wake_send, self._wake_recv = trio.open_memory_channel[None](1)
+        self._watching: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        views.observe(self._observe)
 
     def statistics(self) -> CrashWatchStatistics:
-        return CrashWatchStatistics(self._ticks, self._crashes, self.interval)
+        return CrashWatchStatistics(self._ticks, self._crashes, self.interval, len(self._watching))
 
-    async def tick(self) -> list[HelperEvent]:
-        """One poll. ``statistics().ticks`` counts completed ticks: once it moves, that tick's
-        helper events are already in the manager's inbox."""
-        views = await self._coord.rescan_containers_and_emit()
-        if views is None:  # superseded by a fresher rescan; judge on the next tick
-            return []
-        prev, self._baseline = self._baseline, baseline_of(views)
-        if prev is None:
-            log.info(
-                "crash_watch: seeded with %d agents (%d running)", len(views), len(self._baseline.running)
-            )
-            self._ticks += 1
-            return []
+    def request_rescan(self, names: list[str] | None = None) -> None:
+        """A prompt rescan (never blocks): of ``names`` at once, or a full out-of-band tick."""
+        if names is not None:
+            self._views.request_rescan(names)
+            return
+        with contextlib.suppress(trio.WouldBlock):  # one is already queued: coalesce
+            self._wake_send.send_nowait(None)
 
-        def quiet(name: str) -> bool:
-            return self._coord.transients.get(name) is not None or self._coord.stopped_on_purpose(name)
+    # --- judging (synchronous, called by the views actor as it applies a scan) -------------------
 
-        events = decide(prev, views, quiet)
-        for event in events:
-            agent: str = getattr(event, "agent", "")
+    def _observe(self, applied: RowsApplied) -> None:
+        for name, (_, new) in applied.changes.items():
+            if new is not None and new.running:
+                self._watch_exit(name)
+        if not self._seeded:
+            return
+        for event in decide_changes(applied, self._quiet):
             if isinstance(event, ContainerCrash):
                 self._crashes += 1
-                log.warning("crash_watch: %s stopped without a stop request", agent)
-            await self._coord.notify_manager(event, agent, getattr(event, "note", None))
+                log.warning("crash_watch: %s stopped without a stop request", event.agent)
+            self._outbox.append(event)
+            self._queued += 1
+        if self._outbox:
+            self._has_work.set()
+
+    # --- exit watchers -----------------------------------------------------------------------------
+
+    def _watch_exit(self, name: str) -> None:
+        wait_exit = getattr(self._runtime, "wait_exit", None)
+        if wait_exit is None or self._nursery is None or name in self._watching:
+            return
+        self._watching.add(name)
+        self._nursery.start_soon(self._exit_watcher, name, wait_exit, name=f"crash_watch: exit of {name}")
+
+    async def _exit_watcher(self, name: str, wait_exit: Callable[[str], Any]) -> None:
+        try:
+            await wait_exit(name)
+        except Exception:
+            log.debug("crash_watch: cannot watch %s's exit; the tick covers it", name, exc_info=True)
+            return
+        finally:
+            self._watching.discard(name)
+        log.info("crash_watch: %s exited; rescanning it now", name)
+        row = (await self._views.rescan([name])).get(name)
+        if row is not None and row.running:  # a restart: watch the new process
+            self._watch_exit(name)
+
+    # --- ticks and delivery ------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """One full scan. ``statistics().ticks`` counts completed ticks: once it moves, that tick's
+        helper events are already in the manager's inbox."""
+        views = await self._views.rescan()
+        if not self._seeded:
+            self._seeded = True
+            log.info(
+                "crash_watch: seeded with %d agents (%d running)",
+                len(views),
+                sum(1 for v in views.values() if v.running),
+            )
+        if self._sent < self._queued:
+            delivered = trio.Event()
+            self._delivery_waiters.append((self._queued, delivered))
+            await delivered.wait()
         self._ticks += 1
-        return events
+
+    async def _deliverer(self) -> None:
+        """The one task that delivers helper events, in the order they were judged."""
+        while True:
+            if not self._outbox:
+                self._has_work = trio.Event()
+                await self._has_work.wait()
+                continue
+            event = self._outbox.popleft()
+            agent: str = getattr(event, "agent", "")
+            try:
+                await self._notifier.notify_manager(event, agent, getattr(event, "note", None))
+            finally:
+                self._sent += 1
+                ready = [w for w in self._delivery_waiters if w[0] <= self._sent]
+                for w in ready:
+                    self._delivery_waiters.remove(w)
+                    w[1].set()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Tick every ``interval`` seconds and on every rescan request, until cancelled."""
-        await self._coord.refresh_tombstones()
-        await self.tick()
-        task_status.started(self)
-        requests = self._coord.rescan_requests
-        while True:
-            with trio.move_on_after(self.interval):
-                await requests.receive()
+        """Tick every ``interval`` seconds and on every full-rescan request, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             try:
+                nursery.start_soon(self._deliverer)
+                await self._views.refresh_tombstones()
                 await self.tick()
-            except Exception:
-                # one bad tick (a runtime hiccup) must not stop the watch; the supervisor would
-                # restart us anyway, but that would re-seed and could miss a crash
-                log.exception("crash_watch: tick failed; trying again next tick")
+                for name, row in self._views.rows().items():
+                    if row.running:
+                        self._watch_exit(name)
+                task_status.started(self)
+                while True:
+                    with trio.move_on_after(self.interval):
+                        await self._wake_recv.receive()
+                    try:
+                        await self.tick()
+                    except Exception:
+                        # one bad tick (a runtime hiccup) must not stop the watch; a supervisor
+                        # restart would re-seed and could miss a crash
+                        log.exception("crash_watch: tick failed; trying again next tick")
+            finally:
+                self._nursery = None

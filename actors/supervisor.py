@@ -40,6 +40,9 @@ class ChildSpec:
     name: str
     run: RunFn
     """``async def run(*, task_status)``; must call ``task_status.started()`` once serving."""
+    stop: Callable[[], None] | None = None
+    """Optional graceful stop request (e.g. hypercorn's shutdown trigger): at shutdown it is called
+    first and the child gets ``RestartPolicy.stop_grace`` seconds to return before it is cancelled."""
 
 
 @attrs.define
@@ -59,6 +62,8 @@ class RestartPolicy:
     window: float = 60.0
     healthy_after: float = 30.0
     """A child that ran this long before crashing restarts from ``initial_backoff`` again."""
+    stop_grace: float = 2.0
+    """At shutdown, how long a child with a ``stop`` hook may take to finish on its own."""
 
 
 class Supervisor:
@@ -66,6 +71,8 @@ class Supervisor:
         self._bus = bus
         self.policy = policy or RestartPolicy()
         self._children: dict[str, ChildStatus] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._done: dict[str, trio.Event] = {}
 
     def statistics(self) -> list[ChildStatus]:
         return [attrs.evolve(c) for c in self._children.values()]
@@ -75,18 +82,59 @@ class Supervisor:
     ) -> None:
         """Start ``children`` in order and supervise them until cancelled.
 
-        Returns only by cancellation (all children are cancelled with it) or by raising
-        :class:`SupervisorEscalation`. A child that fails during its *first* start raises straight
-        out: a daemon that cannot start should say so, not loop.
+        Returns only by cancellation or by raising :class:`SupervisorEscalation`. A child that
+        fails during its *first* start raises straight out: a daemon that cannot start should say
+        so, not loop. Cancellation stops the children in **reverse start order**, each one finished
+        before the previous one is stopped (so the sockets and the dashboard go first and the store
+        and the event bus last); a child with a ``stop`` hook is asked first and cancelled only
+        after ``stop_grace`` seconds.
         """
-        async with trio.open_nursery() as nursery:
-            for spec in children:
-                self._children[spec.name] = ChildStatus(spec.name)
-                await nursery.start(self._supervise, spec, name=f"supervise:{spec.name}")
-                log.info("actor %s started", spec.name)
-            task_status.started()
+        async with trio.open_nursery() as outer:
+            # the children live in a shielded nursery: cancelling run() does not reach them
+            # directly; the shutdown below stops them one by one
+            inner: trio.Nursery = await outer.start(_host)
+            try:
+                for spec in children:
+                    self._children[spec.name] = ChildStatus(spec.name)
+                    self._scopes[spec.name] = trio.CancelScope()
+                    self._done[spec.name] = trio.Event()
+                    await inner.start(self._supervise, spec, name=f"supervise:{spec.name}")
+                    log.info("actor %s started", spec.name)
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._shutdown(children)
+                    inner.cancel_scope.cancel()
+
+    async def _shutdown(self, children: Sequence[ChildSpec]) -> None:
+        for spec in reversed(children):
+            done = self._done.get(spec.name)
+            scope = self._scopes.get(spec.name)
+            if done is None or scope is None or done.is_set():
+                continue
+            if spec.stop is not None:
+                spec.stop()
+                with trio.move_on_after(self.policy.stop_grace):
+                    await done.wait()
+            scope.cancel()
+            with trio.move_on_after(self.policy.stop_grace):
+                await done.wait()
+            if not done.is_set():
+                log.warning("actor %s did not stop within %gs", spec.name, self.policy.stop_grace)
+            else:
+                log.debug("actor %s stopped", spec.name)
 
     async def _supervise(self, spec: ChildSpec, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self._scopes[spec.name]:
+                await self._supervise_loop(spec, task_status=task_status)
+        finally:
+            self._done[spec.name].set()
+            if self._children[spec.name].state in ("running", "starting", "backoff"):
+                self._children[spec.name].state = "stopped"
+
+    async def _supervise_loop(self, spec: ChildSpec, *, task_status: Any) -> None:
         status = self._children[spec.name]
         crashes: collections.deque[float] = collections.deque()
         backoff = self.policy.initial_backoff
@@ -145,6 +193,13 @@ class Supervisor:
         status.last_crash = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         status.last_crash_at = trio.current_time()
         log.error("actor %s crashed", status.name, exc_info=exc)
+
+
+async def _host(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.cancel_scope.shield = True
+        task_status.started(nursery)
+        await trio.sleep_forever()
 
 
 async def _run_child(spec: ChildSpec, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

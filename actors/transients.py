@@ -12,6 +12,7 @@ Transients are deliberately not persisted: a daemon restart clears every stuck r
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 import attrs
@@ -26,6 +27,15 @@ class TransientRegistry:
     def __init__(self, bus: EventBus) -> None:
         self._bus = bus
         self._map: dict[str, Transient] = {}
+        self._listeners: list[Callable[[str, Transient | None], None]] = []
+
+    def listen(self, listener: Callable[[str, Transient | None], None]) -> None:
+        """Call ``listener(name, transient_or_None)`` synchronously on every set and clear."""
+        self._listeners.append(listener)
+
+    def _notify(self, name: str, entry: Transient | None) -> None:
+        for listener in self._listeners:
+            listener(name, entry)
 
     def get(self, name: str) -> Transient | None:
         return self._map.get(name)
@@ -43,11 +53,13 @@ class TransientRegistry:
         entry = Transient(kind=kind, since_unix=int(time.time()))
         self._map[name] = entry
         self._bus.publish(TransientSet(name=name, transient_kind=kind, since_unix=entry.since_unix))
+        self._notify(name, entry)
         return entry
 
     def clear_nowait(self, name: str) -> None:
         if self._map.pop(name, None) is not None:
             self._bus.publish(TransientCleared(name=name))
+            self._notify(name, None)
 
     def transient(self, name: str, kind: TransientKind) -> TransientGuard:
         return TransientGuard(self, name, kind)

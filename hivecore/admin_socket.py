@@ -31,6 +31,8 @@ from typing import Any
 import attrs
 import trio
 
+from actors.event_bus import EventBus
+from hivecore.config import Config
 from hivecore.coordinator import Coordinator
 from hivecore.errors import HiveError, NotAvailable, Refused
 from hivecore.models import ContainerView
@@ -151,6 +153,8 @@ class AdminSocket:
         coordinator: Coordinator,
         path: Path,
         *,
+        bus: EventBus,
+        config: Config,
         group: str | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
@@ -158,6 +162,8 @@ class AdminSocket:
         home_url: Callable[[], str | None] | None = None,
     ) -> None:
         self.coordinator = coordinator
+        self.bus = bus
+        self.config = config
         self.path = path
         self.group = group
         self.idle_timeout = idle_timeout
@@ -260,7 +266,7 @@ class AdminSocket:
         the client hangs up, a send does not complete within ``send_timeout``, or the event bus
         drops us for lagging (or closes at shutdown).
         """
-        bus = self.coordinator.bus
+        bus = self.bus
         with bus.subscribe(kinds=[ContainerStateChanged.KIND], buffer=self.subscriber_buffer) as sub:
             if not await self._send(stream, OK):
                 return
@@ -365,7 +371,7 @@ class AdminSocket:
         return OK
 
     def urls(self) -> Urls:
-        config = self.coordinator.config
+        config = self.config
         urls = make_urls(config.domain, config.dashboard_host, config.dashboard_port)
         if not config.domain and self.home_url is not None and (home := self.home_url()):
             urls = attrs.evolve(urls, home=home if home.endswith("/") else home + "/")

@@ -1,48 +1,65 @@
 """``hive-c0re serve``: build the actors, start them under the supervisor, serve until cancelled.
 
 Ownership: :func:`main` owns one nursery holding the supervisor; the supervisor owns every actor's
-task. Cancelling :func:`main` (SIGINT/SIGTERM in the CLI) cancels the whole tree; the event bus
-closes every subscription on its way out and the socket actors unlink their socket files.
+task, starts them in the order of :func:`main`'s table (each serving before the next starts) and
+stops them in reverse order. The dashboard is optional and comes from the caller (the CLI passes
+``web.app.daemon_app``), so nothing here imports ``web``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
 import attrs
-import hypercorn.config
-import hypercorn.trio
 import trio
 
 from actors.crash_watch import CrashWatch
 from actors.event_bus import EventBus
+from actors.rebuild_queue import JobLane
 from actors.supervisor import ChildSpec, Supervisor
 from actors.transients import TransientRegistry
+from actors.views import Views
 from hivecore.admin_socket import AdminSocket
 from hivecore.config import Config
 from hivecore.coordinator import Coordinator
 from hivecore.runtime.base import ContainerRuntime
+from hivecore.services.lifecycle import Lifecycle
+from hivecore.services.notify import Notifier
 from hivecore.statelock import hold_state_lock
 from hivecore.store import Store
-from web.app import create_app
 
 log = logging.getLogger(__name__)
+
+WebFactory = Callable[["Daemon"], Any]
+"""Builds the dashboard's ASGI app from the daemon's handles."""
 
 
 @attrs.define
 class Daemon:
-    """Handles to a running daemon (tests and the CLI use them)."""
+    """Handles to a running daemon (tests, the CLI and the web factory use them)."""
 
     config: Config
     bus: EventBus
+    store: Store
+    transients: TransientRegistry
+    runtime: ContainerRuntime
+    views: Views
+    lane: JobLane
+    lifecycle: Lifecycle
     coordinator: Coordinator
     supervisor: Supervisor
     crash_watch: CrashWatch
     dashboard_urls: list[str] = attrs.field(factory=list)
+
+    def dashboard_port(self) -> int:
+        """The port actually bound (the configured one may be 0: ephemeral)."""
+        if self.dashboard_urls:
+            return int(self.dashboard_urls[0].rsplit(":", 1)[1].split("/", 1)[0])
+        return self.config.dashboard_port
 
 
 def make_runtime(config: Config) -> ContainerRuntime:
@@ -55,51 +72,89 @@ def make_runtime(config: Config) -> ContainerRuntime:
     return ProcessRuntime(config.paths, stop_timeout=config.stop_timeout)
 
 
-async def main(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+def build(config: Config, runtime: ContainerRuntime | None = None, store: Store | None = None) -> Daemon:
+    """The object graph, not yet running (tests start the actors they need, or share a store)."""
+    bus = EventBus()
+    store = store if store is not None else Store(config.paths.db)
+    transients = TransientRegistry(bus)
+    runtime = runtime if runtime is not None else make_runtime(config)
+    views = Views(config.paths, runtime, transients, bus, domain=config.domain)
+    notifier = Notifier(store, bus)
+    lifecycle = Lifecycle(config, runtime, views, transients, store, notifier)
+    lane = JobLane(store, bus, lifecycle)
+    coordinator = Coordinator(lane, views, runtime, store, lifecycle)
+
+    def quiet(name: str) -> bool:
+        return transients.get(name) is not None or lifecycle.intent.stopped_on_purpose(name)
+
+    crash_watch = CrashWatch(views, notifier, quiet, config.crash_watch_interval, runtime=runtime)
+    supervisor = Supervisor(bus)
+    daemon = Daemon(
+        config, bus, store, transients, runtime, views, lane, lifecycle, coordinator, supervisor, crash_watch
+    )
+    lifecycle.dashboard_port = daemon.dashboard_port
+    return daemon
+
+
+async def main(
+    config: Config, *, web_factory: WebFactory | None = None, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
     """Run the daemon until cancelled; ``task_status.started(Daemon)`` once every actor serves."""
     paths = config.paths
     paths.create_layout()
     with hold_state_lock(paths.lock_file), _log_stop():
         log.info("state dir %s (runtime %s)", paths.root, config.runtime)
-        bus = EventBus()
-        store = Store(paths.db)
-        transients = TransientRegistry(bus)
-        coordinator = Coordinator(config, bus, store, transients, make_runtime(config))
-        crash_watch = CrashWatch(coordinator, config.crash_watch_interval)
-        supervisor = Supervisor(bus)
-        daemon = Daemon(config, bus, coordinator, supervisor, crash_watch)
+        daemon = build(config)
         admin = AdminSocket(
-            coordinator,
+            daemon.coordinator,
             config.host_socket_path,
+            bus=daemon.bus,
+            config=config,
             group=config.admin_group,
             # the dashboard's real address (port 0 binds an ephemeral port) once it is serving
             home_url=lambda: daemon.dashboard_urls[0] + "/" if daemon.dashboard_urls else None,
         )
-
-        async def serve_web(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            hc = hypercorn.config.Config()
-            hc.bind = [f"{config.dashboard_host}:{config.dashboard_port}"]
-            hc.graceful_timeout = 2.0
-            hc.accesslog = None
-            hc.errorlog = logging.getLogger("hypercorn.error")
-            app = create_app(coordinator, bus, supervisor)
-            async with trio.open_nursery() as nursery:
-                urls = await nursery.start(partial(hypercorn.trio.serve, app, hc))
-                daemon.dashboard_urls = list(urls)
-                log.info("dashboard on %s", ", ".join(urls))
-                task_status.started()
-
         children = [
-            ChildSpec("event_bus", bus.run),
-            ChildSpec("store", store.run),
-            ChildSpec("crash_watch", crash_watch.run),
+            ChildSpec("event_bus", daemon.bus.run),
+            ChildSpec("store", daemon.store.run),
+            ChildSpec("views", daemon.views.run),
+            ChildSpec("rebuild_queue", daemon.lane.run),
+            ChildSpec("crash_watch", daemon.crash_watch.run),
             ChildSpec("host_socket", admin.run),
-            ChildSpec("dashboard", serve_web),
         ]
+        if web_factory is not None:
+            children.append(_dashboard_child(daemon, web_factory))
         async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run, children)
+            await nursery.start(daemon.supervisor.run, children)
             log.info("hive-c0re serving (%d actors)", len(children))
             task_status.started(daemon)
+
+
+def _dashboard_child(daemon: Daemon, web_factory: WebFactory) -> ChildSpec:
+    import hypercorn.config
+    import hypercorn.trio
+
+    config = daemon.config
+    shutdown = trio.Event()
+
+    async def serve_web(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal shutdown
+        shutdown = trio.Event()
+        hc = hypercorn.config.Config()
+        hc.bind = [f"{config.dashboard_host}:{config.dashboard_port}"]
+        hc.graceful_timeout = 1.0  # open SSE streams never finish on their own
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("hypercorn.error")
+        app = web_factory(daemon)
+        async with trio.open_nursery() as nursery:
+            urls: list[str] = await nursery.start(
+                partial(hypercorn.trio.serve, app, hc, shutdown_trigger=shutdown.wait)
+            )
+            daemon.dashboard_urls = list(urls)
+            log.info("dashboard on %s", ", ".join(urls))
+            task_status.started(urls)
+
+    return ChildSpec("dashboard", serve_web, stop=lambda: shutdown.set())
 
 
 @contextlib.contextmanager

@@ -71,3 +71,47 @@ class Approval:
     resolved_at: str | None = None
     note: str | None = None
     description: str | None = None
+
+
+JobKind = Literal[
+    "spawn",
+    "start",
+    "stop",
+    "restart",
+    "kill",
+    "destroy",
+    "purge",
+    "set_paused",
+    "rebuild",
+]
+JOB_KINDS: tuple[JobKind, ...] = (
+    "spawn",
+    "start",
+    "stop",
+    "restart",
+    "kill",
+    "destroy",
+    "purge",
+    "set_paused",
+    "rebuild",
+)
+BUILD_JOB_KINDS: frozenset[str] = frozenset({"rebuild"})
+"""Build-class jobs run strictly one at a time, FIFO across all agents."""
+JobSource = Literal["host_sock", "dashboard", "manager", "auto_update", "crash_recover", "internal"]
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    """One entry of the job lane (``rebuild_queue``): what ran, for whom, from where, and how it ended."""
+
+    id: int
+    kind: JobKind
+    agent: str | None = None
+    source: JobSource = "internal"
+    state: JobState = "queued"
+    queued_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    parent_id: int | None = None

@@ -24,7 +24,7 @@ import outcome
 import trio
 
 from hivecore.errors import HiveError
-from hivecore.models import Approval
+from hivecore.models import Approval, Job
 from hivecore.wire.converter import converter
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,23 @@ MIGRATIONS: tuple[str, ...] = (
         in_reply_to INTEGER REFERENCES messages(id)
     );
     CREATE INDEX messages_inbox ON messages(recipient, delivered_at, id);
+    """,
+    # 2: the job lane's journal (actors/rebuild_queue.py)
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        agent TEXT,
+        source TEXT NOT NULL,
+        state TEXT NOT NULL,
+        args TEXT NOT NULL DEFAULT '{}',
+        queued_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        error TEXT,
+        parent_id INTEGER
+    );
+    CREATE INDEX jobs_state ON jobs(state);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -222,3 +239,52 @@ def undelivered_for(conn: sqlite3.Connection, recipient: str) -> list[tuple[int,
             (recipient,),
         )
     ]
+
+
+# --- the job journal (sync, run on the store thread) -----------------------------------------------
+
+_JOB_FIELDS = (
+    "id",
+    "kind",
+    "agent",
+    "source",
+    "state",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "error",
+    "parent_id",
+)
+
+
+def journal_job(conn: sqlite3.Connection, job: Job, args: str = "{}") -> None:
+    """Insert or update one job row (``args`` is written only on insert)."""
+    values = [getattr(job, f) for f in _JOB_FIELDS]
+    conn.execute(
+        f"INSERT INTO jobs({', '.join(_JOB_FIELDS)}, args) VALUES ({', '.join('?' * len(_JOB_FIELDS))}, ?) "
+        "ON CONFLICT(id) DO UPDATE SET state=excluded.state, started_at=excluded.started_at, "
+        "finished_at=excluded.finished_at, error=excluded.error",
+        (*values, args),
+    )
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return converter.structure({f: row[f] for f in _JOB_FIELDS}, Job)
+
+
+def unfinished_jobs(conn: sqlite3.Connection) -> list[tuple[Job, str]]:
+    """Jobs a shutdown or a kill left ``queued``/``running``, oldest first, with their args JSON."""
+    rows = conn.execute("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY id")
+    return [(_job(r), r["args"]) for r in rows]
+
+
+def recent_jobs(conn: sqlite3.Connection, limit: int) -> list[Job]:
+    """The newest ``limit`` finished jobs, oldest first."""
+    rows = conn.execute(
+        "SELECT * FROM jobs WHERE state NOT IN ('queued', 'running') ORDER BY id DESC LIMIT ?", (limit,)
+    ).fetchall()
+    return [_job(r) for r in reversed(rows)]
+
+
+def max_job_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,9 @@ import trio
 
 from actors.crash_watch import CrashWatch
 from actors.event_bus import EventBus
+from actors.rebuild_queue import JobLane
 from actors.transients import TransientRegistry
+from actors.views import Views
 from hivecore import store as st
 from hivecore.config import Config
 from hivecore.coordinator import Coordinator
@@ -47,49 +50,78 @@ def make_config(state_dir: Path, **overrides: object) -> Config:
 async def hive(state_dir: Path) -> AsyncIterator[Daemon]:
     """A running daemon (real process runtime, real sockets, dashboard on an ephemeral port)."""
     from hivecore.daemon import main
+    from web.app import daemon_app
 
     async with trio.open_nursery() as nursery:
-        daemon: Daemon = await nursery.start(main, make_config(state_dir))
+        daemon: Daemon = await nursery.start(partial(main, make_config(state_dir), web_factory=daemon_app))
         yield daemon
         nursery.cancel_scope.cancel()
 
 
 @attrs.define
 class Parts:
-    """The daemon's object graph without sockets or HTTP; the store actor is running."""
+    """The daemon's object graph without sockets or HTTP; the store, views and job lane are running
+    (crash_watch is not: tests start it when they need it)."""
 
-    config: Config
-    bus: EventBus
-    store: Store
-    transients: TransientRegistry
-    runtime: ProcessRuntime
-    coordinator: Coordinator
-    crash_watch: CrashWatch
+    daemon: Daemon
     nursery: trio.Nursery
+
+    @property
+    def config(self) -> Config:
+        return self.daemon.config
+
+    @property
+    def bus(self) -> EventBus:
+        return self.daemon.bus
+
+    @property
+    def store(self) -> Store:
+        return self.daemon.store
+
+    @property
+    def transients(self) -> TransientRegistry:
+        return self.daemon.transients
+
+    @property
+    def runtime(self) -> ProcessRuntime:
+        assert isinstance(self.daemon.runtime, ProcessRuntime)
+        return self.daemon.runtime
+
+    @property
+    def coordinator(self) -> Coordinator:
+        return self.daemon.coordinator
+
+    @property
+    def crash_watch(self) -> CrashWatch:
+        return self.daemon.crash_watch
+
+    @property
+    def views(self) -> Views:
+        return self.daemon.views
+
+    @property
+    def lane(self) -> JobLane:
+        return self.daemon.lane
 
     async def inbox(self, recipient: str) -> list[tuple[int, str, str]]:
         return await self.store.call(lambda c: st.undelivered_for(c, recipient))
 
 
+async def start_parts(config: Config, nursery: trio.Nursery) -> Parts:
+    """Build the object graph and start the store, views and job lane in ``nursery``."""
+    from hivecore.daemon import build
+
+    config.paths.create_layout()
+    daemon = build(config)
+    await nursery.start(daemon.store.run)
+    await nursery.start(daemon.views.run)
+    await nursery.start(daemon.lane.run)
+    return Parts(daemon, nursery)
+
+
 @pytest.fixture
 async def parts(state_dir: Path) -> AsyncIterator[Parts]:
     config = make_config(state_dir, crash_watch_interval=10.0)
-    config.paths.create_layout()
-    bus = EventBus()
-    store = Store(config.paths.db)
-    transients = TransientRegistry(bus)
-    runtime = ProcessRuntime(config.paths, stop_timeout=config.stop_timeout)
-    coordinator = Coordinator(config, bus, store, transients, runtime)
     async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
-        yield Parts(
-            config,
-            bus,
-            store,
-            transients,
-            runtime,
-            coordinator,
-            CrashWatch(coordinator, config.crash_watch_interval),
-            nursery,
-        )
+        yield await start_parts(config, nursery)
         nursery.cancel_scope.cancel()

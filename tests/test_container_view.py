@@ -67,7 +67,7 @@ async def test_rescan_emits_nothing_for_unchanged_rows(parts: Parts) -> None:
     await parts.coordinator.spawn("alpha")
     await parts.coordinator.spawn("beta")
     with parts.bus.subscribe() as sub:
-        await parts.coordinator.rescan_containers_and_emit()
+        await parts.views.rescan()
         await parts.coordinator.stop("alpha")
         parts.bus.close()
         events = [e async for e in sub]

@@ -40,13 +40,14 @@ async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
 
 
 async def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    current = store.SCHEMA_VERSION
     monkeypatch.setattr(store, "MIGRATIONS", (*store.MIGRATIONS, "CREATE TABLE x(a); SELECT nonsense("))
     monkeypatch.setattr(store, "SCHEMA_VERSION", len(store.MIGRATIONS))
     path = tmp_path / "hive.sqlite"
     with pytest.raises(sqlite3.OperationalError):
         store.connect(path)
     raw = sqlite3.connect(path)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == current
     assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name='x'").fetchone()[0] == 0
 
 

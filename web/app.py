@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -19,9 +19,13 @@ from quart_trio import QuartTrio
 
 from actors.event_bus import EventBus, RefetchRequired
 from actors.supervisor import Supervisor
+from actors.transients import TransientRegistry
 from hivecore.coordinator import Coordinator
 from hivecore.wire.converter import converter
 from hivecore.wire.events import EVENT_KINDS, event_to_dict
+
+if TYPE_CHECKING:
+    from hivecore.daemon import Daemon
 
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_SECONDS = 15.0
@@ -36,7 +40,14 @@ def _error(status: int, message: str) -> Response:
     return Response(json.dumps({"ok": False, "error": message}), status=status, mimetype="application/json")
 
 
-def create_app(coordinator: Coordinator, bus: EventBus, supervisor: Supervisor) -> QuartTrio:
+def daemon_app(daemon: Daemon) -> QuartTrio:
+    """The web factory ``hive-c0re serve`` hands the daemon."""
+    return create_app(daemon.coordinator, daemon.bus, daemon.supervisor, daemon.transients)
+
+
+def create_app(
+    coordinator: Coordinator, bus: EventBus, supervisor: Supervisor, transients: TransientRegistry
+) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=str(STATIC), static_url_path="/static")
 
     @app.get("/")
@@ -56,8 +67,9 @@ def create_app(coordinator: Coordinator, bus: EventBus, supervisor: Supervisor) 
             "tombstones": converter.unstructure(coordinator.tombstones()),
             "transients": {
                 n: {"transient_kind": t.kind, "since_unix": t.since_unix}
-                for n, t in coordinator.transients.snapshot().items()
+                for n, t in transients.snapshot().items()
             },
+            "rebuild_queue": converter.unstructure(coordinator.jobs()),
             "approvals": converter.unstructure(await coordinator.approvals()),
             "actors": [attrs.asdict(c) for c in supervisor.statistics()],
         }

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -126,7 +127,9 @@ async def serve(config: Config) -> None:
     """Run the daemon; the first SIGINT/SIGTERM cancels it (bounded by a 5 s grace period)."""
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            await nursery.start(daemon_main, config)
+            from web.app import daemon_app
+
+            await nursery.start(partial(daemon_main, config, web_factory=daemon_app))
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel(reason=f"received {signal.Signals(signum).name}")

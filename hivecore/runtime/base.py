@@ -6,7 +6,7 @@ policy (who may stop whom, transients, events): that is the coordinator's job.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Protocol
 
 import attrs
@@ -46,8 +46,9 @@ class AgentRuntimeState:
 class ContainerRuntime(Protocol):
     kind: str
 
-    async def list(self) -> dict[str, AgentRuntimeState]:
-        """Every agent container that exists (running or not), by logical name."""
+    async def list(self, names: Collection[str] | None = None) -> dict[str, AgentRuntimeState]:
+        """Every agent container that exists (running or not), by logical name; with ``names``, only
+        those (probing just them); a name that does not exist is absent from the result."""
         ...
 
     async def create(self, spec: AgentSpec) -> None:

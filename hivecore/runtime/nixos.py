@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 
 import trio
@@ -87,9 +88,11 @@ class NixosRuntime:
         self._meta_dir = meta_dir
         self._conf_dir = conf_dir
 
-    async def list(self) -> dict[str, AgentRuntimeState]:
+    async def list(self, only: Collection[str] | None = None) -> dict[str, AgentRuntimeState]:
         """Every ``h-*`` container and the manager; the per-container queries run concurrently."""
         names = await self._container_names()
+        if only is not None:
+            names = tuple(n for n in names if n in set(only))
         states: dict[str, AgentRuntimeState] = {}
         errors: list[RuntimeFailure] = []
 

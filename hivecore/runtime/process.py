@@ -36,7 +36,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
@@ -125,9 +125,18 @@ class ProcessRuntime:
 
     # -- the protocol ---------------------------------------------------------------------------
 
-    async def list(self) -> dict[str, AgentRuntimeState]:
-        await trio.lowlevel.checkpoint()
-        return self.list_nowait()
+    async def list(self, names: Collection[str] | None = None) -> dict[str, AgentRuntimeState]:
+        if names is None:
+            return await trio.to_thread.run_sync(self.list_nowait)
+        return await trio.to_thread.run_sync(self._probe_some, list(names))
+
+    def _probe_some(self, names: Sequence[str]) -> dict[str, AgentRuntimeState]:
+        states = {}
+        for name in names:
+            entry = self._paths.run_agents / validate_name(name)
+            if not entry.is_symlink() and (entry / SPEC_FILE).is_file():
+                states[name] = self._probe(name, entry)
+        return states
 
     def list_nowait(self) -> dict[str, AgentRuntimeState]:
         """Every agent with a ``spec.json``, probed now (and reaped, when it is a zombie child of ours)."""

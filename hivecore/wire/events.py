@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from hivecore.models import ContainerView, TombstoneView, TransientKind
+from hivecore.models import ContainerView, Job, TombstoneView, TransientKind
 from hivecore.wire.converter import configure_tagged, converter
 
 
@@ -105,6 +105,14 @@ class AgentNotice(Event):
     note: str | None = None
 
 
+@attrs.frozen(kw_only=True)
+class RebuildQueueChanged(Event):
+    """The job lane's full snapshot: queued and running jobs, then the last finished ones."""
+
+    KIND = "rebuild_queue_changed"
+    jobs: list[Job] = attrs.field(factory=list)
+
+
 DashboardEvent = (
     ApprovalAdded
     | ApprovalResolved
@@ -116,6 +124,7 @@ DashboardEvent = (
     | MetaUpdateRunning
     | ActorCrashed
     | AgentNotice
+    | RebuildQueueChanged
 )
 
 

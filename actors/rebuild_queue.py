@@ -1,0 +1,325 @@
+"""The job lane (``rebuild_queue``): every mutation of an agent is a journaled job run here.
+
+A surface (host.sock, the dashboard, later the manager socket) never runs multi-step work in its
+own task: it calls :meth:`JobLane.submit`, which *accepts* the job synchronously (or refuses it at
+once) and then waits for its outcome. The job itself runs in this actor's nursery, so cancelling
+the wait (a client that hangs up, a ``hivectl --timeout``) abandons the answer, not the work.
+
+Rules:
+
+* at most one job per agent at a time; a second request for that agent is refused with a message
+  naming the job in the way (``agent "coder" is rebuilding (job 12, 40 s)``), except that a rebuild
+  requested while a rebuild is still *queued* for that agent joins it;
+* build-class jobs (:data:`~hivecore.models.BUILD_JOB_KINDS`) run strictly one at a time, FIFO
+  across all agents; light jobs for different agents run concurrently;
+* every job is journaled in sqlite when accepted, when it starts and when it ends; at the next start
+  a job the journal still shows ``queued``/``running`` (a shutdown or a ``kill -9`` interrupted it)
+  is marked ``cancelled`` and replayed as a ``crash_recover`` job before anything else runs;
+* on shutdown running jobs are cancelled (their transients clear through the guard) and their rows
+  stay ``running`` until that replay.
+
+Ownership: the lane's bookkeeping (``_entries``, ``_by_agent``, ``_history``) is plain data that
+only changes in synchronous code (accepting, and the job task's transitions between awaits), so
+trio's cooperative scheduling makes this object its single owner; no lock guards it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from actors.event_bus import EventBus
+from hivecore import store as st
+from hivecore.errors import Busy, HiveError, RuntimeFailure
+from hivecore.models import BUILD_JOB_KINDS, Job, JobKind, JobSource, JobState
+from hivecore.store import Store
+from hivecore.wire.events import RebuildQueueChanged
+
+log = logging.getLogger(__name__)
+
+HISTORY = 50
+"""Finished jobs kept in the snapshot (the journal keeps all of them)."""
+
+_DOING: dict[str, str] = {
+    "spawn": "spawning",
+    "start": "starting",
+    "stop": "stopping",
+    "restart": "restarting",
+    "kill": "being killed",
+    "destroy": "being destroyed",
+    "purge": "being purged",
+    "set_paused": "changing its pause state",
+    "rebuild": "rebuilding",
+}
+
+
+class LaneClosed(HiveError):
+    """The lane is not accepting jobs (the daemon is starting up or shutting down)."""
+
+
+class JobRunner(Protocol):
+    """What the lane runs: the services behind each job kind."""
+
+    def accepted(self, job: Job, args: Mapping[str, Any]) -> None:
+        """Called synchronously when a job is accepted (e.g. to record "stopped on purpose")."""
+        ...
+
+    async def run(self, job: Job, args: Mapping[str, Any]) -> None:
+        """Do the job; a :class:`HiveError` is the operator-facing failure message."""
+        ...
+
+
+@attrs.define(eq=False)
+class _Entry:
+    job: Job
+    args: Mapping[str, Any]
+    done: trio.Event = attrs.field(factory=trio.Event)
+    turn: trio.Event = attrs.field(factory=trio.Event)
+    error: BaseException | None = None
+
+
+class JobLane:
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        runner: JobRunner,
+        *,
+        history: int = HISTORY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._runner = runner
+        self._clock = clock
+        self._history_len = history
+        self._entries: dict[int, _Entry] = {}
+        self._by_agent: dict[str, _Entry] = {}
+        self._history: collections.deque[Job] = collections.deque(maxlen=history)
+        self._next_id = 0
+        self._nursery: trio.Nursery | None = None
+        self._open = False
+        self._build_send, self._build_recv = trio.open_memory_channel[_Entry](float("inf"))
+
+    # --- the handle ----------------------------------------------------------------------------
+
+    def snapshot(self) -> list[Job]:
+        """Queued and running jobs (by id), then the last finished ones (oldest first)."""
+        live = [e.job for e in sorted(self._entries.values(), key=lambda e: e.job.id)]
+        return [*live, *self._history]
+
+    def busy_with(self, agent: str) -> Job | None:
+        entry = self._by_agent.get(agent)
+        return entry.job if entry else None
+
+    async def submit(
+        self,
+        kind: JobKind,
+        agent: str | None,
+        *,
+        source: JobSource,
+        args: Mapping[str, Any] | None = None,
+        parent_id: int | None = None,
+    ) -> Job:
+        """Accept a job (or raise :class:`Busy` at once), then wait for it; returns the finished job.
+
+        A failed job re-raises its error. Cancelling this wait leaves the job running.
+        """
+        entry = self._accept(kind, agent, source, dict(args or {}), parent_id)
+        await entry.done.wait()
+        if entry.error is not None:
+            raise entry.error
+        return entry.job
+
+    def submit_nowait(
+        self,
+        kind: JobKind,
+        agent: str | None,
+        *,
+        source: JobSource,
+        args: Mapping[str, Any] | None = None,
+        parent_id: int | None = None,
+    ) -> Job:
+        """Accept a job without waiting for it (fire and forget); raises :class:`Busy` like submit."""
+        return self._accept(kind, agent, source, dict(args or {}), parent_id).job
+
+    async def wait(self, job_id: int) -> Job:
+        """Wait for a job accepted earlier; its error is re-raised."""
+        entry = self._entries.get(job_id)
+        if entry is None:
+            for job in self._history:
+                if job.id == job_id:
+                    return job
+            raise HiveError(f"no job {job_id}")
+        await entry.done.wait()
+        if entry.error is not None:
+            raise entry.error
+        return entry.job
+
+    # --- accepting -----------------------------------------------------------------------------
+
+    def _accept(
+        self,
+        kind: JobKind,
+        agent: str | None,
+        source: JobSource,
+        args: Mapping[str, Any],
+        parent_id: int | None,
+        *,
+        internal: bool = False,
+    ) -> _Entry:
+        if self._nursery is None or not (self._open or internal):
+            raise LaneClosed("hive-c0re is starting up or shutting down; try again in a moment")
+        if agent is not None and (current := self._by_agent.get(agent)) is not None:
+            job = current.job
+            if kind == "rebuild" and job.kind == "rebuild" and job.state == "queued":
+                log.info("job %d: rebuild of %s joined by a request from %s", job.id, agent, source)
+                return current
+            raise Busy(self._busy_message(agent, job))
+        self._next_id += 1
+        job = Job(
+            id=self._next_id,
+            kind=kind,
+            agent=agent,
+            source=source,
+            state="queued",
+            queued_at=self._clock(),
+            parent_id=parent_id,
+        )
+        entry = _Entry(job, args)
+        self._entries[job.id] = entry
+        if agent is not None:
+            self._by_agent[agent] = entry
+        self._runner.accepted(job, args)
+        self._nursery.start_soon(self._run_job, entry, name=f"job {job.id} {kind} {agent or ''}")
+        self._publish()
+        return entry
+
+    def _busy_message(self, agent: str, job: Job) -> str:
+        if job.state == "queued":
+            waited = int(self._clock() - job.queued_at)
+            return f'agent "{agent}" has a {job.kind} queued (job {job.id}, {waited} s); try again later'
+        started = job.started_at if job.started_at is not None else job.queued_at
+        return f'agent "{agent}" is {_DOING[job.kind]} (job {job.id}, {int(self._clock() - started)} s)'
+
+    # --- running -------------------------------------------------------------------------------
+
+    async def _journal(self, entry: _Entry) -> None:
+        job, args = entry.job, json.dumps(dict(entry.args))
+        await self._store.call(lambda c: st.journal_job(c, job, args))
+
+    def _transition(self, entry: _Entry, state: JobState, **changes: Any) -> None:
+        entry.job = attrs.evolve(entry.job, state=state, **changes)
+        self._publish()
+
+    async def _run_job(self, entry: _Entry) -> None:
+        job = entry.job
+        try:
+            await self._journal(entry)
+            if job.kind in BUILD_JOB_KINDS:
+                self._build_send.send_nowait(entry)
+                await entry.turn.wait()
+            self._transition(entry, "running", started_at=self._clock())
+            await self._journal(entry)
+            log.info("job %d: %s %s (from %s) started", job.id, job.kind, job.agent or "", job.source)
+            await self._runner.run(entry.job, entry.args)
+        except trio.Cancelled:
+            entry.error = LaneClosed(f"job {job.id} ({job.kind}) was cancelled: hive-c0re is shutting down")
+            self._transition(entry, "cancelled", finished_at=self._clock(), error=str(entry.error))
+            log.warning("job %d: %s %s cancelled by shutdown", job.id, job.kind, job.agent or "")
+            raise
+        except Exception as exc:
+            entry.error = exc if isinstance(exc, HiveError) else _wrap(job, exc)
+            self._transition(entry, "failed", finished_at=self._clock(), error=str(entry.error))
+            log.warning("job %d: %s %s failed: %s", job.id, job.kind, job.agent or "", entry.error)
+        else:
+            self._transition(entry, "done", finished_at=self._clock())
+            log.info("job %d: %s %s done", job.id, job.kind, job.agent or "")
+        finally:
+            self._finish(entry)
+        try:
+            await self._journal(entry)
+        except Exception:
+            log.warning("job %d: could not journal its end", job.id, exc_info=True)
+
+    def _finish(self, entry: _Entry) -> None:
+        self._entries.pop(entry.job.id, None)
+        if entry.job.agent is not None and self._by_agent.get(entry.job.agent) is entry:
+            del self._by_agent[entry.job.agent]
+        self._history.append(entry.job)
+        entry.turn.set()  # a build that never got its turn must not block the build runner
+        entry.done.set()
+        self._publish()
+
+    async def _build_runner(self) -> None:
+        """Give build-class jobs their turn, one at a time, in the order they were queued."""
+        async for entry in self._build_recv:
+            if entry.done.is_set():
+                continue
+            entry.turn.set()
+            await entry.done.wait()
+
+    def _publish(self) -> None:
+        self._bus.publish(RebuildQueueChanged(jobs=self.snapshot()))
+
+    # --- the actor -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Load the journal, replay what a previous run left unfinished, then accept jobs."""
+        self._next_id = await self._store.call(st.max_job_id)
+        self._history.clear()
+        self._history.extend(await self._store.call(lambda c: st.recent_jobs(c, self._history_len)))
+        unfinished = await self._store.call(st.unfinished_jobs)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._build_runner)
+                await self._reconcile(unfinished)
+                self._open = True
+                log.info("job lane open (next job id %d)", self._next_id + 1)
+                task_status.started(self)
+                await trio.sleep_forever()
+        finally:
+            self._open = False
+            self._nursery = None
+
+    async def _reconcile(self, unfinished: list[tuple[Job, str]]) -> None:
+        """Replay every job a previous run left queued or running, oldest first, one at a time."""
+        for old, raw_args in unfinished:
+            try:
+                args = json.loads(raw_args)
+            except ValueError:
+                args = {}
+            closed = attrs.evolve(
+                old, state="cancelled", finished_at=self._clock(), error="interrupted: hive-c0re stopped"
+            )
+            entry = self._accept(old.kind, old.agent, "crash_recover", args, old.id, internal=True)
+            note = f"interrupted: hive-c0re stopped; replayed as job {entry.job.id}"
+            closed = attrs.evolve(closed, error=note)
+            await self._store.call(partial(st.journal_job, job=closed, args=raw_args))
+            self._history.append(closed)
+            log.warning(
+                "job %d (%s %s, %s) was interrupted by a daemon stop; replaying it as job %d",
+                old.id,
+                old.kind,
+                old.agent or "",
+                old.state,
+                entry.job.id,
+            )
+            await entry.done.wait()
+            if entry.error is not None:
+                log.warning("replay of job %d failed: %s", old.id, entry.error)
+
+
+def _wrap(job: Job, exc: Exception) -> RuntimeFailure:
+    log.error("job %d: %s %s raised", job.id, job.kind, job.agent or "", exc_info=exc)
+    verb = f"{job.kind} {job.agent}" if job.agent else job.kind
+    return RuntimeFailure(f"{verb} failed: {type(exc).__name__}: {exc}")
