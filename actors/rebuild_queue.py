@@ -218,7 +218,8 @@ class JobLane:
 
     def _transition(self, entry: _Entry, state: JobState, **changes: Any) -> None:
         entry.job = attrs.evolve(entry.job, state=state, **changes)
-        self._publish()
+        if state in ("queued", "running"):  # a finished job is published once, by _finish
+            self._publish()
 
     async def _run_job(self, entry: _Entry) -> None:
         job = entry.job

@@ -1,0 +1,333 @@
+"""The job lane on real agent processes and a real sqlite journal.
+
+The cancellation sweep simulates a shutdown at every runtime/store call a job makes: the lane is
+cancelled there (as ``hive-c0re`` stopping would), a new lane starts on the same journal and
+replays the job, and the agent must be left in a state an operator would call consistent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from actors.rebuild_queue import JobLane, LaneClosed
+from hivecore import store as st
+from hivecore.errors import Busy
+from hivecore.models import Job, JobKind
+from hivecore.services.lifecycle import Lifecycle
+from hivecore.wire.helper import helper_from_body
+from tests.conftest import Parts
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110  # polls state another task changes
+            await trio.sleep(0.01)
+
+
+async def start_lane(
+    parts: Parts, scope: trio.CancelScope | None = None, store: Any = None
+) -> tuple[JobLane, trio.CancelScope]:
+    """A fresh lane on the parts' journal (as a restarted daemon would have), in its own scope."""
+    lane = JobLane(parts.store, parts.bus, parts.daemon.lifecycle)
+    scope = scope or trio.CancelScope()
+
+    async def run(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await lane.run(task_status=task_status)
+
+    await parts.nursery.start(run)
+    return lane, scope
+
+
+async def journal(parts: Parts) -> list[tuple[int, str, str, str | None]]:
+    rows = await parts.store.call(
+        lambda c: c.execute("SELECT id, kind, state, agent FROM jobs ORDER BY id").fetchall()
+    )
+    return [tuple(r) for r in rows]
+
+
+# --- rules -------------------------------------------------------------------------------------------
+
+
+async def test_two_rebuilds_never_overlap_while_light_verbs_of_others_proceed(parts: Parts) -> None:
+    c = parts.coordinator
+    for name in ("a", "b", "c"):
+        await c.spawn(name)
+    log: list[tuple[str, str]] = []
+    gates = {"a": trio.Event(), "b": trio.Event()}
+
+    async def stand_in_build(name: str) -> None:
+        log.append(("start", name))
+        await gates[name].wait()
+        log.append(("end", name))
+
+    parts.daemon.lifecycle.build = stand_in_build
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.rebuild, "a")
+        await wait_for(lambda: log == [("start", "a")])
+        nursery.start_soon(c.rebuild, "b")
+        await wait_for(lambda: [j.state for j in c.jobs() if j.kind == "rebuild"] == ["running", "queued"])
+        # a light verb for another agent is not held up by the build lane
+        await c.stop("c")
+        await c.start("c")
+        assert c.views()["c"].running
+        assert log == [("start", "a")]  # b still waits for a
+        gates["a"].set()
+        await wait_for(lambda: ("start", "b") in log)
+        gates["b"].set()
+    assert log == [("start", "a"), ("end", "a"), ("start", "b"), ("end", "b")]
+    kinds = [(j.kind, j.agent, j.state) for j in c.jobs() if j.agent in ("a", "b")]
+    assert ("rebuild", "a", "done") in kinds
+    assert ("rebuild", "b", "done") in kinds
+    # the manager heard of both rebuilds and the agents got their kick
+    events = [helper_from_body(b).EVENT for _, _, b in await parts.inbox("manager")]
+    assert events.count("rebuilt") == 2
+
+
+async def test_a_rebuild_requested_while_one_is_queued_joins_it(parts: Parts) -> None:
+    c = parts.coordinator
+    await c.spawn("a")
+    await c.spawn("b")
+    gate = trio.Event()
+
+    async def stand_in_build(name: str) -> None:
+        if name == "a":
+            await gate.wait()
+
+    parts.daemon.lifecycle.build = stand_in_build
+    results: list[Job] = []
+
+    async def rebuild(name: str) -> None:
+        results.append(await parts.lane.submit("rebuild", name, source="dashboard"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rebuild, "a")
+        await wait_for(lambda: parts.lane.busy_with("a") is not None)
+        nursery.start_soon(rebuild, "b")
+        await wait_for(lambda: parts.lane.busy_with("b") is not None)
+        nursery.start_soon(rebuild, "b")  # joins the queued one
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(Busy, match=r'agent "a" is rebuilding \(job \d+, \d+ s\)'):
+            await parts.lane.submit("rebuild", "a", source="host_sock")  # running: no join
+        with pytest.raises(Busy, match=r'agent "b" has a rebuild queued \(job \d+'):
+            await parts.lane.submit("stop", "b", source="host_sock")
+        gate.set()
+    ids = sorted(j.id for j in results if j.agent == "b")
+    assert len(ids) == 2
+    assert ids[0] == ids[1]
+    assert [j.kind for j in c.jobs() if j.agent == "b"].count("rebuild") == 1
+
+
+async def test_a_cancelled_caller_abandons_the_answer_not_the_job(parts: Parts) -> None:
+    c = parts.coordinator
+    await c.spawn("coder")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.stop, "coder")
+        await wait_for(lambda: parts.lane.busy_with("coder") is not None)
+        nursery.cancel_scope.cancel()  # the caller hangs up once its job was accepted
+    await wait_for(lambda: parts.lane.busy_with("coder") is None)
+    assert not c.views()["coder"].running
+    assert c.views()["coder"].pending is None
+    assert not c.views()["coder"].failed
+    assert parts.transients.snapshot() == {}
+    jobs = [(j.kind, j.state) for j in c.jobs() if j.agent == "coder"]
+    assert jobs[-1] == ("stop", "done")
+
+
+async def test_the_journal_keeps_history_across_a_restart(parts: Parts) -> None:
+    c = parts.coordinator
+    await c.spawn("coder")
+    await c.set_paused("coder", True)
+    lane, scope = await start_lane(parts)
+    assert [(j.kind, j.state, j.source) for j in lane.snapshot()] == [
+        ("spawn", "done", "host_sock"),
+        ("set_paused", "done", "host_sock"),
+    ]
+    scope.cancel()
+
+
+async def test_the_snapshot_is_published_as_rebuild_queue_changed(parts: Parts) -> None:
+    with parts.bus.subscribe(kinds=["rebuild_queue_changed"]) as sub:
+        await parts.coordinator.spawn("coder")
+        states = []
+        while sub._recv.statistics().current_buffer_used:  # type: ignore[attr-defined]
+            event = sub._recv.receive_nowait()  # type: ignore[attr-defined]
+            states.append([(j.kind, j.state) for j in event.jobs])
+    assert states[0] == [("spawn", "queued")]
+    assert ("spawn", "running") in states[-2]
+    assert states[-1] == [("spawn", "done")]
+
+
+# --- the cancellation sweep ----------------------------------------------------------------------------
+
+
+class CancelAt:
+    """Wraps an object; the k-th call of any of its async methods cancels ``scope`` first."""
+
+    def __init__(self, target: object, counter: list[int], k: int, scope: trio.CancelScope) -> None:
+        self._target = target
+        self._counter = counter
+        self._k = k
+        self._scope = scope
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._target, attr)
+        if not callable(value) or attr.startswith("_"):
+            return value
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self._counter[0] += 1
+            if self._counter[0] == self._k:
+                self._scope.cancel()
+                await trio.lowlevel.checkpoint()
+            return await value(*args, **kwargs)
+
+        return call
+
+
+SWEEP: list[tuple[JobKind, dict[str, Any], str]] = [
+    ("spawn", {}, "absent"),
+    ("start", {}, "stopped"),
+    ("stop", {"graceful": True}, "running"),
+    ("restart", {}, "running"),
+    ("kill", {}, "running"),
+    ("destroy", {"purge": False}, "running"),
+    ("destroy", {"purge": True}, "running"),
+    ("set_paused", {"paused": True}, "running"),
+    ("rebuild", {}, "running"),
+]
+
+
+@pytest.mark.parametrize(("kind", "args", "before"), SWEEP, ids=[f"{k}{a}" for k, a, _ in SWEEP])
+async def test_cancellation_sweep(parts: Parts, kind: JobKind, args: dict[str, Any], before: str) -> None:
+    life: Lifecycle = parts.daemon.lifecycle
+    runtime, store = life.runtime, life.store
+    notifier = life.notifier
+    cancelled = 0
+    for k in itertools.count(1):
+        name = f"s{k}"
+        if before != "absent":
+            await life.spawn(name)
+        if before == "stopped":
+            await life.stop(name)
+        with parts.bus.subscribe(kinds=["transient_set", "transient_cleared"], buffer=10_000) as sub:
+            lane, scope = await start_lane(parts)
+            counter = [0]
+            wrapped = CancelAt(store, counter, k, scope)
+            life.runtime = CancelAt(runtime, counter, k, scope)  # type: ignore[assignment]
+            life.store = wrapped  # type: ignore[assignment]
+            lane._store = wrapped  # type: ignore[assignment]  # the journal writes count too
+            notifier._store = wrapped  # type: ignore[assignment]  # kicks and helper events
+            try:
+                await lane.submit(kind, name, source="host_sock", args=args)
+                finished = True
+            except LaneClosed:
+                finished = False
+            finally:
+                life.runtime, life.store, notifier._store = runtime, store, store  # type: ignore[assignment]
+            scope.cancel()
+            # the daemon restarts: the journal's unfinished job is replayed before anything else
+            lane, scope = await start_lane(parts)
+            assert [row for row in await journal(parts) if row[2] in ("queued", "running")] == []
+            assert parts.transients.snapshot() == {}
+            kinds = [e.KIND for e in sub._backlog]  # type: ignore[attr-defined]
+            while sub._recv.statistics().current_buffer_used:  # type: ignore[attr-defined]
+                kinds.append(sub._recv.receive_nowait().KIND)  # type: ignore[attr-defined]
+            assert kinds.count("transient_set") == kinds.count("transient_cleared"), kinds
+        # rows match the runtime
+        rows = {n: r for n, r in (await parts.views.rescan([name])).items() if n == name}
+        actual = await runtime.list([name])
+        assert set(rows) == set(actual)
+        if name in actual:
+            assert rows[name].running == actual[name].running
+            assert rows[name].pending is None
+        # what the job promised holds after the replay (a job cancelled before its journal row was
+        # written never happened: the caller was told it was cancelled, and nothing changed)
+        journaled = any(r[1] == kind and r[3] == name for r in await journal(parts))
+        if not journaled:
+            assert not finished
+            assert (name in actual) == (before != "absent")
+        elif kind == "destroy":
+            assert name not in actual
+            assert (name in [t.name for t in parts.views.tombstones()]) != args["purge"]
+        elif kind in ("stop", "kill"):
+            assert not actual[name].running
+        elif kind == "set_paused":
+            assert rows[name].paused
+        else:
+            assert actual[name].running
+        # and the next verb on that agent succeeds
+        if name in actual:
+            await lane.submit("stop", name, source="host_sock")
+            assert not (await runtime.list([name]))[name].running
+        else:
+            await lane.submit("spawn", name, source="host_sock")
+            assert (await runtime.list([name]))[name].running
+        scope.cancel()
+        if finished:
+            break
+        cancelled += 1
+    assert cancelled >= 2, f"{kind}: the job finished before a cancellation landed inside it"
+
+
+async def test_a_client_that_hangs_up_mid_destroy_does_not_stop_the_destroy(hive: Any) -> None:
+    c = hive.coordinator
+    await c.spawn("coder")
+    approval = await hive.store.call(lambda conn: st.insert_approval(conn, "coder", "spawn"))
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(hive.config.host_socket_path))
+    sock.sendall(json.dumps({"cmd": "destroy", "name": "coder"}).encode() + b"\n")
+    sock.close()  # gone before the answer
+    await wait_for(lambda: [t.name for t in c.tombstones()] == ["coder"])
+    assert "coder" not in c.views()
+    rows = {a.id: a for a in await c.approvals()}
+    assert rows[approval.id].status == "failed"
+    events = [
+        helper_from_body(b).EVENT
+        for _, _, b in await hive.store.call(lambda conn: st.undelivered_for(conn, "manager"))
+    ]
+    assert "destroyed" in events
+
+
+# --- crash_watch baseline from intent ---------------------------------------------------------------
+
+
+async def test_an_agent_killed_right_after_spawn_is_reported(
+    parts: Parts, autojump_clock: trio.testing.MockClock
+) -> None:
+    from tests.test_crash_watch import manager_events, wait_dead, wait_ticks
+
+    await parts.nursery.start(parts.crash_watch.run)  # seeded with no agents
+    await parts.coordinator.spawn("alpha")
+    pid = (await parts.runtime.list())["alpha"].pid
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)  # before any tick has seen alpha running
+    wait_dead(pid)
+    await wait_ticks(parts.crash_watch, 2)
+    assert ("container_crash", "alpha") in await manager_events(parts)
+
+
+async def test_request_rescan_ticks_without_waiting_for_the_interval(
+    parts: Parts, autojump_clock: trio.testing.MockClock
+) -> None:
+    from tests.test_crash_watch import wait_ticks
+
+    await parts.nursery.start(parts.crash_watch.run)
+    ticks = parts.crash_watch.statistics().ticks
+    start = trio.current_time()
+    parts.crash_watch.request_rescan()
+    with trio.fail_after(5):  # virtual: well under the 10 s interval
+        while parts.crash_watch.statistics().ticks == ticks:  # noqa: ASYNC110
+            await trio.sleep(0.001)
+    assert trio.current_time() - start < 1
+    await wait_ticks(parts.crash_watch, 1)
