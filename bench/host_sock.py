@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from actors.event_bus import EventBus  # after the sys.path fix above
 from actors.transients import TransientRegistry
-from hivecore.admin_socket import AdminSocket
 from hivecore.config import Config
 from hivecore.coordinator import Coordinator
 from hivecore.runtime.base import AgentRuntimeState, AgentSpec
+from hivecore.sockets.host import HostSocket
 from hivecore.store import Store
 from hivecore.unix_listener import open_unix_listener
 
@@ -145,7 +145,7 @@ async def bench(seconds: float, client_counts: list[int]) -> None:
         )
         await coordinator.rescan_containers_and_emit()
         admin_path, echo_path = tmp / "host.sock", tmp / "echo.sock"
-        admin = AdminSocket(coordinator, admin_path)
+        admin = HostSocket(coordinator, bus, admin_path)
         rows: list[tuple[str, int, float, float, float]] = []
         size = 0
         async with trio.open_nursery() as nursery:

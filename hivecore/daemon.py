@@ -22,10 +22,10 @@ from actors.crash_watch import CrashWatch
 from actors.event_bus import EventBus
 from actors.supervisor import ChildSpec, Supervisor
 from actors.transients import TransientRegistry
-from hivecore.admin_socket import AdminSocket
 from hivecore.config import Config
 from hivecore.coordinator import Coordinator
 from hivecore.runtime.base import ContainerRuntime
+from hivecore.sockets.host import HostSocket, live_urls
 from hivecore.statelock import hold_state_lock
 from hivecore.store import Store
 from web.app import create_app
@@ -68,12 +68,18 @@ async def main(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -
         crash_watch = CrashWatch(coordinator, config.crash_watch_interval)
         supervisor = Supervisor(bus)
         daemon = Daemon(config, bus, coordinator, supervisor, crash_watch)
-        admin = AdminSocket(
+        admin = HostSocket(
             coordinator,
+            bus,
             config.host_socket_path,
             group=config.admin_group,
-            # the dashboard's real address (port 0 binds an ephemeral port) once it is serving
-            home_url=lambda: daemon.dashboard_urls[0] + "/" if daemon.dashboard_urls else None,
+            urls=live_urls(
+                config.domain,
+                config.dashboard_host,
+                config.dashboard_port,
+                # the dashboard's real address (port 0 binds an ephemeral port) once it is serving
+                lambda: daemon.dashboard_urls[0] + "/" if daemon.dashboard_urls else None,
+            ),
         )
 
         async def serve_web(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

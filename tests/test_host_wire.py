@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hivecore.admin_socket import LineBuffer, LineTooLong
 from hivecore.models import Approval
+from hivecore.sockets.framing import LineBuffer, LineTooLong
 from hivecore.wire.host import (
     COMMANDS,
     MAX_LINE,
@@ -25,6 +25,7 @@ from hivecore.wire.host import (
     LifecycleScope,
     ListRequest,
     PendingRequest,
+    PurgeTombstoneRequest,
     RebuildRequest,
     RequestError,
     RequestSpawnRequest,
@@ -64,6 +65,7 @@ EVERY_REQUEST: list[tuple[bytes, HostRequest]] = [
     (b'{"cmd":"deny","id":7,"note":"no"}', DenyRequest(id=7, note="no")),
     (b'{"cmd":"set_paused","name":"a","paused":true}', SetPausedRequest(name="a", paused=True)),
     (b'{"cmd":"urls"}', UrlsRequest()),
+    (b'{"cmd":"purge_tombstone","name":"a"}', PurgeTombstoneRequest(name="a")),
 ]
 
 

@@ -21,10 +21,10 @@ import trio.testing
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hivecore.admin_socket import EMPTY_SCOPE, AdminSocket
 from hivecore.daemon import Daemon
 from hivecore.errors import HiveError
 from hivecore.models import ContainerView
+from hivecore.sockets.host import EMPTY_SCOPE, HostSocket, live_urls
 from hivecore.wire.events import ContainerStateChanged
 from hivecore.wire.host import (
     COMMANDS,
@@ -215,7 +215,7 @@ async def test_a_handler_bug_is_logged_and_answered(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(hive.coordinator, "agent_names", broken)
-    with caplog.at_level(logging.ERROR, logger="hivecore.admin_socket"):
+    with caplog.at_level(logging.ERROR, logger="hivecore.sockets.host"):
         assert await refused(sock, {"cmd": "list"}) == "internal error during list: RuntimeError: boom"
     assert any(r.exc_info for r in caplog.records)
     monkeypatch.undo()
@@ -297,7 +297,7 @@ async def test_a_subscriber_that_stops_reading_is_dropped_after_the_send_timeout
     parts: Parts, short_dir: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     path = short_dir / "host.sock"
-    admin = AdminSocket(parts.coordinator, path, send_timeout=5.0, subscriber_buffer=100_000)
+    admin = HostSocket(parts.coordinator, parts.bus, path, send_timeout=5.0, subscriber_buffer=100_000)
     async with trio.open_nursery() as nursery:
         await nursery.start(admin.run)
         stream = await trio.open_unix_socket(os.fspath(path))
@@ -414,7 +414,7 @@ async def test_idle_client_is_answered_and_closed_after_ten_seconds(
     parts: Parts, short_dir: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     path = short_dir / "host.sock"
-    admin = AdminSocket(parts.coordinator, path)
+    admin = HostSocket(parts.coordinator, parts.bus, path)
     async with trio.open_nursery() as nursery:
         await nursery.start(admin.run)
         for opening in (b"", b'{"cmd":"li'):
@@ -434,7 +434,7 @@ async def test_socket_mode_group_and_directory(parts: Parts, short_dir: Path) ->
     parent = short_dir / "run"
     path = parent / "host.sock"
     group = "daemon" if os.geteuid() == 0 else None
-    admin = AdminSocket(parts.coordinator, path, group=group)
+    admin = HostSocket(parts.coordinator, parts.bus, path, group=group)
     async with trio.open_nursery() as nursery:
         await nursery.start(admin.run)
         st_sock = path.lstat()
@@ -450,7 +450,7 @@ async def test_socket_mode_group_and_directory(parts: Parts, short_dir: Path) ->
 async def test_sticky_shared_directory_is_left_alone(parts: Parts, short_dir: Path) -> None:
     shared = short_dir
     shared.chmod(0o1777)
-    admin = AdminSocket(parts.coordinator, shared / "host.sock")
+    admin = HostSocket(parts.coordinator, parts.bus, shared / "host.sock")
     async with trio.open_nursery() as nursery:
         await nursery.start(admin.run)
         assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
@@ -458,7 +458,7 @@ async def test_sticky_shared_directory_is_left_alone(parts: Parts, short_dir: Pa
 
 
 async def test_unknown_group_is_refused(parts: Parts, short_dir: Path) -> None:
-    admin = AdminSocket(parts.coordinator, short_dir / "host.sock", group="no-such-group-zz")
+    admin = HostSocket(parts.coordinator, parts.bus, short_dir / "host.sock", group="no-such-group-zz")
     with pytest.raises(HiveError, match="group 'no-such-group-zz' does not exist"):
         await admin.run()
 
@@ -469,7 +469,7 @@ async def test_stale_socket_is_replaced(parts: Parts, short_dir: Path) -> None:
     dead.bind(os.fspath(path))
     dead.close()  # the file stays behind, nobody listens
     assert stat.S_ISSOCK(path.lstat().st_mode)
-    admin = AdminSocket(parts.coordinator, path)
+    admin = HostSocket(parts.coordinator, parts.bus, path)
     async with trio.open_nursery() as nursery:
         await nursery.start(admin.run)
         assert (await ask(path, {"cmd": "list"}))["ok"] is True
@@ -479,7 +479,7 @@ async def test_stale_socket_is_replaced(parts: Parts, short_dir: Path) -> None:
 async def test_live_socket_is_never_stolen(hive: Daemon) -> None:
     path = hive.config.host_socket_path
     inode = path.lstat().st_ino
-    intruder = AdminSocket(hive.coordinator, path)
+    intruder = HostSocket(hive.coordinator, hive.bus, path)
     with pytest.raises(HiveError, match="another process is already listening on"):
         await intruder.run()
     assert path.lstat().st_ino == inode
@@ -490,13 +490,13 @@ async def test_a_file_that_is_not_a_socket_is_left_alone(parts: Parts, short_dir
     path = short_dir / "host.sock"
     path.write_text("precious")
     with pytest.raises(HiveError, match="not a socket"):
-        await AdminSocket(parts.coordinator, path).run()
+        await HostSocket(parts.coordinator, parts.bus, path).run()
     assert path.read_text() == "precious"
 
 
 async def test_a_successors_socket_is_not_unlinked(parts: Parts, short_dir: Path) -> None:
     path = short_dir / "host.sock"
-    admin = AdminSocket(parts.coordinator, path)
+    admin = HostSocket(parts.coordinator, parts.bus, path)
     async with trio.open_nursery() as nursery:
         await nursery.start(admin.run)
         path.unlink()  # an operator (or a successor daemon) replaced the file
@@ -509,7 +509,12 @@ async def test_a_successors_socket_is_not_unlinked(parts: Parts, short_dir: Path
 
 async def test_home_url_override(parts: Parts, short_dir: Path) -> None:
     path = short_dir / "host.sock"
-    admin = AdminSocket(parts.coordinator, path, home_url=lambda: "http://127.0.0.1:43210")
+    admin = HostSocket(
+        parts.coordinator,
+        parts.bus,
+        path,
+        urls=live_urls(None, "0.0.0.0", 7000, lambda: "http://127.0.0.1:43210"),
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(admin.run)
         assert (await ask(path, {"cmd": "urls"}))["urls"] == {"home": "http://127.0.0.1:43210/"}
