@@ -10,7 +10,6 @@ Exit codes: 0 the daemon said ok; 1 it refused (``ok:false``) or the command lin
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -37,13 +36,13 @@ def default_socket_path() -> str:
     return NIXOS_SOCKET if os.path.exists(NIXOS_SOCKET) else LOCAL_SOCKET
 
 
-@dataclasses.dataclass(frozen=True)
 class Request:
     """One host.sock request: ``cmd`` and its fields (shapes: :mod:`hivecore.wire.host`; hivectl
     does not import it, so it starts fast; the tests decode every request hivectl builds with it)."""
 
-    cmd: str
-    fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+    def __init__(self, cmd: str, fields: dict[str, Any] | None = None) -> None:
+        self.cmd = cmd
+        self.fields = fields or {}
 
     def line(self) -> bytes:
         return request_line(self.cmd, {k: v for k, v in self.fields.items() if v is not None})

@@ -8,17 +8,16 @@ message says what happened and what to do about it; what the lines *mean* is the
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import socket
 from collections.abc import Generator
+from typing import NamedTuple
 
 
 class Unreachable(Exception):
     """The server could not be reached or did not answer; the message names the fix."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Hints:
+class Hints(NamedTuple):
     """The remedies named in connect errors (they differ per socket and per client)."""
 
     start: str = "start it with `hive-c0re serve`"
