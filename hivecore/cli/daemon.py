@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hive-c0re",
         description="hyperhive host daemon",
-        epilog="Every other verb (list, status, spawn, kill, destroy, pending, approve, deny, "
+        epilog="Every other verb (list, status, spawn, kill, destroy, purge, pending, approve, deny, "
         "request-spawn, …) is a host.sock client, exactly as `hivectl VERB`; see `hivectl --help`.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -186,9 +186,8 @@ def _startup_failure(exc: BaseException, config: Config | None) -> str | None:
         if config is not None and path is not None and path == config.host_socket_path:
             return f"{exc}; choose another path with --host-socket"
         return str(exc)
-    from_web = any(
-        "hypercorn" in frame.f_code.co_filename for frame, _ in traceback.walk_tb(exc.__traceback__)
-    )
+    frames = [frame.f_code for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    from_web = any("hypercorn" in f.co_filename and f.co_name.endswith("create_sockets") for f in frames)
     if config is None or not isinstance(exc, OSError) or not from_web:
         return None
     where = f"{config.dashboard_host}:{config.dashboard_port}"
