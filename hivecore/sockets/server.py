@@ -83,18 +83,10 @@ ErrorLine = Callable[[str], bytes]
 """Encodes an error message as this socket's error answer line (ending in ``\\n``)."""
 
 
-@attrs.frozen
-class ServerStatistics:
-    connections: int = 0
-    open_connections: int = 0
-    requests: int = 0
-    idle_timeouts: int = 0
-    oversized_lines: int = 0
-    internal_errors: int = 0
-
-
 @attrs.define
-class _Counters:
+class ServerStatistics:
+    """Counters since start; :meth:`JsonLinesServer.statistics` hands out copies."""
+
     connections: int = 0
     open_connections: int = 0
     requests: int = 0
@@ -137,10 +129,10 @@ class JsonLinesServer:
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
         self.max_line = max_line
-        self._stats = _Counters()
+        self._stats = ServerStatistics()
 
     def statistics(self) -> ServerStatistics:
-        return ServerStatistics(**attrs.asdict(self._stats))
+        return attrs.evolve(self._stats)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on :attr:`path` and serve until cancelled; ``task_status.started()`` once listening.
