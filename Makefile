@@ -25,3 +25,4 @@ bench:
 	.venv/bin/python bench/event_bus.py
 	.venv/bin/python bench/rescan.py
 	.venv/bin/python bench/host_sock.py
+	.venv/bin/python bench/cli.py

@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.event_bus import EventBus  # after the sys.path fix above
-from actors.transients import TransientRegistry
-from hivecore.admin_socket import AdminSocket
-from hivecore.config import Config
-from hivecore.coordinator import Coordinator
+from hivecore.config import Config  # after the sys.path fix above
+from hivecore.daemon import build
 from hivecore.runtime.base import AgentRuntimeState, AgentSpec
-from hivecore.store import Store
+from hivecore.sockets.host import HostSocket
 from hivecore.unix_listener import open_unix_listener
 
 AGENTS = 50
@@ -51,8 +49,11 @@ class SyntheticRuntime:
             for i in range(n)
         }
 
-    async def list(self) -> dict[str, AgentRuntimeState]:
-        return dict(self._states)
+    async def list(self, names: Collection[str] | None = None) -> dict[str, AgentRuntimeState]:
+        await trio.lowlevel.checkpoint()
+        if names is None:
+            return dict(self._states)
+        return {n: self._states[n] for n in names if n in self._states}
 
     async def create(self, spec: AgentSpec) -> None:
         raise NotImplementedError
@@ -139,13 +140,10 @@ async def bench(seconds: float, client_counts: list[int]) -> None:
     try:
         config = Config(state_dir=tmp / "state")
         config.paths.create_layout()
-        bus = EventBus()
-        coordinator = Coordinator(
-            config, bus, Store(config.paths.db), TransientRegistry(bus), SyntheticRuntime(AGENTS)
-        )
-        await coordinator.rescan_containers_and_emit()
+        daemon = build(config, runtime=SyntheticRuntime(AGENTS))
+        await daemon.views.rescan()
         admin_path, echo_path = tmp / "host.sock", tmp / "echo.sock"
-        admin = AdminSocket(coordinator, admin_path)
+        admin = HostSocket(daemon.coordinator, daemon.bus, admin_path)
         rows: list[tuple[str, int, float, float, float]] = []
         size = 0
         async with trio.open_nursery() as nursery:

@@ -23,12 +23,12 @@ from actors.rebuild_queue import JobLane
 from actors.supervisor import ChildSpec, Supervisor
 from actors.transients import TransientRegistry
 from actors.views import Views
-from hivecore.admin_socket import AdminSocket
 from hivecore.config import Config
 from hivecore.coordinator import Coordinator
 from hivecore.runtime.base import ContainerRuntime
 from hivecore.services.lifecycle import Lifecycle
 from hivecore.services.notify import Notifier
+from hivecore.sockets.host import HostSocket, live_urls
 from hivecore.statelock import hold_state_lock
 from hivecore.store import Store
 
@@ -105,14 +105,18 @@ async def main(
     with hold_state_lock(paths.lock_file), _log_stop():
         log.info("state dir %s (runtime %s)", paths.root, config.runtime)
         daemon = build(config)
-        admin = AdminSocket(
+        admin = HostSocket(
             daemon.coordinator,
+            daemon.bus,
             config.host_socket_path,
-            bus=daemon.bus,
-            config=config,
             group=config.admin_group,
-            # the dashboard's real address (port 0 binds an ephemeral port) once it is serving
-            home_url=lambda: daemon.dashboard_urls[0] + "/" if daemon.dashboard_urls else None,
+            urls=live_urls(
+                config.domain,
+                config.dashboard_host,
+                config.dashboard_port,
+                # the dashboard's real address (port 0 binds an ephemeral port) once it is serving
+                lambda: daemon.dashboard_urls[0] + "/" if daemon.dashboard_urls else None,
+            ),
         )
         children = [
             ChildSpec("event_bus", daemon.bus.run),

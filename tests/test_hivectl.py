@@ -14,8 +14,34 @@ import pytest
 import trio
 
 import hivecore
+from hivecore.cli import hivectl as hivectl_cli
 from hivecore.daemon import Daemon
-from hivecore.wire.host import AgentStatusRow, HostResponse, encode_response
+from hivecore.wire.host import (
+    COMMANDS,
+    AgentStatusRequest,
+    AgentStatusRow,
+    ApproveRequest,
+    DenyRequest,
+    DestroyRequest,
+    HostRequest,
+    HostResponse,
+    KillRequest,
+    LifecycleScope,
+    ListRequest,
+    PendingRequest,
+    PurgeTombstoneRequest,
+    RebuildRequest,
+    RequestSpawnRequest,
+    RestartRequest,
+    SetPausedRequest,
+    SpawnRequest,
+    StartRequest,
+    StopRequest,
+    SubscribeAgentStatusRequest,
+    UrlsRequest,
+    encode_response,
+    parse_request,
+)
 
 REPO = Path(hivecore.__file__).resolve().parent.parent
 
@@ -265,3 +291,64 @@ async def test_hive_c0re_admin_verbs_are_the_same_client(hive: Daemon) -> None:
         )
     assert out(spawned) == "spawned cc\n"
     assert out(listed) == "cc\n"
+
+
+async def test_purge_refused_while_the_agent_exists_then_deletes_the_kept_state(hive: Daemon) -> None:
+    sock = hive.config.host_socket_path
+    state = hive.config.paths.agent_dir("old")
+    assert (await hivectl("spawn", "old", sock=sock)).returncode == 0
+    result = await hivectl("purge", "old", sock=sock)
+    assert (result.returncode, err(result)) == (
+        1,
+        'hivectl: agent "old" still has a live container; destroy it first\n',
+    )
+    assert state.exists()
+    assert out(await hivectl("destroy", "old", sock=sock)) == "destroyed old (state kept)\n"
+    assert state.exists()
+    result = await hivectl("purge", "old", sock=sock)
+    assert (result.returncode, out(result)) == (0, "purged the kept state of old\n"), err(result)
+    assert not state.exists()
+    result = await hivectl("purge", "old", "--json", sock=sock)
+    assert (result.returncode, result.stdout) == (
+        1,
+        b'{"version":1,"ok":false,"error":"no kept state for \\"old\\""}\n',
+    )
+
+
+HIVECTL_REQUESTS: list[tuple[list[str], HostRequest]] = [
+    (["list"], ListRequest()),
+    (["status", "a"], AgentStatusRequest()),
+    (["watch"], SubscribeAgentStatusRequest()),
+    (["start", "a", "b"], StartRequest(scope=LifecycleScope(agent_names=["a", "b"]))),
+    (["start", "--all"], StartRequest(scope=LifecycleScope(agents=True))),
+    (["stop", "a", "--hard"], StopRequest(scope=LifecycleScope(agent_names=["a"]), graceful=False)),
+    (["stop", "--all"], StopRequest(scope=LifecycleScope(agents=True), graceful=True)),
+    (["restart", "a"], RestartRequest(name="a")),
+    (["rebuild", "a"], RebuildRequest(name="a")),
+    (["kill", "a"], KillRequest(name="a")),
+    (["spawn", "a"], SpawnRequest(name="a")),
+    (["destroy", "a", "--purge"], DestroyRequest(name="a", purge=True)),
+    (["purge", "a"], PurgeTombstoneRequest(name="a")),
+    (["request-spawn", "a"], RequestSpawnRequest(name="a")),
+    (["request-spawn", "a", "--description", "d"], RequestSpawnRequest(name="a", description="d")),
+    (["pending"], PendingRequest()),
+    (["approve", "7"], ApproveRequest(id=7)),
+    (["deny", "7", "--note", "no"], DenyRequest(id=7, note="no")),
+    (["pause", "a"], SetPausedRequest(name="a", paused=True)),
+    (["resume", "a"], SetPausedRequest(name="a", paused=False)),
+    (["urls"], UrlsRequest()),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), HIVECTL_REQUESTS)
+def test_every_request_hivectl_writes_is_the_wire_record(argv: list[str], expected: HostRequest) -> None:
+    """hivectl writes its lines without the converter (it starts faster so); the daemon's decoder
+    must read each one as exactly the record the verb means."""
+    args = hivectl_cli.build_parser().parse_args(argv)
+    line = args.build(args).line()
+    assert line.endswith(b"\n")
+    assert parse_request(line.rstrip(b"\n")) == expected
+
+
+def test_every_wire_verb_has_a_hivectl_command() -> None:
+    assert {r.CMD for _, r in HIVECTL_REQUESTS} == set(COMMANDS)

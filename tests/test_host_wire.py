@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hivecore.admin_socket import LineBuffer, LineTooLong
 from hivecore.models import Approval
+from hivecore.sockets.framing import LineBuffer, LineTooLong
 from hivecore.wire.host import (
     COMMANDS,
     MAX_LINE,
@@ -25,6 +25,7 @@ from hivecore.wire.host import (
     LifecycleScope,
     ListRequest,
     PendingRequest,
+    PurgeTombstoneRequest,
     RebuildRequest,
     RequestError,
     RequestSpawnRequest,
@@ -64,6 +65,7 @@ EVERY_REQUEST: list[tuple[bytes, HostRequest]] = [
     (b'{"cmd":"deny","id":7,"note":"no"}', DenyRequest(id=7, note="no")),
     (b'{"cmd":"set_paused","name":"a","paused":true}', SetPausedRequest(name="a", paused=True)),
     (b'{"cmd":"urls"}', UrlsRequest()),
+    (b'{"cmd":"purge_tombstone","name":"a"}', PurgeTombstoneRequest(name="a")),
 ]
 
 
@@ -296,3 +298,37 @@ def test_decode_response_tolerates_old_and_new_daemons() -> None:
     assert (old.version, old.ok, old.error) == (0, False, "nope")
     newer = decode_response(b'{"version":2,"ok":true,"agents":["a"],"quota":{"x":1}}')
     assert (newer.version, newer.agents) == (2, ["a"])
+
+
+def test_golden_purge_tombstone_request() -> None:
+    assert encode_request(PurgeTombstoneRequest(name="old")) == b'{"cmd":"purge_tombstone","name":"old"}\n'
+    assert parse_request(b'{"cmd":"purge_tombstone"}') == RequestError(
+        "bad \"purge_tombstone\" request: field 'name': required field missing"
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b'{"cmd":"list","x":' + b"9" * 5000 + b"}", "request has a number with more than 4300 digits"),
+        (b'{"cmd":"approve","id":-' + b"1" * 4301 + b"}", "request has a number with more than 4300 digits"),
+        (b'{"cmd":"\\ud800"}', 'unknown cmd "\ud800"'),  # the decoded lone surrogate
+        (b'{"cmd":"\xed\xa0\x80"}', "request is not valid UTF-8 (byte 8)"),
+    ],
+)
+def test_huge_numbers_surrogates_and_bad_utf8_are_refused(line: bytes, message: str) -> None:
+    answer = parse_request(line)
+    assert isinstance(answer, RequestError)
+    assert answer.message.startswith(message)
+
+
+def test_an_answer_echoing_a_lone_surrogate_is_still_one_utf8_line() -> None:
+    answer = parse_request(b'{"cmd":"\\ud800"}')
+    assert isinstance(answer, RequestError)
+    line = encode_response(failure(answer.message))
+    assert line == b'{"version":1,"ok":false,"error":"unknown cmd \\"\\ud800\\""}\n'
+    line.decode("utf-8")  # valid UTF-8
+    assert decode_response(line).error == 'unknown cmd "\ud800"'
+    # any other string with a surrogate in it is escaped the same way; plain text stays UTF-8
+    assert encode_response(failure("é\udc80")) == b'{"version":1,"ok":false,"error":"\\u00e9\\udc80"}\n'
+    assert encode_response(failure("é")) == '{"version":1,"ok":false,"error":"é"}\n'.encode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -146,3 +147,55 @@ def test_help_documents_every_flag() -> None:
         "--admin-group",
     ):
         assert flag in result.stdout
+
+
+def _serve_failure(state_dir: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "hivecore.cli.daemon", "serve", "--state-dir", str(state_dir), *flags]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+
+
+def _not_logging(stderr: str) -> list[str]:
+    """stderr without the daemon's log lines (``<date> <time> LEVEL logger: …``)."""
+    return [ln for ln in stderr.splitlines() if " INFO " not in ln and " WARNING " not in ln]
+
+
+def test_a_busy_dashboard_port_is_one_line_naming_the_flag(state_dir: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _serve_failure(state_dir, "--dashboard-port", str(port))
+    assert result.returncode == 1
+    assert _not_logging(result.stderr) == [
+        f"hive-c0re: dashboard port {port} is already in use (127.0.0.1:{port}); "
+        "choose another with --dashboard-port (0 picks a free one)"
+    ]
+    assert "Traceback" not in result.stderr
+    assert not (state_dir / "run" / "host.sock").exists()  # the host socket it had bound is gone
+
+
+def test_a_host_socket_path_that_cannot_be_bound_is_one_line_naming_the_flag(state_dir: Path) -> None:
+    (state_dir / "file").write_text("not a directory")
+    bad = state_dir / "file" / "host.sock"
+    result = _serve_failure(state_dir, "--dashboard-port", "0", "--host-socket", str(bad))
+    assert result.returncode == 1
+    [line] = _not_logging(result.stderr)
+    assert line.startswith(f"hive-c0re: host.sock: cannot listen on {bad}: ")  # then the OS's reason
+    assert line.endswith("; choose another path with --host-socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        taken = state_dir / "taken.sock"
+        live.bind(str(taken))
+        live.listen()
+        result = _serve_failure(state_dir, "--dashboard-port", "0", "--host-socket", str(taken))
+    assert result.returncode == 1
+    assert _not_logging(result.stderr) == [
+        f"hive-c0re: host.sock: another process is already listening on {taken}; "
+        "choose another path with --host-socket"
+    ]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hivecore.models import Approval, ContainerView
-from hivecore.wire import describe_error, dumps, loads
+from hivecore.wire.converter import describe_error, dumps, loads
 from hivecore.wire.events import (
     ApprovalResolved,
     ContainerStateChanged,

@@ -1,21 +1,26 @@
-"""``hive-c0re``: the daemon's command line (``serve``)."""
+"""``hive-c0re``: the daemon's command line (``serve``, and every hivectl verb).
+
+Only ``serve`` imports the daemon (trio, hypercorn, quart …), lazily: ``hive-c0re --help`` and
+``hive-c0re VERB`` start as fast as ``hivectl``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
-import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import trio
-
-from hivecore.config import Config
-from hivecore.daemon import main as daemon_main
 from hivecore.errors import HiveError
+
+if TYPE_CHECKING:
+    from hivecore.config import Config
 
 log = logging.getLogger("hive-c0re")
 
@@ -30,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hive-c0re",
         description="hyperhive host daemon",
-        epilog="Every other verb (list, status, spawn, kill, destroy, pending, approve, deny, "
+        epilog="Every other verb (list, status, spawn, kill, destroy, purge, pending, approve, deny, "
         "request-spawn, …) is a host.sock client, exactly as `hivectl VERB`; see `hivectl --help`.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -105,6 +110,8 @@ def _default_group() -> str | None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    from hivecore.config import Config
+
     if not 0 <= args.dashboard_port <= 65535:
         raise HiveError(f"--dashboard-port {args.dashboard_port} is not a port number")
     if args.crash_watch_interval <= 0:
@@ -125,6 +132,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 async def serve(config: Config) -> None:
     """Run the daemon; the first SIGINT/SIGTERM cancels it (bounded by a 5 s grace period)."""
+    import signal
+
+    import trio
+
+    from hivecore.daemon import main as daemon_main
+
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             from web.app import daemon_app
@@ -147,32 +160,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         return hivectl.main(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config: Config | None = None
     try:
         config = config_from_args(args)
+        import trio
+
         trio.run(serve, config)
-    except (HiveError, BaseExceptionGroup) as exc:
-        errors = _hive_errors(exc)
-        if errors is None:
+    except (HiveError, OSError, BaseExceptionGroup) as exc:
+        failures = [_startup_failure(leaf, config) for leaf in _leaves(exc)]
+        if None in failures:
             raise
-        for err in errors:
-            print(f"hive-c0re: {err}", file=sys.stderr)
+        for message in dict.fromkeys(failures):  # once each, in order
+            print(f"hive-c0re: {message}", file=sys.stderr)
         return 1
     return 0
 
 
-def _hive_errors(exc: BaseException) -> list[HiveError] | None:
-    """The HiveErrors in ``exc`` (unwrapping groups), or None if anything else is in there."""
-    if isinstance(exc, HiveError):
-        return [exc]
+def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
-        found: list[HiveError] = []
-        for inner in exc.exceptions:
-            sub = _hive_errors(inner)
-            if sub is None:
-                return None
-            found.extend(sub)
-        return found
-    return None
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _startup_failure(exc: BaseException, config: Config | None) -> str | None:
+    """One line for a failure that is the operator's to fix (a flag), else None (a bug: traceback)."""
+    if isinstance(exc, HiveError):
+        path = getattr(exc, "path", None)  # hivecore.sockets.server.ListenError
+        if config is not None and path is not None and path == config.host_socket_path:
+            return f"{exc}; choose another path with --host-socket"
+        return str(exc)
+    frames = [frame.f_code for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    from_web = any("hypercorn" in f.co_filename and f.co_name.endswith("create_sockets") for f in frames)
+    if config is None or not isinstance(exc, OSError) or not from_web:
+        return None
+    where = f"{config.dashboard_host}:{config.dashboard_port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"dashboard port {config.dashboard_port} is already in use ({where}); "
+            "choose another with --dashboard-port (0 picks a free one)"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"not allowed to bind the dashboard to {where} (ports below 1024 need privileges); "
+            "choose another with --dashboard-port"
+        )
+    reason = exc.strerror or str(exc)
+    return f"cannot bind the dashboard to {where}: {reason}; check --dashboard-host and --dashboard-port"
 
 
 if __name__ == "__main__":

@@ -12,34 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from hivecore.wire.host import (
-    HOST_SOCK_VERSION,
-    AgentStatusRequest,
-    ApproveRequest,
-    DenyRequest,
-    DestroyRequest,
-    HostRequest,
-    KillRequest,
-    LifecycleScope,
-    ListRequest,
-    PendingRequest,
-    RebuildRequest,
-    RequestSpawnRequest,
-    RestartRequest,
-    SetPausedRequest,
-    SpawnRequest,
-    StartRequest,
-    StopRequest,
-    SubscribeAgentStatusRequest,
-    UrlsRequest,
-    encode_request,
-)
+from hivecore.sockets.client import Unreachable, exchange
+from hivecore.wire.lines import HOST_SOCK_VERSION, request_line
 
 EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2
 NIXOS_SOCKET = "/run/hyperhive/host.sock"
@@ -57,66 +36,35 @@ def default_socket_path() -> str:
     return NIXOS_SOCKET if os.path.exists(NIXOS_SOCKET) else LOCAL_SOCKET
 
 
-class Unreachable(Exception):
-    """The daemon could not be reached or did not answer; the message names the fix."""
+class Request:
+    """One host.sock request: ``cmd`` and its fields (shapes: :mod:`hivecore.wire.host`; hivectl
+    does not import it, so it starts fast; the tests decode every request hivectl builds with it)."""
+
+    def __init__(self, cmd: str, fields: dict[str, Any] | None = None) -> None:
+        self.cmd = cmd
+        self.fields = fields or {}
+
+    def line(self) -> bytes:
+        return request_line(self.cmd, {k: v for k, v in self.fields.items() if v is not None})
 
 
 # --- talking to the daemon ---------------------------------------------------------------------------
 
 
-def connect(path: str, timeout: float | None) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-    except FileNotFoundError:
-        sock.close()
-        raise Unreachable(
-            f"no socket at {path}: the daemon is not running (start it with `hive-c0re serve`), "
-            "or point hivectl at its socket with --socket PATH or HIVE_HOST_SOCK"
-        ) from None
-    except PermissionError:
-        sock.close()
-        raise Unreachable(
-            f"permission denied on {path}: you are not in the {ADMIN_GROUP} group, or your login "
-            f"predates the group grant (log in again, or run `newgrp {ADMIN_GROUP}`)"
-        ) from None
-    except ConnectionRefusedError:
-        sock.close()
-        raise Unreachable(
-            f"nothing is listening on {path}: the daemon is down (the socket is left over from a stopped "
-            "daemon); start it with `hive-c0re serve`"
-        ) from None
-    except OSError as exc:
-        sock.close()
-        raise Unreachable(f"cannot connect to {path}: {exc.strerror or exc}") from None
-    return sock
-
-
-def exchange(path: str, request: HostRequest, timeout: float | None) -> Iterator[tuple[bytes, Response]]:
+def answers(path: str, request: Request, timeout: float | None) -> Iterator[tuple[bytes, Response]]:
     """Send ``request``; yield each answer line (raw, decoded) until the daemon closes."""
-    sock = connect(path, timeout)
-    with sock, sock.makefile("rb") as answers:
+    first = True
+    for line in exchange(path, request.line(), timeout):
         try:
-            sock.sendall(encode_request(request))
-            first = True
-            while line := answers.readline():
-                try:
-                    decoded = json.loads(line)
-                except ValueError:
-                    raise Unreachable(f"unreadable answer from the daemon: {line[:200]!r}") from None
-                if not isinstance(decoded, dict) or not isinstance(decoded.get("ok"), bool):
-                    raise Unreachable(f"unexpected answer from the daemon: {line[:200]!r}")
-                if first:
-                    _check_version(decoded)
-                    first = False
-                yield line.rstrip(b"\n"), decoded
-            if first:
-                raise Unreachable("the daemon closed the connection without answering")
-        except TimeoutError:
-            raise Unreachable(f"no answer from the daemon within {timeout:g} s") from None
-        except OSError as exc:
-            raise Unreachable(f"lost the connection to the daemon: {exc.strerror or exc}") from None
+            decoded = json.loads(line)
+        except ValueError:
+            raise Unreachable(f"unreadable answer from the daemon: {line[:200]!r}") from None
+        if not isinstance(decoded, dict) or not isinstance(decoded.get("ok"), bool):
+            raise Unreachable(f"unexpected answer from the daemon: {line[:200]!r}")
+        if first:
+            _check_version(decoded)
+            first = False
+        yield line, decoded
 
 
 def _check_version(answer: Response) -> None:
@@ -217,12 +165,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_REFUSED, f"{self.prog}: error: {message}\n")
 
 
-Builder = Callable[[argparse.Namespace], HostRequest]
+Builder = Callable[[argparse.Namespace], Request]
 Done = Callable[[argparse.Namespace], str]
 
 
-def _scope(args: argparse.Namespace) -> LifecycleScope:
-    return LifecycleScope(agent_names=list(args.names), agents=args.all)
+def _scope(args: argparse.Namespace) -> dict[str, Any]:
+    return {"agent_names": list(args.names), "agents": args.all}
 
 
 def _scope_text(args: argparse.Namespace) -> str:
@@ -231,8 +179,8 @@ def _scope_text(args: argparse.Namespace) -> str:
     return ", ".join(args.names)
 
 
-def _named(cls: Callable[..., HostRequest]) -> Builder:
-    return lambda args: cls(name=args.name)
+def _named(cmd: str) -> Builder:
+    return lambda args: Request(cmd, {"name": args.name})
 
 
 def _past(word: str) -> Done:
@@ -258,18 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(build=build, done=done)
         return p
 
-    verb("list", "list agent names", lambda a: ListRequest())
-    p = verb("status", "show every agent's status", lambda a: AgentStatusRequest())
+    verb("list", "list agent names", lambda a: Request("list"))
+    p = verb("status", "show every agent's status", lambda a: Request("agent_status"))
     p.add_argument("names", nargs="*", metavar="NAME", help="only these agents")
     verb(
         "watch",
         "print status changes as they happen (until interrupted)",
-        lambda a: SubscribeAgentStatusRequest(),
+        lambda a: Request("subscribe_agent_status"),
     )
     p = verb(
         "start",
         "start agents",
-        lambda a: StartRequest(scope=_scope(a)),
+        lambda a: Request("start", {"scope": _scope(a)}),
         lambda a: f"started {_scope_text(a)}",
     )
     p.add_argument("names", nargs="*", metavar="NAME")
@@ -277,23 +225,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(
         "stop",
         "stop agents (SIGTERM, then SIGKILL after the stop timeout)",
-        lambda a: StopRequest(scope=_scope(a), graceful=not a.hard),
+        lambda a: Request("stop", {"scope": _scope(a), "graceful": not a.hard}),
         lambda a: f"stopped {_scope_text(a)}",
     )
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--all", action="store_true", help="every agent (the manager included)")
     p.add_argument("--hard", action="store_true", help="kill at once instead of stopping gracefully")
-    for name, text, cls, past in (
-        ("restart", "restart an agent (no rebuild)", RestartRequest, "restarted"),
-        ("rebuild", "rebuild an agent from its config", RebuildRequest, "rebuilt"),
-        ("kill", "kill an agent at once", KillRequest, "killed"),
-        ("spawn", "create and start an agent (no approval)", SpawnRequest, "spawned"),
+    for name, text, cmd, past in (
+        ("restart", "restart an agent (no rebuild)", "restart", "restarted"),
+        ("rebuild", "rebuild an agent from its config", "rebuild", "rebuilt"),
+        ("kill", "kill an agent at once", "kill", "killed"),
+        ("spawn", "create and start an agent (no approval)", "spawn", "spawned"),
+        (
+            "purge",
+            "delete a destroyed agent's kept state (no undo; refused while the agent exists)",
+            "purge_tombstone",
+            "purged the kept state of",
+        ),
     ):
-        verb(name, text, _named(cls), _past(past)).add_argument("name", metavar="NAME")
+        verb(name, text, _named(cmd), _past(past)).add_argument("name", metavar="NAME")
     p = verb(
         "destroy",
         "destroy an agent (its state is kept unless --purge)",
-        lambda a: DestroyRequest(name=a.name, purge=a.purge),
+        lambda a: Request("destroy", {"name": a.name, "purge": a.purge}),
         lambda a: f"destroyed {a.name}" + (" and purged its state" if a.purge else " (state kept)"),
     )
     p.add_argument("name", metavar="NAME")
@@ -301,34 +255,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(
         "request-spawn",
         "queue a spawn approval for the operator",
-        lambda a: RequestSpawnRequest(name=a.name, description=a.description),
+        lambda a: Request("request_spawn", {"name": a.name, "description": a.description}),
         lambda a: f"requested a spawn of {a.name}",
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--description", default=None, help="shown on the approval card")
-    verb("pending", "list approvals", lambda a: PendingRequest())
-    p = verb("approve", "approve a request", lambda a: ApproveRequest(id=a.id), lambda a: f"approved {a.id}")
+    verb("pending", "list approvals", lambda a: Request("pending"))
+    p = verb(
+        "approve",
+        "approve a request",
+        lambda a: Request("approve", {"id": a.id}),
+        lambda a: f"approved {a.id}",
+    )
     p.add_argument("id", type=int, metavar="ID")
     p = verb(
-        "deny", "deny a request", lambda a: DenyRequest(id=a.id, note=a.note), lambda a: f"denied {a.id}"
+        "deny",
+        "deny a request",
+        lambda a: Request("deny", {"id": a.id, "note": a.note}),
+        lambda a: f"denied {a.id}",
     )
     p.add_argument("id", type=int, metavar="ID")
     p.add_argument("--note", default=None, help="why (shown to the manager)")
     p = verb(
         "pause",
         "pause an agent's turn loop",
-        lambda a: SetPausedRequest(name=a.name, paused=True),
+        lambda a: Request("set_paused", {"name": a.name, "paused": True}),
         _past("paused"),
     )
     p.add_argument("name", metavar="NAME")
     p = verb(
         "resume",
         "resume a paused agent",
-        lambda a: SetPausedRequest(name=a.name, paused=False),
+        lambda a: Request("set_paused", {"name": a.name, "paused": False}),
         _past("resumed"),
     )
     p.add_argument("name", metavar="NAME")
-    verb("urls", "show where the hive can be reached", lambda a: UrlsRequest())
+    verb("urls", "show where the hive can be reached", lambda a: Request("urls"))
     return parser
 
 
@@ -344,10 +306,10 @@ def watch_line(cells: Sequence[str]) -> str:
 def run(args: argparse.Namespace) -> int:
     path = getattr(args, "socket", None) or default_socket_path()
     as_json = getattr(args, "json", False)
-    request: HostRequest = args.build(args)
-    watching = isinstance(request, SubscribeAgentStatusRequest)
+    request: Request = args.build(args)
+    watching = request.cmd == "subscribe_agent_status"
     timeout = None if watching else args.timeout
-    for n, (raw, answer) in enumerate(exchange(path, request, timeout)):
+    for n, (raw, answer) in enumerate(answers(path, request, timeout)):
         if as_json:
             print(raw.decode(errors="replace"), flush=watching)
         if not answer["ok"]:
@@ -361,13 +323,13 @@ def run(args: argparse.Namespace) -> int:
                 print(watch_line(["TIME", *STATUS_HEADERS]), flush=True)
             for row in answer.get("agent_statuses") or []:
                 print(watch_line([time.strftime("%H:%M:%S"), *status_cells(row)]), flush=True)
-        elif isinstance(request, ListRequest):
+        elif request.cmd == "list":
             print("\n".join(answer.get("agents") or []) or "no agents")
-        elif isinstance(request, AgentStatusRequest):
+        elif request.cmd == "agent_status":
             print(render_status(answer, args.names))
-        elif isinstance(request, PendingRequest):
+        elif request.cmd == "pending":
             print(render_pending(answer))
-        elif isinstance(request, UrlsRequest):
+        elif request.cmd == "urls":
             print(render_urls(answer))
         elif args.done is not None:
             print(args.done(args))

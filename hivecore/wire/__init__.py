@@ -1,5 +1,5 @@
-"""Wire shapes (host.sock, dashboard events, helper events) and the one converter."""
+"""Wire shapes (host.sock, dashboard events, helper events) and the one converter.
 
-from hivecore.wire.converter import converter, describe_error, dumps, loads
-
-__all__ = ["converter", "describe_error", "dumps", "loads"]
+Import the modules themselves (``hivecore.wire.converter``, ``hivecore.wire.host`` …); this package
+imports nothing, so :mod:`hivecore.wire.lines` stays light for the CLIs.
+"""

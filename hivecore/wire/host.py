@@ -13,19 +13,16 @@ promise to the original's clients (hivectl, desktop sidebars):
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+import sys
+from typing import ClassVar
 
 import attrs
 
 from hivecore.models import Approval, ContainerView
-from hivecore.wire.converter import configure_tagged, converter, describe_error, dumps, json_type_name
-
-HOST_SOCK_VERSION = 1
-"""Bumped only for breaking changes (a field removed, renamed or retyped); new optional fields need none."""
-
-MAX_LINE = 64 * 1024
-"""The longest request line the server reads (bytes, newline excluded)."""
-
+from hivecore.sockets.framing import MAX_LINE as MAX_LINE
+from hivecore.wire.converter import configure_tagged, converter, describe_error, json_type_name
+from hivecore.wire.lines import HOST_SOCK_VERSION as HOST_SOCK_VERSION
+from hivecore.wire.lines import json_line, request_line
 
 # --- requests --------------------------------------------------------------------------------------
 
@@ -120,6 +117,14 @@ class RequestSpawnRequest(HostRequest):
 
 
 @attrs.frozen(kw_only=True)
+class PurgeTombstoneRequest(HostRequest):
+    """Delete a destroyed agent's kept state (refused while the agent exists)."""
+
+    CMD = "purge_tombstone"
+    name: str
+
+
+@attrs.frozen(kw_only=True)
 class PendingRequest(HostRequest):
     CMD = "pending"
 
@@ -173,6 +178,7 @@ AnyRequest = (
     | DenyRequest
     | SetPausedRequest
     | UrlsRequest
+    | PurgeTombstoneRequest
 )
 REQUEST_TYPES: tuple[type[HostRequest], ...] = AnyRequest.__args__
 COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in REQUEST_TYPES)
@@ -271,13 +277,12 @@ class RequestError:
 
 
 def encode_response(response: HostResponse) -> bytes:
-    return dumps(response).encode() + b"\n"
+    return json_line(converter.unstructure(response))
 
 
 def encode_request(request: HostRequest) -> bytes:
     """One request line, ``cmd`` first (as the original's clients write it)."""
-    body: dict[str, Any] = {"cmd": request.CMD, **converter.unstructure(request)}
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return request_line(request.CMD, converter.unstructure(request))
 
 
 def decode_response(line: bytes | str) -> HostResponse:
@@ -304,6 +309,10 @@ def parse_request(line: bytes) -> HostRequest | RequestError:
         return RequestError(f"request is not valid JSON: {exc.msg} (column {exc.colno})")
     except RecursionError:
         return RequestError("request is not valid JSON: nested too deeply")
+    except ValueError:  # int() refuses more than sys.get_int_max_str_digits() digits
+        return RequestError(
+            f"request has a number with more than {sys.get_int_max_str_digits()} digits; no field takes one"
+        )
     if not isinstance(data, dict):
         return RequestError(f"request must be a JSON object, got {json_type_name(data)}")
     if "cmd" not in data:

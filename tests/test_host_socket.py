@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import grp
 import json
 import logging
@@ -21,10 +23,11 @@ import trio.testing
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hivecore.admin_socket import EMPTY_SCOPE, AdminSocket
+from hivecore.coordinator import Coordinator
 from hivecore.daemon import Daemon
 from hivecore.errors import HiveError
 from hivecore.models import ContainerView
+from hivecore.sockets.host import EMPTY_SCOPE, HostSocket, live_urls
 from hivecore.wire.events import ContainerStateChanged
 from hivecore.wire.host import (
     COMMANDS,
@@ -215,7 +218,7 @@ async def test_a_handler_bug_is_logged_and_answered(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(hive.coordinator, "agent_names", broken)
-    with caplog.at_level(logging.ERROR, logger="hivecore.admin_socket"):
+    with caplog.at_level(logging.ERROR, logger="hivecore.sockets.host"):
         assert await refused(sock, {"cmd": "list"}) == "internal error during list: RuntimeError: boom"
     assert any(r.exc_info for r in caplog.records)
     monkeypatch.undo()
@@ -297,14 +300,7 @@ async def test_a_subscriber_that_stops_reading_is_dropped_after_the_send_timeout
     parts: Parts, short_dir: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     path = short_dir / "host.sock"
-    admin = AdminSocket(
-        parts.coordinator,
-        path,
-        bus=parts.bus,
-        config=parts.config,
-        send_timeout=5.0,
-        subscriber_buffer=100_000,
-    )
+    admin = HostSocket(parts.coordinator, parts.bus, path, send_timeout=5.0, subscriber_buffer=100_000)
     async with trio.open_nursery() as nursery:
         await nursery.start(admin.run)
         stream = await trio.open_unix_socket(os.fspath(path))
@@ -421,7 +417,7 @@ async def test_idle_client_is_answered_and_closed_after_ten_seconds(
     parts: Parts, short_dir: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     path = short_dir / "host.sock"
-    admin = AdminSocket(parts.coordinator, path, bus=parts.bus, config=parts.config)
+    admin = HostSocket(parts.coordinator, parts.bus, path)
     async with trio.open_nursery() as nursery:
         await nursery.start(admin.run)
         for opening in (b"", b'{"cmd":"li'):
@@ -441,7 +437,7 @@ async def test_socket_mode_group_and_directory(parts: Parts, short_dir: Path) ->
     parent = short_dir / "run"
     path = parent / "host.sock"
     group = "daemon" if os.geteuid() == 0 else None
-    admin = AdminSocket(parts.coordinator, path, bus=parts.bus, config=parts.config, group=group)
+    admin = HostSocket(parts.coordinator, parts.bus, path, group=group)
     async with trio.open_nursery() as nursery:
         await nursery.start(admin.run)
         st_sock = path.lstat()
@@ -457,7 +453,7 @@ async def test_socket_mode_group_and_directory(parts: Parts, short_dir: Path) ->
 async def test_sticky_shared_directory_is_left_alone(parts: Parts, short_dir: Path) -> None:
     shared = short_dir
     shared.chmod(0o1777)
-    admin = AdminSocket(parts.coordinator, shared / "host.sock", bus=parts.bus, config=parts.config)
+    admin = HostSocket(parts.coordinator, parts.bus, shared / "host.sock")
     async with trio.open_nursery() as nursery:
         await nursery.start(admin.run)
         assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
@@ -465,13 +461,7 @@ async def test_sticky_shared_directory_is_left_alone(parts: Parts, short_dir: Pa
 
 
 async def test_unknown_group_is_refused(parts: Parts, short_dir: Path) -> None:
-    admin = AdminSocket(
-        parts.coordinator,
-        short_dir / "host.sock",
-        bus=parts.bus,
-        config=parts.config,
-        group="no-such-group-zz",
-    )
+    admin = HostSocket(parts.coordinator, parts.bus, short_dir / "host.sock", group="no-such-group-zz")
     with pytest.raises(HiveError, match="group 'no-such-group-zz' does not exist"):
         await admin.run()
 
@@ -482,7 +472,7 @@ async def test_stale_socket_is_replaced(parts: Parts, short_dir: Path) -> None:
     dead.bind(os.fspath(path))
     dead.close()  # the file stays behind, nobody listens
     assert stat.S_ISSOCK(path.lstat().st_mode)
-    admin = AdminSocket(parts.coordinator, path, bus=parts.bus, config=parts.config)
+    admin = HostSocket(parts.coordinator, parts.bus, path)
     async with trio.open_nursery() as nursery:
         await nursery.start(admin.run)
         assert (await ask(path, {"cmd": "list"}))["ok"] is True
@@ -492,7 +482,7 @@ async def test_stale_socket_is_replaced(parts: Parts, short_dir: Path) -> None:
 async def test_live_socket_is_never_stolen(hive: Daemon) -> None:
     path = hive.config.host_socket_path
     inode = path.lstat().st_ino
-    intruder = AdminSocket(hive.coordinator, path, bus=hive.bus, config=hive.config)
+    intruder = HostSocket(hive.coordinator, hive.bus, path)
     with pytest.raises(HiveError, match="another process is already listening on"):
         await intruder.run()
     assert path.lstat().st_ino == inode
@@ -503,13 +493,13 @@ async def test_a_file_that_is_not_a_socket_is_left_alone(parts: Parts, short_dir
     path = short_dir / "host.sock"
     path.write_text("precious")
     with pytest.raises(HiveError, match="not a socket"):
-        await AdminSocket(parts.coordinator, path, bus=parts.bus, config=parts.config).run()
+        await HostSocket(parts.coordinator, parts.bus, path).run()
     assert path.read_text() == "precious"
 
 
 async def test_a_successors_socket_is_not_unlinked(parts: Parts, short_dir: Path) -> None:
     path = short_dir / "host.sock"
-    admin = AdminSocket(parts.coordinator, path, bus=parts.bus, config=parts.config)
+    admin = HostSocket(parts.coordinator, parts.bus, path)
     async with trio.open_nursery() as nursery:
         await nursery.start(admin.run)
         path.unlink()  # an operator (or a successor daemon) replaced the file
@@ -522,10 +512,169 @@ async def test_a_successors_socket_is_not_unlinked(parts: Parts, short_dir: Path
 
 async def test_home_url_override(parts: Parts, short_dir: Path) -> None:
     path = short_dir / "host.sock"
-    admin = AdminSocket(
-        parts.coordinator, path, bus=parts.bus, config=parts.config, home_url=lambda: "http://127.0.0.1:43210"
+    admin = HostSocket(
+        parts.coordinator,
+        parts.bus,
+        path,
+        urls=live_urls(None, "0.0.0.0", 7000, lambda: "http://127.0.0.1:43210"),
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(admin.run)
         assert (await ask(path, {"cmd": "urls"}))["urls"] == {"home": "http://127.0.0.1:43210/"}
         nursery.cancel_scope.cancel()
+
+
+# --- hostile input: one answer line each, nothing logged, no fd leaked (issue 11 defect 6) -----------
+
+_HUGE = "@@huge@@"
+
+
+def _hostile_lines() -> st.SearchStrategy[bytes]:
+    surrogate = st.characters(categories=["Cs"])
+    text = st.text(st.one_of(st.characters(), surrogate), max_size=8)
+    lone = st.tuples(text, surrogate, text).map("".join)
+    scalar = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | text | st.just(_HUGE)
+    value = st.recursive(
+        scalar,
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(text, c, max_size=3),
+        max_leaves=8,
+    )
+    # every verb except the two that would change or hold the hive (spawn, subscribe)
+    safe_cmds = [c for c in COMMANDS if c not in ("spawn", "subscribe_agent_status")]
+    cmd = st.sampled_from(safe_cmds) | text
+    fields = st.dictionaries(st.sampled_from(["name", "id", "scope", "paused", "purge", "graceful"]), value)
+
+    def to_json(v: object) -> bytes:
+        # ensure_ascii: surrogates travel as \ud800 escapes, the way a JSON client would send them
+        digits = "9" * 4400
+        return json.dumps(v).replace(f'"{_HUGE}"', digits).encode()
+
+    return st.one_of(
+        value.map(to_json),
+        st.tuples(cmd, fields).map(lambda t: to_json({"cmd": t[0], **t[1]})),
+        # a lone surrogate where it is echoed back: an unknown cmd, an invalid name
+        st.tuples(st.sampled_from(["restart", "kill", "destroy", "purge_tombstone"]) | lone, lone).map(
+            lambda t: to_json({"cmd": t[0], "name": t[1]})
+        ),
+        st.binary(max_size=200),  # mostly invalid UTF-8
+        st.builds(lambda b: b'{"cmd":"' + b + b'"}', st.binary(min_size=1, max_size=8)),
+        st.integers(MAX_LINE + 1, MAX_LINE + 4096).map(lambda n: b"[" + b"1," * (n // 2) + b"1]"),
+    ).map(lambda b: b.replace(b"\n", b" "))
+
+
+def _exchange_raw(path: str, data: bytes, *, half_close: bool) -> bytes:
+    """Send everything (or as much as the server takes before answering), read until it closes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)  # a wedged server fails the example instead of hanging the suite
+        s.connect(path)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(data)
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
+        out = b""
+        with contextlib.suppress(ConnectionResetError):  # the server closed with our bytes unread
+            while chunk := s.recv(65536):
+                out += chunk
+        return out
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_hostile_lines_get_exactly_one_answer_each(
+    parts: Parts, short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = short_dir / "host.sock"
+    admin = HostSocket(parts.coordinator, parts.bus, path)
+    examples: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(admin.run)
+        baseline = _open_fds()
+
+        @settings(
+            max_examples=300,
+            database=None,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
+        @given(_hostile_lines(), st.booleans())
+        def check(line: bytes, terminated: bool) -> None:
+            examples.append(line)
+            # an unterminated line is followed by EOF (a half-close): it is still the request
+            data = line + b"\n" if terminated else line
+            answer = _exchange_raw(os.fspath(path), data, half_close=not terminated)
+            if not terminated and not line.strip():
+                assert answer == b""  # connected and left without a word: nothing to answer
+                return
+            assert answer.count(b"\n") == 1, (line[:200], answer[:200])
+            assert answer.endswith(b"\n")
+            decoded = json.loads(answer.decode("utf-8"))  # valid UTF-8 and JSON, even for surrogates
+            assert decoded["version"] == 1
+            assert isinstance(decoded["ok"], bool)
+            if len(line) > MAX_LINE:
+                assert decoded["error"] == f"request line exceeds {MAX_LINE} bytes"
+            elif isinstance(parse_request(line), RequestError):
+                assert decoded["ok"] is False
+                assert decoded["error"]
+
+        with caplog.at_level(logging.DEBUG):
+            await trio.to_thread.run_sync(check)
+        await trio.testing.wait_all_tasks_blocked()
+        assert _open_fds() == baseline
+        assert admin.server.statistics().open_connections == 0
+        nursery.cancel_scope.cancel()
+    assert len(examples) == 300
+    assert any(b"9" * 4400 in e for e in examples)
+    assert any(b"\\ud" in e for e in examples)
+    assert any(len(e) > MAX_LINE for e in examples)
+    noisy = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not noisy, [r.getMessage() for r in noisy]
+    assert admin.statistics().internal_errors == 0
+
+
+# --- a huge scope costs one lookup (issue 11 defect 9) -----------------------------------------------
+
+
+class CountingFacade:
+    """The real coordinator, counting the lookups host.sock makes."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self.coordinator, name)
+        if name in ("agent_names", "require_agent", "start", "stop"):
+
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                self.calls[name] += 1
+                return await real(*args, **kwargs)
+
+            return counted
+        return real
+
+
+async def test_a_64_kib_scope_naming_one_agent_13000_times_is_one_lookup(
+    parts: Parts, short_dir: Path
+) -> None:
+    await parts.coordinator.spawn("a")
+    await parts.coordinator.spawn("b")
+    await parts.coordinator.stop("a")
+    facade = CountingFacade(parts.coordinator)
+    path = short_dir / "host.sock"
+    admin = HostSocket(facade, parts.bus, path)  # type: ignore[arg-type]  # a delegating wrapper
+    scope = {"agent_names": ["a"] * 13_000 + ["b", "a"]}
+    line = json.dumps({"cmd": "stop", "scope": scope}).encode() + b"\n"
+    assert len(line) > 60_000
+    async with trio.open_nursery() as nursery:
+        await nursery.start(admin.run)
+        assert (await ask_raw(path, line)) == b'{"version":1,"ok":true}\n'
+        assert facade.calls == {"agent_names": 1, "stop": 2}  # a and b, once each, in that order
+        facade.calls.clear()
+        ghost = {"agent_names": ["a"] * 13_000 + ["ghost"] * 3, "agents": True}
+        answer = await ask(path, {"cmd": "start", "scope": ghost})
+        assert answer["error"] == 'agent "ghost" is not managed by this hive'
+        assert facade.calls == {"agent_names": 1, "require_agent": 1}  # nothing started
+        nursery.cancel_scope.cancel()
+    assert {n: v.running for n, v in parts.coordinator.views().items()} == {"a": False, "b": False}
