@@ -1,0 +1,411 @@
+"""Per-agent verbs must not cost more with more agents: latency at 10 vs 300 agents, loop lag, SSE.
+
+Run: ``.venv/bin/python bench/verbs.py [--reps 30]``
+
+Real process runtime, real sqlite store, real job lane; the agents are ``sleep 3600`` under the shim
+(created with ``runtime.create``, not ``coordinator.spawn``: no python harness per agent). Most exist
+but are stopped; they still count in every full scan. Three measurements, each against a baseline
+taken in the same run:
+
+1. Verb latency through the coordinator (the job lane), p50/p99 over ``--reps`` repetitions, with 10
+   and with 300 agents present: two state dirs whose actors (store, views, job lane, as
+   ``tests/conftest.py::start_parts``) run side by side in this process, the repetitions interleaved
+   so machine noise hits both alike. ``set_paused`` toggles one stopped agent; stop+start cycles
+   one running agent. Baselines: the same work called directly (the marker touch/unlink in a worker
+   thread; ``runtime.stop`` + ``runtime.start``) and ``runtime.list([name])``, the one probe every
+   verb's ``require_agent`` does. Target: 300/10 ≤ 1.3 (a verb touches only its agent).
+2. Event-loop lag while 20 running agents stop at once (``coordinator.stop`` for 20 names in one
+   nursery, 300 agents present): a probe task loops ``await trio.sleep(0.001)`` and records how late
+   it wakes. Baselines: the same probe with nothing happening, and a bare ``trio.sleep(0)`` loop's
+   iteration time. Target: p99 ≤ 20 ms.
+3. SSE trigger→receipt: the real daemon (``hivecore.daemon.main`` with the dashboard on port 0) on a
+   state dir holding 1 agent and on one holding 100; a raw TCP client reads
+   ``/api/dashboard/stream?kinds=container_state_changed`` and times ``coordinator.set_paused`` until
+   the frame with that agent's new ``paused`` arrives. Baseline: ``bus.publish`` of the same kind of
+   event straight onto the daemon's bus → receipt (the HTTP/SSE path alone). The daemons run one at a
+   time (``main`` locks its state dir), alternating 1/100/1/100/… every 5 repetitions. Target: 100/1
+   p50 ≤ 2.
+
+The machine is shared (2 cores, other test suites running): absolute numbers are noisy, compare the
+ratios. Every agent process started here is killed on the way out, on every path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hivecore.config import Config  # after the sys.path fix above
+from hivecore.container_view import PAUSE_MARKER
+from hivecore.daemon import Daemon, build
+from hivecore.daemon import main as daemon_main
+from hivecore.runtime.base import AgentSpec
+from hivecore.runtime.process import ProcessRuntime
+from hivecore.wire.events import ContainerStateChanged
+from tests.procs import kill_everything_under
+from web.app import daemon_app
+
+SMALL, LARGE = 10, 300
+STOPPERS = 20
+SETTLE = 0.15
+SSE_SIZES = (1, 100)
+SSE_ROUND = 5
+"""Repetitions per daemon start in part 3 (the daemons alternate, so disk noise hits both)."""
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def agent_name(i: int) -> str:
+    return f"a{i:03d}"
+
+
+def make_config(state_dir: Path) -> Config:
+    return Config(state_dir=state_dir, dashboard_port=0, stop_timeout=2.0)
+
+
+async def create_agents(config: Config, runtime: ProcessRuntime, names: list[str]) -> None:
+    """The agents' dirs and specs (stopped); ``sleep 3600`` is their command."""
+    config.paths.create_layout()
+    env = {"PATH": os.environ["PATH"]}
+    for name in names:
+        for sub in ("state", "claude", "config"):
+            (config.paths.agent_dir(name) / sub).mkdir(parents=True, exist_ok=True)
+        await runtime.create(AgentSpec(name=name, command=("sleep", "3600"), env=env))
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:8.2f}"
+
+
+async def timed(fn: Callable[[], Awaitable[object]]) -> float:
+    t0 = time.perf_counter()
+    await fn()
+    return time.perf_counter() - t0
+
+
+class LagProbe:
+    """How late a ``trio.sleep(0.001)`` wakes, sampled continuously while ``recording``."""
+
+    PERIOD = 0.001
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self.recording = False
+
+    async def run(self) -> None:
+        while True:
+            t0 = trio.current_time()
+            await trio.sleep(self.PERIOD)
+            if self.recording:
+                self.samples.append(trio.current_time() - t0 - self.PERIOD)
+
+    @asynccontextmanager
+    async def record(self) -> AsyncIterator[list[float]]:
+        self.samples = []
+        self.recording = True
+        try:
+            yield self.samples
+        finally:
+            self.recording = False
+
+
+# --- 1 and 2: verbs on the actors (store, views, job lane) ----------------------------------------
+
+
+async def start_actors(config: Config, nursery: trio.Nursery) -> Daemon:
+    config.paths.create_layout()
+    daemon = build(config)
+    await nursery.start(daemon.store.run)
+    await nursery.start(daemon.views.run)
+    await nursery.start(daemon.lane.run)
+    return daemon
+
+
+async def bench_verbs(roots: dict[int, Path], reps: int, nursery: trio.Nursery) -> dict[int, Daemon]:
+    """Part 1; returns the daemons (their actors keep running) so part 2 reuses the large one."""
+    daemons: dict[int, Daemon] = {}
+    for n, root in roots.items():
+        config = make_config(root)
+        runtime = ProcessRuntime(config.paths, stop_timeout=config.stop_timeout)
+        await create_agents(config, runtime, [agent_name(i) for i in range(n)])
+        daemons[n] = await start_actors(config, nursery)
+        await daemons[n].views.rescan()  # seed every row, as crash_watch's first tick does
+        await daemons[n].coordinator.start(agent_name(0), source="internal")  # the stop+start agent
+
+    pausee, cycled = agent_name(1), agent_name(0)
+    marker = {n: d.config.paths.agent_state(pausee) / PAUSE_MARKER for n, d in daemons.items()}
+    names = ("set_paused", "raw marker", "stop+start", "raw stop+start", "list([name])")
+    got: dict[tuple[str, int], list[float]] = {(k, n): [] for k in names for n in daemons}
+
+    def toggle(path: Path, on: bool) -> None:
+        if on:
+            path.touch()
+        else:
+            path.unlink(missing_ok=True)
+
+    for rep in range(reps + 2):  # the first two are warm-up
+        for n, d in daemons.items():  # interleaved: noise hits both sizes alike
+            c, rt = d.coordinator, d.runtime
+            on = rep % 2 == 0
+            samples = {
+                "set_paused": await timed(partial(c.set_paused, pausee, on)),
+                "raw marker": await timed(partial(trio.to_thread.run_sync, toggle, marker[n], on)),
+                "list([name])": await timed(partial(rt.list, [pausee])),
+            }
+            # each start is followed by a settle pause (untimed): a stop right after a start would
+            # also wait for the fresh shim (a python process) to unblock SIGTERM
+            t0 = time.perf_counter()
+            await c.stop(cycled)
+            await c.start(cycled)
+            samples["stop+start"] = time.perf_counter() - t0
+            await trio.sleep(SETTLE)
+            t0 = time.perf_counter()
+            await rt.stop(cycled)
+            await rt.start(cycled)
+            samples["raw stop+start"] = time.perf_counter() - t0
+            await trio.sleep(SETTLE)
+            if rep >= 2:
+                for k, v in samples.items():
+                    got[(k, n)].append(v)
+
+    if not reps:
+        return daemons
+    print(f"\n1. verb latency, ms ({reps} reps, interleaved; 10 and 300 agents present)")
+    print(f"{'call':<16} {'p50@10':>8} {'p99@10':>8} {'p50@300':>8} {'p99@300':>8} {'p50 300/10':>11}")
+    for k in names:
+        a, b = got[(k, SMALL)], got[(k, LARGE)]
+        ratio = statistics.median(b) / statistics.median(a)
+        cells = " ".join(ms(pct(xs, q)) for xs in (a, b) for q in (0.5, 0.99))
+        print(f"{k:<16} {cells} {ratio:>11.2f}")
+    for verb, raw in (("set_paused", "raw marker"), ("stop+start", "raw stop+start")):
+        over = [statistics.median(got[(verb, n)]) / statistics.median(got[(raw, n)]) for n in daemons]
+        print(f"  {verb} / {raw}: {over[0]:.1f}x at {SMALL}, {over[1]:.1f}x at {LARGE}")
+    print("  target: p50 300/10 ≤ 1.3 for set_paused and stop+start (p99 of 30 reps is the worst one)")
+    return daemons
+
+
+async def bench_lag(daemon: Daemon, rounds: int, nursery: trio.Nursery) -> None:
+    """Part 2: loop lag while STOPPERS running agents stop at once (LARGE agents present)."""
+    c = daemon.coordinator
+    names = [agent_name(i) for i in range(LARGE - STOPPERS, LARGE)]
+    probe = LagProbe()
+    nursery.start_soon(probe.run)
+
+    # baselines: the probe with nothing happening; a bare sleep(0) loop's iteration time
+    await trio.sleep(0.1)
+    async with probe.record() as idle:
+        await trio.sleep(1.0)
+    idle = list(idle)
+    ticks: list[float] = []
+    for _ in range(2000):
+        t0 = trio.current_time()
+        await trio.lowlevel.checkpoint()  # what trio.sleep(0) does
+        ticks.append(trio.current_time() - t0)
+
+    stopping: list[float] = []
+    starting: list[float] = []
+    walls: list[float] = []
+    for _ in range(rounds):
+        async with probe.record() as s, trio.open_nursery() as inner:
+            for name in names:
+                inner.start_soon(partial(c.start, name))
+        starting += s
+        await trio.sleep(0.3)  # let the shims settle: each is a fresh python process
+        t0 = time.perf_counter()
+        async with probe.record() as s, trio.open_nursery() as inner:
+            for name in names:
+                inner.start_soon(partial(c.stop, name))
+        walls.append(time.perf_counter() - t0)
+        stopping += s
+        await trio.sleep(0.2)
+
+    print(f"\n2. event-loop lag, ms ({STOPPERS} agents stopping at once, {LARGE} present, {rounds} rounds)")
+    print(f"{'while':<34} {'samples':>7} {'p50':>8} {'p99':>8} {'max':>8}")
+    rows = (
+        ("idle (probe only)", idle),
+        ("bare sleep(0) loop iteration", ticks),
+        (f"{STOPPERS}x coordinator.stop at once", stopping),
+        (f"{STOPPERS}x coordinator.start at once", starting),
+    )
+    for label, xs in rows:
+        print(f"{label:<34} {len(xs):>7} {ms(pct(xs, 0.5))} {ms(pct(xs, 0.99))} {ms(max(xs))}")
+    print(f"  stop wall time per round: {', '.join(f'{w * 1e3:.0f}' for w in walls)} ms")
+    print("  target: p99 ≤ 20 ms while stopping")
+
+
+# --- 3: SSE through the real daemon --------------------------------------------------------------
+
+
+class SSEReader:
+    """A raw HTTP/1.1 SSE client; chunk-size lines are skipped by reading ``data:`` lines only."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buf = b""
+        self.waiting: tuple[str, bool, trio.Event] | None = None
+        self.arrived = 0.0
+
+    @classmethod
+    async def open(cls, daemon: Daemon) -> SSEReader:
+        url = urlsplit(daemon.dashboard_urls[0])
+        assert url.hostname is not None
+        assert url.port is not None
+        stream = await trio.open_tcp_stream(url.hostname, url.port)
+        path = "/api/dashboard/stream?kinds=container_state_changed"
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+        reader = cls(stream)
+        while b": connected" not in reader.buf:  # the subscription exists from here on
+            chunk = await stream.receive_some()
+            if not chunk:
+                raise EOFError("the stream closed before it was connected")
+            reader.buf += chunk
+        reader.buf = reader.buf.partition(b": connected")[2]
+        return reader
+
+    async def run(self) -> None:
+        while True:
+            while b"\n" in self.buf:
+                line, _, self.buf = self.buf.partition(b"\n")
+                if line.startswith(b"data: "):
+                    self._frame(json.loads(line[6:]))
+            chunk = await self.stream.receive_some()
+            if not chunk:
+                raise EOFError("the SSE stream closed")
+            self.buf += chunk
+
+    def _frame(self, data: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        row = data.get("container") or {}
+        if self.waiting is not None:
+            name, paused, event = self.waiting
+            if row.get("name") == name and row.get("paused") is paused:
+                self.arrived = now
+                self.waiting = None
+                event.set()
+
+    async def until(self, name: str, paused: bool, trigger: Callable[[], Awaitable[object]]) -> float:
+        event = trio.Event()
+        self.waiting = (name, paused, event)
+        t0 = time.perf_counter()
+        await trigger()
+        with trio.fail_after(10):
+            await event.wait()
+        return self.arrived - t0
+
+
+async def sse_round(root: Path, reps: int) -> tuple[list[float], list[float]]:
+    """One daemon on ``root``: ``reps`` set_paused→frame and ``reps`` publish→frame timings."""
+    name = agent_name(0)
+    verb: list[float] = []
+    bare: list[float] = []
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(partial(daemon_main, make_config(root), web_factory=daemon_app))
+        reader = await SSEReader.open(daemon)
+        nursery.start_soon(reader.run)
+        c = daemon.coordinator
+        for rep in range(reps + 2):
+            row = c.views()[name]
+            paused = not row.paused
+            dt = await reader.until(name, paused, partial(c.set_paused, name, paused))
+            fake = ContainerStateChanged(container=attrs.evolve(row, paused=not paused))
+            bt = await reader.until(name, not paused, partial(_publish, daemon, fake))
+            if rep >= 2:
+                verb.append(dt)
+                bare.append(bt)
+        nursery.cancel_scope.cancel()
+    await reader.stream.aclose()
+    return verb, bare
+
+
+async def _publish(daemon: Daemon, event: ContainerStateChanged) -> None:
+    daemon.bus.publish(event)
+    await trio.lowlevel.checkpoint()
+
+
+async def bench_sse(roots: dict[int, Path], reps: int) -> None:
+    for n, root in roots.items():
+        config = make_config(root)
+        await create_agents(config, ProcessRuntime(config.paths), [agent_name(i) for i in range(n)])
+    verb: dict[int, list[float]] = {n: [] for n in roots}
+    bare: dict[int, list[float]] = {n: [] for n in roots}
+    rounds = max(1, reps // SSE_ROUND)
+    for _ in range(rounds):  # 1, 100, 1, 100, ...: one daemon at a time (main locks its state dir)
+        for n, root in roots.items():
+            v, b = await sse_round(root, SSE_ROUND)
+            verb[n] += v
+            bare[n] += b
+    print(f"\n3. SSE trigger→receipt, ms (real daemon + dashboard, {rounds}x{SSE_ROUND} reps per size)")
+    print(f"{'trigger':<26} {'agents':>6} {'p50':>8} {'p99':>8}")
+    for n in roots:
+        print(f"{'coordinator.set_paused':<26} {n:>6} {ms(pct(verb[n], 0.5))} {ms(pct(verb[n], 0.99))}")
+        print(f"{'bus.publish (baseline)':<26} {n:>6} {ms(pct(bare[n], 0.5))} {ms(pct(bare[n], 0.99))}")
+    lo, hi = SSE_SIZES
+    ratio = statistics.median(verb[hi]) / statistics.median(verb[lo])
+    bratio = statistics.median(bare[hi]) / statistics.median(bare[lo])
+    print(f"  set_paused p50 {hi}/{lo}: {ratio:.2f} (target ≤ 2); bus.publish p50 {hi}/{lo}: {bratio:.2f}")
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+async def run(
+    roots: dict[int, Path], sse_roots: dict[int, Path], reps: int, rounds: int, parts: set[int]
+) -> None:
+    t0 = time.perf_counter()
+    if parts & {1, 2}:
+        async with trio.open_nursery() as nursery:
+            daemons = await bench_verbs(roots, reps if 1 in parts else 0, nursery)
+            if 2 in parts:
+                await bench_lag(daemons[LARGE], rounds, nursery)
+            nursery.cancel_scope.cancel()
+    if 3 in parts:
+        await bench_sse(sse_roots, reps)
+    took = time.perf_counter() - t0
+    print(f"\ntotal {took:.0f} s; a shared 2-core machine: absolute numbers are noisy, compare the ratios")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3, help="stop-20-at-once rounds for the lag probe")
+    parser.add_argument("--parts", default="1,2,3", help="which measurements to run (part 2 needs 1's setup)")
+    args = parser.parse_args()
+    parts = {int(p) for p in args.parts.split(",")}
+    logging.basicConfig(level=logging.WARNING)
+    tmp = [Path(tempfile.mkdtemp(prefix="hv", dir="/tmp")) for _ in range(4)]
+    roots = {SMALL: tmp[0], LARGE: tmp[1]}
+    sse_roots = {SSE_SIZES[0]: tmp[2], SSE_SIZES[1]: tmp[3]}
+    try:
+        trio.run(run, roots, sse_roots, args.reps, args.rounds, parts)
+    finally:
+        for root in tmp:
+            kill_everything_under(root / "run" / "agents")
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
