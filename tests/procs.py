@@ -1,4 +1,5 @@
-"""Ending every agent process a test started (agents are detached on purpose, so nothing else will)."""
+"""Agent processes in tests: ending every one a test started (agents are detached on purpose, so
+nothing else will), and small helpers to start agents and watch real processes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,57 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import trio
+
+from hivecore.runtime.base import AgentRuntimeState, AgentSpec
+from hivecore.runtime.process import ProcessRuntime
+from hivecore.runtime.shim import group_members, read_proc_stat
+
+ENV = {"PATH": os.environ.get("PATH", os.defpath)}
+SLEEP = ("sleep", "60")
+
+
+def stubborn(ready: Path) -> tuple[str, ...]:
+    """An agent that ignores SIGTERM (its ``sleep`` children too) and creates ``ready`` once it does."""
+    return ("sh", "-c", 'trap "" TERM; : > "$1"; while :; do sleep 0.05; done', "stubborn", str(ready))
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``check`` until it holds: other processes' files and /proc give us no event to wait on."""
+    with trio.fail_after(timeout):
+        while not check():  # noqa: ASYNC110 (see the docstring)
+            await trio.sleep(0.01)
+
+
+async def wait_for(
+    rt: ProcessRuntime, name: str, check: Callable[[AgentRuntimeState], bool], timeout: float = 5.0
+) -> AgentRuntimeState:
+    with trio.fail_after(timeout):
+        while True:
+            state = (await rt.list())[name]
+            if check(state):
+                return state
+            await trio.sleep(0.02)
+
+
+async def started(rt: ProcessRuntime, name: str, command: tuple[str, ...] = SLEEP) -> AgentRuntimeState:
+    await rt.create(AgentSpec(name=name, command=command, env=ENV))
+    await rt.start(name)
+    return await wait_for(rt, name, lambda s: s.running)
+
+
+def group_alive(pgid: int) -> bool:
+    """Any live member left? (Zombies don't count: orphans wait for PID 1 to reap them.)"""
+    return bool(group_members(pgid))
+
+
+def dead(pid: int) -> bool:
+    """Gone, or a zombie (dead, waiting to be reaped)."""
+    st = read_proc_stat(pid)
+    return st is None or st.state == "Z"
 
 
 def kill_everything_under(run_agents: Path) -> None:
