@@ -38,7 +38,6 @@ Nothing blocks the trio thread: probes (``list``, the checks in ``start``/``stop
 ``rmtree`` run in worker threads; waiting for an exit uses a pidfd (see :mod:`hivecore.runtime.procwait`).
 """
 
-
 from __future__ import annotations
 
 import json
@@ -156,6 +155,12 @@ class ProcessRuntime:
         self._paths = paths
         self._stop_timeout = stop_timeout
         self._log_max_bytes = log_max_bytes
+        self._ended: set[tuple[int, int]] = set()
+        """``(pgid, starttime)`` of runs seen over (shim dead, no live process left in its group), so a
+        stopped agent costs no ``/proc`` scan on every probe where dead members linger as zombies
+        (an init that does not reap). A cache of facts, safe to lose: a group with no live member
+        never gains one (joining it needs a live process of its session). Set operations are atomic
+        under the GIL; worker threads share it."""
 
     # -- the protocol ---------------------------------------------------------------------------
 
@@ -182,19 +187,14 @@ class ProcessRuntime:
         return self._probe_all(self._candidates(names))
 
     async def create(self, spec: AgentSpec) -> None:
-        """Write the spec (creating the run dir); an existing agent just gets the new spec."""
-        await trio.lowlevel.checkpoint()
-        rundir = self._rundir(spec.name)
-        rundir.mkdir(parents=True, exist_ok=True)
-        self._write_spec(rundir, spec)
+        """Write the spec (creating the run dir; in a worker thread); an existing agent just gets the
+        new spec. Once begun, the write completes even if the caller is cancelled."""
+        await trio.to_thread.run_sync(self._create_sync, spec)
 
     async def update(self, spec: AgentSpec) -> None:
-        """Replace the spec; a running agent keeps its old command until it is restarted."""
-        await trio.lowlevel.checkpoint()
-        rundir = self._rundir(spec.name)
-        if not (rundir / SPEC_FILE).is_file():
-            raise RuntimeFailure(f'agent "{spec.name}" has not been created')
-        self._write_spec(rundir, spec)
+        """Replace the spec (in a worker thread); a running agent keeps its old command until it is
+        restarted. Once begun, the write completes even if the caller is cancelled."""
+        await trio.to_thread.run_sync(self._update_sync, spec)
 
     async def start(self, name: str) -> None:
         """Launch the shim from the stored spec (in a worker thread).
@@ -214,8 +214,7 @@ class ProcessRuntime:
         stand; the ``stop-requested`` marker is written first, so the exit still counts as a stop, not a
         crash.
         """
-        rundir = self._rundir(name)
-        live = await trio.to_thread.run_sync(self._begin_stop, rundir)
+        rundir, live = await trio.to_thread.run_sync(self._begin_stop, name)
         if not live.running:
             return
         record = live.record
@@ -243,10 +242,8 @@ class ProcessRuntime:
 
         The removal runs in a worker thread and, once begun, completes even if the caller is cancelled.
         """
-        rundir = self._rundir(name)
         await self.stop(name, graceful=True)
-        if rundir.exists():
-            await trio.to_thread.run_sync(shutil.rmtree, rundir)
+        if await trio.to_thread.run_sync(self._remove_rundir, name):
             log.info("destroyed agent %s", name)
 
     async def wait_exit(self, name: str) -> None:
@@ -258,8 +255,7 @@ class ProcessRuntime:
         this call began does not matter: it waits for the processes that were running when it began.
         Cancellation leaves nothing behind. Raises :class:`~hivecore.errors.InvalidName` for a bad name.
         """
-        rundir = self._rundir(name)
-        live = await trio.to_thread.run_sync(self._liveness, rundir)
+        rundir, live = await trio.to_thread.run_sync(self._named_liveness, name)
         if live.running:
             assert live.record is not None
             await self._wait_gone(rundir, live.record)
@@ -267,7 +263,26 @@ class ProcessRuntime:
     # -- internals -----------------------------------------------------------------------------
 
     def _rundir(self, name: str) -> Path:
+        """Blocking (it resolves the path): worker threads only."""
         return self._paths.agent_run(name)
+
+    def _create_sync(self, spec: AgentSpec) -> None:
+        rundir = self._rundir(spec.name)
+        rundir.mkdir(parents=True, exist_ok=True)
+        self._write_spec(rundir, spec)
+
+    def _update_sync(self, spec: AgentSpec) -> None:
+        rundir = self._rundir(spec.name)
+        if not (rundir / SPEC_FILE).is_file():
+            raise RuntimeFailure(f'agent "{spec.name}" has not been created')
+        self._write_spec(rundir, spec)
+
+    def _remove_rundir(self, name: str) -> bool:
+        rundir = self._rundir(name)
+        if not rundir.exists():
+            return False
+        shutil.rmtree(rundir)
+        return True
 
     def _candidates(self, names: Collection[str] | None) -> tuple[str, ...]:
         """The valid names to probe, sorted: ``names``, or every entry of the run-agents dir."""
@@ -319,7 +334,21 @@ class ProcessRuntime:
             return _Liveness(record=None)
         if self._shim_alive(rundir, record):
             return _Liveness(record=record, shim_alive=True)
-        return _Liveness(record=record, survivors=tuple(live_group_members(record.pgid, record.starttime)))
+        return _Liveness(record=record, survivors=self._survivors(record))
+
+    def _named_liveness(self, name: str) -> tuple[Path, _Liveness]:
+        rundir = self._rundir(name)
+        return rundir, self._liveness(rundir)
+
+    def _survivors(self, record: _PidRecord) -> tuple[int, ...]:
+        """Live processes left in the group of the (dead) shim of ``record``. Blocking."""
+        key = (record.pgid, record.starttime)
+        if key in self._ended:
+            return ()
+        survivors = tuple(live_group_members(record.pgid, record.starttime))
+        if not survivors:
+            self._ended.add(key)
+        return survivors
 
     def _shim_alive(self, rundir: Path, record: _PidRecord) -> bool:
         """Is the recorded shim alive? Reaps it if it is a zombie child of this process."""
@@ -333,19 +362,19 @@ class ProcessRuntime:
 
     def _group_gone(self, rundir: Path, record: _PidRecord) -> bool:
         """Blocking: the shim reaped (if ours) and no live process left in its group?"""
-        return not self._shim_alive(rundir, record) and not live_group_members(record.pgid, record.starttime)
+        return not self._shim_alive(rundir, record) and not self._survivors(record)
 
     async def _wait_gone(self, rundir: Path, record: _PidRecord) -> None:
         """Wait for the shim's exit (pidfd), then check its group once; poll only while it has members."""
         await wait_process_exit(record.pid, record.starttime)
         await poll_until(lambda: self._group_gone(rundir, record))
 
-    def _begin_stop(self, rundir: Path) -> _Liveness:
+    def _begin_stop(self, name: str) -> tuple[Path, _Liveness]:
         """Blocking: probe, and if anything runs write the stop marker (before any signal is sent)."""
-        live = self._liveness(rundir)
+        rundir, live = self._named_liveness(name)
         if live.running:
             (rundir / STOP_MARKER).touch()
-        return live
+        return rundir, live
 
     def _start_sync(self, name: str) -> None:
         rundir = self._rundir(name)
