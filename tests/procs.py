@@ -55,6 +55,21 @@ def group_alive(pgid: int) -> bool:
     return bool(group_members(pgid))
 
 
+async def exited(pid: int, *, kill: int | None = None, group: bool = False) -> None:
+    """Optionally send ``kill`` to ``pid`` (to its group with ``group``), then wait (real time, bounded)
+    until the process has exited, every thread of it: a zombie that can be reaped. Watches a pidfd, so
+    a zombie leader whose other threads are still on their way out does not count yet."""
+    fd = os.pidfd_open(pid)
+    try:
+        if kill is not None:
+            (os.killpg if group else os.kill)(pid, kill)
+        with trio.fail_after(5):
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        trio.lowlevel.notify_closing(fd)
+        os.close(fd)
+
+
 def dead(pid: int) -> bool:
     """Gone, or a zombie (dead, waiting to be reaped)."""
     st = read_proc_stat(pid)

@@ -28,6 +28,7 @@ from tests.procs import (
     SLEEP,
     dead,
     eventually,
+    exited,
     group_alive,
     kill_everything_under,
     started,
@@ -70,8 +71,7 @@ async def agent_pids(shim: int) -> list[int]:
 
 
 async def kill_shim_only(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
-    await eventually(lambda: dead(pid))
+    await exited(pid, kill=signal.SIGKILL)
 
 
 async def watch(runtime: ProcessRuntime, name: str, done: trio.Event) -> None:

@@ -30,6 +30,7 @@ from tests.procs import (
     ENV,
     SLEEP,
     eventually,
+    exited,
     group_alive,
     kill_everything_under,
     started,
@@ -138,8 +139,10 @@ async def test_agent_exiting_on_its_own_is_failed(runtime: ProcessRuntime) -> No
 async def test_zombie_is_not_running_and_gets_reaped(runtime: ProcessRuntime) -> None:
     pid = (await started(runtime, "alpha")).pid
     assert pid is not None
-    os.killpg(pid, signal.SIGKILL)  # the shim is our child: nobody reaps it yet
-    await eventually(lambda: (st := read_proc_stat(pid)) is not None and st.state == "Z")
+    await exited(pid, kill=signal.SIGKILL, group=True)  # the shim is our child: nobody reaps it yet
+    st = read_proc_stat(pid)
+    assert st is not None
+    assert st.state == "Z"
 
     state = (await runtime.list())["alpha"]
     assert not state.running

@@ -41,10 +41,21 @@ POLL_MAX_SECONDS = 0.25
 """The fallback poll's backoff: 10 ms, doubling up to 250 ms (what bounds how late an exit is seen)."""
 
 
-def process_running(pid: int, starttime: int) -> bool:
-    """Is the process ``(pid, starttime)`` alive and not a zombie? (One small ``/proc`` read.)"""
+def process_exited(pid: int, starttime: int) -> bool:
+    """Has the process ``(pid, starttime)`` exited, all its threads included? (Small ``/proc`` reads.)
+
+    A zombie thread-group leader may still have threads on their way out (the shim has a log-pump
+    thread); it has exited, and can be reaped, once they are gone.
+    """
     st = read_proc_stat(pid)
-    return st is not None and st.starttime == starttime and st.state != "Z"
+    if st is None or st.starttime != starttime:
+        return True
+    if st.state != "Z":
+        return False
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) <= 1
+    except OSError:
+        return True
 
 
 def live_group_members(pgid: int, leader_starttime: int) -> list[int]:
@@ -92,12 +103,14 @@ async def wait_process_exit(pid: int, starttime: int) -> None:
     except OSError as e:
         # ENOSYS (kernel < 5.3), EPERM (seccomp), EMFILE/ENFILE: wait the slow way instead of failing
         log.debug("pidfd_open(%d) failed (%s): polling for its exit instead", pid, e)
-        await poll_until(lambda: not process_running(pid, starttime))
+        await poll_until(lambda: process_exited(pid, starttime))
         return
     try:
         # The fd refers to whichever process had the number when it was opened. If /proc shows our start
-        # time now, that process is ours: our process held the number before and still holds it.
-        if process_running(pid, starttime):
+        # time now, that process is ours: our process held the number before and still holds it. The
+        # fd turns readable once the whole process (every thread) has exited; at once for a zombie.
+        st = read_proc_stat(pid)
+        if st is not None and st.starttime == starttime:
             await trio.lowlevel.wait_readable(fd)
     finally:
         trio.lowlevel.notify_closing(fd)  # drops trio's epoll registration of the number
