@@ -351,13 +351,17 @@ class ProcessRuntime:
         return survivors
 
     def _shim_alive(self, rundir: Path, record: _PidRecord) -> bool:
-        """Is the recorded shim alive? Reaps it if it is a zombie child of this process."""
+        """Is the recorded shim alive? Reaps it if it is a zombie child of this process.
+
+        A zombie child of ours that cannot be reaped yet (the shim has a log-pump thread: the leader
+        is a zombie while that thread is still on its way out) counts as alive for those few
+        milliseconds, so "not running" always comes with its exit status recorded.
+        """
         st = read_proc_stat(record.pid)
         if st is None or st.starttime != record.starttime:
             return False
         if st.state == "Z":
-            _reap(rundir, record.pid)
-            return False
+            return not _reap(rundir, record.pid)
         return True
 
     def _group_gone(self, rundir: Path, record: _PidRecord) -> bool:
@@ -536,20 +540,24 @@ def _read_exit_code(rundir: Path) -> int | None:
     return None
 
 
-def _reap(rundir: Path, pid: int) -> None:
-    """Collect a zombie shim if it is our child; record its status if the shim could not."""
+def _reap(rundir: Path, pid: int) -> bool:
+    """Collect a zombie shim if it is our child; record its status if the shim could not.
+
+    False only if it is our child and not reapable yet (threads of it still exiting).
+    """
     with _RUNDIR_LOCK:
         try:
             reaped, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            return  # not our child: its parent (init after a daemon restart) reaps it
+            return True  # not our child: its parent (init after a daemon restart) reaps it
         if reaped == 0:
-            return
+            return False
         exit_file = rundir / EXIT_STATUS_FILE
         current = _read_pid(rundir) if rundir.is_dir() else None
         if current is not None and current.pid == pid and not exit_file.exists():
             code = os.waitstatus_to_exitcode(status)
             write_json_atomic(exit_file, exit_status_record(code, by="daemon"))
+        return True
 
 
 def _signal_process(pid: int, sig: int) -> None:
