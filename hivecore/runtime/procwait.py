@@ -4,9 +4,9 @@ An agent of the process runtime is a process group led by its shim (pgid = the s
 it to end has two stages:
 
 1. The shim: :func:`wait_process_exit` opens a pidfd (``os.pidfd_open``) and waits for it to turn
-   readable (``trio.lowlevel.wait_readable``), which the kernel does the moment the process exits. No
-   polling. Where pidfds are unavailable (``ENOSYS`` before Linux 5.3, ``EPERM`` under some seccomp
-   profiles, or no fd left) it falls back to :func:`poll_until`.
+   readable (``trio.lowlevel.wait_readable``), which the kernel does the moment the process (every
+   thread of it) has exited. No polling. Where pidfds are unavailable (``ENOSYS`` before Linux 5.3,
+   ``EPERM`` under some seccomp profiles, or no fd left) it falls back to :func:`poll_until`.
 2. The rest of the group, checked once after the shim is gone (:func:`live_group_members`). The shim
    kills what its agent left behind before it exits, so this is normally empty at once, and an
    ``os.killpg(pgid, 0)`` answers that in one syscall. Only a group whose shim was killed (issue 11)
@@ -20,8 +20,8 @@ cannot belong to a new process; a live process holding the pgid number with anot
 the old group is gone. (Not covered: the group ended, the number was recycled by a process that made
 itself a group leader, forked and died, all between two probes. Negligible.)
 
-Blocking ``/proc`` work runs in worker threads (``trio.to_thread.run_sync``); the caller's thread only
-makes single syscalls.
+Blocking ``/proc`` work (scans) runs in worker threads (``trio.to_thread.run_sync``); the caller's
+thread only makes single syscalls and reads one ``/proc/<pid>/stat``.
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ async def poll_until(check: Callable[[], bool]) -> None:
 
 
 async def wait_process_exit(pid: int, starttime: int) -> None:
-    """Return once the process ``(pid, starttime)`` has exited (a zombie has exited); at once if it is
-    gone already. Reaps nothing: the caller does, if it is the parent.
+    """Return once the process ``(pid, starttime)`` has exited, every thread of it (it may be a zombie
+    then); at once if it is gone already. Reaps nothing: the caller does, if it is the parent.
 
     pidfd-based (no polling); a poll with backoff where ``pidfd_open`` is refused. The pidfd is closed on
     every path, cancellation included (``Cancelled`` propagates; nothing else is left behind).
@@ -108,7 +108,7 @@ async def wait_process_exit(pid: int, starttime: int) -> None:
     try:
         # The fd refers to whichever process had the number when it was opened. If /proc shows our start
         # time now, that process is ours: our process held the number before and still holds it. The
-        # fd turns readable once the whole process (every thread) has exited; at once for a zombie.
+        # fd turns readable once the whole process (every thread) has exited.
         st = read_proc_stat(pid)
         if st is not None and st.starttime == starttime:
             await trio.lowlevel.wait_readable(fd)
