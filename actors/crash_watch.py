@@ -153,9 +153,10 @@ class CrashWatch:
     # --- exit watchers -----------------------------------------------------------------------------
 
     def _watch_exit(self, name: str) -> None:
-        wait_exit = getattr(self._runtime, "wait_exit", None)
-        if wait_exit is None or self._nursery is None or name in self._watching:
+        runtime = self._runtime
+        if runtime is None or not runtime.can_wait_exit or self._nursery is None or name in self._watching:
             return
+        wait_exit = runtime.wait_exit
         self._watching.add(name)
         self._nursery.start_soon(self._exit_watcher, name, wait_exit, name=f"crash_watch: exit of {name}")
 

@@ -42,6 +42,7 @@ class SyntheticRuntime:
     """Lists ``n`` agents (every third one stopped); no lifecycle."""
 
     kind = "synthetic"
+    can_wait_exit = False
 
     def __init__(self, n: int) -> None:
         self._states = {
@@ -68,6 +69,9 @@ class SyntheticRuntime:
         raise NotImplementedError
 
     async def destroy(self, name: str) -> None:
+        raise NotImplementedError
+
+    async def wait_exit(self, name: str) -> None:
         raise NotImplementedError
 
 

@@ -1,4 +1,5 @@
-"""Ending every agent process a test started (agents are detached on purpose, so nothing else will)."""
+"""Agent processes in tests: ending every one a test started (agents are detached on purpose, so
+nothing else will), and small helpers to start agents and watch real processes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,72 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import trio
+
+from hivecore.runtime.base import AgentRuntimeState, AgentSpec
+from hivecore.runtime.process import ProcessRuntime
+from hivecore.runtime.shim import group_members, read_proc_stat
+
+ENV = {"PATH": os.environ.get("PATH", os.defpath)}
+SLEEP = ("sleep", "60")
+
+
+def stubborn(ready: Path) -> tuple[str, ...]:
+    """An agent that ignores SIGTERM (its ``sleep`` children too) and creates ``ready`` once it does."""
+    return ("sh", "-c", 'trap "" TERM; : > "$1"; while :; do sleep 0.05; done', "stubborn", str(ready))
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``check`` until it holds: other processes' files and /proc give us no event to wait on."""
+    with trio.fail_after(timeout):
+        while not check():  # noqa: ASYNC110 (see the docstring)
+            await trio.sleep(0.01)
+
+
+async def wait_for(
+    rt: ProcessRuntime, name: str, check: Callable[[AgentRuntimeState], bool], timeout: float = 5.0
+) -> AgentRuntimeState:
+    with trio.fail_after(timeout):
+        while True:
+            state = (await rt.list())[name]
+            if check(state):
+                return state
+            await trio.sleep(0.02)
+
+
+async def started(rt: ProcessRuntime, name: str, command: tuple[str, ...] = SLEEP) -> AgentRuntimeState:
+    await rt.create(AgentSpec(name=name, command=command, env=ENV))
+    await rt.start(name)
+    return await wait_for(rt, name, lambda s: s.running)
+
+
+def group_alive(pgid: int) -> bool:
+    """Any live member left? (Zombies don't count: orphans wait for PID 1 to reap them.)"""
+    return bool(group_members(pgid))
+
+
+async def exited(pid: int, *, kill: int | None = None, group: bool = False) -> None:
+    """Optionally send ``kill`` to ``pid`` (to its group with ``group``), then wait (real time, bounded)
+    until the process has exited, every thread of it: a zombie that can be reaped. Watches a pidfd, so
+    a zombie leader whose other threads are still on their way out does not count yet."""
+    fd = os.pidfd_open(pid)
+    try:
+        if kill is not None:
+            (os.killpg if group else os.kill)(pid, kill)
+        with trio.fail_after(5):
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        trio.lowlevel.notify_closing(fd)
+        os.close(fd)
+
+
+def dead(pid: int) -> bool:
+    """Gone, or a zombie (dead, waiting to be reaped)."""
+    st = read_proc_stat(pid)
+    return st is None or st.state == "Z"
 
 
 def kill_everything_under(run_agents: Path) -> None:

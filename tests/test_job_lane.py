@@ -331,3 +331,23 @@ async def test_request_rescan_ticks_without_waiting_for_the_interval(
             await trio.sleep(0.001)
     assert trio.current_time() - start < 1
     await wait_ticks(parts.crash_watch, 1)
+
+
+async def test_a_killed_agent_is_reported_well_before_a_tick(parts: Parts) -> None:
+    """Real time, real processes: the exit watcher (a pidfd) reports the crash, not the 10 s tick."""
+    from tests.test_crash_watch import manager_events
+
+    await parts.nursery.start(parts.crash_watch.run)
+    await parts.coordinator.spawn("alpha")
+    await wait_for(lambda: parts.crash_watch.statistics().exit_watchers == 1)
+    ticks = parts.crash_watch.statistics().ticks
+    pid = (await parts.runtime.list())["alpha"].pid
+    assert pid is not None
+    start = trio.current_time()
+    os.killpg(pid, signal.SIGKILL)
+    with trio.fail_after(5):  # generous; a tick would come only after 10 s
+        while ("container_crash", "alpha") not in await manager_events(parts):  # noqa: ASYNC110
+            await trio.sleep(0.02)
+    assert trio.current_time() - start < 5
+    assert parts.crash_watch.statistics().ticks == ticks  # no tick was involved
+    assert parts.coordinator.views()["alpha"].failed

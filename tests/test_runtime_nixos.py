@@ -108,6 +108,28 @@ async def test_list_maps_containers_and_ignores_foreign_ones(runtime: NixosRunti
     )
 
 
+async def test_list_names_probes_only_those(runtime: NixosRuntime, stub: Stub) -> None:
+    stub.set("containers", "hm1nd", "h-alpha", "h-beta", "hive-forge")
+    stub.set("up", "h-alpha", "h-beta")
+    assert await runtime.list(["alpha", "ghost", "hive-forge"]) == {
+        "alpha": AgentRuntimeState(name="alpha", running=True),
+    }
+    assert stub.calls() == [
+        "nixos-container list",
+        "nixos-container status h-alpha",
+        "systemctl is-failed container@h-alpha.service",
+    ]
+    assert await runtime.list([]) == {}
+    assert stub.calls()[3:] == ["nixos-container list"]
+
+
+async def test_wait_exit_is_not_supported(runtime: NixosRuntime, stub: Stub) -> None:
+    assert not runtime.can_wait_exit
+    with pytest.raises(NotImplementedError):
+        await runtime.wait_exit("alpha")
+    assert stub.calls() == []
+
+
 async def test_create_new_container_and_sanitize_conf(runtime: NixosRuntime, stub: Stub) -> None:
     await runtime.create(AgentSpec(name="alpha", command=()))
     assert stub.calls() == [

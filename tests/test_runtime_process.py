@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,10 +26,18 @@ from hivecore.ports import agent_port, fnv1a_32
 from hivecore.runtime.base import AgentRuntimeState, AgentSpec
 from hivecore.runtime.process import PACKAGE_ROOT, ProcessRuntime, default_agent_spec
 from hivecore.runtime.shim import RotatingLog, group_members, read_proc_stat
-from tests.procs import kill_everything_under
+from tests.procs import (
+    ENV,
+    SLEEP,
+    eventually,
+    exited,
+    group_alive,
+    kill_everything_under,
+    started,
+    stubborn,
+    wait_for,
+)
 
-ENV = {"PATH": os.environ.get("PATH", os.defpath)}
-SLEEP = ("sleep", "60")
 IGNORES_TERM = ("sh", "-c", "trap '' TERM; while :; do sleep 0.05; done")
 
 
@@ -43,38 +51,10 @@ def paths(tmp_path: Path) -> StatePaths:
 @pytest.fixture
 def runtime(paths: StatePaths) -> Iterator[ProcessRuntime]:
     try:
-        yield ProcessRuntime(paths, stop_timeout=0.5)
+        # generous: a graceful stop's outcome must not depend on how loaded the machine is
+        yield ProcessRuntime(paths, stop_timeout=10)
     finally:
         kill_everything_under(paths.run_agents)
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``check`` until it holds: other processes' files and /proc give us no event to wait on."""
-    with trio.fail_after(timeout):
-        while not check():  # noqa: ASYNC110 (see the docstring)
-            await trio.sleep(0.01)
-
-
-async def wait_for(
-    rt: ProcessRuntime, name: str, check: Callable[[AgentRuntimeState], bool], timeout: float = 5.0
-) -> AgentRuntimeState:
-    with trio.fail_after(timeout):
-        while True:
-            state = (await rt.list())[name]
-            if check(state):
-                return state
-            await trio.sleep(0.02)
-
-
-async def started(rt: ProcessRuntime, name: str, command: tuple[str, ...] = SLEEP) -> AgentRuntimeState:
-    await rt.create(AgentSpec(name=name, command=command, env=ENV))
-    await rt.start(name)
-    return await wait_for(rt, name, lambda s: s.running)
-
-
-def group_alive(pgid: int) -> bool:
-    """Any live member left? (Zombies don't count: orphans wait for PID 1 to reap them.)"""
-    return bool(group_members(pgid))
 
 
 async def test_create_start_two_agents(runtime: ProcessRuntime, paths: StatePaths) -> None:
@@ -160,8 +140,10 @@ async def test_agent_exiting_on_its_own_is_failed(runtime: ProcessRuntime) -> No
 async def test_zombie_is_not_running_and_gets_reaped(runtime: ProcessRuntime) -> None:
     pid = (await started(runtime, "alpha")).pid
     assert pid is not None
-    os.killpg(pid, signal.SIGKILL)  # the shim is our child: nobody reaps it yet
-    await eventually(lambda: (st := read_proc_stat(pid)) is not None and st.state == "Z")
+    await exited(pid, kill=signal.SIGKILL, group=True)  # the shim is our child: nobody reaps it yet
+    st = read_proc_stat(pid)
+    assert st is not None
+    assert st.state == "Z"
 
     state = (await runtime.list())["alpha"]
     assert not state.running
@@ -175,12 +157,12 @@ async def test_zombie_is_not_running_and_gets_reaped(runtime: ProcessRuntime) ->
 async def test_new_instance_readopts_running_agents(runtime: ProcessRuntime, paths: StatePaths) -> None:
     a = await started(runtime, "alpha")
     b = await started(runtime, "beta")
-    adopted = await ProcessRuntime(paths, stop_timeout=0.5).list()
+    adopted = await ProcessRuntime(paths).list()
     assert {n: (s.running, s.pid) for n, s in adopted.items()} == {
         "alpha": (True, a.pid),
         "beta": (True, b.pid),
     }
-    again = ProcessRuntime(paths, stop_timeout=0.5)
+    again = ProcessRuntime(paths)
     await again.start("alpha")  # nothing restarted
     assert (await again.list())["alpha"].pid == a.pid
     await again.stop("beta")
@@ -203,16 +185,20 @@ async def test_pid_reuse_guard(runtime: ProcessRuntime, paths: StatePaths) -> No
     assert group_alive(a.pid)
 
 
-async def test_graceful_stop_escalates_to_sigkill(runtime: ProcessRuntime) -> None:
-    a = await started(runtime, "stubborn", IGNORES_TERM)
+async def test_graceful_stop_escalates_to_sigkill(
+    runtime: ProcessRuntime, paths: StatePaths, tmp_path: Path
+) -> None:
+    hasty = ProcessRuntime(paths, stop_timeout=0.5)
+    ready = tmp_path / "ready"
+    a = await started(hasty, "stubborn", stubborn(ready))
     assert a.pid is not None
-    await trio.sleep(0.2)  # let sh install its trap
+    await eventually(ready.exists)  # sh has installed its trap
     t0 = trio.current_time()
     with trio.fail_after(5):
-        await runtime.stop("stubborn")
+        await hasty.stop("stubborn")
     assert trio.current_time() - t0 >= 0.5
     assert not group_alive(a.pid)
-    state = (await runtime.list())["stubborn"]
+    state = (await hasty.list())["stubborn"]
     assert not state.running
     assert not state.failed
     assert state.exit_status == -signal.SIGKILL
@@ -228,11 +214,14 @@ async def test_hard_stop_kills_at_once(paths: StatePaths, runtime: ProcessRuntim
     assert not (await patient.list())["stubborn"].failed
 
 
-async def test_cancelled_stop_still_counts_as_stop(runtime: ProcessRuntime, paths: StatePaths) -> None:
+async def test_cancelled_stop_still_counts_as_stop(
+    runtime: ProcessRuntime, paths: StatePaths, tmp_path: Path
+) -> None:
     slow = ProcessRuntime(paths, stop_timeout=30)
-    a = await started(slow, "stubborn", IGNORES_TERM)
+    ready = tmp_path / "ready"
+    a = await started(slow, "stubborn", stubborn(ready))
     assert a.pid is not None
-    await trio.sleep(0.2)
+    await eventually(ready.exists)  # sh has installed its trap
     with trio.move_on_after(0.1):
         await slow.stop("stubborn")
     assert (await slow.list())["stubborn"].running

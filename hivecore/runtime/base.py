@@ -39,16 +39,25 @@ class AgentRuntimeState:
     failed: bool = False
     """Exited (or the unit failed) without a stop request."""
     pid: int | None = None
+    """Process runtime: the shim's pid, which is also the agent's process-group id (``os.killpg``)."""
     exit_status: int | None = None
     started_at: float | None = None
+    orphaned: bool = False
+    """Running without its supervisor: the process runtime's shim died (was killed) but processes of its
+    group still run. The agent is unsupervised (no log capture, no exit status); a stop ends the group."""
 
 
 class ContainerRuntime(Protocol):
     kind: str
+    can_wait_exit: bool
+    """Whether :meth:`wait_exit` works; where it does not, callers rely on periodic ``list`` rescans."""
 
     async def list(self, names: Collection[str] | None = None) -> dict[str, AgentRuntimeState]:
-        """Every agent container that exists (running or not), by logical name; with ``names``, only
-        those (probing just them); a name that does not exist is absent from the result."""
+        """Every agent container that exists (running or not), by logical name.
+
+        With ``names``, only those are probed (the cost does not grow with the number of other agents);
+        the ones that do not exist are simply absent from the result.
+        """
         ...
 
     async def create(self, spec: AgentSpec) -> None:
@@ -67,4 +76,14 @@ class ContainerRuntime(Protocol):
 
     async def destroy(self, name: str) -> None:
         """Stop and remove the container; the agent's state dirs are not touched."""
+        ...
+
+    async def wait_exit(self, name: str) -> None:
+        """Return once the agent running now has exited (all of its processes gone); at once if it is
+        not running. Event-driven where supported (``can_wait_exit``): a watcher task per running agent
+        then notices a crash within about a second, without polling.
+
+        Optional: a runtime that cannot watch exits sets ``can_wait_exit = False`` and raises
+        ``NotImplementedError`` here (at once, never blocking).
+        """
         ...

@@ -14,7 +14,10 @@ graceful          once and releases it, without the guest's orderly shutdown. Ch
                   the unit's own stop/restart logic to race with it
 destroy           ``nixos-container destroy <c>`` (it stops a running container first)
 list              ``nixos-container list``; per container ``nixos-container status <c>``
-                  (``up``/``down``) and ``systemctl is-failed container@<c>.service``
+                  (``up``/``down``) and ``systemctl is-failed container@<c>.service``. With
+                  ``names``, only those containers are probed (the ``list`` still answers which
+                  exist)
+wait_exit         not supported (``can_wait_exit = False``): raises ``NotImplementedError``
 ================  ==========================================================================
 
 ``<c>`` is :func:`~hivecore.runtime.base.container_name`: ``h-<name>``, the manager ``hm1nd``
@@ -82,17 +85,20 @@ class NixosRuntime:
     """:class:`~hivecore.runtime.base.ContainerRuntime` over ``nixos-container`` (see the module doc)."""
 
     kind = "nixos"
+    can_wait_exit = False
 
     def __init__(self, paths: StatePaths, *, meta_dir: Path, conf_dir: Path = DEFAULT_CONF_DIR) -> None:
         self._paths = paths
         self._meta_dir = meta_dir
         self._conf_dir = conf_dir
 
-    async def list(self, only: Collection[str] | None = None) -> dict[str, AgentRuntimeState]:
-        """Every ``h-*`` container and the manager; the per-container queries run concurrently."""
-        names = await self._container_names()
-        if only is not None:
-            names = tuple(n for n in names if n in set(only))
+    async def list(self, names: Collection[str] | None = None) -> dict[str, AgentRuntimeState]:
+        """Every ``h-*`` container and the manager (only those in ``names`` when given; the others are
+        not probed); the per-container queries run concurrently."""
+        existing = await self._container_names()
+        if names is not None:
+            wanted = frozenset(names)
+            existing = tuple(name for name in existing if name in wanted)
         states: dict[str, AgentRuntimeState] = {}
         errors: list[RuntimeFailure] = []
 
@@ -110,7 +116,7 @@ class NixosRuntime:
             states[name] = AgentRuntimeState(name=name, running=running, failed=failed and not running)
 
         async with trio.open_nursery() as nursery:
-            for name in names:
+            for name in existing:
                 nursery.start_soon(probe, name, name=f"probe {name}")
         if errors:
             raise errors[0]
@@ -148,6 +154,10 @@ class NixosRuntime:
         validate_name(name)
         if name in await self._container_names():
             await self._run("nixos-container", "destroy", container_name(name))
+
+    async def wait_exit(self, name: str) -> None:
+        """Not supported: containers are watched by periodic ``list`` rescans (``can_wait_exit``)."""
+        raise NotImplementedError("the nixos runtime cannot watch a container's exit")
 
     def sanitize_conf_file(self, container: str) -> None:
         """Apply :func:`sanitize_conf` to ``<conf_dir>/<container>.conf`` (atomically, keeping its mode)."""

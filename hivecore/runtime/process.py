@@ -6,9 +6,9 @@ On disk, per agent, under ``<state>/run/agents/<name>/``:
     The command and environment to run (written by ``create``/``update``). Its presence is what makes
     the agent exist for :meth:`ProcessRuntime.list`.
 ``pid``
-    ``{"pid", "starttime", "started_at"}`` of the shim, the session and process-group leader.
-    ``starttime`` is ``/proc/<pid>/stat`` field 22; a pid only counts as this agent while it matches,
-    so a recycled pid is never mistaken for the agent.
+    ``{"pid", "pgid", "starttime", "started_at"}`` of the shim, the session and process-group leader
+    (so ``pgid`` = ``pid``). ``starttime`` is ``/proc/<pid>/stat`` field 22; a pid only counts as this
+    agent while it matches, so a recycled pid is never mistaken for the agent.
 ``stop-requested``
     Written before a stop sends its first signal; cleared by ``start``. Tells a stop from a crash.
 ``exit_status``
@@ -21,10 +21,21 @@ Agents run in their own session, so they outlive the daemon; a new :class:`Proce
 state dir re-adopts them from their pidfiles. The agent's environment is exactly ``spec.env`` (nothing
 is inherited from the daemon); its working directory is the daemon's.
 
+Running means: the shim is alive, *or* a live process is left in its process group. The second case is
+an agent whose shim was killed on its own (issue 11): the agent still runs, unsupervised (its output
+is no longer captured and nobody records its exit), and is reported ``running`` with ``orphaned`` set
+until its whole group is gone. ``start`` does not launch a second copy next to it; ``stop`` and
+``destroy`` signal the whole group (SIGTERM to the group, as there is no shim left to forward it) and
+wait until no process of it is left. ``start`` refuses (naming the survivors) when a stop was requested
+and the old group still lives: that stop was cancelled or failed, and starting now would run two copies.
+
 Reaping: when this daemon is the shim's parent, a dead shim stays a zombie until someone waits for it.
 Every probe that sees a zombie with the recorded pid *and* start time ``waitpid``\\ s it (``WNOHANG``,
 so never blocking); if it is not our child, the ``ChildProcessError`` is ignored and its real parent
-reaps it. Waiting for a stop polls with ``trio.sleep``.
+reaps it.
+
+Nothing blocks the trio thread: probes (``list``, the checks in ``start``/``stop``), spawning and
+``rmtree`` run in worker threads; waiting for an exit uses a pidfd (see :mod:`hivecore.runtime.procwait`).
 """
 
 from __future__ import annotations
@@ -35,8 +46,9 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
@@ -49,12 +61,12 @@ from hivecore.errors import HiveError, RuntimeFailure
 from hivecore.names import validate_name
 from hivecore.ports import agent_port
 from hivecore.runtime.base import AgentRuntimeState, AgentSpec
+from hivecore.runtime.procwait import live_group_members, poll_until, wait_process_exit
 from hivecore.runtime.shim import (
     DEFAULT_LOG_MAX_BYTES,
     EXIT_STATUS_FILE,
     PYTHONPATH_ENV,
     exit_status_record,
-    group_members,
     read_proc_stat,
     write_json_atomic,
 )
@@ -69,7 +81,6 @@ SHIM_LOG = "shim.log"
 PACKAGE_ROOT = Path(hivecore.__file__).resolve().parent.parent
 """The directory holding the ``hivecore`` package: what PYTHONPATH needs for ``python -m hivecore.…``."""
 
-_POLL_SECONDS = 0.05
 _NO_ENV: Mapping[str, str] = MappingProxyType({})
 _RESET_SIGNALS = (
     signal.SIGPIPE,
@@ -82,6 +93,11 @@ _RESET_SIGNALS = (
 """Dispositions an exec keeps if the daemon ignores them (Python ignores SIGPIPE): reset for the shim."""
 _BLOCKED_UNTIL_SHIM_READY = (signal.SIGTERM, signal.SIGINT)
 """The shim starts with these blocked and unblocks them once its forwarding handlers are installed."""
+
+_RUNDIR_LOCK = threading.RLock()
+"""Held (in worker threads) while reaping a shim and recording its exit status, and while ``start``
+replaces a run's files: a probe in one thread must not write the old run's ``exit_status`` after a
+``start`` in another has cleared it for the new run."""
 
 
 def default_agent_spec(paths: StatePaths, name: str, *, extra_env: Mapping[str, str] = _NO_ENV) -> AgentSpec:
@@ -103,18 +119,35 @@ def default_agent_spec(paths: StatePaths, name: str, *, extra_env: Mapping[str, 
 @attrs.frozen
 class _PidRecord:
     pid: int
+    pgid: int
     starttime: int
     started_at: float
+
+
+@attrs.frozen
+class _Liveness:
+    """One agent's processes as probed now."""
+
+    record: _PidRecord | None
+    shim_alive: bool = False
+    survivors: tuple[int, ...] = ()
+    """Live processes left in the group of a dead shim (not scanned while the shim lives)."""
+
+    @property
+    def running(self) -> bool:
+        return self.shim_alive or bool(self.survivors)
 
 
 class ProcessRuntime:
     """:class:`~hivecore.runtime.base.ContainerRuntime` over detached process groups (see the module doc).
 
     The instance holds no state of its own: everything is on disk, so any number of instances (or a
-    restarted daemon) see the same agents. Callers serialise lifecycle verbs per agent.
+    restarted daemon) see the same agents. Callers serialise lifecycle verbs per agent; ``list`` and
+    ``wait_exit`` may run alongside anything.
     """
 
     kind = "process"
+    can_wait_exit = True
 
     def __init__(
         self, paths: StatePaths, *, stop_timeout: float = 10.0, log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
@@ -122,141 +155,265 @@ class ProcessRuntime:
         self._paths = paths
         self._stop_timeout = stop_timeout
         self._log_max_bytes = log_max_bytes
+        self._ended: set[tuple[int, int]] = set()
+        """``(pgid, starttime)`` of runs seen over (shim dead, no live process left in its group), so a
+        stopped agent costs no ``/proc`` scan on every probe where dead members linger as zombies
+        (an init that does not reap). A cache of facts, safe to lose: a group with no live member
+        never gains one (joining it needs a live process of its session). Set operations are atomic
+        under the GIL; worker threads share it."""
 
     # -- the protocol ---------------------------------------------------------------------------
 
     async def list(self, names: Collection[str] | None = None) -> dict[str, AgentRuntimeState]:
-        if names is None:
-            return await trio.to_thread.run_sync(self.list_nowait)
-        return await trio.to_thread.run_sync(self._probe_some, list(names))
+        """:meth:`list_nowait` with the probing (run dirs, ``/proc``, reaping) in a worker thread.
 
-    def _probe_some(self, names: Sequence[str]) -> dict[str, AgentRuntimeState]:
-        states = {}
-        for name in names:
-            entry = self._paths.run_agents / validate_name(name)
-            if not entry.is_symlink() and (entry / SPEC_FILE).is_file():
-                states[name] = self._probe(name, entry)
-        return states
-
-    def list_nowait(self) -> dict[str, AgentRuntimeState]:
-        """Every agent with a ``spec.json``, probed now (and reaped, when it is a zombie child of ours)."""
-        root = self._paths.run_agents
-        if not root.is_dir():
+        Only the run-dir listing (one ``listdir``, none when ``names`` is given) happens on the
+        caller's thread; with nothing to probe there is no thread hop. Cancellation abandons the answer
+        only after the probe finishes (it is not interrupted).
+        """
+        candidates = self._candidates(names)
+        if not candidates:
+            await trio.lowlevel.checkpoint()
             return {}
-        states = {}
-        for entry in sorted(root.iterdir()):
-            try:
-                name = validate_name(entry.name)
-            except HiveError:
-                log.warning("ignoring %s: not a valid agent name", entry)
-                continue
-            if entry.is_symlink() or not (entry / SPEC_FILE).is_file():
-                continue
-            states[name] = self._probe(name, entry)
-        return states
+        return await trio.to_thread.run_sync(self._probe_all, candidates)
+
+    def list_nowait(self, names: Collection[str] | None = None) -> dict[str, AgentRuntimeState]:
+        """Every agent with a ``spec.json`` (only those in ``names`` when given), probed now and reaped
+        when it is a zombie child of ours. Blocking: file and ``/proc`` reads.
+
+        With ``names``, only those agents are probed (the cost does not grow with the number of other
+        agents); a name that is not an agent (or not a valid name) is simply absent from the result.
+        """
+        return self._probe_all(self._candidates(names))
 
     async def create(self, spec: AgentSpec) -> None:
-        """Write the spec (creating the run dir); an existing agent just gets the new spec."""
-        await trio.lowlevel.checkpoint()
-        rundir = self._rundir(spec.name)
-        rundir.mkdir(parents=True, exist_ok=True)
-        self._write_spec(rundir, spec)
+        """Write the spec (creating the run dir; in a worker thread); an existing agent just gets the
+        new spec. Once begun, the write completes even if the caller is cancelled."""
+        await trio.to_thread.run_sync(self._create_sync, spec)
 
     async def update(self, spec: AgentSpec) -> None:
-        """Replace the spec; a running agent keeps its old command until it is restarted."""
-        await trio.lowlevel.checkpoint()
-        rundir = self._rundir(spec.name)
-        if not (rundir / SPEC_FILE).is_file():
-            raise RuntimeFailure(f'agent "{spec.name}" has not been created')
-        self._write_spec(rundir, spec)
+        """Replace the spec (in a worker thread); a running agent keeps its old command until it is
+        restarted. Once begun, the write completes even if the caller is cancelled."""
+        await trio.to_thread.run_sync(self._update_sync, spec)
 
     async def start(self, name: str) -> None:
-        """Launch the shim from the stored spec; a no-op if the agent is already running."""
-        await trio.lowlevel.checkpoint()
-        rundir = self._rundir(name)
-        spec = self._read_spec(rundir, name)
-        record = _read_pid(rundir)
-        if record is not None and self._alive(rundir, record):
-            return
-        (rundir / STOP_MARKER).unlink(missing_ok=True)
-        (rundir / EXIT_STATUS_FILE).unlink(missing_ok=True)
-        pid = self._spawn_shim(rundir, spec)
-        st = read_proc_stat(pid)
-        if st is None:  # our own child: it exists until we reap it
-            raise RuntimeFailure(f'agent "{name}" vanished right after start (pid {pid})')
-        write_json_atomic(
-            rundir / PID_FILE, {"pid": pid, "starttime": st.starttime, "started_at": time.time()}
-        )
-        log.info("started agent %s (shim pid %d)", name, pid)
+        """Launch the shim from the stored spec (in a worker thread).
+
+        A no-op while the agent runs, orphaned or not (see the module doc). Raises
+        :class:`RuntimeFailure` if a stop was requested and processes of the old group still live.
+        Cancellation: the start runs to completion in its thread; only the wait for it is abandoned.
+        """
+        await trio.to_thread.run_sync(self._start_sync, name)
 
     async def stop(self, name: str, *, graceful: bool = True) -> None:
         """Stop the agent's process group and wait until the whole group is gone.
 
-        Graceful: SIGTERM to the shim (which forwards it to the agent), then SIGKILL to the whole group
-        once the stop timeout has passed; not graceful: SIGKILL to the group now.
-        A stopped (or unknown) agent is a no-op. On cancellation the signals already sent stand; the
-        ``stop-requested`` marker is written first, so the exit still counts as a stop, not a crash.
+        Graceful: SIGTERM to the shim (which forwards it to the agent; to the whole group if the shim is
+        gone), then SIGKILL to the whole group once the stop timeout has passed; not graceful: SIGKILL to
+        the group now. A stopped (or unknown) agent is a no-op. On cancellation the signals already sent
+        stand; the ``stop-requested`` marker is written first, so the exit still counts as a stop, not a
+        crash.
         """
-        await trio.lowlevel.checkpoint()
-        rundir = self._rundir(name)
-        record = _read_pid(rundir)
-        if record is None or not self._alive(rundir, record):
+        rundir, live = await trio.to_thread.run_sync(self._begin_stop, name)
+        if not live.running:
             return
-        (rundir / STOP_MARKER).touch()
-        if graceful:
+        record = live.record
+        assert record is not None
+        if not graceful:
+            _signal_group(record.pgid, signal.SIGKILL)
+        elif live.shim_alive:
             # SIGTERM to the shim only: it forwards it to the agent. Signalling the whole group would
             # hand the agent a second SIGTERM, which kills an agent that restores the default handler
             # while it shuts down (trio's open_signal_receiver does exactly that).
             _signal_process(record.pid, signal.SIGTERM)
         else:
-            _signal_group(record.pid, signal.SIGKILL)
+            log.warning("agent %s lost its shim: sending SIGTERM to its group %d", name, record.pgid)
+            _signal_group(record.pgid, signal.SIGTERM)
         with trio.move_on_after(self._stop_timeout if graceful else float("inf")) as scope:
-            await self._wait_group_gone(rundir, record)
+            await self._wait_gone(rundir, record)
         if scope.cancelled_caught:
             log.warning("agent %s ignored SIGTERM for %.1f s: sending SIGKILL", name, self._stop_timeout)
-            _signal_group(record.pid, signal.SIGKILL)
-            await self._wait_group_gone(rundir, record)
+            _signal_group(record.pgid, signal.SIGKILL)
+            await self._wait_gone(rundir, record)
         log.info("stopped agent %s", name)
 
     async def destroy(self, name: str) -> None:
-        """Stop the agent, then remove its run dir (its state dir is untouched). Unknown: a no-op."""
-        rundir = self._rundir(name)
+        """Stop the agent, then remove its run dir (its state dir is untouched). Unknown: a no-op.
+
+        The removal runs in a worker thread and, once begun, completes even if the caller is cancelled.
+        """
         await self.stop(name, graceful=True)
-        if rundir.exists():
-            shutil.rmtree(rundir)
+        if await trio.to_thread.run_sync(self._remove_rundir, name):
             log.info("destroyed agent %s", name)
+
+    async def wait_exit(self, name: str) -> None:
+        """Return once the agent running now has exited: its shim and every process of its group are
+        gone. Returns at once if it is not running (or does not exist).
+
+        pidfd-based: no polling while the shim lives; after the shim exits, the group is checked once
+        and polled only if processes are left in it (an agent whose shim was killed). A restart after
+        this call began does not matter: it waits for the processes that were running when it began.
+        Cancellation leaves nothing behind. Raises :class:`~hivecore.errors.InvalidName` for a bad name.
+        """
+        rundir, live = await trio.to_thread.run_sync(self._named_liveness, name)
+        if live.running:
+            assert live.record is not None
+            await self._wait_gone(rundir, live.record)
 
     # -- internals -----------------------------------------------------------------------------
 
     def _rundir(self, name: str) -> Path:
+        """Blocking (it resolves the path): worker threads only."""
         return self._paths.agent_run(name)
 
+    def _create_sync(self, spec: AgentSpec) -> None:
+        rundir = self._rundir(spec.name)
+        rundir.mkdir(parents=True, exist_ok=True)
+        self._write_spec(rundir, spec)
+
+    def _update_sync(self, spec: AgentSpec) -> None:
+        rundir = self._rundir(spec.name)
+        if not (rundir / SPEC_FILE).is_file():
+            raise RuntimeFailure(f'agent "{spec.name}" has not been created')
+        self._write_spec(rundir, spec)
+
+    def _remove_rundir(self, name: str) -> bool:
+        rundir = self._rundir(name)
+        if not rundir.exists():
+            return False
+        shutil.rmtree(rundir)
+        return True
+
+    def _candidates(self, names: Collection[str] | None) -> tuple[str, ...]:
+        """The valid names to probe, sorted: ``names``, or every entry of the run-agents dir."""
+        if names is None:
+            try:
+                entries = os.listdir(self._paths.run_agents)
+            except FileNotFoundError:
+                return ()
+            for entry in entries:
+                if not _valid_name(entry):
+                    log.warning("ignoring %s: not a valid agent name", self._paths.run_agents / entry)
+        elif isinstance(names, str):
+            raise TypeError("names must be a collection of names, not one name")
+        else:
+            entries = [*names]
+        return tuple(sorted({entry for entry in entries if _valid_name(entry)}))
+
+    def _probe_all(self, names: Collection[str]) -> dict[str, AgentRuntimeState]:
+        """Blocking: probe each (valid) name that is an agent, i.e. has a run dir with a ``spec.json``."""
+        root = self._paths.run_agents
+        states = {}
+        for name in names:
+            rundir = root / name
+            if rundir.is_symlink() or not (rundir / SPEC_FILE).is_file():
+                continue
+            states[name] = self._probe(name, rundir)
+        return states
+
     def _probe(self, name: str, rundir: Path) -> AgentRuntimeState:
-        record = _read_pid(rundir)
-        running = record is not None and self._alive(rundir, record)
-        if running:
+        live = self._liveness(rundir)
+        record = live.record
+        if live.running:
             assert record is not None
-            return AgentRuntimeState(name=name, running=True, pid=record.pid, started_at=record.started_at)
+            return AgentRuntimeState(
+                name=name,
+                running=True,
+                pid=record.pid,
+                started_at=record.started_at,
+                orphaned=not live.shim_alive,
+            )
         # Started, not running and not asked to stop: it died on its own (or was killed behind our back).
         failed = record is not None and not (rundir / STOP_MARKER).exists()
         return AgentRuntimeState(name=name, running=False, failed=failed, exit_status=_read_exit_code(rundir))
 
-    def _alive(self, rundir: Path, record: _PidRecord) -> bool:
-        """Is the recorded shim alive? Reaps it if it is a zombie child of this process."""
+    def _liveness(self, rundir: Path) -> _Liveness:
+        """Probe the recorded run (blocking: worker threads only)."""
+        record = _read_pid(rundir)
+        if record is None:
+            return _Liveness(record=None)
+        if self._shim_alive(rundir, record):
+            return _Liveness(record=record, shim_alive=True)
+        return _Liveness(record=record, survivors=self._survivors(record))
+
+    def _named_liveness(self, name: str) -> tuple[Path, _Liveness]:
+        rundir = self._rundir(name)
+        return rundir, self._liveness(rundir)
+
+    def _survivors(self, record: _PidRecord) -> tuple[int, ...]:
+        """Live processes left in the group of the (dead) shim of ``record``. Blocking."""
+        key = (record.pgid, record.starttime)
+        if key in self._ended:
+            return ()
+        survivors = tuple(live_group_members(record.pgid, record.starttime))
+        if not survivors:
+            self._ended.add(key)
+        return survivors
+
+    def _shim_alive(self, rundir: Path, record: _PidRecord) -> bool:
+        """Is the recorded shim alive? Reaps it if it is a zombie child of this process.
+
+        A zombie child of ours that cannot be reaped yet (the shim has a log-pump thread: the leader
+        is a zombie while that thread is still on its way out) counts as alive for those few
+        milliseconds, so "not running" always comes with its exit status recorded.
+        """
         st = read_proc_stat(record.pid)
         if st is None or st.starttime != record.starttime:
             return False
         if st.state == "Z":
-            _reap(rundir, record.pid)
-            return False
+            return not _reap(rundir, record.pid)
         return True
 
-    async def _wait_group_gone(self, rundir: Path, record: _PidRecord) -> None:
-        while True:
-            self._alive(rundir, record)  # reap the shim as soon as it is a zombie
-            if not _group_exists(record.pid):
+    def _group_gone(self, rundir: Path, record: _PidRecord) -> bool:
+        """Blocking: the shim reaped (if ours) and no live process left in its group?"""
+        return not self._shim_alive(rundir, record) and not self._survivors(record)
+
+    async def _wait_gone(self, rundir: Path, record: _PidRecord) -> None:
+        """Wait for the shim's exit (pidfd), then check its group once; poll only while it has members."""
+        await wait_process_exit(record.pid, record.starttime)
+        await poll_until(lambda: self._group_gone(rundir, record))
+
+    def _begin_stop(self, name: str) -> tuple[Path, _Liveness]:
+        """Blocking: probe, and if anything runs write the stop marker (before any signal is sent)."""
+        rundir, live = self._named_liveness(name)
+        if live.running:
+            (rundir / STOP_MARKER).touch()
+        return rundir, live
+
+    def _start_sync(self, name: str) -> None:
+        rundir = self._rundir(name)
+        spec = self._read_spec(rundir, name)
+        with _RUNDIR_LOCK:
+            live = self._liveness(rundir)
+            if live.running:
+                assert live.record is not None
+                if (rundir / STOP_MARKER).exists():
+                    pids = live.survivors or (live.record.pid,)
+                    raise RuntimeFailure(
+                        f'agent "{name}" is still stopping: a stop was requested but its process group '
+                        f"{live.record.pgid} still has live processes ({', '.join(map(str, pids))}); "
+                        "stop or kill it again before starting it"
+                    )
+                if not live.shim_alive:
+                    log.warning(
+                        "agent %s runs without its shim (processes %s of group %d): not starting a copy",
+                        name,
+                        ", ".join(map(str, live.survivors)),
+                        live.record.pgid,
+                    )
                 return
-            await trio.sleep(_POLL_SECONDS)
+            (rundir / STOP_MARKER).unlink(missing_ok=True)
+            (rundir / EXIT_STATUS_FILE).unlink(missing_ok=True)
+            pid = self._spawn_shim(rundir, spec)
+            st = read_proc_stat(pid)
+            if st is None:  # our own child: it exists until we reap it
+                raise RuntimeFailure(f'agent "{name}" vanished right after start (pid {pid})')
+            write_json_atomic(
+                rundir / PID_FILE,
+                # the shim is a session leader (setsid), so its pid is the agent's process group id
+                {"pid": pid, "pgid": pid, "starttime": st.starttime, "started_at": time.time()},
+            )
+        log.info("started agent %s (shim pid %d)", name, pid)
 
     def _spawn_shim(self, rundir: Path, spec: AgentSpec) -> int:
         argv = [
@@ -317,6 +474,14 @@ class ProcessRuntime:
             raise RuntimeFailure(f'agent "{name}" has an unreadable spec: {e!r}') from e
 
 
+def _valid_name(name: str) -> bool:
+    try:
+        validate_name(name)
+    except HiveError:
+        return False
+    return True
+
+
 def _inheritable_fds() -> list[int]:
     """Open fds above stderr that a spawned process would inherit."""
     fds = []
@@ -345,12 +510,16 @@ def _shim_env(env: Mapping[str, str]) -> dict[str, str]:
 def _read_pid(rundir: Path) -> _PidRecord | None:
     try:
         raw = json.loads((rundir / PID_FILE).read_text(encoding="utf-8"))
+        pid = int(raw["pid"])
         return _PidRecord(
-            pid=int(raw["pid"]), starttime=int(raw["starttime"]), started_at=float(raw["started_at"])
+            pid=pid,
+            pgid=int(raw.get("pgid", pid)),  # pidfiles written before the pgid was recorded: the same
+            starttime=int(raw["starttime"]),
+            started_at=float(raw["started_at"]),
         )
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         log.warning("ignoring unreadable pidfile in %s: %s", rundir, e)
         return None
 
@@ -371,17 +540,24 @@ def _read_exit_code(rundir: Path) -> int | None:
     return None
 
 
-def _reap(rundir: Path, pid: int) -> None:
-    """Collect a zombie shim if it is our child; record its status if the shim could not."""
-    try:
-        reaped, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return  # not our child: its parent (init after a daemon restart) reaps it
-    if reaped == 0:
-        return
-    exit_file = rundir / EXIT_STATUS_FILE
-    if rundir.is_dir() and not exit_file.exists():
-        write_json_atomic(exit_file, exit_status_record(os.waitstatus_to_exitcode(status), by="daemon"))
+def _reap(rundir: Path, pid: int) -> bool:
+    """Collect a zombie shim if it is our child; record its status if the shim could not.
+
+    False only if it is our child and not reapable yet (threads of it still exiting).
+    """
+    with _RUNDIR_LOCK:
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return True  # not our child: its parent (init after a daemon restart) reaps it
+        if reaped == 0:
+            return False
+        exit_file = rundir / EXIT_STATUS_FILE
+        current = _read_pid(rundir) if rundir.is_dir() else None
+        if current is not None and current.pid == pid and not exit_file.exists():
+            code = os.waitstatus_to_exitcode(status)
+            write_json_atomic(exit_file, exit_status_record(code, by="daemon"))
+        return True
 
 
 def _signal_process(pid: int, sig: int) -> None:
@@ -400,14 +576,3 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
     except PermissionError as e:
         raise RuntimeFailure(f"cannot signal process group {pgid}: {e}") from e
-
-
-def _group_exists(pgid: int) -> bool:
-    """Does process group ``pgid`` still have a live (non-zombie) member?"""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return bool(group_members(pgid))
