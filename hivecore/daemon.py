@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -62,6 +63,17 @@ class Daemon:
         return self.config.dashboard_port
 
 
+GIL_SWITCH_INTERVAL = 0.0005
+"""Seconds a worker thread may hold the GIL while the event loop wants it (Python's default is 5 ms).
+Probes, file walks and sqlite run in worker threads; with the default a burst of them (20 agents
+stopping at once) made the event loop wait tens of ms for the GIL. ``bench/verbs.py`` measures it."""
+
+
+def tune_interpreter() -> None:
+    """Process-wide settings for a latency-sensitive event loop beside busy worker threads."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+
+
 def make_runtime(config: Config) -> ContainerRuntime:
     if config.runtime == "nixos":
         from hivecore.runtime.nixos import NixosRuntime
@@ -102,6 +114,7 @@ async def main(
     """Run the daemon until cancelled; ``task_status.started(Daemon)`` once every actor serves."""
     paths = config.paths
     paths.create_layout()
+    tune_interpreter()
     with hold_state_lock(paths.lock_file), _log_stop():
         log.info("state dir %s (runtime %s)", paths.root, config.runtime)
         daemon = build(config)
