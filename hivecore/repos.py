@@ -194,6 +194,8 @@ class Repos:
             "-c",
             "gc.auto=0",
             "-c",
+            "core.fsmonitor=false",
+            "-c",
             f"safe.directory={repo}",
             *(IDENTITY if identity else ()),
             "-C",
