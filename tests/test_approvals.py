@@ -485,3 +485,60 @@ async def test_host_sock_and_hivectl_review_approve_deny_and_rebuild(hive: Daemo
     error = (await ask(sock, {"cmd": "rebuild", "name": "coder"}))["error"]
     assert "agent.nix of coder does not evaluate" in error
     assert "syntax error" in error
+
+
+async def test_planted_symlinks_are_refused_not_followed(parts: Parts, tmp_path: Path) -> None:
+    c = parts.coordinator
+    await c.spawn("coder")
+    await c.spawn("other")
+    proposed, applied = repos(parts, "coder")
+    seed = await main_of(applied)
+    # agent.nix committed as a symlink (to a file outside the repo): the build refuses it
+    (tmp_path / "secret.nix").write_text(sonnet("stolen"))
+    (proposed / "agent.nix").unlink()
+    (proposed / "agent.nix").symlink_to(tmp_path / "secret.nix")
+    sha = await commit(proposed, {}, "symlinked config")
+    approval = await c.request_apply_commit("coder", sha)
+    with pytest.raises(HiveError, match=r"agent\.nix must be a regular file"):
+        await c.approve(approval.id)
+    assert await main_of(applied) == seed
+    assert not (applied / "agent.nix").is_symlink()
+    # the proposed repo itself replaced by a symlink to another agent's repo: nothing is fetched
+    shutil.rmtree(proposed)
+    proposed.symlink_to(parts.config.paths.agent_config("other"))
+    other_head = await git(parts.config.paths.agent_config("other"), "rev-parse", "HEAD")
+    with pytest.raises(HiveError, match="coder has no config repo"):
+        await c.request_apply_commit("coder", other_head)
+    assert (await c.approvals())[-1].status == "failed"
+    assert f"proposal/{(await c.approvals())[-1].id}" not in await tags(applied)
+
+
+async def test_diffs_note_no_change_and_truncate_big_proposals(parts: Parts) -> None:
+    c = parts.coordinator
+    await c.spawn("coder")
+    proposed, _ = repos(parts, "coder")
+    same = await git(proposed, "rev-parse", "HEAD")
+    approval = await c.request_apply_commit("coder", same)
+    [pending] = await c.pending()
+    assert pending.diff == "(proposal matches currently-deployed tree)\n"
+    await c.deny(approval.id)
+    big = await commit(proposed, {"big.txt": "".join(f"line {i} of a large file\n" for i in range(20_000))})
+    await c.request_apply_commit("coder", big)
+    diff = (await c.pending())[-1].diff
+    assert diff is not None
+    assert diff.endswith("… diff truncated at 256 KiB\n")
+    assert len(diff.encode()) < 256 * 1024 + 100
+
+
+async def test_the_manager_reads_the_outcome_through_its_applied_remote(parts: Parts) -> None:
+    c = parts.coordinator
+    await c.spawn("coder")
+    proposed, _ = repos(parts, "coder")
+    sha = await commit(proposed, {"agent.nix": BROKEN_NIX})
+    approval = await c.request_apply_commit("coder", sha)
+    with pytest.raises(HiveError):
+        await c.approve(approval.id)
+    await git(proposed, "fetch", "-q", "--tags", "applied")
+    message = await git(proposed, "for-each-ref", "--format=%(contents)", f"refs/tags/failed/{approval.id}")
+    assert "does not evaluate" in message
+    assert "syntax error" in message
