@@ -228,6 +228,15 @@ class Repos:
         top = Path(result.stdout.decode(errors="replace").strip())
         return await trio.to_thread.run_sync(lambda: top.resolve() == path.resolve())
 
+    async def _seeded(self, repo: Path, ref: str) -> bool:
+        """A repository whose seeding finished (``ref`` resolves): a seed a crash cut short is redone."""
+        if not await self.is_repo(repo):
+            return False
+        result = await self.git(
+            repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", what="probe", check=False
+        )
+        return result.returncode == 0
+
     # --- seeding -------------------------------------------------------------------------------
 
     async def seed(self, name: str) -> bool:
@@ -237,10 +246,10 @@ class Repos:
         commit of its own (so kept, unapproved edits in a proposed repo never reach applied).
         Returns whether anything was created.
         """
-        proposed_new = not await self.is_repo(self.proposed(name))
+        proposed_new = not await self._seeded(self.proposed(name), "HEAD")
         if proposed_new:
             await self.seed_proposed(name)
-        applied_new = not await self.is_repo(self.applied(name))
+        applied_new = not await self._seeded(self.applied(name), "refs/tags/deployed/0")
         if applied_new:
             await self.seed_applied(name, from_proposed=proposed_new)
         return proposed_new or applied_new

@@ -542,3 +542,21 @@ async def test_the_manager_reads_the_outcome_through_its_applied_remote(parts: P
     message = await git(proposed, "for-each-ref", "--format=%(contents)", f"refs/tags/failed/{approval.id}")
     assert "does not evaluate" in message
     assert "syntax error" in message
+
+
+async def test_a_seed_cut_short_is_redone_at_the_next_spawn(parts: Parts) -> None:
+    proposed, applied = repos(parts, "coder")
+    # what a crash between `git init` and the seed commit / the deployed/0 tag leaves behind
+    proposed.mkdir(parents=True)
+    applied.mkdir(parents=True)
+    await git(proposed, "init", "-q", "-b", "main")
+    await git(applied, "init", "-q", "-b", "main")
+    await parts.coordinator.spawn("coder")
+    head = await git(proposed, "rev-parse", "HEAD")
+    assert (await tags(applied)) == {"deployed/0": await main_of(applied)}
+    assert (applied / "agent.nix").read_text() == (proposed / "agent.nix").read_text()
+    sha = await commit(proposed, {"agent.nix": sonnet()})
+    approval = await parts.coordinator.request_apply_commit("coder", sha)
+    await parts.coordinator.approve(approval.id)
+    assert await main_of(applied) == sha
+    assert head != sha

@@ -252,7 +252,7 @@ class Approvals:
             case "deny":
                 await self._deny(approval, _text(args.get("note"), "note"))
             case "init_config":
-                await self._init_config(approval)
+                await self._init_config(approval, replay=replay)
             case _:
                 raise HiveError(f"job {job.id}: {job.kind} is not an approval job")
 
@@ -339,7 +339,7 @@ class Approvals:
         tag: str | None = None
         with trio.CancelScope(shield=True):
             try:
-                if previous is not None and await self.repos.resolve(name, "refs/heads/main") != previous:
+                if previous is not None:  # also re-syncs a work tree a crash left half-reset
                     await self.repos.move_main(name, previous)
                 if sha is not None:
                     tag = f"failed/{aid}"
@@ -403,10 +403,11 @@ class Approvals:
         resolved = await self._resolve(approval, "denied", note)
         await self._announce(resolved, approval.fetched_sha, tag)
 
-    async def _init_config(self, approval: Approval) -> None:
+    async def _init_config(self, approval: Approval, *, replay: bool = False) -> None:
         self._still_pending(approval)
         name = approval.agent
-        if await self.repos.is_repo(self.repos.proposed(name)):
+        # a replay finishes a seed the crash interrupted (seeding is idempotent)
+        if not replay and await self.repos.is_repo(self.repos.proposed(name)):
             note = f'"{name}" already has a config repo'
             await self._announce(await self._resolve(approval, "failed", note))
             raise Refused(note)
