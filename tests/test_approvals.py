@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from actors.rebuild_queue import JobLane
 from hivecore import store as st
@@ -560,3 +561,38 @@ async def test_a_seed_cut_short_is_redone_at_the_next_spawn(parts: Parts) -> Non
     await parts.coordinator.approve(approval.id)
     assert await main_of(applied) == sha
     assert head != sha
+
+
+async def test_a_second_approval_for_a_building_agent_is_refused_naming_the_build(parts: Parts) -> None:
+    c = parts.coordinator
+    await c.spawn("coder")
+    await c.spawn("other")
+    proposed, applied = repos(parts, "coder")
+    first = await c.request_apply_commit("coder", await commit(proposed, {"agent.nix": sonnet("one")}))
+    second = await c.request_apply_commit("coder", await commit(proposed, {"agent.nix": sonnet("two")}))
+    gate, entered = trio.Event(), trio.Event()
+    built: list[str] = []
+
+    async def gated_build(name: str) -> None:
+        built.append(name)
+        entered.set()
+        await gate.wait()
+
+    parts.daemon.lifecycle.build = gated_build
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.approve, first.id)
+        await entered.wait()
+        assert parts.transients.get("coder") is not None  # the row shows "rebuilding"
+        with pytest.raises(HiveError, match=r'agent "coder" is applying a config change \(job \d+, \d+ s\)'):
+            await c.approve(second.id)
+        with pytest.raises(HiveError, match=r'agent "coder" is applying a config change'):
+            await c.deny(second.id)
+        # a build of another agent waits its turn in the build FIFO
+        nursery.start_soon(c.rebuild, "other")
+        await trio.testing.wait_all_tasks_blocked()
+        assert built == ["coder"]
+        gate.set()
+    assert built == ["coder", "other"]
+    assert (await row(parts, second.id)).status == "pending"  # the refusals changed nothing
+    await c.approve(second.id)
+    assert '"two"' in (applied / "agent.nix").read_text()
