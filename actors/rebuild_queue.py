@@ -58,6 +58,9 @@ _DOING: dict[str, str] = {
     "purge": "being purged",
     "set_paused": "changing its pause state",
     "rebuild": "rebuilding",
+    "apply_commit": "applying a config change",
+    "deny": "having an approval denied",
+    "init_config": "having its config initialised",
 }
 
 

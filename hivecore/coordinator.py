@@ -22,14 +22,22 @@ from hivecore.errors import HiveError, InvalidName, Refused, UnknownAgent
 from hivecore.models import Approval, ContainerView, Job, JobKind, JobSource, TombstoneView
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, is_manager, validate_name
 from hivecore.runtime.base import ContainerRuntime
+from hivecore.services.approvals import Approvals
 from hivecore.services.lifecycle import Lifecycle
 from hivecore.store import Store
 
 
 class Coordinator:
     def __init__(
-        self, lane: JobLane, views: Views, runtime: ContainerRuntime, store: Store, lifecycle: Lifecycle
+        self,
+        lane: JobLane,
+        views: Views,
+        runtime: ContainerRuntime,
+        store: Store,
+        lifecycle: Lifecycle,
+        approvals: Approvals,
     ) -> None:
+        self._approvals = approvals
         self._lane = lane
         self._views = views
         self._runtime = runtime
@@ -55,6 +63,10 @@ class Coordinator:
 
     async def approvals(self) -> list[Approval]:
         return await self._store.call(st.list_approvals)
+
+    async def pending(self) -> list[Approval]:
+        """Every approval row; each pending apply_commit carries its diff against applied main."""
+        return await self._approvals.list(diffs=True)
 
     async def require_agent(self, name: object) -> str:
         """A validated name of a container that exists, else :class:`UnknownAgent`/:class:`InvalidName`."""
@@ -123,3 +135,35 @@ class Coordinator:
     async def set_paused(self, name: object, paused: bool, *, source: JobSource = "host_sock") -> None:
         """Write or remove the agent's pause marker; works while stopped; idempotent."""
         await self._submit("set_paused", await self.require_agent(name), source, {"paused": paused})
+
+    # --- approvals (requests are rows; approve and deny are jobs on the lane) -----------------------
+
+    async def request_spawn(
+        self, name: object, description: object = None, *, source: JobSource = "host_sock"
+    ) -> Approval:
+        """Queue a spawn approval for a new agent (refused for an existing agent and the manager)."""
+        return await self._approvals.request_spawn(name, description)
+
+    async def request_init_config(
+        self, name: object, description: object = None, *, source: JobSource = "manager"
+    ) -> Approval:
+        """Queue seeding a config repo for a new agent (refused when it has one)."""
+        return await self._approvals.request_init_config(name, description)
+
+    async def request_apply_commit(
+        self, agent: object, commit_ref: object, description: object = None, *, source: JobSource = "manager"
+    ) -> Approval:
+        """Pin a commit (7-40 hex) of the agent's proposed repo and queue it for the operator."""
+        return await self._approvals.request_apply_commit(agent, commit_ref, description)
+
+    async def approve(self, approval_id: object, *, source: JobSource = "host_sock") -> None:
+        """Carry out a pending approval as a job (an apply_commit builds; its failure is raised)."""
+        kind, agent, args = await self._approvals.approve_job(approval_id)
+        await self._lane.submit(kind, agent, source=source, args=args)
+
+    async def deny(
+        self, approval_id: object, note: object = None, *, source: JobSource = "host_sock"
+    ) -> None:
+        """Deny a pending approval (an apply_commit gets an annotated ``denied/<id>`` tag)."""
+        kind, agent, args = await self._approvals.deny_job(approval_id, note)
+        await self._lane.submit(kind, agent, source=source, args=args)

@@ -26,7 +26,10 @@ from actors.transients import TransientRegistry
 from actors.views import Views
 from hivecore.config import Config
 from hivecore.coordinator import Coordinator
+from hivecore.repos import Repos
 from hivecore.runtime.base import ContainerRuntime
+from hivecore.services.approvals import Approvals
+from hivecore.services.jobs import Jobs
 from hivecore.services.lifecycle import Lifecycle
 from hivecore.services.notify import Notifier
 from hivecore.sockets.host import HostSocket, live_urls
@@ -54,6 +57,9 @@ class Daemon:
     coordinator: Coordinator
     supervisor: Supervisor
     crash_watch: CrashWatch
+    approvals: Approvals
+    jobs: Jobs
+    """The lane's runner (lifecycle verbs and approval jobs)."""
     dashboard_urls: list[str] = attrs.field(factory=list)
 
     def dashboard_port(self) -> int:
@@ -92,9 +98,12 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     runtime = runtime if runtime is not None else make_runtime(config)
     views = Views(config.paths, runtime, transients, bus, domain=config.domain)
     notifier = Notifier(store, bus)
-    lifecycle = Lifecycle(config, runtime, views, transients, store, notifier)
-    lane = JobLane(store, bus, lifecycle)
-    coordinator = Coordinator(lane, views, runtime, store, lifecycle)
+    repos = Repos(config.paths)
+    lifecycle = Lifecycle(config, runtime, views, transients, store, notifier, repos=repos)
+    approvals = Approvals(lifecycle, repos, store, bus, notifier)
+    jobs = Jobs(lifecycle, approvals)
+    lane = JobLane(store, bus, jobs)
+    coordinator = Coordinator(lane, views, runtime, store, lifecycle, approvals)
 
     def quiet(name: str) -> bool:
         return transients.get(name) is not None or lifecycle.intent.stopped_on_purpose(name)
@@ -102,7 +111,19 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     crash_watch = CrashWatch(views, notifier, quiet, config.crash_watch_interval, runtime=runtime)
     supervisor = Supervisor(bus)
     daemon = Daemon(
-        config, bus, store, transients, runtime, views, lane, lifecycle, coordinator, supervisor, crash_watch
+        config,
+        bus,
+        store,
+        transients,
+        runtime,
+        views,
+        lane,
+        lifecycle,
+        coordinator,
+        supervisor,
+        crash_watch,
+        approvals=approvals,
+        jobs=jobs,
     )
     lifecycle.dashboard_port = daemon.dashboard_port
     return daemon
@@ -135,6 +156,7 @@ async def main(
             ChildSpec("event_bus", daemon.bus.run),
             ChildSpec("store", daemon.store.run),
             ChildSpec("views", daemon.views.run),
+            ChildSpec("approvals", daemon.approvals.run),
             ChildSpec("rebuild_queue", daemon.lane.run),
             ChildSpec("crash_watch", daemon.crash_watch.run),
             ChildSpec("host_socket", admin.run),

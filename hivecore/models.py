@@ -71,6 +71,8 @@ class Approval:
     resolved_at: str | None = None
     note: str | None = None
     description: str | None = None
+    diff: str | None = None
+    """Only in host.sock ``pending`` answers, for a pending apply_commit: ``git diff main..proposal/<id>``."""
 
 
 JobKind = Literal[
@@ -83,6 +85,9 @@ JobKind = Literal[
     "purge",
     "set_paused",
     "rebuild",
+    "apply_commit",
+    "deny",
+    "init_config",
 ]
 JOB_KINDS: tuple[JobKind, ...] = (
     "spawn",
@@ -94,8 +99,13 @@ JOB_KINDS: tuple[JobKind, ...] = (
     "purge",
     "set_paused",
     "rebuild",
+    "apply_commit",
+    "deny",
+    "init_config",
 )
-BUILD_JOB_KINDS: frozenset[str] = frozenset({"rebuild"})
+APPROVAL_JOB_KINDS: frozenset[str] = frozenset({"apply_commit", "deny", "init_config"})
+"""Jobs the approvals service runs (an approved spawn is a ``spawn`` job with an ``approval_id`` arg)."""
+BUILD_JOB_KINDS: frozenset[str] = frozenset({"rebuild", "apply_commit"})
 """Build-class jobs run strictly one at a time, FIFO across all agents."""
 JobSource = Literal["host_sock", "dashboard", "manager", "auto_update", "crash_recover", "internal"]
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]

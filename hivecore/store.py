@@ -170,6 +170,57 @@ def fail_pending_for_agent(conn: sqlite3.Connection, agent: str, note: str) -> l
     return ids
 
 
+def get_approval(conn: sqlite3.Connection, approval_id: int) -> Approval | None:
+    row = conn.execute("SELECT * FROM approvals WHERE id=?", (approval_id,)).fetchone()
+    return _approval(row) if row is not None else None
+
+
+def insert_approval_unless_pending(
+    conn: sqlite3.Connection, agent: str, kind: str, commit_ref: str = "", description: str | None = None
+) -> Approval | None:
+    """Insert a pending approval unless ``agent`` already has a pending one of ``kind`` (then None)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        busy = conn.execute(
+            "SELECT 1 FROM approvals WHERE agent=? AND kind=? AND status='pending'", (agent, kind)
+        ).fetchone()
+        approval = None if busy else insert_approval(conn, agent, kind, commit_ref, description)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return approval
+
+
+def set_fetched_sha(conn: sqlite3.Connection, approval_id: int, sha: str) -> None:
+    conn.execute("UPDATE approvals SET fetched_sha=? WHERE id=?", (sha, approval_id))
+
+
+def resolve_approval(
+    conn: sqlite3.Connection, approval_id: int, status: str, note: str | None = None
+) -> Approval | None:
+    """Move a *pending* approval to ``status`` (with ``resolved_at`` and ``note``); None if it was not
+    pending (already resolved, or unknown): a row resolves exactly once."""
+    cur = conn.execute(
+        "UPDATE approvals SET status=?, resolved_at=?, note=? WHERE id=? AND status='pending'",
+        (status, now_rfc3339(), note, approval_id),
+    )
+    return get_approval(conn, approval_id) if cur.rowcount == 1 else None
+
+
+def fail_unfetched_apply_commits(conn: sqlite3.Connection, note: str) -> list[int]:
+    """Pending apply_commit rows without a ``fetched_sha`` (their request was interrupted) → failed."""
+    ids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM approvals WHERE kind='apply_commit' AND status='pending' AND fetched_sha IS NULL"
+        )
+    ]
+    for approval_id in ids:
+        resolve_approval(conn, approval_id, "failed", note)
+    return ids
+
+
 class Store:
     """The store actor: owns the connection; ``await store.call(fn)`` runs ``fn(conn)`` in order."""
 

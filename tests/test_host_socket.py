@@ -173,11 +173,13 @@ async def test_refusals_and_not_yet_available_verbs(hive: Daemon) -> None:
     assert error.startswith("scope selects forge, matrix: this hive runs no such service")
     assert "invalid agent name" in await refused(sock, {"cmd": "restart", "name": "../x"})
 
+    assert await ask_raw(sock, b'{"cmd":"pending"}\n') == b'{"version":1,"ok":true,"approvals":[]}\n'
     for request, what in (
-        ({"cmd": "rebuild", "name": "a"}, "rebuild is not available yet"),
-        ({"cmd": "request_spawn", "name": "c", "description": "d"}, "request_spawn is not available yet"),
-        ({"cmd": "approve", "id": 1}, "approve is not available yet"),
-        ({"cmd": "deny", "id": 1, "note": "n"}, "deny is not available yet"),
+        ({"cmd": "rebuild", "name": "ghost"}, ghost),
+        ({"cmd": "request_spawn", "name": "a", "description": "d"}, 'agent "a" already exists'),
+        ({"cmd": "request_spawn", "name": "hm1nd"}, '"hm1nd" is the manager'),
+        ({"cmd": "approve", "id": 1}, "no approval 1"),
+        ({"cmd": "deny", "id": 1, "note": "n"}, "no approval 1"),
     ):
         assert (await refused(sock, request)).startswith(what)
     assert await ask_raw(sock, b'{"cmd":"pending"}\n') == b'{"version":1,"ok":true,"approvals":[]}\n'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,7 @@ async def test_planted_symlink_pointing_outside_is_refused(with_tombstone: Parts
 async def test_symlinked_applied_dir_refuses_the_whole_purge(with_tombstone: Parts, tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere"
     outside.mkdir()
+    shutil.rmtree(with_tombstone.config.paths.applied_root / "old")  # spawn seeded a real applied repo
     os.symlink(outside, with_tombstone.config.paths.applied_root / "old")
     with pytest.raises(InvalidName, match="resolves outside"):
         await with_tombstone.coordinator.purge_tombstone("old")

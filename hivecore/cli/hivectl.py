@@ -130,6 +130,23 @@ def render_status(answer: Response, names: Sequence[str]) -> str:
     return table(headers, cells)
 
 
+def diff_summary(diff: object) -> str:
+    """``2 files +5 -1`` for a unified diff (``-`` when there is none to summarise)."""
+    if not isinstance(diff, str) or not diff:
+        return "-"
+    files = plus = minus = 0
+    for line in diff.splitlines():
+        if line.startswith("diff --git "):
+            files += 1
+        elif line.startswith("+") and not line.startswith("+++ "):
+            plus += 1
+        elif line.startswith("-") and not line.startswith("--- "):
+            minus += 1
+    if not files:
+        return "no change"
+    return f"{files} file{'s' if files != 1 else ''} +{plus} -{minus}"
+
+
 def render_pending(answer: Response) -> str:
     approvals = answer.get("approvals") or []
     if not approvals:
@@ -139,14 +156,15 @@ def render_pending(answer: Response) -> str:
             str(a.get("id")),
             str(a.get("agent")),
             str(a.get("kind")),
-            str(a.get("commit_ref") or "-"),
+            str(a.get("fetched_sha") or a.get("commit_ref") or "-")[:12],
             str(a.get("status")),
+            diff_summary(a.get("diff")),
             str(a.get("requested_at")),
             _one_line(a.get("description") or a.get("note"), 50),
         ]
         for a in approvals
     ]
-    return table(["ID", "AGENT", "KIND", "REF", "STATUS", "REQUESTED", "DESCRIPTION"], rows)
+    return table(["ID", "AGENT", "KIND", "REF", "STATUS", "CHANGES", "REQUESTED", "DESCRIPTION"], rows)
 
 
 def render_urls(answer: Response) -> str:

@@ -30,6 +30,7 @@ from hivecore.errors import HiveError, RuntimeFailure
 from hivecore.kick import REASON_REBUILT, REASON_RESTARTED, REASON_STARTED
 from hivecore.models import Job, TransientKind
 from hivecore.names import child_path, is_manager
+from hivecore.repos import Repos
 from hivecore.runtime.base import AgentSpec, ContainerRuntime
 from hivecore.runtime.process import default_agent_spec
 from hivecore.services.notify import Notifier
@@ -41,8 +42,12 @@ log = logging.getLogger(__name__)
 Build = Callable[[str], Awaitable[None]]
 """The build step of a rebuild (a seam: the meta flake replaces it); raises HiveError on failure."""
 
+
+def _default_repos(lifecycle: Lifecycle) -> Repos:
+    return Repos(lifecycle.config.paths)
+
 _STOPS = frozenset({"stop", "kill", "destroy"})
-_STARTS = frozenset({"spawn", "start", "restart", "rebuild"})
+_STARTS = frozenset({"spawn", "start", "restart", "rebuild", "apply_commit"})
 
 
 class Intent:
@@ -74,9 +79,12 @@ class Lifecycle:
     notifier: Notifier
     intent: Intent = attrs.field(factory=Intent)
     build: Build | None = None
-    """The rebuild's build step; ``None``: re-render the spec and restart (no meta flake yet)."""
+    """The rebuild's build step; ``None``: :meth:`default_build` (nix eval of the applied config, then
+    re-render the spec and restart; the meta flake replaces it)."""
     dashboard_port: Callable[[], int] | None = None
     """The dashboard's bound port (for agents' environment); default: the configured one."""
+    repos: Repos = attrs.field(default=attrs.Factory(_default_repos, takes_self=True))
+    """The agents' proposed/applied git repos (seeded at spawn; evaluated by the build)."""
 
     # --- the JobRunner protocol ----------------------------------------------------------------
 
@@ -154,6 +162,8 @@ class Lifecycle:
                     (paths.agent_dir(name) / sub).mkdir(parents=True, exist_ok=True)
 
             await trio.to_thread.run_sync(layout)
+            if await self.repos.seed(name):  # a revived tombstone keeps its repos
+                log.info("spawn %s: seeded its config repos", name)
             await self.runtime.create(self.agent_spec(name))
             await self.runtime.start(name)
 
@@ -191,17 +201,22 @@ class Lifecycle:
         log.info("restarted %s", name)
         await self.notifier.kick(name, REASON_RESTARTED)
 
-    async def rebuild(self, name: str) -> None:
-        async def work() -> None:
-            if self.build is not None:
-                await self.build(name)
-                return
-            await self.runtime.update(self.agent_spec(name))
-            await self.runtime.stop(name, graceful=True)
-            await self.runtime.start(name)
+    async def default_build(self, name: str) -> None:
+        """Evaluate the applied ``agent.nix`` (a broken config fails here), then restart the agent."""
+        await self.repos.evaluate(name)
+        await self.runtime.update(self.agent_spec(name))
+        await self.runtime.stop(name, graceful=True)
+        await self.runtime.start(name)
 
+    async def rebuild_agent(self, name: str) -> None:
+        """The one build seam (rebuilds and approved config changes): :attr:`build`, else
+        :meth:`default_build`, under the ``rebuilding`` transient. No kick, no helper event."""
+        build = self.build if self.build is not None else self.default_build
+        await self._guarded(name, "rebuilding", "rebuild", lambda: build(name))
+
+    async def rebuild(self, name: str) -> None:
         try:
-            await self._guarded(name, "rebuilding", "rebuild", work)
+            await self.rebuild_agent(name)
         except HiveError as exc:
             await self.notifier.notify_manager(Rebuilt(agent=name, ok=False, note=str(exc)), name, str(exc))
             raise

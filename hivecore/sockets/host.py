@@ -76,6 +76,7 @@ class HostFacade(Protocol):
     async def agent_names(self) -> list[str]: ...
     def views(self) -> Mapping[str, ContainerView]: ...
     async def approvals(self) -> list[Approval]: ...
+    async def pending(self) -> list[Approval]: ...
     async def require_agent(self, name: str) -> str: ...
     async def start(self, name: str) -> None: ...
     async def stop(self, name: str, *, graceful: bool = ...) -> None: ...
@@ -85,6 +86,10 @@ class HostFacade(Protocol):
     async def spawn(self, name: str) -> None: ...
     async def set_paused(self, name: str, paused: bool) -> None: ...
     async def purge_tombstone(self, name: str) -> None: ...
+    async def rebuild(self, name: str) -> None: ...
+    async def request_spawn(self, name: str, description: str | None = ...) -> Approval: ...
+    async def approve(self, approval_id: int) -> None: ...
+    async def deny(self, approval_id: int, note: str | None = ...) -> None: ...
 
 
 class StatusSubscription(Protocol):
@@ -176,16 +181,10 @@ class HostSocket:
             PurgeTombstoneRequest: self._named(lambda name: self.facade.purge_tombstone(name)),
             PendingRequest: self._pending,
             UrlsRequest: self._urls,
-            RebuildRequest: _not_available(
-                "rebuild is not available yet: it arrives with the meta flake and the rebuild queue; "
-                "use restart to restart an agent without rebuilding"
-            ),
-            RequestSpawnRequest: _not_available(
-                "request_spawn is not available yet: it arrives with the approval flow; "
-                "spawn creates an agent directly (no approval)"
-            ),
-            ApproveRequest: _not_available("approve is not available yet: it arrives with the approval flow"),
-            DenyRequest: _not_available("deny is not available yet: it arrives with the approval flow"),
+            RebuildRequest: self._named(lambda name: self.facade.rebuild(name)),
+            RequestSpawnRequest: self._request_spawn,
+            ApproveRequest: self._approve,
+            DenyRequest: self._deny,
         }
         """Every verb but ``subscribe_agent_status`` (a stream, see :meth:`handle_line`)."""
         self._bad_requests = 0
@@ -268,7 +267,19 @@ class HostSocket:
         return OK
 
     async def _pending(self, request: PendingRequest) -> HostResponse:
-        return HostResponse(ok=True, approvals=await self.facade.approvals())
+        return HostResponse(ok=True, approvals=await self.facade.pending())
+
+    async def _request_spawn(self, request: RequestSpawnRequest) -> HostResponse:
+        await self.facade.request_spawn(request.name, request.description)
+        return OK
+
+    async def _approve(self, request: ApproveRequest) -> HostResponse:
+        await self.facade.approve(request.id)
+        return OK
+
+    async def _deny(self, request: DenyRequest) -> HostResponse:
+        await self.facade.deny(request.id, request.note)
+        return OK
 
     async def _urls(self, request: UrlsRequest) -> HostResponse:
         return HostResponse(ok=True, urls=self.urls())
@@ -386,13 +397,6 @@ class HostSocket:
 
 def _status_response(views: Iterable[ContainerView]) -> HostResponse:
     return HostResponse(ok=True, agent_statuses=[AgentStatusRow.from_view(v) for v in views])
-
-
-def _not_available(message: str) -> Verb:
-    async def verb(request: Any) -> HostResponse:
-        raise NotAvailable(message)
-
-    return verb
 
 
 async def _cancel_on_hangup(conn: Connection, scope: trio.CancelScope) -> None:

@@ -1,0 +1,416 @@
+"""Approvals (reference §2): nothing changes an agent until the operator approves.
+
+The manager (or the operator) *requests*; the row is the audit trail (never vacuumed). Kinds:
+``spawn``, ``init_config``, ``apply_commit`` and ``update_meta_inputs`` (a row only, until the meta
+flake). Statuses: ``pending`` → ``approved`` | ``denied`` | ``failed`` | ``cancelled``; a row
+resolves exactly once (:func:`hivecore.store.resolve_approval`).
+
+Requests run in the caller's task but shielded (a hung-up caller cannot leave a half-made row;
+every git call has a wall-clock limit), and a kill -9 mid-request is swept at the next start
+(:meth:`Approvals.run`).
+Approve and deny are jobs on the lane (:meth:`Approvals.run_job`): one job per agent, the
+apply_commit build in the build FIFO, journaled and replayed after a crash.
+
+apply_commit follows the tag state machine (reference §2.5) in the agent's applied repo:
+``proposal/<id>`` (pinned at request time) → ``approved/<id>`` + ``building/<id>`` → main moved to
+the pinned sha → :meth:`Lifecycle.rebuild_agent` (the one build seam) → ``deployed/<id>``, or an
+annotated ``failed/<id>`` with main rolled back. A replay after a crash never rebuilds: it rolls main
+back, tags ``failed/<id>`` and tells the manager.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from actors.event_bus import EventBus
+from hivecore import store as st
+from hivecore.errors import HiveError, InvalidName, NotAvailable, Refused, UnknownAgent
+from hivecore.kick import REASON_CONFIG_APPLIED
+from hivecore.models import Approval, Job, JobKind
+from hivecore.names import MANAGER_AGENT, MANAGER_NAME, validate_name
+from hivecore.repos import PREVIOUS_MAIN, Repos, is_commit_ref
+from hivecore.services.lifecycle import Lifecycle
+from hivecore.services.notify import Notifier
+from hivecore.store import Store
+from hivecore.wire.events import ApprovalAdded, ApprovalResolved
+from hivecore.wire.helper import ApprovalResolvedHelper, ConfigReady, Rebuilt
+
+log = logging.getLogger(__name__)
+
+DIFF_CAP = 256 * 1024
+MAX_TEXT = 4096
+"""Longest description or note accepted."""
+RESTARTED_NOTE = "hive-c0re restarted during the build; nothing was deployed. Request it again"
+UNFETCHED_NOTE = "hive-c0re restarted before the proposal was fetched; request it again"
+
+
+class UnknownApproval(HiveError):
+    def __init__(self, approval_id: int) -> None:
+        super().__init__(f"no approval {approval_id}")
+
+
+def _text(value: object, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise HiveError(f"{what} must be a string")
+    if len(value) > MAX_TEXT:
+        raise HiveError(f"{what} is longer than {MAX_TEXT} characters")
+    return value
+
+
+@attrs.define
+class Approvals:
+    lifecycle: Lifecycle
+    repos: Repos
+    store: Store
+    bus: EventBus
+    notifier: Notifier
+
+    # --- startup ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Fail apply_commit rows a kill -9 left without a pinned commit, then idle."""
+        failed = await self.store.call(lambda c: st.fail_unfetched_apply_commits(c, UNFETCHED_NOTE))
+        for approval_id in failed:
+            log.warning("approval %d: its request was interrupted; marked failed", approval_id)
+            approval = await self.get(approval_id)
+            await self._announce(approval)
+        task_status.started(self)
+        await trio.sleep_forever()
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    async def get(self, approval_id: object) -> Approval:
+        if not isinstance(approval_id, int) or isinstance(approval_id, bool):
+            raise HiveError("an approval id must be an integer")
+        approval = await self.store.call(lambda c: st.get_approval(c, approval_id))
+        if approval is None:
+            raise UnknownApproval(approval_id)
+        return approval
+
+    async def pending(self, approval_id: object) -> Approval:
+        """The approval, if it is still pending; else a clear refusal (nothing changes)."""
+        approval = await self.get(approval_id)
+        if approval.status != "pending":
+            raise Refused(f"approval {approval.id} is already {approval.status}")
+        return approval
+
+    async def list(self, *, diffs: bool = False) -> list[Approval]:
+        """Every row; with ``diffs``, each pending apply_commit carries its diff against main."""
+        rows = await self.store.call(st.list_approvals)
+        if not diffs:
+            return rows
+        out = []
+        for row in rows:
+            if row.kind == "apply_commit" and row.status == "pending" and row.fetched_sha:
+                try:
+                    row = attrs.evolve(row, diff=await self.repos.diff(row.agent, row.id, cap=DIFF_CAP))
+                except HiveError as exc:
+                    row = attrs.evolve(row, diff=f"(no diff: {exc})\n")
+            out.append(row)
+        return out
+
+    async def _exists(self, name: str) -> bool:
+        return name in await self.lifecycle.runtime.list([name])
+
+    # --- requests --------------------------------------------------------------------------------
+
+    def _new_name(self, name: object) -> str:
+        valid = validate_name(name)
+        if valid == MANAGER_AGENT:
+            raise InvalidName(f'"{MANAGER_AGENT}" is reserved for the manager\'s inbox')
+        if valid == MANAGER_NAME:
+            raise Refused(
+                f'"{MANAGER_NAME}" is the manager: hive-c0re creates it itself; it cannot be spawned'
+            )
+        return valid
+
+    async def request_spawn(self, name: object, description: object = None) -> Approval:
+        valid = self._new_name(name)
+        text = _text(description, "description")
+        if await self._exists(valid):
+            raise Refused(f'agent "{valid}" already exists')
+        approval = await self.store.call(
+            lambda c: st.insert_approval_unless_pending(c, valid, "spawn", "", text)
+        )
+        if approval is None:
+            raise Refused(f'a spawn of "{valid}" is already waiting for approval')
+        log.info("approval %d: spawn %s requested", approval.id, valid)
+        self._added(approval)
+        return approval
+
+    async def request_init_config(self, name: object, description: object = None) -> Approval:
+        valid = self._new_name(name)
+        text = _text(description, "description")
+        if await self.repos.is_repo(self.repos.proposed(valid)):
+            raise Refused(f'"{valid}" already has a config repo')
+        approval = await self.store.call(
+            lambda c: st.insert_approval_unless_pending(c, valid, "init_config", "", text)
+        )
+        if approval is None:
+            raise Refused(f'an init_config of "{valid}" is already waiting for approval')
+        log.info("approval %d: init_config %s requested", approval.id, valid)
+        self._added(approval)
+        return approval
+
+    async def request_apply_commit(
+        self, agent: object, commit_ref: object, description: object = None
+    ) -> Approval:
+        """Pin ``commit_ref`` of the agent's proposed repo for the operator; never a phantom row.
+
+        Bad input is refused with no row; a failure after the row exists (the fetch, the pin) marks
+        it ``failed`` with the reason, which is also raised to the requester.
+        """
+        name = validate_name(agent)
+        if not is_commit_ref(commit_ref):
+            shown = commit_ref if isinstance(commit_ref, str) and len(commit_ref) <= 60 else "that"
+            raise HiveError(
+                f"commit_ref must be a commit sha (7-40 hex digits), not {shown!r}; "
+                "branch and tag names are refused so the approval pins one commit"
+            )
+        assert isinstance(commit_ref, str)
+        text = _text(description, "description")
+        if not await self._exists(name):
+            raise UnknownAgent(name)
+        with trio.CancelScope(shield=True):
+            approval = await self.store.call(
+                lambda c: st.insert_approval(c, name, "apply_commit", commit_ref, text)
+            )
+            try:
+                sha = await self.repos.fetch_proposal(name, commit_ref, approval.id)
+                await self.store.call(lambda c: st.set_fetched_sha(c, approval.id, sha))
+                diff = await self.repos.diff(name, approval.id, cap=DIFF_CAP)
+            except HiveError as exc:
+                note = str(exc)
+                failed = await self.store.call(lambda c: st.resolve_approval(c, approval.id, "failed", note))
+                if failed is not None:
+                    self._resolved_event(failed)
+                log.warning("approval %d: apply_commit %s %s failed: %s", approval.id, name, commit_ref, note)
+                raise HiveError(f"approval {approval.id} failed: {note}") from None
+        approval = attrs.evolve(approval, fetched_sha=sha)
+        log.info("approval %d: apply_commit %s %s pinned at %s", approval.id, name, commit_ref, sha[:12])
+        self._added(approval, diff)
+        return approval
+
+    def _added(self, approval: Approval, diff: str | None = None) -> None:
+        self.bus.publish(
+            ApprovalAdded(
+                id=approval.id,
+                agent=approval.agent,
+                approval_kind=approval.kind,
+                commit_ref=approval.commit_ref,
+                fetched_sha=approval.fetched_sha,
+                diff=diff,
+                description=approval.description,
+            )
+        )
+
+    # --- what approving means: a job ---------------------------------------------------------------
+
+    async def approve_job(self, approval_id: object) -> tuple[JobKind, str, dict[str, Any]]:
+        """The lane job that carries out approving ``approval_id`` (refused when that cannot happen)."""
+        approval = await self.pending(approval_id)
+        args: dict[str, Any] = {"approval_id": approval.id}
+        match approval.kind:
+            case "apply_commit":
+                return "apply_commit", approval.agent, args
+            case "spawn":
+                if await self._exists(approval.agent):
+                    raise Refused(f'agent "{approval.agent}" already exists')
+                return "spawn", approval.agent, args
+            case "init_config":
+                return "init_config", approval.agent, args
+            case _:
+                raise NotAvailable(
+                    f"approving {approval.kind} is not available yet: it arrives with the meta flake"
+                )
+
+    async def deny_job(self, approval_id: object, note: object = None) -> tuple[JobKind, str, dict[str, Any]]:
+        text = _text(note, "note")
+        approval = await self.pending(approval_id)
+        return "deny", approval.agent, {"approval_id": approval.id, "note": text}
+
+    # --- the jobs (run by the lane) ------------------------------------------------------------------
+
+    async def run_job(self, job: Job, args: Mapping[str, Any]) -> None:
+        approval_id = args.get("approval_id")
+        approval = await self.get(approval_id)
+        if approval.agent != job.agent:
+            raise HiveError(f"job {job.id}: approval {approval.id} is for {approval.agent}, not {job.agent}")
+        replay = job.source == "crash_recover"
+        match job.kind:
+            case "apply_commit":
+                await (self._abandon_build(approval) if replay else self._apply_commit(approval))
+            case "spawn":
+                await self._spawn(approval, replay=replay)
+            case "deny":
+                await self._deny(approval, _text(args.get("note"), "note"))
+            case "init_config":
+                await self._init_config(approval, replay=replay)
+            case _:
+                raise HiveError(f"job {job.id}: {job.kind} is not an approval job")
+
+    def _still_pending(self, approval: Approval) -> None:
+        if approval.status != "pending":
+            raise Refused(f"approval {approval.id} is already {approval.status}")
+
+    async def _resolve(self, approval: Approval, status: str, note: str | None = None) -> Approval:
+        resolved = await self.store.call(lambda c: st.resolve_approval(c, approval.id, status, note))
+        if resolved is None:
+            raise Refused(f"approval {approval.id} was resolved meanwhile")
+        log.info(
+            "approval %d (%s %s): %s%s",
+            approval.id,
+            approval.kind,
+            approval.agent,
+            status,
+            f": {note}" if note else "",
+        )
+        return resolved
+
+    def _resolved_event(self, approval: Approval, sha: str | None = None, tag: str | None = None) -> None:
+        self.bus.publish(
+            ApprovalResolved(
+                id=approval.id,
+                agent=approval.agent,
+                status=approval.status,
+                approval_kind=approval.kind,
+                note=approval.note,
+                description=approval.description,
+                sha=sha,
+                tag=tag,
+            )
+        )
+
+    async def _announce(self, approval: Approval, sha: str | None = None, tag: str | None = None) -> None:
+        """``approval_resolved`` on the bus and to the manager."""
+        self._resolved_event(approval, sha, tag)
+        event = ApprovalResolvedHelper(
+            id=approval.id,
+            agent=approval.agent,
+            commit_ref=approval.commit_ref,
+            status=approval.status,
+            note=approval.note,
+            sha=sha,
+            tag=tag,
+            description=approval.description,
+        )
+        await self.notifier.notify_manager(event, approval.agent, approval.note)
+
+    # apply_commit ----------------------------------------------------------------------------------
+
+    async def _apply_commit(self, approval: Approval) -> None:
+        self._still_pending(approval)
+        name, aid, sha = approval.agent, approval.id, approval.fetched_sha
+        if sha is None:
+            await self._fail_build(approval, None, None, "the proposal was never pinned; request it again")
+            raise HiveError(f"approval {aid}: the proposal was never pinned; request it again")
+        previous: str | None = None
+        try:
+            previous = await self.repos.main_sha(name)
+            await self.repos.set_ref(name, f"{PREVIOUS_MAIN}/{aid}", previous)
+            await self.repos.tag(name, f"approved/{aid}", sha)
+            await self.repos.tag(name, f"building/{aid}", sha)
+            await self.repos.move_main(name, sha)
+            await self.lifecycle.rebuild_agent(name)
+        except Exception as exc:
+            note = str(exc) if isinstance(exc, HiveError) else f"{type(exc).__name__}: {exc}"
+            await self._fail_build(approval, sha, previous, note)
+            raise HiveError(f"approval {aid} ({name} {sha[:12]}) failed: {note}") from exc
+        with trio.CancelScope(shield=True):
+            tag = f"deployed/{aid}"
+            await self.repos.tag(name, tag, sha)
+            await self.repos.delete_ref(name, f"{PREVIOUS_MAIN}/{aid}")
+            resolved = await self._resolve(approval, "approved")
+            await self.notifier.kick(name, REASON_CONFIG_APPLIED)
+            await self._announce(resolved, sha, tag)
+            await self.notifier.notify_manager(Rebuilt(agent=name, ok=True, sha=sha, tag=tag), name)
+        log.info("approval %d: %s deployed %s", aid, name, sha[:12])
+
+    async def _fail_build(self, approval: Approval, sha: str | None, previous: str | None, note: str) -> None:
+        """Roll main back to ``previous``, tag ``failed/<id>`` (body: ``note``), fail the row, tell."""
+        name, aid = approval.agent, approval.id
+        tag: str | None = None
+        with trio.CancelScope(shield=True):
+            try:
+                if previous is not None:  # also re-syncs a work tree a crash left half-reset
+                    await self.repos.move_main(name, previous)
+                if sha is not None:
+                    tag = f"failed/{aid}"
+                    await self.repos.tag(name, tag, sha, message=note)
+                await self.repos.delete_ref(name, f"{PREVIOUS_MAIN}/{aid}")
+            except HiveError:
+                log.exception("approval %d: could not roll back the applied repo of %s", aid, name)
+            resolved = await self._resolve(approval, "failed", note)
+            await self._announce(resolved, sha, tag)
+            await self.notifier.notify_manager(
+                Rebuilt(agent=name, ok=False, note=note, sha=sha, tag=tag), name, note
+            )
+
+    async def _abandon_build(self, approval: Approval) -> None:
+        """The replay of an apply_commit a daemon stop interrupted: never rebuild; settle the row."""
+        if approval.status != "pending":
+            return
+        name, aid, sha = approval.agent, approval.id, approval.fetched_sha
+        if sha is not None and await self.repos.resolve(name, f"refs/tags/deployed/{aid}") == sha:
+            # the deploy had finished; only the bookkeeping was cut short
+            resolved = await self._resolve(approval, "approved")
+            await self._announce(resolved, sha, f"deployed/{aid}")
+            return
+        previous = await self.repos.resolve(name, f"{PREVIOUS_MAIN}/{aid}")
+        started = await self.repos.resolve(name, f"refs/tags/building/{aid}") is not None
+        note = RESTARTED_NOTE if started else "hive-c0re restarted before the build started; request it again"
+        log.warning(
+            "approval %d: %s; applied main of %s %s",
+            aid,
+            note,
+            name,
+            f"rolled back to {previous[:12]}" if previous else "unchanged",
+        )
+        await self._fail_build(approval, sha, previous, note)
+
+    # spawn, deny, init_config ------------------------------------------------------------------------
+
+    async def _spawn(self, approval: Approval, *, replay: bool) -> None:
+        if approval.kind != "spawn":
+            raise HiveError(f"approval {approval.id} is not a spawn")
+        if not replay:
+            self._still_pending(approval)
+            if await self._exists(approval.agent):
+                raise Refused(f'agent "{approval.agent}" already exists')
+        try:
+            await self.lifecycle.spawn(approval.agent)
+        except HiveError as exc:
+            if approval.status == "pending":
+                with trio.CancelScope(shield=True):
+                    await self._announce(await self._resolve(approval, "failed", str(exc)))
+            raise
+        if approval.status == "pending":
+            await self._announce(await self._resolve(approval, "approved"))
+
+    async def _deny(self, approval: Approval, note: str | None) -> None:
+        self._still_pending(approval)
+        tag = None
+        if approval.kind == "apply_commit" and approval.fetched_sha:
+            tag = f"denied/{approval.id}"
+            await self.repos.tag(approval.agent, tag, approval.fetched_sha, message=note or "")
+        resolved = await self._resolve(approval, "denied", note)
+        await self._announce(resolved, approval.fetched_sha, tag)
+
+    async def _init_config(self, approval: Approval, *, replay: bool = False) -> None:
+        self._still_pending(approval)
+        name = approval.agent
+        # a replay finishes a seed the crash interrupted (seeding is idempotent)
+        if not replay and await self.repos.is_repo(self.repos.proposed(name)):
+            note = f'"{name}" already has a config repo'
+            await self._announce(await self._resolve(approval, "failed", note))
+            raise Refused(note)
+        await self.repos.seed_proposed(name)
+        await self._announce(await self._resolve(approval, "approved"))
+        await self.notifier.notify_manager(ConfigReady(agent=name), name)
