@@ -56,6 +56,7 @@ class AgentSockets:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._sockets: dict[str, AgentSocket] = {}
         self._binds = self._unbinds = self._failures = 0
+        self._changed = trio.Event()
         views.observe(self._observe)
 
     def statistics(self) -> AgentSocketsStatistics:
@@ -63,6 +64,18 @@ class AgentSockets:
 
     def socket(self, name: str) -> AgentSocket | None:
         return self._sockets.get(name)
+
+    def bound(self) -> list[str]:
+        return sorted(self._scopes)
+
+    async def wait_for(self, predicate: Callable[[AgentSockets], bool]) -> None:
+        """Return once ``predicate(self)`` holds; checked after every bind and unbind (tests)."""
+        while not predicate(self):
+            await self._changed.wait()
+
+    def _changed_now(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     def _observe(self, applied: RowsApplied) -> None:
         for name, (old, new) in applied.changes.items():
@@ -110,6 +123,7 @@ class AgentSockets:
         self._binds += 1
         self._scopes[name] = scope
         self._sockets[name] = sock
+        self._changed_now()
 
     async def _unbind(self, name: str) -> None:
         scope = self._scopes.pop(name, None)
@@ -118,6 +132,7 @@ class AgentSockets:
             scope.cancel()  # the server unlinks its socket file on the way out
             self._unbinds += 1
         await trio.to_thread.run_sync(self._remove_dir, name)
+        self._changed_now()
 
     def _remove_dir(self, name: str) -> None:
         try:

@@ -80,6 +80,7 @@ class BrokerStatistics:
     redelivered: int
     acked: int
     vacuumed: int
+    sweeps: int
     open_leases: int
     waiters: int
 
@@ -207,9 +208,11 @@ class Broker:
         self._clock = clock
         self.vacuum_interval = vacuum_interval
         self._wake: dict[str, trio.Event] = {}
+        self._parked: dict[str, int] = {}
+        self._park_changed = trio.Event()
         self._leases: set[int] = set()
         self._last_lease = 0
-        self._sent = self._delivered = self._redelivered = self._acked = self._vacuumed = 0
+        self._sent = self._delivered = self._redelivered = self._acked = self._vacuumed = self._sweeps = 0
 
     def statistics(self) -> BrokerStatistics:
         return BrokerStatistics(
@@ -218,8 +221,9 @@ class Broker:
             redelivered=self._redelivered,
             acked=self._acked,
             vacuumed=self._vacuumed,
+            sweeps=self._sweeps,
             open_leases=len(self._leases),
-            waiters=len(self._wake),
+            waiters=sum(self._parked.values()),
         )
 
     # --- leases ------------------------------------------------------------------------------------
@@ -352,8 +356,30 @@ class Broker:
                 return got
             if trio.current_time() >= deadline:
                 return []
-            with trio.move_on_at(deadline):
-                await event.wait()
+            self._park(recipient, +1)
+            try:
+                with trio.move_on_at(deadline):
+                    await event.wait()
+            finally:
+                self._park(recipient, -1)
+
+    def _park(self, recipient: str, delta: int) -> None:
+        count = self._parked.get(recipient, 0) + delta
+        if count:
+            self._parked[recipient] = count
+        else:
+            self._parked.pop(recipient, None)
+        self._park_changed.set()
+        self._park_changed = trio.Event()
+
+    def parked(self, recipient: str) -> int:
+        """How many ``recv`` calls are waiting for a message to ``recipient`` right now."""
+        return self._parked.get(recipient, 0)
+
+    async def wait_parked(self, recipient: str) -> None:
+        """Return once at least one ``recv`` is waiting for ``recipient`` (tests, benchmarks)."""
+        while not self._parked.get(recipient):
+            await self._park_changed.wait()
 
     async def release(self, lease: int, messages: list[Delivery]) -> None:
         """Put back rows whose ``recv`` answer never reached the client."""
@@ -374,6 +400,7 @@ class Broker:
         cutoff = int(self._clock() - max_age)
         deleted = await self._store.call(lambda c: _vacuum(c, cutoff))
         self._vacuumed += deleted
+        self._sweeps += 1
         if deleted:
             log.info("broker: vacuumed %d acked messages older than %d days", deleted, max_age // 86400)
         return deleted
