@@ -26,3 +26,4 @@ bench:
 	.venv/bin/python bench/rescan.py
 	.venv/bin/python bench/host_sock.py
 	.venv/bin/python bench/cli.py
+	.venv/bin/python bench/broker.py
