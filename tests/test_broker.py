@@ -482,3 +482,69 @@ async def test_ensure_manager_spawns_then_starts_the_manager(state_dir: Path) ->
         await eventually(lambda: inbox.exists() and inbox.read_text().strip() != "", timeout=30)
         nursery.cancel_scope.cancel()
     assert (config.paths.agent_state(MANAGER_NAME) / harness.PROMPT_FILE).exists()
+
+
+async def test_turn_command_gets_the_messages_on_stdin(hub: Hub) -> None:
+    state = hub.daemon.config.paths.agent_state("coder")
+    turns = state / "turns.log"
+    settings = HarnessSettings(
+        label="coder",
+        state_dir=state,
+        heartbeat_seconds=3600,
+        socket=hub.agent_sock("coder"),
+        turn_command=f"cat >> {turns}",
+        recv_wait=5,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_harness, settings)
+        await call(hub.manager_sock, {"cmd": "send", "to": "coder", "body": "run the tests"})
+        await eventually(lambda: turns.exists() and "run the tests" in turns.read_text())
+        await eventually(lambda: hub.broker.statistics().acked >= 1)
+        nursery.cancel_scope.cancel()
+    [turn] = [json.loads(line) for line in turns.read_text().splitlines()]
+    assert (turn["sender"], turn["body"]) == ("manager", "run the tests")
+
+
+async def test_harness_reconnects_after_a_daemon_restart(state_dir: Path) -> None:
+    from hivecore.daemon import main
+
+    config = make_config(state_dir)
+    inbox = config.paths.agent_state("coder") / harness.INBOX_FILE
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(main, config)
+        await daemon.coordinator.spawn("coder")
+        await call(config.manager_socket_path, {"cmd": "send", "to": "coder", "body": "hello"})
+        await eventually(lambda: inbox.exists() and "hello" in inbox.read_text(), timeout=30)
+        nursery.cancel_scope.cancel()
+    assert not config.agent_socket_path("coder").exists()  # the old daemon's socket is gone
+    async with trio.open_nursery() as nursery:
+        daemon = await nursery.start(main, config)
+        with trio.fail_after(10):
+            await daemon.agent_sockets.wait_for(lambda a: "coder" in a.bound())
+        await call(config.manager_socket_path, {"cmd": "send", "to": "coder", "body": "are you back?"})
+        await eventually(lambda: "are you back?" in inbox.read_text(), timeout=30)
+        nursery.cancel_scope.cancel()
+
+
+def test_runtime_dir_flag_places_every_socket(tmp_path: Path) -> None:
+    from hivecore.cli.daemon import build_parser, config_from_args
+
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--runtime-dir",
+            str(tmp_path / "r"),
+            "--no-ensure-manager",
+        ]
+    )
+    config = config_from_args(args)
+    assert config.ensure_manager is False
+    assert config.host_socket_path == tmp_path / "r" / "host.sock"
+    assert config.manager_socket_path == tmp_path / "r" / "manager" / "mcp.sock"
+    assert config.agent_socket_path("coder") == tmp_path / "r" / "agents" / "coder" / "mcp.sock"
+    assert config.agent_socket_path(MANAGER_NAME) == config.manager_socket_path
+    default = config_from_args(build_parser().parse_args(["serve", "--state-dir", str(tmp_path / "s")]))
+    assert default.ensure_manager is True
+    assert default.host_socket_path == tmp_path / "s" / "run" / "host.sock"
