@@ -99,7 +99,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     crash_watch = CrashWatch(views, notifier, quiet, config.crash_watch_interval, runtime=runtime)
     supervisor = Supervisor(bus)
     agent_sockets = AgentSockets(config, views, broker)
-    manager_socket = ManagerSocket(config, broker, coordinator, group=config.admin_group)
+    manager_socket = ManagerSocket(config, broker, coordinator)
     daemon = Daemon(
         config,
         bus,
