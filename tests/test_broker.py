@@ -548,3 +548,57 @@ def test_runtime_dir_flag_places_every_socket(tmp_path: Path) -> None:
     default = config_from_args(build_parser().parse_args(["serve", "--state-dir", str(tmp_path / "s")]))
     assert default.ensure_manager is True
     assert default.host_socket_path == tmp_path / "s" / "run" / "host.sock"
+
+
+async def test_a_recv_answer_that_cannot_be_written_puts_the_messages_back(hub: Hub) -> None:
+    stream = await trio.open_unix_socket(str(hub.agent_sock("tester")))
+    await stream.send_all(b'{"cmd":"recv","wait_seconds":60}\n')
+    with trio.fail_after(10):
+        await hub.broker.wait_parked("tester")
+    await stream.aclose()  # hung up while waiting
+    await call(hub.manager_sock, {"cmd": "send", "to": "tester", "body": "lost?"})
+
+    async def released() -> bool:
+        [row] = await hub.rows("tester")
+        return hub.broker.statistics().delivered == 1 and row["delivered_at"] is None
+
+    with trio.fail_after(10):
+        while not await released():  # noqa: ASYNC110  # the server's handler has no event for us
+            await trio.sleep(0.01)
+    got = await call(hub.agent_sock("tester"), {"cmd": "recv"})
+    assert [(m["body"], m["redelivered"]) for m in got["messages"]] == [("lost?", False)]
+
+
+async def test_concurrent_senders_each_message_delivered_once_in_order(hub: Hub) -> None:
+    per_sender = 40
+    received: list[dict[str, Any]] = []
+
+    async def sender(path: Path, tag: str) -> None:
+        chan = await Channel.open(path)
+        try:
+            for i in range(per_sender):
+                assert (await chan.call({"cmd": "send", "to": "tester", "body": f"{tag} {i}"}))["ok"]
+        finally:
+            await chan.aclose()
+
+    async def reader() -> None:
+        chan = await Channel.open(hub.agent_sock("tester"))
+        try:
+            while len(received) < 2 * per_sender:
+                got = await chan.call({"cmd": "recv", "wait_seconds": 10, "max": 7})
+                received.extend(got["messages"])
+                await chan.call({"cmd": "ack_turn"})
+        finally:
+            await chan.aclose()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            nursery.start_soon(sender, hub.agent_sock("coder"), "coder")
+            nursery.start_soon(sender, hub.manager_sock, "manager")
+    assert len({m["id"] for m in received}) == len(received) == 2 * per_sender
+    assert not any(m["redelivered"] for m in received)
+    for tag in ("coder", "manager"):
+        mine = [m["body"] for m in received if m["sender"] == tag]
+        assert mine == [f"{tag} {i}" for i in range(per_sender)]
+    assert all(r["acked_at"] is not None for r in await hub.rows("tester"))
