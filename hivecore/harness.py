@@ -46,7 +46,8 @@ RECV_WAIT = 60.0
 RECV_MAX = 32
 BACKOFF_START = 0.2
 BACKOFF_MAX = 5.0
-MAX_ANSWER = 1024 * 1024
+MAX_ANSWER = 8 * 1024 * 1024
+"""32 messages of up to 64 KiB (helper events may exceed the 4 KiB socket cap), JSON-escaped."""
 SOCKET_HINTS = Hints(
     start="the daemon is not running or has not bound this agent's socket yet",
     choose="check HIVE_SOCKET",

@@ -602,3 +602,11 @@ async def test_concurrent_senders_each_message_delivered_once_in_order(hub: Hub)
         mine = [m["body"] for m in received if m["sender"] == tag]
         assert mine == [f"{tag} {i}" for i in range(per_sender)]
     assert all(r["acked_at"] is not None for r in await hub.rows("tester"))
+
+
+async def test_internal_posts_may_exceed_the_socket_cap_but_not_64k(hub: Hub) -> None:
+    long_note = "n" * 10_000
+    message_id = await hub.broker.post("system", "manager", long_note)
+    assert [r["id"] for r in await hub.rows("manager") if r["body"] == long_note] == [message_id]
+    with pytest.raises(br.BadMessage, match="the limit is 65536"):
+        await hub.broker.post("system", "manager", "n" * 70_000)

@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 OPERATOR = "operator"
 BROADCAST = "*"
+INTERNAL_MAX_BODY = 64 * 1024
+"""Kicks and helper events (a failed build's note can be long) may exceed the sockets' 4 KiB."""
 VACUUM_INTERVAL = 3600.0
 VACUUM_AGE = 30 * 24 * 3600
 """Acked rows older than this (seconds since ``acked_at``) are deleted."""
@@ -267,7 +269,14 @@ class Broker:
         return [name]
 
     async def send(
-        self, sender: str, to: object, body: object, *, in_reply_to: int | None = None, check: bool = True
+        self,
+        sender: str,
+        to: object,
+        body: object,
+        *,
+        in_reply_to: int | None = None,
+        check: bool = True,
+        max_body: int = MAX_BODY,
     ) -> list[int]:
         """Queue ``body`` for ``to`` (fan-out for ``*``); the ids written, one per inbox.
 
@@ -277,9 +286,9 @@ class Broker:
         if not isinstance(body, str):
             raise BadMessage("body must be a string")
         size = len(body.encode("utf-8", "surrogatepass"))
-        if size > MAX_BODY:
+        if size > max_body:
             raise BadMessage(
-                f"body is {size} bytes; the limit is {MAX_BODY}: write longer content to a file in "
+                f"body is {size} bytes; the limit is {max_body}: write longer content to a file in "
                 "your state dir and send its path"
             )
         if not body.strip():
@@ -310,8 +319,8 @@ class Broker:
         return ids
 
     async def post(self, sender: str, recipient: str, body: str) -> int:
-        """Internal send to exactly one inbox (no existence check); the row id."""
-        ids = await self.send(sender, recipient, body, check=False)
+        """Internal send to exactly one inbox (no existence check, a 64 KiB body cap); the row id."""
+        ids = await self.send(sender, recipient, body, check=False, max_body=INTERNAL_MAX_BODY)
         return ids[0]
 
     # --- recv / ack -----------------------------------------------------------------------------------
