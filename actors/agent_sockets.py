@@ -7,7 +7,7 @@ holds the runtime's pidfile and log; those belong to the runtime, which removes 
 The manager has no agent socket: it uses the manager socket.
 
 The observer callback runs synchronously inside the views actor; it only queues the change on an
-unbounded channel. :meth:`AgentSockets.run` owns one cancel scope per bound socket; on a restart
+unbounded channel. A bind that failed (logged) is retried on the agent's next row change. :meth:`AgentSockets.run` owns one cancel scope per bound socket; on a restart
 after a crash it re-syncs with the views' current rows.
 """
 
@@ -69,7 +69,8 @@ class AgentSockets:
         return sorted(self._scopes)
 
     async def wait_for(self, predicate: Callable[[AgentSockets], bool]) -> None:
-        """Return once ``predicate(self)`` holds; checked after every bind and unbind (tests)."""
+        """Return once ``predicate(self)`` holds; checked after every bind (or failed bind) and
+        unbind (tests)."""
         while not predicate(self):
             await self._changed.wait()
 
@@ -79,8 +80,14 @@ class AgentSockets:
 
     def _observe(self, applied: RowsApplied) -> None:
         for name, (old, new) in applied.changes.items():
-            if (old is None) != (new is None) and name != MANAGER_NAME:
-                self._send.send_nowait((name, new is not None))
+            if name == MANAGER_NAME:
+                continue
+            if new is None:
+                if old is not None:
+                    self._send.send_nowait((name, False))
+            elif old is None or name not in self._scopes:
+                # a new row, or a row of an agent whose bind failed earlier: (re)try the bind
+                self._send.send_nowait((name, True))
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -114,11 +121,13 @@ class AgentSockets:
             await nursery.start(serve)
         except ListenError as exc:
             self._failures += 1
-            log.error("agent socket for %s: %s", name, exc)
+            log.error("agent socket for %s: %s (retried on its next change)", name, exc)
+            self._changed_now()
             return
         except Exception:
             self._failures += 1
-            log.exception("agent socket for %s could not be bound", name)
+            log.exception("agent socket for %s could not be bound (retried on its next change)", name)
+            self._changed_now()
             return
         self._binds += 1
         self._scopes[name] = scope

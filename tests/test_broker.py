@@ -610,3 +610,18 @@ async def test_internal_posts_may_exceed_the_socket_cap_but_not_64k(hub: Hub) ->
     assert [r["id"] for r in await hub.rows("manager") if r["body"] == long_note] == [message_id]
     with pytest.raises(br.BadMessage, match="the limit is 65536"):
         await hub.broker.post("system", "manager", "n" * 70_000)
+
+
+async def test_a_failed_bind_is_retried_on_the_next_row_change(hub: Hub) -> None:
+    path = hub.agent_sock("late")
+    path.parent.mkdir(parents=True)
+    path.write_text("not a socket")  # binding refuses to replace a regular file
+    await hub.daemon.coordinator.spawn("late")
+    with trio.fail_after(10):
+        await hub.daemon.agent_sockets.wait_for(lambda a: a.statistics().bind_failures >= 1)
+    assert "late" not in hub.daemon.agent_sockets.bound()
+    path.unlink()
+    await hub.daemon.coordinator.set_paused("late", True)  # any row change
+    with trio.fail_after(10):
+        await hub.daemon.agent_sockets.wait_for(lambda a: "late" in a.bound())
+    assert (await call(path, {"cmd": "whoami"}))["whoami"]["name"] == "late"
