@@ -7,8 +7,9 @@ holds the runtime's pidfile and log; those belong to the runtime, which removes 
 The manager has no agent socket: it uses the manager socket.
 
 The observer callback runs synchronously inside the views actor; it only queues the change on an
-unbounded channel. A bind that failed (logged) is retried on the agent's next row change. :meth:`AgentSockets.run` owns one cancel scope per bound socket; on a restart
-after a crash it re-syncs with the views' current rows.
+unbounded channel. A bind that failed (logged) is retried on the agent's next row change.
+:meth:`AgentSockets.run` owns one cancel scope per bound socket; on a restart after a crash it
+re-syncs with the views' current rows.
 """
 
 from __future__ import annotations
