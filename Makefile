@@ -27,3 +27,4 @@ bench:
 	.venv/bin/python bench/host_sock.py
 	.venv/bin/python bench/cli.py
 	.venv/bin/python bench/verbs.py
+	.venv/bin/python bench/broker.py

@@ -24,6 +24,7 @@ let
     "--runtime" "nixos"
     "--dashboard-host" cfg.dashboardHost
     "--dashboard-port" (toString cfg.dashboardPort)
+    "--runtime-dir" "/run/hyperhive"
     "--host-socket" "/run/hyperhive/host.sock"
     "--admin-group" cfg.adminGroup
     "--operator-pronouns" cfg.operatorPronouns

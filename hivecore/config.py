@@ -7,7 +7,7 @@ from typing import Literal
 
 import attrs
 
-from hivecore.names import child_path
+from hivecore.names import MANAGER_NAME, child_path, validate_name
 
 RuntimeKind = Literal["process", "nixos"]
 
@@ -19,7 +19,7 @@ class Config:
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 7000
     host_socket: Path | None = None
-    """Admin socket path; ``None`` means ``<state>/run/host.sock``."""
+    """Admin socket path; ``None`` means ``<runtime-dir>/host.sock``."""
     admin_group: str | None = None
     operator_pronouns: str = "she/her"
     hyperhive_flake: str | None = None
@@ -28,14 +28,40 @@ class Config:
     """Seconds between SIGTERM and SIGKILL when stopping a process-runtime agent."""
     domain: str | None = None
     """Public domain of the gateway; agent URLs are ``https://<domain>/agent/<name>/``."""
+    runtime_dir: Path | None = None
+    """Where the sockets live (host.sock, manager/mcp.sock, agents/<n>/mcp.sock); ``None``: <state>/run."""
+    ensure_manager: bool = True
+    """Create the manager (hm1nd) at startup if it is missing, start it if it is stopped."""
 
     @property
     def paths(self) -> StatePaths:
         return StatePaths(self.state_dir.absolute())
 
     @property
+    def runtime_path(self) -> Path:
+        return self.runtime_dir.absolute() if self.runtime_dir is not None else self.paths.run
+
+    @property
     def host_socket_path(self) -> Path:
-        return self.host_socket if self.host_socket is not None else self.paths.run / "host.sock"
+        return self.host_socket if self.host_socket is not None else self.runtime_path / "host.sock"
+
+    @property
+    def manager_socket_path(self) -> Path:
+        return self.runtime_path / "manager" / "mcp.sock"
+
+    @property
+    def agent_sockets_root(self) -> Path:
+        return self.runtime_path / "agents"
+
+    def agent_socket_dir(self, name: str) -> Path:
+        """``<runtime-dir>/agents/<name>`` (validated; a symlink planted there is refused)."""
+        return child_path(self.agent_sockets_root, name)
+
+    def agent_socket_path(self, name: str) -> Path:
+        """The socket an agent reaches the daemon on (the manager: the manager socket)."""
+        if name == MANAGER_NAME:
+            return self.manager_socket_path
+        return self.agent_sockets_root / validate_name(name) / "mcp.sock"
 
 
 @attrs.frozen

@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import trio
 
+from actors.agent_sockets import AgentSockets
 from actors.crash_watch import CrashWatch
 from actors.event_bus import EventBus
 from actors.rebuild_queue import JobLane
@@ -26,13 +27,17 @@ from actors.transients import TransientRegistry
 from actors.views import Views
 from hivecore.config import Config
 from hivecore.coordinator import Coordinator
+from hivecore.errors import HiveError
+from hivecore.names import MANAGER_NAME
 from hivecore.repos import Repos
 from hivecore.runtime.base import ContainerRuntime
 from hivecore.services.approvals import Approvals
+from hivecore.services.broker import Broker
 from hivecore.services.jobs import Jobs
 from hivecore.services.lifecycle import Lifecycle
 from hivecore.services.notify import Notifier
 from hivecore.sockets.host import HostSocket, live_urls
+from hivecore.sockets.mcp import ManagerSocket
 from hivecore.statelock import hold_state_lock
 from hivecore.store import Store
 
@@ -60,6 +65,9 @@ class Daemon:
     approvals: Approvals
     jobs: Jobs
     """The lane's runner (lifecycle verbs and approval jobs)."""
+    broker: Broker
+    agent_sockets: AgentSockets
+    manager_socket: ManagerSocket
     dashboard_urls: list[str] = attrs.field(factory=list)
 
     def dashboard_port(self) -> int:
@@ -97,7 +105,8 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     transients = TransientRegistry(bus)
     runtime = runtime if runtime is not None else make_runtime(config)
     views = Views(config.paths, runtime, transients, bus, domain=config.domain)
-    notifier = Notifier(store, bus)
+    broker = Broker(store, bus, lambda: views.rows().keys())
+    notifier = Notifier(broker, bus)
     repos = Repos(config.paths)
     lifecycle = Lifecycle(config, runtime, views, transients, store, notifier, repos=repos)
     approvals = Approvals(lifecycle, repos, store, bus, notifier)
@@ -110,6 +119,8 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
 
     crash_watch = CrashWatch(views, notifier, quiet, config.crash_watch_interval, runtime=runtime)
     supervisor = Supervisor(bus)
+    agent_sockets = AgentSockets(config, views, broker)
+    manager_socket = ManagerSocket(config, broker, coordinator)
     daemon = Daemon(
         config,
         bus,
@@ -124,6 +135,9 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         crash_watch,
         approvals=approvals,
         jobs=jobs,
+        broker=broker,
+        agent_sockets=agent_sockets,
+        manager_socket=manager_socket,
     )
     lifecycle.dashboard_port = daemon.dashboard_port
     return daemon
@@ -155,18 +169,53 @@ async def main(
         children = [
             ChildSpec("event_bus", daemon.bus.run),
             ChildSpec("store", daemon.store.run),
+            ChildSpec("broker", daemon.broker.run),
             ChildSpec("views", daemon.views.run),
             ChildSpec("approvals", daemon.approvals.run),
             ChildSpec("rebuild_queue", daemon.lane.run),
             ChildSpec("crash_watch", daemon.crash_watch.run),
+            ChildSpec("agent_sockets", daemon.agent_sockets.run),
+            ChildSpec("manager_socket", daemon.manager_socket.run),
             ChildSpec("host_socket", admin.run),
         ]
+        if config.ensure_manager:
+            children.append(ChildSpec("ensure_manager", partial(ensure_manager_child, daemon)))
         if web_factory is not None:
             children.append(_dashboard_child(daemon, web_factory))
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.supervisor.run, children)
             log.info("hive-c0re serving (%d actors)", len(children))
             task_status.started(daemon)
+
+
+async def ensure_manager(daemon: Daemon) -> str:
+    """Create the manager if it is missing, start it if it is stopped (reference: ``ensure_manager``).
+
+    Returns what it did: ``spawned``, ``started`` or ``running``. Runs after the job lane is open,
+    through the façade, so it is an ordinary journaled job.
+    """
+    state = (await daemon.runtime.list([MANAGER_NAME])).get(MANAGER_NAME)
+    if state is None:
+        log.info("ensure_manager: %s is missing; spawning it", MANAGER_NAME)
+        await daemon.coordinator.spawn(MANAGER_NAME, source="internal")
+        return "spawned"
+    if not state.running:
+        log.info("ensure_manager: %s is stopped; starting it", MANAGER_NAME)
+        await daemon.coordinator.start(MANAGER_NAME, source="internal")
+        return "started"
+    return "running"
+
+
+async def ensure_manager_child(daemon: Daemon, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """The one-shot startup step: serving at once, then :func:`ensure_manager`; a failure is logged
+    (the operator sees the manager missing on the dashboard), never a crash loop."""
+    task_status.started()
+    try:
+        await ensure_manager(daemon)
+    except HiveError as exc:
+        log.error("ensure_manager: could not bring up %s: %s", MANAGER_NAME, exc)
+    except Exception:
+        log.exception("ensure_manager: could not bring up %s", MANAGER_NAME)
 
 
 def _dashboard_child(daemon: Daemon, web_factory: WebFactory) -> ChildSpec:

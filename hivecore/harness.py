@@ -1,12 +1,24 @@
 """``python -m hivecore.harness``: the minimal agent the process runtime runs by default.
 
-It reads ``HIVE_LABEL`` and ``HIVE_STATE_DIR``, writes ``env.json`` (its ``HIVE_*`` environment) into
-the state dir, then rewrites ``heartbeat`` (unix time) every ``HIVE_HEARTBEAT_SECONDS`` (default 5)
-until SIGTERM or SIGINT, on which it exits 0. Later it will long-poll its agent socket.
+It reads ``HIVE_LABEL`` and ``HIVE_STATE_DIR``, writes ``env.json`` (its ``HIVE_*`` environment) and
+``system-prompt.md`` (rendered from ``hivecore/templates/prompts/{agent,manager}.md`` with ``{label}``
+and ``{operator_pronouns}``) into the state dir, then rewrites ``heartbeat`` (unix time) every
+``HIVE_HEARTBEAT_SECONDS`` (default 5) until SIGTERM or SIGINT, on which it exits 0.
+
+With ``HIVE_SOCKET`` set it also serves its inbox: one connection to the socket, ``recv`` long-polls
+(up to 32 messages a turn), each message appended as one JSON line to ``inbox.log`` in the state dir
+(a redelivered one carries ``"possibly_handled": true``: an earlier run received it and never acked
+it), the turn command run if there is one (``--turn-command CMD`` or ``HIVE_TURN_COMMAND``, a shell
+command given the turn's messages as JSON lines on stdin; its exit status is logged), then
+``ack_turn``. If the daemon goes away it reconnects with backoff (0.2 s doubling to 5 s); a turn
+finished but not yet acked is acked first on the new connection, so it is not delivered again.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.resources
+import json
 import logging
 import os
 import signal
@@ -14,17 +26,33 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
 
 from hivecore.runtime.shim import write_json_atomic
+from hivecore.sockets.client import Hints, Unreachable, connect
 
 log = logging.getLogger("hivecore.harness")
 
 ENV_FILE = "env.json"
 HEARTBEAT_FILE = "heartbeat"
 DEFAULT_HEARTBEAT_SECONDS = 5.0
+INBOX_FILE = "inbox.log"
+PROMPT_FILE = "system-prompt.md"
+MANAGER_NAME = "hm1nd"
+RECV_WAIT = 60.0
+RECV_MAX = 32
+BACKOFF_START = 0.2
+BACKOFF_MAX = 5.0
+MAX_ANSWER = 8 * 1024 * 1024
+"""32 messages of up to 64 KiB (helper events may exceed the 4 KiB socket cap), JSON-escaped."""
+SOCKET_HINTS = Hints(
+    start="the daemon is not running or has not bound this agent's socket yet",
+    choose="check HIVE_SOCKET",
+    group=None,
+)
 
 
 class SettingsError(Exception):
@@ -37,6 +65,10 @@ class HarnessSettings:
     state_dir: Path
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     hive_env: Mapping[str, str] = attrs.field(factory=dict)
+    socket: Path | None = None
+    """``HIVE_SOCKET``: the agent's socket; None: no inbox (heartbeat only)."""
+    turn_command: str | None = None
+    recv_wait: float = RECV_WAIT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> HarnessSettings:
@@ -52,7 +84,144 @@ class HarnessSettings:
         if not heartbeat > 0:
             raise SettingsError(f"HIVE_HEARTBEAT_SECONDS must be positive, not {raw!r}")
         hive_env = {k: v for k, v in env.items() if k.startswith("HIVE_")}
-        return cls(label=label, state_dir=Path(state_dir), heartbeat_seconds=heartbeat, hive_env=hive_env)
+        sock = env.get("HIVE_SOCKET") or None
+        return cls(
+            label=label,
+            state_dir=Path(state_dir),
+            heartbeat_seconds=heartbeat,
+            hive_env=hive_env,
+            socket=Path(sock) if sock else None,
+            turn_command=env.get("HIVE_TURN_COMMAND") or None,
+        )
+
+
+def render_prompt(label: str, operator_pronouns: str) -> str:
+    """The system prompt for ``label`` (the manager gets ``manager.md``)."""
+    name = "manager.md" if label == MANAGER_NAME else "agent.md"
+    template = importlib.resources.files("hivecore").joinpath("templates", "prompts", name).read_text("utf-8")
+    return template.replace("{label}", label).replace("{operator_pronouns}", operator_pronouns)
+
+
+def write_prompt(settings: HarnessSettings) -> None:
+    pronouns = settings.hive_env.get("HIVE_OPERATOR_PRONOUNS") or "she/her"
+    tmp = settings.state_dir / f".{PROMPT_FILE}.tmp"
+    tmp.write_text(render_prompt(settings.label, pronouns), encoding="utf-8")
+    os.replace(tmp, settings.state_dir / PROMPT_FILE)
+
+
+def record(state_dir: Path, messages: list[dict[str, Any]]) -> None:
+    """Append each message as one JSON line to ``inbox.log`` (redelivered: ``possibly_handled``)."""
+    lines = []
+    for m in messages:
+        entry = dict(m)
+        if entry.get("redelivered"):
+            entry["possibly_handled"] = True
+        lines.append(json.dumps(entry, separators=(",", ":"), ensure_ascii=False) + "\n")
+    with (state_dir / INBOX_FILE).open("a", encoding="utf-8") as f:
+        f.write("".join(lines))
+
+
+class SocketGone(Exception):
+    """The daemon closed the connection or answered something unreadable."""
+
+
+class Channel:
+    """One open connection to the agent socket: a JSON request line out, one answer line back."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self._buf = bytearray()
+
+    @classmethod
+    async def open(cls, path: Path) -> Channel:
+        sock = await trio.to_thread.run_sync(connect, str(path), 5.0, SOCKET_HINTS, abandon_on_cancel=True)
+        sock.setblocking(False)
+        return cls(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+
+    async def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        await self.stream.send_all(json.dumps(request).encode() + b"\n")
+        while (i := self._buf.find(b"\n")) < 0:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise SocketGone("the daemon closed the connection")
+            self._buf += data
+            if len(self._buf) > MAX_ANSWER:
+                raise SocketGone("answer line too long")
+        line = bytes(self._buf[:i])
+        del self._buf[: i + 1]
+        try:
+            answer = json.loads(line)
+        except ValueError as exc:
+            raise SocketGone(f"unreadable answer: {exc}") from None
+        if not isinstance(answer, dict):
+            raise SocketGone("answer is not a JSON object")
+        return answer
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def run_turn(settings: HarnessSettings, messages: list[dict[str, Any]]) -> None:
+    """Run the turn command with the messages on stdin (JSON lines); failures are logged."""
+    if settings.turn_command is None:
+        return
+    stdin = "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in messages).encode()
+    try:
+        result = await trio.run_process(["/bin/sh", "-c", settings.turn_command], stdin=stdin, check=False)
+    except OSError as exc:
+        log.error("turn command could not run: %s", exc)
+        return
+    if result.returncode != 0:
+        log.warning("turn command exited %d", result.returncode)
+
+
+async def serve_inbox(
+    settings: HarnessSettings, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Long-poll the socket forever: record, run the turn, ack; reconnect with backoff."""
+    assert settings.socket is not None
+    task_status.started()
+    backoff = BACKOFF_START
+    unacked = False
+    while True:
+        try:
+            chan = await Channel.open(settings.socket)
+        except Unreachable as exc:
+            log.info("inbox: %s; retrying in %.1f s", exc, backoff)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+            continue
+        try:
+            if unacked:
+                await _ack(chan)
+                unacked = False
+            log.info("inbox: connected to %s", settings.socket)
+            backoff = BACKOFF_START
+            while True:
+                answer = await chan.call({"cmd": "recv", "wait_seconds": settings.recv_wait, "max": RECV_MAX})
+                if not answer.get("ok"):
+                    raise SocketGone(f"recv refused: {answer.get('error')}")
+                messages = answer.get("messages") or []
+                if not messages:
+                    continue
+                await trio.to_thread.run_sync(record, settings.state_dir, messages)
+                unacked = True
+                await run_turn(settings, messages)
+                await _ack(chan)
+                unacked = False
+        except (SocketGone, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("inbox: connection lost (%s); reconnecting in %.1f s", exc, backoff)
+        finally:
+            with trio.CancelScope(shield=True):
+                await chan.aclose()
+        await trio.sleep(backoff)
+        backoff = min(backoff * 2, BACKOFF_MAX)
+
+
+async def _ack(chan: Channel) -> None:
+    answer = await chan.call({"cmd": "ack_turn"})
+    if not answer.get("ok"):
+        raise SocketGone(f"ack_turn refused: {answer.get('error')}")
 
 
 def beat(state_dir: Path) -> None:
@@ -71,12 +240,16 @@ async def run_harness(
     """
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(settings.state_dir / ENV_FILE, dict(settings.hive_env))
+    write_prompt(settings)
     beat(settings.state_dir)
     log.info("agent %s up; state in %s", settings.label, settings.state_dir)
-    task_status.started()
-    while True:
-        await trio.sleep(settings.heartbeat_seconds)
-        beat(settings.state_dir)
+    async with trio.open_nursery() as nursery:
+        if settings.socket is not None:
+            await nursery.start(serve_inbox, settings)
+        task_status.started()
+        while True:
+            await trio.sleep(settings.heartbeat_seconds)
+            beat(settings.state_dir)
 
 
 async def _main(settings: HarnessSettings) -> None:
@@ -89,13 +262,20 @@ async def _main(settings: HarnessSettings) -> None:
                 break
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m hivecore.harness", description=__doc__)
+    parser.add_argument(
+        "--turn-command", default=None, help="shell command run per turn, messages on stdin as JSON lines"
+    )
+    args = parser.parse_args(argv)
     try:
         settings = HarnessSettings.from_env(os.environ)
     except SettingsError as e:
         log.error("cannot start: %s", e)
         return 2
+    if args.turn_command:
+        settings = attrs.evolve(settings, turn_command=args.turn_command)
     trio.run(_main, settings)
     return 0
 

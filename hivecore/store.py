@@ -75,6 +75,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_state ON jobs(state);
     """,
+    # 3: broker leases (hivecore/services/broker.py): which connection a delivered row was handed
+    # to (``lease``) and whether it has been handed out more than once (``redelivered``)
+    """
+    ALTER TABLE messages ADD COLUMN lease INTEGER;
+    ALTER TABLE messages ADD COLUMN redelivered INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_unacked ON messages(recipient, acked_at, id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -41,7 +41,12 @@ def state_dir() -> Iterator[Path]:
 
 
 def make_config(state_dir: Path, **overrides: object) -> Config:
-    base: dict[str, object] = {"state_dir": state_dir, "dashboard_port": 0, "stop_timeout": 2.0}
+    base: dict[str, object] = {
+        "state_dir": state_dir,
+        "dashboard_port": 0,
+        "stop_timeout": 2.0,
+        "ensure_manager": False,
+    }
     base.update(overrides)
     return Config(**base)  # type: ignore[arg-type]
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 async def serve(state_dir: Path, log: Path) -> trio.Process:
     """Start a daemon (logs to ``log``) and wait until host.sock answers."""
     cmd = [sys.executable, "-m", "hivecore.cli.daemon", "serve", "--state-dir", str(state_dir)]
-    cmd += ["--dashboard-port", "0", "--crash-watch-interval", "3600"]
+    cmd += ["--dashboard-port", "0", "--crash-watch-interval", "3600", "--no-ensure-manager"]
     with log.open("ab") as out:
         proc = await trio.lowlevel.open_process(
             cmd, stdout=subprocess.DEVNULL, stderr=out, env={**os.environ, "PYTHONPATH": str(ROOT)}

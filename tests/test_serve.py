@@ -26,6 +26,7 @@ def serve_cmd(state_dir: Path, *extra: str) -> list[str]:
         str(state_dir),
         "--dashboard-port",
         "0",
+        "--no-ensure-manager",
         *extra,
     ]
 

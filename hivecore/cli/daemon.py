@@ -66,7 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--dashboard-port", type=int, default=7000, help="dashboard port (default 7000)")
     serve.add_argument(
-        "--host-socket", type=Path, default=None, help="admin socket path (default <state-dir>/run/host.sock)"
+        "--runtime-dir",
+        type=Path,
+        default=None,
+        help="where the sockets live: host.sock, manager/mcp.sock, agents/<name>/mcp.sock "
+        "(default <state-dir>/run; /run/hyperhive under the NixOS module)",
+    )
+    serve.add_argument(
+        "--host-socket", type=Path, default=None, help="admin socket path (default <runtime-dir>/host.sock)"
     )
     serve.add_argument(
         "--admin-group",
@@ -90,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between crash_watch polls (default 10)",
     )
     serve.add_argument("--domain", default=None, help="public domain of the gateway, for agent URLs")
+    serve.add_argument(
+        "--no-ensure-manager",
+        dest="ensure_manager",
+        action="store_false",
+        help="do not create/start the manager (hm1nd) at startup (tests, debugging)",
+    )
     serve.add_argument(
         "--log-level",
         default=os.environ.get("HIVE_LOG_LEVEL", "INFO"),
@@ -122,11 +135,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         dashboard_host=args.dashboard_host,
         dashboard_port=args.dashboard_port,
         host_socket=args.host_socket.absolute() if args.host_socket else None,
+        runtime_dir=args.runtime_dir.absolute() if args.runtime_dir else None,
         admin_group=args.admin_group if args.admin_group is not None else _default_group(),
         operator_pronouns=args.operator_pronouns,
         hyperhive_flake=args.hyperhive_flake,
         crash_watch_interval=args.crash_watch_interval,
         domain=args.domain,
+        ensure_manager=args.ensure_manager,
     )
 
 

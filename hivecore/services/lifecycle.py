@@ -147,6 +147,7 @@ class Lifecycle:
         extra = {
             "HIVE_DASHBOARD_PORT": str(port),
             "HIVE_OPERATOR_PRONOUNS": self.config.operator_pronouns,
+            "HIVE_SOCKET": str(self.config.agent_socket_path(name)),
         }
         spec = default_agent_spec(self.config.paths, name, extra_env=extra)
         return attrs.evolve(spec, flake_ref=f"{self.config.paths.meta}#{name}")

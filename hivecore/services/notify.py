@@ -1,14 +1,16 @@
-"""Kicks to agents and helper events to the manager: broker rows from ``system`` (best effort)."""
+"""Kicks to agents and helper events to the manager: broker messages from ``system`` (best effort).
+
+They go through :meth:`Broker.post`, so a waiting ``recv`` of the recipient wakes at once.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from actors.event_bus import EventBus
-from hivecore import store as st
 from hivecore.kick import kick_body
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, SYSTEM_SENDER
-from hivecore.store import Store
+from hivecore.services.broker import Broker
 from hivecore.wire.events import AgentNotice
 from hivecore.wire.helper import HelperEvent, helper_to_body
 
@@ -16,8 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class Notifier:
-    def __init__(self, store: Store, bus: EventBus) -> None:
-        self._store = store
+    def __init__(self, broker: Broker, bus: EventBus) -> None:
+        self._broker = broker
         self._bus = bus
 
     async def kick(self, name: str, reason: str) -> None:
@@ -25,7 +27,7 @@ class Notifier:
         try:
             recipient = MANAGER_AGENT if name == MANAGER_NAME else name
             body = kick_body(name, reason)
-            await self._store.call(lambda c: st.insert_message(c, SYSTEM_SENDER, recipient, body))
+            await self._broker.post(SYSTEM_SENDER, recipient, body)
             log.info("kicked %s: %s", name, reason)
         except Exception:
             log.warning("could not kick %s (%s)", name, reason, exc_info=True)
@@ -35,6 +37,6 @@ class Notifier:
         self._bus.publish(AgentNotice(event=event.EVENT, agent=agent, note=note))
         try:
             body = helper_to_body(event)
-            await self._store.call(lambda c: st.insert_message(c, SYSTEM_SENDER, MANAGER_AGENT, body))
+            await self._broker.post(SYSTEM_SENDER, MANAGER_AGENT, body)
         except Exception:
             log.warning("could not notify the manager of %s for %s", event.EVENT, agent, exc_info=True)

@@ -156,3 +156,31 @@ def dumps(obj: object, unstructure_as: Any = None) -> str:
 
 def loads(data: str | bytes, cl: type[T]) -> T:
     return converter.structure(json.loads(data), cl)
+
+
+def configure_renamed(cl: type[Any], **renames: str) -> None:
+    """Encode/decode ``cl`` with some fields under other wire names (``from_="from"``), keeping the
+    omit-``None`` and strict-object rules; call before ``cl`` joins a tagged union."""
+    from cattrs.gen import override
+
+    overrides = {field: override(rename=wire) for field, wire in renames.items()}
+    base_unstructure = make_dict_unstructure_fn(cl, converter, **overrides)  # type: ignore[arg-type]
+    omittable = tuple(renames.get(a.name, a.name) for a in attrs.fields(cl) if a.default is None)
+
+    def unstructure(obj: Any) -> dict[str, Any]:
+        out = base_unstructure(obj)
+        for key in omittable:
+            if out[key] is None:
+                del out[key]
+        return out
+
+    attrs.resolve_types(cl)
+    base_structure = make_dict_structure_fn(cl, converter, **overrides)  # type: ignore[arg-type]
+
+    def structure(value: Any, _: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected an object, got {json_type_name(value)}")
+        return base_structure(value, cl)
+
+    converter.register_unstructure_hook(cl, unstructure)
+    converter.register_structure_hook(cl, structure)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import attrs
 
 from hivecore.models import ContainerView, Job, TombstoneView, TransientKind
-from hivecore.wire.converter import configure_tagged, converter
+from hivecore.wire.converter import configure_renamed, configure_tagged, converter
 
 
 @attrs.frozen(kw_only=True)
@@ -113,6 +113,36 @@ class RebuildQueueChanged(Event):
     jobs: list[Job] = attrs.field(factory=list)
 
 
+@attrs.frozen(kw_only=True)
+class MessageSent(Event):
+    """A broker message was queued (reference §7.2 ``sent``: ``from``, ``to``, ``body``, ``at``)."""
+
+    KIND = "sent"
+    id: int
+    from_: str
+    to: str
+    body: str
+    at: int
+    in_reply_to: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class MessageDelivered(Event):
+    """A broker message was handed to its recipient's ``recv`` (``redelivered``: not the first time)."""
+
+    KIND = "delivered"
+    id: int
+    from_: str
+    to: str
+    body: str
+    at: int
+    redelivered: bool = False
+
+
+configure_renamed(MessageSent, from_="from")
+configure_renamed(MessageDelivered, from_="from")
+
+
 DashboardEvent = (
     ApprovalAdded
     | ApprovalResolved
@@ -125,6 +155,8 @@ DashboardEvent = (
     | ActorCrashed
     | AgentNotice
     | RebuildQueueChanged
+    | MessageSent
+    | MessageDelivered
 )
 
 

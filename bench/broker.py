@@ -1,0 +1,129 @@
+"""Broker throughput and wake-up latency through a real agent socket, vs bare sqlite inserts.
+
+Run: ``.venv/bin/python bench/broker.py [--messages 2000] [--wakeups 300]``
+
+* **turns/s**: one connection to ``agents/coder/mcp.sock`` does send → recv → ack_turn per message
+  (three round trips, three store transactions); compared with bare sqlite: the same number of
+  single-row ``INSERT`` transactions into a WAL database with the same pragmas, in a worker thread,
+  in the same run. The ratio is what to compare across machines.
+* **wake-up latency**: a second connection parks in ``recv{wait_seconds: 60}``; the time from
+  writing the ``send`` line on the first connection to the parked ``recv`` answer arriving.
+
+The server and the clients share one trio process (clients are the harness's own
+:class:`~hivecore.harness.Channel`), so the client's work is counted against the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from actors.event_bus import EventBus  # after the sys.path fix above
+from hivecore import store as st
+from hivecore.config import Config
+from hivecore.harness import Channel
+from hivecore.services.broker import Broker
+from hivecore.sockets.mcp import AgentSocket
+from hivecore.store import Store
+
+
+class Rows:
+    """A views stand-in: send/recv/ack never read rows (status is not benchmarked)."""
+
+    def rows(self) -> dict[str, object]:
+        return {}
+
+    async def rescan(self, names: object = None) -> dict[str, object]:
+        await trio.lowlevel.checkpoint()
+        return {}
+
+
+def bare_inserts(path: Path, n: int) -> float:
+    conn = st.connect(path)
+    try:
+        start = time.perf_counter()
+        for i in range(n):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO messages(sender, recipient, body, sent_at) VALUES (?,?,?,?)",
+                ("coder", "coder", f"message {i}", int(time.time())),
+            )
+            conn.execute("COMMIT")
+        return n / (time.perf_counter() - start)
+    finally:
+        conn.close()
+
+
+async def bench(root: Path, messages: int, wakeups: int) -> None:
+    config = Config(state_dir=root, ensure_manager=False)
+    config.paths.create_layout()
+    bus = EventBus()
+    store = Store(config.paths.db)
+    broker = Broker(store, bus, lambda: ["coder", "peer"])
+    sock = AgentSocket(config, "coder", broker, Rows())  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        await nursery.start(store.run)
+        await nursery.start(sock.run)
+        chan = await Channel.open(sock.path)
+        start = time.perf_counter()
+        for i in range(messages):
+            await chan.call({"cmd": "send", "to": "coder", "body": f"message {i}"})
+            got = await chan.call({"cmd": "recv"})
+            assert len(got["messages"]) == 1, got
+            await chan.call({"cmd": "ack_turn"})
+        turns = messages / (time.perf_counter() - start)
+
+        waiter = await Channel.open(sock.path)
+        latencies: list[float] = []
+        for i in range(wakeups):
+            answer: dict[str, float] = {}
+
+            async def park(answer: dict[str, float] = answer) -> None:
+                got = await waiter.call({"cmd": "recv", "wait_seconds": 60})
+                answer["at"] = time.perf_counter()
+                assert len(got["messages"]) == 1, got
+                await waiter.call({"cmd": "ack_turn"})
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(park)
+                await broker.wait_parked("coder")
+                sent = time.perf_counter()
+                await chan.call({"cmd": "send", "to": "coder", "body": f"wake {i}"})
+            latencies.append((answer["at"] - sent) * 1000)
+        await chan.aclose()
+        await waiter.aclose()
+        nursery.cancel_scope.cancel()
+
+    bare = await trio.to_thread.run_sync(bare_inserts, root / "bare.sqlite", messages)
+    q = statistics.quantiles(latencies, n=100)
+    print(f"broker via agent socket: {turns:8.0f} send+recv+ack turns/s ({messages} messages)")
+    print(f"bare sqlite inserts:     {bare:8.0f} inserts/s")
+    print(f"ratio turns/inserts:     {turns / bare:8.3f}")
+    print(f"recv wake-up after send: p50 {q[49]:.3f} ms  p99 {q[98]:.3f} ms ({wakeups} wake-ups)")
+
+
+def main() -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--wakeups", type=int, default=300)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="hcb", dir="/tmp"))
+    try:
+        trio.run(bench, root, args.messages, args.wakeups)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

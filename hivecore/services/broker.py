@@ -1,0 +1,425 @@
+"""The broker: messages between agents, the manager, the operator and ``system`` (reference §10).
+
+Rows live in the ``messages`` table (store migrations 1 and 3); the database is the source of truth.
+Everything sqlite goes through the :class:`~hivecore.store.Store` actor.
+
+Recipients
+    an existing agent's name; ``manager`` (``hm1nd`` is an alias); ``operator``; ``*`` — one row per
+    existing agent other than the sender (the manager's row goes to ``manager``). Anything else is
+    refused, nothing is written. Bodies are at most :data:`MAX_BODY` UTF-8 bytes.
+
+Leases (delivery and acknowledgement)
+    Every client connection that reads an inbox holds a *lease* (:meth:`Broker.open_lease`; the
+    socket opens one per connection and closes it when the connection ends). ``recv`` hands out the
+    oldest rows of the inbox that are
+
+    * not delivered yet, or
+    * delivered but not acked, to a lease that is no longer open (its connection closed, or it
+      belonged to an earlier daemon run);
+
+    marks them delivered to the caller's lease and returns them. A row handed out a second (or later)
+    time carries ``redelivered: true``: the previous reader may have acted on it before it went away.
+    Rows delivered to a lease that is still open are never handed out again, so a reader that keeps
+    its connection never sees a message twice, and two live readers never share a message.
+
+    ``ack_turn`` acks (``acked_at = now``) every delivered, unacked row of the inbox except those held
+    by *another* open lease: the caller's own deliveries and any orphaned ones. So a harness that was
+    restarted mid-turn acks on its new connection what it had finished, and whatever it had not
+    acked comes back, flagged, on its next ``recv``.
+
+Wake-ups
+    ``recv`` with ``wait_seconds`` long-polls: it waits on a per-recipient :class:`trio.Event` that
+    :meth:`send` sets right after the row is committed (no polling). The event is taken *before* the
+    inbox is read, so a message committed between the read and the wait still wakes the reader.
+
+Vacuum
+    :meth:`run` deletes acked rows older than 30 days, once at start and then hourly. Unacked rows
+    (queued or in flight) are never deleted, nor rows a kept message replies to; approvals live in
+    another table and are never touched.
+
+Every row written publishes a ``sent`` dashboard event, every row handed out a ``delivered`` one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Collection
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+
+from actors.event_bus import EventBus
+from hivecore.errors import HiveError
+from hivecore.names import MANAGER_AGENT, MANAGER_NAME, validate_name
+from hivecore.store import Store
+from hivecore.wire.agent import MAX_BODY, MAX_RECV_BATCH, MAX_RECV_WAIT, Delivery
+from hivecore.wire.events import MessageDelivered, MessageSent
+
+log = logging.getLogger(__name__)
+
+OPERATOR = "operator"
+BROADCAST = "*"
+INTERNAL_MAX_BODY = 64 * 1024
+"""Kicks and helper events (a failed build's note can be long) may exceed the sockets' 4 KiB."""
+VACUUM_INTERVAL = 3600.0
+VACUUM_AGE = 30 * 24 * 3600
+"""Acked rows older than this (seconds since ``acked_at``) are deleted."""
+
+
+class BadMessage(HiveError):
+    """A send or recv that was refused; nothing was written."""
+
+
+@attrs.frozen
+class BrokerStatistics:
+    sent: int
+    delivered: int
+    redelivered: int
+    acked: int
+    vacuumed: int
+    sweeps: int
+    open_leases: int
+    waiters: int
+
+
+# --- sync, on the store thread ---------------------------------------------------------------------
+
+
+_COLUMNS = "id, sender, recipient, body, sent_at, in_reply_to, delivered_at, redelivered"
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[str, str, str, int | None]], now: int) -> list[int]:
+    ids: list[int] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sender, recipient, body, in_reply_to in rows:
+            cur = conn.execute(
+                "INSERT INTO messages(sender, recipient, body, sent_at, in_reply_to) VALUES (?,?,?,?,?)",
+                (sender, recipient, body, now, in_reply_to),
+            )
+            assert cur.lastrowid is not None
+            ids.append(cur.lastrowid)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return ids
+
+
+def _message_exists(conn: sqlite3.Connection, message_id: int) -> bool:
+    return conn.execute("SELECT 1 FROM messages WHERE id=?", (message_id,)).fetchone() is not None
+
+
+def _take(
+    conn: sqlite3.Connection, recipient: str, lease: int, live: list[int], limit: int, now: int
+) -> list[Delivery]:
+    """Hand out up to ``limit`` rows to ``lease`` (see the module doc); one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE recipient=? AND acked_at IS NULL AND ("
+            "delivered_at IS NULL OR lease IS NULL OR lease NOT IN (SELECT value FROM json_each(?))"
+            ") ORDER BY id LIMIT ?",
+            (recipient, json.dumps(live), limit),
+        ).fetchall()
+        out: list[Delivery] = []
+        for r in rows:
+            again = r["delivered_at"] is not None or r["redelivered"] > 0
+            conn.execute(
+                "UPDATE messages SET delivered_at=?, lease=?, redelivered=redelivered+? WHERE id=?",
+                (now, lease, 1 if r["delivered_at"] is not None else 0, r["id"]),
+            )
+            out.append(
+                Delivery(
+                    id=r["id"],
+                    sender=r["sender"],
+                    recipient=r["recipient"],
+                    body=r["body"],
+                    sent_at=r["sent_at"],
+                    redelivered=again,
+                    in_reply_to=r["in_reply_to"],
+                )
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return out
+
+
+def _release(conn: sqlite3.Connection, ids: list[int], lease: int) -> None:
+    """Undo a delivery the client never received (its connection broke before the answer went out)."""
+    conn.executemany(
+        "UPDATE messages SET delivered_at=NULL, lease=NULL WHERE id=? AND lease=? AND acked_at IS NULL",
+        [(i, lease) for i in ids],
+    )
+
+
+def _ack(conn: sqlite3.Connection, recipient: str, lease: int, live: list[int], now: int) -> int:
+    others = json.dumps([x for x in live if x != lease])
+    cur = conn.execute(
+        "UPDATE messages SET acked_at=? WHERE recipient=? AND delivered_at IS NOT NULL AND acked_at IS NULL "
+        "AND (lease IS NULL OR lease NOT IN (SELECT value FROM json_each(?)))",
+        (now, recipient, others),
+    )
+    return cur.rowcount
+
+
+def _vacuum(conn: sqlite3.Connection, cutoff: int) -> int:
+    cur = conn.execute(
+        "DELETE FROM messages WHERE acked_at IS NOT NULL AND acked_at < ? AND id NOT IN "
+        "(SELECT in_reply_to FROM messages WHERE in_reply_to IS NOT NULL)",
+        (cutoff,),
+    )
+    return cur.rowcount
+
+
+def inbox(conn: sqlite3.Connection, recipient: str) -> list[dict[str, Any]]:
+    """Every row of ``recipient`` (tests, debugging), oldest first."""
+    return [
+        {k: r[k] for k in r.keys()}  # noqa: SIM118  # Row has no iter
+        for r in conn.execute("SELECT * FROM messages WHERE recipient=? ORDER BY id", (recipient,))
+    ]
+
+
+# --- the broker ---------------------------------------------------------------------------------------
+
+
+class Broker:
+    """Send, long-poll ``recv``, ``ack_turn``, vacuum. Wake-ups, leases and counters are plain
+    state changed only in synchronous code between checkpoints, so the object needs no lock;
+    :meth:`run` is the small actor task that vacuums."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        agents: Callable[[], Collection[str]],
+        *,
+        clock: Callable[[], float] = time.time,
+        vacuum_interval: float = VACUUM_INTERVAL,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._agents = agents
+        self._clock = clock
+        self.vacuum_interval = vacuum_interval
+        self._wake: dict[str, trio.Event] = {}
+        self._parked: dict[str, int] = {}
+        self._park_changed = trio.Event()
+        self._leases: set[int] = set()
+        self._last_lease = 0
+        self._sent = self._delivered = self._redelivered = self._acked = self._vacuumed = self._sweeps = 0
+
+    def statistics(self) -> BrokerStatistics:
+        return BrokerStatistics(
+            sent=self._sent,
+            delivered=self._delivered,
+            redelivered=self._redelivered,
+            acked=self._acked,
+            vacuumed=self._vacuumed,
+            sweeps=self._sweeps,
+            open_leases=len(self._leases),
+            waiters=sum(self._parked.values()),
+        )
+
+    # --- leases ------------------------------------------------------------------------------------
+
+    def open_lease(self) -> int:
+        """A new lease id, unique across daemon runs (nanosecond clock, strictly increasing)."""
+        lease = max(time.time_ns(), self._last_lease + 1)
+        self._last_lease = lease
+        self._leases.add(lease)
+        return lease
+
+    def close_lease(self, lease: int) -> None:
+        """The connection holding ``lease`` ended: its unacked rows become redeliverable."""
+        self._leases.discard(lease)
+
+    # --- send -----------------------------------------------------------------------------------------
+
+    def resolve(self, sender: str, to: object) -> list[str]:
+        """The inboxes a message from ``sender`` to ``to`` goes to; :class:`BadMessage` if none."""
+        if not isinstance(to, str):
+            raise BadMessage("recipient must be a string")
+        if to in (MANAGER_AGENT, MANAGER_NAME):
+            return [MANAGER_AGENT]
+        if to == OPERATOR:
+            return [OPERATOR]
+        agents = set(self._agents())
+        if to == BROADCAST:
+            inboxes = {MANAGER_AGENT if a == MANAGER_NAME else a for a in agents}
+            inboxes.discard(MANAGER_AGENT if sender == MANAGER_NAME else sender)
+            return sorted(inboxes)
+        try:
+            name = validate_name(to)
+        except HiveError:
+            name = None
+        if name is None or name not in agents:
+            shown = json.dumps(to[:40], ensure_ascii=False)
+            raise BadMessage(
+                f"no such recipient {shown}: send to an existing agent, "
+                f'"{MANAGER_AGENT}", "{OPERATOR}" or "{BROADCAST}"'
+            )
+        return [name]
+
+    async def send(
+        self,
+        sender: str,
+        to: object,
+        body: object,
+        *,
+        in_reply_to: int | None = None,
+        check: bool = True,
+        max_body: int = MAX_BODY,
+    ) -> list[int]:
+        """Queue ``body`` for ``to`` (fan-out for ``*``); the ids written, one per inbox.
+
+        ``check=False`` (internal senders: kicks and helper events) skips the existence check of an
+        agent recipient, never the body checks.
+        """
+        if not isinstance(body, str):
+            raise BadMessage("body must be a string")
+        size = len(body.encode("utf-8", "surrogatepass"))
+        if size > max_body:
+            raise BadMessage(
+                f"body is {size} bytes; the limit is {max_body}: write longer content to a file in "
+                "your state dir and send its path"
+            )
+        if not body.strip():
+            raise BadMessage("body is empty")
+        if check:
+            inboxes = self.resolve(sender, to)
+        else:
+            assert isinstance(to, str)
+            inboxes = [MANAGER_AGENT if to == MANAGER_NAME else to]
+        if not inboxes:
+            return []  # a broadcast with nobody else in the hive
+        if in_reply_to is not None:
+            exists = await self._store.call(lambda c: _message_exists(c, in_reply_to))
+            if not exists:
+                raise BadMessage(f"in_reply_to {in_reply_to}: no such message")
+        now = int(self._clock())
+        rows = [(sender, r, body, in_reply_to) for r in inboxes]
+        ids = await self._store.call(lambda c: _insert(c, rows, now))
+        self._sent += len(ids)
+        for message_id, recipient in zip(ids, inboxes, strict=True):
+            self._bus.publish(
+                MessageSent(
+                    id=message_id, from_=sender, to=recipient, body=body, at=now, in_reply_to=in_reply_to
+                )
+            )
+            if (event := self._wake.pop(recipient, None)) is not None:
+                event.set()
+        return ids
+
+    async def post(self, sender: str, recipient: str, body: str) -> int:
+        """Internal send to exactly one inbox (no existence check, a 64 KiB body cap); the row id."""
+        ids = await self.send(sender, recipient, body, check=False, max_body=INTERNAL_MAX_BODY)
+        return ids[0]
+
+    # --- recv / ack -----------------------------------------------------------------------------------
+
+    async def recv(
+        self, recipient: str, *, lease: int, wait_seconds: float = 0.0, max: int = 1
+    ) -> list[Delivery]:
+        """Up to ``max`` messages for ``recipient``; with none, wait up to ``wait_seconds`` for one.
+
+        ``wait_seconds`` is capped at 180 and ``max`` at 32 (larger values are clamped); negative or
+        zero ``max`` and negative waits are refused.
+        """
+        if not wait_seconds >= 0:
+            raise BadMessage("wait_seconds must be 0 or more")
+        if max < 1:
+            raise BadMessage("max must be at least 1")
+        limit = min(max, MAX_RECV_BATCH)
+        deadline = trio.current_time() + min(wait_seconds, MAX_RECV_WAIT)
+        while True:
+            event = self._wake.get(recipient)
+            if event is None:
+                event = self._wake[recipient] = trio.Event()
+            live = sorted(self._leases | {lease})
+            now = int(self._clock())
+            got = await self._store.call(
+                partial(_take, recipient=recipient, lease=lease, live=live, limit=limit, now=now)
+            )
+            if got:
+                for d in got:
+                    self._delivered += 1
+                    self._redelivered += d.redelivered
+                    self._bus.publish(
+                        MessageDelivered(
+                            id=d.id,
+                            from_=d.sender,
+                            to=d.recipient,
+                            body=d.body,
+                            at=now,
+                            redelivered=d.redelivered,
+                        )
+                    )
+                return got
+            if trio.current_time() >= deadline:
+                return []
+            self._park(recipient, +1)
+            try:
+                with trio.move_on_at(deadline):
+                    await event.wait()
+            finally:
+                self._park(recipient, -1)
+
+    def _park(self, recipient: str, delta: int) -> None:
+        count = self._parked.get(recipient, 0) + delta
+        if count:
+            self._parked[recipient] = count
+        else:
+            self._parked.pop(recipient, None)
+        self._park_changed.set()
+        self._park_changed = trio.Event()
+
+    def parked(self, recipient: str) -> int:
+        """How many ``recv`` calls are waiting for a message to ``recipient`` right now."""
+        return self._parked.get(recipient, 0)
+
+    async def wait_parked(self, recipient: str) -> None:
+        """Return once at least one ``recv`` is waiting for ``recipient`` (tests, benchmarks)."""
+        while not self._parked.get(recipient):
+            await self._park_changed.wait()
+
+    async def release(self, lease: int, messages: list[Delivery]) -> None:
+        """Put back rows whose ``recv`` answer never reached the client."""
+        ids = [m.id for m in messages]
+        await self._store.call(lambda c: _release(c, ids, lease))
+
+    async def ack_turn(self, recipient: str, *, lease: int) -> int:
+        """Ack the delivered rows of ``recipient`` not held by another open lease; how many."""
+        live = sorted(self._leases)
+        now = int(self._clock())
+        count = await self._store.call(lambda c: _ack(c, recipient, lease, live, now))
+        self._acked += count
+        return count
+
+    # --- vacuum -------------------------------------------------------------------------------------
+
+    async def vacuum(self, max_age: float = VACUUM_AGE) -> int:
+        cutoff = int(self._clock() - max_age)
+        deleted = await self._store.call(lambda c: _vacuum(c, cutoff))
+        self._vacuumed += deleted
+        self._sweeps += 1
+        if deleted:
+            log.info("broker: vacuumed %d acked messages older than %d days", deleted, max_age // 86400)
+        return deleted
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Vacuum at start, then every :attr:`vacuum_interval` seconds, until cancelled."""
+        task_status.started(self)
+        while True:
+            try:
+                await self.vacuum()
+            except Exception:
+                log.warning("broker: vacuum failed; retrying in %g s", self.vacuum_interval, exc_info=True)
+            await trio.sleep(self.vacuum_interval)

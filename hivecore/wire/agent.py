@@ -1,0 +1,195 @@
+"""Agent socket wire records (``<runtime-dir>/agents/<n>/mcp.sock``; reference §9.3).
+
+Requests are JSON objects tagged by ``cmd`` (snake_case), one per line, like host.sock; unknown
+keys are ignored, optional fields default. Every answer is one :class:`McpResponse` line:
+``version`` and ``ok`` always, ``error`` only on failure, result fields only when they apply.
+The manager socket (:mod:`hivecore.wire.manager`) shares the envelope and the common verbs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, ClassVar
+
+import attrs
+
+from hivecore.sockets.framing import MAX_LINE
+from hivecore.wire.converter import configure_tagged, converter, describe_error, json_type_name
+from hivecore.wire.host import AgentStatusRow
+from hivecore.wire.lines import json_line, request_line
+
+MCP_VERSION = 1
+MAX_BODY = 4096
+"""The longest message body (UTF-8 bytes); longer content belongs in a state file named by path."""
+MAX_RECV_WAIT = 180.0
+MAX_RECV_BATCH = 32
+MAX_STATUS = 1024
+"""The longest ``set_status`` text (UTF-8 bytes)."""
+
+
+# --- records in answers ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Delivery:
+    """One message as ``recv`` hands it out. ``redelivered``: it was handed out before and never
+    acked (the previous session ended mid-turn), so it may already have been handled."""
+
+    id: int
+    sender: str
+    recipient: str
+    body: str
+    sent_at: int
+    redelivered: bool = False
+    in_reply_to: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Whoami:
+    name: str
+    """The agent's name (``hm1nd`` on the manager socket)."""
+    inbox: str
+    """The broker recipient this socket reads (``manager`` for the manager)."""
+    role: str
+    """``agent`` or ``manager``."""
+
+
+@attrs.frozen(kw_only=True)
+class McpResponse:
+    version: int = MCP_VERSION
+    ok: bool
+    error: str | None = None
+    ids: list[int] | None = None
+    """``send``: the ids of the queued rows (one per recipient; ``*`` fans out)."""
+    messages: list[Delivery] | None = None
+    acked: int | None = None
+    status: AgentStatusRow | None = None
+    whoami: Whoami | None = None
+    approval_id: int | None = None
+    lines: list[str] | None = None
+
+
+OK = McpResponse(ok=True)
+
+
+def failure(message: str) -> McpResponse:
+    return McpResponse(ok=False, error=message)
+
+
+def encode_response(response: McpResponse) -> bytes:
+    return json_line(converter.unstructure(response))
+
+
+def decode_response(line: bytes | str) -> McpResponse:
+    return converter.structure(json.loads(line), McpResponse)
+
+
+# --- requests (the verbs both sockets share) -----------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class McpRequest:
+    CMD: ClassVar[str] = ""
+
+
+@attrs.frozen(kw_only=True)
+class SendRequest(McpRequest):
+    CMD = "send"
+    to: str
+    body: str
+    in_reply_to: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RecvRequest(McpRequest):
+    """Take up to ``max`` (1..32) messages; with none queued, wait up to ``wait_seconds`` (0..180)."""
+
+    CMD = "recv"
+    wait_seconds: float = 0.0
+    max: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class AckTurnRequest(McpRequest):
+    CMD = "ack_turn"
+
+
+@attrs.frozen(kw_only=True)
+class WhoamiRequest(McpRequest):
+    CMD = "whoami"
+
+
+@attrs.frozen(kw_only=True)
+class StatusRequest(McpRequest):
+    CMD = "status"
+
+
+@attrs.frozen(kw_only=True)
+class SetStatusRequest(McpRequest):
+    CMD = "set_status"
+    text: str
+
+
+@attrs.frozen(kw_only=True)
+class UnknownRequest(McpRequest):
+    """The tagged unions' fallback: an unknown verb decodes to this and is answered with an error."""
+
+    cmd: str = ""
+
+
+AgentRequest = SendRequest | RecvRequest | AckTurnRequest | StatusRequest | SetStatusRequest | WhoamiRequest
+AGENT_COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in AgentRequest.__args__)
+_WireAgentRequest = AgentRequest | UnknownRequest
+configure_tagged(_WireAgentRequest, tag_attr="CMD", tag_name="cmd", default=UnknownRequest)
+
+
+@attrs.frozen
+class RequestError:
+    message: str
+
+
+def parse(line: bytes, union: Any, commands: tuple[str, ...]) -> McpRequest | RequestError:
+    """Decode one request line against ``union`` (with :class:`UnknownRequest` as its fallback);
+    never raises for bad input: every problem is one :class:`RequestError` sentence."""
+    if len(line) > MAX_LINE:
+        return RequestError(f"request line exceeds {MAX_LINE} bytes")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RequestError(f"request is not valid UTF-8 (byte {exc.start})")
+    if not text.strip():
+        return RequestError('empty request; send one JSON object per line, e.g. {"cmd":"whoami"}')
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return RequestError(f"request is not valid JSON: {exc.msg} (column {exc.colno})")
+    except RecursionError:
+        return RequestError("request is not valid JSON: nested too deeply")
+    except ValueError:
+        return RequestError(
+            f"request has a number with more than {sys.get_int_max_str_digits()} digits; no field takes one"
+        )
+    if not isinstance(data, dict):
+        return RequestError(f"request must be a JSON object, got {json_type_name(data)}")
+    if "cmd" not in data:
+        return RequestError('request has no "cmd" field')
+    cmd = data["cmd"]
+    if not isinstance(cmd, str):
+        return RequestError(f'field "cmd" must be a string, got {json_type_name(cmd)}')
+    try:
+        request: McpRequest = converter.structure(data, union)
+    except Exception as exc:
+        return RequestError(f'bad "{cmd}" request: {describe_error(exc)}')
+    if isinstance(request, UnknownRequest):
+        shown = json.dumps(cmd[:64], ensure_ascii=False)
+        return RequestError(f"unknown cmd {shown}; this socket answers: {', '.join(commands)}")
+    return request
+
+
+def parse_agent_request(line: bytes) -> McpRequest | RequestError:
+    return parse(line, _WireAgentRequest, AGENT_COMMANDS)
+
+
+def encode_request(request: McpRequest) -> bytes:
+    return request_line(request.CMD, converter.unstructure(request))

@@ -1,0 +1,107 @@
+"""Manager socket wire records (``<runtime-dir>/manager/mcp.sock``; reference §9.1).
+
+The manager speaks every agent verb except ``status``/``set_status`` plus the lifecycle and
+``request_*`` verbs below; answers are :class:`~hivecore.wire.agent.McpResponse` lines.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from hivecore.wire.agent import (
+    AckTurnRequest,
+    McpRequest,
+    RecvRequest,
+    RequestError,
+    SendRequest,
+    UnknownRequest,
+    WhoamiRequest,
+    parse,
+)
+from hivecore.wire.converter import configure_tagged
+
+DEFAULT_LOG_LINES = 50
+MAX_LOG_LINES = 500
+
+
+@attrs.frozen(kw_only=True)
+class RequestSpawnRequest(McpRequest):
+    CMD = "request_spawn"
+    name: str
+    description: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RequestInitConfigRequest(McpRequest):
+    CMD = "request_init_config"
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class RequestApplyCommitRequest(McpRequest):
+    CMD = "request_apply_commit"
+    agent: str
+    commit_ref: str
+    description: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RequestUpdateMetaInputsRequest(McpRequest):
+    CMD = "request_update_meta_inputs"
+    inputs: list[str] | None = None
+    description: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class KillRequest(McpRequest):
+    CMD = "kill"
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class StartRequest(McpRequest):
+    CMD = "start"
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class RestartRequest(McpRequest):
+    CMD = "restart"
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class UpdateRequest(McpRequest):
+    CMD = "update"
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class GetLogsRequest(McpRequest):
+    CMD = "get_logs"
+    name: str
+    lines: int = DEFAULT_LOG_LINES
+
+
+ManagerRequest = (
+    SendRequest
+    | RecvRequest
+    | AckTurnRequest
+    | RequestSpawnRequest
+    | RequestInitConfigRequest
+    | RequestApplyCommitRequest
+    | RequestUpdateMetaInputsRequest
+    | KillRequest
+    | StartRequest
+    | RestartRequest
+    | UpdateRequest
+    | GetLogsRequest
+    | WhoamiRequest
+)
+MANAGER_COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in ManagerRequest.__args__)
+_WireManagerRequest = ManagerRequest | UnknownRequest
+configure_tagged(_WireManagerRequest, tag_attr="CMD", tag_name="cmd", default=UnknownRequest)
+
+
+def parse_manager_request(line: bytes) -> McpRequest | RequestError:
+    return parse(line, _WireManagerRequest, MANAGER_COMMANDS)
