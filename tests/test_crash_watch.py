@@ -75,7 +75,7 @@ async def test_sigkilled_agent_yields_exactly_one_crash_within_one_tick(
     # reported by the exit watcher or the next tick, whichever comes first: under the autojump clock
     # ticks race ahead of the real process exit, so wait in real time (bounded)
     deadline = time.monotonic() + 10
-    while ("container_crash", "alpha") not in await manager_events(parts):  # noqa: ASYNC110
+    while ("container_crash", "alpha") not in await manager_events(parts):
         assert time.monotonic() < deadline, "the crash was never reported"
         await trio.sleep(1)
     await after_ticks(parts, 3)  # more ticks: no repeats
