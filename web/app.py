@@ -8,13 +8,14 @@ assembly; every later change arrives on ``/api/dashboard/stream`` (``?kinds=a,b`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
-from quart import Response, request
+from quart import Response, request, send_file
 from quart_trio import QuartTrio
 
 from actors.event_bus import EventBus, RefetchRequired
@@ -25,6 +26,9 @@ from hivecore.wire.events import EVENT_KINDS, event_to_dict
 
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_SECONDS = 15.0
+MAX_SHOWN_KINDS = 5
+_SEQ_RE = re.compile(r"[0-9]{1,18}")
+"""A Last-Event-ID: ASCII digits only (``str.isdigit`` also takes ``²`` and ``٣``), and bounded."""
 
 
 def _sse(data: dict[str, Any], *, event_id: int | None = None) -> bytes:
@@ -36,8 +40,19 @@ def _error(status: int, message: str) -> Response:
     return Response(json.dumps({"ok": False, "error": message}), status=status, mimetype="application/json")
 
 
+def _cut(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters for an error message."""
+    return text[:limit] + "…" if len(text) > limit else text
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` quoted for an error message, cut to ``limit`` characters."""
+    return repr(_cut(text, limit))
+
+
 def create_app(coordinator: Coordinator, bus: EventBus, supervisor: Supervisor) -> QuartTrio:
-    app = QuartTrio(__name__, static_folder=str(STATIC), static_url_path="/static")
+    app = QuartTrio(__name__, static_folder=None)
+    static_files = {p.name: p for p in STATIC.iterdir() if p.is_file()}
 
     @app.get("/")
     async def index() -> Response:
@@ -62,28 +77,43 @@ def create_app(coordinator: Coordinator, bus: EventBus, supervisor: Supervisor) 
             "actors": [attrs.asdict(c) for c in supervisor.statistics()],
         }
 
-    @app.get("/api/dashboard/stream")
+    @app.get("/static/<path:filename>")
+    async def static(filename: str) -> Response:
+        # a fixed set of shipped files: no path reaches the filesystem, so no odd name can fail there
+        path = static_files.get(filename)
+        if path is None:
+            return _error(404, f"no static file {_shown(filename)}")
+        return await send_file(path)
+
+    @app.route("/api/dashboard/stream", methods=["GET", "HEAD"])
     async def stream() -> Response:
         kinds_arg = request.args.get("kinds")
         kinds = [k for k in kinds_arg.split(",") if k] if kinds_arg else None
         unknown = sorted(set(kinds or ()) - EVENT_KINDS)
         if unknown:
-            return _error(
-                400, f"unknown event kind(s) {', '.join(unknown)}; known: {', '.join(sorted(EVENT_KINDS))}"
-            )
+            shown = ", ".join(_cut(k) for k in unknown[:MAX_SHOWN_KINDS])
+            more = f" (+{len(unknown) - MAX_SHOWN_KINDS} more)" if len(unknown) > MAX_SHOWN_KINDS else ""
+            known = ", ".join(sorted(EVENT_KINDS))
+            return _error(400, f"unknown event kind(s) {shown}{more}; known: {known}")
         last_id = request.headers.get("Last-Event-ID")
-        if last_id is not None and not last_id.strip().isdigit():
-            return _error(400, f"Last-Event-ID must be a seq number, got {last_id[:40]!r}")
-        after = int(last_id) if last_id is not None else None
-        try:
-            sub = bus.subscribe(kinds=kinds, after_seq=after)
-        except RefetchRequired as exc:
-            sub = None
-            refetch = str(exc)
+        after = None
+        if last_id is not None:
+            if not _SEQ_RE.fullmatch(last_id.strip()):
+                return _error(400, f"Last-Event-ID must be a seq number, got {_shown(last_id)}")
+            after = int(last_id.strip())
+        if request.method != "GET":
+            # HEAD: the headers a GET would get, no body. The body must not be the endless stream:
+            # it would never finish, and the connection (and its fd) would be held forever.
+            head = app.response_class(b"", mimetype="text/event-stream")
+            head.headers["Cache-Control"] = "no-cache"
+            return head
 
         async def frames() -> AsyncIterator[bytes]:
-            if sub is None:
-                yield _sse({"kind": "refetch", "reason": refetch})
+            # subscribed here, not in the handler: a response that is never iterated holds nothing
+            try:
+                sub = bus.subscribe(kinds=kinds, after_seq=after)
+            except RefetchRequired as exc:
+                yield _sse({"kind": "refetch", "reason": str(exc)})
                 return
             with sub:
                 yield b": connected\n\n"
