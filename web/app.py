@@ -8,6 +8,7 @@ assembly; every later change arrives on ``/api/dashboard/stream`` (``?kinds=a,b`
 from __future__ import annotations
 
 import json
+import mimetypes
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import attrs
 import trio
-from quart import Response, request, send_file
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from actors.event_bus import EventBus, RefetchRequired
@@ -52,11 +53,17 @@ def _shown(text: str, limit: int = 40) -> str:
 
 def create_app(coordinator: Coordinator, bus: EventBus, supervisor: Supervisor) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
-    static_files = {p.name: p for p in STATIC.iterdir() if p.is_file()}
+    # the static shell is a few small files, read once: no request opens a file, so a client that
+    # leaves mid-response (or a HEAD) cannot strand one, and no odd name reaches the filesystem
+    static_files = {
+        p.name: (p.read_bytes(), mimetypes.guess_type(p.name)[0] or "application/octet-stream")
+        for p in STATIC.iterdir()
+        if p.is_file()
+    }
 
     @app.get("/")
     async def index() -> Response:
-        return Response((STATIC / "index.html").read_text(), mimetype="text/html")
+        return Response(static_files["index.html"][0], mimetype="text/html")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -79,11 +86,11 @@ def create_app(coordinator: Coordinator, bus: EventBus, supervisor: Supervisor) 
 
     @app.get("/static/<path:filename>")
     async def static(filename: str) -> Response:
-        # a fixed set of shipped files: no path reaches the filesystem, so no odd name can fail there
-        path = static_files.get(filename)
-        if path is None:
+        found = static_files.get(filename)
+        if found is None:
             return _error(404, f"no static file {_shown(filename)}")
-        return await send_file(path)
+        body, mimetype = found
+        return Response(body, mimetype=mimetype, headers={"Cache-Control": "no-cache"})
 
     @app.route("/api/dashboard/stream", methods=["GET", "HEAD"])
     async def stream() -> Response:
