@@ -17,7 +17,9 @@ from typing import Any
 import attrs
 import trio
 from quart import Response, request
+from quart.asgi import ASGIHTTPConnection
 from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
 
 from actors.event_bus import EventBus, RefetchRequired
 from actors.supervisor import Supervisor
@@ -51,8 +53,52 @@ def _shown(text: str, limit: int = 40) -> str:
     return repr(_cut(text, limit))
 
 
+def _client_closes(scope: Any) -> bool:
+    """The request asks hypercorn (h11) to close the connection after the response."""
+    tokens = {
+        t.strip().lower()
+        for name, value in scope.get("headers", ())
+        if name.lower() == b"connection"
+        for t in value.decode("latin-1").split(",")
+    }
+    return "close" in tokens or (scope.get("http_version") == "1.0" and "keep-alive" not in tokens)
+
+
+class _HTTPConnection(TrioASGIHTTPConnection):
+    """quart-trio's connection, minus one cancellation.
+
+    quart-trio cancels the request on ``http.disconnect``; hypercorn sends that disconnect from
+    inside the response's last send, right before it closes a ``Connection: close`` socket. The
+    cancel aborted the close, and the socket stayed open until the client gave up. So once the last
+    send of such a response has begun, the request is left to end. (A keep-alive response is still
+    cancelled there, as before: the cancel also keeps hypercorn from arming its keep-alive timer,
+    which would hold the socket up to 5 s after the client has left.)
+    """
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        request = self._create_request_from_scope(send)
+        closes = _client_closes(self.scope)
+        ending = False
+
+        async def send_tracked(message: Any) -> None:
+            nonlocal ending
+            if message.get("type") == "http.response.body" and not message.get("more_body", False):
+                ending = closes
+            await send(message)
+
+        async def messages(nursery: trio.Nursery) -> None:
+            await ASGIHTTPConnection.handle_messages(self, request, receive)
+            if not ending:  # the client left (an SSE tab closed), or a keep-alive response ended
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(messages, nursery)
+            nursery.start_soon(self.handle_request, nursery, request, send_tracked)
+
+
 def create_app(coordinator: Coordinator, bus: EventBus, supervisor: Supervisor) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
+    app.asgi_http_class = _HTTPConnection
     # the static shell is a few small files, read once: no request opens a file, so a client that
     # leaves mid-response (or a HEAD) cannot strand one, and no odd name reaches the filesystem
     static_files = {
