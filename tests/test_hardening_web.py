@@ -189,6 +189,18 @@ async def test_connection_close_is_honoured_at_once(hive: Daemon, path: str) -> 
     assert await settle_fds(baseline) == baseline
 
 
+async def test_an_http_1_0_request_is_answered_and_closed(hive: Daemon) -> None:
+    with trio.fail_after(3):
+        stream = await connect(hive)
+        async with stream:
+            await stream.send_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+            reader = Reader(stream)
+            status, _, body = await reader.response()
+            assert status == 200
+            assert json.loads(body)["ok"] is True
+            assert await reader.at_eof()
+
+
 # --- defect 7: odd input gave 500s with tracebacks --------------------------------------------------
 
 
