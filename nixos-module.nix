@@ -107,6 +107,15 @@ in
       description = "Seconds between crash_watch polls.";
     };
 
+    openFilesLimit = mkOption {
+      type = types.ints.positive;
+      default = 65536;
+      description = ''
+        LimitNOFILE of the unit. Every dashboard client, host.sock client and agent socket holds a
+        file descriptor; systemd's default soft limit (1024) is reachable by a busy dashboard.
+      '';
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -133,6 +142,7 @@ in
         # containers are not our children; only the daemon itself is stopped
         KillMode = "process";
         TimeoutStopSec = 10;
+        LimitNOFILE = cfg.openFilesLimit;
         RuntimeDirectory = "hyperhive";
         RuntimeDirectoryMode = "0751";
         # the agents' socket dirs are bind-mounted into their containers: keep them across restarts

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from pathlib import Path
 from typing import Literal
 
 import attrs
 
 from hivecore.names import MANAGER_NAME, child_path, validate_name
+from hivecore.unix_listener import resolve_group
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADMIN_GROUP = "hive-admin"
+"""The admin socket's group when ``--admin-group`` is not given and the group exists."""
 
 RuntimeKind = Literal["process", "nixos"]
 
@@ -35,7 +44,14 @@ class Config:
 
     @property
     def paths(self) -> StatePaths:
-        return StatePaths(self.state_dir.absolute())
+        root = self.state_dir.absolute()
+        return StatePaths(root, socket_group=self._socket_group(root))
+
+    def _socket_group(self, root: Path) -> str | None:
+        """The admin group, when the admin socket lives under the state dir (it needs group ``x``)."""
+        if self.host_socket is not None and not self.host_socket.absolute().is_relative_to(root):
+            return None
+        return self.admin_group or DEFAULT_ADMIN_GROUP
 
     @property
     def runtime_path(self) -> Path:
@@ -64,11 +80,20 @@ class Config:
         return self.agent_sockets_root / validate_name(name) / "mcp.sock"
 
 
+ROOT_MODE = 0o750
+"""The state root and ``run/``: owner, plus the admin socket's group when the socket is inside."""
+PRIVATE_MODE = 0o700
+"""``db/``, ``agents/``, ``applied/``, ``run/agents/``: the daemon's alone (agents reach their own
+directories through bind mounts, never through these)."""
+
+
 @attrs.frozen
 class StatePaths:
     """Every path under the state dir, in one place (design brief §5)."""
 
     root: Path
+    socket_group: str | None = attrs.field(default=None, kw_only=True, eq=False)
+    """Group that must traverse ``root`` and ``run/`` to reach the admin socket (if it exists)."""
 
     @property
     def db(self) -> Path:
@@ -117,5 +142,45 @@ class StatePaths:
         return child_path(self.run_agents, name)
 
     def create_layout(self) -> None:
-        for d in (self.db.parent, self.agents, self.applied_root, self.run_agents):
-            d.mkdir(parents=True, exist_ok=True)
+        """Create the layout, or tighten an existing one: nothing here is for group or others to read.
+
+        The root and ``run/`` are 0750 (group: :attr:`socket_group`, when the admin socket lives in
+        ``run/`` and that group exists), the rest 0700. An existing directory of ours that is wider
+        is narrowed (logged once per directory); a narrower one is left as it is.
+        """
+        gid = resolve_group(None, default=self.socket_group) if self.socket_group else None
+        _ensure_dir(self.root, ROOT_MODE, gid)
+        for d in (self.db.parent, self.agents, self.applied_root):
+            _ensure_dir(d, PRIVATE_MODE)
+        _ensure_dir(self.run, ROOT_MODE, gid)
+        _ensure_dir(self.run_agents, PRIVATE_MODE)
+
+
+def _ensure_dir(path: Path, mode: int, gid: int | None = None) -> None:
+    """Create ``path`` with ``mode`` (and group ``gid``), or take the bits ``mode`` lacks off it.
+
+    With ``gid``, the group is set and its bits of ``mode`` granted: the admin group needs them.
+    Directories owned by someone else are left alone.
+    """
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        created = False
+    else:
+        created = True
+    st = path.stat()
+    if st.st_uid != os.geteuid():
+        return
+    current = stat.S_IMODE(st.st_mode)
+    wanted = mode if created or gid is not None else current & mode
+    if gid is not None and st.st_gid != gid:
+        try:
+            os.chown(path, -1, gid)
+        except OSError as exc:
+            log.warning(
+                "cannot hand %s to group %d (%s); the admin socket may be unreachable", path, gid, exc
+            )
+    if wanted != current:
+        os.chmod(path, wanted)
+        if not created:
+            log.warning("state dir: %s was %#o; now %#o", path, current, wanted)

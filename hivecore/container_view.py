@@ -6,14 +6,19 @@ are pure and cheap, so the 10 s crash_watch tick and every lifecycle verb can af
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import os
 from collections.abc import Mapping
 
 import attrs
 
+from hivecore import agentfs
 from hivecore.config import StatePaths
+from hivecore.errors import Refused
 from hivecore.models import ContainerView, Transient
-from hivecore.names import MANAGER_NAME
+from hivecore.names import MANAGER_NAME, validate_name
 from hivecore.ports import agent_port
 from hivecore.runtime.base import AgentRuntimeState, ContainerRuntime, container_name
 
@@ -93,30 +98,80 @@ def diff_views(old: Mapping[str, ContainerView], new: Mapping[str, ContainerView
 # --- I/O: collecting facts ------------------------------------------------------------------------
 
 
+STATUS_MAX_BYTES = 4096
+"""The status line an agent writes is shown in one dashboard cell: the rest of a bigger file is unread."""
+CLAUDE_MAX_ENTRIES = 10_000
+"""Entries of ``claude/`` looked at for a credentials file before calling the agent logged out."""
+
+
 def _has_regular_file(path: StatePaths, name: str) -> bool:
-    claude = path.agent_claude(name)
-    try:
-        return any(p.is_file() and not p.is_symlink() for p in claude.rglob("*"))
-    except OSError:
-        return False
+    """``agents/<n>/claude/`` holds a regular file (links not followed, at most 10,000 entries seen)."""
+    return agentfs.has_regular_file(
+        path.agents, validate_name(name), "claude", max_entries=CLAUDE_MAX_ENTRIES
+    )
 
 
 def read_facts(paths: StatePaths, name: str) -> AgentFacts:
-    state = paths.agent_state(name)
+    """What the agent's state dir says; nothing in it is followed, blocked on or read past a cap.
+
+    A symlinked ``state/`` or status file, a FIFO, or a status that is not a regular file reads as
+    "no status"; the pause marker counts only as a regular file (``lstat``).
+    """
     status_text = status_set_at = None
-    status = state / STATUS_FILE
+    paused = False
     try:
-        status_text = status.read_text(errors="replace").strip() or None
-        mtime = status.stat().st_mtime
-        status_set_at = dt.datetime.fromtimestamp(int(mtime), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with agentfs.opened_dir(paths.agents, validate_name(name), "state") as state:
+            paused = agentfs.regular_file_exists(state, PAUSE_MARKER)
+            try:
+                status = agentfs.read_capped(state, STATUS_FILE, STATUS_MAX_BYTES)
+            except OSError:
+                pass
+            else:
+                status_text = status.data.decode(errors="replace").strip() or None
+                status_set_at = dt.datetime.fromtimestamp(int(status.mtime), dt.UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"
+                )
     except OSError:
         pass
     return AgentFacts(
         logged_in=_has_regular_file(paths, name),
-        paused=(state / PAUSE_MARKER).exists(),
+        paused=paused,
         status_text=status_text,
         status_set_at=status_set_at if status_text else None,
     )
+
+
+def set_pause_marker(paths: StatePaths, name: str, paused: bool) -> None:
+    """Create (``paused``) or remove the agent's pause marker without following any symlink.
+
+    ``agents/<n>/state/`` is created if missing. A symlink, FIFO or other non-regular entry at the
+    marker's name is removed (the link itself, never its target) and replaced by a regular file;
+    a symlink at ``agents/<n>`` or ``state/`` is refused. Idempotent. Raises :class:`Refused` when
+    the marker cannot be set safely, :class:`InvalidName` for a bad name.
+    """
+    valid = validate_name(name)
+    try:
+        with agentfs.opened_dir(paths.agents, valid) as agent:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir("state", 0o755, dir_fd=agent)  # mkdir never follows a link at its name
+            with agentfs.opened_dir(paths.agents, valid, "state") as state:
+                if paused:
+                    agentfs.ensure_regular_file(state, PAUSE_MARKER)
+                else:
+                    agentfs.remove_entry(state, PAUSE_MARKER)
+    except IsADirectoryError:
+        if paused:
+            raise Refused(
+                f"cannot pause {valid}: its state dir holds a directory named {PAUSE_MARKER}"
+            ) from None
+        # not a marker (read_facts counts regular files only): nothing to remove
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.ENOENT:
+            why = f"{paths.agents / valid} does not exist"
+        elif exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            why = "its agent or state directory is a symlink or not a directory; not following it"
+        raise Refused(f"cannot {'pause' if paused else 'resume'} {valid}: {why}") from None
 
 
 async def collect_inputs(

@@ -39,6 +39,7 @@ from hivecore.services.notify import Notifier
 from hivecore.sockets.host import HostSocket, live_urls
 from hivecore.sockets.mcp import ManagerSocket
 from hivecore.statelock import hold_state_lock
+from hivecore.unix_listener import ensure_accept_error_filter
 from hivecore.store import Store
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,10 @@ stopping at once) made the event loop wait tens of ms for the GIL. ``bench/verbs
 
 
 def tune_interpreter() -> None:
-    """Process-wide settings for a latency-sensitive event loop beside busy worker threads."""
+    """Process-wide settings: a latency-sensitive event loop beside busy worker threads, and one
+    log line per burst of EMFILE on accept (not one with a traceback every 0.1 s)."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    ensure_accept_error_filter()
 
 
 def make_runtime(config: Config) -> ContainerRuntime:

@@ -13,6 +13,8 @@ MANAGER_AGENT = "manager"
 """The manager's broker recipient name."""
 SYSTEM_SENDER = "system"
 MAX_AGENT_NAME = 9
+CONTAINER_PREFIX = "h-"
+"""Sub-agent containers are ``h-<name>``."""
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,8}")
 
@@ -22,7 +24,8 @@ def validate_name(name: object) -> str:
 
     Valid: a lowercase letter, then up to 8 of ``a-z 0-9 -`` (nixos-container caps container names
     at 11 characters and sub-agents are ``h-<name>``). This excludes ``.``, ``..``, slashes, NUL and
-    anything else that could escape a directory.
+    anything else that could escape a directory. Names starting ``h-`` are refused: their container
+    would be ``h-h-…``, which reads back as another agent's name.
     """
     if not isinstance(name, str):
         raise InvalidName(f"agent name must be a string, not {type(name).__name__}")
@@ -31,6 +34,11 @@ def validate_name(name: object) -> str:
         raise InvalidName(
             f"invalid agent name {shown!r}: use 1-{MAX_AGENT_NAME} characters, a lowercase letter "
             "followed by lowercase letters, digits or '-'"
+        )
+    if name.startswith(CONTAINER_PREFIX):
+        raise InvalidName(
+            f"invalid agent name {name!r}: it must not start with {CONTAINER_PREFIX!r} (the container "
+            f"would be {CONTAINER_PREFIX + name!r}); drop the prefix"
         )
     return name
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -104,9 +106,34 @@ def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+DB_FILE_MODE = 0o600
+"""The database (and its -wal/-shm, which sqlite creates with the database's mode): owner only."""
+
+
+def _owner_only(path: Path) -> None:
+    """Create ``path`` 0600 if missing; take group/other bits off an existing one of ours."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, DB_FILE_MODE)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o077)
+            log.warning(
+                "store: %s was open to group/others (%#o); tightened to %#o",
+                path,
+                stat.S_IMODE(st.st_mode),
+                stat.S_IMODE(st.st_mode) & ~0o077,
+            )
+    finally:
+        os.close(fd)
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating) the database with WAL, a busy timeout and the current schema."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _owner_only(path)
+    for side in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if side.exists():
+            _owner_only(side)
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")

@@ -2,9 +2,11 @@
 
 :func:`open_unix_listener` never steals a live socket: when something answers on the path it
 refuses; a socket file left behind by a dead daemon is replaced; anything that is not a socket is
-left alone and refused. The socket is made ``mode`` (0660) and handed to ``group``; its directory is
-treated as the daemon's runtime directory and made ``dir_mode`` (0751), unless it is a shared
-sticky directory such as ``/tmp``.
+left alone and refused. The socket is made ``mode`` (0660) and handed to ``group``. Its directory is
+created ``dir_mode`` (0751) when missing; an existing one is never re-moded (``--host-socket
+~/host.sock`` must not widen a home directory).
+
+Serving a listener also tames trio's accept-error log (:func:`ensure_accept_error_filter`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import logging
 import os
 import socket
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -27,6 +31,63 @@ SOCKET_MODE = 0o660
 DIR_MODE = 0o751
 BACKLOG = 4096
 """Large enough that a burst of clients never sees EAGAIN on connect (the kernel caps it at somaxconn)."""
+
+
+ACCEPT_LOGGER = "trio.serve_listeners"
+"""trio's accept loop logs every failed accept here (EMFILE & co, with a traceback, every 0.1 s)."""
+ACCEPT_QUIET_SECONDS = 60.0
+
+
+class AcceptErrorBurstFilter(logging.Filter):
+    """Lets the first accept error of a burst through, without its traceback; drops the rest.
+
+    A burst ends after ``quiet_seconds`` without an accept error; the first record of the next burst
+    says how many the previous one dropped. trio keeps retrying every 0.1 s on its own, so out of
+    file descriptors the daemon logs one line instead of ten a second.
+    """
+
+    def __init__(
+        self, quiet_seconds: float = ACCEPT_QUIET_SECONDS, clock: Callable[[], float] = time.monotonic
+    ):
+        super().__init__()
+        self.quiet_seconds = quiet_seconds
+        self.clock = clock
+        self.last: float | None = None
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self.clock()
+        in_burst = self.last is not None and now - self.last < self.quiet_seconds
+        self.last = now
+        if in_burst:
+            self.dropped += 1
+            return False
+        record.exc_info = None  # the traceback is trio's accept loop: it says nothing the message does not
+        record.exc_text = None
+        record.msg = f"{record.msg} (repeats are not logged until {self.quiet_seconds:g} s pass without one"
+        if self.dropped:
+            record.msg += f"; {self.dropped} were not logged in the previous burst"
+        record.msg += ")"
+        self.dropped = 0
+        return True
+
+
+def ensure_accept_error_filter() -> None:
+    """Install the accept-error filter unless one is already there (idempotent, cheap)."""
+    if not any(isinstance(f, AcceptErrorBurstFilter) for f in logging.getLogger(ACCEPT_LOGGER).filters):
+        install_accept_error_filter()
+
+
+def install_accept_error_filter(
+    quiet_seconds: float = ACCEPT_QUIET_SECONDS, clock: Callable[[], float] = time.monotonic
+) -> AcceptErrorBurstFilter:
+    """Put one :class:`AcceptErrorBurstFilter` on trio's accept logger (replacing an earlier one)."""
+    logger = logging.getLogger(ACCEPT_LOGGER)
+    for old in [f for f in logger.filters if isinstance(f, AcceptErrorBurstFilter)]:
+        logger.removeFilter(old)
+    new = AcceptErrorBurstFilter(quiet_seconds, clock)
+    logger.addFilter(new)
+    return new
 
 
 class SocketInUse(OSError):
@@ -50,12 +111,12 @@ def resolve_group(group: str | None, *, default: str | None = None) -> int | Non
 
 
 def _prepare_dir(parent: Path, dir_mode: int) -> None:
-    parent.mkdir(parents=True, exist_ok=True)
-    st = parent.stat()
-    if st.st_mode & stat.S_ISVTX or st.st_uid != os.geteuid():
-        return  # a shared directory (/tmp) or someone else's: not ours to change
-    if stat.S_IMODE(st.st_mode) != dir_mode:
-        os.chmod(parent, dir_mode)
+    """Create ``parent`` with ``dir_mode`` if it is missing; an existing directory is left as it is."""
+    try:
+        parent.mkdir(parents=True)
+    except FileExistsError:
+        return
+    os.chmod(parent, dir_mode)  # mkdir's mode is filtered by the umask
 
 
 def _clear_stale(path: Path) -> None:
@@ -148,6 +209,7 @@ async def open_unix_listener(
     ``OSError`` when binding, chmod or chgrp fails. The filesystem work runs synchronously: a
     handful of syscalls on a local directory, done once at startup.
     """
+    ensure_accept_error_filter()
     sock, inode = bind_unix_socket(path, mode=mode, gid=gid, dir_mode=dir_mode, backlog=backlog)
     await trio.lowlevel.checkpoint()
     return UnixListener(trio.SocketListener(trio.socket.from_stdlib_socket(sock)), path, inode)

@@ -25,7 +25,7 @@ from actors.transients import TransientRegistry
 from actors.views import Views
 from hivecore import store as st
 from hivecore.config import Config
-from hivecore.container_view import PAUSE_MARKER
+from hivecore.container_view import set_pause_marker
 from hivecore.errors import HiveError, RuntimeFailure
 from hivecore.kick import REASON_REBUILT, REASON_RESTARTED, REASON_STARTED
 from hivecore.models import Job, TransientKind
@@ -257,15 +257,7 @@ class Lifecycle:
 
     async def set_paused(self, name: str, paused: bool) -> None:
         """Write or remove the agent's pause marker; works while stopped; idempotent."""
-        marker = self.config.paths.agent_state(name) / PAUSE_MARKER
-
-        def apply() -> None:
-            if paused:
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch()
-            else:
-                marker.unlink(missing_ok=True)
-
-        await trio.to_thread.run_sync(apply)
+        # the state dir is agent-writable: never follow a link planted there (we run as root)
+        await trio.to_thread.run_sync(set_pause_marker, self.config.paths, name, paused)
         log.info("%s %s", "paused" if paused else "resumed", name)
         await self.views.rescan([name])
