@@ -39,8 +39,8 @@ from hivecore.services.notify import Notifier
 from hivecore.sockets.host import HostSocket, live_urls
 from hivecore.sockets.mcp import ManagerSocket
 from hivecore.statelock import hold_state_lock
-from hivecore.unix_listener import ensure_accept_error_filter
 from hivecore.store import Store
+from hivecore.unix_listener import ensure_accept_error_filter
 
 log = logging.getLogger(__name__)
 
