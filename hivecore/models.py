@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 import attrs
@@ -89,20 +90,7 @@ JobKind = Literal[
     "deny",
     "init_config",
 ]
-JOB_KINDS: tuple[JobKind, ...] = (
-    "spawn",
-    "start",
-    "stop",
-    "restart",
-    "kill",
-    "destroy",
-    "purge",
-    "set_paused",
-    "rebuild",
-    "apply_commit",
-    "deny",
-    "init_config",
-)
+JOB_KINDS: tuple[JobKind, ...] = typing.get_args(JobKind)
 APPROVAL_JOB_KINDS: frozenset[str] = frozenset({"apply_commit", "deny", "init_config"})
 """Jobs the approvals service runs (an approved spawn is a ``spawn`` job with an ``approval_id`` arg)."""
 BUILD_JOB_KINDS: frozenset[str] = frozenset({"rebuild", "apply_commit"})
