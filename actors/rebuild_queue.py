@@ -136,11 +136,8 @@ class JobLane:
 
         A failed job re-raises its error. Cancelling this wait leaves the job running.
         """
-        entry = self._accept(kind, agent, source, dict(args or {}), parent_id)
-        await entry.done.wait()
-        if entry.error is not None:
-            raise entry.error
-        return entry.job
+        job = self.submit_nowait(kind, agent, source=source, args=args, parent_id=parent_id)
+        return await self.wait(job.id)
 
     def submit_nowait(
         self,
