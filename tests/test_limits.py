@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,56 +11,61 @@ import pytest
 from hivecore.cli.daemon import build_parser, config_from_args
 from hivecore.daemon import make_runtime
 from hivecore.limits import InvalidLimit, validate_cpu_quota, validate_memory_max
-from hivecore.runtime.nixos import NixosRuntime
+from hivecore.runtime.nixos import NixosRuntime, render_resources
+
+MEMORY_OK = ["4G", "512M", "1.5G", "1T", "2048K", "1073741824", "50%", "100%", "infinity"]
+CPU_OK = ["200%", "50%", "12.5%", "0.25%", "1600%"]
+STRICTER_THAN_SYSTEMD = {"4 G", ""}
+"""Refused here, taken by systemd: it skips the blank, and an empty value resets to no limit (say
+``infinity`` for that); so are e.g. ``1P`` and ``1E``, which no agent needs.
+Every other refused value is refused by systemd too (checked below with systemd-analyze)."""
 
 
-@pytest.mark.parametrize(
-    "value", ["4G", "512M", "1.5G", "1T", "2048K", "1073741824", "50%", "100%", "infinity"]
-)
+@pytest.mark.parametrize("value", MEMORY_OK)
 def test_memory_max_accepted(value: str) -> None:
     assert validate_memory_max(value) == value
 
 
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("4X", "is not a size"),
-        ("4 G", "is not a size"),
-        ("4g", "is not a size"),
-        ("-1G", "is not a size"),
-        ("", "is not a size"),
-        ("4G\nCPUQuota=1%", "is not a size"),  # no injecting lines into the drop-in
-        ("0", "must be above zero"),
-        ("0.0G", "must be above zero"),
-        ("0%", "above 0% and at most 100%"),
-        ("150%", "above 0% and at most 100%"),
-        ("Infinity", "is not a size"),
-    ],
-)
+MEMORY_BAD = [
+    ("4X", "is not a size"),
+    ("4 G", "is not a size"),
+    ("4g", "is not a size"),
+    ("-1G", "is not a size"),
+    ("", "is not a size"),
+    ("4G\nCPUQuota=1%", "is not a size"),  # no injecting lines into the drop-in
+    ("0", "must be above zero"),
+    ("0.0G", "must be above zero"),
+    ("0%", "above 0% and at most 100%"),
+    ("150%", "above 0% and at most 100%"),
+    ("Infinity", "is not a size"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), MEMORY_BAD)
 def test_memory_max_refused(value: str, message: str) -> None:
     with pytest.raises(InvalidLimit, match=message):
         validate_memory_max(value)
 
 
-@pytest.mark.parametrize("value", ["200%", "50%", "12.5%", "0.25%", "1600%"])
+@pytest.mark.parametrize("value", CPU_OK)
 def test_cpu_quota_accepted(value: str) -> None:
     assert validate_cpu_quota(value) == value
 
 
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("-1%", "is not a percentage"),
-        ("200", "is not a percentage"),
-        ("2", "is not a percentage"),
-        ("0.125%", "is not a percentage"),
-        ("%", "is not a percentage"),
-        ("200%%", "is not a percentage"),
-        ("", "is not a percentage"),
-        ("0%", "must be above 0%"),
-        ("0.00%", "must be above 0%"),
-    ],
-)
+CPU_BAD = [
+    ("-1%", "is not a percentage"),
+    ("200", "is not a percentage"),
+    ("2", "is not a percentage"),
+    ("0.125%", "is not a percentage"),
+    ("%", "is not a percentage"),
+    ("200%%", "is not a percentage"),
+    ("", "is not a percentage"),
+    ("0%", "must be above 0%"),
+    ("0.00%", "must be above 0%"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), CPU_BAD)
 def test_cpu_quota_refused(value: str, message: str) -> None:
     with pytest.raises(InvalidLimit, match=message):
         validate_cpu_quota(value)
@@ -115,3 +122,40 @@ def test_serve_help_renders(capsys: pytest.CaptureFixture[str]) -> None:
     out = " ".join(capsys.readouterr().out.split())
     assert "(default 200%: two CPUs' worth)" in out
     assert "'infinity' (default 4G)" in out
+
+
+def systemd_complaints(tmp_path: Path, memory_max: str, cpu_quota: str) -> str:
+    """What ``systemd-analyze verify`` says about a unit with our drop-in (empty: it took both values)."""
+    unit = tmp_path / "units" / "probe.service"
+    (tmp_path / "units" / "probe.service.d").mkdir(parents=True)
+    unit.write_text("[Service]\nExecStart=/bin/true\n")
+    (tmp_path / "units" / "probe.service.d" / "hive-resources.conf").write_text(
+        render_resources(memory_max, cpu_quota)
+    )
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False, timeout=60
+    )
+    return result.stdout + result.stderr
+
+
+needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+
+
+@needs_systemd
+@pytest.mark.parametrize(("memory_max", "cpu_quota"), list(zip(MEMORY_OK, CPU_OK * 2, strict=False)))
+def test_systemd_takes_what_we_accept(tmp_path: Path, memory_max: str, cpu_quota: str) -> None:
+    assert systemd_complaints(tmp_path, memory_max, cpu_quota) == ""
+
+
+@needs_systemd
+@pytest.mark.parametrize(
+    "value", [v for v, _ in MEMORY_BAD if v not in STRICTER_THAN_SYSTEMD and "\n" not in v]
+)
+def test_systemd_refuses_the_memory_limits_we_refuse(tmp_path: Path, value: str) -> None:
+    assert "emory limit" in systemd_complaints(tmp_path, value, "200%")
+
+
+@needs_systemd
+@pytest.mark.parametrize("value", [v for v, _ in CPU_BAD if v not in STRICTER_THAN_SYSTEMD])
+def test_systemd_refuses_the_cpu_quotas_we_refuse(tmp_path: Path, value: str) -> None:
+    assert "Invalid CPU quota" in systemd_complaints(tmp_path, "4G", value)

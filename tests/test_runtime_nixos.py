@@ -283,9 +283,14 @@ async def test_unsafe_bind_path_is_refused_before_anything_runs(stub: Stub, tmp_
     rt = NixosRuntime(
         StatePaths(tmp_path / "my state"), meta_dir=stub.meta, conf_dir=stub.conf, unit_dir=stub.units
     )
-    with pytest.raises(RuntimeFailure, match=r"cannot bind .*my state.* only letters, digits"):
-        await rt.start("alpha")
-    assert stub.calls() == []
+    for attempt in (
+        lambda: rt.start("alpha"),
+        lambda: rt.create(AgentSpec(name="alpha", command=())),
+        lambda: rt.update(AgentSpec(name="alpha", command=())),
+    ):
+        with pytest.raises(RuntimeFailure, match=r"cannot bind .*my state.* only letters, digits"):
+            await attempt()
+    assert stub.calls() == []  # refused before nixos-container built anything
     assert not (tmp_path / "my state").exists()
     assert not stub.units.exists()
 

@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CONF_DIR = Path("/etc/nixos-containers")
 DEFAULT_UNIT_DIR = Path("/run/systemd/system")
 RESOURCES_DROPIN = "hive-resources.conf"
+CONTAINER_SOCKET = "/run/hive/mcp.sock"
+"""The agent's (and the manager's) socket as seen inside its container: what ``HIVE_SOCKET`` must be
+there (the meta flake's identity module sets it; the host path in ``AgentSpec.env`` is the process
+runtime's)."""
 SOCKET_DIR_MODE = 0o751
 """As :mod:`hivecore.unix_listener` makes it when it binds the socket there."""
 _SAFE_BIND_PATH = re.compile(r"/[A-Za-z0-9._/+@-]*")
@@ -252,6 +256,7 @@ class NixosRuntime:
     async def create(self, spec: AgentSpec) -> None:
         """Create the container from ``<meta>#<name>``; an existing one is updated instead."""
         name = validate_name(spec.name)
+        self.nspawn_flags(name)  # an unusable bind path is refused before anything is built
         if name in await self._container_names():
             await self.update(spec)
             return
@@ -261,6 +266,7 @@ class NixosRuntime:
 
     async def update(self, spec: AgentSpec) -> None:
         name = validate_name(spec.name)
+        self.nspawn_flags(name)
         await self._run("nixos-container", "update", container_name(name), "--flake", self._flake_ref(spec))
         await self.reconcile(name)
 
@@ -294,6 +300,10 @@ class NixosRuntime:
         resources drop-in, and ``systemctl daemon-reload`` if the drop-in changed."""
         if await trio.to_thread.run_sync(self._reconcile_files, validate_name(name)):
             await self._run("systemctl", "daemon-reload")
+
+    def nspawn_flags(self, name: str) -> str:
+        """``EXTRA_NSPAWN_FLAGS`` of ``name``'s container (:class:`RuntimeFailure` for an unsafe path)."""
+        return nspawn_flags(container_binds(name, self._paths, self._runtime_dir))
 
     def resources_dropin(self, container: str) -> Path:
         return self._unit_dir / f"container@{container}.service.d" / RESOURCES_DROPIN
