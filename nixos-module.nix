@@ -2,11 +2,16 @@
 #
 #   imports = [ ./path/to/hivecore/nixos-module.nix ];
 #   services.hive-c0re = { enable = true; adminUsers = [ "mara" ]; };
-{ config, lib, pkgs, ... }:
+{ config, lib, pkgs, utils, ... }:
 
 let
   cfg = config.services.hive-c0re;
-  inherit (lib) mkEnableOption mkOption mkIf types escapeShellArgs optionals;
+  inherit (lib) mkEnableOption mkOption mkIf types optionals;
+
+  # what systemd-analyze would accept for MemoryMax= / CPUQuota=, roughly; the daemon checks the
+  # values exactly (hivecore/limits.py) and refuses to start on a bad one
+  memoryMaxType = types.strMatching "[0-9]+([.][0-9]+)?[KMGT]?|[0-9]+([.][0-9]{1,2})?%|infinity";
+  cpuQuotaType = types.strMatching "[0-9]+([.][0-9]{1,2})?%";
 
   defaultPackage = pkgs.python3Packages.buildPythonApplication {
     pname = "hivecore";
@@ -29,6 +34,8 @@ let
     "--admin-group" cfg.adminGroup
     "--operator-pronouns" cfg.operatorPronouns
     "--crash-watch-interval" (toString cfg.crashWatchInterval)
+    "--agent-memory-max" cfg.agentMemoryMax
+    "--agent-cpu-quota" cfg.agentCpuQuota
   ]
   ++ optionals (cfg.hyperhiveFlake != null) [ "--hyperhive-flake" cfg.hyperhiveFlake ]
   ++ optionals (cfg.domain != null) [ "--domain" cfg.domain ]
@@ -116,6 +123,20 @@ in
       '';
     };
 
+    agentMemoryMax = mkOption {
+      type = memoryMaxType;
+      default = "4G";
+      example = "8G";
+      description = "MemoryMax= of every agent container (container@h-<name>.service): a size, a percentage of the RAM or `infinity`. Applied on each spawn, start and rebuild.";
+    };
+
+    agentCpuQuota = mkOption {
+      type = cpuQuotaType;
+      default = "200%";
+      example = "50%";
+      description = "CPUQuota= of every agent container, a percentage of one CPU (`200%` = two CPUs' worth). Applied on each spawn, start and rebuild.";
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -136,7 +157,10 @@ in
       path = [ pkgs.git config.nix.package pkgs.nixos-container "/run/current-system/sw" ];
       environment.HYPERHIVE_GIT = "${pkgs.git}/bin/git";
       serviceConfig = {
-        ExecStart = "${cfg.package}/bin/hive-c0re ${escapeShellArgs args}";
+        # systemd parses Exec lines itself (not a shell): it expands %-specifiers and $VAR/${VAR} even
+        # inside quotes, so shell quoting is not enough. escapeSystemdExecArgs JSON-quotes each argument
+        # and doubles every % and $ (tests/test_nixos_module_eval.py checks the round trip).
+        ExecStart = utils.escapeSystemdExecArgs ([ "${cfg.package}/bin/hive-c0re" ] ++ args);
         Restart = "on-failure";
         RestartSec = 2;
         # containers are not our children; only the daemon itself is stopped

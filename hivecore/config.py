@@ -41,6 +41,10 @@ class Config:
     """Where the sockets live (host.sock, manager/mcp.sock, agents/<n>/mcp.sock); ``None``: <state>/run."""
     ensure_manager: bool = True
     """Create the manager (hm1nd) at startup if it is missing, start it if it is stopped."""
+    agent_memory_max: str = "4G"
+    """nixos runtime: ``MemoryMax=`` of every agent container (validated by :mod:`hivecore.limits`)."""
+    agent_cpu_quota: str = "200%"
+    """nixos runtime: ``CPUQuota=`` of every agent container (``200%`` = two CPUs' worth)."""
 
     @property
     def paths(self) -> StatePaths:

@@ -95,7 +95,13 @@ def make_runtime(config: Config) -> ContainerRuntime:
     if config.runtime == "nixos":
         from hivecore.runtime.nixos import NixosRuntime
 
-        return NixosRuntime(config.paths, meta_dir=config.paths.meta)
+        return NixosRuntime(
+            config.paths,
+            meta_dir=config.paths.meta,
+            runtime_dir=config.runtime_path,
+            memory_max=config.agent_memory_max,
+            cpu_quota=config.agent_cpu_quota,
+        )
     from hivecore.runtime.process import ProcessRuntime
 
     return ProcessRuntime(config.paths, stop_timeout=config.stop_timeout)

@@ -2,7 +2,9 @@
 
 A full NixOS evaluation needs nixpkgs, which this machine does not have offline; parsing with the
 real nix plus checking the unit's command line against the real argument parser catches the
-mistakes that matter (syntax, a flag the daemon does not know, an undocumented option).
+mistakes that matter (syntax, a flag the daemon does not know, an undocumented option). The module
+is evaluated against a stand-in lib, and its ExecStart parsed the way systemd parses it, in
+test_nixos_module_eval.py.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ argv to a log (one line per call) and answers from small files in the stub dir: 
 ``list`` output; ``create`` appends to it and writes a ``.conf`` like nixos-container's), ``up`` (the
 containers ``status`` reports as up), ``failed`` (units ``systemctl is-failed`` reports as failed) and
 ``fail-<verb>`` (makes that verb exit 1 with a message on stderr). The tests assert on the recorded
-command lines.
+command lines, and on the files the runtime writes: the container ``.conf`` (``conf_dir``, a temporary
+stand-in for ``/etc/nixos-containers``) and the resources drop-in (``unit_dir``, a temporary stand-in for
+``/run/systemd/system``); neither real directory is ever touched.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import attrs
 import pytest
 
 from hivecore.config import StatePaths
-from hivecore.errors import RuntimeFailure
+from hivecore.errors import HiveError, RuntimeFailure
 from hivecore.runtime.base import AgentRuntimeState, AgentSpec
-from hivecore.runtime.nixos import NixosRuntime, logical_name, sanitize_conf
+from hivecore.runtime.nixos import NixosRuntime, container_binds, logical_name, render_conf, sanitize_conf
 
 STUB = r"""#!/bin/sh
 tool=$(basename "$0")
@@ -52,6 +54,21 @@ class Stub:
     dir: Path
     conf: Path
     meta: Path
+    units: Path
+    state: Path
+    run: Path
+
+    def dropin(self, container: str) -> Path:
+        return self.units / f"container@{container}.service.d" / "hive-resources.conf"
+
+    def flags(self, name: str) -> str:
+        """The EXTRA_NSPAWN_FLAGS a sub-agent's .conf must hold."""
+        return (
+            f"--bind={self.state}/agents/{name}/state:/agents/{name}/state "
+            f"--bind={self.state}/agents/{name}/claude:/root/.claude "
+            f"--bind={self.run}/agents/{name}:/run/hive "
+            f"--bind-ro={self.state}/applied/{name}:/agents/{name}/applied.git"
+        )
 
     def calls(self) -> list[str]:
         path = self.dir / "calls"
@@ -69,7 +86,14 @@ def stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Stub:
         script = bin_dir / tool
         script.write_text(STUB)
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    s = Stub(dir=tmp_path / "stub", conf=tmp_path / "conf", meta=tmp_path / "meta")
+    s = Stub(
+        dir=tmp_path / "stub",
+        conf=tmp_path / "conf",
+        meta=tmp_path / "meta",
+        units=tmp_path / "units",
+        state=tmp_path / "state",
+        run=tmp_path / "run-dir",
+    )
     s.dir.mkdir()
     s.conf.mkdir()
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}")
@@ -78,9 +102,29 @@ def stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Stub:
     return s
 
 
+def make_runtime(stub: Stub, **limits: str) -> NixosRuntime:
+    return NixosRuntime(
+        StatePaths(stub.state),
+        meta_dir=stub.meta,
+        runtime_dir=stub.run,
+        conf_dir=stub.conf,
+        unit_dir=stub.units,
+        **limits,
+    )
+
+
 @pytest.fixture
-def runtime(stub: Stub, tmp_path: Path) -> NixosRuntime:
-    return NixosRuntime(StatePaths(tmp_path / "state"), meta_dir=stub.meta, conf_dir=stub.conf)
+def runtime(stub: Stub) -> NixosRuntime:
+    return make_runtime(stub)
+
+
+RESOURCES_4G = (
+    "# written by hive-c0re (--agent-memory-max, --agent-cpu-quota); rewritten on every start and\n"
+    "# rebuild, removed on destroy\n"
+    "[Service]\n"
+    "MemoryMax=4G\n"
+    "CPUQuota=200%\n"
+)
 
 
 async def test_list_maps_containers_and_ignores_foreign_ones(runtime: NixosRuntime, stub: Stub) -> None:
@@ -130,26 +174,47 @@ async def test_wait_exit_is_not_supported(runtime: NixosRuntime, stub: Stub) -> 
     assert stub.calls() == []
 
 
-async def test_create_new_container_and_sanitize_conf(runtime: NixosRuntime, stub: Stub) -> None:
+async def test_create_new_container_binds_and_resources(runtime: NixosRuntime, stub: Stub) -> None:
+    (stub.state / "applied" / "alpha").mkdir(parents=True)  # seeded by spawn before create
     await runtime.create(AgentSpec(name="alpha", command=()))
     assert stub.calls() == [
         "nixos-container list",
         f"nixos-container create h-alpha --flake {stub.meta}#alpha",
+        "systemctl daemon-reload",
     ]
+    # the stub's nixos-container wrote a private-network .conf with a stray bind: hygiene + our binds
     assert (stub.conf / "h-alpha.conf").read_text() == (
         "PRIVATE_NETWORK=0\nHOST_ADDRESS=\nLOCAL_ADDRESS=\nHOST_BRIDGE=\n"
-        'EXTRA_NSPAWN_FLAGS="--bind=/x:/y"\nAUTO_START=0\n'
+        f'EXTRA_NSPAWN_FLAGS="{stub.flags("alpha")}"\nAUTO_START=0\n'
     )
+    assert stub.dropin("h-alpha").read_text() == RESOURCES_4G
+    assert stat.S_IMODE(stub.dropin("h-alpha").stat().st_mode) == 0o644
+    # the read-write bind sources exist (nspawn refuses a missing one): creds private, socket dir 0751
+    assert stat.S_IMODE((stub.state / "agents" / "alpha" / "claude").stat().st_mode) == 0o700
+    assert (stub.state / "agents" / "alpha" / "state").is_dir()
+    assert stat.S_IMODE((stub.run / "agents" / "alpha").stat().st_mode) == 0o751
 
 
-async def test_manager_is_unprefixed(runtime: NixosRuntime, stub: Stub) -> None:
+async def test_manager_is_unprefixed_and_binds_the_hive(runtime: NixosRuntime, stub: Stub) -> None:
     await runtime.create(AgentSpec(name="hm1nd", command=()))
     await runtime.start("hm1nd")
     assert stub.calls()[1:] == [
         f"nixos-container create hm1nd --flake {stub.meta}#hm1nd",
-        "nixos-container start hm1nd",
+        "systemctl daemon-reload",
+        "nixos-container start hm1nd",  # drop-in unchanged since create: no second reload
     ]
-    assert "PRIVATE_NETWORK=0" in (stub.conf / "hm1nd.conf").read_text()
+    flags = (
+        f"--bind={stub.state}/agents:/agents "
+        f"--bind={stub.state}/agents/hm1nd/claude:/root/.claude "
+        f"--bind={stub.run}/manager:/run/hive "
+        f"--bind-ro={stub.state}/applied:/applied "
+        f"--bind-ro={stub.meta.parent}/state/meta:/meta"
+    )
+    conf = (stub.conf / "hm1nd.conf").read_text()
+    assert f'EXTRA_NSPAWN_FLAGS="{flags}"\n' in conf
+    assert "PRIVATE_NETWORK=0\n" in conf
+    assert stub.dropin("hm1nd").read_text() == RESOURCES_4G
+    assert stat.S_IMODE((stub.run / "manager").stat().st_mode) == 0o751
 
 
 async def test_create_existing_updates_with_flake_ref(runtime: NixosRuntime, stub: Stub) -> None:
@@ -158,9 +223,83 @@ async def test_create_existing_updates_with_flake_ref(runtime: NixosRuntime, stu
     conf.write_text("HOST_ADDRESS6=fc00::1\nLOCAL_ADDRESS6=fc00::2\n")
     conf.chmod(0o640)
     await runtime.create(AgentSpec(name="alpha", command=(), flake_ref="/elsewhere#alpha"))
-    assert stub.calls() == ["nixos-container list", "nixos-container update h-alpha --flake /elsewhere#alpha"]
-    assert conf.read_text() == "HOST_ADDRESS6=\nLOCAL_ADDRESS6=\nPRIVATE_NETWORK=0\n"
+    assert stub.calls() == [
+        "nixos-container list",
+        "nixos-container update h-alpha --flake /elsewhere#alpha",
+        "systemctl daemon-reload",
+    ]
+    assert conf.read_text() == (
+        f'HOST_ADDRESS6=\nLOCAL_ADDRESS6=\nPRIVATE_NETWORK=0\nEXTRA_NSPAWN_FLAGS="{stub.flags("alpha")}"\n'
+    )
     assert stat.S_IMODE(conf.stat().st_mode) == 0o640
+
+
+async def test_update_reconciles_conf_and_resources(stub: Stub, caplog: pytest.LogCaptureFixture) -> None:
+    """A rebuild rewrites what drifted (hand-edited .conf, other limits) and reloads systemd only when
+    the drop-in changed."""
+    conf = stub.conf / "h-alpha.conf"
+    conf.write_text(
+        '# kept\nPRIVATE_NETWORK=1\nEXTRA_NSPAWN_FLAGS="--bind=/etc:/etc"\nEXTRA_NSPAWN_FLAGS=x\n'
+    )
+    await make_runtime(stub).update(AgentSpec(name="alpha", command=()))
+    await make_runtime(stub).update(AgentSpec(name="alpha", command=()))
+    await make_runtime(stub, memory_max="512M", cpu_quota="50%").update(AgentSpec(name="alpha", command=()))
+    update = f"nixos-container update h-alpha --flake {stub.meta}#alpha"
+    assert stub.calls() == [update, "systemctl daemon-reload", update, update, "systemctl daemon-reload"]
+    assert conf.read_text() == f'# kept\nPRIVATE_NETWORK=0\nEXTRA_NSPAWN_FLAGS="{stub.flags("alpha")}"\n'
+    assert stub.dropin("h-alpha").read_text() == RESOURCES_4G.replace("4G", "512M").replace("200%", "50%")
+    # the applied repo was never seeded here: logged (nspawn would refuse to start), not created
+    assert "applied/alpha (bound at /agents/alpha/applied.git) is missing" in caplog.text
+    assert not (stub.state / "applied" / "alpha").exists()
+
+
+async def test_start_restores_lost_host_state(runtime: NixosRuntime, stub: Stub) -> None:
+    """After a reboot /run is empty (no drop-in, no socket dir): start puts them back first."""
+    stub.set("containers", "h-alpha")
+    (stub.conf / "h-alpha.conf").write_text("PRIVATE_NETWORK=0\n")
+    await runtime.start("alpha")
+    await runtime.start("alpha")
+    assert stub.calls() == [
+        "systemctl daemon-reload",
+        "nixos-container start h-alpha",
+        "nixos-container start h-alpha",
+    ]
+    assert stub.dropin("h-alpha").read_text() == RESOURCES_4G
+    assert (stub.run / "agents" / "alpha").is_dir()
+    assert stub.flags("alpha") in (stub.conf / "h-alpha.conf").read_text()
+
+
+async def test_failed_update_does_not_reconcile(runtime: NixosRuntime, stub: Stub) -> None:
+    stub.set("fail-update")
+    with pytest.raises(RuntimeFailure, match="update exploded"):
+        await runtime.update(AgentSpec(name="alpha", command=()))
+    assert not stub.dropin("h-alpha").exists()
+    assert stub.calls() == [f"nixos-container update h-alpha --flake {stub.meta}#alpha"]
+
+
+async def test_unsafe_bind_path_is_refused_before_anything_runs(stub: Stub, tmp_path: Path) -> None:
+    """EXTRA_NSPAWN_FLAGS is expanded unquoted by the container's start script: a space would split a
+    bind in two, so such a state dir is refused with a clear message, and nothing is written."""
+    rt = NixosRuntime(
+        StatePaths(tmp_path / "my state"), meta_dir=stub.meta, conf_dir=stub.conf, unit_dir=stub.units
+    )
+    for attempt in (
+        lambda: rt.start("alpha"),
+        lambda: rt.create(AgentSpec(name="alpha", command=())),
+        lambda: rt.update(AgentSpec(name="alpha", command=())),
+    ):
+        with pytest.raises(RuntimeFailure, match=r"cannot bind .*my state.* only letters, digits"):
+            await attempt()
+    assert stub.calls() == []  # refused before nixos-container built anything
+    assert not (tmp_path / "my state").exists()
+    assert not stub.units.exists()
+
+
+def test_invalid_limits_are_refused_by_the_runtime(stub: Stub) -> None:
+    with pytest.raises(HiveError, match="memory limit '4X' is not a size"):
+        make_runtime(stub, memory_max="4X")
+    with pytest.raises(HiveError, match="CPU quota '-1%' is not a percentage"):
+        make_runtime(stub, cpu_quota="-1%")
 
 
 async def test_start_stop_kill(runtime: NixosRuntime, stub: Stub) -> None:
@@ -170,6 +309,7 @@ async def test_start_stop_kill(runtime: NixosRuntime, stub: Stub) -> None:
     await runtime.stop("alpha", graceful=False)
     await runtime.stop("beta", graceful=False)  # down: nothing to terminate
     assert stub.calls() == [
+        "systemctl daemon-reload",  # the first start wrote the drop-in
         "nixos-container start h-alpha",
         "nixos-container stop h-alpha",
         "nixos-container status h-alpha",
@@ -180,13 +320,23 @@ async def test_start_stop_kill(runtime: NixosRuntime, stub: Stub) -> None:
 
 async def test_destroy(runtime: NixosRuntime, stub: Stub) -> None:
     stub.set("containers", "h-alpha")
+    stub.dropin("h-alpha").parent.mkdir(parents=True)
+    stub.dropin("h-alpha").write_text(RESOURCES_4G)
+    (stub.dropin("h-alpha").parent / "operator.conf").write_text("[Service]\n")  # not ours: kept
     await runtime.destroy("alpha")
     await runtime.destroy("ghost")  # does not exist: no-op
     assert stub.calls() == [
         "nixos-container list",
         "nixos-container destroy h-alpha",
+        "systemctl daemon-reload",
         "nixos-container list",
     ]
+    assert sorted(p.name for p in stub.dropin("h-alpha").parent.iterdir()) == ["operator.conf"]
+    stub.dropin("h-ghost").parent.mkdir(parents=True)
+    stub.dropin("h-ghost").write_text(RESOURCES_4G)
+    await runtime.destroy("ghost")  # the drop-in left by an earlier, interrupted destroy goes too
+    assert stub.calls()[4:] == ["nixos-container list", "systemctl daemon-reload"]
+    assert not stub.dropin("h-ghost").parent.exists()
 
 
 async def test_failure_carries_stderr(runtime: NixosRuntime, stub: Stub) -> None:
@@ -209,7 +359,7 @@ async def test_failing_probe_raises_runtime_failure(runtime: NixosRuntime, stub:
 
 async def test_missing_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    rt = NixosRuntime(StatePaths(tmp_path), meta_dir=tmp_path)
+    rt = NixosRuntime(StatePaths(tmp_path), meta_dir=tmp_path, conf_dir=tmp_path, unit_dir=tmp_path)
     with pytest.raises(RuntimeFailure, match="cannot run nixos-container"):
         await rt.list()
 
@@ -220,6 +370,19 @@ def test_sanitize_conf() -> None:
     assert clean == "# generated\nHOST_ADDRESS=\nPRIVATE_NETWORK=0\nFLAGS=a=b\n"
     assert sanitize_conf(clean) == clean
     assert sanitize_conf("") == "PRIVATE_NETWORK=0\n"
+
+
+def test_render_conf() -> None:
+    assert render_conf("", "--bind=/a:/b") == 'PRIVATE_NETWORK=0\nEXTRA_NSPAWN_FLAGS="--bind=/a:/b"\n'
+    text = 'A=1\nEXTRA_NSPAWN_FLAGS="--x"\nB=2\n EXTRA_NSPAWN_FLAGS = y\n'
+    assert render_conf(text, "--bind=/a:/b") == (
+        'A=1\nEXTRA_NSPAWN_FLAGS="--bind=/a:/b"\nB=2\nPRIVATE_NETWORK=0\n'
+    )
+
+
+def test_container_binds_refuse_bad_names(tmp_path: Path) -> None:
+    with pytest.raises(HiveError):
+        container_binds("../x", StatePaths(tmp_path), tmp_path / "run")
 
 
 def test_logical_name() -> None:

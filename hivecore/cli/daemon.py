@@ -18,6 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hivecore.errors import HiveError
+from hivecore.limits import (
+    DEFAULT_CPU_QUOTA,
+    DEFAULT_MEMORY_MAX,
+    cpu_quota_arg,
+    memory_max_arg,
+    validate_cpu_quota,
+    validate_memory_max,
+)
 
 if TYPE_CHECKING:
     from hivecore.config import Config
@@ -98,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--domain", default=None, help="public domain of the gateway, for agent URLs")
     serve.add_argument(
+        "--agent-memory-max",
+        type=memory_max_arg,
+        default=DEFAULT_MEMORY_MAX,
+        help="nixos runtime: MemoryMax of each agent container: a size (4G, 512M), a percentage of the "
+        f"RAM or 'infinity' (default {DEFAULT_MEMORY_MAX})",
+    )
+    serve.add_argument(
+        "--agent-cpu-quota",
+        type=cpu_quota_arg,
+        default=DEFAULT_CPU_QUOTA,
+        help="nixos runtime: CPUQuota of each agent container, a percentage of one CPU "
+        "(default 200%%: two CPUs' worth)",
+    )
+    serve.add_argument(
         "--no-ensure-manager",
         dest="ensure_manager",
         action="store_false",
@@ -142,6 +164,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         crash_watch_interval=args.crash_watch_interval,
         domain=args.domain,
         ensure_manager=args.ensure_manager,
+        agent_memory_max=validate_memory_max(args.agent_memory_max),
+        agent_cpu_quota=validate_cpu_quota(args.agent_cpu_quota),
     )
 
 

@@ -5,14 +5,16 @@ Every action shells out (``trio.run_process``, output captured); a non-zero exit
 
 ================  ==========================================================================
 create            ``nixos-container create <c> --flake <meta>#<name>`` (an existing container is
-                  updated instead), then ``.conf`` hygiene
-update            ``nixos-container update <c> --flake <meta>#<name>``, then ``.conf`` hygiene
-start / stop      ``nixos-container start|stop <c>``
+                  updated instead), then host-side reconcile (below)
+update            ``nixos-container update <c> --flake <meta>#<name>``, then host-side reconcile
+start             host-side reconcile, then ``nixos-container start <c>``
+stop              ``nixos-container stop <c>``
 stop, not         ``machinectl terminate <c>``: machined kills every process of the container at
 graceful          once and releases it, without the guest's orderly shutdown. Chosen over
                   ``systemctl kill`` because that only signals the unit's processes and leaves
                   the unit's own stop/restart logic to race with it
-destroy           ``nixos-container destroy <c>`` (it stops a running container first)
+destroy           ``nixos-container destroy <c>`` (it stops a running container first; it removes
+                  the ``.conf`` too), then the resources drop-in is removed (+ ``daemon-reload``)
 list              ``nixos-container list``; per container ``nixos-container status <c>``
                   (``up``/``down``) and ``systemctl is-failed container@<c>.service``. With
                   ``names``, only those containers are probed (the ``list`` still answers which
@@ -22,26 +24,55 @@ wait_exit         not supported (``can_wait_exit = False``): raises ``NotImpleme
 
 ``<c>`` is :func:`~hivecore.runtime.base.container_name`: ``h-<name>``, the manager ``hm1nd``
 unprefixed. Other containers on the host (``hive-forge``, ``hive-gateway`` …) are ignored.
+
+Host-side reconcile (reference §4.1: "rebuild is the reconcile verb"; also done on every start, so a
+reboot, which empties ``/run``, or a daemon upgrade never starts a container with stale host state):
+
+1. the bind sources the daemon owns exist (created if missing): the agent's ``state`` and ``claude``
+   dirs and its socket dir; a missing read-only source (applied repo, meta) is logged;
+2. ``<conf_dir>/<c>.conf`` (``/etc/nixos-containers``): :func:`render_conf` (``PRIVATE_NETWORK=0``,
+   addresses cleared, ``EXTRA_NSPAWN_FLAGS`` = :func:`container_binds`, every other line kept);
+3. ``<unit_dir>/container@<c>.service.d/hive-resources.conf``: ``MemoryMax=``/``CPUQuota=``
+   (:func:`render_resources`); ``systemctl daemon-reload`` only when that file changed.
+
+``unit_dir`` defaults to ``/run/systemd/system``, not ``/etc/systemd/system``: on NixOS the latter is
+a read-only link into the Nix store (generated from the system configuration); ``/run`` is writable
+and, being volatile, never keeps a destroyed container's drop-in across a reboot (a start rewrites it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import subprocess
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
+import attrs
 import trio
 
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError, RuntimeFailure
+from hivecore.limits import DEFAULT_CPU_QUOTA, DEFAULT_MEMORY_MAX, validate_cpu_quota, validate_memory_max
 from hivecore.names import MANAGER_NAME, validate_name
 from hivecore.runtime.base import AgentRuntimeState, AgentSpec, container_name
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONF_DIR = Path("/etc/nixos-containers")
+DEFAULT_UNIT_DIR = Path("/run/systemd/system")
+RESOURCES_DROPIN = "hive-resources.conf"
+CONTAINER_SOCKET = "/run/hive/mcp.sock"
+"""The agent's (and the manager's) socket as seen inside its container: what ``HIVE_SOCKET`` must be
+there (the meta flake's identity module sets it; the host path in ``AgentSpec.env`` is the process
+runtime's)."""
+SOCKET_DIR_MODE = 0o751
+"""As :mod:`hivecore.unix_listener` makes it when it binds the socket there."""
+_SAFE_BIND_PATH = re.compile(r"/[A-Za-z0-9._/+@-]*")
+"""Paths that survive ``EXTRA_NSPAWN_FLAGS`` unharmed: the container's start script expands the
+variable unquoted (split on whitespace, globbed) and systemd-nspawn splits ``--bind=`` on ``:``."""
 CLEARED_CONF_KEYS = ("HOST_ADDRESS", "LOCAL_ADDRESS", "HOST_ADDRESS6", "LOCAL_ADDRESS6", "HOST_BRIDGE")
 """Emptied in every container ``.conf``: containers share the host's network namespace."""
 
@@ -69,6 +100,91 @@ def sanitize_conf(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
+@attrs.frozen
+class Bind:
+    """One ``--bind``/``--bind-ro`` of a container: host ``source`` at ``target`` inside it."""
+
+    source: Path
+    target: str
+    read_only: bool = False
+    owned: bool = True
+    """The daemon creates ``source`` if it is missing (state, creds, socket dirs); else only checks."""
+
+    @property
+    def flag(self) -> str:
+        for path in (str(self.source), self.target):
+            if _SAFE_BIND_PATH.fullmatch(path) is None:
+                raise RuntimeFailure(
+                    f"cannot bind {path!r} into a container: only letters, digits and ._/+@- are safe "
+                    "in EXTRA_NSPAWN_FLAGS (choose a --state-dir / --runtime-dir without them)"
+                )
+        return f"--bind{'-ro' if self.read_only else ''}={self.source}:{self.target}"
+
+
+def container_binds(name: str, paths: StatePaths, runtime_dir: Path) -> tuple[Bind, ...]:
+    """What agent ``name``'s container sees of the host.
+
+    A sub-agent ``n``: its state dir at ``/agents/<n>/state``, its Claude creds at ``/root/.claude``,
+    its socket dir ``<runtime-dir>/agents/<n>/`` at ``/run/hive`` (so ``/run/hive/mcp.sock``) and its
+    applied repo, read-only, at ``/agents/<n>/applied.git``.
+
+    The manager (reference §1.4): every agent's dir at ``/agents`` (read-write: it edits the
+    proposed repos ``/agents/<n>/config``; its own state is ``/agents/hm1nd/state`` as for any
+    agent), the applied repos at ``/applied`` and the meta flake at ``/meta`` (both read-only: its
+    deploy log and ``flake.lock``), its creds at ``/root/.claude`` and ``<runtime-dir>/manager/`` at
+    ``/run/hive``. Note that ``/agents`` includes the other agents' ``claude`` dirs, as in the
+    original.
+    """
+    name = validate_name(name)
+    if name == MANAGER_NAME:
+        return (
+            Bind(paths.agents, "/agents"),
+            Bind(paths.agent_claude(name), "/root/.claude"),
+            Bind(runtime_dir / "manager", "/run/hive"),
+            Bind(paths.applied_root, "/applied", read_only=True, owned=False),
+            Bind(paths.meta, "/meta", read_only=True, owned=False),
+        )
+    return (
+        Bind(paths.agent_state(name), f"/agents/{name}/state"),
+        Bind(paths.agent_claude(name), "/root/.claude"),
+        Bind(runtime_dir / "agents" / name, "/run/hive"),
+        Bind(paths.applied(name), f"/agents/{name}/applied.git", read_only=True, owned=False),
+    )
+
+
+def nspawn_flags(binds: Sequence[Bind]) -> str:
+    return " ".join(bind.flag for bind in binds)
+
+
+def render_conf(text: str, extra_nspawn_flags: str) -> str:
+    """:func:`sanitize_conf`, with ``EXTRA_NSPAWN_FLAGS="<flags>"`` replacing any previous value (in
+    place, else appended). The daemon owns that key: flags set there by hand do not survive."""
+    out: list[str] = []
+    seen = False
+    for line in sanitize_conf(text).splitlines():
+        key, sep, _ = line.partition("=")
+        if sep and key.strip() == "EXTRA_NSPAWN_FLAGS":
+            if not seen:
+                out.append(f'EXTRA_NSPAWN_FLAGS="{extra_nspawn_flags}"')
+            seen = True
+        else:
+            out.append(line)
+    if not seen:
+        out.append(f'EXTRA_NSPAWN_FLAGS="{extra_nspawn_flags}"')
+    return "\n".join(out) + "\n"
+
+
+def render_resources(memory_max: str, cpu_quota: str) -> str:
+    """The ``hive-resources.conf`` drop-in of ``container@<c>.service`` (values already validated)."""
+    return (
+        "# written by hive-c0re (--agent-memory-max, --agent-cpu-quota); rewritten on every start and\n"
+        "# rebuild, removed on destroy\n"
+        "[Service]\n"
+        f"MemoryMax={memory_max}\n"
+        f"CPUQuota={cpu_quota}\n"
+    )
+
+
 def logical_name(container: str) -> str | None:
     """The agent name of a container, or ``None`` if the container is not one of ours."""
     if container == MANAGER_NAME:
@@ -87,10 +203,25 @@ class NixosRuntime:
     kind = "nixos"
     can_wait_exit = False
 
-    def __init__(self, paths: StatePaths, *, meta_dir: Path, conf_dir: Path = DEFAULT_CONF_DIR) -> None:
+    def __init__(
+        self,
+        paths: StatePaths,
+        *,
+        meta_dir: Path,
+        runtime_dir: Path | None = None,
+        conf_dir: Path = DEFAULT_CONF_DIR,
+        unit_dir: Path = DEFAULT_UNIT_DIR,
+        memory_max: str = DEFAULT_MEMORY_MAX,
+        cpu_quota: str = DEFAULT_CPU_QUOTA,
+    ) -> None:
+        """``runtime_dir``: where the sockets live (``Config.runtime_path``; default ``<state>/run``).
+        ``conf_dir`` and ``unit_dir`` are parameters for the tests."""
         self._paths = paths
         self._meta_dir = meta_dir
+        self._runtime_dir = runtime_dir if runtime_dir is not None else paths.run
         self._conf_dir = conf_dir
+        self._unit_dir = unit_dir
+        self._resources = render_resources(validate_memory_max(memory_max), validate_cpu_quota(cpu_quota))
 
     async def list(self, names: Collection[str] | None = None) -> dict[str, AgentRuntimeState]:
         """Every ``h-*`` container and the manager (only those in ``names`` when given; the others are
@@ -125,20 +256,23 @@ class NixosRuntime:
     async def create(self, spec: AgentSpec) -> None:
         """Create the container from ``<meta>#<name>``; an existing one is updated instead."""
         name = validate_name(spec.name)
+        self.nspawn_flags(name)  # an unusable bind path is refused before anything is built
         if name in await self._container_names():
             await self.update(spec)
             return
         container = container_name(name)
         await self._run("nixos-container", "create", container, "--flake", self._flake_ref(spec))
-        self.sanitize_conf_file(container)
+        await self.reconcile(name)
 
     async def update(self, spec: AgentSpec) -> None:
-        container = container_name(validate_name(spec.name))
-        await self._run("nixos-container", "update", container, "--flake", self._flake_ref(spec))
-        self.sanitize_conf_file(container)
+        name = validate_name(spec.name)
+        self.nspawn_flags(name)
+        await self._run("nixos-container", "update", container_name(name), "--flake", self._flake_ref(spec))
+        await self.reconcile(name)
 
     async def start(self, name: str) -> None:
-        await self._run("nixos-container", "start", container_name(validate_name(name)))
+        await self.reconcile(validate_name(name))
+        await self._run("nixos-container", "start", container_name(name))
 
     async def stop(self, name: str, *, graceful: bool = True) -> None:
         """Graceful: ``nixos-container stop``. Not graceful: ``machinectl terminate`` if it is up."""
@@ -154,22 +288,69 @@ class NixosRuntime:
         validate_name(name)
         if name in await self._container_names():
             await self._run("nixos-container", "destroy", container_name(name))
+        if await trio.to_thread.run_sync(self._remove_resources, container_name(name)):
+            await self._run("systemctl", "daemon-reload")
 
     async def wait_exit(self, name: str) -> None:
         """Not supported: containers are watched by periodic ``list`` rescans (``can_wait_exit``)."""
         raise NotImplementedError("the nixos runtime cannot watch a container's exit")
 
+    async def reconcile(self, name: str) -> None:
+        """Re-apply the host-side state of ``name``'s container (module doc): bind sources, ``.conf``,
+        resources drop-in, and ``systemctl daemon-reload`` if the drop-in changed."""
+        if await trio.to_thread.run_sync(self._reconcile_files, validate_name(name)):
+            await self._run("systemctl", "daemon-reload")
+
+    def nspawn_flags(self, name: str) -> str:
+        """``EXTRA_NSPAWN_FLAGS`` of ``name``'s container (:class:`RuntimeFailure` for an unsafe path)."""
+        return nspawn_flags(container_binds(name, self._paths, self._runtime_dir))
+
+    def resources_dropin(self, container: str) -> Path:
+        return self._unit_dir / f"container@{container}.service.d" / RESOURCES_DROPIN
+
+    def _reconcile_files(self, name: str) -> bool:
+        """The file work of :meth:`reconcile` (blocking); whether the drop-in changed."""
+        container = container_name(name)
+        binds = container_binds(name, self._paths, self._runtime_dir)
+        flags = nspawn_flags(binds)  # refuses unsafe paths before anything is touched
+        for bind in binds:
+            self._prepare_source(bind, container)
+        self._rewrite(self._conf_dir / f"{container}.conf", lambda text: render_conf(text, flags))
+        return self._write_if_changed(self.resources_dropin(container), self._resources)
+
+    @staticmethod
+    def _prepare_source(bind: Bind, container: str) -> None:
+        if bind.source.is_dir():
+            return
+        if not bind.owned:
+            log.warning(
+                "%s: %s (bound at %s) is missing; the container will not start",
+                container,
+                bind.source,
+                bind.target,
+            )
+            return
+        mode = SOCKET_DIR_MODE if bind.target == "/run/hive" else 0o700
+        try:
+            bind.source.mkdir(mode=mode, parents=True, exist_ok=True)
+        except OSError as e:
+            raise RuntimeFailure(f"cannot create {bind.source} (bound into {container}): {e}") from e
+
     def sanitize_conf_file(self, container: str) -> None:
         """Apply :func:`sanitize_conf` to ``<conf_dir>/<container>.conf`` (atomically, keeping its mode)."""
-        path = self._conf_dir / f"{container}.conf"
+        self._rewrite(self._conf_dir / f"{container}.conf", sanitize_conf)
+
+    @staticmethod
+    def _rewrite(path: Path, transform: Callable[[str], str]) -> None:
+        """``path`` := ``transform(its text)``, atomically, keeping its mode; a missing file is logged."""
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            log.warning("no %s to sanitize", path)
+            log.warning("no %s to rewrite", path)
             return
         except OSError as e:
             raise RuntimeFailure(f"cannot read {path}: {e}") from e
-        clean = sanitize_conf(text)
+        clean = transform(text)
         if clean == text:
             return
         tmp = path.with_name(f".{path.name}.tmp")
@@ -179,6 +360,39 @@ class NixosRuntime:
             os.replace(tmp, path)
         except OSError as e:
             raise RuntimeFailure(f"cannot rewrite {path}: {e}") from e
+
+    @staticmethod
+    def _write_if_changed(path: Path, text: str) -> bool:
+        """Write ``path`` (0644, atomically) unless it already holds ``text``; whether it was written."""
+        try:
+            if path.read_text(encoding="utf-8") == text:
+                return False
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise RuntimeFailure(f"cannot read {path}: {e}") from e
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text, encoding="utf-8")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise RuntimeFailure(f"cannot write {path}: {e}") from e
+        return True
+
+    def _remove_resources(self, container: str) -> bool:
+        """Remove the drop-in (and its dir when empty); whether there was one."""
+        path = self.resources_dropin(container)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise RuntimeFailure(f"cannot remove {path}: {e}") from e
+        with contextlib.suppress(OSError):  # not empty: someone else's drop-ins
+            path.parent.rmdir()
+        return True
 
     def _flake_ref(self, spec: AgentSpec) -> str:
         return spec.flake_ref if spec.flake_ref is not None else f"{self._meta_dir}#{spec.name}"
