@@ -243,6 +243,9 @@ def _dashboard_child(daemon: Daemon, web_factory: WebFactory) -> ChildSpec:
             )
             daemon.dashboard_urls = list(urls)
             log.info("dashboard on %s", ", ".join(urls))
+            hint = getattr(app, "hive_login_hint", None)
+            if callable(hint):
+                log.info("%s", hint(urls[0]))
             task_status.started(urls)
 
     return ChildSpec("dashboard", serve_web, stop=lambda: shutdown.set())

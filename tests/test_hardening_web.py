@@ -113,7 +113,7 @@ async def request(daemon: Daemon, raw: bytes) -> tuple[int, dict[str, str], byte
 
 
 def get(path: str, headers: str = "") -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n".encode()
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hivetest-operator-token-0123456789\r\n{headers}Connection: close\r\n\r\n".encode()
 
 
 # --- defect 1: HEAD on the stream held the connection forever ---------------------------------------
@@ -126,8 +126,8 @@ async def test_head_on_the_stream_answers_and_the_next_request_on_the_connection
         stream = await connect(hive)
         reader = Reader(stream)
         await stream.send_all(
-            b"HEAD /api/dashboard/stream HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            b"HEAD /api/dashboard/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hivetest-operator-token-0123456789\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hivetest-operator-token-0123456789\r\nConnection: close\r\n\r\n"
         )
         status, headers, _ = await reader.response(head_request=True)
         assert status == 200
@@ -147,8 +147,8 @@ async def test_other_methods_on_the_stream_answer_at_once(hive: Daemon, method: 
         async with stream:
             reader = Reader(stream)
             await stream.send_all(
-                f"{method} /api/dashboard/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+                f"{method} /api/dashboard/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hivetest-operator-token-0123456789\r\nContent-Length: 0\r\n\r\n"
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hivetest-operator-token-0123456789\r\nConnection: close\r\n\r\n".encode()
             )
             status, _, _ = await reader.response()
             assert status < 500
@@ -163,7 +163,7 @@ async def test_a_stream_client_that_leaves_releases_its_fd_and_subscription(hive
     baseline = fd_count()
     with trio.fail_after(10):
         stream = await connect(hive)
-        await stream.send_all(b"GET /api/dashboard/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        await stream.send_all(b"GET /api/dashboard/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hivetest-operator-token-0123456789\r\n\r\n")
         reader = Reader(stream)
         await reader._until(b": connected")
         assert hive.bus.statistics().subscribers == 1
@@ -211,7 +211,7 @@ async def test_an_http_1_0_request_is_answered_and_closed(hive: Daemon) -> None:
 async def test_odd_last_event_ids_get_a_clear_400(
     hive: Daemon, caplog: pytest.LogCaptureFixture, last_id: bytes
 ) -> None:
-    raw = b"GET /api/dashboard/stream HTTP/1.1\r\nHost: x\r\nLast-Event-ID: %s\r\nConnection: close\r\n\r\n"
+    raw = b"GET /api/dashboard/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hivetest-operator-token-0123456789\r\nLast-Event-ID: %s\r\nConnection: close\r\n\r\n"
     with trio.fail_after(10):
         status, _, body = await request(hive, raw % last_id)
     assert status == 400, body
@@ -228,7 +228,7 @@ async def test_last_event_id_with_surrounding_spaces_still_replays(hive: Daemon)
         stream = await connect(hive)
         async with stream:
             await stream.send_all(
-                f"GET /api/dashboard/stream HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {seq}  \r\n\r\n".encode()
+                f"GET /api/dashboard/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hivetest-operator-token-0123456789\r\nLast-Event-ID: {seq}  \r\n\r\n".encode()
             )
             reader = Reader(stream)
             frame = await reader._until(b"\n\n")
@@ -266,7 +266,7 @@ async def test_clients_leaving_mid_static_response_strand_no_file(hive: Daemon) 
             stream = await connect(hive)
             async with stream:
                 verb = "HEAD" if i % 2 else "GET"
-                await stream.send_all(f"{verb} /static/dashboard.js HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                await stream.send_all(f"{verb} /static/dashboard.js HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hivetest-operator-token-0123456789\r\n\r\n".encode())
                 await Reader(stream)._until(b"\r\n\r\n")
     assert await settle_fds(baseline) == baseline
     status, headers, body = await request(hive, get("/static/dashboard.js"))
@@ -366,7 +366,7 @@ async def test_fuzzed_requests_get_one_clean_answer_and_release_their_fds(
     )
     @given(method=_methods(), path=_paths(), query=_queries(), headers=_headers(), closing=st.booleans())
     def check(method: str, path: str, query: str, headers: list[tuple[str, bytes]], closing: bool) -> None:
-        raw = f"{method} {path}{query} HTTP/1.1\r\nHost: x\r\n".encode()
+        raw = f"{method} {path}{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hivetest-operator-token-0123456789\r\n".encode()
         raw += b"".join(n.encode() + b": " + v + b"\r\n" for n, v in headers)
         raw += b"Connection: close\r\n\r\n" if closing else b"\r\n"
         with socket.create_connection(address) as sock:
