@@ -134,7 +134,7 @@ async def test_api_state_never_shows_a_planted_status_link(hive: Daemon, secret_
     status.unlink(missing_ok=True)
     status.symlink_to(secret_dir / "secret")
     await hive.views.rescan(["coder"])
-    _, _, body = await request(hive, b"GET /api/state HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hivetest-operator-token-0123456789\r\nConnection: close\r\n\r\n")
+    _, _, body = await request(hive, b"GET /api/state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert SECRET.strip() not in body
     [row] = json.loads(body)["containers"]
     assert row.get("status_text") is None
