@@ -70,6 +70,8 @@ class Daemon:
     agent_sockets: AgentSockets
     manager_socket: ManagerSocket
     dashboard_urls: list[str] = attrs.field(factory=list)
+    dashboard_app: Any = None
+    """The dashboard's ASGI app once it is serving (tests reach its hooks through it)."""
 
     def dashboard_port(self) -> int:
         """The port actually bound (the configured one may be 0: ephemeral)."""
@@ -237,6 +239,7 @@ def _dashboard_child(daemon: Daemon, web_factory: WebFactory) -> ChildSpec:
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
         app = web_factory(daemon)
+        daemon.dashboard_app = app
         async with trio.open_nursery() as nursery:
             urls: list[str] = await nursery.start(
                 partial(hypercorn.trio.serve, app, hc, shutdown_trigger=shutdown.wait)

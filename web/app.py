@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_SECONDS = 15.0
+RETRY_MS = 1000
+"""The reconnect delay the stream asks EventSource for (``retry:``)."""
 MAX_SHOWN_KINDS = 5
 MAX_BODY = 256 * 1024
 """Largest request body (a form); more is a 413."""
@@ -229,6 +231,16 @@ def create_app(
     kinds_meta = ",".join(sorted(EVENT_KINDS)).encode()
     index_html = static_files["index.html"][0].replace(b"@@EVENT_KINDS@@", kinds_meta)
 
+    live_streams: set[trio.CancelScope] = set()
+
+    def drop_streams() -> int:
+        """End every open stream from the server side (its clients reconnect with Last-Event-ID)."""
+        for scope in list(live_streams):
+            scope.cancel()
+        return len(live_streams)
+
+    app.hive_drop_streams = drop_streams  # type: ignore[attr-defined]
+
     def principal() -> Principal | None:
         return auth.principal(request.headers.get("Authorization"), request.cookies.get(SESSION_COOKIE))
 
@@ -383,21 +395,25 @@ def create_app(
             except RefetchRequired as exc:
                 yield _sse({"kind": "refetch", "reason": str(exc)})
                 return
-            with sub:
-                yield b": connected\n\n"
-                while True:
-                    event = None
-                    with trio.move_on_after(KEEPALIVE_SECONDS):
-                        try:
-                            event = await sub.receive()
-                        except trio.EndOfChannel:
-                            break
-                    if event is None:
-                        yield b": keepalive\n\n"
-                    else:
-                        yield _sse(event_to_dict(event), event_id=event.seq)
-                if sub.lagged:
-                    yield _sse({"kind": "refetch", "reason": "this stream fell behind; reload /api/state"})
+            with sub, trio.CancelScope() as dropped:
+                live_streams.add(dropped)
+                try:
+                    yield f"retry: {RETRY_MS}\n: connected\n\n".encode()
+                    while True:
+                        event = None
+                        with trio.move_on_after(KEEPALIVE_SECONDS):
+                            try:
+                                event = await sub.receive()
+                            except trio.EndOfChannel:
+                                break
+                        if event is None:
+                            yield b": keepalive\n\n"
+                        else:
+                            yield _sse(event_to_dict(event), event_id=event.seq)
+                    if sub.lagged:
+                        yield _sse({"kind": "refetch", "reason": "this stream fell behind; refetch"})
+                finally:
+                    live_streams.discard(dropped)
 
         resp = app.response_class(frames(), mimetype="text/event-stream")
         resp.headers["Cache-Control"] = "no-cache"
