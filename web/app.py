@@ -203,7 +203,7 @@ def daemon_app(daemon: Daemon) -> QuartTrio:
 
 def _is_public(path: str) -> bool:
     """Routes served without auth: the static shell, the login page and the health probe."""
-    return path in ("/", "/healthz", "/login") or path.startswith("/static/")
+    return path in ("/", "/healthz", "/login", "/favicon.ico") or path.startswith("/static/")
 
 
 def create_app(
@@ -274,6 +274,10 @@ def create_app(
     @app.get("/")
     async def index() -> Response:
         return Response(index_html, mimetype="text/html")
+
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return Response(b"", status=204)
 
     @app.get("/login")
     async def login_page() -> Response:
@@ -392,13 +396,16 @@ def create_app(
             # subscribed here, not in the handler: a response that is never iterated holds nothing
             try:
                 sub = bus.subscribe(kinds=kinds, after_seq=after)
+                start = after if after is not None else bus.current_seq()  # no await in between
             except RefetchRequired as exc:
                 yield _sse({"kind": "refetch", "reason": str(exc)})
                 return
             with sub, trio.CancelScope() as dropped:
                 live_streams.add(dropped)
                 try:
-                    yield f"retry: {RETRY_MS}\n: connected\n\n".encode()
+                    # the id sets the client's Last-Event-ID to where this subscription starts, so
+                    # a reconnect before the first event still replays everything after it
+                    yield f"retry: {RETRY_MS}\nid: {start}\n\n: connected\n\n".encode()
                     while True:
                         event = None
                         with trio.move_on_after(KEEPALIVE_SECONDS):

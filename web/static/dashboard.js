@@ -288,7 +288,7 @@ function updateMetaSubmit() {
 }
 
 const JOB_GLYPH = { queued: "⏸", running: "▶", done: "✔", failed: "✖", cancelled: "⊘" };
-const KIND_GLYPH = { rebuild: "↻", apply_commit: "◆", spawn: "✨", destroy: "🗑", purge: "🗑", meta_update: "↻" };
+const KIND_GLYPH = { rebuild: "↻", apply_commit: "◆", spawn: "✦", destroy: "✗", purge: "✗", meta_update: "↻", start: "▶", stop: "■", restart: "↺", kill: "☠", deny: "✖", init_config: "✦" };
 
 function renderJobs() {
   const box = document.getElementById("jobs");
