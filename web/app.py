@@ -7,6 +7,7 @@ assembly; every later change arrives on ``/api/dashboard/stream`` (``?kinds=a,b`
 
 from __future__ import annotations
 
+import collections
 import errno
 import inspect
 import json
@@ -39,7 +40,7 @@ from hivecore.names import validate_name
 from hivecore.services.broker import Broker
 from hivecore.store import Store
 from hivecore.wire.converter import converter
-from hivecore.wire.events import EVENT_KINDS, event_to_dict
+from hivecore.wire.events import EVENT_KINDS, Event, event_to_dict
 from web import actions
 from web import snapshot as snap
 from web.auth import CSRF_HEADER, SESSION_COOKIE, Auth, Principal, ensure_token
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_SECONDS = 15.0
 RETRY_MS = 1000
+FRAME_CACHE = 512
+"""Encoded frames kept for the streams still sending them (the bus's ring is about this long)."""
 """The reconnect delay the stream asks EventSource for (``retry:``)."""
 MAX_SHOWN_KINDS = 5
 MAX_BODY = 256 * 1024
@@ -232,6 +235,17 @@ def create_app(
     index_html = static_files["index.html"][0].replace(b"@@EVENT_KINDS@@", kinds_meta)
 
     live_streams: set[trio.CancelScope] = set()
+    frames_cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+
+    def frame_of(event: Event) -> bytes:
+        """The SSE frame of ``event``, encoded once for every stream that sends it (seqs are unique
+        per bus, events immutable)."""
+        frame = frames_cache.get(event.seq)
+        if frame is None:
+            frame = frames_cache[event.seq] = _sse(event_to_dict(event), event_id=event.seq)
+            if len(frames_cache) > FRAME_CACHE:
+                frames_cache.popitem(last=False)
+        return frame
 
     def drop_streams() -> int:
         """End every open stream from the server side (its clients reconnect with Last-Event-ID)."""
@@ -416,7 +430,7 @@ def create_app(
                         if event is None:
                             yield b": keepalive\n\n"
                         else:
-                            yield _sse(event_to_dict(event), event_id=event.seq)
+                            yield frame_of(event)
                     if sub.lagged:
                         yield _sse({"kind": "refetch", "reason": "this stream fell behind; refetch"})
                 finally:
