@@ -313,3 +313,48 @@ async def test_a_dropped_stream_reconnects_and_misses_nothing(live: Daemon, brow
 
         assert await browser.run(lambda: texts(page)) == await browser.run(lambda: texts(fresh))
     assert browser.state_requests == [f"{base}/api/state"] * 2  # one per page session
+
+
+async def test_a_refetch_frame_reloads_the_snapshot_into_the_stores(
+    live: Daemon, browser: BrowserThread
+) -> None:
+    from hivecore.wire.events import AgentNotice
+
+    base = live.dashboard_urls[0]
+    with trio.fail_after(120):
+        page = await browser.new_page(base)
+        await browser.run(lambda: page.wait_for_selector("#status.live"))
+        await browser.run(lambda: page.evaluate("window.sameDocument = true"))
+        # a burst the page's stream cannot hold: the server ends it with a refetch frame
+        for i in range(3000):
+            live.bus.publish(AgentNotice(event="burst", agent="nobody", note=str(i)))
+        await ok(await host(live, {"cmd": "spawn", "name": "coder"}))
+        await browser.run(lambda: page.wait_for_selector("#containers .row.running[data-name='coder']"))
+        await browser.run(lambda: page.wait_for_selector("#status.live"))
+        fresh = await browser.new_page(base)
+
+        def texts(p: Page) -> dict[str, str]:
+            return {s: p.inner_text(s) for s in SECTIONS}
+
+        assert await browser.run(lambda: texts(page)) == await browser.run(lambda: texts(fresh))
+        # the first page loaded the snapshot twice (boot, refetch), without reloading the document
+        assert await browser.run(lambda: page.evaluate("window.sameDocument")) is True
+    assert browser.state_requests == [f"{base}/api/state"] * 3  # boot, refetch, the fresh page
+
+
+async def test_without_a_session_the_page_goes_to_login(live: Daemon, browser: BrowserThread) -> None:
+    base = live.dashboard_urls[0]
+    await browser.run(lambda: None)
+
+    def visit() -> str:
+        page = browser.browser.new_context().new_page()
+        page.goto(f"{base}/")
+        page.wait_for_url(f"{base}/login", timeout=WAIT_MS)
+        page.fill("#token", "wrong-token-0123456789")
+        page.click("#login button[type=submit]")
+        page.wait_for_selector("#login-error:has-text('wrong operator token')", timeout=WAIT_MS)
+        return page.url
+
+    with trio.fail_after(60):
+        assert await trio.to_thread.run_sync(lambda: None) is None
+        assert (await browser.run(visit)).endswith("/login")
