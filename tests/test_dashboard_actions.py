@@ -326,3 +326,29 @@ async def test_the_log_tail_reads_agent_log_and_never_a_symlink(hive: Daemon) ->
     status, _, body = await http(hive, "GET", "/api/logs/coder", headers=AUTH)
     assert status == 409
     assert b"root only" not in body
+
+
+async def test_the_first_start_writes_the_token_and_logs_a_login_url(
+    state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from functools import partial
+
+    from hivecore.daemon import main
+    from tests.conftest import make_config
+    from web.app import daemon_app
+
+    caplog.set_level(logging.INFO)
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(partial(main, make_config(state_dir), web_factory=daemon_app))
+        token_file = state_dir / "operator-token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+        assert len(token) >= 32
+        logged = [r.getMessage() for r in caplog.records if "/login" in r.getMessage()]
+        assert logged == [
+            f"dashboard login (first start; token also in {token_file}): "
+            f"{daemon.dashboard_urls[0]}/login#token={token}"
+        ]
+        status, _, _ = await http(daemon, "GET", "/api/state", headers=f"Authorization: Bearer {token}\r\n")
+        assert status == 200
+        nursery.cancel_scope.cancel()
