@@ -20,7 +20,7 @@ DEFAULT_ADMIN_GROUP = "hive-admin"
 
 RuntimeKind = Literal["process", "nixos"]
 DashboardAuth = Literal["token", "none"]
-LOOPBACK_HOSTS = frozenset({"localhost", "::1", "[::1]"})
+LOOPBACK_HOSTS = frozenset({"localhost", "::1", "[::1]", "ip6-localhost"})
 
 
 def is_loopback(host: str) -> bool:

@@ -352,3 +352,48 @@ async def test_the_first_start_writes_the_token_and_logs_a_login_url(
         status, _, _ = await http(daemon, "GET", "/api/state", headers=f"Authorization: Bearer {token}\r\n")
         assert status == 200
         nursery.cancel_scope.cancel()
+
+
+async def test_auth_none_serves_loopback_names_only_and_still_wants_csrf(state_dir: Path) -> None:
+    from functools import partial
+
+    from hivecore.daemon import main
+    from tests.conftest import make_config
+    from web.app import daemon_app
+
+    config = make_config(state_dir, dashboard_auth="none")
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(partial(main, config, web_factory=daemon_app))
+        await daemon.coordinator.spawn("coder")
+        assert not (state_dir / "operator-token").exists()
+        status, _, body = await http(daemon, "GET", "/api/state", headers="X-Ignored: 1\r\n")
+        assert status == 403  # Host: x is not a loopback name (a DNS-rebound page would send its own)
+        local = "Host: 127.0.0.1\r\n"
+        status, _, body = await http_host(daemon, "GET", "/api/state", local)
+        assert status == 200
+        csrf = answer(body)["csrf"]
+        assert isinstance(csrf, str)
+        status, _, _ = await http_host(daemon, "POST", "/stop/coder", local)
+        assert status == 403
+        assert daemon.coordinator.views()["coder"].running
+        status, _, _ = await http_host(daemon, "POST", "/stop/coder", local + f"X-CSRF-Token: {csrf}\r\n")
+        assert status == 200
+        nursery.cancel_scope.cancel()
+
+
+async def http_host(
+    daemon: Daemon, method: str, path: str, headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    """Like :func:`http`, with the caller's Host header."""
+    url = urlsplit(daemon.dashboard_urls[0])
+    assert url.hostname is not None
+    assert url.port is not None
+    stream = await trio.open_tcp_stream(url.hostname, url.port)
+    async with stream:
+        head = f"{method} {path} HTTP/1.1\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        await stream.send_all(head.encode())
+        data = b""
+        while chunk := await stream.receive_some():
+            data += chunk
+    raw_head, _, body = data.partition(b"\r\n\r\n")
+    return int(raw_head.split()[1]), {}, body

@@ -32,7 +32,7 @@ from actors.event_bus import EventBus, RefetchRequired
 from actors.supervisor import Supervisor
 from actors.transients import TransientRegistry
 from hivecore import agentfs
-from hivecore.config import StatePaths
+from hivecore.config import StatePaths, is_loopback
 from hivecore.coordinator import Coordinator
 from hivecore.errors import HiveError
 from hivecore.models import ContainerView
@@ -204,6 +204,18 @@ def daemon_app(daemon: Daemon) -> QuartTrio:
     return app
 
 
+def _host_name(host: str) -> str:
+    """The name part of a Host header (``[::1]:7000`` → ``::1``)."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _port(host: str) -> str:
+    tail = host.rpartition("]")[2] if host.startswith("[") else host
+    return tail.rpartition(":")[2] if ":" in tail else "80"
+
+
 def _is_public(path: str) -> bool:
     """Routes served without auth: the static shell, the login page and the health probe."""
     return path in ("/", "/healthz", "/login", "/favicon.ico") or path.startswith("/static/")
@@ -262,6 +274,9 @@ def create_app(
     async def gate() -> Response | None:
         if request.method == "POST" and request.path in ("/login", "/logout"):
             return None  # they check what they need themselves
+        if auth.mode == "none" and not is_loopback(_host_name(request.host)):
+            # no login: only a loopback Host, so a DNS-rebound name cannot reach the API
+            return _error(403, f"this dashboard has no auth; use it as http://127.0.0.1:{_port(request.host)}/")
         who = principal()
         if _is_public(request.path) and request.method != "POST":
             return None

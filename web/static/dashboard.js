@@ -109,7 +109,7 @@ function containerRow(c) {
     el("span", { class: "name", text: c.name }),
     c.is_manager ? el("span", { class: "chip manager", text: "manager" }) : null,
     el("span", { class: "state-text", text: pending ? pending.transient_kind : state }),
-    pending ? el("span", { class: "elapsed", "data-since": pending.since_unix }) : null,
+    pending ? el("span", { class: "elapsed", "data-since": pending.since_unix, text: ago(Date.now() / 1000 - pending.since_unix) }) : null,
     c.deployed_sha ? el("span", { class: "chip sha", title: "deployed", text: c.deployed_sha.slice(0, 12) }) : null,
     c.needs_update ? el("span", { class: "badge update", text: "needs update ↻" }) : null,
     c.needs_login ? el("span", { class: "badge login", text: "needs login" }) : null,
