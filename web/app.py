@@ -293,6 +293,12 @@ def create_app(
                 return _error(403, f"missing or wrong CSRF token (send the {CSRF_HEADER} header)")
         return None
 
+    @app.after_request
+    async def no_store(resp: Response) -> Response:
+        if request.path.startswith("/api/") and request.path != "/api/dashboard/stream":
+            resp.headers["Cache-Control"] = "no-store"  # operator data stays out of caches
+        return resp
+
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         status = exc.code or 400
