@@ -61,7 +61,7 @@ in
     dashboardHost = mkOption {
       type = types.str;
       default = "127.0.0.1";
-      description = "Address the dashboard binds. It has no authentication: keep it on loopback or behind the gateway.";
+      description = "Address the dashboard binds. Logging in needs the operator token (stateDir/operator-token); it speaks plain HTTP, so keep it on loopback or behind the gateway.";
     };
 
     dashboardPort = mkOption {

@@ -19,6 +19,13 @@ DEFAULT_ADMIN_GROUP = "hive-admin"
 """The admin socket's group when ``--admin-group`` is not given and the group exists."""
 
 RuntimeKind = Literal["process", "nixos"]
+DashboardAuth = Literal["token", "none"]
+LOOPBACK_HOSTS = frozenset({"localhost", "::1", "[::1]", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` (a dashboard bind address) reaches only this machine."""
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 @attrs.frozen
@@ -45,6 +52,15 @@ class Config:
     """nixos runtime: ``MemoryMax=`` of every agent container (validated by :mod:`hivecore.limits`)."""
     agent_cpu_quota: str = "200%"
     """nixos runtime: ``CPUQuota=`` of every agent container (``200%`` = two CPUs' worth)."""
+    dashboard_auth: DashboardAuth = "token"
+    """``token``: an operator token (``<state>/operator-token``) gates the dashboard; ``none``: no
+    auth, accepted only with a loopback bind."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.dashboard_auth == "none" and not is_loopback(self.dashboard_host):
+            raise ValueError(
+                f"--dashboard-auth none needs a loopback --dashboard-host, not {self.dashboard_host!r}"
+            )
 
     @property
     def paths(self) -> StatePaths:
@@ -114,6 +130,11 @@ class StatePaths:
     @property
     def meta(self) -> Path:
         return self.root / "meta"
+
+    @property
+    def operator_token(self) -> Path:
+        """The dashboard's operator token (0600; written on the first start)."""
+        return self.root / "operator-token"
 
     @property
     def run(self) -> Path:

@@ -70,6 +70,8 @@ class Daemon:
     agent_sockets: AgentSockets
     manager_socket: ManagerSocket
     dashboard_urls: list[str] = attrs.field(factory=list)
+    dashboard_app: Any = None
+    """The dashboard's ASGI app once it is serving (tests reach its hooks through it)."""
 
     def dashboard_port(self) -> int:
         """The port actually bound (the configured one may be 0: ephemeral)."""
@@ -243,12 +245,16 @@ def _dashboard_child(daemon: Daemon, web_factory: WebFactory) -> ChildSpec:
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
         app = web_factory(daemon)
+        daemon.dashboard_app = app
         async with trio.open_nursery() as nursery:
             urls: list[str] = await nursery.start(
                 partial(hypercorn.trio.serve, app, hc, shutdown_trigger=shutdown.wait)
             )
             daemon.dashboard_urls = list(urls)
             log.info("dashboard on %s", ", ".join(urls))
+            hint = getattr(app, "hive_login_hint", None)
+            if callable(hint):
+                log.info("%s", hint(urls[0]))
             task_status.started(urls)
 
     return ChildSpec("dashboard", serve_web, stop=lambda: shutdown.set())

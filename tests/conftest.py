@@ -51,12 +51,26 @@ def make_config(state_dir: Path, **overrides: object) -> Config:
     return Config(**base)  # type: ignore[arg-type]
 
 
+TEST_TOKEN = "hivetest-operator-token-0123456789"
+"""The operator token the ``hive`` fixture's dashboard accepts (written before the daemon starts)."""
+AUTH = f"Authorization: Bearer {TEST_TOKEN}\r\n"
+"""The header line that authenticates a raw HTTP request to the ``hive`` fixture's dashboard."""
+
+
+def write_test_token(state_dir: Path) -> None:
+    token = state_dir / "operator-token"
+    token.write_text(TEST_TOKEN + "\n")
+    token.chmod(0o600)
+
+
 @pytest.fixture
 async def hive(state_dir: Path) -> AsyncIterator[Daemon]:
-    """A running daemon (real process runtime, real sockets, dashboard on an ephemeral port)."""
+    """A running daemon (real process runtime, real sockets, dashboard on an ephemeral port); its
+    dashboard takes :data:`TEST_TOKEN` (send :data:`AUTH`)."""
     from hivecore.daemon import main
     from web.app import daemon_app
 
+    write_test_token(state_dir)
     async with trio.open_nursery() as nursery:
         daemon: Daemon = await nursery.start(partial(main, make_config(state_dir), web_factory=daemon_app))
         yield daemon

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 import trio
 
 from hivecore.daemon import Daemon
+from tests.conftest import AUTH
 
 
 async def http_get(daemon: Daemon, path: str, headers: str = "") -> tuple[int, dict[str, str], bytes]:
@@ -17,7 +18,7 @@ async def http_get(daemon: Daemon, path: str, headers: str = "") -> tuple[int, d
     stream = await trio.open_tcp_stream(url.hostname, url.port)
     async with stream:
         await stream.send_all(
-            f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n".encode()
+            f"GET {path} HTTP/1.1\r\nHost: x\r\n{AUTH}{headers}Connection: close\r\n\r\n".encode()
         )
         data = b""
         # hypercorn answers "Connection: close" but keeps the socket open until its keep-alive
@@ -45,7 +46,7 @@ class SSE:
         assert url.hostname is not None
         assert url.port is not None
         stream = await trio.open_tcp_stream(url.hostname, url.port)
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n{AUTH}{headers}\r\n".encode())
         return cls(stream)
 
     async def wait_connected(self) -> None:

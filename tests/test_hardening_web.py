@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from hivecore.daemon import Daemon
 from hivecore.wire.events import EVENT_KINDS
+from tests.conftest import AUTH
 
 CUSHION = 0.05
 """Seconds with every task blocked and no I/O ready before the daemon counts as settled."""
@@ -105,10 +106,20 @@ class Reader:
         return not self.buf and not await self._fill()
 
 
+def authed(raw: bytes) -> bytes:
+    """``raw`` with the ``hive`` fixture's bearer header after its request line."""
+    line, sep, rest = raw.partition(b"\r\n")
+    return line + sep + AUTH.encode() + rest
+
+
+async def send(stream: trio.SocketStream, raw: bytes) -> None:
+    await stream.send_all(authed(raw))
+
+
 async def request(daemon: Daemon, raw: bytes) -> tuple[int, dict[str, str], bytes]:
     stream = await connect(daemon)
     async with stream:
-        await stream.send_all(raw)
+        await send(stream, raw)
         return await Reader(stream).response(head_request=raw.startswith(b"HEAD "))
 
 
@@ -125,9 +136,10 @@ async def test_head_on_the_stream_answers_and_the_next_request_on_the_connection
     with trio.fail_after(10):
         stream = await connect(hive)
         reader = Reader(stream)
-        await stream.send_all(
+        await send(
+            stream,
             b"HEAD /api/dashboard/stream HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         )
         status, headers, _ = await reader.response(head_request=True)
         assert status == 200
@@ -146,9 +158,10 @@ async def test_other_methods_on_the_stream_answer_at_once(hive: Daemon, method: 
         stream = await connect(hive)
         async with stream:
             reader = Reader(stream)
-            await stream.send_all(
+            await send(
+                stream,
                 f"{method} /api/dashboard/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
             )
             status, _, _ = await reader.response()
             assert status < 500
@@ -163,7 +176,7 @@ async def test_a_stream_client_that_leaves_releases_its_fd_and_subscription(hive
     baseline = fd_count()
     with trio.fail_after(10):
         stream = await connect(hive)
-        await stream.send_all(b"GET /api/dashboard/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        await send(stream, b"GET /api/dashboard/stream HTTP/1.1\r\nHost: x\r\n\r\n")
         reader = Reader(stream)
         await reader._until(b": connected")
         assert hive.bus.statistics().subscribers == 1
@@ -182,7 +195,7 @@ async def test_connection_close_is_honoured_at_once(hive: Daemon, path: str) -> 
     with trio.fail_after(3):  # hypercorn's keep-alive timeout is 5 s
         stream = await connect(hive)
         async with stream:
-            await stream.send_all(get(path))
+            await send(stream, get(path))
             reader = Reader(stream)
             await reader.response()
             assert await reader.at_eof()
@@ -193,7 +206,7 @@ async def test_an_http_1_0_request_is_answered_and_closed(hive: Daemon) -> None:
     with trio.fail_after(3):
         stream = await connect(hive)
         async with stream:
-            await stream.send_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+            await send(stream, b"GET /healthz HTTP/1.0\r\n\r\n")
             reader = Reader(stream)
             status, _, body = await reader.response()
             assert status == 200
@@ -227,8 +240,9 @@ async def test_last_event_id_with_surrounding_spaces_still_replays(hive: Daemon)
     with trio.fail_after(10):
         stream = await connect(hive)
         async with stream:
-            await stream.send_all(
-                f"GET /api/dashboard/stream HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {seq}  \r\n\r\n".encode()
+            await send(
+                stream,
+                f"GET /api/dashboard/stream HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {seq}  \r\n\r\n".encode(),
             )
             reader = Reader(stream)
             frame = await reader._until(b"\n\n")
@@ -266,7 +280,7 @@ async def test_clients_leaving_mid_static_response_strand_no_file(hive: Daemon) 
             stream = await connect(hive)
             async with stream:
                 verb = "HEAD" if i % 2 else "GET"
-                await stream.send_all(f"{verb} /static/dashboard.js HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                await send(stream, f"{verb} /static/dashboard.js HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                 await Reader(stream)._until(b"\r\n\r\n")
     assert await settle_fds(baseline) == baseline
     status, headers, body = await request(hive, get("/static/dashboard.js"))
@@ -371,7 +385,7 @@ async def test_fuzzed_requests_get_one_clean_answer_and_release_their_fds(
         raw += b"Connection: close\r\n\r\n" if closing else b"\r\n"
         with socket.create_connection(address) as sock:
             sock.settimeout(10)  # a wedged server fails the example instead of hanging the suite
-            sock.sendall(raw)
+            sock.sendall(authed(raw))
             status, leftover, streaming = _one_response(sock, head_request=method == "HEAD")
             if closing and not streaming:  # the server ends the connection: nothing else came
                 while chunk := sock.recv(65536):

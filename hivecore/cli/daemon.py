@@ -70,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--dashboard-host",
         default="127.0.0.1",
-        help="address the dashboard binds (default 127.0.0.1: it has no auth)",
+        help="address the dashboard binds (default 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--dashboard-auth",
+        choices=["token", "none"],
+        default="token",
+        help="'token' (default): log in with the operator token in <state-dir>/operator-token; "
+        "'none': no auth, only with a loopback --dashboard-host",
     )
     serve.add_argument("--dashboard-port", type=int, default=7000, help="dashboard port (default 7000)")
     serve.add_argument(
@@ -145,12 +152,17 @@ def _default_group() -> str | None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    from hivecore.config import Config
+    from hivecore.config import Config, is_loopback
 
     if not 0 <= args.dashboard_port <= 65535:
         raise HiveError(f"--dashboard-port {args.dashboard_port} is not a port number")
     if args.crash_watch_interval <= 0:
         raise HiveError("--crash-watch-interval must be positive")
+    if args.dashboard_auth == "none" and not is_loopback(args.dashboard_host):
+        raise HiveError(
+            f"--dashboard-auth none is only allowed with a loopback --dashboard-host, not "
+            f"{args.dashboard_host!r}: anyone who reaches the port could run every operator action"
+        )
     return Config(
         state_dir=args.state_dir.absolute(),
         runtime=args.runtime,
@@ -166,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ensure_manager=args.ensure_manager,
         agent_memory_max=validate_memory_max(args.agent_memory_max),
         agent_cpu_quota=validate_cpu_quota(args.agent_cpu_quota),
+        dashboard_auth=args.dashboard_auth,
     )
 
 

@@ -1,63 +1,535 @@
-// One snapshot per page session, then every change over one SSE stream.
+// hive-c0re dashboard: one /api/state snapshot per page session, then every change over one SSE
+// stream. No polling: a dropped stream reconnects by itself (EventSource sends Last-Event-ID); only
+// a `refetch` frame loads the snapshot again, into the same stores. Agents are untrusted: every
+// piece of data reaches the DOM through textContent or an attribute, never through innerHTML.
 "use strict";
-const rows = new Map();
-let lastSeq = 0;
-const pending = new Map();
 
-function render() {
-  const body = document.querySelector("#containers tbody");
-  body.replaceChildren();
-  for (const c of rows.values()) {
-    const tr = document.createElement("tr");
-    const state = c.running ? "running" : c.failed ? "failed" : "stopped";
-    for (const text of [c.name, state, pending.get(c.name) || c.pending || "", String(c.port)]) {
-      const td = document.createElement("td");
-      td.textContent = text;
-      tr.appendChild(td);
-    }
-    tr.className = state;
-    body.appendChild(tr);
+// --- stores -------------------------------------------------------------------------------------
+
+const S = {
+  seq: 0,
+  csrf: null,
+  containers: new Map(), // name -> ContainerView
+  transients: new Map(), // name -> {transient_kind, since_unix}
+  tombstones: [],
+  approvals: new Map(), // id -> approval row
+  showHistory: false,
+  jobs: [],
+  metaInputs: [],
+  metaRunning: false,
+  anyStale: false,
+  messages: new Map(), // id -> {id, from, to, body, at, delivered}
+  inbox: new Map(),
+  warnings: [],
+  actors: new Map(), // name -> ChildStatus
+  openLogs: new Set(), // names whose log viewer is open
+  logText: new Map(), // name -> lines
+  openDiffs: new Set(), // approval ids whose diff is folded away
+};
+const MAX_MESSAGES = 200;
+const MAX_INBOX = 50;
+const MAX_HISTORY = 50;
+
+const HANDLED = [
+  "container_state_changed", "container_removed", "transient_set", "transient_cleared",
+  "tombstones_changed", "meta_inputs_changed", "meta_update_running", "rebuild_queue_changed",
+  "approval_added", "approval_resolved", "sent", "delivered", "actor_crashed", "agent_notice",
+];
+
+// --- DOM helpers (textContent only) ---------------------------------------------------------------
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("data-") || k.startsWith("aria-") || ["type", "name", "value", "title", "action", "id", "for", "placeholder", "open", "role"].includes(k)) {
+      node.setAttribute(k, v === true ? "" : String(v));
+    } else node[k] = v;
   }
+  for (const c of children) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
 }
 
-function renderTombstones(list) {
-  const ul = document.getElementById("tombstones");
-  ul.replaceChildren();
-  for (const t of list) {
-    const li = document.createElement("li");
-    li.textContent = `${t.name} (${t.state_bytes} bytes)`;
-    ul.appendChild(li);
+function actionForm(action, label, opts = {}) {
+  const form = el("form", {
+    action, "data-async": true, "data-no-refresh": true,
+    "data-confirm": opts.confirm, "data-prompt": opts.prompt, "data-prompt-field": opts.promptField,
+    class: "inline",
+  });
+  for (const [k, v] of Object.entries(opts.hidden || {})) form.append(el("input", { type: "hidden", name: k, value: v }));
+  if (opts.prompt) form.append(el("input", { type: "hidden", name: opts.promptField || "note", value: "" }));
+  if (opts.extra) form.append(opts.extra);
+  form.append(el("button", { type: "submit", class: opts.cls || "", title: opts.title }, label));
+  return form;
+}
+
+function enc(name) { return encodeURIComponent(name); }
+
+function ago(seconds) {
+  if (!Number.isFinite(seconds) || seconds < 0) return "?";
+  if (seconds < 60) return `${Math.floor(seconds)}s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)}m`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)}h`;
+  return `${Math.floor(seconds / 86400)}d`;
+}
+
+function clock(unix) {
+  if (!unix) return "";
+  const d = new Date(unix * 1000);
+  return d.toTimeString().slice(0, 8);
+}
+
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function toast(text, ok) {
+  const t = el("div", { class: `toast ${ok ? "ok" : "err"}`, role: "status", text });
+  document.getElementById("toasts").append(t);
+  setTimeout(() => t.remove(), ok ? 4000 : 9000);
+}
+
+// --- sections -------------------------------------------------------------------------------------
+
+function containerRow(c) {
+  const pending = S.transients.get(c.name);
+  const state = pending ? "pending" : c.running ? "running" : c.failed ? "failed" : "stopped";
+  const glyph = { running: "●", stopped: "○", failed: "✖", pending: "" }[state];
+  const head = el("div", { class: "row-head" },
+    el("span", { class: `state ${state}`, title: state }, glyph,
+      pending ? el("span", { class: "spinner", "aria-hidden": "true" }) : null),
+    el("span", { class: "name", text: c.name }),
+    c.is_manager ? el("span", { class: "chip manager", text: "manager" }) : null,
+    el("span", { class: "state-text", text: pending ? pending.transient_kind : state }),
+    pending ? el("span", { class: "elapsed", "data-since": pending.since_unix, text: ago(Date.now() / 1000 - pending.since_unix) }) : null,
+    c.deployed_sha ? el("span", { class: "chip sha", title: "deployed", text: c.deployed_sha.slice(0, 12) }) : null,
+    c.needs_update ? el("span", { class: "badge update", text: "needs update ↻" }) : null,
+    c.needs_login ? el("span", { class: "badge login", text: "needs login" }) : null,
+    c.paused ? el("span", { class: "badge paused", text: "paused" }) : null,
+    c.port ? el("span", { class: "port", text: `:${c.port}` }) : null,
+    c.status_text ? el("span", { class: "status-text", text: c.status_text }) : null,
+  );
+  const n = enc(c.name);
+  const buttons = el("div", { class: "buttons" });
+  if (c.running) {
+    buttons.append(actionForm(`/restart/${n}`, "↺ R3ST4RT"));
+    if (!c.is_manager) {
+      buttons.append(actionForm(`/stop/${n}`, "■ ST0P"));
+      buttons.append(actionForm(`/kill/${n}`, "☠ K1LL", { confirm: `Kill ${c.name} (SIGKILL)?`, cls: "danger" }));
+    }
+  } else {
+    buttons.append(actionForm(`/start/${n}`, "▶ ST4RT"));
   }
+  buttons.append(actionForm(`/rebuild/${n}`, "↻ R3BU1LD"));
+  if (!c.is_manager) {
+    const purge = el("label", { class: "purge" }, el("input", { type: "checkbox", name: "purge", value: "1" }), " purge");
+    buttons.append(actionForm(`/destroy/${n}`, "DESTR0Y", {
+      confirm: `Destroy ${c.name}? (with purge its state is deleted too)`, cls: "danger", extra: purge,
+    }));
+  }
+  const logs = el("details", { class: "logs", "data-restore-key": `logs:${c.name}`, open: S.openLogs.has(c.name) },
+    el("summary", { text: "l0g t41l" }),
+    el("pre", { class: "log", text: (S.logText.get(c.name) || ["(loading…)"]).join("\n") }));
+  logs.addEventListener("toggle", () => {
+    if (logs.open) { S.openLogs.add(c.name); loadLog(c.name); } else S.openLogs.delete(c.name);
+  });
+  return el("div", { class: `row container ${state}`, "data-name": c.name }, head, buttons, logs);
+}
+
+async function loadLog(name) {
+  const resp = await fetch(`/api/logs/${enc(name)}`, { credentials: "same-origin" });
+  let body = {};
+  try { body = await resp.json(); } catch (e) { body = { error: `HTTP ${resp.status}` }; }
+  S.logText.set(name, resp.ok ? (body.lines.length ? body.lines : ["(empty)"]) : [`(${body.error})`]);
+  const row = findRow("containers", name);
+  if (row) row.querySelector("pre.log").textContent = S.logText.get(name).join("\n");
+}
+
+function findRow(containerId, name) {
+  for (const row of document.getElementById(containerId).children) if (row.dataset.name === name) return row;
+  return null;
+}
+
+function renderContainer(name) {
+  const box = document.getElementById("containers");
+  const old = findRow("containers", name);
+  const c = S.containers.get(name);
+  if (!c) { if (old) old.remove(); }
+  else {
+    const row = containerRow(c);
+    if (old) old.replaceWith(row);
+    else {
+      const after = [...box.children].find((r) => r.dataset.name > name);
+      box.insertBefore(row, after || null);
+    }
+  }
+  renderSwarmMeta();
+}
+
+function renderContainers() {
+  const box = document.getElementById("containers");
+  box.replaceChildren(...[...S.containers.keys()].sort().map((n) => containerRow(S.containers.get(n))));
+  renderSwarmMeta();
+}
+
+function renderSwarmMeta() {
+  document.getElementById("swarm-count").textContent = String(S.containers.size);
+  const stale = S.anyStale || [...S.containers.values()].some((c) => c.needs_update);
+  document.getElementById("update-all").hidden = !stale;
+  const list = document.getElementById("recipients");
+  list.replaceChildren(el("option", { value: "@manager" }),
+    ...[...S.containers.keys()].filter((n) => !S.containers.get(n).is_manager).sort().map((n) => el("option", { value: `@${n}` })));
+}
+
+function diffView(diff) {
+  const pre = el("pre", { class: "diff" });
+  const files = [];
+  for (const line of diff.split("\n")) {
+    let cls = "";
+    if (line.startsWith("diff --git")) { cls = "file"; files.push(line.replace(/^diff --git a\//, "").split(" b/")[0]); }
+    else if (line.startsWith("+++") || line.startsWith("---")) cls = "meta";
+    else if (line.startsWith("@@")) cls = "hunk";
+    else if (line.startsWith("+")) cls = "add";
+    else if (line.startsWith("-")) cls = "del";
+    pre.append(el("span", { class: cls, text: `${line}\n` }));
+  }
+  return { pre, files };
+}
+
+function approvalCard(a) {
+  const kind = a.kind || a.approval_kind;
+  const card = el("div", { class: `card approval ${a.status}`, "data-id": a.id },
+    el("div", { class: "row-head" },
+      el("span", { class: "glyph", text: a.status === "pending" ? "◆" : a.status === "approved" ? "✔" : a.status === "denied" ? "✖" : "⊘" }),
+      el("span", { class: "id", text: `#${a.id}` }),
+      el("span", { class: "chip kind", text: kind }),
+      el("span", { class: "name", text: a.agent }),
+      a.commit_ref ? el("span", { class: "chip sha", text: String(a.fetched_sha || a.commit_ref).slice(0, 12) }) : null,
+      el("span", { class: "state-text", text: a.status })),
+    a.description ? el("p", { class: "description", text: a.description }) : null,
+    a.note ? el("p", { class: "note", text: `note: ${a.note}` }) : null);
+  if (a.status === "pending" && a.diff) {
+    const { pre, files } = diffView(a.diff);
+    const det = el("details", { "data-restore-key": `approval-diff:${a.id}`, open: !S.openDiffs.has(a.id) },
+      el("summary", { text: `diff · ${files.length} file${files.length === 1 ? "" : "s"}${files.length ? ": " + files.join(", ") : ""}` }), pre);
+    det.addEventListener("toggle", () => { if (det.open) S.openDiffs.delete(a.id); else S.openDiffs.add(a.id); });
+    card.append(det);
+  }
+  if (a.status === "pending") {
+    card.append(el("div", { class: "buttons" },
+      actionForm(`/approve/${a.id}`, "◆ APPR0VE", { confirm: `Approve #${a.id} (${kind} ${a.agent})?`, cls: "approve" }),
+      actionForm(`/deny/${a.id}`, "DENY", { prompt: `Deny #${a.id}: a note for the manager (optional)`, promptField: "note", cls: "danger" })));
+  }
+  return card;
+}
+
+function renderApprovals() {
+  const all = [...S.approvals.values()].sort((x, y) => x.id - y.id);
+  const pending = all.filter((a) => a.status === "pending");
+  const shown = S.showHistory ? all.filter((a) => a.status !== "pending").slice(-MAX_HISTORY).reverse() : pending;
+  const box = document.getElementById("approvals");
+  box.replaceChildren(...(shown.length ? shown.map(approvalCard) : [el("p", { class: "empty", text: S.showHistory ? "no history yet" : "nothing waiting for you" })]));
+  document.getElementById("call-count").textContent = String(pending.length);
+  const toggle = document.getElementById("approvals-toggle");
+  toggle.textContent = S.showHistory ? "show pending" : "show history";
+  toggle.setAttribute("aria-pressed", String(S.showHistory));
+}
+
+function renderTombstones() {
+  const box = document.getElementById("tombstones");
+  box.replaceChildren(...(S.tombstones.length ? S.tombstones.map((t) => el("div", { class: "row tombstone", "data-name": t.name },
+    el("div", { class: "row-head" },
+      el("span", { class: "glyph", text: "✝" }),
+      el("span", { class: "name", text: t.name }),
+      el("span", { class: "size", text: bytes(t.state_bytes) }),
+      el("span", { class: "age", text: `${ago(t.age_seconds)} old` }),
+      t.claude_creds_kept ? el("span", { class: "badge creds", text: "credentials kept" }) : null),
+    el("div", { class: "buttons" },
+      actionForm("/request-spawn", "R3V1V3", { hidden: { name: t.name, description: "revive kept state" } }),
+      actionForm(`/purge-tombstone/${enc(t.name)}`, "PURG3", { confirm: `Delete ${t.name}'s kept state for good?`, cls: "danger" }))))
+    : [el("p", { class: "empty", text: "no kept state" })]));
+}
+
+function metaField(i, ...names) {
+  for (const n of names) if (i[n] !== undefined && i[n] !== null) return i[n];
+  return null;
+}
+
+function renderMeta() {
+  const body = document.getElementById("meta-inputs");
+  const now = Date.now() / 1000;
+  body.replaceChildren(...S.metaInputs.map((i) => {
+    const name = String(metaField(i, "name", "path") || "?");
+    const rev = String(metaField(i, "rev", "sha", "locked_rev") || "").slice(0, 12);
+    const modified = Number(metaField(i, "last_modified", "lastModified"));
+    return el("tr", { "data-name": name },
+      el("td", {}, el("input", { type: "checkbox", name: "pick", value: name, "aria-label": `update ${name}` })),
+      el("td", { class: "name", text: name }),
+      el("td", { class: "sha", text: rev }),
+      el("td", { class: "age", text: modified ? `${ago(now - modified)} ago` : "" }),
+      el("td", { class: "url", text: String(metaField(i, "url", "original_url") || "") }));
+  }));
+  if (!S.metaInputs.length) body.append(el("tr", {}, el("td", { colSpan: 5, class: "empty", text: "no lock inputs" })));
+  document.getElementById("meta-running").hidden = !S.metaRunning;
+  updateMetaSubmit();
+}
+
+function updateMetaSubmit() {
+  const any = document.querySelector("#meta-inputs input[name=pick]:checked");
+  document.getElementById("meta-submit").disabled = !any || S.metaRunning;
+}
+
+const JOB_GLYPH = { queued: "⏸", running: "▶", done: "✔", failed: "✖", cancelled: "⊘" };
+const KIND_GLYPH = { rebuild: "↻", apply_commit: "◆", spawn: "✦", destroy: "✗", purge: "✗", meta_update: "↻", start: "▶", stop: "■", restart: "↺", kill: "☠", deny: "✖", init_config: "✦" };
+
+function renderJobs() {
+  const box = document.getElementById("jobs");
+  const rows = [...S.jobs].reverse().map((j) => el("div", { class: `row job ${j.state}`, "data-id": j.id },
+    el("div", { class: "row-head" },
+      el("span", { class: `glyph ${j.state}`, title: j.state, text: JOB_GLYPH[j.state] || "?" }),
+      j.state === "running" ? el("span", { class: "spinner", "aria-hidden": "true" }) : null,
+      el("span", { class: "id", text: `#${j.id}` }),
+      el("span", { class: "kind", text: `${KIND_GLYPH[j.kind] || "·"} ${j.kind}` }),
+      j.agent ? el("span", { class: "name", text: j.agent }) : null,
+      el("span", { class: "chip source", text: j.source }),
+      el("span", { class: "time", text: `queued ${clock(j.queued_at)}` }),
+      j.started_at ? el("span", { class: "time", text: `started ${clock(j.started_at)}` }) : null,
+      j.finished_at ? el("span", { class: "time", text: `took ${(j.finished_at - (j.started_at || j.queued_at)).toFixed(1)}s` }) : null),
+    j.error ? el("p", { class: "error", text: j.error }) : null));
+  box.replaceChildren(...(rows.length ? rows : [el("p", { class: "empty", text: "queue empty" })]));
+}
+
+function messageLine(m) {
+  const to = m.to === "hm1nd" ? "@manager" : `@${m.to}`;
+  return el("div", { class: `msg ${m.delivered ? "delivered" : "sent"}`, "data-id": m.id },
+    el("span", { class: "time", text: clock(m.at) }),
+    el("span", { class: "from", text: m.from }),
+    el("span", { class: "arrow", text: m.delivered ? " ⇒ " : " → " }),
+    el("span", { class: "to", text: to }),
+    el("span", { class: "body", text: m.body }));
+}
+
+function renderMessages() {
+  const box = document.getElementById("messages");
+  const stick = box.scrollTop + box.clientHeight >= box.scrollHeight - 8;
+  box.replaceChildren(...[...S.messages.values()].map(messageLine));
+  if (stick) box.scrollTop = box.scrollHeight;
+  const inbox = document.getElementById("operator-inbox");
+  const rows = [...S.inbox.values()].reverse();
+  inbox.replaceChildren(...(rows.length ? rows.map(messageLine) : [el("p", { class: "empty", text: "nobody wrote to you" })]));
+  document.getElementById("inbox-count").textContent = String(S.inbox.size);
+}
+
+function renderWarnings() {
+  const ul = document.getElementById("warnings");
+  ul.replaceChildren(...S.warnings.map((w) => el("li", { class: `warning ${w.level === "crit" ? "crit" : "warn"}` },
+    el("span", { class: "level", text: w.level === "crit" ? "✖ CR1T" : "⚠ W4RN" }), " ", w.message)));
+}
+
+function renderActors() {
+  const box = document.getElementById("actors");
+  box.replaceChildren(...[...S.actors.values()].map((a) => el("span", {
+    class: `chip actor ${a.state}`, "data-name": a.name,
+    title: a.last_crash ? `last crash: ${a.last_crash}` : a.state,
+    text: `${a.name} ${a.state}${a.restarts ? ` ↺${a.restarts}` : ""}`,
+  })));
+}
+
+function renderAll() {
+  renderContainers(); renderApprovals(); renderTombstones(); renderMeta(); renderJobs();
+  renderMessages(); renderWarnings(); renderActors();
+}
+
+// --- events ---------------------------------------------------------------------------------------
+
+function remember(map, m, cap) {
+  const prev = map.get(m.id);
+  map.set(m.id, prev ? { ...prev, ...m, delivered: prev.delivered || m.delivered } : m);
+  while (map.size > cap) map.delete(map.keys().next().value);
 }
 
 function apply(ev) {
-  if (ev.seq && ev.seq <= lastSeq) return;
-  if (ev.seq) lastSeq = ev.seq;
-  switch (ev.kind) {
-    case "container_state_changed": rows.set(ev.container.name, ev.container); break;
-    case "container_removed": rows.delete(ev.name); break;
-    case "transient_set": pending.set(ev.name, ev.transient_kind); break;
-    case "transient_cleared": pending.delete(ev.name); break;
-    case "tombstones_changed": renderTombstones(ev.tombstones); break;
-    case "refetch": location.reload(); return;
+  if (typeof ev.seq === "number") {
+    if (ev.seq <= S.seq) return;
+    S.seq = ev.seq;
   }
-  render();
+  switch (ev.kind) {
+    case "container_state_changed":
+      S.containers.set(ev.container.name, ev.container); renderContainer(ev.container.name); break;
+    case "container_removed":
+      S.containers.delete(ev.name); S.transients.delete(ev.name); renderContainer(ev.name); break;
+    case "transient_set":
+      S.transients.set(ev.name, { transient_kind: ev.transient_kind, since_unix: ev.since_unix }); renderContainer(ev.name); break;
+    case "transient_cleared":
+      S.transients.delete(ev.name); renderContainer(ev.name); break;
+    case "tombstones_changed": S.tombstones = ev.tombstones; renderTombstones(); break;
+    case "meta_inputs_changed": S.metaInputs = ev.inputs; renderMeta(); break;
+    case "meta_update_running": S.metaRunning = !!ev.running; renderMeta(); break;
+    case "rebuild_queue_changed": S.jobs = ev.jobs; renderJobs(); break;
+    case "approval_added": {
+      const prev = S.approvals.get(ev.id) || {};
+      S.approvals.set(ev.id, { ...prev, ...ev, kind: ev.approval_kind, status: "pending" }); renderApprovals(); break;
+    }
+    case "approval_resolved": {
+      const prev = S.approvals.get(ev.id) || { id: ev.id, agent: ev.agent, kind: ev.approval_kind };
+      S.approvals.set(ev.id, { ...prev, status: ev.status, note: ev.note ?? prev.note, diff: null }); renderApprovals(); break;
+    }
+    case "sent":
+    case "delivered": {
+      const m = { id: ev.id, from: ev.from, to: ev.to, body: ev.body, at: ev.at, delivered: ev.kind === "delivered" };
+      remember(S.messages, m, MAX_MESSAGES);
+      if (m.to === "operator") remember(S.inbox, m, MAX_INBOX);
+      renderMessages(); break;
+    }
+    case "actor_crashed": {
+      const prev = S.actors.get(ev.actor) || { name: ev.actor };
+      S.actors.set(ev.actor, { ...prev, state: ev.gave_up ? "failed" : "restarting", restarts: ev.restarts, last_crash: ev.error });
+      renderActors(); break;
+    }
+    case "refetch": reconnect(); break;
+    default: break;
+  }
 }
 
-async function boot() {
+function load(snap) {
+  S.seq = snap.seq;
+  S.csrf = snap.csrf;
+  S.containers = new Map(snap.containers.map((c) => [c.name, c]));
+  S.transients = new Map(Object.entries(snap.transients));
+  S.tombstones = snap.tombstones;
+  S.approvals = new Map(snap.approvals.map((a) => [a.id, a]));
+  S.jobs = snap.rebuild_queue;
+  S.metaInputs = snap.meta_inputs || [];
+  S.metaRunning = !!snap.meta_update_running;
+  S.anyStale = !!snap.any_stale;
+  S.messages = new Map(snap.messages.map((m) => [m.id, m]));
+  S.inbox = new Map(snap.operator_inbox.map((m) => [m.id, m]));
+  S.warnings = snap.server_warnings || [];
+  S.actors = new Map(snap.actors.map((a) => [a.name, a]));
+  renderAll();
+}
+
+// --- the stream and the one snapshot -------------------------------------------------------------
+
+let source = null;
+let generation = 0;
+
+function streamUrl() {
+  const meta = document.querySelector('meta[name="hive-event-kinds"]');
+  const known = new Set((meta ? meta.content : "").split(",").filter(Boolean));
+  const kinds = HANDLED.filter((k) => known.has(k));
+  return `/api/dashboard/stream?kinds=${kinds.join(",")}`;
+}
+
+function setStatus(text, cls) {
+  const s = document.getElementById("status");
+  s.textContent = text;
+  s.className = `status ${cls}`;
+}
+
+async function connect() {
+  const mine = ++generation;
   const buffered = [];
   let ready = false;
-  const es = new EventSource("/api/dashboard/stream");
-  es.onmessage = (m) => { const ev = JSON.parse(m.data); ready ? apply(ev) : buffered.push(ev); };
-  es.onopen = () => { document.getElementById("status").textContent = "live"; };
-  es.onerror = () => { document.getElementById("status").textContent = "reconnecting…"; };
-  const snap = await (await fetch("/api/state")).json();
-  lastSeq = snap.seq;
-  for (const c of snap.containers) rows.set(c.name, c);
-  for (const [n, t] of Object.entries(snap.transients)) pending.set(n, t.transient_kind);
-  renderTombstones(snap.tombstones);
+  const es = new EventSource(streamUrl());
+  source = es;
+  es.onmessage = (m) => {
+    if (mine !== generation) return;
+    let ev;
+    try { ev = JSON.parse(m.data); } catch (e) { return; }
+    if (ready) apply(ev); else buffered.push(ev);
+  };
+  es.onopen = () => { if (mine === generation) setStatus("● live", "live"); };
+  es.onerror = () => {
+    if (mine !== generation) return;
+    if (es.readyState === EventSource.CLOSED) setStatus("✖ disconnected (reload or log in again)", "dead");
+    else setStatus("⟳ reconnecting…", "reconnecting");
+  };
+  const resp = await fetch("/api/state", { credentials: "same-origin" });
+  if (resp.status === 401) { location.href = "/login"; return; }
+  if (!resp.ok) { setStatus(`✖ /api/state answered ${resp.status}`, "dead"); return; }
+  const snap = await resp.json();
+  if (mine !== generation) return;
+  load(snap);
   ready = true;
-  buffered.forEach(apply);
-  render();
+  for (const ev of buffered.splice(0)) apply(ev);
+  document.body.dataset.ready = "1";
 }
-boot();
+
+function reconnect() {
+  // the server cannot replay what we missed: a fresh stream, then the snapshot again
+  if (source) source.close();
+  connect();
+}
+
+// --- forms ----------------------------------------------------------------------------------------
+
+async function submit(form, submitter) {
+  if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+  if (form.dataset.prompt) {
+    const answer = window.prompt(form.dataset.prompt, "");
+    if (answer === null) return;
+    const field = form.querySelector(`input[name="${form.dataset.promptField || "note"}"]`);
+    if (field) field.value = answer;
+  }
+  const body = new URLSearchParams();
+  for (const [k, v] of new FormData(form)) if (typeof v === "string" && k !== "pick") body.append(k, v);
+  if (form.dataset.join) {
+    const [from, to] = form.dataset.join.split(":");
+    const picked = [...form.querySelectorAll(`input[name="${from}"]:checked`)].map((i) => i.value);
+    body.set(to, picked.join(","));
+  }
+  const button = submitter || form.querySelector("button[type=submit]");
+  const spinner = el("span", { class: "spinner", "aria-hidden": "true" });
+  button.disabled = true;
+  button.append(spinner);
+  form.classList.add("busy");
+  try {
+    const resp = await fetch(form.getAttribute("action"), {
+      method: "POST", body, credentials: "same-origin", headers: S.csrf ? { "X-CSRF-Token": S.csrf } : {},
+    });
+    let answer = {};
+    try { answer = await resp.json(); } catch (e) { answer = { ok: false, error: `HTTP ${resp.status}` }; }
+    toast(resp.ok ? answer.message || "ok" : answer.error || `HTTP ${resp.status}`, resp.ok);
+    if (resp.ok) {
+      if (form.hasAttribute("data-reset")) form.reset();
+      if (form.dataset.clear) form.querySelector(`[name="${form.dataset.clear}"]`).value = "";
+      if (form.dataset.after === "logout") location.href = "/login";
+    }
+  } catch (e) {
+    toast(`request failed: ${e}`, false);
+  } finally {
+    spinner.remove();
+    button.disabled = false;
+    form.classList.remove("busy");
+    if (form.id === "meta-form") updateMetaSubmit();
+  }
+}
+
+document.addEventListener("submit", (ev) => {
+  const form = ev.target.closest("form[data-async]");
+  if (!form) return;
+  ev.preventDefault();
+  submit(form, ev.submitter);
+});
+document.addEventListener("change", (ev) => {
+  if (ev.target.matches("#meta-inputs input[name=pick]")) updateMetaSubmit();
+});
+document.getElementById("approvals-toggle").addEventListener("click", () => {
+  S.showHistory = !S.showHistory; renderApprovals();
+});
+// the pending overlay's elapsed timers tick locally; nothing here asks the server anything
+setInterval(() => {
+  const now = Date.now() / 1000;
+  for (const span of document.querySelectorAll(".elapsed[data-since]")) span.textContent = ago(now - Number(span.dataset.since));
+}, 1000);
+
+connect();

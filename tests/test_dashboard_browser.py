@@ -1,0 +1,360 @@
+"""The dashboard in a real Chromium (Debian's /usr/bin/chromium driven by playwright).
+
+The page logs in and watches while the test changes the world through host.sock, the manager
+socket and the runtime; every change must reach the DOM without a reload, and the page must make
+exactly one ``/api/state`` request in its whole session. Waits are playwright's DOM waits, bounded.
+Screenshots land under the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import trio
+
+from hivecore.daemon import Daemon
+from tests.conftest import TEST_TOKEN, make_config, write_test_token
+from tests.test_approvals import commit, sonnet
+from tests.test_broker import call
+from tests.test_e2e_approval import host
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
+WAIT_MS = 30_000
+
+try:
+    from playwright.sync_api import Page, sync_playwright
+except ImportError:  # pragma: no cover - the dev extra installs it
+    sync_playwright = None
+
+pytestmark = pytest.mark.skipif(
+    sync_playwright is None or not os.access(CHROMIUM, os.X_OK),
+    reason=f"needs playwright (dev extra) and {CHROMIUM} (apt-get install chromium)",
+)
+T = TypeVar("T")
+
+
+class BrowserThread:
+    """Sync playwright on one dedicated thread (its objects belong to the thread that made them);
+    the trio test hands it callables and awaits their results."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[Callable[[], Any], queue.Queue[tuple[bool, Any]]] | None] = (
+            queue.Queue()
+        )
+        self._thread = threading.Thread(target=self._serve, name="playwright", daemon=True)
+        self.state_requests: list[str] = []
+        self.dialog_answers: list[str] = []
+        self.console_errors: list[str] = []
+        self.failed_responses: list[tuple[int, str]] = []
+
+    def _serve(self) -> None:
+        assert sync_playwright is not None
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            self.browser = browser
+            try:
+                while (job := self._jobs.get()) is not None:
+                    fn, reply = job
+                    try:
+                        reply.put((True, fn()))
+                    except BaseException as exc:
+                        reply.put((False, exc))
+            finally:
+                browser.close()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        reply: queue.Queue[tuple[bool, Any]] = queue.Queue()
+        self._jobs.put((fn, reply))
+        ok, value = await trio.to_thread.run_sync(reply.get, abandon_on_cancel=True)
+        if not ok:
+            raise value
+        result: T = value
+        return result
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
+
+    async def new_page(self, base: str) -> Page:
+        await self.run(lambda: None)  # the browser is up
+
+        def make() -> Page:
+            context = self.browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
+            page.on("request", lambda r: self._seen(r.url))
+            page.on("dialog", self._answer)
+            page.on("response", lambda r: self._status(r.url, r.status))
+            page.on("pageerror", lambda e: self.console_errors.append(str(e)))
+            page.set_default_timeout(WAIT_MS)
+            page.goto(f"{base}/login#token={TEST_TOKEN}")
+            page.wait_for_selector("body[data-ready='1']")
+            return page
+
+        return await self.run(make)
+
+    def _status(self, url: str, status: int) -> None:
+        if status >= 400:
+            self.failed_responses.append((status, url))
+
+    def _seen(self, url: str) -> None:
+        if "/api/state" in url:
+            self.state_requests.append(url)
+
+    def _answer(self, dialog: Any) -> None:
+        if dialog.type == "prompt":
+            dialog.accept(self.dialog_answers.pop(0) if self.dialog_answers else "")
+        else:
+            dialog.accept()
+
+
+@pytest.fixture
+def browser() -> Iterator[BrowserThread]:
+    b = BrowserThread()
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+async def live(state_dir: Path) -> AsyncIterator[Daemon]:
+    """A daemon whose crash_watch polls quickly (a process killed by hand shows up within a second)."""
+    from hivecore.daemon import main
+    from web.app import daemon_app
+
+    write_test_token(state_dir)
+    config = make_config(state_dir, crash_watch_interval=0.3)
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(partial(main, config, web_factory=daemon_app))
+        yield daemon
+        nursery.cancel_scope.cancel()
+
+
+def shot(page: Page, out: Path, section: str) -> None:
+    page.locator(f"#{section}").screenshot(path=str(out / f"{section}.png"))
+
+
+async def ok(answer: dict[str, Any]) -> dict[str, Any]:
+    assert answer["ok"], answer
+    return answer
+
+
+async def test_the_page_follows_the_world_on_one_snapshot(
+    live: Daemon, browser: BrowserThread, tmp_path: Path
+) -> None:
+    base = live.dashboard_urls[0]
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with trio.fail_after(240):
+        page = await browser.new_page(base)
+
+        def wait(selector: str, state: str = "attached") -> Callable[[], None]:
+            return lambda: page.wait_for_selector(selector, state=state)  # type: ignore[arg-type]
+
+        # spawn over host.sock
+        await ok(await host(live, {"cmd": "spawn", "name": "coder"}))
+        await browser.run(wait("#containers .row.running[data-name='coder']"))
+        # stop and start over host.sock
+        await ok(await host(live, {"cmd": "stop", "scope": {"agent_names": ["coder"]}}))
+        await browser.run(wait("#containers .row.stopped[data-name='coder']"))
+        await ok(await host(live, {"cmd": "start", "scope": {"agent_names": ["coder"]}}))
+        await browser.run(wait("#containers .row.running[data-name='coder']"))
+        # a process killed by hand: crash_watch notices, the row follows
+        pid = (await live.runtime.list())["coder"].pid
+        assert pid is not None
+        os.killpg(pid, signal.SIGKILL)
+        await browser.run(wait("#containers .row[data-name='coder']:not(.running):not(.pending)"))
+        await ok(await host(live, {"cmd": "start", "scope": {"agent_names": ["coder"]}}))
+        await browser.run(wait("#containers .row.running[data-name='coder']"))
+
+        # a POST from the page without the CSRF token is refused and changes nothing
+        status = await browser.run(
+            lambda: page.evaluate("fetch('/stop/coder', {method: 'POST'}).then(r => r.status)")
+        )
+        assert status == 403
+        assert live.coordinator.views()["coder"].running
+
+        # messages: the manager writes to the operator (markup stays text)
+        evil = "<img src=x onerror=window.pwned=1> hi operator"
+        await ok(await call(live.config.manager_socket_path, {"cmd": "send", "to": "operator", "body": evil}))
+        await browser.run(wait("#operator-inbox .msg"))
+        inbox = await browser.run(lambda: page.inner_text("#operator-inbox"))
+        assert evil in inbox
+        assert await browser.run(lambda: page.evaluate("document.querySelectorAll('#inbox img').length")) == 0
+        # the compose box sends to an agent
+        await browser.run(lambda: page.fill("#compose input[name=to]", "@coder"))
+        await browser.run(lambda: page.fill("#compose input[name=body]", "hello from the page"))
+        await browser.run(lambda: page.click("#compose button[type=submit]"))
+        await browser.run(wait("#messages .msg:has-text('hello from the page')"))
+
+        # an apply_commit asked by the manager, approved from the page
+        proposed = live.config.paths.agent_config("coder")
+        sha = await commit(proposed, {"agent.nix": sonnet()}, "use sonnet")
+        asked = await ok(
+            await call(
+                live.config.manager_socket_path,
+                {"cmd": "request_apply_commit", "agent": "coder", "commit_ref": sha, "description": "sonnet"},
+            )
+        )
+        aid = asked["approval_id"]
+        card = f"#approvals .card.pending[data-id='{aid}']"
+        await browser.run(wait(card))
+        diff = await browser.run(lambda: page.inner_text(f"{card} pre.diff"))
+        assert 'model = "sonnet"' in diff
+        await browser.run(lambda: shot(page, shots, "call"))
+        await browser.run(lambda: page.click(f"{card} button.approve"))
+        await browser.run(wait(card, "detached"))
+        await browser.run(wait(".toast.ok:has-text('approved')"))
+        assert [a.status for a in await live.coordinator.approvals() if a.id == aid] == ["approved"]
+        # the rebuild queue shows the finished job
+        await browser.run(wait("#jobs .job.done:has-text('apply_commit')"))
+
+        # another one, denied from the page with a note
+        sha2 = await commit(proposed, {"agent.nix": sonnet("haiku")}, "use haiku")
+        asked = await ok(
+            await call(
+                live.config.manager_socket_path,
+                {"cmd": "request_apply_commit", "agent": "coder", "commit_ref": sha2},
+            )
+        )
+        aid2 = asked["approval_id"]
+        card2 = f"#approvals .card.pending[data-id='{aid2}']"
+        await browser.run(wait(card2))
+        browser.dialog_answers.append("not haiku")
+        await browser.run(lambda: page.click(f"{card2} button.danger"))
+        await browser.run(wait(card2, "detached"))
+        denied = [a for a in await live.coordinator.approvals() if a.id == aid2]
+        assert [(a.status, a.note) for a in denied] == [("denied", "not haiku")]
+        await browser.run(lambda: page.click("#approvals-toggle"))
+        await browser.run(wait(f"#approvals .card.denied[data-id='{aid2}']"))
+        await browser.run(lambda: page.click("#approvals-toggle"))
+
+        # a spawn requested from the page's form
+        await browser.run(lambda: page.fill("#spawn-form input[name=name]", "scout"))
+        await browser.run(lambda: page.click("#spawn-form button[type=submit]"))
+        await browser.run(wait("#approvals .card.pending:has-text('scout')"))
+
+        await browser.run(
+            lambda: [shot(page, shots, s) for s in ("swarm", "flow", "inbox", "queue", "health")]
+        )
+        await browser.run(lambda: page.screenshot(path=str(shots / "dashboard.png"), full_page=True))
+
+        # destroy over host.sock: the row goes, a tombstone comes; purge: it goes too
+        await ok(await host(live, {"cmd": "destroy", "name": "coder"}))
+        await browser.run(wait("#containers .row[data-name='coder']", "detached"))
+        await browser.run(wait("#tombstones .row[data-name='coder']"))
+        await browser.run(lambda: shot(page, shots, "kept"))
+        await ok(await host(live, {"cmd": "purge_tombstone", "name": "coder"}))
+        await browser.run(wait("#tombstones .row[data-name='coder']", "detached"))
+
+        meta_update = getattr(live.coordinator, "meta_update", None)
+        if meta_update is not None:  # arrives with the meta flake work
+            await meta_update(["hyperhive"], source="host_sock")
+            await browser.run(wait("#jobs .job:has-text('meta_update')"))
+        await browser.run(lambda: shot(page, shots, "meta"))
+
+    assert browser.state_requests == [f"{base}/api/state"], browser.state_requests
+    assert not browser.console_errors, browser.console_errors
+    assert browser.failed_responses == [(403, f"{base}/stop/coder")]  # only the POST without CSRF
+    assert await browser.run(lambda: page.evaluate("window.pwned === undefined"))
+    if os.environ.get("HIVE_SCREENSHOT_TO"):
+        shutil.copy(shots / "dashboard.png", os.environ["HIVE_SCREENSHOT_TO"])
+
+
+SECTIONS = [
+    "#containers",
+    "#tombstones",
+    "#approvals",
+    "#jobs",
+    "#messages",
+    "#operator-inbox",
+    "#meta-inputs",
+]
+
+
+async def test_a_dropped_stream_reconnects_and_misses_nothing(live: Daemon, browser: BrowserThread) -> None:
+    base = live.dashboard_urls[0]
+    with trio.fail_after(120):
+        await ok(await host(live, {"cmd": "spawn", "name": "coder"}))
+        page = await browser.new_page(base)
+        await browser.run(lambda: page.wait_for_selector("#containers .row.running[data-name='coder']"))
+        await browser.run(lambda: page.wait_for_selector("#status.live"))
+        # the server ends every stream; the world changes while the page is away
+        assert live.dashboard_app.hive_drop_streams() >= 1
+        await ok(await host(live, {"cmd": "stop", "scope": {"agent_names": ["coder"]}}))
+        await ok(await host(live, {"cmd": "spawn", "name": "scout"}))
+        await live.broker.send("scout", "operator", "written while you were away")
+        await browser.run(lambda: page.wait_for_selector("#containers .row.stopped[data-name='coder']"))
+        await browser.run(lambda: page.wait_for_selector("#containers .row.running[data-name='scout']"))
+        await browser.run(
+            lambda: page.wait_for_selector("#operator-inbox .msg:has-text('while you were away')")
+        )
+        await browser.run(lambda: page.wait_for_selector("#status.live"))
+        # its DOM equals a fresh load's
+        fresh = await browser.new_page(base)
+        await browser.run(lambda: fresh.wait_for_selector("#containers .row.running[data-name='scout']"))
+
+        def texts(p: Page) -> dict[str, str]:
+            return {s: p.inner_text(s) for s in SECTIONS}
+
+        assert await browser.run(lambda: texts(page)) == await browser.run(lambda: texts(fresh))
+    assert browser.state_requests == [f"{base}/api/state"] * 2  # one per page session
+
+
+async def test_a_refetch_frame_reloads_the_snapshot_into_the_stores(
+    live: Daemon, browser: BrowserThread
+) -> None:
+    from hivecore.wire.events import AgentNotice
+
+    base = live.dashboard_urls[0]
+    with trio.fail_after(120):
+        page = await browser.new_page(base)
+        await browser.run(lambda: page.wait_for_selector("#status.live"))
+        await browser.run(lambda: page.evaluate("window.sameDocument = true"))
+        # a burst the page's stream cannot hold: the server ends it with a refetch frame
+        for i in range(3000):
+            live.bus.publish(AgentNotice(event="burst", agent="nobody", note=str(i)))
+        await ok(await host(live, {"cmd": "spawn", "name": "coder"}))
+        await browser.run(lambda: page.wait_for_selector("#containers .row.running[data-name='coder']"))
+        await browser.run(lambda: page.wait_for_selector("#status.live"))
+        fresh = await browser.new_page(base)
+
+        def texts(p: Page) -> dict[str, str]:
+            return {s: p.inner_text(s) for s in SECTIONS}
+
+        assert await browser.run(lambda: texts(page)) == await browser.run(lambda: texts(fresh))
+        # the first page loaded the snapshot twice (boot, refetch), without reloading the document
+        assert await browser.run(lambda: page.evaluate("window.sameDocument")) is True
+    assert browser.state_requests == [f"{base}/api/state"] * 3  # boot, refetch, the fresh page
+
+
+async def test_without_a_session_the_page_goes_to_login(live: Daemon, browser: BrowserThread) -> None:
+    base = live.dashboard_urls[0]
+    await browser.run(lambda: None)
+
+    def visit() -> str:
+        page = browser.browser.new_context().new_page()
+        page.goto(f"{base}/")
+        page.wait_for_url(f"{base}/login", timeout=WAIT_MS)
+        page.fill("#token", "wrong-token-0123456789")
+        page.click("#login button[type=submit]")
+        page.wait_for_selector("#login-error:has-text('wrong operator token')", timeout=WAIT_MS)
+        return page.url
+
+    with trio.fail_after(60):
+        assert await trio.to_thread.run_sync(lambda: None) is None
+        assert (await browser.run(visit)).endswith("/login")

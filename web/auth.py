@@ -1,0 +1,128 @@
+"""Dashboard auth: one operator token, browser sessions with a CSRF token, or a bearer header.
+
+* On the first start :func:`ensure_token` writes ``<state>/operator-token`` (0600, 256 random bits);
+  the daemon logs a login URL (``/login#token=…``: a fragment never reaches a server log).
+* ``POST /login`` with the token sets ``hive_session`` (HttpOnly, SameSite=Strict, Path=/). Each
+  session has its own CSRF token, handed to the page in the ``/api/state`` snapshot; every POST with
+  a session must carry it (``X-CSRF-Token`` header or a ``csrf`` form field).
+* API clients may send ``Authorization: Bearer <token>`` on any route instead (a browser never sends
+  that header on its own, so it needs no CSRF token).
+* ``none`` (loopback binds only): no login, but POSTs still need the process's CSRF token, so a web
+  page in the operator's browser cannot drive the daemon with a cross-site form.
+Sessions live in memory: a daemon restart logs every browser out.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+from hivecore.errors import HiveError
+
+SESSION_COOKIE = "hive_session"
+CSRF_HEADER = "X-CSRF-Token"
+MAX_SESSIONS = 256
+"""Oldest sessions are dropped past this many (a login loop cannot grow memory)."""
+TOKEN_BYTES = 32
+MIN_TOKEN_CHARS = 16
+
+
+def ensure_token(path: Path) -> tuple[str, bool]:
+    """The operator token at ``path``, created (0600, never through a symlink) when missing.
+
+    Returns ``(token, created)``. A token file that is not a regular file, or too short, is an error
+    the operator must fix (it is never silently replaced).
+    """
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token, True
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise HiveError(f"cannot read the operator token {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise HiveError(f"the operator token {path} is not a regular file")
+        if st.st_mode & 0o077:
+            os.fchmod(f.fileno(), 0o600)
+        text = f.read(4096).decode("utf-8", "replace").strip()
+    if len(text) < MIN_TOKEN_CHARS or not text.isascii() or not text.isprintable():
+        raise HiveError(
+            f"the operator token {path} is malformed (want at least {MIN_TOKEN_CHARS} printable "
+            "ASCII characters); delete it and restart to get a new one"
+        )
+    return text, False
+
+
+Principal = Literal["bearer", "session", "open"]
+
+
+@attrs.define
+class Auth:
+    """Who a request is (:meth:`principal`) and whether a POST may change anything (:meth:`csrf_ok`)."""
+
+    mode: Literal["token", "none"]
+    token: str | None
+    _sessions: collections.OrderedDict[str, str] = attrs.field(factory=collections.OrderedDict)
+    _open_csrf: str = attrs.field(factory=lambda: secrets.token_urlsafe(TOKEN_BYTES))
+
+    def token_ok(self, given: str | None) -> bool:
+        if self.token is None or given is None:
+            return False
+        return hmac.compare_digest(given.strip().encode("utf-8", "replace"), self.token.encode())
+
+    def login(self, given: str | None) -> str | None:
+        """A new session id for the right token, else ``None``."""
+        if not self.token_ok(given):
+            return None
+        sid = secrets.token_urlsafe(TOKEN_BYTES)
+        self._sessions[sid] = secrets.token_urlsafe(TOKEN_BYTES)
+        while len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
+        return sid
+
+    def logout(self, sid: str | None) -> None:
+        if sid is not None:
+            self._sessions.pop(sid, None)
+
+    def principal(self, authorization: str | None, sid: str | None) -> Principal | None:
+        """``bearer``/``session``/``open`` (auth ``none``), or ``None``: not authenticated."""
+        if authorization is not None:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() == "bearer" and self.token_ok(value):
+                return "bearer"
+        if sid is not None and sid in self._sessions:
+            return "session"
+        if self.mode == "none":
+            return "open"
+        return None
+
+    def csrf_for(self, principal: Principal | None, sid: str | None) -> str | None:
+        """The CSRF token the page must echo on POSTs (none for bearer clients)."""
+        if principal == "session" and sid is not None:
+            return self._sessions.get(sid)
+        if principal == "open":
+            return self._open_csrf
+        return None
+
+    def csrf_ok(self, principal: Principal, sid: str | None, given: str | None) -> bool:
+        if principal == "bearer":
+            return True
+        want = self.csrf_for(principal, sid)
+        if want is None or given is None:
+            return False
+        return hmac.compare_digest(given.encode("utf-8", "replace"), want.encode())

@@ -1,0 +1,23 @@
+// Log in with the operator token: from the form, or from the #token=… fragment of the logged URL
+// (a fragment never reaches the server's logs); the fragment is wiped from the address bar at once.
+"use strict";
+async function login(token) {
+  const resp = await fetch("/login", {
+    method: "POST",
+    body: new URLSearchParams({ token }),
+    credentials: "same-origin",
+  });
+  let answer = {};
+  try { answer = await resp.json(); } catch (e) { answer = { error: `HTTP ${resp.status}` }; }
+  if (resp.ok) { location.replace("/"); return; }
+  document.getElementById("login-error").textContent = answer.error || `HTTP ${resp.status}`;
+}
+document.getElementById("login").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  login(document.getElementById("token").value);
+});
+const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+if (fromHash) {
+  history.replaceState(null, "", "/login");
+  login(fromHash);
+}
