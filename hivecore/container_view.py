@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
 from hivecore.config import StatePaths
+from hivecore.meta import MetaFacts, is_stale, read_meta_facts
 from hivecore.models import ContainerView, Transient
 from hivecore.names import MANAGER_NAME
 from hivecore.ports import agent_port
@@ -101,7 +103,15 @@ def _has_regular_file(path: StatePaths, name: str) -> bool:
         return False
 
 
-def read_facts(paths: StatePaths, name: str) -> AgentFacts:
+_UNSET: Any = object()
+
+
+def read_facts(paths: StatePaths, name: str, meta: MetaFacts | None = _UNSET) -> AgentFacts:
+    """The agent's facts; ``meta`` (read once per scan by the caller; read here when omitted)
+    decides ``stale``: the applied main or the base rev is not what the agent was deployed with."""
+    if meta is _UNSET:
+        meta = read_meta_facts(paths)
+    stale, deployed = is_stale(paths, name, meta)
     state = paths.agent_state(name)
     status_text = status_set_at = None
     status = state / STATUS_FILE
@@ -116,6 +126,8 @@ def read_facts(paths: StatePaths, name: str) -> AgentFacts:
         paused=(state / PAUSE_MARKER).exists(),
         status_text=status_text,
         status_set_at=status_set_at if status_text else None,
+        deployed_sha=deployed,
+        stale=stale,
     )
 
 
@@ -126,5 +138,6 @@ async def collect_inputs(
     domain: str | None = None,
 ) -> ViewInputs:
     states = await runtime.list()
-    facts = {n: read_facts(paths, n) for n in states}
+    meta = read_meta_facts(paths)
+    facts = {n: read_facts(paths, n, meta) for n in states}
     return ViewInputs(runtime=states, facts=facts, transients=dict(transients), domain=domain)
