@@ -257,7 +257,10 @@ def read_deployed(paths: StatePaths, name: str) -> Deployed | None:
 
 def applied_main(paths: StatePaths, name: str) -> str | None:
     """The applied repo's ``main`` rev, read from the ref files (blocking, no git child)."""
-    git = paths.applied_root / name / ".git"
+    return _main_ref(paths.applied_root / name / ".git")
+
+
+def _main_ref(git: Path) -> str | None:
     try:
         return (git / "refs" / "heads" / "main").read_text().strip() or None
     except OSError:
@@ -285,7 +288,15 @@ def read_meta_facts(paths: StatePaths) -> MetaFacts | None:
     data = read_lock_file(paths.meta)
     if data is None:
         return None
-    return MetaFacts(locked_revs(data).get(HYPERHIVE), TEMPLATE_MARKER)
+    rev = locked_revs(data).get(HYPERHIVE)
+    base = paths.root / "base"
+    try:
+        url = data["nodes"][HYPERHIVE]["locked"]["url"]
+    except (KeyError, TypeError):
+        url = None
+    if url == f"file://{base}":  # the seeded base: a newer commit there is news before any relock
+        rev = _main_ref(base / ".git") or rev
+    return MetaFacts(rev, TEMPLATE_MARKER)
 
 
 def is_stale(paths: StatePaths, name: str, facts: MetaFacts | None) -> tuple[bool, str | None]:
