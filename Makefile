@@ -28,3 +28,4 @@ bench:
 	.venv/bin/python bench/cli.py
 	.venv/bin/python bench/verbs.py
 	.venv/bin/python bench/broker.py
+	.venv/bin/python bench/meta.py

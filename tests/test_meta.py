@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from hivecore import store as st
+from hivecore.daemon import Daemon
 from hivecore.errors import HiveError, Refused
 from hivecore.meta import (
     HYPERHIVE,
@@ -370,3 +371,20 @@ async def test_a_crash_mid_lock_update_recovers_at_the_next_start(
         jobs = await parts.store.call(lambda c: st.recent_jobs(c, 10))
         assert {j.source for j in jobs if j.kind == "rebuild"} == {"auto_update"}
         nursery.cancel_scope.cancel()
+
+
+async def test_meta_update_over_host_sock(hive: Daemon) -> None:
+    from tests.test_host_socket import ok, refused
+
+    sock = hive.config.host_socket_path
+    await ok(sock, {"cmd": "spawn", "name": "a"})
+    await ok(sock, {"cmd": "spawn", "name": "b"})
+    new = commit_file(hive.config.paths.applied("b"), "agent.nix", agent_nix({"W": "4"}))
+    assert "unknown meta input(s): agent-zz" in await refused(
+        sock, {"cmd": "meta_update", "inputs": ["agent-zz"]}
+    )
+    assert "inputs" in await refused(sock, {"cmd": "meta_update", "inputs": "agent-b"})
+    await ok(sock, {"cmd": "meta_update", "inputs": ["agent-b"]})
+    assert {i.name: i.rev for i in hive.coordinator.meta_inputs()}["agent-b"] == new[:12]
+    [job] = [j for j in hive.coordinator.jobs() if j.kind == "meta_update"]
+    assert [j.agent for j in hive.coordinator.jobs() if j.parent_id == job.id] == ["b"]
