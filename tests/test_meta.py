@@ -3,6 +3,7 @@ the operator's pronouns reaching agents byte for byte, staleness and recovery af
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from hivecore.meta import (
 )
 from hivecore.runtime.base import AgentSpec
 from hivecore.services.meta_update import SKIP_AUTO_UPDATE_ENV, affected_agents
-from hivecore.wire.events import MetaInputsChanged, MetaUpdateRunning
+from hivecore.wire.events import AgentNotice, MetaInputsChanged, MetaUpdateRunning
 from tests.conftest import Parts, make_config, start_parts
 from tests.procs import eventually
 from tests.test_lifecycle import drain
@@ -242,11 +243,17 @@ async def test_meta_update_of_one_agent_rebuilds_only_it(meta_parts: Parts) -> N
     c = parts.coordinator
     await c.spawn("a")
     await c.spawn("b")
+    await parts.nursery.start(parts.crash_watch.run)
     applied_a = parts.config.paths.applied("a")
     new = commit_file(applied_a, "agent.nix", agent_nix({"X": "1"}))
-    await parts.views.rescan()
-    assert parts.views.rows()["a"].needs_update
-    assert not parts.views.rows()["b"].needs_update
+    with parts.bus.subscribe(kinds=["agent_notice"]) as notices:
+        await parts.views.rescan()
+        assert parts.views.rows()["a"].needs_update
+        assert not parts.views.rows()["b"].needs_update
+        with trio.fail_after(10):
+            notice = await notices.receive()
+    assert isinstance(notice, AgentNotice)
+    assert (notice.event, notice.agent) == ("needs_update", "a")
     assert c.any_stale()
     with parts.bus.subscribe(kinds=["meta_inputs_changed"]) as sub:
         job = await c.meta_update(["agent-a"])
@@ -388,3 +395,50 @@ async def test_meta_update_over_host_sock(hive: Daemon) -> None:
     assert {i.name: i.rev for i in hive.coordinator.meta_inputs()}["agent-b"] == new[:12]
     [job] = [j for j in hive.coordinator.jobs() if j.kind == "meta_update"]
     assert [j.agent for j in hive.coordinator.jobs() if j.parent_id == job.id] == ["b"]
+
+
+async def test_the_meta_actor_cancelled_mid_operation_leaves_a_repo_the_next_start_repairs(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from actors.meta_lock import MetaLock, MetaLockClosed
+
+    config = make_config(state_dir)
+    paths = config.paths
+    async with trio.open_nursery() as nursery:
+        parts = await start_parts(config, nursery)
+        await parts.coordinator.spawn("a")
+        meta: MetaLock = parts.daemon.meta
+        new = commit_file(paths.applied("a"), "agent.nix", agent_nix({"Q": "5"}))
+        entered = trio.Event()
+        real = meta.repo.nix
+
+        async def nix_then_hang(*args: str, **kw: Any) -> bytes:
+            out = await real(*args, **kw)
+            if "--update-input" in args or "update" in args:
+                # the lock file is written, the commit not made; a git index.lock is left too
+                (paths.meta / ".git" / "index.lock").write_text("")
+                entered.set()
+                await trio.sleep_forever()
+            return out
+
+        meta.repo.nix = nix_then_hang  # type: ignore[method-assign]
+
+        async def update() -> None:
+            with contextlib.suppress(MetaLockClosed):
+                await meta.lock_update(["agent-a"])
+
+        nursery.start_soon(update)
+        await entered.wait()
+        nursery.cancel_scope.cancel()  # the daemon dies mid-operation
+    async with trio.open_nursery() as nursery:
+        parts = await start_parts(config, nursery)
+        assert not (paths.meta / ".git" / "index.lock").exists()
+        await parts.views.rescan()
+        assert parts.views.rows()["a"].needs_update
+        assert await parts.daemon.meta_updates.auto_update(parts.coordinator.rebuild) == []  # skipped
+        monkeypatch.delenv(SKIP_AUTO_UPDATE_ENV)
+        assert await parts.daemon.meta_updates.auto_update(parts.coordinator.rebuild) == ["a"]
+        assert git(paths.meta, "status", "--porcelain") == ""
+        assert not parts.views.rows()["a"].needs_update
+        assert read_lock_file(paths.meta)["nodes"]["agent-a"]["locked"]["rev"] == new
+        nursery.cancel_scope.cancel()
