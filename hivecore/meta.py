@@ -17,6 +17,7 @@ it and feed the views' ``needs_update``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -51,8 +52,8 @@ FLAKE_FILES = ("flake.nix", "flake.lock")
 NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 BASE_TEMPLATE_FILES = ("flake.nix",)
 DEPLOYED_DIR = "deployed"
-TEMPLATE_MARKER = "# hivecore meta template v1"
-"""The first line of every rendered flake.nix; a new template version re-points every agent."""
+TEMPLATE_MARKER = "# hivecore meta template"
+"""The first line of every rendered flake.nix."""
 
 
 class MetaFailure(HiveError):
@@ -120,6 +121,16 @@ def render_flake(hyperhive_url: str, agents: Iterable[AgentEntry]) -> str:
         "  };\n"
         "}\n"
     )
+
+
+def _template_version() -> str:
+    sample = AgentEntry(name="x", applied=Path("/x"), command=("c",), identity={"K": "v"})
+    return hashlib.sha256(render_flake("u", [sample]).encode()).hexdigest()[:16]
+
+
+TEMPLATE_VERSION = _template_version()
+"""A hash of what :func:`render_flake` produces: a hivecore whose rendering differs has another
+version, so every agent deployed with the old one is stale and auto_update re-points it."""
 
 
 # --- the lock ------------------------------------------------------------------------------------
@@ -296,7 +307,7 @@ def read_meta_facts(paths: StatePaths) -> MetaFacts | None:
         url = None
     if url == f"file://{base}":  # the seeded base: a newer commit there is news before any relock
         rev = _main_ref(base / ".git") or rev
-    return MetaFacts(rev, TEMPLATE_MARKER)
+    return MetaFacts(rev, TEMPLATE_VERSION)
 
 
 def is_stale(paths: StatePaths, name: str, facts: MetaFacts | None) -> tuple[bool, str | None]:

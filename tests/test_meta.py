@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -442,3 +443,30 @@ async def test_the_meta_actor_cancelled_mid_operation_leaves_a_repo_the_next_sta
         assert not parts.views.rows()["a"].needs_update
         assert read_lock_file(paths.meta)["nodes"]["agent-a"]["locked"]["rev"] == new
         nursery.cancel_scope.cancel()
+
+
+async def test_auto_update_repoints_a_changed_template_and_a_new_base(
+    meta_parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hivecore.meta import read_deployed, write_deployed
+
+    parts = meta_parts
+    paths = parts.config.paths
+    await parts.coordinator.spawn("a")
+    await parts.coordinator.spawn("b")
+    monkeypatch.delenv(SKIP_AUTO_UPDATE_ENV)
+    auto_update = parts.daemon.meta_updates.auto_update
+    assert await auto_update(parts.coordinator.rebuild) == []  # all up to date
+    # a deployed by an older hivecore whose rendered flake differed
+    old = read_deployed(paths, "a")
+    assert old is not None
+    write_deployed(paths, "a", attrs.evolve(old, template="older-hivecore"))
+    assert await auto_update(parts.coordinator.rebuild) == ["a"]
+    # a new base flake: every agent
+    base = paths.root / "base"
+    rev = commit_file(base, "flake.nix", (base / "flake.nix").read_text() + "# newer\n", "bump base")
+    await parts.views.rescan()
+    assert all(v.needs_update for v in parts.views.rows().values())
+    assert await auto_update(parts.coordinator.rebuild) == ["a", "b"]
+    assert {i.name: i.rev for i in parts.coordinator.meta_inputs()}[HYPERHIVE] == rev[:12]
+    assert not parts.coordinator.any_stale()

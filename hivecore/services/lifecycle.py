@@ -32,7 +32,7 @@ from hivecore.errors import HiveError, RuntimeFailure
 from hivecore.kick import REASON_REBUILT, REASON_RESTARTED, REASON_STARTED
 from hivecore.meta import (
     HYPERHIVE,
-    TEMPLATE_MARKER,
+    TEMPLATE_VERSION,
     AgentEntry,
     Deployed,
     agent_input,
@@ -265,7 +265,7 @@ class Lifecycle:
         rev = self.meta.locked_rev(agent_input(name))
         if rev is None:
             return
-        record = Deployed(rev, self.meta.locked_rev(HYPERHIVE), TEMPLATE_MARKER)
+        record = Deployed(rev, self.meta.locked_rev(HYPERHIVE), TEMPLATE_VERSION)
         await trio.to_thread.run_sync(write_deployed, self.config.paths, name, record)
 
     async def meta_build(self, name: str) -> None:
