@@ -186,7 +186,8 @@ class JobLane:
             raise LaneClosed("hive-c0re is starting up or shutting down; try again in a moment")
         if agent is not None and (current := self._by_agent.get(agent)) is not None:
             job = current.job
-            if kind == "rebuild" and job.kind == "rebuild" and job.state == "queued":
+            # (a child build never joins: the queued one waits for the turn its parent holds)
+            if kind == "rebuild" and job.kind == "rebuild" and job.state == "queued" and parent_id is None:
                 log.info("job %d: rebuild of %s joined by a request from %s", job.id, agent, source)
                 return current
             raise Busy(self._busy_message(agent, job))

@@ -470,3 +470,27 @@ async def test_auto_update_repoints_a_changed_template_and_a_new_base(
     assert await auto_update(parts.coordinator.rebuild) == ["a", "b"]
     assert {i.name: i.rev for i in parts.coordinator.meta_inputs()}[HYPERHIVE] == rev[:12]
     assert not parts.coordinator.any_stale()
+
+
+async def test_a_rebuild_during_a_spawn_keeps_the_new_agent_in_the_meta_flake(meta_parts: Parts) -> None:
+    parts = meta_parts
+    c = parts.coordinator
+    await c.spawn("a")
+    entered, gate = trio.Event(), trio.Event()
+    real_create = parts.runtime.create
+
+    async def gated_create(spec: AgentSpec) -> None:
+        if spec.name == "x":
+            entered.set()
+            await gate.wait()
+        await real_create(spec)
+
+    parts.runtime.create = gated_create  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.spawn, "x")
+        await entered.wait()  # x is rendered and evaluated, its container not created yet
+        await c.rebuild("a")  # its sync must not drop x
+        assert '"agent-x"' in (parts.config.paths.meta / "flake.nix").read_text()
+        gate.set()
+    assert parts.views.rows()["x"].running
+    assert not parts.views.rows()["x"].needs_update

@@ -102,6 +102,11 @@ class Lifecycle:
     every rebuild go through it; without it (tests that do not start it) the plain Python spec and
     :meth:`default_build` are used."""
 
+    _meta_adding: set[str] = attrs.field(factory=set, init=False)
+    """Agents a spawn is adding (rendered although their container does not exist yet), so a
+    concurrent sync (a rebuild's) never drops them from the meta flake mid-spawn."""
+    _meta_removing: set[str] = attrs.field(factory=set, init=False)
+
     # --- the JobRunner protocol ----------------------------------------------------------------
 
     def accepted(self, job: Job, args: Mapping[str, Any]) -> None:
@@ -182,9 +187,13 @@ class Lifecycle:
             if await self.repos.seed(name):  # a revived tombstone keeps its repos
                 log.info("spawn %s: seeded its config repos", name)
             if self._meta_on():
-                await self.sync_meta(adding=name)
-                spec = await self._meta_spec(name)
-                await self.runtime.create(spec)
+                self._meta_adding.add(name)
+                try:
+                    await self.sync_meta(adding=name)
+                    spec = await self._meta_spec(name)
+                    await self.runtime.create(spec)
+                finally:
+                    self._meta_adding.discard(name)
                 await self.runtime.start(name)
                 await self._record_deployed(name)
             else:
@@ -239,9 +248,10 @@ class Lifecycle:
 
     async def meta_agents(self, *, adding: str | None = None, removing: str | None = None) -> list[str]:
         """The agents the meta flake renders: every container with an applied repo."""
-        names = set(await self.runtime.list())
+        names = set(await self.runtime.list()) | self._meta_adding
         if adding is not None:
             names.add(adding)
+        names -= self._meta_removing
         names.discard(removing or "")
         paths = self.config.paths
 
@@ -358,10 +368,13 @@ class Lifecycle:
     async def destroy(self, name: str, *, purge: bool = False) -> None:
         await self._guarded(name, "destroying", "destroy", lambda: self.runtime.destroy(name))
         if self._meta_on():
+            self._meta_removing.add(name)
             try:
                 await self.sync_meta(removing=name)
             except HiveError as exc:
                 log.warning("destroy %s: could not re-render the meta flake: %s", name, exc)
+            finally:
+                self._meta_removing.discard(name)
         await trio.to_thread.run_sync(partial(deployed_path(self.config.paths, name).unlink, missing_ok=True))
         failed = await self.store.call(lambda c: st.fail_pending_for_agent(c, name, "agent destroyed"))
         if failed:

@@ -69,6 +69,10 @@ class MetaUpdates:
             log.info("meta update %s: rebuilding %s", ", ".join(inputs), ", ".join(targets) or "nobody")
             failed: list[str] = []
             for name in targets:
+                queued = self.lane.busy_with(name)
+                if queued is not None and queued.kind == "rebuild" and queued.state == "queued":
+                    log.info("meta update: %s already has a rebuild queued (job %d)", name, queued.id)
+                    continue  # it runs after this job, from the updated lock
                 try:
                     await self.lane.submit("rebuild", name, source="meta_update", parent_id=job.id)
                 except HiveError as exc:
