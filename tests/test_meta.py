@@ -494,3 +494,30 @@ async def test_a_rebuild_during_a_spawn_keeps_the_new_agent_in_the_meta_flake(me
         gate.set()
     assert parts.views.rows()["x"].running
     assert not parts.views.rows()["x"].needs_update
+
+
+async def test_hivectl_meta_update(hive: Daemon) -> None:
+    from tests.test_hivectl import hivectl
+
+    sock = hive.config.host_socket_path
+    await hive.coordinator.spawn("a")
+    done = await hivectl("meta-update", "agent-a", sock=sock)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == "updated agent-a and rebuilt the affected agents\n"
+    bad = await hivectl("meta-update", "nope", sock=sock)
+    assert bad.returncode == 1
+    assert "unknown meta input(s): nope" in bad.stderr.decode()
+
+
+async def test_a_failed_rebuild_reports_the_nix_error_and_keeps_the_agent_running(meta_parts: Parts) -> None:
+    parts = meta_parts
+    await parts.coordinator.spawn("a")
+    pid = (await parts.runtime.list(["a"]))["a"].pid
+    commit_file(parts.config.paths.applied("a"), "agent.nix", "{ ... }: { hive.agent = { model = ; }; }\n")
+    with pytest.raises(HiveError, match=r"(?s)agent\.nix of a does not evaluate:.*syntax error"):
+        await parts.coordinator.rebuild("a")
+    [event] = await helper_events(parts, "rebuilt")
+    assert event["ok"] is False
+    assert "syntax error" in event["note"]
+    assert (await parts.runtime.list(["a"]))["a"].pid == pid
+    assert parts.views.rows()["a"].needs_update  # still not running what applied main says
