@@ -310,14 +310,16 @@ async def test_meta_update_of_hyperhive_rebuilds_all_one_at_a_time(meta_parts: P
 
     parts.runtime.update = recorded_update  # type: ignore[method-assign]
     running: list[bool] = []
-    with parts.bus.subscribe(kinds=["meta_update_running"]) as sub:
+    with parts.bus.subscribe(kinds=["meta_update_running", "meta_inputs_changed"]) as sub:
         job = await c.meta_update([HYPERHIVE, "agent-a"], wait=False)
         await eventually(lambda: bool(order), timeout=30)
         with pytest.raises(Refused, match="already running"):
             await c.meta_update(["agent-b"])
         gate.set()
         await parts.lane.wait(job.id)
-        running = [e.running for e in drain(sub) if isinstance(e, MetaUpdateRunning)]
+        events = drain(sub)
+        running = [e.running for e in events if isinstance(e, MetaUpdateRunning)]
+        changed = [e for e in events if isinstance(e, MetaInputsChanged)]
     assert overlaps == []
     assert order == ["a", "b", "c"]
     assert running[-1] is False
@@ -327,6 +329,8 @@ async def test_meta_update_of_hyperhive_rebuilds_all_one_at_a_time(meta_parts: P
     rebuilt = await helper_events(parts, "rebuilt")
     assert sorted(e["agent"] for e in rebuilt if e["ok"]) == ["a", "b", "c"]
     revs = {i.name: i.rev for i in c.meta_inputs()}
+    assert {i.name: i.rev for i in changed[-1].inputs} == revs
+    assert len(changed) >= 3  # the lock update, then one full snapshot per rebuild
     assert revs["hyperhive"] == git(base, "rev-parse", "HEAD")[:12]
     assert revs["agent-a"] == new_a[:12]
     assert not c.any_stale()
