@@ -25,6 +25,7 @@ from hivecore.meta import (
     read_lock_file,
     render_flake,
 )
+from hivecore.repos import clean_env
 from hivecore.runtime.base import AgentSpec
 from hivecore.services.meta_update import SKIP_AUTO_UPDATE_ENV, affected_agents
 from hivecore.wire.events import AgentNotice, MetaInputsChanged, MetaUpdateRunning
@@ -35,14 +36,18 @@ from tests.test_lifecycle import drain
 # --- pure parts -----------------------------------------------------------------------------------
 
 
-def nix_eval_string(literal: str) -> str:
+def nix_eval_json(*args: str) -> Any:
     out = subprocess.run(
-        ["nix", "--extra-experimental-features", "nix-command flakes", "eval", "--json", "--expr", literal],
+        ["nix", "--extra-experimental-features", "nix-command flakes", "eval", "--json", *args],
         capture_output=True,
         check=True,
         timeout=60,
     )
-    value: str = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def nix_eval_string(literal: str) -> str:
+    value: str = nix_eval_json("--expr", literal)
     return value
 
 
@@ -122,22 +127,21 @@ def test_render_is_deterministic_and_sorted() -> None:
 # --- with a daemon's parts ------------------------------------------------------------------------
 
 
-def git(repo: Path, *args: str) -> str:
-    out = subprocess.run(
+async def git(repo: Path, *args: str) -> str:
+    result = await trio.run_process(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo), *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
+        capture_stdout=True,
+        capture_stderr=True,
+        env=clean_env(),
     )
-    return out.stdout.strip()
+    return result.stdout.decode().strip()
 
 
-def commit_file(repo: Path, name: str, text: str, message: str = "change") -> str:
+async def commit_file(repo: Path, name: str, text: str, message: str = "change") -> str:
     (repo / name).write_text(text)
-    git(repo, "add", name)
-    git(repo, "commit", "-qm", message)
-    return git(repo, "rev-parse", "HEAD")
+    await git(repo, "add", name)
+    await git(repo, "commit", "-qm", message)
+    return await git(repo, "rev-parse", "HEAD")
 
 
 def agent_nix(env: dict[str, str] | None = None) -> str:
@@ -212,10 +216,18 @@ async def test_operator_pronouns_reach_the_agent_byte_for_byte(meta_parts: Parts
     assert b"HIVE_DASHBOARD_PORT" in env
     assert b"HIVE_SOCKET" in env
     lock = read_lock_file(parts.config.paths.meta)
-    rev = git(parts.config.paths.applied("coder"), "rev-parse", "main")
+    rev = await git(parts.config.paths.applied("coder"), "rev-parse", "main")
     assert lock["nodes"]["agent-coder"]["locked"]["rev"] == rev
-    assert git(parts.config.paths.meta, "status", "--porcelain") == ""
+    assert await git(parts.config.paths.meta, "status", "--porcelain") == ""
     assert not parts.views.rows()["coder"].needs_update
+    # the nixos runtime's output is there, lazily, without nixpkgs
+    flake = f"{parts.config.paths.meta}#nixosConfigurations.coder._type"
+    result = await trio.run_process(
+        ["nix", "--extra-experimental-features", "nix-command flakes", "eval", "--json", flake],
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    assert json.loads(result.stdout) == "hive-placeholder"
 
 
 async def test_an_approved_commit_changes_what_the_agent_runs(meta_parts: Parts) -> None:
@@ -224,7 +236,9 @@ async def test_an_approved_commit_changes_what_the_agent_runs(meta_parts: Parts)
     await c.spawn("coder")
     before = await agent_env(parts, "coder")
     assert b"GREETING" not in before
-    sha = commit_file(parts.config.paths.agent_config("coder"), "agent.nix", agent_nix({"GREETING": "hi ✓"}))
+    sha = await commit_file(
+        parts.config.paths.agent_config("coder"), "agent.nix", agent_nix({"GREETING": "hi ✓"})
+    )
     approval = await c.request_apply_commit("coder", sha)
     await c.approve(approval.id)
     after = await agent_env(parts, "coder")
@@ -234,7 +248,7 @@ async def test_an_approved_commit_changes_what_the_agent_runs(meta_parts: Parts)
     assert rebuilt["ok"]
     assert rebuilt["sha"] == sha
     assert rebuilt["tag"] == f"deployed/{approval.id}"
-    log = git(parts.config.paths.meta, "log", "--format=%s")
+    log = await git(parts.config.paths.meta, "log", "--format=%s")
     assert "lock update: agent-coder" in log.splitlines()
     assert not parts.views.rows()["coder"].needs_update
 
@@ -246,7 +260,7 @@ async def test_meta_update_of_one_agent_rebuilds_only_it(meta_parts: Parts) -> N
     await c.spawn("b")
     await parts.nursery.start(parts.crash_watch.run)
     applied_a = parts.config.paths.applied("a")
-    new = commit_file(applied_a, "agent.nix", agent_nix({"X": "1"}))
+    new = await commit_file(applied_a, "agent.nix", agent_nix({"X": "1"}))
     with parts.bus.subscribe(kinds=["agent_notice"]) as notices:
         await parts.views.rescan()
         assert parts.views.rows()["a"].needs_update
@@ -284,9 +298,9 @@ async def test_meta_update_of_hyperhive_rebuilds_all_one_at_a_time(meta_parts: P
     paths = parts.config.paths
     base = paths.root / "base"
     flake = (base / "flake.nix").read_text()
-    commit_file(base, "flake.nix", flake + "# a new hyperhive\n", "bump base")
-    new_a = commit_file(paths.applied("a"), "agent.nix", agent_nix({"Y": "2"}))
-    meta_head = git(paths.meta, "rev-parse", "HEAD")
+    await commit_file(base, "flake.nix", flake + "# a new hyperhive\n", "bump base")
+    new_a = await commit_file(paths.applied("a"), "agent.nix", agent_nix({"Y": "2"}))
+    meta_head = await git(paths.meta, "rev-parse", "HEAD")
     await parts.views.rescan()
     assert all(v.needs_update for v in parts.views.rows().values())
 
@@ -324,14 +338,14 @@ async def test_meta_update_of_hyperhive_rebuilds_all_one_at_a_time(meta_parts: P
     assert order == ["a", "b", "c"]
     assert running[-1] is False
     assert not c.meta_update_running()
-    log = git(paths.meta, "log", "--format=%s", f"{meta_head}..HEAD").splitlines()
+    log = (await git(paths.meta, "log", "--format=%s", f"{meta_head}..HEAD")).splitlines()
     assert log == ["lock update: hyperhive, agent-a"]
     rebuilt = await helper_events(parts, "rebuilt")
     assert sorted(e["agent"] for e in rebuilt if e["ok"]) == ["a", "b", "c"]
     revs = {i.name: i.rev for i in c.meta_inputs()}
     assert {i.name: i.rev for i in changed[-1].inputs} == revs
     assert len(changed) >= 3  # the lock update, then one full snapshot per rebuild
-    assert revs["hyperhive"] == git(base, "rev-parse", "HEAD")[:12]
+    assert revs["hyperhive"] == (await git(base, "rev-parse", "HEAD"))[:12]
     assert revs["agent-a"] == new_a[:12]
     assert not c.any_stale()
 
@@ -359,7 +373,7 @@ async def test_a_crash_mid_lock_update_recovers_at_the_next_start(
         nursery.cancel_scope.cancel()
     # what a kill -9 mid-lock-update leaves: an index.lock, a lock file the commit never took, and
     # an applied main the lock does not pin yet
-    new_a = commit_file(paths.applied("a"), "agent.nix", agent_nix({"Z": "3"}))
+    new_a = await commit_file(paths.applied("a"), "agent.nix", agent_nix({"Z": "3"}))
     (paths.meta / ".git" / "index.lock").write_text("")
     (paths.meta / "flake.lock").write_text((paths.meta / "flake.lock").read_text() + "\n")
     monkeypatch.delenv(SKIP_AUTO_UPDATE_ENV, raising=False)
@@ -372,7 +386,7 @@ async def test_a_crash_mid_lock_update_recovers_at_the_next_start(
         assert rows["a"].needs_update  # the new main is not running yet, and the row says so
         rebuilt = await parts.daemon.meta_updates.auto_update(parts.coordinator.rebuild)
         assert rebuilt == ["a"]
-        assert git(paths.meta, "status", "--porcelain") == ""
+        assert await git(paths.meta, "status", "--porcelain") == ""
         assert not any(v.needs_update for v in parts.views.rows().values())
         env = await agent_env(parts, "a")
         # the changed flag reached the rebuilt agent; b runs on with the old one until its rebuild
@@ -391,7 +405,7 @@ async def test_meta_update_over_host_sock(hive: Daemon) -> None:
     sock = hive.config.host_socket_path
     await ok(sock, {"cmd": "spawn", "name": "a"})
     await ok(sock, {"cmd": "spawn", "name": "b"})
-    new = commit_file(hive.config.paths.applied("b"), "agent.nix", agent_nix({"W": "4"}))
+    new = await commit_file(hive.config.paths.applied("b"), "agent.nix", agent_nix({"W": "4"}))
     assert "unknown meta input(s): agent-zz" in await refused(
         sock, {"cmd": "meta_update", "inputs": ["agent-zz"]}
     )
@@ -413,7 +427,7 @@ async def test_the_meta_actor_cancelled_mid_operation_leaves_a_repo_the_next_sta
         parts = await start_parts(config, nursery)
         await parts.coordinator.spawn("a")
         meta: MetaLock = parts.daemon.meta
-        new = commit_file(paths.applied("a"), "agent.nix", agent_nix({"Q": "5"}))
+        new = await commit_file(paths.applied("a"), "agent.nix", agent_nix({"Q": "5"}))
         entered = trio.Event()
         real = meta.repo.nix
 
@@ -443,7 +457,7 @@ async def test_the_meta_actor_cancelled_mid_operation_leaves_a_repo_the_next_sta
         assert await parts.daemon.meta_updates.auto_update(parts.coordinator.rebuild) == []  # skipped
         monkeypatch.delenv(SKIP_AUTO_UPDATE_ENV)
         assert await parts.daemon.meta_updates.auto_update(parts.coordinator.rebuild) == ["a"]
-        assert git(paths.meta, "status", "--porcelain") == ""
+        assert await git(paths.meta, "status", "--porcelain") == ""
         assert not parts.views.rows()["a"].needs_update
         assert read_lock_file(paths.meta)["nodes"]["agent-a"]["locked"]["rev"] == new
         nursery.cancel_scope.cancel()
@@ -468,7 +482,7 @@ async def test_auto_update_repoints_a_changed_template_and_a_new_base(
     assert await auto_update(parts.coordinator.rebuild) == ["a"]
     # a new base flake: every agent
     base = paths.root / "base"
-    rev = commit_file(base, "flake.nix", (base / "flake.nix").read_text() + "# newer\n", "bump base")
+    rev = await commit_file(base, "flake.nix", (base / "flake.nix").read_text() + "# newer\n", "bump base")
     await parts.views.rescan()
     assert all(v.needs_update for v in parts.views.rows().values())
     assert await auto_update(parts.coordinator.rebuild) == ["a", "b"]
@@ -517,7 +531,9 @@ async def test_a_failed_rebuild_reports_the_nix_error_and_keeps_the_agent_runnin
     parts = meta_parts
     await parts.coordinator.spawn("a")
     pid = (await parts.runtime.list(["a"]))["a"].pid
-    commit_file(parts.config.paths.applied("a"), "agent.nix", "{ ... }: { hive.agent = { model = ; }; }\n")
+    await commit_file(
+        parts.config.paths.applied("a"), "agent.nix", "{ ... }: { hive.agent = { model = ; }; }\n"
+    )
     with pytest.raises(HiveError, match=r"(?s)agent\.nix of a does not evaluate:.*syntax error"):
         await parts.coordinator.rebuild("a")
     [event] = await helper_events(parts, "rebuilt")
