@@ -29,3 +29,4 @@ bench:
 	.venv/bin/python bench/verbs.py
 	.venv/bin/python bench/broker.py
 	.venv/bin/python bench/sse.py
+	.venv/bin/python bench/meta.py

@@ -61,6 +61,7 @@ _DOING: dict[str, str] = {
     "apply_commit": "applying a config change",
     "deny": "having an approval denied",
     "init_config": "having its config initialised",
+    "meta_update": "updating meta inputs",
 }
 
 
@@ -111,6 +112,8 @@ class JobLane:
         self._nursery: trio.Nursery | None = None
         self._open = False
         self._build_send, self._build_recv = trio.open_memory_channel[_Entry](float("inf"))
+        self._build_holder: _Entry | None = None
+        """The build-class job that has the build turn now (its child builds run inside it)."""
 
     # --- the handle ----------------------------------------------------------------------------
 
@@ -180,7 +183,8 @@ class JobLane:
             raise LaneClosed("hive-c0re is starting up or shutting down; try again in a moment")
         if agent is not None and (current := self._by_agent.get(agent)) is not None:
             job = current.job
-            if kind == "rebuild" and job.kind == "rebuild" and job.state == "queued":
+            # (a child build never joins: the queued one waits for the turn its parent holds)
+            if kind == "rebuild" and job.kind == "rebuild" and job.state == "queued" and parent_id is None:
                 log.info("job %d: rebuild of %s joined by a request from %s", job.id, agent, source)
                 return current
             raise Busy(self._busy_message(agent, job))
@@ -225,7 +229,7 @@ class JobLane:
         job = entry.job
         try:
             await self._journal(entry)
-            if job.kind in BUILD_JOB_KINDS:
+            if job.kind in BUILD_JOB_KINDS and not self._is_child_of_holder(job):
                 self._build_send.send_nowait(entry)
                 await entry.turn.wait()
             self._transition(entry, "running", started_at=self._clock())
@@ -260,13 +264,35 @@ class JobLane:
         entry.done.set()
         self._publish()
 
+    def _is_child_of_holder(self, job: Job) -> bool:
+        """A build submitted by the build job that holds the turn (a ``meta_update``'s rebuilds,
+        which carry its id as ``parent_id``) runs inside the parent's turn instead of queueing
+        behind it; the parent runs its children one at a time."""
+        holder = self._build_holder
+        return (
+            job.parent_id is not None
+            and job.source != "crash_recover"
+            and holder is not None
+            and not holder.done.is_set()
+            and holder.job.id == job.parent_id
+        )
+
+    def running_kind(self, kind: JobKind) -> Job | None:
+        """A queued or running job of ``kind`` (for kinds that take no agent, like ``meta_update``)."""
+        for entry in self._entries.values():
+            if entry.job.kind == kind:
+                return entry.job
+        return None
+
     async def _build_runner(self) -> None:
         """Give build-class jobs their turn, one at a time, in the order they were queued."""
         async for entry in self._build_recv:
             if entry.done.is_set():
                 continue
+            self._build_holder = entry
             entry.turn.set()
             await entry.done.wait()
+            self._build_holder = None
 
     def _publish(self) -> None:
         self._bus.publish(RebuildQueueChanged(jobs=self.snapshot()))

@@ -29,6 +29,7 @@ from actors.event_bus import EventBus
 from actors.transients import TransientRegistry
 from hivecore.config import StatePaths
 from hivecore.container_view import AgentFacts, build_view, read_facts
+from hivecore.meta import read_meta_facts
 from hivecore.models import ContainerView, TombstoneView, Transient
 from hivecore.names import MANAGER_NAME
 from hivecore.runtime.base import AgentRuntimeState, ContainerRuntime
@@ -182,7 +183,8 @@ class Views:
         self._apply(stamp, names, states, facts, full=full)
 
     def _read_all_facts(self, names: list[str]) -> dict[str, AgentFacts]:
-        return {n: read_facts(self._paths, n) for n in names}
+        meta = read_meta_facts(self._paths)
+        return {n: read_facts(self._paths, n, meta) for n in names}
 
     def _apply(
         self,

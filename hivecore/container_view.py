@@ -11,12 +11,14 @@ import datetime as dt
 import errno
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
 from hivecore import agentfs
 from hivecore.config import StatePaths
 from hivecore.errors import Refused
+from hivecore.meta import MetaFacts, is_stale, read_meta_facts
 from hivecore.models import ContainerView, Transient
 from hivecore.names import MANAGER_NAME, validate_name
 from hivecore.ports import agent_port
@@ -111,12 +113,20 @@ def _has_regular_file(path: StatePaths, name: str) -> bool:
     )
 
 
-def read_facts(paths: StatePaths, name: str) -> AgentFacts:
+_UNSET: Any = object()
+
+
+def read_facts(paths: StatePaths, name: str, meta: MetaFacts | None = _UNSET) -> AgentFacts:
     """What the agent's state dir says; nothing in it is followed, blocked on or read past a cap.
 
     A symlinked ``state/`` or status file, a FIFO, or a status that is not a regular file reads as
-    "no status"; the pause marker counts only as a regular file (``lstat``).
+    "no status"; the pause marker counts only as a regular file (``lstat``). ``meta`` (read once per
+    scan by the caller; read here when omitted) decides ``stale``: the applied main or the base rev
+    is not what the agent was deployed with.
     """
+    if meta is _UNSET:
+        meta = read_meta_facts(paths)
+    stale, deployed = is_stale(paths, name, meta)
     status_text = status_set_at = None
     paused = False
     try:
@@ -138,6 +148,8 @@ def read_facts(paths: StatePaths, name: str) -> AgentFacts:
         paused=paused,
         status_text=status_text,
         status_set_at=status_set_at if status_text else None,
+        deployed_sha=deployed,
+        stale=stale,
     )
 
 
@@ -181,5 +193,6 @@ async def collect_inputs(
     domain: str | None = None,
 ) -> ViewInputs:
     states = await runtime.list()
-    facts = {n: read_facts(paths, n) for n in states}
+    meta = read_meta_facts(paths)
+    facts = {n: read_facts(paths, n, meta) for n in states}
     return ViewInputs(runtime=states, facts=facts, transients=dict(transients), domain=domain)

@@ -19,11 +19,12 @@ from actors.rebuild_queue import JobLane
 from actors.views import Views
 from hivecore import store as st
 from hivecore.errors import HiveError, InvalidName, Refused, UnknownAgent
-from hivecore.models import Approval, ContainerView, Job, JobKind, JobSource, TombstoneView
+from hivecore.models import Approval, ContainerView, Job, JobKind, JobSource, MetaInputView, TombstoneView
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, is_manager, validate_name
 from hivecore.runtime.base import ContainerRuntime
 from hivecore.services.approvals import Approvals
 from hivecore.services.lifecycle import Lifecycle
+from hivecore.services.meta_update import MetaUpdates
 from hivecore.store import Store
 
 
@@ -36,7 +37,9 @@ class Coordinator:
         store: Store,
         lifecycle: Lifecycle,
         approvals: Approvals,
+        meta_updates: MetaUpdates | None = None,
     ) -> None:
+        self._meta_updates = meta_updates
         self._approvals = approvals
         self._lane = lane
         self._views = views
@@ -55,6 +58,18 @@ class Coordinator:
 
     def jobs(self) -> list[Job]:
         return self._lane.snapshot()
+
+    def meta_inputs(self) -> list[MetaInputView]:
+        """The meta flake's lock inputs (``read_meta_inputs``, cached; refreshed after each lock change)."""
+        meta = self._lifecycle.meta
+        return meta.inputs() if meta is not None else []
+
+    def any_stale(self) -> bool:
+        """Whether some agent runs older config or base than applied (its row's ``needs_update``)."""
+        return any(v.needs_update for v in self._views.rows().values())
+
+    def meta_update_running(self) -> bool:
+        return self._meta_updates is not None and self._meta_updates.running()
 
     async def agent_names(self) -> list[str]:
         """Every agent, from the views cache (each verb rescans its agent; crash_watch seeds it)."""
@@ -131,6 +146,33 @@ class Coordinator:
         if valid in await self._runtime.list([valid]):
             raise Refused(f'agent "{valid}" already exists')
         await self._submit("spawn", valid, source)
+
+    async def meta_update(self, inputs: object, *, source: JobSource = "host_sock", wait: bool = True) -> Job:
+        """Update the chosen meta inputs (one lock update, one commit), then rebuild the agents they
+        affect one at a time: ``hyperhive`` every agent, ``agent-<n>`` only n. One at a time: a second
+        request while one runs is refused. ``wait=False`` returns the accepted job at once."""
+        meta = self._lifecycle.meta
+        if meta is None or not meta.running or self._meta_updates is None:
+            raise HiveError("the meta flake is not available (hive-c0re is starting or stopping)")
+        if isinstance(inputs, str):
+            inputs = [i for i in inputs.split(",")]
+        if not isinstance(inputs, list | tuple) or not all(isinstance(i, str) for i in inputs):
+            raise HiveError("inputs must be a list of input names")
+        names = list(dict.fromkeys(i.strip() for i in inputs if i.strip()))
+        if not names:
+            raise HiveError("name at least one meta input to update (e.g. hyperhive, agent-coder)")
+        known = [i.name for i in meta.inputs()]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise HiveError(
+                f"unknown meta input(s): {', '.join(unknown)}; the lock has: {', '.join(known) or 'none'}"
+            )
+        running = self._lane.running_kind("meta_update")
+        if running is not None:
+            raise Refused(f"a meta update is already running (job {running.id}); wait for it to finish")
+        if not wait:
+            return self._lane.submit_nowait("meta_update", None, source=source, args={"inputs": names})
+        return await self._lane.submit("meta_update", None, source=source, args={"inputs": names})
 
     async def set_paused(self, name: object, paused: bool, *, source: JobSource = "host_sock") -> None:
         """Write or remove the agent's pause marker; works while stopped; idempotent."""

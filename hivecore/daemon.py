@@ -21,6 +21,7 @@ import trio
 from actors.agent_sockets import AgentSockets
 from actors.crash_watch import CrashWatch
 from actors.event_bus import EventBus
+from actors.meta_lock import MetaLock
 from actors.rebuild_queue import JobLane
 from actors.supervisor import ChildSpec, Supervisor
 from actors.transients import TransientRegistry
@@ -28,6 +29,7 @@ from actors.views import Views
 from hivecore.config import Config
 from hivecore.coordinator import Coordinator
 from hivecore.errors import HiveError
+from hivecore.meta import MetaRepo
 from hivecore.names import MANAGER_NAME
 from hivecore.repos import Repos
 from hivecore.runtime.base import ContainerRuntime
@@ -35,6 +37,7 @@ from hivecore.services.approvals import Approvals
 from hivecore.services.broker import Broker
 from hivecore.services.jobs import Jobs
 from hivecore.services.lifecycle import Lifecycle
+from hivecore.services.meta_update import MetaUpdates
 from hivecore.services.notify import Notifier
 from hivecore.sockets.host import HostSocket, live_urls
 from hivecore.sockets.mcp import ManagerSocket
@@ -69,6 +72,9 @@ class Daemon:
     broker: Broker
     agent_sockets: AgentSockets
     manager_socket: ManagerSocket
+    meta: MetaLock
+    """The meta flake's actor (the only path to ``<state>/meta``)."""
+    meta_updates: MetaUpdates
     dashboard_urls: list[str] = attrs.field(factory=list)
     dashboard_app: Any = None
     """The dashboard's ASGI app once it is serving (tests reach its hooks through it)."""
@@ -119,11 +125,14 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     broker = Broker(store, bus, lambda: views.rows().keys())
     notifier = Notifier(broker, bus)
     repos = Repos(config.paths)
-    lifecycle = Lifecycle(config, runtime, views, transients, store, notifier, repos=repos)
+    meta = MetaLock(MetaRepo(config.paths, hyperhive_flake=config.hyperhive_flake), bus)
+    lifecycle = Lifecycle(config, runtime, views, transients, store, notifier, repos=repos, meta=meta)
     approvals = Approvals(lifecycle, repos, store, bus, notifier)
-    jobs = Jobs(lifecycle, approvals)
+    meta_updates = MetaUpdates(lifecycle, views, bus)
+    jobs = Jobs(lifecycle, approvals, meta_updates)
     lane = JobLane(store, bus, jobs)
-    coordinator = Coordinator(lane, views, runtime, store, lifecycle, approvals)
+    meta_updates.lane = lane
+    coordinator = Coordinator(lane, views, runtime, store, lifecycle, approvals, meta_updates)
 
     def quiet(name: str) -> bool:
         return transients.get(name) is not None or lifecycle.intent.stopped_on_purpose(name)
@@ -149,6 +158,8 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         broker=broker,
         agent_sockets=agent_sockets,
         manager_socket=manager_socket,
+        meta=meta,
+        meta_updates=meta_updates,
     )
     lifecycle.dashboard_port = daemon.dashboard_port
     return daemon
@@ -183,12 +194,14 @@ async def main(
             ChildSpec("broker", daemon.broker.run),
             ChildSpec("views", daemon.views.run),
             ChildSpec("approvals", daemon.approvals.run),
+            ChildSpec("meta_lock", daemon.meta.run),
             ChildSpec("rebuild_queue", daemon.lane.run),
             ChildSpec("crash_watch", daemon.crash_watch.run),
             ChildSpec("agent_sockets", daemon.agent_sockets.run),
             ChildSpec("manager_socket", daemon.manager_socket.run),
             ChildSpec("host_socket", admin.run),
         ]
+        children.append(ChildSpec("auto_update", partial(auto_update_child, daemon)))
         if config.ensure_manager:
             children.append(ChildSpec("ensure_manager", partial(ensure_manager_child, daemon)))
         if web_factory is not None:
@@ -227,6 +240,19 @@ async def ensure_manager_child(daemon: Daemon, *, task_status: Any = trio.TASK_S
         log.error("ensure_manager: could not bring up %s: %s", MANAGER_NAME, exc)
     except Exception:
         log.exception("ensure_manager: could not bring up %s", MANAGER_NAME)
+
+
+async def auto_update_child(daemon: Daemon, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """The one-shot startup step (reference §5.2): serving at once, then the meta sync, the
+    ``hyperhive`` bump and a rebuild of every stale agent (see :mod:`hivecore.services.meta_update`).
+    A failure is logged, never a crash loop."""
+    task_status.started()
+    try:
+        await daemon.meta_updates.auto_update(daemon.coordinator.rebuild)
+    except HiveError as exc:
+        log.error("auto_update: %s", exc)
+    except Exception:
+        log.exception("auto_update failed")
 
 
 def _dashboard_child(daemon: Daemon, web_factory: WebFactory) -> ChildSpec:

@@ -89,13 +89,16 @@ JobKind = Literal[
     "apply_commit",
     "deny",
     "init_config",
+    "meta_update",
 ]
 JOB_KINDS: tuple[JobKind, ...] = typing.get_args(JobKind)
 APPROVAL_JOB_KINDS: frozenset[str] = frozenset({"apply_commit", "deny", "init_config"})
 """Jobs the approvals service runs (an approved spawn is a ``spawn`` job with an ``approval_id`` arg)."""
-BUILD_JOB_KINDS: frozenset[str] = frozenset({"rebuild", "apply_commit"})
+BUILD_JOB_KINDS: frozenset[str] = frozenset({"rebuild", "apply_commit", "meta_update"})
 """Build-class jobs run strictly one at a time, FIFO across all agents."""
-JobSource = Literal["host_sock", "dashboard", "manager", "auto_update", "crash_recover", "internal"]
+JobSource = Literal[
+    "host_sock", "dashboard", "manager", "auto_update", "meta_update", "crash_recover", "internal"
+]
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 
 
@@ -113,3 +116,16 @@ class Job:
     finished_at: float | None = None
     error: str | None = None
     parent_id: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class MetaInputView:
+    """One input of the meta flake's lock (the dashboard's M3T4 1NPUTS row)."""
+
+    name: str
+    """The slash path of its shallowest occurrence: ``hyperhive``, ``agent-coder``, ``hyperhive/x``."""
+    rev: str
+    """The first 12 characters of the locked rev."""
+    last_modified: int | None = None
+    url: str | None = None
+    """``original.url`` (or the original's type and path when it has no url)."""

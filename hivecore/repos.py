@@ -468,20 +468,27 @@ class Repos:
 
     # --- the config check ----------------------------------------------------------------------
 
+    async def check_config(self, name: str) -> bool:
+        """Whether ``name`` has an applied repo; :class:`BuildFailed` unless its ``agent.nix`` is a
+        regular file in applied ``main`` (a symlink is refused, never followed)."""
+        if not await self.is_repo(self.applied(name)):
+            log.info("%s has no applied repo; nothing to evaluate", name)
+            return False
+        mode = await self.tree_entry_mode(name, "agent.nix")
+        if mode is None:
+            raise BuildFailed(f"the config of {name} has no agent.nix")
+        if mode not in ("100644", "100755"):
+            raise BuildFailed(f"the config of {name}: agent.nix must be a regular file (git mode {mode})")
+        return True
+
     async def evaluate(self, name: str) -> None:
         """``nix eval`` the applied ``agent.nix`` (a NixOS module); :class:`BuildFailed` if it breaks.
 
         ``agent.nix`` must be a regular file in applied ``main`` (a symlink is refused, not followed).
         Offline: no nixpkgs, nothing fetched; the meta flake replaces this with the real build.
         """
-        if not await self.is_repo(self.applied(name)):
-            log.info("%s has no applied repo; nothing to evaluate", name)
+        if not await self.check_config(name):
             return
-        mode = await self.tree_entry_mode(name, "agent.nix")
-        if mode is None:
-            raise BuildFailed(f"the config of {name} has no agent.nix")
-        if mode not in ("100644", "100755"):
-            raise BuildFailed(f"the config of {name}: agent.nix must be a regular file (git mode {mode})")
         cmd = [
             self._nix or nix_binary(),
             "--extra-experimental-features",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +28,10 @@ from tests.procs import kill_everything_under
 
 if TYPE_CHECKING:
     from hivecore.daemon import Daemon
+
+# the startup auto_update (a hyperhive bump and a rebuild of every stale agent) is skipped in the
+# suite; tests of it unset this with monkeypatch
+os.environ.setdefault("HIVE_SKIP_AUTO_UPDATE", "1")
 
 
 @pytest.fixture
@@ -134,6 +139,7 @@ async def start_parts(config: Config, nursery: trio.Nursery) -> Parts:
     daemon = build(config)
     await nursery.start(daemon.store.run)
     await nursery.start(daemon.views.run)
+    await nursery.start(daemon.meta.run)
     await nursery.start(daemon.lane.run)
     return Parts(daemon, nursery)
 

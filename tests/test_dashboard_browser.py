@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import signal
 import threading
@@ -275,6 +276,7 @@ async def test_the_page_follows_the_world_on_one_snapshot(
         shutil.copy(shots / "dashboard.png", os.environ["HIVE_SCREENSHOT_TO"])
 
 
+RELATIVE_TIME = re.compile(r"\b\d+(?:\.\d+)?[smhd] ago")
 SECTIONS = [
     "#containers",
     "#tombstones",
@@ -309,10 +311,16 @@ async def test_a_dropped_stream_reconnects_and_misses_nothing(live: Daemon, brow
         await browser.run(lambda: fresh.wait_for_selector("#containers .row.running[data-name='scout']"))
 
         def texts(p: Page) -> dict[str, str]:
-            return {s: p.inner_text(s) for s in SECTIONS}
+            return section_texts(p)
 
         assert await browser.run(lambda: texts(page)) == await browser.run(lambda: texts(fresh))
     assert browser.state_requests == [f"{base}/api/state"] * 2  # one per page session
+
+
+def section_texts(p: Page) -> dict[str, str]:
+    """Each section's text, with live relative times ("3s ago", "2m ago") normalised: two pages
+    loaded a second apart may round the same instant differently."""
+    return {s: RELATIVE_TIME.sub("<t> ago", p.inner_text(s)) for s in SECTIONS}
 
 
 async def test_a_refetch_frame_reloads_the_snapshot_into_the_stores(
@@ -334,7 +342,7 @@ async def test_a_refetch_frame_reloads_the_snapshot_into_the_stores(
         fresh = await browser.new_page(base)
 
         def texts(p: Page) -> dict[str, str]:
-            return {s: p.inner_text(s) for s in SECTIONS}
+            return section_texts(p)
 
         assert await browser.run(lambda: texts(page)) == await browser.run(lambda: texts(fresh))
         # the first page loaded the snapshot twice (boot, refetch), without reloading the document

@@ -28,6 +28,7 @@ from hivecore.wire.host import (
     KillRequest,
     LifecycleScope,
     ListRequest,
+    MetaUpdateRequest,
     PendingRequest,
     PurgeTombstoneRequest,
     RebuildRequest,
@@ -334,6 +335,7 @@ HIVECTL_REQUESTS: list[tuple[list[str], HostRequest]] = [
     (["pause", "a"], SetPausedRequest(name="a", paused=True)),
     (["resume", "a"], SetPausedRequest(name="a", paused=False)),
     (["urls"], UrlsRequest()),
+    (["meta-update", "hyperhive", "agent-a"], MetaUpdateRequest(inputs=["hyperhive", "agent-a"])),
 ]
 
 

@@ -24,6 +24,7 @@ from hivecore.wire.host import (
     KillRequest,
     LifecycleScope,
     ListRequest,
+    MetaUpdateRequest,
     PendingRequest,
     PurgeTombstoneRequest,
     RebuildRequest,
@@ -66,6 +67,10 @@ EVERY_REQUEST: list[tuple[bytes, HostRequest]] = [
     (b'{"cmd":"set_paused","name":"a","paused":true}', SetPausedRequest(name="a", paused=True)),
     (b'{"cmd":"urls"}', UrlsRequest()),
     (b'{"cmd":"purge_tombstone","name":"a"}', PurgeTombstoneRequest(name="a")),
+    (
+        b'{"cmd":"meta_update","inputs":["hyperhive","agent-a"]}',
+        MetaUpdateRequest(inputs=["hyperhive", "agent-a"]),
+    ),
 ]
 
 

@@ -7,11 +7,10 @@ closed mid-request abandons the answer, never the job. Rows change only through 
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -170,13 +169,9 @@ def register(app: QuartTrio, coordinator: Coordinator, broker: Broker) -> None:
     @action("/meta-update")
     async def meta_update(**_: str) -> str:
         inputs = _meta_inputs(_field(await _form(), "inputs", limit=16384) or "")
-        fn: Any = getattr(coordinator, "meta_update", None)
-        if fn is None:
-            raise HiveError("meta update is not available in this build of hive-c0re")
-        result = fn(inputs, source="dashboard")
-        if inspect.isawaitable(result):
-            await result
-        return "meta update started: " + ", ".join(inputs)
+        # accepted, not awaited: the rebuild loop runs on the lane; the page follows it by events
+        job = await coordinator.meta_update(inputs, source="dashboard", wait=False)
+        return f"meta update started (job {job.id}): " + ", ".join(inputs)
 
     @action("/op-send")
     async def op_send(**_: str) -> str:

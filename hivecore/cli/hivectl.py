@@ -309,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", metavar="NAME")
     verb("urls", "show where the hive can be reached", lambda a: Request("urls"))
+    p = verb(
+        "meta-update",
+        "update meta flake inputs (hyperhive, agent-NAME, …), then rebuild the agents they affect",
+        lambda a: Request("meta_update", {"inputs": list(a.inputs)}),
+        lambda a: f"updated {', '.join(a.inputs)} and rebuilt the affected agents",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
     return parser
 
 

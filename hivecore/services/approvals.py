@@ -341,6 +341,7 @@ class Approvals:
             try:
                 if previous is not None:  # also re-syncs a work tree a crash left half-reset
                     await self.repos.move_main(name, previous)
+                    await self.lifecycle.relock(name)  # the meta lock pins main again
                 if sha is not None:
                     tag = f"failed/{aid}"
                     await self.repos.tag(name, tag, sha, message=note)

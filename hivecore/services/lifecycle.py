@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
+from actors.meta_lock import MetaLock
 from actors.transients import TransientRegistry
 from actors.views import Views
 from hivecore import store as st
@@ -28,6 +30,15 @@ from hivecore.config import Config
 from hivecore.container_view import set_pause_marker
 from hivecore.errors import HiveError, RuntimeFailure
 from hivecore.kick import REASON_REBUILT, REASON_RESTARTED, REASON_STARTED
+from hivecore.meta import (
+    HYPERHIVE,
+    TEMPLATE_VERSION,
+    AgentEntry,
+    Deployed,
+    agent_input,
+    deployed_path,
+    write_deployed,
+)
 from hivecore.models import Job, TransientKind
 from hivecore.names import child_path, is_manager
 from hivecore.repos import Repos
@@ -45,6 +56,7 @@ Build = Callable[[str], Awaitable[None]]
 
 def _default_repos(lifecycle: Lifecycle) -> Repos:
     return Repos(lifecycle.config.paths)
+
 
 _STOPS = frozenset({"stop", "kill", "destroy"})
 _STARTS = frozenset({"spawn", "start", "restart", "rebuild", "apply_commit"})
@@ -85,6 +97,15 @@ class Lifecycle:
     """The dashboard's bound port (for agents' environment); default: the configured one."""
     repos: Repos = attrs.field(default=attrs.Factory(_default_repos, takes_self=True))
     """The agents' proposed/applied git repos (seeded at spawn; evaluated by the build)."""
+    meta: MetaLock | None = None
+    """The meta flake (the only path to ``<state>/meta``). While its actor runs, spawn, destroy and
+    every rebuild go through it; without it (tests that do not start it) the plain Python spec and
+    :meth:`default_build` are used."""
+
+    _meta_adding: set[str] = attrs.field(factory=set, init=False)
+    """Agents a spawn is adding (rendered although their container does not exist yet), so a
+    concurrent sync (a rebuild's) never drops them from the meta flake mid-spawn."""
+    _meta_removing: set[str] = attrs.field(factory=set, init=False)
 
     # --- the JobRunner protocol ----------------------------------------------------------------
 
@@ -165,8 +186,19 @@ class Lifecycle:
             await trio.to_thread.run_sync(layout)
             if await self.repos.seed(name):  # a revived tombstone keeps its repos
                 log.info("spawn %s: seeded its config repos", name)
-            await self.runtime.create(self.agent_spec(name))
-            await self.runtime.start(name)
+            if self._meta_on():
+                self._meta_adding.add(name)
+                try:
+                    await self.sync_meta(adding=name)
+                    spec = await self._meta_spec(name)
+                    await self.runtime.create(spec)
+                finally:
+                    self._meta_adding.discard(name)
+                await self.runtime.start(name)
+                await self._record_deployed(name)
+            else:
+                await self.runtime.create(self.agent_spec(name))
+                await self.runtime.start(name)
 
         try:
             await self._guarded(name, "spawning", "spawn", work)
@@ -202,6 +234,83 @@ class Lifecycle:
         log.info("restarted %s", name)
         await self.notifier.kick(name, REASON_RESTARTED)
 
+    # --- the meta flake ------------------------------------------------------------------------
+
+    def _meta_on(self) -> bool:
+        return self.meta is not None and self.meta.running
+
+    def meta_entry(self, name: str) -> AgentEntry:
+        """How ``name`` is rendered into the meta flake (its identity env: :meth:`agent_spec`'s)."""
+        spec = self.agent_spec(name)
+        return AgentEntry(
+            name=name, applied=self.config.paths.applied(name), command=spec.command, identity=spec.env
+        )
+
+    async def meta_agents(self, *, adding: str | None = None, removing: str | None = None) -> list[str]:
+        """The agents the meta flake renders: every container with an applied repo."""
+        names = set(await self.runtime.list()) | self._meta_adding
+        if adding is not None:
+            names.add(adding)
+        names -= self._meta_removing
+        names.discard(removing or "")
+        paths = self.config.paths
+
+        def with_repo() -> list[str]:
+            return sorted(n for n in names if (paths.applied(n) / ".git").is_dir())
+
+        return await trio.to_thread.run_sync(with_repo)
+
+    async def sync_meta(self, *, adding: str | None = None, removing: str | None = None) -> bool:
+        """Re-render the meta flake from the agent set (idempotent; commits only a change)."""
+        assert self.meta is not None
+        names = await self.meta_agents(adding=adding, removing=removing)
+        return await self.meta.sync([self.meta_entry(n) for n in names])
+
+    async def _meta_spec(self, name: str) -> AgentSpec:
+        assert self.meta is not None
+        return await self.meta.evaluate(name)
+
+    async def _record_deployed(self, name: str) -> None:
+        assert self.meta is not None
+        rev = self.meta.locked_rev(agent_input(name))
+        if rev is None:
+            return
+        record = Deployed(rev, self.meta.locked_rev(HYPERHIVE), TEMPLATE_VERSION)
+        await trio.to_thread.run_sync(write_deployed, self.config.paths, name, record)
+
+    async def meta_build(self, name: str) -> None:
+        """The meta flake's build: sync, relock ``agent-<n>``, ``nix eval`` ``hiveAgents.<n>``, then
+        the runtime runs the new command and environment (restart), and the deployed revs are
+        recorded (``needs_update`` clears). An agent without an applied repo: :meth:`default_build`."""
+        if not await self.repos.check_config(name):
+            await self.default_build(name)
+            return
+        await self.sync_meta()
+        assert self.meta is not None
+        await self.meta.lock_update_for_rebuild(name)
+        spec = await self._meta_spec(name)
+        await self.runtime.update(spec)
+        await self.runtime.stop(name, graceful=True)
+        await self.runtime.start(name)
+        await self._record_deployed(name)
+
+    async def relock(self, name: str) -> None:
+        """After a failed build rolled applied main back: pin the lock to it again (best effort)."""
+        if not self._meta_on():
+            return
+        assert self.meta is not None
+        try:
+            await self.meta.lock_update_for_rebuild(name)
+        except HiveError as exc:
+            log.warning("meta: could not relock %s after a rollback: %s", name, exc)
+
+    def deployed_rev(self, name: str) -> str | None:
+        return self.meta.locked_rev(agent_input(name)) if self.meta is not None else None
+
+    def publish_meta_inputs(self) -> None:
+        if self.meta is not None:
+            self.meta.publish_inputs()
+
     async def default_build(self, name: str) -> None:
         """Evaluate the applied ``agent.nix`` (a broken config fails here), then restart the agent."""
         await self.repos.evaluate(name)
@@ -211,8 +320,14 @@ class Lifecycle:
 
     async def rebuild_agent(self, name: str) -> None:
         """The one build seam (rebuilds and approved config changes): :attr:`build`, else
-        :meth:`default_build`, under the ``rebuilding`` transient. No kick, no helper event."""
-        build = self.build if self.build is not None else self.default_build
+        :meth:`meta_build` while the meta lock runs, else :meth:`default_build`, under the
+        ``rebuilding`` transient. No kick, no helper event."""
+        if self.build is not None:
+            build = self.build
+        elif self._meta_on():
+            build = self.meta_build
+        else:
+            build = self.default_build
         await self._guarded(name, "rebuilding", "rebuild", lambda: build(name))
 
     async def rebuild(self, name: str) -> None:
@@ -223,10 +338,44 @@ class Lifecycle:
             raise
         log.info("rebuilt %s", name)
         await self.notifier.kick(name, REASON_REBUILT)
-        await self.notifier.notify_manager(Rebuilt(agent=name, ok=True), name)
+        sha = self.deployed_rev(name)
+        tag = await self._deployed_tag(name, sha) if sha else None
+        await self.notifier.notify_manager(Rebuilt(agent=name, ok=True, sha=sha, tag=tag), name)
+        self.publish_meta_inputs()
+
+    async def _deployed_tag(self, name: str, sha: str) -> str | None:
+        """The newest ``deployed/<id>`` tag at ``sha`` (the approval that deployed it), if any."""
+        try:
+            result = await self.repos.git(
+                self.repos.applied(name),
+                "tag",
+                "--points-at",
+                sha,
+                "--list",
+                "deployed/*",
+                what="reading deployed tags",
+                check=False,
+            )
+        except HiveError:
+            return None
+        tags = result.stdout.decode(errors="replace").split()
+        return max(
+            tags,
+            key=lambda t: int(t.rsplit("/", 1)[1]) if t.rsplit("/", 1)[1].isdigit() else -1,
+            default=None,
+        )
 
     async def destroy(self, name: str, *, purge: bool = False) -> None:
         await self._guarded(name, "destroying", "destroy", lambda: self.runtime.destroy(name))
+        if self._meta_on():
+            self._meta_removing.add(name)
+            try:
+                await self.sync_meta(removing=name)
+            except HiveError as exc:
+                log.warning("destroy %s: could not re-render the meta flake: %s", name, exc)
+            finally:
+                self._meta_removing.discard(name)
+        await trio.to_thread.run_sync(partial(deployed_path(self.config.paths, name).unlink, missing_ok=True))
         failed = await self.store.call(lambda c: st.fail_pending_for_agent(c, name, "agent destroyed"))
         if failed:
             log.info("destroy %s: failed pending approvals %s", name, failed)

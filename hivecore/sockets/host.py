@@ -43,6 +43,7 @@ from hivecore.wire.host import (
     KillRequest,
     LifecycleScope,
     ListRequest,
+    MetaUpdateRequest,
     PendingRequest,
     PurgeTombstoneRequest,
     RebuildRequest,
@@ -90,6 +91,7 @@ class HostFacade(Protocol):
     async def request_spawn(self, name: str, description: str | None = ...) -> Approval: ...
     async def approve(self, approval_id: int) -> None: ...
     async def deny(self, approval_id: int, note: str | None = ...) -> None: ...
+    async def meta_update(self, inputs: list[str]) -> object: ...
 
 
 class StatusSubscription(Protocol):
@@ -185,6 +187,7 @@ class HostSocket:
             RequestSpawnRequest: self._request_spawn,
             ApproveRequest: self._approve,
             DenyRequest: self._deny,
+            MetaUpdateRequest: self._meta_update,
         }
         """Every verb but ``subscribe_agent_status`` (a stream, see :meth:`handle_line`)."""
         self._bad_requests = 0
@@ -260,6 +263,10 @@ class HostSocket:
 
     async def _destroy(self, request: DestroyRequest) -> HostResponse:
         await self.facade.destroy(request.name, purge=request.purge)
+        return OK
+
+    async def _meta_update(self, request: MetaUpdateRequest) -> HostResponse:
+        await self.facade.meta_update(request.inputs)
         return OK
 
     async def _set_paused(self, request: SetPausedRequest) -> HostResponse:

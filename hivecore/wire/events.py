@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from hivecore.models import ContainerView, Job, TombstoneView, TransientKind
+from hivecore.models import ContainerView, Job, MetaInputView, TombstoneView, TransientKind
 from hivecore.wire.converter import configure_renamed, configure_tagged, converter
 
 
@@ -85,6 +85,14 @@ class MetaUpdateRunning(Event):
 
 
 @attrs.frozen(kw_only=True)
+class MetaInputsChanged(Event):
+    """The meta flake's lock changed: the full list of its inputs (``read_meta_inputs``)."""
+
+    KIND = "meta_inputs_changed"
+    inputs: list[MetaInputView] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
 class ActorCrashed(Event):
     """A supervised actor raised; it is being restarted (or, with ``gave_up``, escalated)."""
 
@@ -152,6 +160,7 @@ DashboardEvent = (
     | ContainerRemoved
     | TombstonesChanged
     | MetaUpdateRunning
+    | MetaInputsChanged
     | ActorCrashed
     | AgentNotice
     | RebuildQueueChanged

@@ -155,6 +155,14 @@ class UrlsRequest(HostRequest):
 
 
 @attrs.frozen(kw_only=True)
+class MetaUpdateRequest(HostRequest):
+    """Update these meta flake inputs (one lock update), then rebuild the agents they affect."""
+
+    CMD = "meta_update"
+    inputs: list[str]
+
+
+@attrs.frozen(kw_only=True)
 class _UnknownRequest(HostRequest):
     """The tagged union's fallback, so an unknown verb is a value rather than a bare KeyError."""
 
@@ -179,6 +187,7 @@ AnyRequest = (
     | SetPausedRequest
     | UrlsRequest
     | PurgeTombstoneRequest
+    | MetaUpdateRequest
 )
 REQUEST_TYPES: tuple[type[HostRequest], ...] = AnyRequest.__args__
 COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in REQUEST_TYPES)

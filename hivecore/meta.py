@@ -1,0 +1,496 @@
+"""The meta flake (reference §3): ``<state>/meta/``, a git repo whose ``flake.nix`` is rendered from
+the agent set, and the base flake ``<state>/base/`` that provides ``mkAgent``.
+
+* ``flake.nix`` has the input ``hyperhive`` (the base flake: ``git+file://<state>/base`` seeded from
+  ``hivecore/templates/base/``, or ``--hyperhive-flake``) and one ``agent-<n>`` per agent
+  (``git+file://<state>/applied/<n>``, ``flake = false``: the applied repo holds ``agent.nix``).
+  Outputs: ``hiveAgents.<n>`` (``command``, ``env``, ``settings``: what the process runtime runs,
+  read with ``nix eval --json``) and ``nixosConfigurations.<n>`` (a lazy placeholder that never
+  forces nixpkgs).
+* Everything is offline: no nixpkgs, no remote input; nix runs with the flakes feature enabled.
+
+:class:`MetaRepo` does the git and nix work (``trio.run_process`` children with capped output and a
+wall-clock ``timeout``); only :class:`actors.meta_lock.MetaLock` calls it, one operation at a time.
+Deployed records (``<state>/deployed/<n>.json``: the agent and base revs an agent runs) live beside
+it and feed the views' ``needs_update``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from hivecore.config import StatePaths
+from hivecore.errors import HiveError
+from hivecore.models import MetaInputView
+from hivecore.repos import (
+    NIX_TIMEOUT,
+    TIMED_OUT,
+    BuildFailed,
+    Repos,
+    clean_env,
+    nix_binary,
+    run_capped,
+    useful_lines,
+)
+from hivecore.runtime.base import AgentSpec
+
+log = logging.getLogger(__name__)
+
+HYPERHIVE = "hyperhive"
+FLAKE_FILES = ("flake.nix", "flake.lock")
+NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
+BASE_TEMPLATE_FILES = ("flake.nix",)
+DEPLOYED_DIR = "deployed"
+TEMPLATE_MARKER = "# hivecore meta template"
+"""The first line of every rendered flake.nix."""
+
+
+class MetaFailure(HiveError):
+    """A meta repo operation failed; the message names the operation and the useful error lines."""
+
+
+def agent_input(name: str) -> str:
+    return f"agent-{name}"
+
+
+def nix_str(value: str) -> str:
+    """``value`` as a double-quoted Nix string literal: ``\\``, ``"`` and ``${`` escaped (so an
+    interpolation is never evaluated), control characters as escapes; other text byte for byte."""
+    out = value.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
+    out = out.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return f'"{out}"'
+
+
+def _nix_attrs(values: Mapping[str, str], indent: str) -> str:
+    lines = [f"{indent}  {nix_str(k)} = {nix_str(v)};" for k, v in sorted(values.items())]
+    return "{\n" + "\n".join(lines) + f"\n{indent}}}"
+
+
+@attrs.frozen(kw_only=True)
+class AgentEntry:
+    """One agent as rendered into the meta flake."""
+
+    name: str
+    applied: Path
+    command: tuple[str, ...]
+    identity: Mapping[str, str]
+    """The environment hive-c0re sets (``HIVE_*``, ``PATH``, ``PYTHONPATH``); wins over agent.nix."""
+
+
+def render_flake(hyperhive_url: str, agents: Iterable[AgentEntry]) -> str:
+    """The meta ``flake.nix`` for ``agents`` (sorted by name); deterministic."""
+    entries = sorted(agents, key=lambda a: a.name)
+    inputs = [f"    {HYPERHIVE}.url = {nix_str(hyperhive_url)};"]
+    for a in entries:
+        url = nix_str(f"git+file://{a.applied}")
+        inputs.append(f"    {nix_str(agent_input(a.name))} = {{ url = {url}; flake = false; }};")
+    hive = []
+    nixos = []
+    for a in entries:
+        command = " ".join(nix_str(c) for c in a.command)
+        hive.append(
+            f"      {nix_str(a.name)} = mkAgent {{\n"
+            f"        name = {nix_str(a.name)};\n"
+            f"        source = inputs.{nix_str(agent_input(a.name))};\n"
+            f"        command = [ {command} ];\n"
+            f"        identity = {_nix_attrs(a.identity, '        ')};\n"
+            "      };"
+        )
+        agent = f"self.hiveAgents.{nix_str(a.name)}"
+        nixos.append(f'      {nix_str(a.name)} = {{ _type = "hive-placeholder"; agent = {agent}; }};')
+    return (
+        f"{TEMPLATE_MARKER}\n"
+        "# Rendered by hive-c0re from the agent set; do not edit (it is re-rendered on every sync).\n"
+        "{\n"
+        "  inputs = {\n" + "\n".join(inputs) + "\n  };\n\n"
+        "  outputs = { self, hyperhive, ... }@inputs:\n"
+        "    let mkAgent = hyperhive.lib.mkAgent; in {\n"
+        "    hiveAgents = {\n" + "\n".join(hive) + "\n    };\n"
+        "    nixosConfigurations = {\n" + "\n".join(nixos) + "\n    };\n"
+        "  };\n"
+        "}\n"
+    )
+
+
+def _template_version() -> str:
+    sample = AgentEntry(name="x", applied=Path("/x"), command=("c",), identity={"K": "v"})
+    return hashlib.sha256(render_flake("u", [sample]).encode()).hexdigest()[:16]
+
+
+TEMPLATE_VERSION = _template_version()
+"""A hash of what :func:`render_flake` produces: a hivecore whose rendering differs has another
+version, so every agent deployed with the old one is stale and auto_update re-points it."""
+
+
+# --- the lock ------------------------------------------------------------------------------------
+
+
+def _original_url(node: Mapping[str, Any]) -> str | None:
+    original = node.get("original")
+    if not isinstance(original, Mapping):
+        return None
+    url = original.get("url")
+    if isinstance(url, str):
+        return url
+    kind, path = original.get("type"), original.get("path")
+    if isinstance(kind, str) and isinstance(path, str):
+        return f"{kind}:{path}"
+    return None
+
+
+def _input_order(view: MetaInputView) -> tuple[int, str]:
+    if view.name == HYPERHIVE:
+        return (0, "")
+    if view.name.startswith("agent-") and "/" not in view.name:
+        return (1, view.name)
+    return (2, view.name)
+
+
+def parse_lock(data: Any) -> list[MetaInputView]:
+    """Every input of a ``flake.lock`` at every depth, each node once at its shallowest path
+    (breadth first), ``follows`` aliases and rev-less nodes skipped; ``hyperhive`` first, then the
+    ``agent-*`` inputs alphabetically, then the rest alphabetically."""
+    if not isinstance(data, Mapping):
+        return []
+    nodes = data.get("nodes")
+    root = data.get("root", "root")
+    if not isinstance(nodes, Mapping) or not isinstance(root, str):
+        return []
+    seen: set[str] = {root}
+    out: list[MetaInputView] = []
+    queue: list[tuple[str, str]] = [("", root)]
+    while queue:
+        nxt: list[tuple[str, str]] = []
+        for prefix, key in queue:
+            node = nodes.get(key)
+            if not isinstance(node, Mapping):
+                continue
+            inputs = node.get("inputs")
+            if not isinstance(inputs, Mapping):
+                continue
+            for name in sorted(inputs):
+                target = inputs[name]
+                if not isinstance(target, str) or target in seen:  # a list is a ``follows`` alias
+                    continue
+                seen.add(target)
+                path = f"{prefix}{name}"
+                child = nodes.get(target)
+                if not isinstance(child, Mapping):
+                    continue
+                nxt.append((f"{path}/", target))
+                locked = child.get("locked")
+                rev = locked.get("rev") if isinstance(locked, Mapping) else None
+                if not isinstance(rev, str):
+                    continue
+                modified = locked.get("lastModified") if isinstance(locked, Mapping) else None
+                out.append(
+                    MetaInputView(
+                        name=path,
+                        rev=rev[:12],
+                        last_modified=modified if isinstance(modified, int) else None,
+                        url=_original_url(child),
+                    )
+                )
+        queue = nxt
+    return sorted(out, key=_input_order)
+
+
+def locked_revs(data: Any) -> dict[str, str]:
+    """The full locked rev of each top-level input (``{"hyperhive": …, "agent-coder": …}``)."""
+    revs: dict[str, str] = {}
+    if not isinstance(data, Mapping) or not isinstance(data.get("nodes"), Mapping):
+        return revs
+    nodes = data["nodes"]
+    root = nodes.get(data.get("root", "root"))
+    inputs = root.get("inputs") if isinstance(root, Mapping) else None
+    if not isinstance(inputs, Mapping):
+        return revs
+    for name, target in inputs.items():
+        node = nodes.get(target) if isinstance(target, str) else None
+        locked = node.get("locked") if isinstance(node, Mapping) else None
+        rev = locked.get("rev") if isinstance(locked, Mapping) else None
+        if isinstance(rev, str):
+            revs[name] = rev
+    return revs
+
+
+def read_lock_file(meta: Path) -> Any:
+    """The parsed ``flake.lock`` (blocking), or ``None`` when it is missing or unreadable."""
+    try:
+        return json.loads((meta / "flake.lock").read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+# --- deployed records (what each agent runs) -------------------------------------------------------
+
+
+@attrs.frozen
+class Deployed:
+    agent: str
+    """The applied ``main`` rev the agent was last deployed from."""
+    hyperhive: str | None
+    """The base flake's rev it was deployed with."""
+    template: str | None = None
+
+
+def deployed_path(paths: StatePaths, name: str) -> Path:
+    return paths.root / DEPLOYED_DIR / f"{name}.json"
+
+
+def write_deployed(paths: StatePaths, name: str, record: Deployed) -> None:
+    """Record (atomically; blocking) what ``name`` now runs."""
+    target = deployed_path(paths, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(attrs.asdict(record)))
+    os.replace(tmp, target)
+
+
+def read_deployed(paths: StatePaths, name: str) -> Deployed | None:
+    try:
+        data = json.loads(deployed_path(paths, name).read_bytes())
+        return Deployed(str(data["agent"]), data.get("hyperhive"), data.get("template"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def applied_main(paths: StatePaths, name: str) -> str | None:
+    """The applied repo's ``main`` rev, read from the ref files (blocking, no git child)."""
+    return _main_ref(paths.applied_root / name / ".git")
+
+
+def _main_ref(git: Path) -> str | None:
+    try:
+        return (git / "refs" / "heads" / "main").read_text().strip() or None
+    except OSError:
+        pass
+    try:
+        for line in (git / "packed-refs").read_text().splitlines():
+            sha, _, ref = line.partition(" ")
+            if ref == "refs/heads/main":
+                return sha
+    except OSError:
+        pass
+    return None
+
+
+@attrs.frozen
+class MetaFacts:
+    """What the meta lock says now (read once per scan): the base rev and the template in use."""
+
+    hyperhive: str | None
+    template: str | None
+
+
+def read_meta_facts(paths: StatePaths) -> MetaFacts | None:
+    """``None`` when there is no meta repo (then nothing is ever stale)."""
+    data = read_lock_file(paths.meta)
+    if data is None:
+        return None
+    rev = locked_revs(data).get(HYPERHIVE)
+    base = paths.root / "base"
+    try:
+        url = data["nodes"][HYPERHIVE]["locked"]["url"]
+    except (KeyError, TypeError):
+        url = None
+    if url == f"file://{base}":  # the seeded base: a newer commit there is news before any relock
+        rev = _main_ref(base / ".git") or rev
+    return MetaFacts(rev, TEMPLATE_VERSION)
+
+
+def is_stale(paths: StatePaths, name: str, facts: MetaFacts | None) -> tuple[bool, str | None]:
+    """``(stale, deployed agent rev)``: stale when the applied main or the locked base rev is not
+    what the agent was deployed with, or it was never deployed through the meta flake."""
+    if facts is None:
+        return False, None
+    main = applied_main(paths, name)
+    record = read_deployed(paths, name)
+    if record is None:
+        return main is not None, None
+    stale = (
+        (main is not None and main != record.agent)
+        or (facts.hyperhive is not None and facts.hyperhive != record.hyperhive)
+        or record.template != facts.template
+    )
+    return stale, record.agent
+
+
+# --- the repo ------------------------------------------------------------------------------------
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not match:
+        return (0,)
+    return tuple(int(g) for g in match.groups() if g is not None)
+
+
+class MetaRepo:
+    """The git and nix work on ``<state>/meta`` and ``<state>/base`` (not serialised: see MetaLock)."""
+
+    def __init__(
+        self, paths: StatePaths, *, hyperhive_flake: str | None = None, nix: str | None = None
+    ) -> None:
+        self.paths = paths
+        self.dir = paths.meta
+        self.base = paths.root / "base"
+        self.hyperhive_flake = hyperhive_flake
+        self._nix = nix
+        self._git = Repos(paths)
+        self._nix_version: tuple[int, ...] | None = None
+
+    @property
+    def hyperhive_url(self) -> str:
+        return self.hyperhive_flake or f"git+file://{self.base}"
+
+    # -- helpers --
+
+    async def git(self, repo: Path, *args: str, what: str, check: bool = True) -> str:
+        result = await self._git.git(repo, *args, what=what, check=check, identity=True)
+        return result.stdout.decode(errors="replace").strip()
+
+    async def nix(
+        self, *args: str, what: str, cwd: Path | None = None, error: type[HiveError] | None = None
+    ) -> bytes:
+        cmd = [self._nix or nix_binary(), *NIX_FEATURES, *args]
+        try:
+            result = await run_capped(cmd, env=clean_env(), cwd=cwd, time_limit=NIX_TIMEOUT)
+        except OSError as exc:
+            raise MetaFailure(f"{what}: cannot run nix: {exc.strerror or exc}") from None
+        if result.returncode in TIMED_OUT:
+            raise MetaFailure(f"{what}: nix did not finish within {NIX_TIMEOUT:.0f} s")
+        if result.returncode != 0:
+            raise (error or MetaFailure)(f"{what}:\n{useful_lines(result.stderr)}")
+        return result.stdout
+
+    async def nix_version(self) -> tuple[int, ...]:
+        if self._nix_version is None:
+            out = await self.nix("--version", what="probing the nix version")
+            self._nix_version = _version_tuple(out.decode(errors="replace"))
+        return self._nix_version
+
+    async def _update_args(self, inputs: Sequence[str]) -> list[str]:
+        if await self.nix_version() >= (2, 19):
+            return ["flake", "update", *inputs]
+        args = ["flake", "lock"]
+        for name in inputs:
+            args += ["--update-input", name]
+        return args
+
+    async def _commit_if_changed(self, message: str) -> bool:
+        what = f"committing the meta repo ({message})"
+        await self.git(self.dir, "add", "--", *FLAKE_FILES, what=what)
+        status = await self.git(self.dir, "status", "--porcelain", "--", *FLAKE_FILES, what=what)
+        if not status:
+            return False
+        await self.git(self.dir, "commit", "-q", "-m", message, "--", *FLAKE_FILES, what=what)
+        log.info("meta: committed %r", message)
+        return True
+
+    # -- startup --
+
+    def clean_stale_index_lock(self) -> bool:
+        """Remove ``.git/index.lock`` a crash left behind (blocking; only while nothing runs git)."""
+        lock = self.dir / ".git" / "index.lock"
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            return False
+        log.warning("meta: removed a stale %s (a previous run died mid-operation)", lock)
+        return True
+
+    async def seed_base(self) -> bool:
+        """Write the shipped base flake into ``<state>/base`` and commit it when it changed."""
+        if self.hyperhive_flake is not None:
+            return False
+
+        def write() -> bool:
+            self.base.mkdir(parents=True, exist_ok=True)
+            (self.base / ".git" / "index.lock").unlink(missing_ok=True)
+            changed = False
+            source = resources.files("hivecore") / "templates" / "base"
+            for fname in BASE_TEMPLATE_FILES:
+                data = (source / fname).read_bytes()
+                target = self.base / fname
+                if not target.exists() or target.read_bytes() != data:
+                    target.write_bytes(data)
+                    changed = True
+            return changed
+
+        changed = await trio.to_thread.run_sync(write)
+        what = "seeding the base flake"
+        if not await trio.to_thread.run_sync((self.base / ".git").is_dir):
+            await self.git(self.base, "init", "-q", "-b", "main", what=what)
+        await self.git(self.base, "add", "--", *BASE_TEMPLATE_FILES, what=what)
+        status = await self.git(self.base, "status", "--porcelain", what=what)
+        if status:
+            await self.git(self.base, "commit", "-q", "-m", "hyperhive base flake", what=what)
+            log.info("meta: committed the base flake at %s", self.base)
+            return True
+        return changed
+
+    # -- operations (called by MetaLock only) --
+
+    async def sync(self, agents: Iterable[AgentEntry]) -> bool:
+        """Render ``flake.nix``, lock the missing inputs (and drop removed ones), commit if anything
+        changed. Idempotent; also repairs a repo a crash left half-done. Returns whether it committed."""
+        entries = list(agents)
+        text = render_flake(self.hyperhive_url, entries)
+        first = not await trio.to_thread.run_sync((self.dir / ".git").is_dir)
+
+        def write() -> None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            target = self.dir / "flake.nix"
+            if not target.exists() or target.read_text() != text:
+                tmp = self.dir / ".flake.nix.tmp"
+                tmp.write_text(text)
+                os.replace(tmp, target)
+
+        await trio.to_thread.run_sync(write)
+        what = "syncing the meta flake"
+        if first:
+            await self.git(self.dir, "init", "-q", "-b", "main", what=what)
+        await self.git(self.dir, "add", "--", "flake.nix", what=what)
+        await self.nix("flake", "lock", str(self.dir), what="locking the meta flake")
+        message = f"seed meta from {len(entries)} agents" if first else "regenerate meta flake"
+        return await self._commit_if_changed(message)
+
+    async def lock_update(self, inputs: Sequence[str]) -> bool:
+        """Update exactly ``inputs`` in one nix call; one commit ``lock update: a, b`` if it changed."""
+        if not inputs:
+            return False
+        args = await self._update_args(inputs)
+        await self.nix(*args, str(self.dir), what=f"updating {', '.join(inputs)}", cwd=self.dir)
+        return await self._commit_if_changed(f"lock update: {', '.join(inputs)}")
+
+    async def lock_data(self) -> Any:
+        return await trio.to_thread.run_sync(read_lock_file, self.dir)
+
+    async def evaluate(self, name: str) -> AgentSpec:
+        """``nix eval --json <meta>#hiveAgents.<n>``: the command and environment to run."""
+        attr = f"{self.dir}#hiveAgents.{name}"
+        what = f"agent.nix of {name} does not evaluate"
+        out = await self.nix("eval", "--json", "--no-write-lock-file", attr, what=what, error=BuildFailed)
+        try:
+            data = json.loads(out)
+            command = data["command"]
+            env = data["env"]
+            if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
+                raise TypeError("command must be a non-empty list of strings")
+            if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
+                raise TypeError("env must be an attribute set of strings")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BuildFailed(f"hiveAgents.{name} is not a valid agent: {exc}") from None
+        return AgentSpec(name=name, command=tuple(command), env=env, flake_ref=f"{self.dir}#{name}")

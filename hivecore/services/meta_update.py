@@ -1,0 +1,117 @@
+"""The meta-update job (reference §3 ``POST /meta-update``) and the startup auto_update (§5.2).
+
+``meta_update`` is a build-class job on the lane (agent-less): one ``lock_update`` of the chosen
+inputs (one combined commit), then a sequential loop of child ``rebuild`` jobs carrying the job's id
+as ``parent_id`` (they run inside the parent's build turn, one after another): an input ``hyperhive``
+or ``hyperhive/…`` rebuilds every agent, ``agent-<n>`` or ``agent-<n>/…`` only ``n``. Each rebuild
+fires its ``rebuilt`` helper event; ``meta_update_running`` is published true/false around the job.
+
+auto_update (at startup, after the lane is open): sync the meta flake, bump ``hyperhive`` once (a
+failure is logged and the run goes on), then rebuild every stale agent one at a time (source
+``auto_update``). ``HIVE_SKIP_AUTO_UPDATE=1`` skips the bump and the rebuilds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from actors.event_bus import EventBus
+from actors.rebuild_queue import JobLane
+from actors.views import Views
+from hivecore.errors import HiveError
+from hivecore.meta import HYPERHIVE
+from hivecore.models import Job
+from hivecore.services.lifecycle import Lifecycle
+from hivecore.wire.events import MetaUpdateRunning
+
+log = logging.getLogger(__name__)
+
+SKIP_AUTO_UPDATE_ENV = "HIVE_SKIP_AUTO_UPDATE"
+
+
+def affected_agents(inputs: Sequence[str], agents: Sequence[str]) -> list[str]:
+    """Which agents an update of ``inputs`` rebuilds, in ``agents``' order."""
+    if any(i == HYPERHIVE or i.startswith(HYPERHIVE + "/") for i in inputs):
+        return list(agents)
+    chosen = {i.split("/", 1)[0].removeprefix("agent-") for i in inputs if i.startswith("agent-")}
+    return [a for a in agents if a in chosen]
+
+
+@attrs.define
+class MetaUpdates:
+    lifecycle: Lifecycle
+    views: Views
+    bus: EventBus
+    lane: JobLane | None = None
+    """Set once the lane exists (the lane's runner is built before it)."""
+
+    def running(self) -> bool:
+        return self.lane is not None and self.lane.running_kind("meta_update") is not None
+
+    async def run_job(self, job: Job, args: Mapping[str, Any]) -> None:
+        raw = args.get("inputs", [])
+        inputs = [str(i) for i in raw] if isinstance(raw, list) else []
+        meta = self.lifecycle.meta
+        if meta is None or not meta.running:
+            raise HiveError("the meta flake is not available")
+        assert self.lane is not None
+        self.bus.publish(MetaUpdateRunning(running=True))
+        try:
+            await meta.lock_update(inputs)
+            agents = sorted(self.views.rows(), key=lambda n: (n != "hm1nd", n))
+            targets = affected_agents(inputs, agents)
+            log.info("meta update %s: rebuilding %s", ", ".join(inputs), ", ".join(targets) or "nobody")
+            failed: list[str] = []
+            for name in targets:
+                queued = self.lane.busy_with(name)
+                if queued is not None and queued.kind == "rebuild" and queued.state == "queued":
+                    log.info("meta update: %s already has a rebuild queued (job %d)", name, queued.id)
+                    continue  # it runs after this job, from the updated lock
+                try:
+                    await self.lane.submit("rebuild", name, source="meta_update", parent_id=job.id)
+                except HiveError as exc:
+                    log.warning("meta update: rebuild of %s failed: %s", name, exc)
+                    failed.append(f"{name}: {exc}")
+            if failed:
+                raise HiveError(
+                    f"meta update {', '.join(inputs)}: {len(failed)} rebuild(s) failed:\n" + "\n".join(failed)
+                )
+        finally:
+            self.bus.publish(MetaUpdateRunning(running=False))
+
+    async def auto_update(self, submit: Any) -> list[str]:
+        """The startup step (see the module doc); returns the agents it rebuilt. ``submit`` is the
+        façade's ``rebuild`` (a journaled lane job per agent, one at a time)."""
+        meta = self.lifecycle.meta
+        if meta is None or not meta.running:
+            return []
+        try:
+            await self.lifecycle.sync_meta()
+        except HiveError as exc:
+            log.error("auto_update: could not sync the meta flake: %s", exc)
+        if os.environ.get(SKIP_AUTO_UPDATE_ENV) == "1":
+            log.info("auto_update: skipped (%s=1)", SKIP_AUTO_UPDATE_ENV)
+            return []
+        try:
+            await meta.lock_update_hyperhive()
+        except HiveError as exc:
+            log.error("auto_update: could not update the hyperhive input: %s", exc)
+        await self.views.rescan()
+        stale = [n for n, v in self.views.rows().items() if v.needs_update]
+        rebuilt: list[str] = []
+        for name in stale:
+            try:
+                await submit(name, source="auto_update")
+                rebuilt.append(name)
+            except HiveError as exc:
+                log.warning("auto_update: rebuild of %s failed: %s", name, exc)
+            await trio.lowlevel.checkpoint()
+        if stale:
+            log.info("auto_update: rebuilt %d of %d stale agent(s)", len(rebuilt), len(stale))
+        return rebuilt
