@@ -92,10 +92,18 @@ Probes, file walks and sqlite run in worker threads; with the default a burst of
 stopping at once) made the event loop wait tens of ms for the GIL. ``bench/verbs.py`` measures it."""
 
 
+WORKER_THREADS = 2
+"""trio's default worker-thread limit here (trio's own default is 40). Probes and file walks are
+short; fewer of them holding the GIL at once keeps the event loop's lag low while 20 agents stop
+together (``bench/verbs.py`` part 2: p99 ~30 ms with 40 threads, ~15 ms with 2), and no verb's
+latency moved. The store has its own thread token, so sqlite never waits behind a walk."""
+
+
 def tune_interpreter() -> None:
-    """Process-wide settings: a latency-sensitive event loop beside busy worker threads, and one
-    log line per burst of EMFILE on accept (not one with a traceback every 0.1 s)."""
+    """Settings for a latency-sensitive event loop beside busy worker threads (call inside trio),
+    and one log line per burst of EMFILE on accept (not one with a traceback every 0.1 s)."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    trio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
     ensure_accept_error_filter()
 
 

@@ -264,6 +264,7 @@ class Store:
             tuple[Callable[[sqlite3.Connection], Any], trio.MemorySendChannel[outcome.Outcome[Any]]]
         ](64)
         self._calls = 0
+        self._thread = trio.CapacityLimiter(1)
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the store thread after every earlier request; return its result.
@@ -290,7 +291,8 @@ class Store:
                 # cannot come (if this actor is cancelled or crashes mid-request it sees EndOfChannel)
                 with reply:
                     self._calls += 1
-                    result = await trio.to_thread.run_sync(outcome.capture, fn, conn)
+                    # its own thread token: a slow file walk elsewhere never delays the database
+                    result = await trio.to_thread.run_sync(outcome.capture, fn, conn, limiter=self._thread)
                     # a cancelled caller closed its end; the work is done regardless
                     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                         reply.send_nowait(result)
