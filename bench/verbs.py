@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hivecore.config import Config  # after the sys.path fix above
 from hivecore.container_view import PAUSE_MARKER
-from hivecore.daemon import Daemon, build, tune_interpreter
+from hivecore.daemon import Daemon, build, limit_worker_threads, tune_interpreter
 from hivecore.daemon import main as daemon_main
 from hivecore.runtime.base import AgentSpec
 from hivecore.runtime.process import ProcessRuntime
@@ -139,6 +139,7 @@ class LagProbe:
 async def start_actors(config: Config, nursery: trio.Nursery) -> Daemon:
     config.paths.create_layout()
     tune_interpreter()  # as hivecore.daemon.main does
+    limit_worker_threads()  # as hive-c0re serve does
     daemon = build(config)
     await nursery.start(daemon.store.run)
     await nursery.start(daemon.views.run)

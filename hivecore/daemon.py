@@ -100,11 +100,20 @@ latency moved. The store has its own thread token, so sqlite never waits behind 
 
 
 def tune_interpreter() -> None:
-    """Settings for a latency-sensitive event loop beside busy worker threads (call inside trio),
-    and one log line per burst of EMFILE on accept (not one with a traceback every 0.1 s)."""
+    """Settings for a latency-sensitive event loop beside busy worker threads, and one log line per
+    burst of EMFILE on accept (not one with a traceback every 0.1 s)."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-    trio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
     ensure_accept_error_filter()
+
+
+def limit_worker_threads() -> None:
+    """Cap trio's default worker threads at :data:`WORKER_THREADS` (call inside trio).
+
+    Only for a process that is the daemon alone (``hive-c0re serve``, the benchmarks): no daemon code
+    waits on the event loop from a worker thread, so a small pool cannot deadlock it, but a test
+    that runs blocking clients in worker threads *inside the daemon's own trio run* would take the
+    daemon's tokens while it waits for the daemon's answer."""
+    trio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
 
 
 def make_runtime(config: Config) -> ContainerRuntime:

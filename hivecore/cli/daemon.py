@@ -188,8 +188,10 @@ async def serve(config: Config) -> None:
 
     import trio
 
+    from hivecore.daemon import limit_worker_threads
     from hivecore.daemon import main as daemon_main
 
+    limit_worker_threads()  # the daemon alone in this process: see its docstring
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             from web.app import daemon_app
