@@ -39,12 +39,16 @@ async def settle() -> None:
 async def settle_fds(baseline: int, *, cushion: float = CUSHION, rounds: int = 50) -> int:
     """Let the daemon go quiet until the fd count is back to ``baseline`` (or ``rounds`` quiet spells).
 
+    Below it is fine: background start-up work (the meta flake's first sync runs git and nix with
+    pipes) may still hold a few fds when the baseline is taken and release them meanwhile; what
+    must never happen is a request holding one past its client.
+
     A task waiting on a worker thread (quart closes static files in one) counts as blocked, so one
     quiet spell can end before that thread is done; a few more settle it.
     """
     for _ in range(rounds):
         await trio.testing.wait_all_tasks_blocked(cushion=cushion)
-        if fd_count() == baseline:
+        if fd_count() <= baseline:
             break
     return fd_count()
 
@@ -148,7 +152,7 @@ async def test_head_on_the_stream_answers_and_the_next_request_on_the_connection
         assert status == 200
         assert json.loads(body)["ok"] is True
         await stream.aclose()
-    assert await settle_fds(baseline) == baseline
+    assert await settle_fds(baseline) <= baseline
     assert hive.bus.statistics().subscribers == 0
 
 
@@ -181,7 +185,7 @@ async def test_a_stream_client_that_leaves_releases_its_fd_and_subscription(hive
         await reader._until(b": connected")
         assert hive.bus.statistics().subscribers == 1
         await stream.aclose()
-    assert await settle_fds(baseline) == baseline
+    assert await settle_fds(baseline) <= baseline
     assert hive.bus.statistics().subscribers == 0
 
 
@@ -199,7 +203,7 @@ async def test_connection_close_is_honoured_at_once(hive: Daemon, path: str) -> 
             reader = Reader(stream)
             await reader.response()
             assert await reader.at_eof()
-    assert await settle_fds(baseline) == baseline
+    assert await settle_fds(baseline) <= baseline
 
 
 async def test_an_http_1_0_request_is_answered_and_closed(hive: Daemon) -> None:
@@ -282,7 +286,7 @@ async def test_clients_leaving_mid_static_response_strand_no_file(hive: Daemon) 
                 verb = "HEAD" if i % 2 else "GET"
                 await send(stream, f"{verb} /static/dashboard.js HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                 await Reader(stream)._until(b"\r\n\r\n")
-    assert await settle_fds(baseline) == baseline
+    assert await settle_fds(baseline) <= baseline
     status, headers, body = await request(hive, get("/static/dashboard.js"))
     assert status == 200
     assert "javascript" in headers["content-type"]
@@ -393,7 +397,7 @@ async def test_fuzzed_requests_get_one_clean_answer_and_release_their_fds(
         assert status < 500, (raw[:300], status)
         assert leftover == b"", (raw[:300], leftover[:200])  # exactly one response
         seen.append(status)
-        assert trio.from_thread.run(partial(settle_fds, baseline, cushion=0.01)) == baseline, raw[:300]
+        assert trio.from_thread.run(partial(settle_fds, baseline, cushion=0.01)) <= baseline, raw[:300]
         assert hive.bus.statistics().subscribers == 0
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert not errors, (raw[:300], errors[0].getMessage())

@@ -623,7 +623,7 @@ async def test_hostile_lines_get_exactly_one_answer_each(
         with caplog.at_level(logging.DEBUG):
             await trio.to_thread.run_sync(check)
         await trio.testing.wait_all_tasks_blocked()
-        assert _open_fds() == baseline
+        assert _open_fds() <= baseline  # nothing held past its client (start-up work may release some)
         assert admin.server.statistics().open_connections == 0
         nursery.cancel_scope.cancel()
     assert len(examples) == 300
