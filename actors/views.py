@@ -44,9 +44,6 @@ class RowsApplied:
     """What one scan changed: for each name, the row before (None: new) and after (None: removed)."""
 
     changes: Mapping[str, tuple[ContainerView | None, ContainerView | None]]
-    seeding: bool
-    """True for the daemon's first full scan: rows appear, nothing *changed*."""
-    full: bool
 
 
 Observer = Callable[[RowsApplied], None]
@@ -84,7 +81,6 @@ class Views:
         self._tomb_stamp = 0
         self._tomb_applied = 0
         self._tombstones: list[TombstoneView] = []
-        self._seeded = False
         self._full_in_flight = False
         self._full_waiters: list[trio.Event] = []
         self._full_done: trio.Event | None = None
@@ -120,7 +116,7 @@ class Views:
         new = attrs.evolve(old, pending=pending)
         self._rows[name] = new
         self._bus.publish(ContainerStateChanged(container=new))
-        self._notify(RowsApplied(changes={name: (old, new)}, seeding=False, full=False))
+        self._notify(RowsApplied(changes={name: (old, new)}))
 
     def _notify(self, applied: RowsApplied) -> None:
         for observer in self._observers:
@@ -224,16 +220,15 @@ class Views:
                 self._bus.publish(ContainerStateChanged(container=new))
         if any(new is not None and old is None for old, new in changes.values()):
             self._rows = {n: self._rows[n] for n in sorted(self._rows, key=_order)}
-        seeding = full and not self._seeded
-        if full:
-            self._seeded = True
-        if changes or seeding:
-            self._notify(RowsApplied(changes=changes, seeding=seeding, full=full))
+        if changes:
+            self._notify(RowsApplied(changes=changes))
 
     # --- the actor -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the nursery for fire-and-forget rescans; seed the rows and tombstones first."""
+        """Own the nursery for fire-and-forget rescans; compute the tombstone list first.
+
+        The rows are seeded by crash_watch's first tick (a full scan)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
