@@ -35,7 +35,6 @@ from hivecore.errors import HiveError
 from hivecore.models import MetaInputView
 from hivecore.repos import (
     NIX_TIMEOUT,
-    TIMED_OUT,
     BuildFailed,
     Repos,
     clean_env,
@@ -369,7 +368,7 @@ class MetaRepo:
             result = await run_capped(cmd, env=clean_env(), cwd=cwd, time_limit=NIX_TIMEOUT)
         except OSError as exc:
             raise MetaFailure(f"{what}: cannot run nix: {exc.strerror or exc}") from None
-        if result.returncode in TIMED_OUT:
+        if result.timed_out:
             raise MetaFailure(f"{what}: nix did not finish within {NIX_TIMEOUT:.0f} s")
         if result.returncode != 0:
             raise (error or MetaFailure)(f"{what}:\n{useful_lines(result.stderr)}")

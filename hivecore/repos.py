@@ -8,8 +8,9 @@
   ``failed/<id>`` (body: the build error) and ``denied/<id>`` (body: the operator's note) record
   every approval. ``deployed/0`` marks the seed.
 
-Every git and nix call is a ``trio.run_process`` child (never blocking the trio thread) with its
-output capped, a timeout, and an environment without the user's git config. Git is ``$HYPERHIVE_GIT``
+Every git and nix call goes through :mod:`hivecore.proc` (never blocking the trio thread: output
+capped, a time limit, the process group killed on cancellation and with the daemon) with an
+environment without the user's git config. Git is ``$HYPERHIVE_GIT``
 when set, else ``git`` on PATH; nix is ``$HYPERHIVE_NIX``, else ``nix``.
 """
 
@@ -21,22 +22,20 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 from collections.abc import Mapping, Sequence
 from functools import partial
 from importlib import resources
 from pathlib import Path
 
-import attrs
 import trio
 
+from hivecore import proc
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError
 
 log = logging.getLogger(__name__)
 
-OUTPUT_CAP = 1 << 20
-"""Bytes of stdout (and, separately, stderr) kept from one git/nix call; the rest is drained."""
+OUTPUT_CAP = proc.OUTPUT_CAP
 GIT_TIMEOUT = 120.0
 NIX_TIMEOUT = 300.0
 IDENTITY = ("-c", "user.name=hive-c0re", "-c", "user.email=hive-c0re@hyperhive")
@@ -63,12 +62,8 @@ class BuildFailed(HiveError):
     """An agent's config does not build; the message carries the useful lines of the error."""
 
 
-@attrs.frozen
-class ProcResult:
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-    truncated: bool = False
+ProcResult = proc.Result
+"""Kept as a name for callers of :func:`run_capped`; see :class:`hivecore.proc.Result`."""
 
 
 async def run_capped(
@@ -79,49 +74,9 @@ async def run_capped(
     cap: int = OUTPUT_CAP,
     time_limit: float = GIT_TIMEOUT,
 ) -> ProcResult:
-    """Run ``cmd`` to completion; keep ``cap`` bytes per stream (the rest is read and dropped).
-
-    The time limit is wall-clock and enforced by coreutils ``timeout`` (which signals the whole
-    process group: git's helpers too), not by a trio deadline, so a test's MockClock cannot fire it.
-    A timed-out command answers :data:`TIMED_OUT`. Cancellation kills the child as usual.
-    """
-    out, err = bytearray(), bytearray()
-    truncated = False
-
-    async def drain(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
-        nonlocal truncated
-        async for chunk in stream:
-            room = cap - len(into)
-            if room > 0:
-                into += chunk[:room]
-            if len(chunk) > room:
-                truncated = True
-
-    limiter = shutil.which("timeout", path=env.get("PATH"))
-    argv = [limiter, "--kill-after=5", f"{time_limit:g}", *cmd] if limiter else list(cmd)
-    async with trio.open_nursery() as nursery:
-        proc: trio.Process = await nursery.start(
-            partial(
-                trio.run_process,
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                check=False,
-                env=dict(env),
-                cwd=cwd,
-            )
-        )
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        nursery.start_soon(drain, proc.stdout, out)
-        nursery.start_soon(drain, proc.stderr, err)
-    assert proc.returncode is not None
-    return ProcResult(proc.returncode, bytes(out), bytes(err), truncated)
-
-
-TIMED_OUT = (124, 137)
-"""Exit codes of a command coreutils ``timeout`` stopped (TERM, or KILL after the grace period)."""
+    """Run ``cmd`` through :func:`hivecore.proc.run` (capped output, group killed on timeout or
+    cancellation, killed with the daemon); ``result.timed_out`` says the time limit fired."""
+    return await proc.run(cmd, env=env, cwd=cwd, cap=cap, time_limit=time_limit)
 
 
 def git_binary() -> str:
@@ -208,7 +163,7 @@ class Repos:
             result = await run_capped(cmd, env=env)
         except OSError as exc:
             raise GitFailure(f"{what}: cannot run git: {exc.strerror or exc}") from None
-        if result.returncode in TIMED_OUT:
+        if result.timed_out:
             raise GitFailure(f"{what}: git did not finish within {GIT_TIMEOUT:.0f} s")
         if check and result.returncode != 0:
             raise GitFailure(f"{what}: {useful_lines(result.stderr, 8)}")
@@ -504,7 +459,7 @@ class Repos:
             result = await run_capped(cmd, env=clean_env(), time_limit=NIX_TIMEOUT)
         except OSError as exc:
             raise BuildFailed(f"cannot run nix: {exc.strerror or exc}") from None
-        if result.returncode in TIMED_OUT:
+        if result.timed_out:
             raise BuildFailed(f"agent.nix of {name}: nix eval did not finish within {NIX_TIMEOUT:.0f} s")
         if result.returncode != 0:
             raise BuildFailed(f"agent.nix of {name} does not evaluate:\n{useful_lines(result.stderr)}")

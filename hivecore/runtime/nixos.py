@@ -46,13 +46,13 @@ import contextlib
 import logging
 import os
 import re
-import subprocess
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import attrs
 import trio
 
+from hivecore import proc
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError, RuntimeFailure
 from hivecore.limits import DEFAULT_CPU_QUOTA, DEFAULT_MEMORY_MAX, validate_cpu_quota, validate_memory_max
@@ -73,6 +73,11 @@ SOCKET_DIR_MODE = 0o751
 _SAFE_BIND_PATH = re.compile(r"/[A-Za-z0-9._/+@-]*")
 """Paths that survive ``EXTRA_NSPAWN_FLAGS`` unharmed: the container's start script expands the
 variable unquoted (split on whitespace, globbed) and systemd-nspawn splits ``--bind=`` on ``:``."""
+TIME_LIMIT = 120.0
+"""Seconds a ``nixos-container``/``systemctl``/``machinectl`` call may take before its group is killed."""
+BUILD_TIME_LIMIT = 3600.0
+"""Seconds for the calls that build a system closure (``nixos-container create|update``)."""
+_BUILDS = (("nixos-container", "create"), ("nixos-container", "update"))
 CLEARED_CONF_KEYS = ("HOST_ADDRESS", "LOCAL_ADDRESS", "HOST_ADDRESS6", "LOCAL_ADDRESS6", "HOST_BRIDGE")
 """Emptied in every container ``.conf``: containers share the host's network namespace."""
 
@@ -410,8 +415,12 @@ class NixosRuntime:
             raise RuntimeFailure(f"`{' '.join(argv)}` failed (exit {result.returncode}): {detail}")
         return result.stdout.decode(errors="replace")
 
-    async def _run_unchecked(self, *argv: str) -> subprocess.CompletedProcess[bytes]:
+    async def _run_unchecked(self, *argv: str) -> proc.Result:
+        limit = BUILD_TIME_LIMIT if argv[:2] in _BUILDS else TIME_LIMIT
         try:
-            return await trio.run_process(list(argv), capture_stdout=True, capture_stderr=True, check=False)
+            result = await proc.run(argv, env=os.environ, time_limit=limit)
         except OSError as e:
             raise RuntimeFailure(f"cannot run {argv[0]}: {e}") from e
+        if result.timed_out:
+            raise RuntimeFailure(f"`{' '.join(argv)}` did not finish within {limit:.0f} s (stopped)")
+        return result

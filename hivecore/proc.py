@@ -1,0 +1,225 @@
+"""The one subprocess runner: git, nix, nixos-container and systemctl all go through :func:`run`.
+
+What every child gets, whoever asks for it:
+
+* **Validated argv.** Every argument is a ``str`` without a NUL byte (a NUL would otherwise surface
+  as a bare ``ValueError`` inside a nursery); the first is a non-empty program name. A bad argv
+  raises :class:`InvalidArgv` (a :class:`~hivecore.errors.HiveError`) naming the argument.
+* **Capped output.** ``cap`` bytes of stdout and, separately, of stderr are kept; the rest is read
+  and dropped (``truncated`` says so), so a chatty child can neither block on a full pipe nor grow
+  the daemon's memory.
+* **A time limit** (``time_limit`` seconds, trio's clock): past it the child's whole process group
+  is killed and the result says ``timed_out``. Callers own the number; there is no default.
+* **Its own process group**, killed (``SIGKILL`` to the group) when the caller is cancelled or the
+  time limit fires, and reaped before :func:`run` returns or raises.
+* **Death with the daemon.** The child is started with ``PR_SET_PDEATHSIG = SIGKILL``: if the
+  daemon dies, even by ``kill -9``, the kernel kills the child (a long ``nix eval`` never outlives
+  it). Grandchildren that the child did not reap are in the child's group and die with it when the
+  daemon is stopped normally; a ``kill -9`` of the daemon reaches only the direct child.
+* **Optional confinement**: ``user`` (run as that uid/gid with exactly the given groups; only when
+  the daemon is root), ``memory_limit`` (``RLIMIT_AS``, bytes) and ``stdin`` bytes (else
+  ``/dev/null``).
+
+Nothing here blocks the trio thread: the child is a ``trio.run_process`` child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import resource
+import signal
+import subprocess
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+
+import attrs
+import trio
+
+from hivecore.errors import HiveError
+
+OUTPUT_CAP = 1 << 20
+"""Default bytes kept of stdout (and, separately, of stderr) of one child."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+class InvalidArgv(HiveError):
+    """An argument vector that cannot be handed to ``execve``: the message names the argument."""
+
+
+@attrs.frozen
+class Credentials:
+    """Who a child runs as: ``uid``/``gid`` and exactly ``groups`` as its supplementary groups."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class Result:
+    """What a finished child left: exit status (negative: killed by that signal), capped output."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    truncated: bool = False
+    timed_out: bool = False
+
+
+def check_argv(argv: Sequence[object]) -> list[str]:
+    """``argv`` as a list of ``str``; :class:`InvalidArgv` if it cannot reach ``execve`` intact."""
+    if not argv:
+        raise InvalidArgv("cannot run an empty command")
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if not isinstance(arg, str):
+            raise InvalidArgv(f"argument {i} of the command is a {type(arg).__name__}, not text")
+        if "\0" in arg:
+            raise InvalidArgv(f"argument {i} of `{_program(argv)}` contains a NUL byte")
+        out.append(arg)
+    if not out[0]:
+        raise InvalidArgv("cannot run a command with an empty program name")
+    return out
+
+
+def _program(argv: Sequence[object]) -> str:
+    first = argv[0]
+    return first.replace("\0", "\\0") if isinstance(first, str) else "?"
+
+
+def _prctl() -> Callable[..., int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+    fn: Callable[..., int] = libc.prctl
+    return fn
+
+
+_PRCTL = _prctl()
+
+
+def _child_setup(parent: int, memory_limit: int | None) -> Callable[[], None]:
+    """The code that runs in the forked child before ``execve`` (after any uid/gid change, which
+    would otherwise clear the death signal). Everything it calls is bound here, in the parent:
+    the child must not import or take locks another thread may hold."""
+    prctl = _PRCTL
+    setrlimit = resource.setrlimit
+    rlimit_as = resource.RLIMIT_AS
+    getppid = os.getppid
+    kill = os.kill
+    getpid = os.getpid
+    sigkill = signal.SIGKILL
+
+    def setup() -> None:
+        if memory_limit is not None:
+            setrlimit(rlimit_as, (memory_limit, memory_limit))
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, int(sigkill), 0, 0, 0)
+        if getppid() != parent:  # the daemon died before the death signal was armed
+            kill(getpid(), sigkill)
+
+    return setup
+
+
+@contextlib.contextmanager
+def _unwrap_start_error() -> Iterator[None]:
+    """A child that cannot be started raises its plain ``OSError``, not a nursery's group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) == 1 and isinstance(leaves[0], OSError):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+async def _kill_group(proc: trio.Process) -> None:
+    """``deliver_cancel`` for :func:`trio.run_process`: SIGKILL to the child's whole group."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    time_limit: float,
+    cwd: Path | None = None,
+    cap: int = OUTPUT_CAP,
+    stdin: bytes | None = None,
+    user: Credentials | None = None,
+    memory_limit: int | None = None,
+) -> Result:
+    """Run ``argv`` to completion (see the module docstring for what every child gets).
+
+    Raises :class:`InvalidArgv` for a bad argv and ``OSError`` when the program cannot be started;
+    a non-zero exit is not an error here (callers decide). On cancellation the child's group is
+    killed and reaped, then ``Cancelled`` propagates.
+    """
+    args = check_argv(argv)
+    for key, value in env.items():
+        if "\0" in key or "\0" in value or "=" in key:
+            raise InvalidArgv(f"environment variable {key!r} of `{args[0]}` cannot be passed")
+    out, err = bytearray(), bytearray()
+    truncated = False
+
+    async def drain(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+        nonlocal truncated
+        async for chunk in stream:
+            room = cap - len(into)
+            if room > 0:
+                into += chunk[:room]
+            if len(chunk) > room:
+                truncated = True
+
+    options: dict[str, object] = {}
+    if user is not None:
+        options.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
+    proc: trio.Process | None = None
+    with trio.move_on_after(time_limit) as deadline, _unwrap_start_error():
+        async with trio.open_nursery() as nursery:
+            proc = await nursery.start(
+                partial(
+                    trio.run_process,
+                    args,
+                    stdin=subprocess.DEVNULL if stdin is None else stdin,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    check=False,
+                    env=dict(env),
+                    cwd=cwd,
+                    start_new_session=True,
+                    preexec_fn=_child_setup(os.getpid(), memory_limit),
+                    deliver_cancel=_kill_group,
+                    **options,
+                )
+            )
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            nursery.start_soon(drain, proc.stdout, out)
+            nursery.start_soon(drain, proc.stderr, err)
+    if proc is None:  # the deadline fired before the child started
+        return Result(-int(signal.SIGKILL), b"", b"", truncated=False, timed_out=True)
+    if deadline.cancelled_caught:
+        # the group was killed by deliver_cancel; be sure no straggler of the group is left
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    returncode = proc.returncode if proc.returncode is not None else -int(signal.SIGKILL)
+    return Result(returncode, bytes(out), bytes(err), truncated, deadline.cancelled_caught)
