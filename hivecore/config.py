@@ -10,6 +10,7 @@ from typing import Literal
 
 import attrs
 
+from hivecore.limits import DEFAULT_AGENT_UID_BASE, validate_agent_uid_base
 from hivecore.names import MANAGER_NAME, child_path, validate_name
 from hivecore.unix_listener import resolve_group
 
@@ -52,11 +53,15 @@ class Config:
     """nixos runtime: ``MemoryMax=`` of every agent container (validated by :mod:`hivecore.limits`)."""
     agent_cpu_quota: str = "200%"
     """nixos runtime: ``CPUQuota=`` of every agent container (``200%`` = two CPUs' worth)."""
+    agent_uid_base: int = DEFAULT_AGENT_UID_BASE
+    """Process runtime as root: agents run as uids ``base+1 …`` (gid the same), all with the
+    supplementary group ``base`` (see :mod:`hivecore.agent_users`)."""
     dashboard_auth: DashboardAuth = "token"
     """``token``: an operator token (``<state>/operator-token``) gates the dashboard; ``none``: no
     auth, accepted only with a loopback bind."""
 
     def __attrs_post_init__(self) -> None:
+        validate_agent_uid_base(self.agent_uid_base)
         if self.dashboard_auth == "none" and not is_loopback(self.dashboard_host):
             raise ValueError(
                 f"--dashboard-auth none needs a loopback --dashboard-host, not {self.dashboard_host!r}"
@@ -65,7 +70,7 @@ class Config:
     @property
     def paths(self) -> StatePaths:
         root = self.state_dir.absolute()
-        return StatePaths(root, socket_group=self._socket_group(root))
+        return StatePaths(root, socket_group=self._socket_group(root), agent_uid_base=self.agent_uid_base)
 
     def _socket_group(self, root: Path) -> str | None:
         """The admin group, when the admin socket lives under the state dir (it needs group ``x``)."""
@@ -114,6 +119,8 @@ class StatePaths:
     root: Path
     socket_group: str | None = attrs.field(default=None, kw_only=True, eq=False)
     """Group that must traverse ``root`` and ``run/`` to reach the admin socket (if it exists)."""
+    agent_uid_base: int = attrs.field(default=DEFAULT_AGENT_UID_BASE, kw_only=True, eq=False)
+    """The first id of the agents' uid range (see :mod:`hivecore.agent_users`)."""
 
     @property
     def db(self) -> Path:
@@ -135,6 +142,11 @@ class StatePaths:
     def operator_token(self) -> Path:
         """The dashboard's operator token (0600; written on the first start)."""
         return self.root / "operator-token"
+
+    @property
+    def agent_uids(self) -> Path:
+        """Which uid each agent name runs as (``hivecore.agent_users``; 0600, never shrinks)."""
+        return self.root / "agent-uids.json"
 
     @property
     def run(self) -> Path:

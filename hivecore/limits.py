@@ -20,6 +20,12 @@ import re
 
 from hivecore.errors import HiveError
 
+DEFAULT_AGENT_UID_BASE = 1_900_000_000
+"""Start of the agents' id range (process runtime as root): above every range systemd and
+login.defs hand out (system and login users, DynamicUser, homed, nspawn's container ranges end at
+1879048191), below 2^31."""
+AGENT_ID_COUNT = 65536
+"""Ids in the range: ``base`` is the agents' shared group, ``base+1 …`` one uid (and gid) per agent."""
 DEFAULT_MEMORY_MAX = "4G"
 DEFAULT_CPU_QUOTA = "200%"
 
@@ -77,3 +83,12 @@ def cpu_quota_arg(value: str) -> str:
         return validate_cpu_quota(value)
     except InvalidLimit as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def validate_agent_uid_base(base: int) -> int:
+    """``base`` if a whole agent id range fits above the login users and below 2^31, else
+    :class:`InvalidLimit`."""
+    top = 2**31 - AGENT_ID_COUNT
+    if isinstance(base, bool) or not isinstance(base, int) or not 1000 <= base <= top:
+        raise InvalidLimit(f"--agent-uid-base must be a whole number from 1000 to {top}, not {base!r}")
+    return base

@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING
 
 from hivecore.errors import HiveError
 from hivecore.limits import (
+    DEFAULT_AGENT_UID_BASE,
     DEFAULT_CPU_QUOTA,
     DEFAULT_MEMORY_MAX,
     cpu_quota_arg,
     memory_max_arg,
+    validate_agent_uid_base,
     validate_cpu_quota,
     validate_memory_max,
 )
@@ -127,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 200%%: two CPUs' worth)",
     )
     serve.add_argument(
+        "--agent-uid-base",
+        type=int,
+        default=DEFAULT_AGENT_UID_BASE,
+        help="process runtime as root: agents run as uids above this one, each its own, with this "
+        f"id as their shared group (default {DEFAULT_AGENT_UID_BASE}; see docs/security.md)",
+    )
+    serve.add_argument(
         "--no-ensure-manager",
         dest="ensure_manager",
         action="store_false",
@@ -179,6 +188,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         agent_memory_max=validate_memory_max(args.agent_memory_max),
         agent_cpu_quota=validate_cpu_quota(args.agent_cpu_quota),
         dashboard_auth=args.dashboard_auth,
+        agent_uid_base=validate_agent_uid_base(args.agent_uid_base),
     )
 
 

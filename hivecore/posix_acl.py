@@ -1,0 +1,163 @@
+"""POSIX access ACLs on directories the daemon owns: grant one user or group traverse (``x``) and
+nothing else, without widening the mode for anybody else.
+
+The ACL is read and written as the ``system.posix_acl_access`` extended attribute (the kernel's
+format: a version word, then ``(tag, perm, id)`` entries sorted by tag and id); no ``setfacl``
+binary is needed. A directory without one behaves as the ACL its mode describes
+(:func:`from_mode`). Adding a named entry recomputes the mask, which the kernel shows as the mode's
+group bits: a 0700 directory with a traverse grant lists as 0710 while its owning group still has
+no rights (:func:`effective_group_bits` says what the group really gets).
+
+Blocking (a few syscalls): worker threads only.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import struct
+from pathlib import Path
+
+import attrs
+
+XATTR = "system.posix_acl_access"
+VERSION = 2
+USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+UNDEFINED_ID = 0xFFFFFFFF
+R, W, X = 4, 2, 1
+
+_HEADER = struct.Struct("<I")
+_ENTRY = struct.Struct("<HHI")
+
+
+class AclUnsupported(OSError):
+    """The file system does not take POSIX ACLs (mounted ``noacl``, or a type without them)."""
+
+
+@attrs.frozen
+class Entry:
+    tag: int
+    perm: int
+    id: int = UNDEFINED_ID
+
+
+def from_mode(mode: int) -> tuple[Entry, ...]:
+    """The minimal ACL that ``mode``'s permission bits mean."""
+    return (
+        Entry(USER_OBJ, (mode >> 6) & 7),
+        Entry(GROUP_OBJ, (mode >> 3) & 7),
+        Entry(OTHER, mode & 7),
+    )
+
+
+def decode(data: bytes) -> tuple[Entry, ...]:
+    """Entries of an xattr value; ``ValueError`` if it is not a version-2 ACL."""
+    if len(data) < _HEADER.size or (len(data) - _HEADER.size) % _ENTRY.size:
+        raise ValueError("not a POSIX ACL")
+    (version,) = _HEADER.unpack_from(data)
+    if version != VERSION:
+        raise ValueError(f"POSIX ACL version {version} is not supported")
+    return tuple(Entry(*_ENTRY.unpack_from(data, off)) for off in range(_HEADER.size, len(data), _ENTRY.size))
+
+
+def encode(entries: tuple[Entry, ...]) -> bytes:
+    ordered = sorted(entries, key=lambda e: (e.tag, e.id))
+    return _HEADER.pack(VERSION) + b"".join(_ENTRY.pack(e.tag, e.perm, e.id) for e in ordered)
+
+
+def read(path: Path) -> tuple[Entry, ...]:
+    """The access ACL of ``path`` (its mode's when it has none); the link itself is never followed."""
+    try:
+        return decode(os.getxattr(path, XATTR, follow_symlinks=False))
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+            raise
+    return from_mode(os.lstat(path).st_mode)
+
+
+def with_entry(entries: tuple[Entry, ...], tag: int, ident: int, perm: int) -> tuple[Entry, ...]:
+    """``entries`` with the named ``tag``/``ident`` entry granted ``perm`` (added to what it had),
+    and the mask recomputed as the union of the group class (pure)."""
+    kept: list[Entry] = []
+    had = 0
+    for e in entries:
+        if e.tag == tag and e.id == ident:
+            had = e.perm
+        elif e.tag != MASK:
+            kept.append(e)
+    kept.append(Entry(tag, had | perm, ident))
+    mask = 0
+    for e in kept:
+        if e.tag in (GROUP_OBJ, USER, GROUP):
+            mask |= e.perm
+    if any(e.tag in (USER, GROUP) for e in kept):
+        kept.append(Entry(MASK, mask))
+    return tuple(kept)
+
+
+def grant(path: Path, tag: int, ident: int, perm: int = X) -> bool:
+    """Give user (``tag=USER``) or group (``tag=GROUP``) ``ident`` the ``perm`` bits on ``path``
+    (added to what it has); ``False`` when it already had them (nothing written).
+
+    ``path`` must be a directory or file the daemon owns and that is not a symlink: a symlink is
+    refused with ``ELOOP``. Raises :class:`AclUnsupported` when the file system takes no ACLs.
+    """
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, f"refusing to set an ACL through the symlink {path}")
+    entries = read(path)
+    if any(e.tag == tag and e.id == ident and e.perm & perm == perm for e in entries):
+        mask = next((e.perm for e in entries if e.tag == MASK), 7)
+        if mask & perm == perm:
+            return False
+    new = with_entry(entries, tag, ident, perm)
+    try:
+        os.setxattr(path, XATTR, encode(new), follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.EOPNOTSUPP:
+            raise AclUnsupported(exc.errno, f"{path}: the file system does not support POSIX ACLs") from None
+        raise
+    return True
+
+
+def effective_group_bits(path: Path) -> int:
+    """What the owning group really gets on ``path`` (0-7): the group entry, masked."""
+    entries = read(path)
+    group = next((e.perm for e in entries if e.tag == GROUP_OBJ), 0)
+    mask = next((e.perm for e in entries if e.tag == MASK), 7)
+    return group & mask
+
+
+def narrow(path: Path, mode: int) -> int | None:
+    """Take the permission bits ``mode`` lacks off ``path`` while keeping its named entries (the
+    traverse grants), and return the old effective mode when something changed, else ``None``.
+
+    Without named entries this is a plain ``chmod`` to ``current & mode``.
+    """
+    st = os.lstat(path)
+    entries = read(path)
+    named = any(e.tag in (USER, GROUP) for e in entries)
+    owner = (st.st_mode >> 6) & 7
+    group = effective_group_bits(path) if named else (st.st_mode >> 3) & 7
+    other = st.st_mode & 7
+    current = (owner << 6) | (group << 3) | other
+    wanted = current & mode
+    if wanted == current:
+        return None
+    if not named:
+        os.chmod(path, wanted)
+        return current
+    fixed = []
+    for e in entries:
+        if e.tag == USER_OBJ:
+            e = Entry(USER_OBJ, (wanted >> 6) & 7)
+        elif e.tag == GROUP_OBJ:
+            e = Entry(GROUP_OBJ, (wanted >> 3) & 7)
+        elif e.tag == OTHER:
+            e = Entry(OTHER, wanted & 7)
+        fixed.append(e)
+    base = tuple(e for e in fixed if e.tag != MASK)
+    some = next(e for e in base if e.tag in (USER, GROUP))
+    os.setxattr(path, XATTR, encode(with_entry(base, some.tag, some.id, 0)), follow_symlinks=False)
+    return current
