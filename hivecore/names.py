@@ -12,6 +12,17 @@ MANAGER_NAME = "hm1nd"
 MANAGER_AGENT = "manager"
 """The manager's broker recipient name."""
 SYSTEM_SENDER = "system"
+"""The sender of helper events to the manager and kicks to agents."""
+OPERATOR_NAME = "operator"
+"""The operator's inbox and sender name on the broker."""
+REMINDER_SENDER = "reminder"
+"""The sender of reminders (a word of the reference's broker)."""
+RESERVED_NAMES = frozenset({SYSTEM_SENDER, OPERATOR_NAME, MANAGER_AGENT, MANAGER_NAME, REMINDER_SENDER})
+"""Every sender or recipient word the daemon itself uses: none of them may name an agent (an agent
+called ``system`` would forge helper events, one called ``operator`` would read the operator's
+inbox). ``hm1nd`` is the one exception :func:`validate_name` lets through: it is the manager's own
+name (its paths, its container); spawn and request_spawn refuse it on their own ("hive-c0re creates
+it itself"). A new word the daemon starts using goes here, nowhere else."""
 MAX_AGENT_NAME = 9
 CONTAINER_PREFIX = "h-"
 """Sub-agent containers are ``h-<name>``."""
@@ -25,7 +36,8 @@ def validate_name(name: object) -> str:
     Valid: a lowercase letter, then up to 8 of ``a-z 0-9 -`` (nixos-container caps container names
     at 11 characters and sub-agents are ``h-<name>``). This excludes ``.``, ``..``, slashes, NUL and
     anything else that could escape a directory. Names starting ``h-`` are refused: their container
-    would be ``h-h-…``, which reads back as another agent's name.
+    would be ``h-h-…``, which reads back as another agent's name. The words of
+    :data:`RESERVED_NAMES` other than the manager's own ``hm1nd`` are refused: they are identities.
     """
     if not isinstance(name, str):
         raise InvalidName(f"agent name must be a string, not {type(name).__name__}")
@@ -40,7 +52,14 @@ def validate_name(name: object) -> str:
             f"invalid agent name {name!r}: it must not start with {CONTAINER_PREFIX!r} (the container "
             f"would be {CONTAINER_PREFIX + name!r}); drop the prefix"
         )
+    if name in RESERVED_NAMES and name != MANAGER_NAME:
+        raise InvalidName(_reserved(name))
     return name
+
+
+def _reserved(name: str) -> str:
+    words = ", ".join(sorted(RESERVED_NAMES))
+    return f"invalid agent name {name!r}: it is reserved for the daemon's own identities ({words})"
 
 
 def is_manager(name: str) -> bool:

@@ -55,14 +55,14 @@ import trio
 
 from actors.event_bus import EventBus
 from hivecore.errors import HiveError
-from hivecore.names import MANAGER_AGENT, MANAGER_NAME, validate_name
+from hivecore.names import MANAGER_AGENT, MANAGER_NAME, OPERATOR_NAME, validate_name
 from hivecore.store import Store
 from hivecore.wire.agent import MAX_BODY, MAX_RECV_BATCH, MAX_RECV_WAIT, Delivery
 from hivecore.wire.events import MessageDelivered, MessageSent
 
 log = logging.getLogger(__name__)
 
-OPERATOR = "operator"
+OPERATOR = OPERATOR_NAME
 BROADCAST = "*"
 INTERNAL_MAX_BODY = 64 * 1024
 """Kicks and helper events (a failed build's note can be long) may exceed the sockets' 4 KiB."""
