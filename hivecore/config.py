@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import stat
@@ -21,12 +22,28 @@ DEFAULT_ADMIN_GROUP = "hive-admin"
 
 RuntimeKind = Literal["process", "nixos"]
 DashboardAuth = Literal["token", "none"]
-LOOPBACK_HOSTS = frozenset({"localhost", "::1", "[::1]", "ip6-localhost"})
 
 
 def is_loopback(host: str) -> bool:
-    """``host`` (a dashboard bind address) reaches only this machine."""
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    """``host`` (a bind address, or the name part of a ``Host`` header) reaches only this machine.
+
+    True for a loopback IP literal (``127.0.0.1``, any of ``127.0.0.0/8``, ``::1``, ``[::1]``) and
+    for exactly ``localhost`` (any case); anything else is a name some DNS could answer, so false:
+    ``127.0.0.1.evil.example`` is a DNS-rebinding name, not a loopback address.
+    """
+    if host.lower() == "localhost":
+        return True
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return ipaddress.ip_address(literal).is_loopback
+    except ValueError:
+        return False
+
+
+AUTH_NONE_NIXOS = (
+    "--dashboard-auth none is refused with --runtime nixos: every local process, agent containers "
+    "on the host's network included, would get the operator's power; use --dashboard-auth token"
+)
 
 
 @attrs.frozen
@@ -66,6 +83,8 @@ class Config:
             raise ValueError(
                 f"--dashboard-auth none needs a loopback --dashboard-host, not {self.dashboard_host!r}"
             )
+        if self.dashboard_auth == "none" and self.runtime == "nixos":
+            raise ValueError(AUTH_NONE_NIXOS)
 
     @property
     def paths(self) -> StatePaths:

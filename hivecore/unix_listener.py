@@ -2,9 +2,9 @@
 
 :func:`open_unix_listener` never steals a live socket: when something answers on the path it
 refuses; a socket file left behind by a dead daemon is replaced; anything that is not a socket is
-left alone and refused. The socket is made ``mode`` (0660) and handed to ``group``. Its directory is
-created ``dir_mode`` (0751) when missing; an existing one is never re-moded (``--host-socket
-~/host.sock`` must not widen a home directory).
+left alone and refused. The socket is made ``mode`` (0660) and handed to ``group``. Its directory,
+and every missing one above it, is created ``dir_mode`` (0751); an existing one is never
+re-moded (``--host-socket ~/host.sock`` must not widen a home directory).
 
 Serving a listener also tames trio's accept-error log (:func:`ensure_accept_error_filter`).
 """
@@ -111,12 +111,19 @@ def resolve_group(group: str | None, *, default: str | None = None) -> int | Non
 
 
 def _prepare_dir(parent: Path, dir_mode: int) -> None:
-    """Create ``parent`` with ``dir_mode`` if it is missing; an existing directory is left as it is."""
-    try:
-        parent.mkdir(parents=True)
-    except FileExistsError:
-        return
-    os.chmod(parent, dir_mode)  # mkdir's mode is filtered by the umask
+    """Create ``parent`` and every missing directory above it with ``dir_mode``; existing ones are
+    left as they are (``mkdir -p`` would make the missing ones 0755 through the umask)."""
+    missing: list[Path] = []
+    at = parent
+    while not at.exists() and at != at.parent:
+        missing.append(at)
+        at = at.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs, left alone
+        os.chmod(directory, dir_mode)  # mkdir's mode is filtered by the umask
 
 
 def _clear_stale(path: Path) -> None:

@@ -11,6 +11,7 @@ import collections
 import errno
 import inspect
 import json
+import logging
 import mimetypes
 import os
 import re
@@ -44,6 +45,8 @@ from hivecore.wire.events import EVENT_KINDS, Event, event_to_dict
 from web import actions
 from web import snapshot as snap
 from web.auth import CSRF_HEADER, SESSION_COOKIE, Auth, Principal, ensure_token
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from hivecore.daemon import Daemon
@@ -113,6 +116,27 @@ def _sse(data: dict[str, Any], *, event_id: int | None = None) -> bytes:
 
 def _error(status: int, message: str) -> Response:
     return Response(json.dumps({"ok": False, "error": message}), status=status, mimetype="application/json")
+
+
+def _throttled(retry_after: int) -> Response:
+    resp = _error(429, f"too many failed logins from this address; retry in {retry_after} s")
+    resp.headers["Retry-After"] = str(retry_after)
+    return resp
+
+
+def _failed_login(auth: Auth, client: str) -> None:
+    """Count and log one failed login of ``client`` (its address; never what it sent)."""
+    count = auth.throttle.failed(client)
+    if count < auth.throttle.limit:
+        log.warning("dashboard: failed login from %s (%d in %g s)", client, count, auth.throttle.window)
+    elif count == auth.throttle.limit:
+        log.warning(
+            "dashboard: failed login from %s (%d in %g s): its logins are refused (429) until the "
+            "window has room",
+            client,
+            count,
+            auth.throttle.window,
+        )
 
 
 def _cut(text: str, limit: int = 40) -> str:
@@ -193,12 +217,15 @@ def daemon_app(daemon: Daemon) -> QuartTrio:
     )
 
     def login_hint(base_url: str) -> str:
+        # never the token, nor a URL holding it: logs are read by more people than the token file
         if config.dashboard_auth == "none":
-            return f"dashboard: {base_url}/ (no auth: loopback only)"
+            return f"dashboard: {base_url}/ (no auth: loopback only; every local process is the operator)"
         where = config.paths.operator_token
-        if created:
-            return f"dashboard login (first start; token also in {where}): {base_url}/login#token={token}"
-        return f"dashboard login: {base_url}/login (paste the token from {where})"
+        first = "first start: wrote the operator token to" if created else "the operator token is in"
+        return (
+            f"dashboard login: {base_url}/login ({first} {where}; "
+            f"`hive-c0re login-url --state-dir {config.state_dir} --url {base_url}` prints a login URL)"
+        )
 
     app.hive_login_hint = login_hint  # type: ignore[attr-defined]
     return app
@@ -276,7 +303,16 @@ def create_app(
             return None  # they check what they need themselves
         if auth.mode == "none" and not is_loopback(_host_name(request.host)):
             # no login: only a loopback Host, so a DNS-rebound name cannot reach the API
-            return _error(403, f"this dashboard has no auth; use it as http://127.0.0.1:{_port(request.host)}/")
+            return _error(
+                403, f"this dashboard has no auth; use it as http://127.0.0.1:{_port(request.host)}/"
+            )
+        scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+        if auth.mode == "token" and scheme.lower() == "bearer":
+            client = request.remote_addr or "?"
+            if wait := auth.throttle.retry_after(client):
+                return _throttled(wait)
+            if not auth.token_ok(bearer):
+                _failed_login(auth, client)
         who = principal()
         if _is_public(request.path) and request.method != "POST":
             return None
@@ -322,11 +358,15 @@ def create_app(
     async def login() -> Response:
         if auth.mode == "none":
             return Response(json.dumps({"ok": True, "message": "no auth on this dashboard"}), mimetype=JSON)
+        client = request.remote_addr or "?"
+        if wait := auth.throttle.retry_after(client):
+            return _throttled(wait)
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or None
         if given is None and request.mimetype == "application/x-www-form-urlencoded":
             given = (await request.form).get("token")
         sid = auth.login(given)
         if sid is None:
+            _failed_login(auth, client)
             return _error(403, "wrong operator token")
         resp = Response(json.dumps({"ok": True, "message": "logged in"}), mimetype=JSON)
         resp.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="Strict", path="/")

@@ -1,7 +1,8 @@
 """Dashboard auth: one operator token, browser sessions with a CSRF token, or a bearer header.
 
 * On the first start :func:`ensure_token` writes ``<state>/operator-token`` (0600, 256 random bits);
-  the daemon logs a login URL (``/login#token=…``: a fragment never reaches a server log).
+  the daemon logs the login page and the token file's path, never the token (``hive-c0re login-url``
+  prints ``/login#token=…`` for the operator who can read the file).
 * ``POST /login`` with the token sets ``hive_session`` (HttpOnly, SameSite=Strict, Path=/). Each
   session has its own CSRF token, handed to the page in the ``/api/state`` snapshot; every POST with
   a session must carry it (``X-CSRF-Token`` header or a ``csrf`` form field).
@@ -10,15 +11,24 @@
 * ``none`` (loopback binds only): no login, but POSTs still need the process's CSRF token, so a web
   page in the operator's browser cannot drive the daemon with a cross-site form.
 Sessions live in memory: a daemon restart logs every browser out.
+
+Failed logins (a wrong token on ``POST /login`` or in a bearer header) are logged with the client's
+address and never the secret, and counted per address by :class:`LoginThrottle`: past
+:data:`MAX_FAILED_LOGINS` in :data:`FAILED_LOGIN_WINDOW` seconds every credential from that address
+is answered 429 with ``Retry-After`` until the window has room again (sessions already open keep
+working).
 """
 
 from __future__ import annotations
 
 import collections
 import hmac
+import math
 import os
 import secrets
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +42,12 @@ MAX_SESSIONS = 256
 """Oldest sessions are dropped past this many (a login loop cannot grow memory)."""
 TOKEN_BYTES = 32
 MIN_TOKEN_CHARS = 16
+MAX_FAILED_LOGINS = 5
+"""Failed logins one client address may make per :data:`FAILED_LOGIN_WINDOW`."""
+FAILED_LOGIN_WINDOW = 60.0
+"""Seconds a failed login counts against its address."""
+MAX_THROTTLED_CLIENTS = 4096
+"""Addresses tracked at once (the oldest are forgotten first): a spray of addresses cannot grow memory."""
 
 
 def ensure_token(path: Path) -> tuple[str, bool]:
@@ -79,6 +95,7 @@ class Auth:
     token: str | None
     _sessions: collections.OrderedDict[str, str] = attrs.field(factory=collections.OrderedDict)
     _open_csrf: str = attrs.field(factory=lambda: secrets.token_urlsafe(TOKEN_BYTES))
+    throttle: LoginThrottle = attrs.field(factory=lambda: LoginThrottle())
 
     def token_ok(self, given: str | None) -> bool:
         if self.token is None or given is None:
@@ -126,3 +143,54 @@ class Auth:
         if want is None or given is None:
             return False
         return hmac.compare_digest(given.encode("utf-8", "replace"), want.encode())
+
+
+class LoginThrottle:
+    """Failed logins per client address, in a sliding window (pure: the clock is injected).
+
+    :meth:`retry_after` is the seconds until ``client`` may try again (0: now); :meth:`failed`
+    records one failure and says whether it is the first one past the limit (log that one, not the
+    rest). Plain state changed only in synchronous code: no lock needed on the trio thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int = MAX_FAILED_LOGINS,
+        window: float = FAILED_LOGIN_WINDOW,
+        max_clients: int = MAX_THROTTLED_CLIENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_clients = max_clients
+        self.clock = clock
+        self._failures: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
+
+    def _recent(self, client: str) -> collections.deque[float]:
+        times = self._failures.get(client)
+        if times is None:
+            return collections.deque()
+        cutoff = self.clock() - self.window
+        while times and times[0] <= cutoff:
+            times.popleft()
+        if not times:
+            del self._failures[client]
+        return times
+
+    def retry_after(self, client: str) -> int:
+        """Whole seconds (at least 1) until ``client`` may present a credential again; 0 if it may now."""
+        times = self._recent(client)
+        if len(times) < self.limit:
+            return 0
+        return max(1, math.ceil(times[-self.limit] + self.window - self.clock()))
+
+    def failed(self, client: str) -> int:
+        """Count one failed login of ``client``; how many it made in the window, this one included."""
+        times = self._recent(client)
+        times.append(self.clock())
+        self._failures[client] = times
+        self._failures.move_to_end(client)
+        while len(self._failures) > self.max_clients:
+            self._failures.popitem(last=False)
+        return len(times)

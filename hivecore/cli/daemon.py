@@ -147,7 +147,45 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level (default INFO)",
     )
+    login = sub.add_parser(
+        "login-url",
+        help="print a dashboard login URL (reads the operator token; the daemon never logs it)",
+        description="Print http://…/login#token=… for the operator who can read <state-dir>/operator-token "
+        "(the token sits in the URL's fragment, which a browser never sends to a server).",
+    )
+    login.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/hyperhive") if nixos else Path("hive-state"),
+        help="the daemon's --state-dir (default: /var/lib/hyperhive on NixOS, else ./hive-state)",
+    )
+    login.add_argument(
+        "--url",
+        default="http://127.0.0.1:7000",
+        help="the dashboard's address (default http://127.0.0.1:7000)",
+    )
     return parser
+
+
+def login_url(state_dir: Path, base_url: str) -> str:
+    """``<base_url>/login#token=<token>`` from ``<state_dir>/operator-token`` (never through a symlink).
+
+    Raises :class:`HiveError` naming the file when it cannot be read (missing: the daemon writes it
+    on its first start; not permitted: run as the operator, root under the NixOS module).
+    """
+    path = state_dir / "operator-token"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise HiveError(
+            f"cannot read the operator token {path}: {exc.strerror or exc} (the daemon writes it on its "
+            "first start; only the operator who can read it gets a login URL)"
+        ) from None
+    with os.fdopen(fd, "rb") as f:
+        token = f.read(4096).decode("utf-8", "replace").strip()
+    if not token or not token.isascii() or not token.isprintable():
+        raise HiveError(f"the operator token {path} is malformed; delete it and restart the daemon")
+    return f"{base_url.rstrip('/')}/login#token={token}"
 
 
 def _default_group() -> str | None:
@@ -161,7 +199,7 @@ def _default_group() -> str | None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    from hivecore.config import Config, is_loopback
+    from hivecore.config import AUTH_NONE_NIXOS, Config, is_loopback
 
     if not 0 <= args.dashboard_port <= 65535:
         raise HiveError(f"--dashboard-port {args.dashboard_port} is not a port number")
@@ -172,6 +210,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             f"--dashboard-auth none is only allowed with a loopback --dashboard-host, not "
             f"{args.dashboard_host!r}: anyone who reaches the port could run every operator action"
         )
+    if args.dashboard_auth == "none" and args.runtime == "nixos":
+        raise HiveError(AUTH_NONE_NIXOS)
     return Config(
         state_dir=args.state_dir.absolute(),
         runtime=args.runtime,
@@ -217,12 +257,19 @@ async def serve(config: Config) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-") and argv[0] != "serve":
+    if argv and not argv[0].startswith("-") and argv[0] not in ("serve", "login-url"):
         # the original's admin client lives in the same binary: `hive-c0re list`, `hive-c0re spawn x`
         from hivecore.cli import hivectl
 
         return hivectl.main(argv)
     args = build_parser().parse_args(argv)
+    if args.command == "login-url":
+        try:
+            print(login_url(args.state_dir, args.url))
+        except HiveError as exc:
+            print(f"hive-c0re: {exc}", file=sys.stderr)
+            return 1
+        return 0
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config: Config | None = None
     try:
