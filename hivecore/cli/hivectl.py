@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
+from hivecore.cli.terminal import escape, escape_json
 from hivecore.sockets.client import Unreachable, exchange
 from hivecore.wire.lines import HOST_SOCK_VERSION, request_line
 
@@ -77,14 +78,16 @@ def _check_version(answer: Response) -> None:
 
 
 def _err(message: str) -> None:
-    print(f"hivectl: {message}", file=sys.stderr)
+    print(f"hivectl: {escape(message)}", file=sys.stderr)  # errors quote agent-supplied text
 
 
 # --- rendering ---------------------------------------------------------------------------------------
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell (the last one is not padded)."""
+    """Columns padded to their widest cell (the last one is not padded); cells are escaped
+    (:mod:`hivecore.cli.terminal`): they hold agent-supplied text."""
+    rows = [[escape(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = []
     for row in [list(headers), *rows]:
@@ -324,6 +327,7 @@ WATCH_WIDTHS = (8, 10, 7, 6, 13, 12, 9)
 
 def watch_line(cells: Sequence[str]) -> str:
     """A fixed-width row for ``watch`` (rows arrive one at a time, so widths cannot be measured)."""
+    cells = [escape(c) for c in cells]
     padded = [c.ljust(w) for c, w in zip(cells, WATCH_WIDTHS, strict=False)]
     return "  ".join([*padded, *cells[len(WATCH_WIDTHS) :]]).rstrip()
 
@@ -336,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
     timeout = None if watching else args.timeout
     for n, (raw, answer) in enumerate(answers(path, request, timeout)):
         if as_json:
-            print(raw.decode(errors="replace"), flush=watching)
+            print(escape_json(raw.decode(errors="replace")), flush=watching)
         if not answer["ok"]:
             if not as_json:
                 _err(str(answer.get("error") or "refused (no reason given)"))
@@ -349,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
             for row in answer.get("agent_statuses") or []:
                 print(watch_line([time.strftime("%H:%M:%S"), *status_cells(row)]), flush=True)
         elif request.cmd == "list":
-            print("\n".join(answer.get("agents") or []) or "no agents")
+            print("\n".join(escape(str(a)) for a in answer.get("agents") or []) or "no agents")
         elif request.cmd == "agent_status":
             print(render_status(answer, args.names))
         elif request.cmd == "pending":
