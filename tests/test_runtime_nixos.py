@@ -391,3 +391,52 @@ def test_logical_name() -> None:
     assert logical_name("hive-forge") is None
     assert logical_name("h-") is None
     assert logical_name("h-../x") is None
+
+
+# --- bind sources are never followed through a link (issue 14, finding 11) ----------------------------
+
+LINKED_SOURCES = [
+    # (agent, the entry the manager swaps for a link, relative to the state dir / runtime dir)
+    ("alpha", "state", "agents/alpha/claude"),
+    ("alpha", "state", "agents/alpha/state"),
+    ("alpha", "state", "agents/alpha"),  # the agent's whole dir: the manager owns /agents
+    ("alpha", "run", "agents/alpha"),  # the socket dir
+    ("alpha", "run", "agents"),
+    ("alpha", "state", "applied/alpha"),  # read-only, but a link would still expose its target
+    ("hm1nd", "state", "agents/hm1nd/claude"),
+    ("hm1nd", "state", "agents/hm1nd"),
+    ("hm1nd", "run", "manager"),
+    ("hm1nd", "state", "meta"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "base", "entry"), LINKED_SOURCES, ids=[f"{n}:{e}" for n, _, e in LINKED_SOURCES]
+)
+async def test_a_linked_bind_source_is_refused(
+    runtime: NixosRuntime, stub: Stub, tmp_path: Path, name: str, base: str, entry: str
+) -> None:
+    container = "hm1nd" if name == "hm1nd" else f"h-{name}"
+    stub.set("containers", container)
+    (stub.state / "applied" / name).mkdir(parents=True)
+    (stub.state / "meta").mkdir(parents=True)
+    await runtime.start(name)  # a clean start creates the owned sources
+    assert stub.calls()[-1] == f"nixos-container start {container}"
+    # the manager replaces one entry with a link to a host directory it wants inside a container
+    secret = tmp_path / "host-secret"
+    secret.mkdir()
+    (secret / "shadow").write_text("root:x")
+    victim = (stub.state if base == "state" else stub.run) / entry
+    victim.rename(victim.with_name(victim.name + ".moved"))
+    victim.symlink_to(secret)
+    before = len(stub.calls())
+    with pytest.raises(RuntimeFailure, match=r"refusing to bind .* is a symlink"):
+        await runtime.start(name)
+    assert not any(c.startswith("nixos-container start") for c in stub.calls()[before:])
+    assert sorted(p.name for p in secret.iterdir()) == ["shadow"]  # nothing created through the link
+    # the same for a file planted where a directory belongs
+    victim.unlink()
+    victim.write_text("not a dir")
+    with pytest.raises(RuntimeFailure, match="not a directory"):
+        await runtime.start(name)
+    assert not any(c.startswith("nixos-container start") for c in stub.calls()[before:])

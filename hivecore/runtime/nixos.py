@@ -29,7 +29,11 @@ Host-side reconcile (reference §4.1: "rebuild is the reconcile verb"; also done
 reboot, which empties ``/run``, or a daemon upgrade never starts a container with stale host state):
 
 1. the bind sources the daemon owns exist (created if missing): the agent's ``state`` and ``claude``
-   dirs and its socket dir; a missing read-only source (applied repo, meta) is logged;
+   dirs and its socket dir; a missing read-only source (applied repo, meta) is logged. Every source
+   is walked from a daemon-owned root one component at a time without following a link
+   (:mod:`hivecore.agentfs`): the manager has ``/agents`` read-write, so ``agents/<n>/claude`` (or
+   ``agents/<n>`` itself) may have been swapped for a link to a host directory; such a source is
+   refused (:class:`~hivecore.errors.RuntimeFailure`) and the container is not started;
 2. ``<conf_dir>/<c>.conf`` (``/etc/nixos-containers``): :func:`render_conf` (``PRIVATE_NETWORK=0``,
    addresses cleared, ``EXTRA_NSPAWN_FLAGS`` = :func:`container_binds`, every other line kept);
 3. ``<unit_dir>/container@<c>.service.d/hive-resources.conf``: ``MemoryMax=``/``CPUQuota=``
@@ -46,13 +50,14 @@ import contextlib
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import attrs
 import trio
 
-from hivecore import proc
+from hivecore import agentfs, proc
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError, RuntimeFailure
 from hivecore.limits import DEFAULT_CPU_QUOTA, DEFAULT_MEMORY_MAX, validate_cpu_quota, validate_memory_max
@@ -107,13 +112,22 @@ def sanitize_conf(text: str) -> str:
 
 @attrs.frozen
 class Bind:
-    """One ``--bind``/``--bind-ro`` of a container: host ``source`` at ``target`` inside it."""
+    """One ``--bind``/``--bind-ro`` of a container: host ``root/parts…`` at ``target`` inside it.
 
-    source: Path
+    ``root`` is the daemon's own directory (trusted); ``parts`` are the components below it, which a
+    hostile manager or agent may have replaced: they are walked without following links.
+    """
+
+    root: Path
+    parts: tuple[str, ...]
     target: str
     read_only: bool = False
     owned: bool = True
     """The daemon creates ``source`` if it is missing (state, creds, socket dirs); else only checks."""
+
+    @property
+    def source(self) -> Path:
+        return self.root.joinpath(*self.parts)
 
     @property
     def flag(self) -> str:
@@ -141,19 +155,22 @@ def container_binds(name: str, paths: StatePaths, runtime_dir: Path) -> tuple[Bi
     original.
     """
     name = validate_name(name)
+    agents = paths.agents  # agent_state(n) and agent_claude(n) are agents/<n>/state and …/claude
     if name == MANAGER_NAME:
         return (
-            Bind(paths.agents, "/agents"),
-            Bind(paths.agent_claude(name), "/root/.claude"),
-            Bind(runtime_dir / "manager", "/run/hive"),
-            Bind(paths.applied_root, "/applied", read_only=True, owned=False),
-            Bind(paths.meta, "/meta", read_only=True, owned=False),
+            Bind(agents.parent, (agents.name,), "/agents"),
+            Bind(agents, (name, "claude"), "/root/.claude"),
+            Bind(runtime_dir, ("manager",), "/run/hive"),
+            Bind(
+                paths.applied_root.parent, (paths.applied_root.name,), "/applied", read_only=True, owned=False
+            ),
+            Bind(paths.meta.parent, (paths.meta.name,), "/meta", read_only=True, owned=False),
         )
     return (
-        Bind(paths.agent_state(name), f"/agents/{name}/state"),
-        Bind(paths.agent_claude(name), "/root/.claude"),
-        Bind(runtime_dir / "agents" / name, "/run/hive"),
-        Bind(paths.applied(name), f"/agents/{name}/applied.git", read_only=True, owned=False),
+        Bind(agents, (name, "state"), f"/agents/{name}/state"),
+        Bind(agents, (name, "claude"), "/root/.claude"),
+        Bind(runtime_dir, ("agents", name), "/run/hive"),
+        Bind(paths.applied_root, (name,), f"/agents/{name}/applied.git", read_only=True, owned=False),
     )
 
 
@@ -325,21 +342,67 @@ class NixosRuntime:
 
     @staticmethod
     def _prepare_source(bind: Bind, container: str) -> None:
-        if bind.source.is_dir():
-            return
-        if not bind.owned:
+        """Make sure ``bind``'s source is a real directory reached without a link (module doc, 1.).
+
+        Raises :class:`RuntimeFailure` when a component below the root is a symlink or not a
+        directory, or an owned source cannot be created; a missing read-only source is logged.
+        """
+        mode = SOCKET_DIR_MODE if bind.target == "/run/hive" else 0o700
+        try:
+            if bind.owned:
+                bind.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(bind.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1
+        except OSError as e:
+            raise RuntimeFailure(f"cannot create {bind.root} (bound into {container}): {e}") from e
+        try:
+            for i, part in enumerate(bind.parts):
+                if fd < 0:
+                    break
+                last = i == len(bind.parts) - 1
+                kind = agentfs.entry_mode(fd, part)
+                if kind is None and bind.owned:
+                    try:
+                        os.mkdir(part, mode if last else SOCKET_DIR_MODE, dir_fd=fd)
+                    except FileExistsError:
+                        pass  # made meanwhile: checked below like any other entry
+                    except OSError as e:
+                        raise RuntimeFailure(
+                            f"cannot create {bind.source} (bound into {container}): {e}"
+                        ) from e
+                    kind = agentfs.entry_mode(fd, part)
+                if kind is None:
+                    os.close(fd)
+                    fd = -1
+                    break
+                if not stat.S_ISDIR(kind):
+                    what = "a symlink" if stat.S_ISLNK(kind) else "not a directory"
+                    at = bind.root.joinpath(*bind.parts[: i + 1])
+                    raise RuntimeFailure(
+                        f"refusing to bind {bind.source} into {container}: {at} is {what} "
+                        "(bind sources are never followed through links; remove it and retry)"
+                    )
+                try:
+                    child = os.open(
+                        part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                    )
+                except OSError as e:  # swapped between the check and the open
+                    raise RuntimeFailure(
+                        f"refusing to bind {bind.source} into {container}: {part} changed under us ({e})"
+                    ) from e
+                os.close(fd)
+                fd = child
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if fd < 0 and not bind.owned:
             log.warning(
                 "%s: %s (bound at %s) is missing; the container will not start",
                 container,
                 bind.source,
                 bind.target,
             )
-            return
-        mode = SOCKET_DIR_MODE if bind.target == "/run/hive" else 0o700
-        try:
-            bind.source.mkdir(mode=mode, parents=True, exist_ok=True)
-        except OSError as e:
-            raise RuntimeFailure(f"cannot create {bind.source} (bound into {container}): {e}") from e
 
     def sanitize_conf_file(self, container: str) -> None:
         """Apply :func:`sanitize_conf` to ``<conf_dir>/<container>.conf`` (atomically, keeping its mode)."""
