@@ -1,9 +1,8 @@
 """The per-agent sockets actor: one ``<runtime-dir>/agents/<n>/mcp.sock`` per existing agent.
 
 It observes the views actor: a row appearing binds that agent's socket, a row removed (the agent
-was destroyed) unbinds it and removes ``<runtime-dir>/agents/<n>/`` when nothing else is left in it
-(under the process runtime the default runtime dir is ``<state>/run``, whose ``agents/<n>/`` also
-holds the runtime's pidfile and log; those belong to the runtime, which removes them on destroy).
+was destroyed) unbinds it and removes ``<runtime-dir>/agents/<n>/``. This actor is that directory's
+only writer; the process runtime keeps its files apart, in ``<state>/run/process/<n>/``.
 The manager has no agent socket: it uses the manager socket.
 
 The observer callback runs synchronously inside the views actor; it only queues the change on an
@@ -153,7 +152,7 @@ class AgentSockets:
             directory.rmdir()
         except FileNotFoundError:
             pass
-        except OSError as exc:  # not empty: the runtime's files (it removes them itself)
-            log.debug("agent socket dir for %s kept: %s", name, exc)
+        except OSError as exc:  # not empty: something planted there; left for the operator
+            log.warning("agent socket dir for %s kept: %s", name, exc)
         except Exception as exc:  # a refused path (planted symlink)
             log.warning("agent socket dir for %s not removed: %s", name, exc)

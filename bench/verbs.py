@@ -405,7 +405,7 @@ def main() -> None:
         trio.run(run, roots, sse_roots, args.reps, args.rounds, parts)
     finally:
         for root in tmp:
-            kill_everything_under(root / "run" / "agents")
+            kill_everything_under(root / "run" / "process")
             shutil.rmtree(root, ignore_errors=True)
 
 

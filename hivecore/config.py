@@ -127,8 +127,8 @@ class Config:
 ROOT_MODE = 0o750
 """The state root and ``run/``: owner, plus the admin socket's group when the socket is inside."""
 PRIVATE_MODE = 0o700
-"""``db/``, ``agents/``, ``applied/``, ``run/agents/``: the daemon's alone (agents reach their own
-directories through bind mounts, never through these)."""
+"""``db/``, ``agents/``, ``applied/``, ``run/agents/``, ``run/process/``: the daemon's alone (agents
+reach their own directories through bind mounts, never through these)."""
 
 
 @attrs.frozen
@@ -173,7 +173,13 @@ class StatePaths:
 
     @property
     def run_agents(self) -> Path:
+        """``run/agents``: the agent sockets' root under the default runtime dir (``<n>/mcp.sock``)."""
         return self.run / "agents"
+
+    @property
+    def run_process(self) -> Path:
+        """``run/process``: the process runtime's own directory; nothing else writes below it."""
+        return self.run / "process"
 
     @property
     def lock_file(self) -> Path:
@@ -195,7 +201,8 @@ class StatePaths:
         return child_path(self.applied_root, name)
 
     def agent_run(self, name: str) -> Path:
-        return child_path(self.run_agents, name)
+        """``run/process/<name>``: the process runtime's files of one agent (pid, spec, logs)."""
+        return child_path(self.run_process, name)
 
     def create_layout(self) -> None:
         """Create the layout, or tighten an existing one: nothing here is for group or others to read.
@@ -210,6 +217,7 @@ class StatePaths:
             _ensure_dir(d, PRIVATE_MODE)
         _ensure_dir(self.run, ROOT_MODE, gid)
         _ensure_dir(self.run_agents, PRIVATE_MODE)
+        _ensure_dir(self.run_process, PRIVATE_MODE)
 
 
 def _ensure_dir(path: Path, mode: int, gid: int | None = None) -> None:

@@ -41,7 +41,7 @@ def state_dir() -> Iterator[Path]:
     try:
         yield path
     finally:
-        kill_everything_under(path / "run" / "agents")
+        kill_everything_under(path / "run" / "process")
         shutil.rmtree(path, ignore_errors=True)
 
 

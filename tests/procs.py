@@ -76,16 +76,16 @@ def dead(pid: int) -> bool:
     return st is None or st.state == "Z"
 
 
-def kill_everything_under(run_agents: Path) -> None:
-    """SIGKILL every process group recorded in ``<run_agents>/*/pid`` and every process whose
-    command line names ``run_agents`` (a shim whose pidfile was not written yet); reap our children."""
+def kill_everything_under(run_process: Path) -> None:
+    """SIGKILL every process group recorded in ``<run_process>/*/pid`` and every process whose
+    command line names ``run_process`` (a shim whose pidfile was not written yet); reap our children."""
     pids: set[int] = set()
-    if not run_agents.is_dir():
+    if not run_process.is_dir():
         return
-    for pidfile in run_agents.glob("*/pid"):
+    for pidfile in run_process.glob("*/pid"):
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             pids.add(int(json.loads(pidfile.read_text())["pid"]))
-    marker = str(run_agents).encode()
+    marker = str(run_process).encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):

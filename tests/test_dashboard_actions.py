@@ -314,7 +314,7 @@ def test_disk_warnings_levels(tmp_path: Path) -> None:
 async def test_the_log_tail_reads_agent_log_and_never_a_symlink(hive: Daemon) -> None:
     await hive.coordinator.spawn("coder")
     await hive.coordinator.stop("coder")  # its shim writes agent.log no more
-    run_dir = hive.config.paths.run_agents / "coder"
+    run_dir = hive.config.paths.agent_run("coder")
     (run_dir / "agent.log").write_text("line one\nline two\n")
     status, _, body = await http(hive, "GET", "/api/logs/coder", headers=AUTH)
     assert status == 200

@@ -24,11 +24,19 @@ def mode(path: Path) -> int:
 def layout_modes(p: StatePaths) -> dict[str, int]:
     return {
         str(d.relative_to(p.root)): mode(d)
-        for d in (p.root, p.db.parent, p.agents, p.applied_root, p.run, p.run_agents)
+        for d in (p.root, p.db.parent, p.agents, p.applied_root, p.run, p.run_agents, p.run_process)
     }
 
 
-PRIVATE = {".": 0o750, "db": 0o700, "agents": 0o700, "applied": 0o700, "run": 0o750, "run/agents": 0o700}
+PRIVATE = {
+    ".": 0o750,
+    "db": 0o700,
+    "agents": 0o700,
+    "applied": 0o700,
+    "run": 0o750,
+    "run/agents": 0o700,
+    "run/process": 0o700,
+}
 
 
 def test_a_fresh_layout_is_closed_to_others(tmp_path: Path) -> None:
@@ -45,16 +53,26 @@ def test_an_existing_wide_layout_is_tightened_and_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     paths = StatePaths(tmp_path / "state")
-    for d in (paths.db.parent, paths.agents / "coder" / "state", paths.applied_root, paths.run_agents):
+    for d in (paths.db.parent, paths.agents / "coder" / "state", paths.applied_root):
         d.mkdir(parents=True)
-    for d in (paths.root, paths.db.parent, paths.agents, paths.applied_root, paths.run, paths.run_agents):
+    for d in (paths.run_agents, paths.run_process):
+        d.mkdir(parents=True)
+    for d in (
+        paths.root,
+        paths.db.parent,
+        paths.agents,
+        paths.applied_root,
+        paths.run,
+        paths.run_agents,
+        paths.run_process,
+    ):
         d.chmod(0o755)
     note = paths.agents / "coder" / "state" / "notes.md"
     note.write_text("private")
     with caplog.at_level(logging.WARNING, logger="hivecore.config"):
         paths.create_layout()
     assert layout_modes(paths) == PRIVATE
-    assert len([r for r in caplog.records if "was 0o755; now" in r.getMessage()]) == 6
+    assert len([r for r in caplog.records if "was 0o755; now" in r.getMessage()]) == 7
     assert note.read_text() == "private"  # contents untouched
     caplog.clear()
     paths.create_layout()  # already tight: nothing to say
@@ -114,4 +132,5 @@ async def test_a_serving_daemon_keeps_its_state_private(hive: Daemon) -> None:
     assert mode(p.db) == 0o600
     # everything the process runtime writes sits below a directory only the daemon can open
     assert any(p.agent_run("coder").iterdir())
-    assert mode(p.run_agents) == 0o700
+    assert p.agent_run("coder").parent == p.run_process
+    assert mode(p.run_process) == 0o700

@@ -56,10 +56,10 @@ async def ask(state_dir: Path, req: dict[str, Any], timeout: float = 30) -> dict
     return answer
 
 
-def processes_under(run_agents: Path) -> dict[str, set[int]]:
+def processes_under(run_process: Path) -> dict[str, set[int]]:
     """Live (non-zombie) processes whose command line names an agent's run dir, by agent."""
     out: dict[str, set[int]] = {}
-    marker = str(run_agents) + "/"
+    marker = str(run_process) + "/"
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -142,7 +142,7 @@ async def test_sigkill_mid_verb_then_restart_is_consistent(
         if "coder" not in rows and verb != "purge":
             assert "coder" in tombstones
         # no orphans: only running agents have processes, at most one shim group each
-        procs = processes_under(state_dir / "run" / "agents")
+        procs = processes_under(state_dir / "run" / "process")
         assert set(procs) <= {n for n, r in rows.items() if r["running"]}, (procs, rows)
         # and the agent is manageable again
         if "coder" in rows:

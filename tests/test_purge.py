@@ -7,9 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import trio
 
+from hivecore.daemon import Daemon
 from hivecore.errors import HiveError, InvalidName, Refused
 from tests.conftest import Parts
+from tests.procs import eventually
 
 
 def snapshot(root: Path) -> set[str]:
@@ -21,6 +24,8 @@ async def with_tombstone(parts: Parts) -> Parts:
     await parts.coordinator.spawn("old")
     await parts.coordinator.destroy("old")
     await parts.coordinator.spawn("live")
+    # the live agent's shim opens its log on its own time: let it, before anyone snapshots the tree
+    await eventually(lambda: (parts.config.paths.agent_run("live") / "agent.log").exists())
     return parts
 
 
@@ -89,3 +94,36 @@ async def test_purge_deletes_the_tombstone_and_emits_the_full_list(with_tombston
     assert [t.name for t in event.tombstones] == ["other"]  # type: ignore[attr-defined]
     assert not (p.config.paths.agents / "old").exists()
     assert p.config.paths.agent_dir("live").is_dir()
+
+
+async def test_destroy_purge_never_fails_on_a_race_with_probes(hive: Daemon) -> None:
+    """Issue 15: ``run/agents/<n>/`` had two owners (the runtime's files and the agent socket) and the
+    run dir's removal did not hold the probes' lock, so ``destroy`` failed now and then (``Directory
+    not empty``, ``FileNotFoundError: 'mcp.sock'``). Many spawn/destroy --purge cycles while runtime
+    probes, rescans and the agent socket's bind/unbind run beside them: every one succeeds and leaves
+    nothing behind (it failed within 2 cycles before the split)."""
+    paths = hive.config.paths
+    name = "racer"
+    probes = 0
+
+    async def probe_forever() -> None:
+        nonlocal probes
+        while True:
+            await hive.runtime.list()
+            await hive.views.rescan([name])
+            probes += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(probe_forever)
+        for _ in range(10):
+            await hive.coordinator.spawn(name)
+            await eventually(lambda: hive.config.agent_socket_path(name).is_socket())
+            await hive.coordinator.destroy(name, purge=True)
+            assert not paths.agent_run(name).exists()
+            assert not paths.agent_dir(name).exists()
+            assert not paths.applied(name).exists()
+            await eventually(lambda: not hive.config.agent_socket_dir(name).exists())
+        nursery.cancel_scope.cancel()
+    assert probes > 0
+    assert list(paths.run_process.iterdir()) == []

@@ -50,7 +50,7 @@ def runtime(paths: StatePaths) -> Iterator[ProcessRuntime]:
         # generous: a graceful stop's outcome must not depend on how loaded the machine is
         yield ProcessRuntime(paths, stop_timeout=10)
     finally:
-        kill_everything_under(paths.run_agents)
+        kill_everything_under(paths.run_process)
 
 
 def open_pidfds() -> int:

@@ -54,7 +54,7 @@ def runtime(paths: StatePaths) -> Iterator[ProcessRuntime]:
         # generous: a graceful stop's outcome must not depend on how loaded the machine is
         yield ProcessRuntime(paths, stop_timeout=10)
     finally:
-        kill_everything_under(paths.run_agents)
+        kill_everything_under(paths.run_process)
 
 
 async def test_create_start_two_agents(runtime: ProcessRuntime, paths: StatePaths) -> None:
@@ -281,7 +281,7 @@ async def test_shim_rotates_agent_log(paths: StatePaths) -> None:
         await rt.start("chatty")
         await wait_for(rt, "chatty", lambda s: s.exit_status == 0)
     finally:
-        kill_everything_under(paths.run_agents)
+        kill_everything_under(paths.run_process)
     rundir = paths.agent_run("chatty")
     assert (rundir / "agent.log.3").exists()
     assert not (rundir / "agent.log.4").exists()
@@ -308,10 +308,10 @@ async def test_errors_and_validation(
         await runtime.start("alpha")
     await runtime.create(AgentSpec(name="alpha", command=SLEEP, env=ENV))
 
-    bad = paths.run_agents / "Not_Valid"
+    bad = paths.run_process / "Not_Valid"
     bad.mkdir()
     (bad / "spec.json").write_text("{}")
-    (paths.run_agents / "nospec").mkdir()
+    (paths.run_process / "nospec").mkdir()
     with caplog.at_level(logging.WARNING):
         assert set(await runtime.list()) == {"alpha"}
     assert "Not_Valid" in caplog.text

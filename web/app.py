@@ -83,11 +83,11 @@ def _any_stale(coordinator: Coordinator, views: list[ContainerView]) -> bool:
     return any(v.needs_update for v in views)
 
 
-def _tail(run_agents: Path, name: str, lines: int) -> list[str]:
-    """The last ``lines`` lines of ``run/agents/<name>/agent.log``, no symlink followed anywhere below
-    ``run/agents``, a FIFO never blocked on, at most :data:`LOG_TAIL_BYTES` read."""
+def _tail(run_process: Path, name: str, lines: int) -> list[str]:
+    """The last ``lines`` lines of ``run/process/<name>/agent.log``, no symlink followed anywhere below
+    ``run/process``, a FIFO never blocked on, at most :data:`LOG_TAIL_BYTES` read."""
     try:
-        dir_fd = agentfs.open_dir(run_agents, name)
+        dir_fd = agentfs.open_dir(run_process, name)
     except FileNotFoundError:
         return []
     try:
@@ -429,7 +429,7 @@ def create_app(
         if valid not in coordinator.views():
             return _error(404, f'agent "{valid}" is not managed by this hive')
         try:
-            lines = await trio.to_thread.run_sync(_tail, paths.run_agents, valid, LOG_LINES)
+            lines = await trio.to_thread.run_sync(_tail, paths.run_process, valid, LOG_LINES)
         except OSError as exc:
             return _error(409, f"cannot read the log of {valid}: {exc.strerror or exc}")
         return Response(json.dumps({"ok": True, "name": valid, "lines": lines}), mimetype=JSON)

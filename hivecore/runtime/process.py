@@ -1,6 +1,7 @@
 """The embedded process runtime: each agent is a detached process group under a shim.
 
-On disk, per agent, under ``<state>/run/agents/<name>/``:
+On disk, per agent, under ``<state>/run/process/<name>/`` (the runtime's alone: the agent's socket
+lives elsewhere, in ``<runtime-dir>/agents/<name>/``):
 
 ``spec.json``
     The command and environment to run (written by ``create``/``update``). Its presence is what makes
@@ -95,9 +96,10 @@ _BLOCKED_UNTIL_SHIM_READY = (signal.SIGTERM, signal.SIGINT)
 """The shim starts with these blocked and unblocks them once its forwarding handlers are installed."""
 
 _RUNDIR_LOCK = threading.RLock()
-"""Held (in worker threads) while reaping a shim and recording its exit status, and while ``start``
-replaces a run's files: a probe in one thread must not write the old run's ``exit_status`` after a
-``start`` in another has cleared it for the new run."""
+"""Held (in worker threads) while reaping a shim and recording its exit status, while ``start``
+replaces a run's files and while ``destroy`` removes the run dir: a probe in one thread must not write
+the old run's ``exit_status`` after a ``start`` in another has cleared it for the new run, nor into a
+directory being removed."""
 
 
 def default_agent_spec(paths: StatePaths, name: str, *, extra_env: Mapping[str, str] = _NO_ENV) -> AgentSpec:
@@ -278,22 +280,24 @@ class ProcessRuntime:
         self._write_spec(rundir, spec)
 
     def _remove_rundir(self, name: str) -> bool:
+        # under the lock a probe holds while it reaps and records an exit status in this directory
         rundir = self._rundir(name)
-        if not rundir.exists():
-            return False
-        shutil.rmtree(rundir)
+        with _RUNDIR_LOCK:
+            if not rundir.exists():
+                return False
+            shutil.rmtree(rundir)
         return True
 
     def _candidates(self, names: Collection[str] | None) -> tuple[str, ...]:
         """The valid names to probe, sorted: ``names``, or every entry of the run-agents dir."""
         if names is None:
             try:
-                entries = os.listdir(self._paths.run_agents)
+                entries = os.listdir(self._paths.run_process)
             except FileNotFoundError:
                 return ()
             for entry in entries:
                 if not _valid_name(entry):
-                    log.warning("ignoring %s: not a valid agent name", self._paths.run_agents / entry)
+                    log.warning("ignoring %s: not a valid agent name", self._paths.run_process / entry)
         elif isinstance(names, str):
             raise TypeError("names must be a collection of names, not one name")
         else:
@@ -302,7 +306,7 @@ class ProcessRuntime:
 
     def _probe_all(self, names: Collection[str]) -> dict[str, AgentRuntimeState]:
         """Blocking: probe each (valid) name that is an agent, i.e. has a run dir with a ``spec.json``."""
-        root = self._paths.run_agents
+        root = self._paths.run_process
         states = {}
         for name in names:
             rundir = root / name
