@@ -16,6 +16,7 @@ import trio
 from hivecore.runtime.base import AgentRuntimeState, AgentSpec
 from hivecore.runtime.process import ProcessRuntime
 from hivecore.runtime.shim import group_members, read_proc_stat
+from tests.waiting import eventually
 
 ENV = {"PATH": os.environ.get("PATH", os.defpath)}
 SLEEP = ("sleep", "60")
@@ -26,22 +27,18 @@ def stubborn(ready: Path) -> tuple[str, ...]:
     return ("sh", "-c", 'trap "" TERM; : > "$1"; while :; do sleep 0.05; done', "stubborn", str(ready))
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``check`` until it holds: other processes' files and /proc give us no event to wait on."""
-    with trio.fail_after(timeout):
-        while not check():  # noqa: ASYNC110 (see the docstring)
-            await trio.sleep(0.01)
-
-
 async def wait_for(
-    rt: ProcessRuntime, name: str, check: Callable[[AgentRuntimeState], bool], timeout: float = 5.0
+    rt: ProcessRuntime, name: str, check: Callable[[AgentRuntimeState], bool], timeout: float = 20.0
 ) -> AgentRuntimeState:
-    with trio.fail_after(timeout):
-        while True:
-            state = (await rt.list())[name]
-            if check(state):
-                return state
-            await trio.sleep(0.02)
+    """The agent's runtime state once ``check`` holds for it (polled: /proc gives no event)."""
+    seen: list[AgentRuntimeState] = []
+
+    async def holds() -> bool:
+        seen.append(state := (await rt.list())[name])
+        return check(state)
+
+    await eventually(holds, timeout, what=f"{name}: {check}")
+    return seen[-1]
 
 
 async def started(rt: ProcessRuntime, name: str, command: tuple[str, ...] = SLEEP) -> AgentRuntimeState:

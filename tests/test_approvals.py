@@ -23,6 +23,7 @@ from hivecore.kick import REASON_CONFIG_APPLIED
 from hivecore.models import Approval
 from hivecore.repos import clean_env
 from tests.conftest import Parts
+from tests.waiting import eventually
 
 BROKEN_NIX = "{ ... }: {\n  hive.agent = { model = ; };\n}\n"
 
@@ -382,9 +383,7 @@ async def test_a_daemon_restart_mid_build_fails_the_approval_without_rebuilding(
     await building.wait()
     assert await main_of(applied) == sha  # main had moved when the daemon "died"
     scope.cancel()
-    with trio.fail_after(10):
-        while parts.transients.get("coder") is not None:  # noqa: ASYNC110  # the guard clears it
-            await trio.sleep(0.01)
+    await eventually(lambda: parts.transients.get("coder") is None)  # the guard clears it
 
     second = JobLane(parts.store, parts.bus, parts.daemon.jobs)
     replay_scope = trio.CancelScope()

@@ -18,6 +18,7 @@ from hivecore.kick import REASON_CONFIG_APPLIED
 from hivecore.sockets.client import request
 from tests.test_approvals import BROKEN_NIX, commit, main_of, sonnet, tags
 from tests.test_broker import call
+from tests.waiting import eventually
 
 
 async def host(hive: Daemon, req: dict[str, Any]) -> dict[str, Any]:
@@ -39,12 +40,12 @@ async def manager_inbox(hive: Daemon) -> list[dict[str, Any]]:
 async def inbox_log(hive: Daemon, name: str, needle: str) -> list[dict[str, Any]]:
     """The agent harness's inbox.log once a line contains ``needle`` (bounded wait, real time)."""
     log = hive.config.paths.agent_state(name) / "inbox.log"
-    with trio.fail_after(20):
-        while True:
-            lines = log.read_text().splitlines() if log.exists() else []
-            if any(needle in line for line in lines):
-                return [json.loads(line) for line in lines]
-            await trio.sleep(0.05)
+
+    def lines() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
+
+    await eventually(lambda: any(needle in line for line in lines()), what=f"{needle!r} in {log}")
+    return [json.loads(line) for line in lines()]
 
 
 async def test_manager_asks_operator_approves_everyone_is_told(hive: Daemon) -> None:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,7 @@ import trio.testing
 from hivecore import harness
 from hivecore.harness import HarnessSettings, SettingsError, run_harness
 from hivecore.runtime.process import PACKAGE_ROOT
-
-
-async def eventually(check: Callable[[], bool]) -> None:
-    """Poll ``check``: another process's files give us no event to wait on (callers own the timeout)."""
-    while not check():  # noqa: ASYNC110 (see the docstring)
-        await trio.sleep(0.01)
+from tests.waiting import eventually
 
 
 def test_settings_from_env(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,12 +25,8 @@ from hivecore.models import Job, JobKind
 from hivecore.services.lifecycle import Lifecycle
 from hivecore.wire.helper import helper_from_body
 from tests.conftest import Parts
-
-
-async def wait_for(predicate: Callable[[], object], timeout: float = 10) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110  # polls state another task changes
-            await trio.sleep(0.01)
+from tests.procs import exited
+from tests.waiting import eventually
 
 
 async def start_lane(
@@ -74,16 +69,16 @@ async def test_two_rebuilds_never_overlap_while_light_verbs_of_others_proceed(pa
     parts.daemon.lifecycle.build = stand_in_build
     async with trio.open_nursery() as nursery:
         nursery.start_soon(c.rebuild, "a")
-        await wait_for(lambda: log == [("start", "a")])
+        await eventually(lambda: log == [("start", "a")])
         nursery.start_soon(c.rebuild, "b")
-        await wait_for(lambda: [j.state for j in c.jobs() if j.kind == "rebuild"] == ["running", "queued"])
+        await eventually(lambda: [j.state for j in c.jobs() if j.kind == "rebuild"] == ["running", "queued"])
         # a light verb for another agent is not held up by the build lane
         await c.stop("c")
         await c.start("c")
         assert c.views()["c"].running
         assert log == [("start", "a")]  # b still waits for a
         gates["a"].set()
-        await wait_for(lambda: ("start", "b") in log)
+        await eventually(lambda: ("start", "b") in log)
         gates["b"].set()
     assert log == [("start", "a"), ("end", "a"), ("start", "b"), ("end", "b")]
     kinds = [(j.kind, j.agent, j.state) for j in c.jobs() if j.agent in ("a", "b")]
@@ -112,9 +107,9 @@ async def test_a_rebuild_requested_while_one_is_queued_joins_it(parts: Parts) ->
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(rebuild, "a")
-        await wait_for(lambda: parts.lane.busy_with("a") is not None)
+        await eventually(lambda: parts.lane.busy_with("a") is not None)
         nursery.start_soon(rebuild, "b")
-        await wait_for(lambda: parts.lane.busy_with("b") is not None)
+        await eventually(lambda: parts.lane.busy_with("b") is not None)
         nursery.start_soon(rebuild, "b")  # joins the queued one
         await trio.testing.wait_all_tasks_blocked()
         with pytest.raises(Busy, match=r'agent "a" is rebuilding \(job \d+, \d+ s\)'):
@@ -133,9 +128,9 @@ async def test_a_cancelled_caller_abandons_the_answer_not_the_job(parts: Parts) 
     await c.spawn("coder")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(c.stop, "coder")
-        await wait_for(lambda: parts.lane.busy_with("coder") is not None)
+        await eventually(lambda: parts.lane.busy_with("coder") is not None)
         nursery.cancel_scope.cancel()  # the caller hangs up once its job was accepted
-    await wait_for(lambda: parts.lane.busy_with("coder") is None)
+    await eventually(lambda: parts.lane.busy_with("coder") is None)
     assert not c.views()["coder"].running
     assert c.views()["coder"].pending is None
     assert not c.views()["coder"].failed
@@ -213,6 +208,7 @@ async def test_cancellation_sweep(parts: Parts, kind: JobKind, args: dict[str, A
     life: Lifecycle = parts.daemon.lifecycle
     runtime, store = life.runtime, life.store
     notifier = life.notifier
+    broker = notifier._broker
     cancelled = 0
     for k in itertools.count(1):
         name = f"s{k}"
@@ -227,14 +223,14 @@ async def test_cancellation_sweep(parts: Parts, kind: JobKind, args: dict[str, A
             life.runtime = CancelAt(runtime, counter, k, scope)  # type: ignore[assignment]
             life.store = wrapped  # type: ignore[assignment]
             lane._store = wrapped  # type: ignore[assignment]  # the journal writes count too
-            notifier._store = wrapped  # type: ignore[assignment]  # kicks and helper events
+            notifier._broker = CancelAt(broker, counter, k, scope)  # type: ignore[assignment]  # kicks, events
             try:
                 await lane.submit(kind, name, source="host_sock", args=args)
                 finished = True
             except LaneClosed:
                 finished = False
             finally:
-                life.runtime, life.store, notifier._store = runtime, store, store  # type: ignore[assignment]
+                life.runtime, life.store, notifier._broker = runtime, store, broker  # type: ignore[assignment]
             scope.cancel()
             # the daemon restarts: the journal's unfinished job is replayed before anything else
             lane, scope = await start_lane(parts)
@@ -288,7 +284,7 @@ async def test_a_client_that_hangs_up_mid_destroy_does_not_stop_the_destroy(hive
     sock.connect(str(hive.config.host_socket_path))
     sock.sendall(json.dumps({"cmd": "destroy", "name": "coder"}).encode() + b"\n")
     sock.close()  # gone before the answer
-    await wait_for(lambda: [t.name for t in c.tombstones()] == ["coder"])
+    await eventually(lambda: [t.name for t in c.tombstones()] == ["coder"])
     assert "coder" not in c.views()
     rows = {a.id: a for a in await c.approvals()}
     assert rows[approval.id].status == "failed"
@@ -302,52 +298,44 @@ async def test_a_client_that_hangs_up_mid_destroy_does_not_stop_the_destroy(hive
 # --- crash_watch baseline from intent ---------------------------------------------------------------
 
 
-async def test_an_agent_killed_right_after_spawn_is_reported(
-    parts: Parts, autojump_clock: trio.testing.MockClock
-) -> None:
-    from tests.test_crash_watch import manager_events, wait_dead, wait_ticks
+async def test_an_agent_killed_right_after_spawn_is_reported(parts: Parts) -> None:
+    from tests.test_crash_watch import manager_events
 
+    parts.crash_watch.interval = 3600.0  # only the ticks this test runs
     await parts.nursery.start(parts.crash_watch.run)  # seeded with no agents
     await parts.coordinator.spawn("alpha")
     pid = (await parts.runtime.list())["alpha"].pid
     assert pid is not None
-    os.killpg(pid, signal.SIGKILL)  # before any tick has seen alpha running
-    wait_dead(pid)
-    await wait_ticks(parts.crash_watch, 2)
+    await exited(pid, kill=signal.SIGKILL, group=True)  # before any tick has seen alpha running
+    # by the exit watcher or by this tick, whichever comes first; by the tick's end at the latest
+    await parts.crash_watch.tick()
     assert ("container_crash", "alpha") in await manager_events(parts)
 
 
-async def test_request_rescan_ticks_without_waiting_for_the_interval(
-    parts: Parts, autojump_clock: trio.testing.MockClock
-) -> None:
-    from tests.test_crash_watch import wait_ticks
-
+async def test_request_rescan_ticks_without_waiting_for_the_interval(parts: Parts) -> None:
+    parts.crash_watch.interval = 3600.0  # no tick of its own while the test runs
     await parts.nursery.start(parts.crash_watch.run)
     ticks = parts.crash_watch.statistics().ticks
-    start = trio.current_time()
     parts.crash_watch.request_rescan()
-    with trio.fail_after(5):  # virtual: well under the 10 s interval
-        while parts.crash_watch.statistics().ticks == ticks:  # noqa: ASYNC110
-            await trio.sleep(0.001)
-    assert trio.current_time() - start < 1
-    await wait_ticks(parts.crash_watch, 1)
+    await eventually(lambda: parts.crash_watch.statistics().ticks > ticks)
 
 
 async def test_a_killed_agent_is_reported_well_before_a_tick(parts: Parts) -> None:
-    """Real time, real processes: the exit watcher (a pidfd) reports the crash, not the 10 s tick."""
+    """Real time, real processes: the exit watcher (a pidfd) reports the crash, not a tick."""
     from tests.test_crash_watch import manager_events
 
+    parts.crash_watch.interval = 3600.0  # no tick while the test runs
     await parts.nursery.start(parts.crash_watch.run)
     await parts.coordinator.spawn("alpha")
-    await wait_for(lambda: parts.crash_watch.statistics().exit_watchers == 1)
+    await eventually(lambda: parts.crash_watch.statistics().exit_watchers == 1)
     ticks = parts.crash_watch.statistics().ticks
     pid = (await parts.runtime.list())["alpha"].pid
     assert pid is not None
-    start = trio.current_time()
     os.killpg(pid, signal.SIGKILL)
-    with trio.fail_after(5):  # generous; a tick would come only after 10 s
-        while ("container_crash", "alpha") not in await manager_events(parts):  # noqa: ASYNC110
-            await trio.sleep(0.02)
-    assert trio.current_time() - start < 5
+
+    async def reported() -> bool:
+        return ("container_crash", "alpha") in await manager_events(parts)
+
+    await eventually(reported)
     assert parts.crash_watch.statistics().ticks == ticks  # no tick was involved
     assert parts.coordinator.views()["alpha"].failed

@@ -24,6 +24,7 @@ import pytest
 import trio
 
 from hivecore.sockets.client import Unreachable, request
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,16 +38,17 @@ async def serve(state_dir: Path, log: Path) -> trio.Process:
             cmd, stdout=subprocess.DEVNULL, stderr=out, env={**os.environ, "PYTHONPATH": str(ROOT)}
         )
     sock = str(state_dir / "run" / "host.sock")
-    with trio.fail_after(30):
-        while True:
-            assert proc.poll() is None, "serve exited early; see its log"
-            try:
-                answer = await trio.to_thread.run_sync(request, sock, b'{"cmd":"list"}\n', 5.0)
-                if json.loads(answer)["ok"]:
-                    return proc
-            except (Unreachable, OSError, ValueError):
-                pass
-            await trio.sleep(0.05)
+
+    async def answers() -> bool:
+        assert proc.poll() is None, "serve exited early; see its log"
+        try:
+            answer = await trio.to_thread.run_sync(request, sock, b'{"cmd":"list"}\n', 5.0)
+            return bool(json.loads(answer)["ok"])
+        except (Unreachable, OSError, ValueError):
+            return False
+
+    await eventually(answers, 30, interval=0.05)
+    return proc
 
 
 async def ask(state_dir: Path, req: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
@@ -82,9 +84,8 @@ async def wait_journaled(state_dir: Path, kind: str) -> None:
             query = "SELECT count(*) FROM jobs WHERE kind=? AND state IN ('queued','running')"
             return bool(db.execute(query, (kind,)).fetchone()[0])
 
-    with trio.fail_after(30):
-        while not await trio.to_thread.run_sync(journaled):  # noqa: ASYNC110  # another process
-            await trio.sleep(0.002)
+    # another process writes it; poll fast, the kill must land while the job is still unfinished
+    await eventually(lambda: trio.to_thread.run_sync(journaled), 30, interval=0.002)
 
 
 async def sigkill(proc: trio.Process) -> None:

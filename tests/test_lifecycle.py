@@ -12,6 +12,7 @@ from hivecore.errors import Busy, InvalidName, Refused, UnknownAgent
 from hivecore.wire.events import Event
 from hivecore.wire.helper import helper_from_body
 from tests.conftest import Parts
+from tests.waiting import eventually
 
 
 def drain(sub: object) -> list[Event]:
@@ -31,9 +32,7 @@ async def test_spawn_start_stop_restart_and_events(parts: Parts) -> None:
     assert kinds[:2] == ["transient_set", "container_state_changed"]
     assert "transient_cleared" in kinds
     env = parts.config.paths.agent_state("coder")
-    with trio.fail_after(10):
-        while not (env / "env.json").exists():  # noqa: ASYNC110  # a real process writes it
-            await trio.sleep(0.05)
+    await eventually((env / "env.json").exists)  # a real process writes it
     assert json.loads((env / "env.json").read_text())["HIVE_LABEL"] == "coder"
 
     await c.stop("coder")
@@ -94,7 +93,7 @@ async def test_a_second_verb_while_one_is_in_flight_is_refused_naming_the_job(pa
     parts.daemon.lifecycle.build = slow_build
     async with trio.open_nursery() as nursery:
         nursery.start_soon(c.rebuild, "coder")
-        await wait_for(lambda: c.views()["coder"].pending == "rebuilding")
+        await eventually(lambda: c.views()["coder"].pending == "rebuilding")
         job = parts.lane.busy_with("coder")
         assert job is not None
         with pytest.raises(Busy, match=rf'agent "coder" is rebuilding \(job {job.id}, 0 s\)'):
@@ -104,12 +103,6 @@ async def test_a_second_verb_while_one_is_in_flight_is_refused_naming_the_job(pa
         release.set()
     assert c.views()["coder"].running
     assert not parts.daemon.lifecycle.intent.stopped_on_purpose("coder")  # the refused stop left no mark
-
-
-async def wait_for(predicate: object, timeout: float = 10) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():  # type: ignore[operator]  # noqa: ASYNC110  # polls cached state
-            await trio.sleep(0.01)
 
 
 async def test_destroy_keeps_state_as_tombstone_and_fails_pending_approvals(parts: Parts) -> None:

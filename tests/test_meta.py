@@ -30,8 +30,8 @@ from hivecore.runtime.base import AgentSpec
 from hivecore.services.meta_update import SKIP_AUTO_UPDATE_ENV, affected_agents
 from hivecore.wire.events import AgentNotice, MetaInputsChanged, MetaUpdateRunning
 from tests.conftest import Parts, make_config, start_parts
-from tests.procs import eventually
 from tests.test_lifecycle import drain
+from tests.waiting import eventually
 
 # --- pure parts -----------------------------------------------------------------------------------
 

@@ -27,7 +27,6 @@ from tests.procs import (
     ENV,
     SLEEP,
     dead,
-    eventually,
     exited,
     group_alive,
     kill_everything_under,
@@ -35,6 +34,7 @@ from tests.procs import (
     stubborn,
     wait_for,
 )
+from tests.waiting import eventually
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ from hivecore.runtime.shim import RotatingLog, group_members, read_proc_stat
 from tests.procs import (
     ENV,
     SLEEP,
-    eventually,
     exited,
     group_alive,
     kill_everything_under,
@@ -37,6 +36,7 @@ from tests.procs import (
     stubborn,
     wait_for,
 )
+from tests.waiting import eventually
 
 IGNORES_TERM = ("sh", "-c", "trap '' TERM; while :; do sleep 0.05; done")
 
