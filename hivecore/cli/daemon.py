@@ -240,8 +240,10 @@ async def serve(config: Config) -> None:
 
     from hivecore.daemon import limit_worker_threads
     from hivecore.daemon import main as daemon_main
+    from hivecore.fdlimit import raise_nofile_limit
 
     limit_worker_threads()  # the daemon alone in this process: see its docstring
+    raise_nofile_limit()  # agents' connections stop at a reserve below it (hivecore.fdlimit)
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             from web.app import daemon_app

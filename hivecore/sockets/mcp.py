@@ -6,9 +6,14 @@ Identity is the socket: ``<runtime-dir>/manager/mcp.sock`` is the manager (inbox
 carries no name of its own: an agent can never send as someone else, read another inbox, or reach a
 verb its socket does not list (approve, deny and operator verbs exist on no agent socket at all).
 
-Connections stay open for many requests (``many_requests``). Each connection holds one broker lease
-(:meth:`~hivecore.services.broker.Broker.open_lease`), opened on its first ``recv``/``ack_turn`` and
-closed when the connection ends: that is what "the harness restarted" means to the broker.
+Connections stay open for many requests (``many_requests``). An agent socket holds at most
+:data:`AGENT_MAX_CONNECTIONS` open at once, the manager's :data:`MANAGER_MAX_CONNECTIONS`; past
+that, or when the daemon's descriptors are down to the operator's reserve (:mod:`hivecore.fdlimit`),
+a new connection gets one error line and is closed. The first :data:`LONG_IDLE_SLOTS` connections
+may idle :data:`MCP_IDLE_TIMEOUT`; later ones :data:`EXTRA_IDLE_TIMEOUT`. Each connection holds
+one broker lease (:meth:`~hivecore.services.broker.Broker.open_lease`), opened on its first
+``recv``/``ack_turn`` and closed when the connection ends: that is what "the harness restarted"
+means to the broker.
 """
 
 from __future__ import annotations
@@ -64,6 +69,14 @@ log = logging.getLogger(__name__)
 
 MCP_IDLE_TIMEOUT = 600.0
 """A harness keeps its connection between turns; a turn may take minutes before its ``ack_turn``."""
+EXTRA_IDLE_TIMEOUT = 60.0
+"""Idle limit of a connection opened while :data:`LONG_IDLE_SLOTS` others are open (probes)."""
+LONG_IDLE_SLOTS = 2
+"""Connections that keep :data:`MCP_IDLE_TIMEOUT`: the harness and its MCP server."""
+AGENT_MAX_CONNECTIONS = 8
+"""Open connections one agent socket accepts: the harness, its MCP server and a few probes."""
+MANAGER_MAX_CONNECTIONS = 16
+"""Open connections the manager socket accepts."""
 LOG_TAIL_BYTES = 256 * 1024
 MAX_LOG_LINE = 2000
 
@@ -127,6 +140,8 @@ class McpSocket:
         group: str | None = None,
         idle_timeout: float = MCP_IDLE_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
+        max_connections: int = AGENT_MAX_CONNECTIONS,
+        extra_idle_timeout: float = EXTRA_IDLE_TIMEOUT,
     ) -> None:
         self.label = label
         self.path = path
@@ -144,6 +159,10 @@ class McpSocket:
             many_requests=True,
             idle_timeout=idle_timeout,
             send_timeout=send_timeout,
+            max_connections=max_connections,
+            fd_reserve=True,
+            extra_idle_timeout=extra_idle_timeout,
+            long_idle_slots=LONG_IDLE_SLOTS,
         )
         self.verbs: dict[type[McpRequest], Verb] = {
             SendRequest: self._send,
@@ -252,6 +271,7 @@ class ManagerSocket(McpSocket):
     """``<runtime-dir>/manager/mcp.sock``: the common verbs, lifecycle and approval requests, logs."""
 
     def __init__(self, config: Config, broker: Broker, facade: ManagerFacade, **kwargs: Any) -> None:
+        kwargs.setdefault("max_connections", MANAGER_MAX_CONNECTIONS)
         super().__init__(
             "manager/mcp.sock",
             config.manager_socket_path,

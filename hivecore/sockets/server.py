@@ -11,7 +11,12 @@ Robustness rules (the daemon is never affected by a client):
 * a line longer than ``max_line`` gets an error line and the connection is closed (framing is lost);
 * a handler that raises is logged and, if it had not answered yet, answered with an error line; it
   never escapes into the accept loop;
-* sends are bounded by ``send_timeout``: a client that does not read is closed, never waited for.
+* sends are bounded by ``send_timeout``: a client that does not read is closed, never waited for;
+* with ``max_connections``, a connection past the cap gets one error line naming the cap and is
+  closed at once; with ``fd_reserve``, so is one accepted inside the daemon's fd reserve
+  (:mod:`hivecore.fdlimit`): one client cannot hold more than its share of descriptors;
+* with ``extra_idle_timeout``, connections accepted while ``long_idle_slots`` others are open wait
+  at most that long for a line (probes and leftovers go; the harness's own connections stay).
 
 With ``many_requests`` false (host.sock) the server reads one line, lets the handler answer and
 closes; anything after the first line is ignored. With ``many_requests`` true it keeps reading lines
@@ -20,7 +25,9 @@ closes; anything after the first line is ignored. With ``many_requests`` true it
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,7 @@ from typing import Any
 import attrs
 import trio
 
+from hivecore import fdlimit
 from hivecore.errors import HiveError
 from hivecore.sockets.framing import MAX_LINE, LineBuffer, LineTooLong
 from hivecore.unix_listener import SocketInUse, open_unix_listener, resolve_group
@@ -50,10 +58,14 @@ class ListenError(HiveError):
 class Connection:
     """One client connection, as a request handler sees it."""
 
-    def __init__(self, stream: trio.abc.Stream, send_timeout: float, name: str) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, send_timeout: float, name: str, idle_timeout: float = IDLE_TIMEOUT
+    ) -> None:
         self.stream = stream
         self.send_timeout = send_timeout
         self.name = name
+        self.idle_timeout = idle_timeout
+        """How long this connection may wait between request lines."""
         self.sent = 0
         """Lines sent so far (the server answers a failed handler only if it sent nothing)."""
 
@@ -93,6 +105,8 @@ class ServerStatistics:
     idle_timeouts: int = 0
     oversized_lines: int = 0
     internal_errors: int = 0
+    refused_over_cap: int = 0
+    refused_fd_reserve: int = 0
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -118,6 +132,10 @@ class JsonLinesServer:
         idle_timeout: float = IDLE_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
         max_line: int = MAX_LINE,
+        max_connections: int | None = None,
+        fd_reserve: bool = False,
+        extra_idle_timeout: float | None = None,
+        long_idle_slots: int = 0,
     ) -> None:
         self.name = name
         self.path = path
@@ -129,7 +147,12 @@ class JsonLinesServer:
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
         self.max_line = max_line
+        self.max_connections = max_connections
+        self.fd_reserve = fd_reserve
+        self.extra_idle_timeout = extra_idle_timeout
+        self.long_idle_slots = long_idle_slots
         self._stats = ServerStatistics()
+        self._last_refusal_log = -math.inf
 
     def statistics(self) -> ServerStatistics:
         return attrs.evolve(self._stats)
@@ -158,11 +181,55 @@ class JsonLinesServer:
         finally:
             bound.close()
 
+    def _refusal(self, stream: trio.abc.Stream) -> str | None:
+        """Why a just-accepted connection is refused (cap, fd reserve), or ``None``."""
+        if self.max_connections is not None and self._stats.open_connections >= self.max_connections:
+            self._stats.refused_over_cap += 1
+            return (
+                f"too many connections to {self.name}: the limit is {self.max_connections} open at "
+                "once; close one and retry"
+            )
+        sock = getattr(stream, "socket", None)
+        if self.fd_reserve and sock is not None and fdlimit.in_reserve(sock.fileno()):
+            self._stats.refused_fd_reserve += 1
+            return (
+                f"{self.name}: the daemon is short of file descriptors (the last "
+                f"{fdlimit.reserve_for(fdlimit.soft_limit())} are kept for the operator); retry later"
+            )
+        return None
+
+    async def _refuse(self, stream: trio.abc.Stream, reason: str) -> None:
+        """One error line (if the client takes it at once), then close; logged at most once a minute."""
+        now = trio.current_time()
+        if now - self._last_refusal_log >= 60.0:
+            self._last_refusal_log = now
+            s = self._stats
+            log.warning(
+                "%s: refused a connection (%s); refused so far: %d over the cap, %d for the fd reserve",
+                self.name,
+                reason,
+                s.refused_over_cap,
+                s.refused_fd_reserve,
+            )
+        with trio.move_on_after(1.0):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(self.error_line(reason))
+        await trio.aclose_forcefully(stream)
+
+    def _idle_timeout_for_new(self) -> float:
+        if self.extra_idle_timeout is not None and self._stats.open_connections >= self.long_idle_slots:
+            return min(self.idle_timeout, self.extra_idle_timeout)
+        return self.idle_timeout
+
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """Serve one connection; never raises except ``Cancelled`` (the daemon is shutting down)."""
         self._stats.connections += 1
+        if (reason := self._refusal(stream)) is not None:
+            await self._refuse(stream, reason)
+            return
+        idle_timeout = self._idle_timeout_for_new()
         self._stats.open_connections += 1
-        conn = Connection(stream, self.send_timeout, self.name)
+        conn = Connection(stream, self.send_timeout, self.name, idle_timeout)
         try:
             async with stream:
                 await self._serve(conn)
@@ -180,7 +247,7 @@ class JsonLinesServer:
         buf = LineBuffer(self.max_line)
         while True:
             line: bytes | None = None
-            with trio.move_on_after(self.idle_timeout) as idle:
+            with trio.move_on_after(conn.idle_timeout) as idle:
                 try:
                     line = await self._receive_line(conn.stream, buf)
                 except LineTooLong:
@@ -189,7 +256,7 @@ class JsonLinesServer:
                     return
             if idle.cancelled_caught:
                 self._stats.idle_timeouts += 1
-                await conn.send(self.error_line(f"no complete request line within {self.idle_timeout:g} s"))
+                await conn.send(self.error_line(f"no complete request line within {conn.idle_timeout:g} s"))
                 return
             if line is None:
                 return  # the client closed (possibly without a word)
