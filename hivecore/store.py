@@ -84,6 +84,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE messages ADD COLUMN redelivered INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX messages_unacked ON messages(recipient, acked_at, id);
     """,
+    # 4: the per-sender quota on queued messages (hivecore/services/broker.py) counts a sender's
+    # unacked rows on every send
+    """
+    CREATE INDEX messages_sender_unacked ON messages(sender) WHERE acked_at IS NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

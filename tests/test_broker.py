@@ -444,7 +444,7 @@ async def test_migration_3_upgrades_a_version_2_database(tmp_path: Path) -> None
     conn = st.connect(db)
     row = conn.execute("SELECT lease, redelivered FROM messages").fetchone()
     assert (row["lease"], row["redelivered"]) == (None, 0)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == st.SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == st.SCHEMA_VERSION  # 3 and every later one
     conn.close()
 
 

@@ -38,7 +38,7 @@ from hivecore.coordinator import Coordinator
 from hivecore.errors import HiveError
 from hivecore.models import ContainerView
 from hivecore.names import validate_name
-from hivecore.services.broker import Broker
+from hivecore.services.broker import OPERATOR, Broker
 from hivecore.store import Store
 from hivecore.wire.converter import converter
 from hivecore.wire.events import EVENT_KINDS, Event, event_to_dict
@@ -417,6 +417,10 @@ def create_app(
         resolved = [a for a in approvals if a.status != "pending"][-HISTORY:]
         out["approvals"] = converter.unstructure([a for a in approvals if a.status == "pending"] + resolved)
         out["messages"], out["operator_inbox"] = await store.call(snap.messages)
+        if inbox := out["operator_inbox"]:
+            # the operator has read the inbox up to here: ack it (frees the senders' quota; the
+            # vacuum reclaims the rows)
+            await broker.ack_read(OPERATOR, max(m["id"] for m in inbox))
         out["server_warnings"] = await trio.to_thread.run_sync(snap.server_warnings, paths.root)
         return out
 

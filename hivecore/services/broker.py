@@ -32,6 +32,18 @@ Wake-ups
     :meth:`send` sets right after the row is committed (no polling). The event is taken *before* the
     inbox is read, so a message committed between the read and the wait still wakes the reader.
 
+Quota
+    A sender may have at most :data:`MAX_QUEUED_PER_SENDER` rows not yet acked by their recipients
+    (counted per row: a broadcast to 20 agents is 20). A send past it is refused with an error
+    naming the quota and writes nothing; the count and the insert are one transaction. The daemon's
+    own senders (``system`` kicks and helper events, :meth:`Broker.post`) and the operator are not
+    counted against: the quota keeps a hostile agent or manager from filling the database.
+
+The operator's inbox
+    Nobody ``recv``s ``operator``: the operator reads it on the dashboard. :meth:`Broker.ack_read`
+    marks the rows up to the newest one shown delivered and acked (the dashboard does on every
+    ``/api/state``), which frees the senders' quota and lets the vacuum reclaim them.
+
 Vacuum
     :meth:`run` deletes acked rows older than 30 days, once at start and then hourly. Unacked rows
     (queued or in flight) are never deleted, nor rows a kept message replies to; approvals live in
@@ -69,10 +81,16 @@ INTERNAL_MAX_BODY = 64 * 1024
 VACUUM_INTERVAL = 3600.0
 VACUUM_AGE = 30 * 24 * 3600
 """Acked rows older than this (seconds since ``acked_at``) are deleted."""
+MAX_QUEUED_PER_SENDER = 1000
+"""Rows one sender may have waiting for an ack (see Quota in the module doc)."""
 
 
 class BadMessage(HiveError):
     """A send or recv that was refused; nothing was written."""
+
+
+class QuotaExceeded(BadMessage):
+    """A send past the sender's quota of queued messages; nothing was written."""
 
 
 @attrs.frozen
@@ -93,10 +111,28 @@ class BrokerStatistics:
 _COLUMNS = "id, sender, recipient, body, sent_at, in_reply_to, delivered_at, redelivered"
 
 
-def _insert(conn: sqlite3.Connection, rows: list[tuple[str, str, str, int | None]], now: int) -> list[int]:
+def _insert(
+    conn: sqlite3.Connection,
+    rows: list[tuple[str, str, str, int | None]],
+    now: int,
+    quota: int | None = None,
+) -> list[int]:
+    """Insert ``rows`` in one transaction; with ``quota``, refuse (:class:`QuotaExceeded`) if the
+    sender's unacked rows would exceed it."""
     ids: list[int] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if quota is not None and rows:
+            sender = rows[0][0]
+            (queued,) = conn.execute(
+                "SELECT count(*) FROM messages WHERE sender=? AND acked_at IS NULL", (sender,)
+            ).fetchone()
+            if queued + len(rows) > quota:
+                raise QuotaExceeded(
+                    f"queued-message quota: {sender} has {queued} messages its recipients have not "
+                    f"acked yet; the quota is {quota} per sender (this send needs {len(rows)} more); "
+                    "wait until they are read"
+                )
         for sender, recipient, body, in_reply_to in rows:
             cur = conn.execute(
                 "INSERT INTO messages(sender, recipient, body, sent_at, in_reply_to) VALUES (?,?,?,?,?)",
@@ -170,6 +206,15 @@ def _ack(conn: sqlite3.Connection, recipient: str, lease: int, live: list[int], 
     return cur.rowcount
 
 
+def _ack_read(conn: sqlite3.Connection, recipient: str, upto: int, now: int) -> int:
+    cur = conn.execute(
+        "UPDATE messages SET delivered_at=coalesce(delivered_at, ?), acked_at=? "
+        "WHERE recipient=? AND acked_at IS NULL AND id<=?",
+        (now, now, recipient, upto),
+    )
+    return cur.rowcount
+
+
 def _vacuum(conn: sqlite3.Connection, cutoff: int) -> int:
     cur = conn.execute(
         "DELETE FROM messages WHERE acked_at IS NOT NULL AND acked_at < ? AND id NOT IN "
@@ -203,12 +248,14 @@ class Broker:
         *,
         clock: Callable[[], float] = time.time,
         vacuum_interval: float = VACUUM_INTERVAL,
+        max_queued: int = MAX_QUEUED_PER_SENDER,
     ) -> None:
         self._store = store
         self._bus = bus
         self._agents = agents
         self._clock = clock
         self.vacuum_interval = vacuum_interval
+        self.max_queued = max_queued
         self._wake: dict[str, trio.Event] = {}
         self._parked: dict[str, int] = {}
         self._park_changed = trio.Event()
@@ -281,7 +328,8 @@ class Broker:
         """Queue ``body`` for ``to`` (fan-out for ``*``); the ids written, one per inbox.
 
         ``check=False`` (internal senders: kicks and helper events) skips the existence check of an
-        agent recipient, never the body checks.
+        agent recipient and the sender's quota, never the body checks. A send past the quota raises
+        :class:`QuotaExceeded` (see Quota in the module doc).
         """
         if not isinstance(body, str):
             raise BadMessage("body must be a string")
@@ -306,7 +354,8 @@ class Broker:
                 raise BadMessage(f"in_reply_to {in_reply_to}: no such message")
         now = int(self._clock())
         rows = [(sender, r, body, in_reply_to) for r in inboxes]
-        ids = await self._store.call(lambda c: _insert(c, rows, now))
+        quota = self.max_queued if check and sender != OPERATOR else None
+        ids = await self._store.call(lambda c: _insert(c, rows, now, quota))
         self._sent += len(ids)
         for message_id, recipient in zip(ids, inboxes, strict=True):
             self._bus.publish(
@@ -400,6 +449,14 @@ class Broker:
         live = sorted(self._leases)
         now = int(self._clock())
         count = await self._store.call(lambda c: _ack(c, recipient, lease, live, now))
+        self._acked += count
+        return count
+
+    async def ack_read(self, recipient: str, upto: int) -> int:
+        """``recipient``'s reader (the operator, on the dashboard) has seen every row up to id
+        ``upto``: mark them delivered and acked; how many were not yet."""
+        now = int(self._clock())
+        count = await self._store.call(lambda c: _ack_read(c, recipient, upto, now))
         self._acked += count
         return count
 
