@@ -30,3 +30,4 @@ bench:
 	.venv/bin/python bench/broker.py
 	.venv/bin/python bench/sse.py
 	.venv/bin/python bench/meta.py
+	.venv/bin/python bench/confine.py

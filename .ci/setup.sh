@@ -10,6 +10,32 @@ want_browser=1
 [ "${1:-}" = "--no-browser" ] && want_browser=0
 python=${PYTHON:-python3}
 
+# Every user can run it: the file and each directory above it have the "others" x bit.
+world_runnable() {
+    local p
+    p=$(readlink -f "$(command -v "$1" 2>/dev/null || echo "$1")") || return 1
+    [ -e "$p" ] || return 1
+    while [ "$p" != / ]; do
+        [ -n "$(find "$p" -maxdepth 0 -perm -o+x 2>/dev/null)" ] || return 1
+        p=$(dirname "$p")
+    done
+}
+# As root, agents run as their own uids and the bundled harness runs on the venv's Python: a
+# Python under a private home (/root/.pyenv) cannot start for them. Prefer the system one then.
+if [ "$(id -u)" = 0 ] && [ -z "${PYTHON:-}" ] && ! world_runnable "$python" &&
+    world_runnable /usr/bin/python3 &&
+    /usr/bin/python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "setup: using /usr/bin/python3 ($python is under a directory other users cannot enter)"
+    python=/usr/bin/python3
+fi
+if [ "$(id -u)" = 0 ] && [ -f .venv/pyvenv.cfg ] && [ ! -L .venv ]; then
+    home=$(sed -n 's/^home *= *//p' .venv/pyvenv.cfg)
+    if [ -n "$home" ] && ! world_runnable "$home" && world_runnable "$python"; then
+        echo "setup: re-creating .venv: its Python ($home) is not reachable by agents' uids"
+        rm -rf .venv
+    fi
+fi
+
 missing=()
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v nix >/dev/null 2>&1 || missing+=(nix-bin)

@@ -26,17 +26,23 @@ from __future__ import annotations
 import contextlib
 import grp
 import json
+import logging
 import os
 import pwd
+import stat
+import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from hivecore import agentfs, posix_acl
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError
 from hivecore.limits import AGENT_ID_COUNT
-from hivecore.names import validate_name
+from hivecore.names import MANAGER_NAME, validate_name
 from hivecore.proc import Credentials
+
+log = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()
 """Serialises allocation within the daemon (one daemon per state dir: see :mod:`hivecore.statelock`)."""
@@ -148,3 +154,267 @@ def _write(path: Path, table: Mapping[str, int]) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise NoAgentIds(f"cannot record agent uids in {path}: {exc.strerror or exc}") from None
+
+
+# --- what an agent may reach ------------------------------------------------------------------------
+
+CHOWN_MAX_ENTRIES = 200_000
+"""Entries a hand-over walk looks at before it stops (a hostile tree must not stall a start)."""
+
+
+def prepare_agent(paths: StatePaths, runtime_dir: Path | None, name: str, who: Credentials) -> None:
+    """Give agent ``name`` (running as ``who``) exactly what it needs, whatever modes the operator
+    created the dirs with: traverse (``x``, by ACL) on the state root, ``agents/``, ``agents/<n>/``,
+    ``runtime_dir`` and its ``agents/`` (the shared group), and on its own socket directory
+    (``<runtime>/agents/<n>``; the manager: ``<runtime>/manager``) for its uid alone; ownership of
+    ``agents/<n>/state`` and ``agents/<n>/claude``. A config repo goes to the manager
+    (:func:`prepare_config`).
+
+    Nothing of the daemon's (db, operator token, ``applied/``, ``meta/``, other agents' dirs)
+    becomes readable: the shared grants are traverse only. Raises ``OSError`` (a planted symlink is
+    refused with ``ELOOP``/``ENOTDIR``, never followed).
+    """
+    validate_name(name)
+    group = shared_gid(paths)
+    for shared in (paths.root, paths.agents):
+        posix_acl.grant(shared, posix_acl.GROUP, group)
+    agent_dir = paths.agent_dir(name)
+    agent_dir.mkdir(mode=0o700, exist_ok=True)
+    posix_acl.narrow(agent_dir, 0o700)  # a wider one (made before agents had uids) let others in
+    posix_acl.grant(agent_dir, posix_acl.USER, who.uid)
+    for sub in ("state", "claude"):
+        with agentfs.opened_dir(agent_dir) as dfd, contextlib.suppress(FileExistsError):
+            os.mkdir(sub, 0o700, dir_fd=dfd)
+        hand_over(agent_dir, sub, who)
+        with agentfs.opened_dir(agent_dir, sub) as fd:
+            if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+                os.fchmod(fd, 0o700)
+    if runtime_dir is not None:
+        if name == MANAGER_NAME:
+            own = runtime_dir / "manager"
+            _grant_chain(runtime_dir, group, paths)
+        else:
+            own = runtime_dir / "agents" / name
+            _grant_chain(runtime_dir / "agents", group, paths)
+        own.mkdir(mode=0o751, parents=True, exist_ok=True)
+        posix_acl.grant(own, posix_acl.USER, who.uid)
+    if name != MANAGER_NAME and (agent_dir / "config").is_dir():
+        prepare_config(paths, name)
+
+
+def prepare_config(paths: StatePaths, name: str) -> Credentials | None:
+    """Hand ``agents/<name>/config`` (the proposed repo, the manager edits it) to the manager's uid,
+    with traverse on ``agents/<name>/`` and on ``applied/`` (its ``applied`` remote: the applied
+    repos themselves are readable inside, never writable); returns the manager's credentials
+    (``None``: not root, nothing done). Entries already the manager's are left alone; see
+    :func:`hand_over`."""
+    who = credentials(paths, MANAGER_NAME)
+    if who is None:
+        return None
+    agent_dir = paths.agent_dir(name)
+    posix_acl.grant(paths.root, posix_acl.GROUP, shared_gid(paths))
+    posix_acl.grant(paths.agents, posix_acl.GROUP, shared_gid(paths))
+    posix_acl.grant(agent_dir, posix_acl.USER, who.uid)
+    # its remote ``applied`` (applied/<n>/.git, 0755 inside): the manager reads outcomes there
+    posix_acl.grant(paths.applied_root, posix_acl.USER, who.uid)
+    hand_over(agent_dir, "config", who)
+    return who
+
+
+def _grant_chain(directory: Path, group: int, paths: StatePaths) -> None:
+    """Traverse for ``group`` on ``directory`` and its ancestors up to the state root (exclusive)
+    when it is inside it, else up to and including the runtime dir (``directory`` or its parent):
+    a runtime dir elsewhere (``/run/hyperhive``) is the daemon's, the directories above it are not."""
+    directory.mkdir(mode=0o751, parents=True, exist_ok=True)
+    chain = [directory]
+    inside = directory.is_relative_to(paths.root)
+    parent = directory.parent
+    while inside and parent != paths.root and parent.is_relative_to(paths.root):
+        chain.append(parent)
+        parent = parent.parent
+    if not inside and directory.name in ("agents", "manager"):
+        chain.append(parent)
+    for d in chain:
+        if os.lstat(d).st_uid == os.geteuid():
+            posix_acl.grant(d, posix_acl.GROUP, group)
+
+
+def hand_over(parent: Path, entry: str, who: Credentials, *, max_entries: int = CHOWN_MAX_ENTRIES) -> int:
+    """Make the tree ``parent/entry`` (an agent-writable directory) owned by ``who``; return how many
+    entries changed owner.
+
+    Run as root inside a directory a hostile agent shapes, so: directories are opened one level at a
+    time with ``O_NOFOLLOW`` and changed through their fd; a regular file is opened ``O_NOFOLLOW |
+    O_NONBLOCK``, checked with ``fstat`` and changed through its fd only when it has **one link** (a
+    hard link to ``/etc/shadow`` planted in the tree is never handed over); symlinks, FIFOs,
+    sockets and devices are left as they are. Entries already owned by ``who`` are skipped; the walk
+    stops after ``max_entries``. ``entry`` itself must be a real directory (``ELOOP``/``ENOTDIR``).
+    """
+    changed = 0
+    top = agentfs.open_dir(parent, entry)
+    try:
+        changed += _chown_fd(top, who)
+        walk = agentfs.Walk(top, max_entries)
+        for dfd, child, st in walk:
+            if st.st_uid == who.uid and st.st_gid == who.gid:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+            else:
+                continue
+            try:
+                fd = os.open(child, flags, dir_fd=dfd)
+            except OSError:
+                continue  # replaced since it was listed
+            try:
+                again = os.fstat(fd)
+                if stat.S_ISDIR(again.st_mode) or (stat.S_ISREG(again.st_mode) and again.st_nlink == 1):
+                    changed += _chown_fd(fd, who)
+            finally:
+                os.close(fd)
+        if not walk.complete:
+            log.warning("%s: handed over the first %d entries only", parent / entry, max_entries)
+    finally:
+        os.close(top)
+    return changed
+
+
+def _chown_fd(fd: int, who: Credentials) -> int:
+    st = os.fstat(fd)
+    if st.st_uid == who.uid and st.st_gid == who.gid:
+        return 0
+    os.fchown(fd, who.uid, who.gid)
+    return 1
+
+
+# --- can it start at all ----------------------------------------------------------------------------
+
+PROBE_TIMEOUT = 10.0
+_PROBE = 'for p do [ -x "$p" ] || { printf "%s" "$p"; exit 1; }; done'
+_SHEBANG_MAX = 256
+
+
+class NotRunnable(HiveError):
+    """The agent's command (or what it needs to start) is out of its uid's reach; names the path."""
+
+
+def startup_paths(command: tuple[str, ...] | list[str], env: Mapping[str, str]) -> list[Path]:
+    """Every path the agent's uid must be able to execute or traverse to start ``command`` with
+    ``env`` (blocking; pure file reads as the daemon): the program (looked up on ``env["PATH"]``
+    when it has no slash), its ``#!`` interpreter (and what ``/usr/bin/env`` would run), a venv's
+    base interpreter directory (``home`` of ``pyvenv.cfg``) and, for Python, the ``PYTHONPATH``
+    entries. :class:`NotRunnable` when the program is not found at all."""
+    if not command:
+        raise NotRunnable("the agent has an empty command")
+    search = env.get("PATH", os.defpath)
+    program = _which(command[0], search)
+    if program is None:
+        raise NotRunnable(f"{command[0]!r} is not on the agent's PATH ({search})")
+    if not program.exists():
+        raise NotRunnable(f"the agent's program {program} does not exist")
+    out = [program]
+    interpreter = _shebang(program)
+    if interpreter:
+        head, *rest = interpreter
+        if Path(head).name == "env" and rest:
+            found = _which(rest[0], search)
+            out += [Path(head)] + ([found] if found else [])
+        else:
+            out.append(Path(head))
+    for candidate in out[:]:
+        home = _venv_home(candidate)
+        if home is not None:
+            out.append(home)
+        if candidate.name.startswith("python"):
+            out += [Path(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p.startswith("/")]
+    return list(dict.fromkeys(out))
+
+
+def check_runnable(
+    name: str,
+    command: tuple[str, ...] | list[str],
+    env: Mapping[str, str],
+    who: Credentials,
+    *,
+    reach: Sequence[Path] = (),
+) -> None:
+    """:class:`NotRunnable` (naming the path and the uid) unless ``who`` can execute every path of
+    :func:`startup_paths` and traverse every directory of ``reach`` (its state and socket dirs) —
+    tested by a ``/bin/sh`` probe running as ``who``, so modes, ACLs and private homes
+    (``/root/.pyenv``, pytest's ``/tmp/pytest-of-root``) count exactly as the kernel counts them.
+    Blocking."""
+    paths = [*startup_paths(command, env), *reach]
+    try:
+        probe = subprocess.run(
+            ["/bin/sh", "-c", _PROBE, "sh", *map(str, paths)],
+            user=who.uid,
+            group=who.gid,
+            extra_groups=list(who.groups),
+            env={"PATH": "/usr/bin:/bin"},
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=PROBE_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise NotRunnable(
+            f'agent "{name}" cannot run as uid {who.uid}: {exc} (is the uid inside this user '
+            "namespace's /proc/self/uid_map? choose --agent-uid-base accordingly)"
+        ) from None
+    if probe.returncode == 0:
+        return
+    bad = probe.stdout.decode(errors="replace") or "/bin/sh"
+    hint = ""
+    if Path(bad) in reach:
+        hint = " (every directory above the state and runtime dirs must let other users traverse: x)"
+    elif bad.startswith(("/root/", "/home/")):
+        hint = (
+            " (a private home is not reachable by other users; for the bundled harness make the "
+            "venv from a Python every user can run, e.g. `/usr/bin/python3 -m venv`)"
+        )
+    raise NotRunnable(
+        f'agent "{name}" cannot start as uid {who.uid}: {bad} is not executable (or not reachable) '
+        f"by that uid{hint}"
+    )
+
+
+def _which(program: str, search: str) -> Path | None:
+    if "/" in program:
+        return Path(program)
+    for entry in search.split(os.pathsep):
+        if not entry:
+            continue
+        candidate = Path(entry) / program
+        try:
+            st = candidate.stat()
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            return candidate
+    return None
+
+
+def _shebang(program: Path) -> list[str]:
+    try:
+        with program.open("rb") as f:
+            head = f.read(_SHEBANG_MAX)
+    except OSError:
+        return []
+    if not head.startswith(b"#!"):
+        return []
+    return head[2:].split(b"\n", 1)[0].decode(errors="replace").split()
+
+
+def _venv_home(program: Path) -> Path | None:
+    try:
+        text = (program.parent.parent / "pyvenv.cfg").read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "home" and value.strip().startswith("/"):
+            return Path(value.strip())
+    return None

@@ -174,7 +174,7 @@ def remove_entry(dir_fd: int, name: str) -> bool:
     return True
 
 
-class _Walk:
+class Walk:
     """Depth-first over a tree by directory fds, links not followed, at most ``max_entries`` entries.
 
     Iterating yields ``(dir_fd, name, lstat)`` (``dir_fd`` is valid only until the next step);
@@ -238,7 +238,7 @@ def has_regular_file(root: Path, *parts: str, max_entries: int = MAX_WALK_ENTRIE
     except (OSError, ValueError):
         return False
     try:
-        with contextlib.closing(iter(_Walk(top, max_entries))) as walk:
+        with contextlib.closing(iter(Walk(top, max_entries))) as walk:
             return any(stat.S_ISREG(st.st_mode) for _, _, st in walk)
     except OSError:
         return False
@@ -263,7 +263,7 @@ def tree_size_and_mtime(root: Path, *parts: str, max_entries: int = MAX_WALK_ENT
     top = open_dir(root, *parts)
     try:
         total, newest = 0, os.fstat(top).st_mtime
-        walk = _Walk(top, max_entries)
+        walk = Walk(top, max_entries)
         for _, _, st in walk:
             newest = max(newest, st.st_mtime)
             if not stat.S_ISDIR(st.st_mode):

@@ -13,6 +13,7 @@ import attrs
 
 from hivecore.limits import DEFAULT_AGENT_UID_BASE, validate_agent_uid_base
 from hivecore.names import MANAGER_NAME, child_path, validate_name
+from hivecore.nixconfine import DEFAULT_EVAL_MEMORY, DEFAULT_EVAL_TIMEOUT, EvalLimits
 from hivecore.unix_listener import resolve_group
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ class Config:
     """nixos runtime: ``MemoryMax=`` of every agent container (validated by :mod:`hivecore.limits`)."""
     agent_cpu_quota: str = "200%"
     """nixos runtime: ``CPUQuota=`` of every agent container (``200%`` = two CPUs' worth)."""
+    eval_memory_max: int = DEFAULT_EVAL_MEMORY
+    """Bytes of address space one nix evaluation of agent config may map (``RLIMIT_AS``)."""
+    eval_timeout: float = DEFAULT_EVAL_TIMEOUT
+    """Seconds one nix evaluation (or lock) may take before its process group is killed."""
     agent_uid_base: int = DEFAULT_AGENT_UID_BASE
     """Process runtime as root: agents run as uids ``base+1 …`` (gid the same), all with the
     supplementary group ``base`` (see :mod:`hivecore.agent_users`)."""
@@ -79,12 +84,18 @@ class Config:
 
     def __attrs_post_init__(self) -> None:
         validate_agent_uid_base(self.agent_uid_base)
+        if self.eval_memory_max < 64 << 20 or self.eval_timeout <= 0:
+            raise ValueError("the evaluation limits must be at least 64 MiB and a positive time")
         if self.dashboard_auth == "none" and not is_loopback(self.dashboard_host):
             raise ValueError(
                 f"--dashboard-auth none needs a loopback --dashboard-host, not {self.dashboard_host!r}"
             )
         if self.dashboard_auth == "none" and self.runtime == "nixos":
             raise ValueError(AUTH_NONE_NIXOS)
+
+    @property
+    def eval_limits(self) -> EvalLimits:
+        return EvalLimits(memory=self.eval_memory_max, time=self.eval_timeout)
 
     @property
     def paths(self) -> StatePaths:
@@ -163,6 +174,12 @@ class StatePaths:
         return self.root / "operator-token"
 
     @property
+    def daemon_dirs(self) -> tuple[Path, ...]:
+        """``meta/``, ``base/``, ``deployed/``: the daemon's alone (0700). Agents traverse the state
+        root to reach their own dirs, so nothing directly under it may be readable by others."""
+        return (self.meta, self.root / "base", self.root / "deployed")
+
+    @property
     def agent_uids(self) -> Path:
         """Which uid each agent name runs as (``hivecore.agent_users``; 0600, never shrinks)."""
         return self.root / "agent-uids.json"
@@ -213,7 +230,7 @@ class StatePaths:
         """
         gid = resolve_group(None, default=self.socket_group) if self.socket_group else None
         _ensure_dir(self.root, ROOT_MODE, gid)
-        for d in (self.db.parent, self.agents, self.applied_root):
+        for d in (self.db.parent, self.agents, self.applied_root, *self.daemon_dirs):
             _ensure_dir(d, PRIVATE_MODE)
         _ensure_dir(self.run, ROOT_MODE, gid)
         _ensure_dir(self.run_agents, PRIVATE_MODE)

@@ -129,7 +129,7 @@ def make_runtime(config: Config) -> ContainerRuntime:
         )
     from hivecore.runtime.process import ProcessRuntime
 
-    return ProcessRuntime(config.paths, stop_timeout=config.stop_timeout)
+    return ProcessRuntime(config.paths, stop_timeout=config.stop_timeout, runtime_dir=config.runtime_path)
 
 
 def build(config: Config, runtime: ContainerRuntime | None = None, store: Store | None = None) -> Daemon:
@@ -142,7 +142,8 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     broker = Broker(store, bus, lambda: views.rows().keys())
     notifier = Notifier(broker, bus)
     repos = Repos(config.paths)
-    meta = MetaLock(MetaRepo(config.paths, hyperhive_flake=config.hyperhive_flake), bus)
+    meta_repo = MetaRepo(config.paths, hyperhive_flake=config.hyperhive_flake, eval_limits=config.eval_limits)
+    meta = MetaLock(meta_repo, bus)
     lifecycle = Lifecycle(config, runtime, views, transients, store, notifier, repos=repos, meta=meta)
     approvals = Approvals(lifecycle, repos, store, bus, notifier)
     meta_updates = MetaUpdates(lifecycle, views, bus)

@@ -26,6 +26,8 @@ login.defs hand out (system and login users, DynamicUser, homed, nspawn's contai
 1879048191), below 2^31."""
 AGENT_ID_COUNT = 65536
 """Ids in the range: ``base`` is the agents' shared group, ``base+1 …`` one uid (and gid) per agent."""
+DEFAULT_EVAL_MEMORY_TEXT = "2G"
+"""``--eval-memory-max``'s default (:data:`hivecore.nixconfine.DEFAULT_EVAL_MEMORY`)."""
 DEFAULT_MEMORY_MAX = "4G"
 DEFAULT_CPU_QUOTA = "200%"
 
@@ -92,3 +94,26 @@ def validate_agent_uid_base(base: int) -> int:
     if isinstance(base, bool) or not isinstance(base, int) or not 1000 <= base <= top:
         raise InvalidLimit(f"--agent-uid-base must be a whole number from 1000 to {top}, not {base!r}")
     return base
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: str) -> int:
+    """Bytes of ``value``: a whole number with an optional ``K``/``M``/``G``/``T`` suffix (base
+    1024), at least 64M; :class:`InvalidLimit` otherwise."""
+    match = re.fullmatch(r"([0-9]+)([KMGT]?)", value.strip())
+    if not match:
+        raise InvalidLimit(f"{value!r} is not a size (bytes, or a number with K, M, G or T)")
+    size = int(match.group(1)) * _UNITS[match.group(2)]
+    if size < 64 << 20:
+        raise InvalidLimit(f"{value!r} is below 64M: no evaluation fits")
+    return size
+
+
+def size_arg(value: str) -> int:
+    """:func:`parse_size` as an argparse ``type=``."""
+    try:
+        return parse_size(value)
+    except InvalidLimit as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -30,18 +30,12 @@ from typing import Any
 import attrs
 import trio
 
+from hivecore import proc
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError
 from hivecore.models import MetaInputView
-from hivecore.repos import (
-    NIX_TIMEOUT,
-    BuildFailed,
-    Repos,
-    clean_env,
-    nix_binary,
-    run_capped,
-    useful_lines,
-)
+from hivecore.nixconfine import EvalLimits, agent_allowed_uris, eval_env, eval_options, lock_options
+from hivecore.repos import BuildFailed, Repos, nix_binary, useful_lines
 from hivecore.runtime.base import AgentSpec
 
 log = logging.getLogger(__name__)
@@ -329,6 +323,14 @@ def is_stale(paths: StatePaths, name: str, facts: MetaFacts | None) -> tuple[boo
 # --- the repo ------------------------------------------------------------------------------------
 
 
+def memory_hint(result: proc.Result, limits: EvalLimits) -> str:
+    """A note for an evaluation that ran out of its memory limit (nix says so, or dies of it)."""
+    text = result.stderr.decode(errors="replace")
+    if "out of memory" in text or "bad_alloc" in text or result.returncode < 0:
+        return f"\n(the evaluation memory limit is {limits.memory >> 20} MiB)"
+    return ""
+
+
 def _version_tuple(text: str) -> tuple[int, ...]:
     match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
     if not match:
@@ -340,9 +342,16 @@ class MetaRepo:
     """The git and nix work on ``<state>/meta`` and ``<state>/base`` (not serialised: see MetaLock)."""
 
     def __init__(
-        self, paths: StatePaths, *, hyperhive_flake: str | None = None, nix: str | None = None
+        self,
+        paths: StatePaths,
+        *,
+        hyperhive_flake: str | None = None,
+        nix: str | None = None,
+        eval_limits: EvalLimits | None = None,
     ) -> None:
         self.paths = paths
+        self.eval_limits = eval_limits or EvalLimits()
+        """Memory and time limits of every nix child (see :mod:`hivecore.nixconfine`)."""
         self.dir = paths.meta
         self.base = paths.root / "base"
         self.hyperhive_flake = hyperhive_flake
@@ -361,17 +370,30 @@ class MetaRepo:
         return result.stdout.decode(errors="replace").strip()
 
     async def nix(
-        self, *args: str, what: str, cwd: Path | None = None, error: type[HiveError] | None = None
+        self,
+        *args: str,
+        what: str,
+        cwd: Path | None = None,
+        error: type[HiveError] | None = None,
+        options: Sequence[str] | None = None,
     ) -> bytes:
-        cmd = [self._nix or nix_binary(), *NIX_FEATURES, *args]
+        """``nix <options> <args>`` confined (:mod:`hivecore.nixconfine`): ``options`` default to
+        :func:`~hivecore.nixconfine.lock_options`; the memory and time limits of
+        :attr:`eval_limits` always apply."""
+        limits = self.eval_limits
+        opts = lock_options() if options is None else list(options)
+        cmd = [self._nix or nix_binary(), *NIX_FEATURES, *opts, *args]
+        fail = error or MetaFailure
         try:
-            result = await run_capped(cmd, env=clean_env(), cwd=cwd, time_limit=NIX_TIMEOUT)
+            result = await proc.run(
+                cmd, env=eval_env(), cwd=cwd, time_limit=limits.time, memory_limit=limits.memory
+            )
         except OSError as exc:
             raise MetaFailure(f"{what}: cannot run nix: {exc.strerror or exc}") from None
         if result.timed_out:
-            raise MetaFailure(f"{what}: nix did not finish within {NIX_TIMEOUT:.0f} s")
+            raise fail(f"{what}: nix did not finish within {limits.time:g} s (the evaluation time limit)")
         if result.returncode != 0:
-            raise (error or MetaFailure)(f"{what}:\n{useful_lines(result.stderr)}")
+            raise fail(f"{what}:\n{useful_lines(result.stderr)}{memory_hint(result, limits)}")
         return result.stdout
 
     async def nix_version(self) -> tuple[int, ...]:
@@ -478,10 +500,18 @@ class MetaRepo:
         return await trio.to_thread.run_sync(read_lock_file, self.dir)
 
     async def evaluate(self, name: str) -> AgentSpec:
-        """``nix eval --json <meta>#hiveAgents.<n>``: the command and environment to run."""
+        """``nix eval --json <meta>#hiveAgents.<n>``, confined: the command and environment to run.
+
+        Only the base flake (and its locked inputs) and this agent's applied repo may be fetched;
+        see :mod:`hivecore.nixconfine`. :class:`BuildFailed` names what broke.
+        """
         attr = f"{self.dir}#hiveAgents.{name}"
         what = f"agent.nix of {name} does not evaluate"
-        out = await self.nix("eval", "--json", "--no-write-lock-file", attr, what=what, error=BuildFailed)
+        lock = await self.lock_data()
+        options = eval_options(agent_allowed_uris(lock, agent_input(name), HYPERHIVE))
+        out = await self.nix(
+            "eval", "--json", "--no-write-lock-file", attr, what=what, error=BuildFailed, options=options
+        )
         try:
             data = json.loads(out)
             command = data["command"]

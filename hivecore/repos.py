@@ -20,8 +20,10 @@ import errno
 import logging
 import os
 import re
+import shlex
 import shutil
 import stat
+import tempfile
 from collections.abc import Mapping, Sequence
 from functools import partial
 from importlib import resources
@@ -32,6 +34,7 @@ import trio
 from hivecore import proc
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError
+from hivecore.nixconfine import EvalLimits, eval_env, eval_options
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ APPLIED_REMOTE = "applied"
 PREVIOUS_MAIN = "refs/hive/previous-main"
 """``<PREVIOUS_MAIN>/<id>``: where applied ``main`` was before approval ``<id>`` moved it."""
 INCOMING = "refs/hive/incoming"
+SCRATCH_MAX = 1 << 20
+"""Bytes of ``agent.nix`` the config check copies for a confined evaluation."""
 
 _HEX_RE = re.compile(r"[0-9a-fA-F]{7,40}")
 _NOISE = ("warning: the group", "(use '--show-trace'")
@@ -113,6 +118,28 @@ def useful_lines(stderr: bytes, limit: int = 30) -> str:
     if len(kept) > limit:
         kept = [*kept[:limit], f"… ({len(kept) - limit} more lines)"]
     return "\n".join(kept) or "(no error output)"
+
+
+def _scratch_copy(repo: Path, fname: str) -> Path:
+    """A fresh 0700 directory holding a copy of ``repo/fname`` (opened without following a link,
+    at most 1 MiB): the only thing a confined evaluation of it may read."""
+    scratch = Path(tempfile.mkdtemp(prefix="hive-eval-"))
+    try:
+        fd = os.open(repo / fname, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as src:
+            if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                raise BuildFailed(f"{fname} must be a regular file")
+            data = src.read(SCRATCH_MAX + 1)
+        if len(data) > SCRATCH_MAX:
+            raise BuildFailed(f"{fname} is larger than {SCRATCH_MAX >> 20} MiB")
+        (scratch / fname).write_bytes(data)
+    except OSError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise BuildFailed(f"cannot read {fname}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return scratch
 
 
 def _real_dir(path: Path) -> bool:
@@ -288,6 +315,10 @@ class Repos:
             "-c",
             f"safe.directory={proposed}",
             "fetch",
+            # upload-pack runs in the proposed repo, which the manager's uid owns: it gets no -c from
+            # here (a local fetch clears GIT_CONFIG_PARAMETERS), so it is told on its command line
+            "--upload-pack",
+            shlex.join([self._git or git_binary(), "-c", f"safe.directory={proposed}/.git", "upload-pack"]),
             "-q",
             "--no-tags",
             "--no-write-fetch-head",
@@ -436,30 +467,49 @@ class Repos:
             raise BuildFailed(f"the config of {name}: agent.nix must be a regular file (git mode {mode})")
         return True
 
-    async def evaluate(self, name: str) -> None:
-        """``nix eval`` the applied ``agent.nix`` (a NixOS module); :class:`BuildFailed` if it breaks.
+    async def evaluate(self, name: str, *, limits: EvalLimits | None = None) -> None:
+        """``nix eval`` the applied ``agent.nix`` (a NixOS module), confined; :class:`BuildFailed`
+        if it breaks.
 
         ``agent.nix`` must be a regular file in applied ``main`` (a symlink is refused, not followed).
-        Offline: no nixpkgs, nothing fetched; the meta flake replaces this with the real build.
+        It is copied alone into a private scratch dir, the only path the evaluation may read
+        (``restrict-eval``, nothing fetched, no import-from-derivation, no ``<nixpkgs>``, memory and
+        time limits: :mod:`hivecore.nixconfine`); the meta flake replaces this with the real build.
         """
         if not await self.check_config(name):
             return
-        cmd = [
-            self._nix or nix_binary(),
-            "--extra-experimental-features",
-            "nix-command flakes",
-            "eval",
-            "--json",
-            "-f",
-            str(self.applied(name) / "agent.nix"),
-            "--apply",
-            _EVAL_APPLY,
-        ]
+        limits = limits or EvalLimits()
+        scratch = await trio.to_thread.run_sync(partial(_scratch_copy, self.applied(name), "agent.nix"))
         try:
-            result = await run_capped(cmd, env=clean_env(), time_limit=NIX_TIMEOUT)
-        except OSError as exc:
-            raise BuildFailed(f"cannot run nix: {exc.strerror or exc}") from None
+            cmd = [
+                self._nix or nix_binary(),
+                "--extra-experimental-features",
+                "nix-command flakes",
+                "eval",
+                *eval_options(()),
+                "-I",
+                f"agent={scratch}",
+                "--json",
+                "-f",
+                str(scratch / "agent.nix"),
+                "--apply",
+                _EVAL_APPLY,
+            ]
+            try:
+                result = await proc.run(
+                    cmd, env=eval_env(), time_limit=limits.time, memory_limit=limits.memory
+                )
+            except OSError as exc:
+                raise BuildFailed(f"cannot run nix: {exc.strerror or exc}") from None
+        finally:
+            await trio.to_thread.run_sync(partial(shutil.rmtree, scratch, ignore_errors=True))
         if result.timed_out:
-            raise BuildFailed(f"agent.nix of {name}: nix eval did not finish within {NIX_TIMEOUT:.0f} s")
+            raise BuildFailed(
+                f"agent.nix of {name}: nix eval did not finish within {limits.time:g} s "
+                "(the evaluation time limit)"
+            )
         if result.returncode != 0:
-            raise BuildFailed(f"agent.nix of {name} does not evaluate:\n{useful_lines(result.stderr)}")
+            hint = ""
+            if b"out of memory" in result.stderr or result.returncode < 0:
+                hint = f"\n(the evaluation memory limit is {limits.memory >> 20} MiB)"
+            raise BuildFailed(f"agent.nix of {name} does not evaluate:\n{useful_lines(result.stderr)}{hint}")

@@ -178,6 +178,7 @@ def bind_unix_socket(
     gid: int | None = None,
     dir_mode: int | None = DIR_MODE,
     backlog: int = BACKLOG,
+    uid: int | None = None,
 ) -> tuple[socket.socket, int]:
     """The synchronous part of :func:`open_unix_listener`: a listening socket and its file's inode."""
     if dir_mode is not None:
@@ -190,8 +191,8 @@ def bind_unix_socket(
         bound = True
         inode = path.lstat().st_ino
         os.chmod(path, mode)
-        if gid is not None:
-            os.chown(path, -1, gid)
+        if gid is not None or uid is not None:
+            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
         sock.listen(backlog)
     except BaseException:
         sock.close()
@@ -209,14 +210,17 @@ async def open_unix_listener(
     gid: int | None = None,
     dir_mode: int | None = DIR_MODE,
     backlog: int = BACKLOG,
+    uid: int | None = None,
 ) -> UnixListener:
     """Bind and listen on ``path``; the caller owns the result and closes it when done.
 
-    Raises :class:`SocketInUse` when a live process holds the path (or it is not a socket),
+    ``uid`` makes the socket that user's (an agent's socket: pass ``mode=0o600`` so only it, and
+    root, can connect). Raises :class:`SocketInUse` when a live process holds the path (or it is
+    not a socket),
     ``OSError`` when binding, chmod or chgrp fails. The filesystem work runs synchronously: a
     handful of syscalls on a local directory, done once at startup.
     """
     ensure_accept_error_filter()
-    sock, inode = bind_unix_socket(path, mode=mode, gid=gid, dir_mode=dir_mode, backlog=backlog)
+    sock, inode = bind_unix_socket(path, mode=mode, gid=gid, dir_mode=dir_mode, backlog=backlog, uid=uid)
     await trio.lowlevel.checkpoint()
     return UnixListener(trio.SocketListener(trio.socket.from_stdlib_socket(sock)), path, inode)

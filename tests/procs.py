@@ -7,18 +7,59 @@ import contextlib
 import json
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
+from hivecore.limits import DEFAULT_AGENT_UID_BASE
 from hivecore.runtime.base import AgentRuntimeState, AgentSpec
 from hivecore.runtime.process import ProcessRuntime
 from hivecore.runtime.shim import group_members, read_proc_stat
 from tests.waiting import eventually
 
 ENV = {"PATH": os.environ.get("PATH", os.defpath)}
+
+
+def as_owner(path: Path) -> dict[str, Any]:
+    """``trio.run_process``/``subprocess`` keywords that run a child as whoever owns ``path``: the
+    manager's uid on a proposed repo under a root daemon (with the agents' shared group, as the
+    daemon runs it); nothing when the test owns it."""
+    st = path.stat()
+    if st.st_uid == os.geteuid():
+        return {}
+    return {"user": st.st_uid, "group": st.st_gid, "extra_groups": [DEFAULT_AGENT_UID_BASE]}
+
+
+_MANAGER_GITCONFIG: list[Path] = []
+
+
+def owner_git_env(path: Path) -> dict[str, str]:
+    """The environment git needs when a test plays the manager on ``path`` under a root daemon: a
+    global config trusting repos owned by others (``safe.directory = *``), as a manager's
+    ``~/.gitconfig`` would, so it can read its ``applied`` remote (root's); nothing otherwise."""
+    if not as_owner(path):
+        return {}
+    if not _MANAGER_GITCONFIG:
+        directory = Path(tempfile.mkdtemp(prefix="hcgit", dir="/tmp"))
+        os.chmod(directory, 0o755)
+        config = directory / "gitconfig"
+        config.write_text("[safe]\n\tdirectory = *\n")
+        os.chmod(config, 0o644)
+        _MANAGER_GITCONFIG.append(config)
+    return {"GIT_CONFIG_GLOBAL": str(_MANAGER_GITCONFIG[0])}
+
+
+def write_as_owner(directory: Path, name: str, text: str) -> None:
+    """Write ``directory/name`` and hand it to the directory's owner (a manager editing its repo)."""
+    st = directory.stat()
+    (directory / name).write_text(text)
+    os.chown(directory / name, st.st_uid, st.st_gid)
+
+
 SLEEP = ("sleep", "60")
 
 

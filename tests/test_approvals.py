@@ -23,6 +23,7 @@ from hivecore.kick import REASON_CONFIG_APPLIED
 from hivecore.models import Approval
 from hivecore.repos import clean_env
 from tests.conftest import Parts
+from tests.procs import as_owner, owner_git_env, write_as_owner
 from tests.waiting import eventually
 
 BROKEN_NIX = "{ ... }: {\n  hive.agent = { model = ; };\n}\n"
@@ -33,20 +34,21 @@ def sonnet(model: str = "sonnet") -> str:
 
 
 async def git(repo: Path, *args: str, check: bool = True) -> str:
-    """git as the manager would run it (its own identity), in ``repo``."""
+    """git as the manager would run it (its own identity and, on its repos, its own uid), in ``repo``."""
     result = await trio.run_process(
         ["git", "-c", "user.name=hm1nd", "-c", "user.email=hm1nd@hive", "-C", str(repo), *args],
         capture_stdout=True,
         capture_stderr=True,
-        env=clean_env(),
+        env={**clean_env(), **owner_git_env(repo)},
         check=check,
+        **as_owner(repo),
     )
     return result.stdout.decode().strip()
 
 
 async def commit(repo: Path, files: dict[str, str], message: str = "change") -> str:
     for name, text in files.items():
-        (repo / name).write_text(text)
+        write_as_owner(repo, name, text)
     await git(repo, "add", "-A")
     await git(repo, "commit", "-q", "-m", message)
     return await git(repo, "rev-parse", "HEAD")

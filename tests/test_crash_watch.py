@@ -36,8 +36,7 @@ async def manager_events(parts: Parts) -> list[tuple[str, str]]:
     return out
 
 
-async def test_sigkilled_agent_yields_exactly_one_crash_within_one_tick(
-    parts: Parts) -> None:
+async def test_sigkilled_agent_yields_exactly_one_crash_within_one_tick(parts: Parts) -> None:
     c = parts.coordinator
     await c.spawn("alpha")
     await c.spawn("beta")
@@ -62,8 +61,7 @@ async def test_sigkilled_agent_yields_exactly_one_crash_within_one_tick(
     assert parts.crash_watch.statistics().ticks >= 6
 
 
-async def test_operator_stop_and_destroy_are_not_crashes(
-    parts: Parts) -> None:
+async def test_operator_stop_and_destroy_are_not_crashes(parts: Parts) -> None:
     c = parts.coordinator
     for name in ("alpha", "beta", "gamma"):
         await c.spawn(name)
@@ -123,8 +121,7 @@ def test_decide_is_pure_and_covers_each_axis() -> None:
     ]
 
 
-async def test_a_restarted_daemon_readopts_running_agents_without_restart_or_crash(
-    parts: Parts) -> None:
+async def test_a_restarted_daemon_readopts_running_agents_without_restart_or_crash(parts: Parts) -> None:
     from hivecore.daemon import build
 
     await parts.coordinator.spawn("alpha")

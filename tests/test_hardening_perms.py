@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hivecore import posix_acl
 from hivecore.config import StatePaths
 from hivecore.daemon import Daemon
 from hivecore.store import connect
@@ -18,7 +19,11 @@ from tests.conftest import make_config
 
 
 def mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
+    """What the owner, the owning group and others may do: with a POSIX ACL the mode's group bits
+    are the ACL's mask, so the group's are read from the ACL (agents' traverse grants are named
+    entries; ``tests/test_agent_privileges.py`` checks those)."""
+    bits = stat.S_IMODE(path.stat().st_mode)
+    return (bits & ~0o070) | (posix_acl.effective_group_bits(path) << 3)
 
 
 def layout_modes(p: StatePaths) -> dict[str, int]:

@@ -156,3 +156,51 @@ async def test_sigkill_mid_verb_then_restart_is_consistent(
         if proc.returncode is None:
             await sigkill(proc)
         log.unlink(missing_ok=True)
+
+
+def nix_processes(marker: str) -> list[int]:
+    """Live nix processes whose command line names ``marker`` (the state dir's meta flake)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"nix") and any(marker.encode() in a for a in argv) and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+async def test_sigkill_of_the_daemon_during_a_long_eval_leaves_no_nix_process(state_dir: Path) -> None:
+    """Issue 14, finding 5: the evaluation of an endless agent.nix dies with the daemon."""
+    from tests.test_eval_confined import FOREVER
+    from tests.test_meta import commit_file
+
+    log = state_dir.parent / f"{state_dir.name}.log"
+    proc = await serve(state_dir, log)
+    marker = f"{state_dir / 'meta'}#hiveAgents.coder"
+    try:
+        assert (await ask(state_dir, {"cmd": "spawn", "name": "coder"}))["ok"]
+        await commit_file(
+            state_dir / "applied" / "coder", "agent.nix", "{ ... }: builtins.seq (" + FOREVER + ") { }\n"
+        )
+        async with trio.open_nursery() as nursery:
+
+            async def send() -> None:
+                with contextlib.suppress(Unreachable, OSError, ValueError):
+                    await ask(state_dir, {"cmd": "rebuild", "name": "coder"}, timeout=120)
+
+            nursery.start_soon(send)
+            await eventually(lambda: bool(nix_processes(marker)), 30)  # the endless eval runs
+            await sigkill(proc)
+        await eventually(lambda: not nix_processes(marker), 10)
+    finally:
+        if proc.returncode is None:
+            await sigkill(proc)
+        for pid in nix_processes(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        log.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ from hivecore.runtime.base import AgentSpec
 from hivecore.services.meta_update import SKIP_AUTO_UPDATE_ENV, affected_agents
 from hivecore.wire.events import AgentNotice, MetaInputsChanged, MetaUpdateRunning
 from tests.conftest import Parts, make_config, start_parts
+from tests.procs import as_owner, owner_git_env, write_as_owner
 from tests.test_lifecycle import drain
 from tests.waiting import eventually
 
@@ -128,17 +129,19 @@ def test_render_is_deterministic_and_sorted() -> None:
 
 
 async def git(repo: Path, *args: str) -> str:
+    """git in ``repo`` as its owner (a proposed repo: the manager's uid under a root daemon)."""
     result = await trio.run_process(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo), *args],
         capture_stdout=True,
         capture_stderr=True,
-        env=clean_env(),
+        env={**clean_env(), **owner_git_env(repo)},
+        **as_owner(repo),
     )
     return result.stdout.decode().strip()
 
 
 async def commit_file(repo: Path, name: str, text: str, message: str = "change") -> str:
-    (repo / name).write_text(text)
+    write_as_owner(repo, name, text)
     await git(repo, "add", name)
     await git(repo, "commit", "-qm", message)
     return await git(repo, "rev-parse", "HEAD")

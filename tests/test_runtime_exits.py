@@ -1,6 +1,7 @@
 """ProcessRuntime: watching exits (``wait_exit``), an agent whose shim was killed (issue 11 defect 3),
-``list(names)`` and pidfiles from before the pgid was recorded. Real processes in tmp_path; every test
-that starts agents uses the ``runtime`` fixture, whose teardown SIGKILLs every recorded process group.
+``list(names)`` and pidfiles from before the pgid was recorded. Real processes in a state dir under
+/tmp; every test that starts agents uses the ``runtime`` fixture, whose teardown SIGKILLs every
+recorded process group.
 
 The bounds (``trio.fail_after``) are real time: the processes run in real time.
 """
@@ -38,8 +39,9 @@ from tests.waiting import eventually
 
 
 @pytest.fixture
-def paths(tmp_path: Path) -> StatePaths:
-    p = StatePaths(tmp_path / "state")
+def paths(state_dir: Path) -> StatePaths:
+    """Under /tmp (``state_dir``): a root daemon's agents run as their own uids and must reach it."""
+    p = StatePaths(state_dir)
     p.create_layout()
     return p
 
@@ -262,10 +264,10 @@ async def test_orphaned_agent_that_then_dies_is_failed(runtime: ProcessRuntime) 
 
 
 async def test_start_refuses_while_a_cancelled_stop_left_the_old_group(
-    runtime: ProcessRuntime, paths: StatePaths, tmp_path: Path
+    runtime: ProcessRuntime, paths: StatePaths
 ) -> None:
     slow = ProcessRuntime(paths, stop_timeout=30)
-    ready = tmp_path / "ready"
+    ready = paths.agent_state("alpha") / "ready"  # the agent's own dir: it may run as its own uid
     a = await started(slow, "alpha", stubborn(ready))
     assert a.pid is not None
     await eventually(ready.exists)  # its TERM trap is set
@@ -288,10 +290,10 @@ async def test_start_refuses_while_a_cancelled_stop_left_the_old_group(
 
 
 async def test_start_refuses_while_a_cancelled_stop_left_the_shim(
-    runtime: ProcessRuntime, paths: StatePaths, tmp_path: Path
+    runtime: ProcessRuntime, paths: StatePaths
 ) -> None:
     slow = ProcessRuntime(paths, stop_timeout=30)
-    ready = tmp_path / "ready"
+    ready = paths.agent_state("alpha") / "ready"  # the agent's own dir: it may run as its own uid
     a = await started(slow, "alpha", stubborn(ready))
     assert a.pid is not None
     await eventually(ready.exists)

@@ -1,4 +1,4 @@
-"""ProcessRuntime against real processes in tmp_path.
+"""ProcessRuntime against real processes in a state dir under /tmp (agents may run as their own uids).
 
 Every test that starts agents uses the ``runtime`` fixture, whose teardown SIGKILLs every process group
 recorded under the run dir (and every shim whose command line names it), then reaps what it can:
@@ -42,8 +42,9 @@ IGNORES_TERM = ("sh", "-c", "trap '' TERM; while :; do sleep 0.05; done")
 
 
 @pytest.fixture
-def paths(tmp_path: Path) -> StatePaths:
-    p = StatePaths(tmp_path / "state")
+def paths(state_dir: Path) -> StatePaths:
+    """Under /tmp (``state_dir``): a root daemon's agents run as their own uids and must reach it."""
+    p = StatePaths(state_dir)
     p.create_layout()
     return p
 
@@ -124,9 +125,13 @@ async def test_restart_clears_marker_and_exit_status(runtime: ProcessRuntime, pa
     assert not (paths.agent_run("alpha") / "exit_status").exists()
 
 
-async def test_agent_exiting_on_its_own_is_failed(runtime: ProcessRuntime) -> None:
+async def test_agent_exiting_on_its_own_is_failed(runtime: ProcessRuntime, paths: StatePaths) -> None:
+    # an executable the kernel cannot run (no #!, not ELF): exec fails in the shim, which records 127
+    garbage = paths.root / "garbage"
+    garbage.write_bytes(b"\x00\x01 not a program")
+    garbage.chmod(0o755)
     await runtime.create(AgentSpec(name="quits", command=("sh", "-c", "exit 3"), env=ENV))
-    await runtime.create(AgentSpec(name="missing", command=("/nonexistent/agent",), env=ENV))
+    await runtime.create(AgentSpec(name="missing", command=(str(garbage),), env=ENV))
     await runtime.start("quits")
     await runtime.start("missing")
     quits = await wait_for(runtime, "quits", lambda s: not s.running and s.exit_status is not None)
@@ -185,11 +190,9 @@ async def test_pid_reuse_guard(runtime: ProcessRuntime, paths: StatePaths) -> No
     assert group_alive(a.pid)
 
 
-async def test_graceful_stop_escalates_to_sigkill(
-    runtime: ProcessRuntime, paths: StatePaths, tmp_path: Path
-) -> None:
+async def test_graceful_stop_escalates_to_sigkill(runtime: ProcessRuntime, paths: StatePaths) -> None:
     hasty = ProcessRuntime(paths, stop_timeout=0.5)
-    ready = tmp_path / "ready"
+    ready = paths.agent_state("stubborn") / "ready"  # the agent's own dir: it may run as its own uid
     a = await started(hasty, "stubborn", stubborn(ready))
     assert a.pid is not None
     await eventually(ready.exists)  # sh has installed its trap
@@ -214,11 +217,9 @@ async def test_hard_stop_kills_at_once(paths: StatePaths, runtime: ProcessRuntim
     assert not (await patient.list())["stubborn"].failed
 
 
-async def test_cancelled_stop_still_counts_as_stop(
-    runtime: ProcessRuntime, paths: StatePaths, tmp_path: Path
-) -> None:
+async def test_cancelled_stop_still_counts_as_stop(runtime: ProcessRuntime, paths: StatePaths) -> None:
     slow = ProcessRuntime(paths, stop_timeout=30)
-    ready = tmp_path / "ready"
+    ready = paths.agent_state("stubborn") / "ready"  # the agent's own dir: it may run as its own uid
     a = await started(slow, "stubborn", stubborn(ready))
     assert a.pid is not None
     await eventually(ready.exists)  # sh has installed its trap

@@ -21,9 +21,11 @@ from hivecore.errors import HiveError
 from hivecore.limits import (
     DEFAULT_AGENT_UID_BASE,
     DEFAULT_CPU_QUOTA,
+    DEFAULT_EVAL_MEMORY_TEXT,
     DEFAULT_MEMORY_MAX,
     cpu_quota_arg,
     memory_max_arg,
+    size_arg,
     validate_agent_uid_base,
     validate_cpu_quota,
     validate_memory_max,
@@ -129,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 200%%: two CPUs' worth)",
     )
     serve.add_argument(
+        "--eval-memory-max",
+        type=size_arg,
+        default=DEFAULT_EVAL_MEMORY_TEXT,
+        help="address space one nix evaluation of agent config may map: bytes with an optional "
+        f"K/M/G suffix (default {DEFAULT_EVAL_MEMORY_TEXT})",
+    )
+    serve.add_argument(
+        "--eval-timeout",
+        type=float,
+        default=120.0,
+        help="seconds one nix evaluation of agent config (or lock of the meta flake) may take (default 120)",
+    )
+    serve.add_argument(
         "--agent-uid-base",
         type=int,
         default=DEFAULT_AGENT_UID_BASE,
@@ -203,6 +218,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
     if not 0 <= args.dashboard_port <= 65535:
         raise HiveError(f"--dashboard-port {args.dashboard_port} is not a port number")
+    if args.eval_timeout <= 0:
+        raise HiveError("--eval-timeout must be positive")
     if args.crash_watch_interval <= 0:
         raise HiveError("--crash-watch-interval must be positive")
     if args.dashboard_auth == "none" and not is_loopback(args.dashboard_host):
@@ -229,6 +246,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         agent_cpu_quota=validate_cpu_quota(args.agent_cpu_quota),
         dashboard_auth=args.dashboard_auth,
         agent_uid_base=validate_agent_uid_base(args.agent_uid_base),
+        eval_memory_max=args.eval_memory_max,
+        eval_timeout=args.eval_timeout,
     )
 
 

@@ -20,7 +20,14 @@ lives elsewhere, in ``<runtime-dir>/agents/<name>/``):
 
 Agents run in their own session, so they outlive the daemon; a new :class:`ProcessRuntime` on the same
 state dir re-adopts them from their pidfiles. The agent's environment is exactly ``spec.env`` (nothing
-is inherited from the daemon); its working directory is the daemon's.
+is inherited from the daemon).
+
+Under a root daemon each agent runs as its own uid (:mod:`hivecore.agent_users`): ``start`` grants it
+traverse on the directories it needs, hands it its state dir, checks that it can execute its command
+and interpreter (a clear :class:`RuntimeFailure` naming the path otherwise, never an agent that dies
+at start), and the shim (which stays root, so the run dir and its records are the daemon's alone)
+starts the agent as that uid in its state dir. Under a non-root daemon the agent runs as the daemon's
+user, in the daemon's working directory.
 
 Running means: the shim is alive, *or* a live process is left in its process group. The second case is
 an agent whose shim was killed on its own (issue 11): the agent still runs, unsupervised (its output
@@ -57,10 +64,12 @@ import attrs
 import trio
 
 import hivecore
+from hivecore import agent_users
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError, RuntimeFailure
-from hivecore.names import validate_name
+from hivecore.names import MANAGER_NAME, validate_name
 from hivecore.ports import agent_port
+from hivecore.proc import Credentials
 from hivecore.runtime.base import AgentRuntimeState, AgentSpec
 from hivecore.runtime.procwait import live_group_members, poll_until, wait_process_exit
 from hivecore.runtime.shim import (
@@ -152,9 +161,17 @@ class ProcessRuntime:
     can_wait_exit = True
 
     def __init__(
-        self, paths: StatePaths, *, stop_timeout: float = 10.0, log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+        self,
+        paths: StatePaths,
+        *,
+        stop_timeout: float = 10.0,
+        log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+        runtime_dir: Path | None = None,
     ) -> None:
         self._paths = paths
+        self._runtime_dir = runtime_dir
+        """Where the agents' sockets live (``<runtime>/agents/<n>``, ``<runtime>/manager``): a root
+        daemon grants each agent's uid traverse there (see :mod:`hivecore.agent_users`)."""
         self._stop_timeout = stop_timeout
         self._log_max_bytes = log_max_bytes
         self._ended: set[tuple[int, int]] = set()
@@ -406,9 +423,10 @@ class ProcessRuntime:
                         live.record.pgid,
                     )
                 return
+            who = self._prepare_user(name, spec)
             (rundir / STOP_MARKER).unlink(missing_ok=True)
             (rundir / EXIT_STATUS_FILE).unlink(missing_ok=True)
-            pid = self._spawn_shim(rundir, spec)
+            pid = self._spawn_shim(rundir, spec, who)
             st = read_proc_stat(pid)
             if st is None:  # our own child: it exists until we reap it
                 raise RuntimeFailure(f'agent "{name}" vanished right after start (pid {pid})')
@@ -419,13 +437,37 @@ class ProcessRuntime:
             )
         log.info("started agent %s (shim pid %d)", name, pid)
 
-    def _spawn_shim(self, rundir: Path, spec: AgentSpec) -> int:
+    def _prepare_user(self, name: str, spec: AgentSpec) -> Credentials | None:
+        """Under a root daemon: the agent's uid, its directories prepared and its command checked
+        (:class:`RuntimeFailure` naming the path it cannot reach); ``None`` otherwise. Blocking."""
+        try:
+            who = agent_users.credentials(self._paths, name)
+            if who is None:
+                return None
+            agent_users.prepare_agent(self._paths, self._runtime_dir, name, who)
+            reach = [self._paths.agent_state(name)]
+            if self._runtime_dir is not None:
+                reach.append(self._runtime_dir / ("manager" if name == MANAGER_NAME else f"agents/{name}"))
+            agent_users.check_runnable(name, spec.command, spec.env, who, reach=reach)
+        except HiveError as exc:
+            raise RuntimeFailure(str(exc)) from None
+        except OSError as exc:
+            raise RuntimeFailure(f'cannot prepare the directories of agent "{name}": {exc}') from exc
+        return who
+
+    def _spawn_shim(self, rundir: Path, spec: AgentSpec, who: Credentials | None = None) -> int:
+        user: list[str] = []
+        if who is not None:
+            groups = ",".join(str(g) for g in who.groups)
+            cwd = str(self._paths.agent_state(spec.name))
+            user = ["--user", f"{who.uid}:{who.gid}:{groups}", "--cwd", cwd]
         argv = [
             sys.executable,
             "-m",
             "hivecore.runtime.shim",
             "--log-max-bytes",
             str(self._log_max_bytes),
+            *user,
             str(rundir),
             "--",
             *spec.command,

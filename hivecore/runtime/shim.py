@@ -1,11 +1,14 @@
 """The process runtime's per-agent shim.
 
-Usage: ``python -m hivecore.runtime.shim [--log-max-bytes N] RUNDIR -- CMD…``.
+Usage: ``python -m hivecore.runtime.shim [--log-max-bytes N] [--user UID:GID:G1,G2 --cwd DIR]
+RUNDIR -- CMD…``.
 
 The shim is the session and process-group leader of one agent. It
 
-- starts ``CMD`` as its child (same process group) with stdin on ``/dev/null`` and stdout+stderr piped
-  into ``RUNDIR/agent.log``, rotated past ``--log-max-bytes`` (``agent.log.1`` … ``agent.log.3``);
+- starts ``CMD`` as its child (same process group) with stdin on ``/dev/null`` and stdout+stderr
+  piped into ``RUNDIR/agent.log``, rotated past ``--log-max-bytes`` (``agent.log.1`` …
+  ``agent.log.3``); with ``--user``, as that uid and gid with exactly those supplementary groups,
+  in ``--cwd`` (the shim itself keeps the daemon's user, so ``RUNDIR`` stays the daemon's);
 - forwards SIGTERM/SIGINT to the child and waits for it;
 - writes ``RUNDIR/exit_status`` (JSON ``{"returncode", "signal", "finished_at", "by": "shim"}``) so the
   status survives a daemon restart (the daemon is then not the shim's parent and cannot ``waitpid`` it);
@@ -156,7 +159,14 @@ def _agent_env() -> dict[str, str]:
     return env
 
 
-def run(rundir: Path, command: list[str], *, log_max_bytes: int) -> int:
+def run(
+    rundir: Path,
+    command: list[str],
+    *,
+    log_max_bytes: int,
+    user: tuple[int, int, list[int]] | None = None,
+    cwd: str | None = None,
+) -> int:
     """Run ``command`` under the shim until it exits; return the shim's own exit code."""
     log = RotatingLog(rundir / LOG_FILE, max_bytes=log_max_bytes)
     child: subprocess.Popen[bytes] | None = None
@@ -176,12 +186,17 @@ def run(rundir: Path, command: list[str], *, log_max_bytes: int) -> int:
 
     log.note(f"starting: {shlex.join(command)}")
     try:
+        identity: dict[str, Any] = {}
+        if user is not None:
+            identity = {"user": user[0], "group": user[1], "extra_groups": user[2]}
         child = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=_agent_env(),
+            cwd=cwd,
+            **identity,
         )
     except OSError as e:
         code = 126 if isinstance(e, PermissionError) else 127
@@ -210,7 +225,10 @@ def run(rundir: Path, command: list[str], *, log_max_bytes: int) -> int:
 
 
 def _usage() -> int:
-    sys.stderr.write("usage: python -m hivecore.runtime.shim [--log-max-bytes N] RUNDIR -- COMMAND...\n")
+    sys.stderr.write(
+        "usage: python -m hivecore.runtime.shim [--log-max-bytes N] [--user UID:GID:GROUPS --cwd DIR] "
+        "RUNDIR -- COMMAND...\n"
+    )
     return 2
 
 
@@ -223,9 +241,21 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             return _usage()
         args = args[2:]
+    user: tuple[int, int, list[int]] | None = None
+    cwd: str | None = None
+    while args[:1] in (["--user"], ["--cwd"]) and len(args) >= 2:
+        if args[0] == "--cwd":
+            cwd = args[1]
+        else:
+            try:
+                uid, gid, groups = args[1].split(":")
+                user = (int(uid), int(gid), [int(g) for g in groups.split(",") if g])
+            except ValueError:
+                return _usage()
+        args = args[2:]
     if len(args) < 3 or args[1] != "--":
         return _usage()
-    return run(Path(args[0]), args[2:], log_max_bytes=log_max_bytes)
+    return run(Path(args[0]), args[2:], log_max_bytes=log_max_bytes, user=user, cwd=cwd)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import trio
 from actors.meta_lock import MetaLock
 from actors.transients import TransientRegistry
 from actors.views import Views
+from hivecore import agent_users
 from hivecore import store as st
 from hivecore.config import Config
 from hivecore.container_view import set_pause_marker
@@ -180,12 +181,16 @@ class Lifecycle:
 
         async def work() -> None:
             def layout() -> None:
+                # 0700: under a root daemon other agents traverse agents/ (see hivecore.agent_users)
+                paths.agent_dir(name).mkdir(mode=0o700, exist_ok=True)
                 for sub in ("state", "claude", "config"):
-                    (paths.agent_dir(name) / sub).mkdir(parents=True, exist_ok=True)
+                    (paths.agent_dir(name) / sub).mkdir(mode=0o700, exist_ok=True)
 
             await trio.to_thread.run_sync(layout)
             if await self.repos.seed(name):  # a revived tombstone keeps its repos
                 log.info("spawn %s: seeded its config repos", name)
+            if self.config.runtime == "process":  # the manager's uid edits every proposed repo
+                await trio.to_thread.run_sync(agent_users.prepare_config, paths, name)
             if self._meta_on():
                 self._meta_adding.add(name)
                 try:
@@ -313,7 +318,7 @@ class Lifecycle:
 
     async def default_build(self, name: str) -> None:
         """Evaluate the applied ``agent.nix`` (a broken config fails here), then restart the agent."""
-        await self.repos.evaluate(name)
+        await self.repos.evaluate(name, limits=self.config.eval_limits)
         await self.runtime.update(self.agent_spec(name))
         await self.runtime.stop(name, graceful=True)
         await self.runtime.start(name)

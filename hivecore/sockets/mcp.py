@@ -26,11 +26,13 @@ from typing import Any, Protocol
 
 import trio
 
+from hivecore import agent_users
 from hivecore.config import Config
 from hivecore.container_view import STATUS_FILE
 from hivecore.errors import HiveError, NotAvailable, Refused, UnknownAgent
 from hivecore.models import ContainerView, JobSource
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, is_manager, validate_name
+from hivecore.proc import Credentials
 from hivecore.services.broker import Broker
 from hivecore.sockets.server import SEND_TIMEOUT, Connection, JsonLinesServer, unwrap
 from hivecore.wire.agent import (
@@ -142,8 +144,10 @@ class McpSocket:
         send_timeout: float = SEND_TIMEOUT,
         max_connections: int = AGENT_MAX_CONNECTIONS,
         extra_idle_timeout: float = EXTRA_IDLE_TIMEOUT,
+        owner: Callable[[], Credentials | None] | None = None,
     ) -> None:
         self.label = label
+        self._owner = owner
         self.path = path
         self.broker = broker
         self.me = whoami
@@ -172,6 +176,10 @@ class McpSocket:
         self.internal_errors = 0
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; with an ``owner``, the socket is that uid's alone (mode 0600)."""
+        if self._owner is not None:
+            who = await trio.to_thread.run_sync(self._owner)
+            self.server.owner = who.uid if who is not None else None
         await self.server.run(task_status=task_status)
 
     async def handle_line(self, conn: Connection, line: bytes) -> None:
@@ -231,6 +239,15 @@ class McpSocket:
         return McpResponse(ok=True, whoami=self.me)
 
 
+def _owner(config: Config, name: str) -> Callable[[], Credentials | None] | None:
+    """Under the process runtime the socket belongs to the agent's uid (a root daemon; see
+    :mod:`hivecore.agent_users`); nixos containers reach theirs through a bind mount as their root."""
+    if config.runtime != "process":
+        return None
+    paths = config.paths
+    return lambda: agent_users.credentials(paths, name)
+
+
 class AgentSocket(McpSocket):
     """``<runtime-dir>/agents/<name>/mcp.sock``: send, recv, ack_turn, status, set_status, whoami."""
 
@@ -242,7 +259,7 @@ class AgentSocket(McpSocket):
             broker,
             Whoami(name=name, inbox=name, role="agent"),
             parse=parse_agent_request,
-            **kwargs,
+            **{"owner": _owner(config, name), **kwargs},
         )
         self.config = config
         self.facade = facade
@@ -278,7 +295,7 @@ class ManagerSocket(McpSocket):
             broker,
             Whoami(name=MANAGER_NAME, inbox=MANAGER_AGENT, role="manager"),
             parse=parse_manager_request,
-            **kwargs,
+            **{"owner": _owner(config, MANAGER_NAME), **kwargs},
         )
         self.config = config
         self.facade = facade

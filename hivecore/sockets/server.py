@@ -151,6 +151,8 @@ class JsonLinesServer:
         self.fd_reserve = fd_reserve
         self.extra_idle_timeout = extra_idle_timeout
         self.long_idle_slots = long_idle_slots
+        self.owner: int | None = None
+        """A uid to hand the socket file to (mode 0600: that user and root connect; nobody else)."""
         self._stats = ServerStatistics()
         self._last_refusal_log = -math.inf
 
@@ -166,7 +168,10 @@ class JsonLinesServer:
         """
         try:
             gid = resolve_group(self.group, default=self.default_group)
-            bound = await open_unix_listener(self.path, gid=gid)
+            if self.owner is None:
+                bound = await open_unix_listener(self.path, gid=gid)
+            else:
+                bound = await open_unix_listener(self.path, gid=gid, uid=self.owner, mode=0o600)
         except LookupError as exc:
             raise ListenError(f"{self.name}: {exc.args[0]}", self.path) from exc
         except SocketInUse as exc:  # its message names the path and what is there
