@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from actors.event_bus import EventBus
+from hivecore import shutdown
 from hivecore.wire.events import ActorCrashed
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class Supervisor:
                 task_status.started()
                 await trio.sleep_forever()
             finally:
+                shutdown.begin()  # shielded work now has a deadline; the children below wait for it
                 with trio.CancelScope(shield=True):
                     await self._shutdown(children)
                     inner.cancel_scope.cancel()
@@ -118,7 +120,11 @@ class Supervisor:
                 with trio.move_on_after(self.policy.stop_grace):
                     await done.wait()
             scope.cancel()
-            with trio.move_on_after(self.policy.stop_grace):
+            # a child still in shielded work gets until that work's deadline (hivecore.shutdown):
+            # the children after it (the store, the bus) must outlive what it is finishing
+            with trio.move_on_at(
+                max(trio.current_time() + self.policy.stop_grace, shutdown.deadline() + 0.5)
+            ):
                 await done.wait()
             if not done.is_set():
                 log.warning("actor %s did not stop within %gs", spec.name, self.policy.stop_grace)

@@ -270,12 +270,18 @@ class Store:
         ](64)
         self._calls = 0
         self._thread = trio.CapacityLimiter(1)
+        self._stopped = False
+        """Set when :meth:`run` ends: later calls fail at once instead of waiting for an answer."""
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the store thread after every earlier request; return its result.
 
         Cancellation while waiting abandons the answer, not the work: once sent, ``fn`` still runs.
+        Raises :class:`StoreUnavailable` when the store has stopped (shutdown) or stops before
+        answering: a caller never waits on an answer that cannot come.
         """
+        if self._stopped:
+            raise StoreUnavailable("the database is closed: the daemon is stopping")
         reply_send, reply_recv = trio.open_memory_channel[outcome.Outcome[Any]](1)
         with reply_recv:
             await self._send.send((fn, reply_send))
@@ -286,6 +292,7 @@ class Store:
         return result.unwrap()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self._stopped = False
         conn = await trio.to_thread.run_sync(connect, self.path)
         log.info("store: opened %s (schema %d, WAL)", self.path, SCHEMA_VERSION)
         try:
@@ -303,6 +310,13 @@ class Store:
                         reply.send_nowait(result)
         finally:
             conn.close()
+            self._stopped = True
+            while True:  # requests queued but never run: their callers get StoreUnavailable
+                try:
+                    _, queued_reply = self._recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                queued_reply.close()
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(calls=self._calls, queued=self._send.statistics().current_buffer_used)

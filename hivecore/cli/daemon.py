@@ -260,6 +260,7 @@ async def serve(config: Config) -> None:
     from hivecore.daemon import limit_worker_threads
     from hivecore.daemon import main as daemon_main
     from hivecore.fdlimit import raise_nofile_limit
+    from hivecore.shutdown import exit_watchdog
 
     limit_worker_threads()  # the daemon alone in this process: see its docstring
     raise_nofile_limit()  # agents' connections stop at a reserve below it (hivecore.fdlimit)
@@ -270,6 +271,8 @@ async def serve(config: Config) -> None:
             await nursery.start(partial(daemon_main, config, web_factory=daemon_app))
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
+                # whatever is stuck, the process is gone within EXIT_LIMIT (docs/install.md)
+                exit_watchdog()
                 nursery.cancel_scope.cancel(reason=f"received {signal.Signals(signum).name}")
                 # if a task refuses to die (it should not), do not hang past the grace period
                 nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_SECONDS

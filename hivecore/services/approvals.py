@@ -5,7 +5,8 @@ The manager (or the operator) *requests*; the row is the audit trail (never vacu
 flake). Statuses: ``pending`` → ``approved`` | ``denied`` | ``failed`` | ``cancelled``; a row
 resolves exactly once (:func:`hivecore.store.resolve_approval`).
 
-Requests run in the caller's task but shielded (a hung-up caller cannot leave a half-made row;
+Requests run in the caller's task but shielded (a hung-up caller cannot leave a half-made row; the
+shield ends :data:`hivecore.shutdown.SHIELDED_WORK_LIMIT` s after shutdown starts;
 every git call has a wall-clock limit), and a kill -9 mid-request is swept at the next start
 (:meth:`Approvals.run`).
 Approve and deny are jobs on the lane (:meth:`Approvals.run_job`): one job per agent, the
@@ -28,6 +29,7 @@ import attrs
 import trio
 
 from actors.event_bus import EventBus
+from hivecore import shutdown
 from hivecore import store as st
 from hivecore.errors import HiveError, InvalidName, NotAvailable, Refused, UnknownAgent
 from hivecore.kick import REASON_CONFIG_APPLIED
@@ -178,7 +180,7 @@ class Approvals:
         text = _text(description, "description")
         if not await self._exists(name):
             raise UnknownAgent(name)
-        with trio.CancelScope(shield=True):
+        with shutdown.shielded():
             approval = await self.store.call(
                 lambda c: st.insert_approval(c, name, "apply_commit", commit_ref, text)
             )
@@ -323,7 +325,7 @@ class Approvals:
             note = str(exc) if isinstance(exc, HiveError) else f"{type(exc).__name__}: {exc}"
             await self._fail_build(approval, sha, previous, note)
             raise HiveError(f"approval {aid} ({name} {sha[:12]}) failed: {note}") from exc
-        with trio.CancelScope(shield=True):
+        with shutdown.shielded():
             tag = f"deployed/{aid}"
             await self.repos.tag(name, tag, sha)
             await self.repos.delete_ref(name, f"{PREVIOUS_MAIN}/{aid}")
@@ -337,7 +339,7 @@ class Approvals:
         """Roll main back to ``previous``, tag ``failed/<id>`` (body: ``note``), fail the row, tell."""
         name, aid = approval.agent, approval.id
         tag: str | None = None
-        with trio.CancelScope(shield=True):
+        with shutdown.shielded():
             try:
                 if previous is not None:  # also re-syncs a work tree a crash left half-reset
                     await self.repos.move_main(name, previous)
@@ -389,7 +391,7 @@ class Approvals:
             await self.lifecycle.spawn(approval.agent)
         except HiveError as exc:
             if approval.status == "pending":
-                with trio.CancelScope(shield=True):
+                with shutdown.shielded():
                     await self._announce(await self._resolve(approval, "failed", str(exc)))
             raise
         if approval.status == "pending":
