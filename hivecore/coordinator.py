@@ -104,10 +104,9 @@ class Coordinator:
         await self._submit("stop", await self.require_agent(name), source, {"graceful": graceful})
 
     async def kill(self, name: object, *, source: JobSource = "host_sock") -> None:
-        valid = await self.require_agent(name)
-        if is_manager(valid):
+        if isinstance(name, str) and is_manager(name):
             raise Refused("refusing to kill the manager")
-        await self._submit("kill", valid, source)
+        await self._submit("kill", await self.require_agent(name), source)
 
     async def restart(self, name: object, *, source: JobSource = "host_sock") -> None:
         await self._submit("restart", await self.require_agent(name), source)
@@ -116,17 +115,16 @@ class Coordinator:
         await self._submit("rebuild", await self.require_agent(name), source)
 
     async def destroy(self, name: object, *, purge: bool = False, source: JobSource = "host_sock") -> None:
-        valid = validate_name(name)
-        if is_manager(valid):
+        if isinstance(name, str) and is_manager(name):  # before validation: "manager" is a reserved word
             raise Refused("refusing to destroy the manager")
-        valid = await self.require_agent(valid)
+        valid = await self.require_agent(name)
         await self._submit("destroy", valid, source, {"purge": purge})
 
     async def purge_tombstone(self, name: object, *, source: JobSource = "host_sock") -> None:
         """Delete a destroyed agent's kept state (agents/<n>/ and applied/<n>/); no undo."""
-        valid = validate_name(name)
-        if is_manager(valid):
+        if isinstance(name, str) and is_manager(name):
             raise Refused("refusing to purge the manager's state")
+        valid = validate_name(name)
         if valid in await self._runtime.list([valid]):
             raise Refused(f'agent "{valid}" still has a live container; destroy it first')
         targets = await trio.to_thread.run_sync(self._lifecycle.purge_targets, valid)
