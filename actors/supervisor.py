@@ -90,6 +90,7 @@ class Supervisor:
         and the event bus last); a child with a ``stop`` hook is asked first and cancelled only
         after ``stop_grace`` seconds.
         """
+        shutdown.reset()
         async with trio.open_nursery() as outer:
             # the children live in a shielded nursery: cancelling run() does not reach them
             # directly; the shutdown below stops them one by one

@@ -4,7 +4,8 @@ Some work must not be torn in half by a hung-up caller (an approval row and its 
 message handed out and put back): it runs in :func:`shielded`. Shielding has no end of its own, so
 without a bound a SIGTERM during such work waits on it forever. The rules:
 
-* :func:`shielded` is a shielded cancel scope with no deadline while the daemon runs;
+* :func:`shielded` is a shielded cancel scope with no deadline while the daemon runs (:func:`reset`
+  when a supervisor starts);
 * :func:`begin` (the supervisor calls it when shutdown starts) gives every open shielded scope, and
   every one opened afterwards, a deadline :data:`SHIELDED_WORK_LIMIT` seconds away. Work cut there
   is cancelled like any other (subprocess groups are killed); whatever it left half-done is what a
@@ -59,7 +60,9 @@ def _shields() -> _Shields:
 def shielded() -> Iterator[trio.CancelScope]:
     """A shielded cancel scope that shutdown can still bound (see the module doc)."""
     shields = _shields()
-    scope = trio.CancelScope(shield=True, deadline=shields.deadline)
+    # a deadline already past belongs to a shutdown that is over (another daemon in this run)
+    deadline = shields.deadline if shields.deadline > trio.current_time() else math.inf
+    scope = trio.CancelScope(shield=True, deadline=deadline)
     shields.scopes.add(scope)
     try:
         with scope:
@@ -80,6 +83,11 @@ def begin(limit: float = SHIELDED_WORK_LIMIT) -> float:
     if shields.scopes:
         log.info("shutdown: %d shielded task(s) get %g s to finish", len(shields.scopes), limit)
     return shields.deadline
+
+
+def reset() -> None:
+    """A daemon starts in this run (the supervisor calls it): shielded work is unbounded again."""
+    _shields().deadline = math.inf
 
 
 def deadline() -> float:

@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 import trio
+import trio.testing
 
 import hivecore
+from hivecore import shutdown
 from hivecore.shutdown import EXIT_LIMIT, SHIELDED_WORK_LIMIT
 from tests.procs import eventually
 from tests.test_approvals import commit
@@ -133,3 +135,32 @@ def test_the_watchdog_ends_a_stuck_process() -> None:
     )
     assert result.returncode == 1
     assert time.monotonic() - started < 10
+
+
+async def test_shielded_work_is_bounded_only_once_shutdown_begins(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cut: list[str] = []
+
+    async def work(name: str, seconds: float) -> None:
+        with shutdown.shielded() as scope:
+            await trio.sleep(seconds)
+        if scope.cancelled_caught:
+            cut.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(work, "long, open at shutdown", 3600)
+        nursery.start_soon(work, "short", 5)
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()  # the shield holds: cancelling its caller does not cut it
+        start = trio.current_time()
+        deadline = shutdown.begin(SHIELDED_WORK_LIMIT)
+        assert deadline == start + SHIELDED_WORK_LIMIT
+        async with trio.open_nursery() as late:
+            late.start_soon(work, "started during shutdown", 3600)
+    assert trio.current_time() == start + SHIELDED_WORK_LIMIT
+    assert sorted(cut) == ["long, open at shutdown", "started during shutdown"]
+    # that shutdown is over: work after it (a daemon started again in this run) is unbounded
+    shutdown.reset()
+    await work("after", SHIELDED_WORK_LIMIT * 2)
+    assert "after" not in cut
