@@ -182,19 +182,21 @@ class Coordinator:
         self, name: object, description: object = None, *, source: JobSource = "host_sock"
     ) -> Approval:
         """Queue a spawn approval for a new agent (refused for an existing agent and the manager)."""
-        return await self._approvals.request_spawn(name, description)
+        return await self._approvals.request_spawn(name, description, requester=_requester(source))
 
     async def request_init_config(
         self, name: object, description: object = None, *, source: JobSource = "manager"
     ) -> Approval:
         """Queue seeding a config repo for a new agent (refused when it has one)."""
-        return await self._approvals.request_init_config(name, description)
+        return await self._approvals.request_init_config(name, description, requester=_requester(source))
 
     async def request_apply_commit(
         self, agent: object, commit_ref: object, description: object = None, *, source: JobSource = "manager"
     ) -> Approval:
         """Pin a commit (7-40 hex) of the agent's proposed repo and queue it for the operator."""
-        return await self._approvals.request_apply_commit(agent, commit_ref, description)
+        return await self._approvals.request_apply_commit(
+            agent, commit_ref, description, requester=_requester(source)
+        )
 
     async def approve(self, approval_id: object, *, source: JobSource = "host_sock") -> None:
         """Carry out a pending approval as a job (an apply_commit builds; its failure is raised)."""
@@ -207,3 +209,8 @@ class Coordinator:
         """Deny a pending approval (an apply_commit gets an annotated ``denied/<id>`` tag)."""
         kind, agent, args = await self._approvals.deny_job(approval_id, note)
         await self._lane.submit(kind, agent, source=source, args=args)
+
+
+def _requester(source: JobSource) -> str:
+    """Who a request counts against for the pending quota: the manager, or the operator."""
+    return "manager" if source == "manager" else "operator"

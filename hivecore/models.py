@@ -59,6 +59,23 @@ class TombstoneView:
 
 
 @attrs.frozen(kw_only=True)
+class ReviewFile:
+    """One changed file of an apply_commit review (``git diff --numstat`` against applied main).
+
+    ``added``/``removed`` are line counts (``None`` for a binary file); ``size`` is the proposed
+    blob's size in bytes (``None`` when the file is deleted); ``truncated``: its patch in ``diff`` is
+    cut (or not shown) by the review caps.
+    """
+
+    path: str
+    added: int | None = None
+    removed: int | None = None
+    binary: bool = False
+    size: int | None = None
+    truncated: bool = False
+
+
+@attrs.frozen(kw_only=True)
 class Approval:
     """An approval row (reference §2.3); field order is the host.sock wire order."""
 
@@ -73,7 +90,16 @@ class Approval:
     note: str | None = None
     description: str | None = None
     diff: str | None = None
-    """Only in host.sock ``pending`` answers, for a pending apply_commit: ``git diff main..proposal/<id>``."""
+    """Only in host.sock ``pending`` answers, for a pending apply_commit: ``git diff main..proposal/<id>``,
+    each file's patch capped (see ``files``), computed once when the request was made."""
+    files: list[ReviewFile] | None = None
+    """apply_commit: every changed file (never capped), in ``pending`` answers."""
+    commit_message: str | None = None
+    """apply_commit: the messages of the commits main..proposal (``commit <sha>`` then the body)."""
+    agent_nix: str | None = None
+    """spawn: the ``agent.nix`` the spawn will deploy (and the only one it deploys)."""
+    requester: str | None = None
+    """Who asked: ``manager`` or ``operator`` (the pending quota is per requester)."""
 
 
 JobKind = Literal[

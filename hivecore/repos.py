@@ -1,8 +1,13 @@
 """The two git repos per agent (reference §2.4) and the build's config check.
 
 * **proposed** — ``agents/<n>/config/``: the manager edits and commits here. It is agent-writable, so
-  hive-c0re never trusts it: it is never a symlink, git runs there with hooks off and no user or
-  system config, and commits leave it only by ``git fetch`` (over ``file://``, objects checked) into
+  hive-c0re never trusts it (:mod:`hivecore.proposed`): its ``.git`` is checked as inert data (no
+  gitfile, symlink, ``commondir``, alternates, grafts or shallow file), the daemon never runs git
+  there as itself except to pack one commit **with the manager's credentials**
+  (:attr:`Repos.owner`), and it is seeded by copying a repo built in a daemon-owned scratch dir.
+  A proposal leaves it only as that one pinned commit's closure (``git pack-objects --revs``),
+  fetched as a bundle with ``transfer.fsckObjects`` into a daemon-owned scratch repo, checked
+  (no ``.gitattributes`` transform) and reviewed there, and only then fetched into
 * **applied** — ``applied/<n>/``: written by hive-c0re alone. ``main`` is what is deployed; the tags
   ``proposal/<id>``, ``approved/<id>``, ``building/<id>``, ``deployed/<id>`` and the annotated
   ``failed/<id>`` (body: the build error) and ``denied/<id>`` (body: the operator's note) record
@@ -16,25 +21,29 @@ when set, else ``git`` on PATH; nix is ``$HYPERHIVE_NIX``, else ``nix``.
 
 from __future__ import annotations
 
-import errno
+import hashlib
+import json
 import logging
 import os
 import re
-import shlex
 import shutil
 import stat
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from importlib import resources
 from pathlib import Path
 
+import attrs
 import trio
 
-from hivecore import proc
+from hivecore import proc, proposed, review
 from hivecore.config import StatePaths
-from hivecore.errors import HiveError
+from hivecore.errors import HiveError, Refused
+from hivecore.models import ReviewFile
 from hivecore.nixconfine import EvalLimits, eval_env, eval_options
+from hivecore.proc import Credentials
+from hivecore.wire.converter import converter
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,37 @@ PREVIOUS_MAIN = "refs/hive/previous-main"
 INCOMING = "refs/hive/incoming"
 SCRATCH_MAX = 1 << 20
 """Bytes of ``agent.nix`` the config check copies for a confined evaluation."""
+MAX_PROPOSAL_BYTES = 64 * 1024 * 1024
+"""Largest pack of one proposal's closure (the pinned commit and all it reaches) accepted."""
+MAX_COMMIT_MESSAGES = 64 * 1024
+"""Bytes of commit messages kept in a review."""
+AGENT_NIX_CAP = 256 * 1024
+"""Bytes of a spawn's ``agent.nix`` shown in its review (a longer one is refused)."""
+TEMPLATE_IDENTITY = {
+    "GIT_AUTHOR_NAME": "hive-c0re",
+    "GIT_AUTHOR_EMAIL": "hive-c0re@hyperhive",
+    "GIT_AUTHOR_DATE": "946684800 +0000",
+    "GIT_COMMITTER_NAME": "hive-c0re",
+    "GIT_COMMITTER_EMAIL": "hive-c0re@hyperhive",
+    "GIT_COMMITTER_DATE": "946684800 +0000",
+}
+"""Who and when the template commit says (fixed: the seed commit is the same everywhere)."""
+SEED_MESSAGE = "seed agent config\n"
+# config keys that would run a program, forced off for every git hive-c0re runs
+_INERT = (
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "core.sshCommand=false",
+    "core.pager=cat",
+    "core.askPass=false",
+    "core.alternateRefsCommand=",
+    "diff.external=",
+    "gc.auto=0",
+    "maintenance.auto=false",
+    "commit.gpgSign=false",
+    "tag.gpgSign=false",
+    "protocol.ext.allow=never",
+)
 
 _HEX_RE = re.compile(r"[0-9a-fA-F]{7,40}")
 _NOISE = ("warning: the group", "(use '--show-trace'")
@@ -149,13 +189,82 @@ def _real_dir(path: Path) -> bool:
         return False
 
 
-class Repos:
-    """Git on the proposed and applied repos of every agent (paths from :class:`StatePaths`)."""
+def template_files() -> dict[str, bytes]:
+    """The template's files (name → bytes), as the seed commit holds them."""
+    source = resources.files("hivecore") / "templates" / "agent"
+    return {fname: (source / fname).read_bytes() for fname in TEMPLATE_FILES}
 
-    def __init__(self, paths: StatePaths, *, git: str | None = None, nix: str | None = None) -> None:
+
+def _object_id(kind: str, data: bytes) -> bytes:
+    return hashlib.sha1(f"{kind} {len(data)}\0".encode() + data, usedforsecurity=False).digest()
+
+
+def template_commit_sha() -> str:
+    """The sha of the template seed commit (what git makes of :func:`template_files` with
+    :data:`TEMPLATE_IDENTITY`), computed without git: what a spawn deploys for a new agent."""
+    entries = sorted(template_files().items())
+    tree = b"".join(b"100644 " + n.encode() + b"\0" + _object_id("blob", d) for n, d in entries)
+    ident = TEMPLATE_IDENTITY
+    body = (
+        f"tree {_object_id('tree', tree).hex()}\n"
+        f"author {ident['GIT_AUTHOR_NAME']} <{ident['GIT_AUTHOR_EMAIL']}> {ident['GIT_AUTHOR_DATE']}\n"
+        f"committer {ident['GIT_COMMITTER_NAME']} <{ident['GIT_COMMITTER_EMAIL']}> "
+        f"{ident['GIT_COMMITTER_DATE']}\n\n{SEED_MESSAGE}"
+    ).encode()
+    return _object_id("commit", body).hex()
+
+
+@attrs.frozen
+class Pinned:
+    """A proposal pinned as ``proposal/<id>`` in applied, with its review (computed once)."""
+
+    sha: str
+    files: list[ReviewFile]
+    diff: str
+    commit_message: str
+
+    def files_json(self) -> str:
+        return json.dumps(converter.unstructure(self.files))
+
+
+class Repos:
+    """Git on the proposed and applied repos of every agent (paths from :class:`StatePaths`).
+
+    ``owner(name)`` gives the credentials the proposed repo of ``name`` belongs to (the manager's
+    uid/gid): packing a proposal runs git with them, and a seeded repo is handed over owned by them.
+    ``None`` (the default, and when the daemon is not root) means "as the daemon".
+    """
+
+    def __init__(
+        self,
+        paths: StatePaths,
+        *,
+        git: str | None = None,
+        nix: str | None = None,
+        owner: Callable[[str], Credentials | None] | None = None,
+    ) -> None:
         self.paths = paths
         self._git = git
         self._nix = nix
+        self.owner: Callable[[str], Credentials | None] = owner or (lambda name: None)
+
+    @property
+    def scratch_root(self) -> Path:
+        """``<state>/scratch``: daemon-owned (0700) scratch repos for seeding and proposals."""
+        return self.paths.root / "scratch"
+
+    async def _scratch(self, prefix: str) -> Path:
+        def make() -> Path:
+            root = self.scratch_root
+            root.mkdir(mode=0o700, exist_ok=True)
+            if not _real_dir(root):
+                raise HiveError(f"{root} is not a directory")
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+
+        return await trio.to_thread.run_sync(make)
+
+    async def _drop_scratch(self, path: Path) -> None:
+        await trio.to_thread.run_sync(partial(shutil.rmtree, path, ignore_errors=True))
 
     # --- running git ---------------------------------------------------------------------------
 
@@ -166,17 +275,24 @@ class Repos:
         return self.paths.applied(name)
 
     async def git(
-        self, repo: Path, *args: str, what: str, check: bool = True, identity: bool = False
+        self,
+        repo: Path,
+        *args: str,
+        what: str,
+        check: bool = True,
+        identity: bool = False,
+        stdin: bytes | None = None,
+        cap: int = OUTPUT_CAP,
+        env: Mapping[str, str] | None = None,
+        user: Credentials | None = None,
     ) -> ProcResult:
-        """``git -C repo args`` with hooks off; raises :class:`GitFailure` naming ``what`` on failure."""
+        """``git -C repo args`` with every program-running config key off (hooks, fsmonitor,
+        pagers, external diffs, ssh, gpg…), no user/system config and no replace refs; as ``user``
+        when given. Raises :class:`GitFailure` naming ``what`` on failure."""
+        inert = [arg for key in _INERT for arg in ("-c", key)]
         cmd = [
             self._git or git_binary(),
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "gc.auto=0",
-            "-c",
-            "core.fsmonitor=false",
+            *inert,
             "-c",
             f"safe.directory={repo}",
             *(IDENTITY if identity else ()),
@@ -184,10 +300,24 @@ class Repos:
             str(repo),
             *args,
         ]
-        env = clean_env()
-        env["GIT_CEILING_DIRECTORIES"] = str(repo.parent)
+        child_env = clean_env()
+        child_env["GIT_CEILING_DIRECTORIES"] = str(repo.parent)
+        child_env["GIT_NO_REPLACE_OBJECTS"] = "1"
+        if user is not None and os.geteuid() != 0:
+            user = None  # not root: the invoking user is all there is (same privileges anyway)
+        if user is not None:
+            child_env.update(HOME="/nonexistent", XDG_CONFIG_HOME="/nonexistent")
+        child_env.update(env or {})
         try:
-            result = await run_capped(cmd, env=env)
+            result = await proc.run(
+                cmd,
+                env=child_env,
+                cap=cap,
+                time_limit=GIT_TIMEOUT,
+                stdin=stdin,
+                user=user,
+                cwd=repo if user is not None else None,
+            )
         except OSError as exc:
             raise GitFailure(f"{what}: cannot run git: {exc.strerror or exc}") from None
         if result.timed_out:
@@ -196,11 +326,23 @@ class Repos:
             raise GitFailure(f"{what}: {useful_lines(result.stderr, 8)}")
         return result
 
-    async def _out(self, repo: Path, *args: str, what: str) -> str:
-        return (await self.git(repo, *args, what=what)).stdout.decode(errors="replace").strip()
+    async def _out(
+        self,
+        repo: Path,
+        *args: str,
+        what: str,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> str:
+        result = await self.git(repo, *args, what=what, stdin=stdin, env=env)
+        return result.stdout.decode(errors="replace").strip()
 
     async def is_repo(self, path: Path) -> bool:
-        """A real (non-symlink) directory that is the top of a git work tree with a real ``.git`` dir."""
+        """A real (non-symlink) directory that is the top of a git work tree with a real ``.git`` dir.
+
+        Runs git there: only for daemon-owned repos (applied, meta), never a proposed one
+        (:func:`hivecore.proposed.proposed_exists` answers for those without running anything).
+        """
         ok = await trio.to_thread.run_sync(lambda: _real_dir(path) and _real_dir(path / ".git"))
         if not ok:
             return False
@@ -209,6 +351,14 @@ class Repos:
             return False
         top = Path(result.stdout.decode(errors="replace").strip())
         return await trio.to_thread.run_sync(lambda: top.resolve() == path.resolve())
+
+    async def proposed_exists(self, name: str) -> bool:
+        """Whether ``agents/<name>/config/.git`` exists (as anything: an ``lstat``, no git)."""
+        return await trio.to_thread.run_sync(proposed.proposed_exists, self.paths.agents, name)
+
+    async def check_proposed(self, name: str) -> None:
+        """:class:`~hivecore.proposed.UnsafeRepo` unless the proposed repo is plain and self-contained."""
+        await trio.to_thread.run_sync(proposed.check_proposed, self.paths.agents, name)
 
     async def _seeded(self, repo: Path, ref: str) -> bool:
         """A repository whose seeding finished (``ref`` resolves): a seed a crash cut short is redone."""
@@ -224,156 +374,263 @@ class Repos:
     async def seed(self, name: str) -> bool:
         """Create whichever of the agent's two repos is missing (kept ones are reused).
 
-        A fresh applied repo takes the proposed repo's seed commit when both are new, else a seed
-        commit of its own (so kept, unapproved edits in a proposed repo never reach applied).
-        Returns whether anything was created.
+        Applied is always seeded from the daemon's template commit (never from the proposed repo:
+        nothing unreviewed is deployed); a proposed repo is seeded only when it has no ``.git``
+        at all. Returns whether anything was created.
         """
-        proposed_new = not await self._seeded(self.proposed(name), "HEAD")
+        proposed_new = not await self.proposed_exists(name)
         if proposed_new:
             await self.seed_proposed(name)
         applied_new = not await self._seeded(self.applied(name), "refs/tags/deployed/0")
         if applied_new:
-            await self.seed_applied(name, from_proposed=proposed_new)
+            await self.seed_applied(name)
         return proposed_new or applied_new
 
-    async def _write_template(self, directory: Path) -> None:
-        def write() -> None:
-            if directory.is_symlink():
-                raise HiveError(f"refusing to seed {directory}: it is a symlink")
-            directory.mkdir(parents=True, exist_ok=True)
-            source = resources.files("hivecore") / "templates" / "agent"
-            for fname in TEMPLATE_FILES:
-                data = (source / fname).read_bytes()
-                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                try:
-                    fd = os.open(directory / fname, flags, 0o644)
-                except OSError as exc:
-                    if exc.errno == errno.ELOOP:
-                        raise HiveError(f"refusing to seed {directory / fname}: it is a symlink") from None
-                    raise
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-
-        await trio.to_thread.run_sync(write)
+    async def _template_commit(self, repo: Path, *, what: str) -> str:
+        """Write the template commit into daemon-owned ``repo`` (no index, no attributes: blobs by
+        ``hash-object --stdin``, ``mktree``, ``commit-tree`` with the fixed identity); its sha."""
+        lines = []
+        for fname, data in sorted(template_files().items()):
+            blob = await self._out(repo, "hash-object", "-w", "--stdin", what=what, stdin=data)
+            lines.append(f"100644 blob {blob}\t{fname}\n")
+        tree = await self._out(repo, "mktree", what=what, stdin="".join(lines).encode())
+        sha = await self._out(
+            repo, "commit-tree", tree, what=what, stdin=SEED_MESSAGE.encode(), env=TEMPLATE_IDENTITY
+        )
+        if sha != template_commit_sha():
+            raise GitFailure(f"{what}: the template commit is {sha}, expected {template_commit_sha()}")
+        return sha
 
     async def seed_proposed(self, name: str) -> str:
-        """Init ``agents/<n>/config`` with the template, commit it on ``main``, add remote ``applied``."""
-        repo = self.proposed(name)
-        await self._write_template(repo)
+        """Give ``agents/<n>/config`` a repo with the template commit on ``main`` and the remote
+        ``applied``: built in a daemon-owned scratch dir, then copied in as plain files owned by
+        ``owner(name)`` (:func:`hivecore.proposed.hand_over`). No git runs in the proposed dir.
+        Refused (:class:`~hivecore.proposed.UnsafeRepo`) when ``config/.git`` already exists."""
         what = f"seeding the config repo of {name}"
-        if not await trio.to_thread.run_sync(_real_dir, repo / ".git"):
-            await self.git(repo, "init", "-q", "-b", "main", what=what)
-        await self.git(repo, "add", "--", *TEMPLATE_FILES, what=what)
-        await self.git(
-            repo, "commit", "-q", "--allow-empty", "-m", "seed agent config", what=what, identity=True
-        )
-        url = str(self.applied(name) / ".git")
-        remotes = (await self._out(repo, "remote", what=what)).split()
-        if APPLIED_REMOTE in remotes:
-            await self.git(repo, "remote", "set-url", APPLIED_REMOTE, url, what=what)
-        else:
-            await self.git(repo, "remote", "add", APPLIED_REMOTE, url, what=what)
-        sha = await self._out(repo, "rev-parse", "HEAD", what=what)
+        scratch = await self._scratch(f"seed-{name}-")
+        try:
+            work = scratch / "config"
+            await self.git(scratch, "init", "-q", "--template=", "-b", "main", str(work), what=what)
+            sha = await self._template_commit(work, what=what)
+            await self.git(work, "update-ref", "refs/heads/main", sha, what=what)
+            await self.git(work, "reset", "-q", "--hard", sha, what=what)
+            url = str(self.applied(name) / ".git")
+            await self.git(work, "remote", "add", APPLIED_REMOTE, url, what=what)
+            owner = self.owner(name) if os.geteuid() == 0 else None
+            try:
+                await trio.to_thread.run_sync(proposed.hand_over, work, self.paths.agents, name, owner)
+            except OSError as exc:
+                raise HiveError(f"{what}: {exc.strerror or exc} ({exc.filename or 'config'})") from None
+        finally:
+            await self._drop_scratch(scratch)
         log.info("seeded the proposed repo of %s at %s", name, sha[:12])
         return sha
 
-    async def seed_applied(self, name: str, *, from_proposed: bool) -> str:
-        """Init ``applied/<n>``: ``main`` at the proposed seed (or a template commit), tag ``deployed/0``."""
+    async def seed_applied(self, name: str) -> str:
+        """Init ``applied/<n>``: ``main`` at the template commit, tagged ``deployed/0``."""
         repo = self.applied(name)
         what = f"seeding the applied repo of {name}"
         await trio.to_thread.run_sync(partial(repo.mkdir, parents=True, exist_ok=True))
         if not await trio.to_thread.run_sync(_real_dir, repo / ".git"):
-            await self.git(repo, "init", "-q", "-b", "main", what=what)
-        if from_proposed:
-            sha = await self._fetch_head(name, "main", "seed", what=what)
-            await self.git(repo, "reset", "-q", "--hard", sha, what=what)
-            await self._drop_incoming(name, "seed")
-        else:
-            await self._write_template(repo)
-            await self.git(repo, "add", "--", *TEMPLATE_FILES, what=what)
-            await self.git(
-                repo, "commit", "-q", "--allow-empty", "-m", "seed agent config", what=what, identity=True
-            )
-            sha = await self._out(repo, "rev-parse", "HEAD", what=what)
+            await self.git(repo, "init", "-q", "--template=", "-b", "main", what=what)
+        sha = await self._template_commit(repo, what=what)
+        await self.git(repo, "update-ref", "refs/heads/main", sha, what=what)
+        await self.git(repo, "reset", "-q", "--hard", sha, what=what)
         await self.tag(name, "deployed/0", sha)
         log.info("seeded the applied repo of %s at %s", name, sha[:12])
         return sha
 
+    async def spawn_preview(self, name: str) -> tuple[str, str]:
+        """``(sha, agent.nix text)`` a spawn of ``name`` would deploy now: the kept applied main
+        when the applied repo is seeded (a revived tombstone), else the template commit."""
+        if await self._seeded(self.applied(name), "refs/tags/deployed/0"):
+            sha = await self.main_sha(name)
+            result = await self.git(
+                self.applied(name),
+                "cat-file",
+                "blob",
+                f"{sha}:agent.nix",
+                what=f"reading agent.nix of {name}",
+                check=False,
+                cap=AGENT_NIX_CAP,
+            )
+            if result.returncode != 0:
+                return sha, "(no agent.nix)\n"
+            text = result.stdout.decode(errors="replace")
+            if result.truncated:
+                text += f"\n… agent.nix is longer than {AGENT_NIX_CAP // 1024} KiB\n"
+            return sha, text
+        return template_commit_sha(), template_files()["agent.nix"].decode()
+
     # --- proposals -----------------------------------------------------------------------------
 
-    async def _fetch_heads(self, name: str, token: str, *, what: str) -> None:
-        """Fetch every branch of the proposed repo into ``refs/hive/incoming/<token>/`` of applied."""
-        proposed = self.proposed(name)
-        if not await self.is_repo(proposed):
-            raise GitFailure(f"{what}: {name} has no config repo at {proposed} (or it is not a git repo)")
-        await self.git(
-            self.applied(name),
-            "-c",
-            "transfer.fsckObjects=true",
-            "-c",
-            "protocol.file.allow=always",
-            "-c",
-            f"safe.directory={proposed}",
-            "fetch",
-            # upload-pack runs in the proposed repo, which the manager's uid owns: it gets no -c from
-            # here (a local fetch clears GIT_CONFIG_PARAMETERS), so it is told on its command line
-            "--upload-pack",
-            shlex.join([self._git or git_binary(), "-c", f"safe.directory={proposed}/.git", "upload-pack"]),
-            "-q",
-            "--no-tags",
-            "--no-write-fetch-head",
-            "--no-recurse-submodules",
-            f"file://{proposed}",
-            f"+refs/heads/*:{INCOMING}/{token}/*",
+    async def _pack_proposal(self, name: str, commit_ref: str, *, what: str) -> tuple[str, bytes]:
+        """``(sha, pack)``: ``commit_ref`` resolved and its closure packed in the proposed repo, by
+        git running with the owner's credentials (``owner(name)``)."""
+        await self.check_proposed(name)
+        repo = self.proposed(name)
+        user = self.owner(name)
+        result = await self.git(
+            repo,
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            f"{commit_ref.lower()}^{{commit}}",
             what=what,
+            check=False,
+            user=user,
+        )
+        sha = result.stdout.decode(errors="replace").strip()
+        if result.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40}", sha):
+            raise GitFailure(
+                f"{what}: no commit {commit_ref} in the config repo (a short sha must be unambiguous)"
+            )
+        packed = await self.git(
+            repo,
+            "pack-objects",
+            "--revs",
+            "--stdout",
+            "-q",
+            what=what,
+            stdin=f"{sha}\n".encode(),
+            cap=MAX_PROPOSAL_BYTES,
+            user=user,
+        )
+        if packed.truncated:
+            raise Refused(
+                f"{what}: the commit and its history pack to more than {MAX_PROPOSAL_BYTES >> 20} MiB; "
+                "propose a smaller history (e.g. squash large files away)"
+            )
+        return sha, packed.stdout
+
+    async def _attributes_check(self, scratch: Path, sha: str, *, what: str) -> dict[str, int]:
+        """Refuse a tree whose ``.gitattributes`` transform content; the blob sizes by path."""
+        listing = await self.git(
+            scratch, "ls-tree", "-r", "-l", "-z", "--full-tree", sha, what=what, cap=64 << 20
+        )
+        if listing.truncated:
+            raise Refused(f"{what}: the commit has too many files to review")
+        sizes: dict[str, int] = {}
+        attributes: list[tuple[str, str]] = []
+        for record in listing.stdout.split(b"\0"):
+            if not record:
+                continue
+            meta, _, raw_path = record.partition(b"\t")
+            mode, kind, oid, size = meta.split()
+            path = raw_path.decode(errors="replace")
+            if size.isdigit():
+                sizes[path] = int(size)
+            if path.rsplit("/", 1)[-1] == ".gitattributes":
+                if kind != b"blob" or mode == b"120000":
+                    raise Refused(f"{what}: {path} must be a regular file")
+                attributes.append((path, oid.decode()))
+        problems: list[str] = []
+        for path, obj in attributes:
+            blob = await self.git(scratch, "cat-file", "blob", obj, what=what, cap=1 << 20)
+            problems += review.transforms_in(path, blob.stdout)
+        if problems:
+            shown = "; ".join(problems[:10]) + (
+                f"; … {len(problems) - 10} more" if len(problems) > 10 else ""
+            )
+            raise Refused(
+                f"{what}: .gitattributes would change what is built from what is reviewed ({shown}); "
+                "remove these attributes (export-subst, export-ignore, filter, ident, "
+                "working-tree-encoding, text, eol, crlf, [attr] macros)"
+            )
+        return sizes
+
+    async def _review(
+        self, scratch: Path, main: str, sha: str, sizes: dict[str, int], *, what: str
+    ) -> Pinned:
+        diff_args = ("diff", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames")
+        numstat = await self.git(scratch, *diff_args, "--numstat", "-z", main, sha, what=what, cap=64 << 20)
+        if numstat.truncated:
+            raise Refused(f"{what}: the change touches too many files to review")
+        patch = await self.git(scratch, *diff_args, main, sha, what=what, cap=4 * review.TOTAL_CAP)
+        files, diff = review.build_review(
+            review.parse_numstat(numstat.stdout), patch.stdout, not patch.truncated, sizes
+        )
+        log_out = await self.git(
+            scratch,
+            "log",
+            "--no-color",
+            "--format=commit %H%n%n%B",
+            "-n",
+            "200",
+            sha,
+            f"^{main}",
+            what=what,
+            cap=MAX_COMMIT_MESSAGES,
+        )
+        message = log_out.stdout.decode(errors="replace")
+        if log_out.truncated:
+            message += f"\n… commit messages truncated at {MAX_COMMIT_MESSAGES // 1024} KiB\n"
+        return Pinned(
+            sha=sha,
+            files=files,
+            diff=diff or "(proposal matches currently-deployed tree)\n",
+            commit_message=message,
         )
 
-    async def _fetch_head(self, name: str, branch: str, token: str, *, what: str) -> str:
-        await self._fetch_heads(name, token, what=what)
-        return await self._out(
-            self.applied(name), "rev-parse", "--verify", f"{INCOMING}/{token}/{branch}", what=what
-        )
+    async def fetch_proposal(self, name: str, commit_ref: str, approval_id: int) -> Pinned:
+        """Pin ``commit_ref`` of the proposed repo as ``proposal/<id>`` in applied; its review.
 
-    async def _drop_incoming(self, name: str, token: str) -> None:
-        repo = self.applied(name)
-        refs = await self._out(
-            repo, "for-each-ref", "--format=%(refname)", f"{INCOMING}/{token}/", what="cleanup"
-        )
-        for ref in refs.splitlines():
-            await self.git(repo, "update-ref", "-d", ref, what="cleanup", check=False)
-
-    async def fetch_proposal(self, name: str, commit_ref: str, approval_id: int) -> str:
-        """Pin ``commit_ref`` of the proposed repo as ``proposal/<id>`` in applied; return its full sha.
-
-        Every branch of proposed is fetched into applied's object database first, so the proposal
-        survives anything later done to the proposed repo.
+        The proposed repo is checked as data (:meth:`check_proposed`), the commit's closure is
+        packed there with the owner's credentials, fetched as a bundle (``transfer.fsckObjects``)
+        into a daemon-owned scratch repo, refused if a ``.gitattributes`` transforms content, and
+        reviewed against applied ``main``; only then is it fetched into applied. A refused or
+        failed request leaves no object in applied. Raises :class:`HiveError` subclasses.
         """
         if not is_commit_ref(commit_ref):
             raise HiveError(f"commit_ref must be a commit sha (7-40 hex digits), not {commit_ref!r}")
         what = f"fetching {commit_ref} from the config repo of {name}"
-        token = str(approval_id)
+        sha, pack = await self._pack_proposal(name, commit_ref, what=what)
+        applied = self.applied(name)
+        main = await self.main_sha(name)
+        scratch = await self._scratch(f"proposal-{approval_id}-")
         try:
-            await self._fetch_heads(name, token, what=what)
-            result = await self.git(
-                self.applied(name),
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                "--end-of-options",
-                f"{commit_ref.lower()}^{{commit}}",
+            await self.git(scratch, "init", "-q", "--bare", "--template=", what=what)
+
+            def write() -> None:
+                info = scratch / "objects" / "info"
+                info.mkdir(parents=True, exist_ok=True)
+                (info / "alternates").write_text(f"{applied / '.git' / 'objects'}\n")
+                header = f"# v2 git bundle\n{sha} refs/heads/proposal\n\n".encode()
+                (scratch / "proposal.bundle").write_bytes(header + pack)
+
+            await trio.to_thread.run_sync(write)
+            await self.git(
+                scratch,
+                "-c",
+                "transfer.fsckObjects=true",
+                "fetch",
+                "-q",
+                "--no-tags",
+                "--no-write-fetch-head",
+                str(scratch / "proposal.bundle"),
+                "refs/heads/proposal:refs/heads/proposal",
                 what=what,
-                check=False,
             )
-            sha = result.stdout.decode(errors="replace").strip()
-            if result.returncode != 0 or not sha:
-                raise GitFailure(
-                    f"{what}: no commit {commit_ref} on any branch of the config repo "
-                    "(commit it on a branch; a short sha must be unambiguous)"
-                )
-            await self.tag(name, f"proposal/{approval_id}", sha)
+            sizes = await self._attributes_check(scratch, sha, what=what)
+            pinned = await self._review(scratch, main, sha, sizes, what=what)
+            await self.git(
+                applied,
+                "-c",
+                "transfer.fsckObjects=true",
+                "-c",
+                f"safe.directory={scratch}",
+                "fetch",
+                "-q",
+                "--no-tags",
+                "--no-write-fetch-head",
+                f"file://{scratch}",
+                f"refs/heads/proposal:refs/tags/proposal/{approval_id}",
+                what=what,
+            )
         finally:
-            await self._drop_incoming(name, token)
-        return sha
+            await self._drop_scratch(scratch)
+        return pinned
 
     async def diff(self, name: str, approval_id: int, *, cap: int = 256 * 1024) -> str:
         """``git diff main..proposal/<id>`` in applied (capped), or a note when there is no change."""

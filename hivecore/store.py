@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import sqlite3
@@ -25,7 +26,7 @@ import attrs
 import outcome
 import trio
 
-from hivecore.errors import HiveError
+from hivecore.errors import HiveError, Refused
 from hivecore.models import Approval, Job
 from hivecore.wire.converter import converter
 
@@ -88,6 +89,16 @@ MIGRATIONS: tuple[str, ...] = (
     # unacked rows on every send
     """
     CREATE INDEX messages_sender_unacked ON messages(sender) WHERE acked_at IS NULL;
+    """,
+    # 5: the stored review of an approval (computed once, at request time: hivecore/review.py) and
+    # who asked (the pending quota is per requester); rows from before have none of them
+    """
+    ALTER TABLE approvals ADD COLUMN requester TEXT;
+    ALTER TABLE approvals ADD COLUMN review_files TEXT;
+    ALTER TABLE approvals ADD COLUMN review_diff TEXT;
+    ALTER TABLE approvals ADD COLUMN commit_message TEXT;
+    ALTER TABLE approvals ADD COLUMN agent_nix TEXT;
+    CREATE INDEX approvals_requester_status ON approvals(requester, status);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -177,23 +188,118 @@ def _statements(script: str) -> list[str]:
 # --- approvals (sync, run on the store thread) ---------------------------------------------------
 
 
+_BASE = (
+    "id, agent, kind, commit_ref, fetched_sha, requested_at, status, resolved_at, note, description, "
+    "requester"
+)
+
+
+class QuotaExceeded(Refused):
+    """A requester already has as many pending approvals as its quota allows."""
+
+
 def _approval(row: sqlite3.Row) -> Approval:
-    return converter.structure({k: row[k] for k in row.keys()}, Approval)  # noqa: SIM118  # Row has no iter
+    fields = {k: row[k] for k in row.keys()}  # noqa: SIM118  # Row has no iter
+    files = fields.pop("review_files", None)
+    diff = fields.pop("review_diff", None)
+    if files is not None:
+        fields["files"] = json.loads(files)
+    fields["diff"] = diff
+    return converter.structure(fields, Approval)
 
 
-def list_approvals(conn: sqlite3.Connection) -> list[Approval]:
-    return [_approval(r) for r in conn.execute("SELECT * FROM approvals ORDER BY id")]
+def list_approvals(conn: sqlite3.Connection, *, review: bool = False) -> list[Approval]:
+    """Every row, oldest first; with ``review``, pending rows carry their stored review fields."""
+    if not review:
+        return [_approval(r) for r in conn.execute(f"SELECT {_BASE} FROM approvals ORDER BY id")]
+    query = (
+        f"SELECT {_BASE}, CASE WHEN status='pending' THEN review_files END AS review_files, "
+        "CASE WHEN status='pending' THEN review_diff END AS review_diff, "
+        "CASE WHEN status='pending' THEN commit_message END AS commit_message, "
+        "CASE WHEN status='pending' THEN agent_nix END AS agent_nix FROM approvals ORDER BY id"
+    )
+    return [_approval(r) for r in conn.execute(query)]
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    agent: str,
+    kind: str,
+    commit_ref: str,
+    description: str | None,
+    requester: str | None,
+    fetched_sha: str | None,
+    agent_nix: str | None,
+) -> Approval:
+    cur = conn.execute(
+        "INSERT INTO approvals(agent, kind, commit_ref, requested_at, description, requester, fetched_sha,"
+        " agent_nix) VALUES (?,?,?,?,?,?,?,?)",
+        (agent, kind, commit_ref, now_rfc3339(), description, requester, fetched_sha, agent_nix),
+    )
+    row = conn.execute(f"SELECT {_BASE} FROM approvals WHERE id=?", (cur.lastrowid,)).fetchone()
+    return _approval(row)
+
+
+def _check_quota(conn: sqlite3.Connection, requester: str | None, quota: int | None) -> None:
+    if quota is None or requester is None:
+        return
+    (count,) = conn.execute(
+        "SELECT count(*) FROM approvals WHERE requester=? AND status='pending'", (requester,)
+    ).fetchone()
+    if count >= quota:
+        raise QuotaExceeded(
+            f"the {requester} already has {count} pending approvals (quota: {quota} per requester); "
+            "wait for the operator to approve or deny some"
+        )
 
 
 def insert_approval(
-    conn: sqlite3.Connection, agent: str, kind: str, commit_ref: str = "", description: str | None = None
+    conn: sqlite3.Connection,
+    agent: str,
+    kind: str,
+    commit_ref: str = "",
+    description: str | None = None,
+    **kw: Any,
 ) -> Approval:
-    cur = conn.execute(
-        "INSERT INTO approvals(agent, kind, commit_ref, requested_at, description) VALUES (?,?,?,?,?)",
-        (agent, kind, commit_ref, now_rfc3339(), description),
-    )
-    row = conn.execute("SELECT * FROM approvals WHERE id=?", (cur.lastrowid,)).fetchone()
-    return _approval(row)
+    """Insert a pending approval (see :func:`insert_approval_unless_pending` for the options)."""
+    approval = _insert_checked(conn, agent, kind, commit_ref, description, **kw)
+    assert approval is not None
+    return approval
+
+
+def _insert_checked(
+    conn: sqlite3.Connection,
+    agent: str,
+    kind: str,
+    commit_ref: str = "",
+    description: str | None = None,
+    *,
+    requester: str | None = None,
+    quota: int | None = None,
+    fetched_sha: str | None = None,
+    agent_nix: str | None = None,
+    unless_pending: bool = False,
+) -> Approval | None:
+    """Insert a pending approval; :class:`QuotaExceeded` when ``requester`` already has ``quota``
+    pending ones; ``None`` (nothing inserted) when ``unless_pending`` and ``agent`` already has a
+    pending one of ``kind``."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        busy = (
+            unless_pending
+            and conn.execute(
+                "SELECT 1 FROM approvals WHERE agent=? AND kind=? AND status='pending'", (agent, kind)
+            ).fetchone()
+        )
+        approval = None
+        if not busy:
+            _check_quota(conn, requester, quota)
+            approval = _insert(conn, agent, kind, commit_ref, description, requester, fetched_sha, agent_nix)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return approval
 
 
 def fail_pending_for_agent(conn: sqlite3.Connection, agent: str, note: str) -> list[int]:
@@ -210,29 +316,38 @@ def fail_pending_for_agent(conn: sqlite3.Connection, agent: str, note: str) -> l
 
 
 def get_approval(conn: sqlite3.Connection, approval_id: int) -> Approval | None:
-    row = conn.execute("SELECT * FROM approvals WHERE id=?", (approval_id,)).fetchone()
+    row = conn.execute(f"SELECT {_BASE} FROM approvals WHERE id=?", (approval_id,)).fetchone()
     return _approval(row) if row is not None else None
 
 
 def insert_approval_unless_pending(
-    conn: sqlite3.Connection, agent: str, kind: str, commit_ref: str = "", description: str | None = None
+    conn: sqlite3.Connection,
+    agent: str,
+    kind: str,
+    commit_ref: str = "",
+    description: str | None = None,
+    **kw: Any,
 ) -> Approval | None:
-    """Insert a pending approval unless ``agent`` already has a pending one of ``kind`` (then None)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        busy = conn.execute(
-            "SELECT 1 FROM approvals WHERE agent=? AND kind=? AND status='pending'", (agent, kind)
-        ).fetchone()
-        approval = None if busy else insert_approval(conn, agent, kind, commit_ref, description)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return approval
+    """Insert a pending approval unless ``agent`` already has a pending one of ``kind`` (then None).
+
+    Options: ``requester`` and ``quota`` (:class:`QuotaExceeded` when the requester already has
+    ``quota`` pending rows), ``fetched_sha`` and ``agent_nix`` (a spawn's review).
+    """
+    return _insert_checked(conn, agent, kind, commit_ref, description, unless_pending=True, **kw)
 
 
 def set_fetched_sha(conn: sqlite3.Connection, approval_id: int, sha: str) -> None:
     conn.execute("UPDATE approvals SET fetched_sha=? WHERE id=?", (sha, approval_id))
+
+
+def set_review(
+    conn: sqlite3.Connection, approval_id: int, sha: str, files: str, diff: str, commit_message: str
+) -> None:
+    """Store the pinned sha and the review of an apply_commit (``files``: JSON of ``ReviewFile`` rows)."""
+    conn.execute(
+        "UPDATE approvals SET fetched_sha=?, review_files=?, review_diff=?, commit_message=? WHERE id=?",
+        (sha, files, diff, commit_message, approval_id),
+    )
 
 
 def resolve_approval(

@@ -445,6 +445,7 @@ async def test_host_sock_and_hivectl_review_approve_deny_and_rebuild(hive: Daemo
     [wire] = answer["approvals"]
     assert list(wire) == [
         "id", "agent", "kind", "commit_ref", "fetched_sha", "requested_at", "status", "description", "diff",
+        "files", "commit_message", "requester",
     ]  # fmt: skip
     assert (wire["id"], wire["status"], wire["fetched_sha"]) == (approval.id, "pending", sha)
     assert "+++ b/extra.nix" in wire["diff"]
@@ -509,7 +510,7 @@ async def test_planted_symlinks_are_refused_not_followed(parts: Parts, tmp_path:
     shutil.rmtree(proposed)
     proposed.symlink_to(parts.config.paths.agent_config("other"))
     other_head = await git(parts.config.paths.agent_config("other"), "rev-parse", "HEAD")
-    with pytest.raises(HiveError, match="coder has no config repo"):
+    with pytest.raises(HiveError, match=r"agents/coder/config \(or a parent\) is not a plain directory"):
         await c.request_apply_commit("coder", other_head)
     assert (await c.approvals())[-1].status == "failed"
     assert f"proposal/{(await c.approvals())[-1].id}" not in await tags(applied)
@@ -528,8 +529,11 @@ async def test_diffs_note_no_change_and_truncate_big_proposals(parts: Parts) -> 
     await c.request_apply_commit("coder", big)
     diff = (await c.pending())[-1].diff
     assert diff is not None
-    assert diff.endswith("… diff truncated at 256 KiB\n")
-    assert len(diff.encode()) < 256 * 1024 + 100
+    assert diff.endswith("… diff of big.txt truncated (review cap 32 KiB a file, 256 KiB in all)\n")
+    assert len(diff.encode()) < 32 * 1024 + 200
+    [big_file] = (await c.pending())[-1].files or []
+    assert (big_file.path, big_file.added, big_file.removed) == ("big.txt", 20_000, 0)
+    assert big_file.truncated
 
 
 async def test_the_manager_reads_the_outcome_through_its_applied_remote(parts: Parts) -> None:
@@ -548,10 +552,10 @@ async def test_the_manager_reads_the_outcome_through_its_applied_remote(parts: P
 
 async def test_a_seed_cut_short_is_redone_at_the_next_spawn(parts: Parts) -> None:
     proposed, applied = repos(parts, "coder")
-    # what a crash between `git init` and the seed commit / the deployed/0 tag leaves behind
-    proposed.mkdir(parents=True)
+    # what a crash mid-seed leaves behind: a half-copied .git under its temporary name in proposed
+    # (.git appears only by the final rename), an applied repo between `git init` and deployed/0
+    (proposed / ".git.hive-seed" / "objects").mkdir(parents=True)
     applied.mkdir(parents=True)
-    await git(proposed, "init", "-q", "-b", "main")
     await git(applied, "init", "-q", "-b", "main")
     await parts.coordinator.spawn("coder")
     head = await git(proposed, "rev-parse", "HEAD")

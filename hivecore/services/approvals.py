@@ -45,6 +45,9 @@ from hivecore.wire.helper import ApprovalResolvedHelper, ConfigReady, Rebuilt
 log = logging.getLogger(__name__)
 
 DIFF_CAP = 256 * 1024
+MAX_PENDING_PER_REQUESTER = 32
+"""Pending approvals one requester (the manager; the operator) may have at once: one more is
+refused with :class:`~hivecore.store.QuotaExceeded` naming this quota."""
 MAX_TEXT = 4096
 """Longest description or note accepted."""
 RESTARTED_NOTE = "hive-c0re restarted during the build; nothing was deployed. Request it again"
@@ -104,19 +107,9 @@ class Approvals:
         return approval
 
     async def list(self, *, diffs: bool = False) -> list[Approval]:
-        """Every row; with ``diffs``, each pending apply_commit carries its diff against main."""
-        rows = await self.store.call(st.list_approvals)
-        if not diffs:
-            return rows
-        out = []
-        for row in rows:
-            if row.kind == "apply_commit" and row.status == "pending" and row.fetched_sha:
-                try:
-                    row = attrs.evolve(row, diff=await self.repos.diff(row.agent, row.id, cap=DIFF_CAP))
-                except HiveError as exc:
-                    row = attrs.evolve(row, diff=f"(no diff: {exc})\n")
-            out.append(row)
-        return out
+        """Every row; with ``diffs``, each pending row carries its review as stored at request time
+        (``diff``, ``files``, ``commit_message``; ``agent_nix`` for a spawn): nothing is recomputed."""
+        return await self.store.call(lambda c: st.list_approvals(c, review=diffs))
 
     async def _exists(self, name: str) -> bool:
         return name in await self.lifecycle.runtime.list([name])
@@ -133,13 +126,28 @@ class Approvals:
             )
         return valid
 
-    async def request_spawn(self, name: object, description: object = None) -> Approval:
+    async def request_spawn(
+        self, name: object, description: object = None, *, requester: str = "operator"
+    ) -> Approval:
+        """Queue a spawn; the row carries the ``agent.nix`` (and its commit, ``fetched_sha``) the
+        spawn will deploy: the template for a new agent, the kept applied main for a tombstone."""
         valid = self._new_name(name)
         text = _text(description, "description")
         if await self._exists(valid):
             raise Refused(f'agent "{valid}" already exists')
+        sha, agent_nix = await self.repos.spawn_preview(valid)
         approval = await self.store.call(
-            lambda c: st.insert_approval_unless_pending(c, valid, "spawn", "", text)
+            lambda c: st.insert_approval_unless_pending(
+                c,
+                valid,
+                "spawn",
+                "",
+                text,
+                requester=requester,
+                quota=MAX_PENDING_PER_REQUESTER,
+                fetched_sha=sha,
+                agent_nix=agent_nix,
+            )
         )
         if approval is None:
             raise Refused(f'a spawn of "{valid}" is already waiting for approval')
@@ -147,13 +155,17 @@ class Approvals:
         self._added(approval)
         return approval
 
-    async def request_init_config(self, name: object, description: object = None) -> Approval:
+    async def request_init_config(
+        self, name: object, description: object = None, *, requester: str = "manager"
+    ) -> Approval:
         valid = self._new_name(name)
         text = _text(description, "description")
-        if await self.repos.is_repo(self.repos.proposed(valid)):
+        if await self.repos.proposed_exists(valid):
             raise Refused(f'"{valid}" already has a config repo')
         approval = await self.store.call(
-            lambda c: st.insert_approval_unless_pending(c, valid, "init_config", "", text)
+            lambda c: st.insert_approval_unless_pending(
+                c, valid, "init_config", "", text, requester=requester, quota=MAX_PENDING_PER_REQUESTER
+            )
         )
         if approval is None:
             raise Refused(f'an init_config of "{valid}" is already waiting for approval')
@@ -162,7 +174,7 @@ class Approvals:
         return approval
 
     async def request_apply_commit(
-        self, agent: object, commit_ref: object, description: object = None
+        self, agent: object, commit_ref: object, description: object = None, *, requester: str = "manager"
     ) -> Approval:
         """Pin ``commit_ref`` of the agent's proposed repo for the operator; never a phantom row.
 
@@ -182,12 +194,23 @@ class Approvals:
             raise UnknownAgent(name)
         with shutdown.shielded():
             approval = await self.store.call(
-                lambda c: st.insert_approval(c, name, "apply_commit", commit_ref, text)
+                lambda c: st.insert_approval(
+                    c,
+                    name,
+                    "apply_commit",
+                    commit_ref,
+                    text,
+                    requester=requester,
+                    quota=MAX_PENDING_PER_REQUESTER,
+                )
             )
             try:
-                sha = await self.repos.fetch_proposal(name, commit_ref, approval.id)
-                await self.store.call(lambda c: st.set_fetched_sha(c, approval.id, sha))
-                diff = await self.repos.diff(name, approval.id, cap=DIFF_CAP)
+                pinned = await self.repos.fetch_proposal(name, commit_ref, approval.id)
+                await self.store.call(
+                    lambda c: st.set_review(
+                        c, approval.id, pinned.sha, pinned.files_json(), pinned.diff, pinned.commit_message
+                    )
+                )
             except HiveError as exc:
                 note = str(exc)
                 failed = await self.store.call(lambda c: st.resolve_approval(c, approval.id, "failed", note))
@@ -195,12 +218,19 @@ class Approvals:
                     self._resolved_event(failed)
                 log.warning("approval %d: apply_commit %s %s failed: %s", approval.id, name, commit_ref, note)
                 raise HiveError(f"approval {approval.id} failed: {note}") from None
-        approval = attrs.evolve(approval, fetched_sha=sha)
+        sha = pinned.sha
+        approval = attrs.evolve(
+            approval,
+            fetched_sha=sha,
+            diff=pinned.diff,
+            files=pinned.files,
+            commit_message=pinned.commit_message,
+        )
         log.info("approval %d: apply_commit %s %s pinned at %s", approval.id, name, commit_ref, sha[:12])
-        self._added(approval, diff)
-        return approval
+        self._added(approval)
+        return attrs.evolve(approval, diff=None, files=None, commit_message=None)
 
-    def _added(self, approval: Approval, diff: str | None = None) -> None:
+    def _added(self, approval: Approval) -> None:
         self.bus.publish(
             ApprovalAdded(
                 id=approval.id,
@@ -208,8 +238,12 @@ class Approvals:
                 approval_kind=approval.kind,
                 commit_ref=approval.commit_ref,
                 fetched_sha=approval.fetched_sha,
-                diff=diff,
+                diff=approval.diff,
                 description=approval.description,
+                files=approval.files,
+                commit_message=approval.commit_message,
+                agent_nix=approval.agent_nix,
+                requester=approval.requester,
             )
         )
 
@@ -388,6 +422,13 @@ class Approvals:
             if await self._exists(approval.agent):
                 raise Refused(f'agent "{approval.agent}" already exists')
         try:
+            if approval.fetched_sha is not None:  # rows from before reviews were stored have none
+                sha, _ = await self.repos.spawn_preview(approval.agent)
+                if sha != approval.fetched_sha:
+                    raise Refused(
+                        f"the config {approval.agent} would deploy is now {sha[:12]}, not the reviewed "
+                        f"{approval.fetched_sha[:12]}; request the spawn again"
+                    )
             await self.lifecycle.spawn(approval.agent)
         except HiveError as exc:
             if approval.status == "pending":
@@ -410,10 +451,11 @@ class Approvals:
         self._still_pending(approval)
         name = approval.agent
         # a replay finishes a seed the crash interrupted (seeding is idempotent)
-        if not replay and await self.repos.is_repo(self.repos.proposed(name)):
+        if not replay and await self.repos.proposed_exists(name):
             note = f'"{name}" already has a config repo'
             await self._announce(await self._resolve(approval, "failed", note))
             raise Refused(note)
-        await self.repos.seed_proposed(name)
+        if not (replay and await self.repos.proposed_exists(name)):
+            await self.repos.seed_proposed(name)
         await self._announce(await self._resolve(approval, "approved"))
         await self.notifier.notify_manager(ConfigReady(agent=name), name)

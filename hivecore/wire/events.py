@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from hivecore.models import ContainerView, Job, MetaInputView, TombstoneView, TransientKind
+from hivecore.models import ContainerView, Job, MetaInputView, ReviewFile, TombstoneView, TransientKind
 from hivecore.wire.converter import configure_renamed, configure_tagged, converter
 
 
@@ -31,6 +31,10 @@ class ApprovalAdded(Event):
     fetched_sha: str | None = None
     diff: str | None = None
     description: str | None = None
+    files: list[ReviewFile] | None = None
+    commit_message: str | None = None
+    agent_nix: str | None = None
+    requester: str | None = None
 
 
 @attrs.frozen(kw_only=True)
