@@ -204,6 +204,21 @@ function diffView(diff) {
   return { pre, files };
 }
 
+// the complete file list of a review (never capped; each file's diff may be)
+function fileList(a) {
+  let plus = 0, minus = 0;
+  const rows = a.files.map((f) => {
+    plus += f.added || 0; minus += f.removed || 0;
+    const counts = f.binary ? `binary · ${f.size ?? "?"} bytes` : `+${f.added ?? 0} −${f.removed ?? 0}`;
+    return el("li", { class: f.truncated ? "truncated" : "" },
+      el("span", { class: "path", text: f.path }), el("span", { class: "counts", text: ` ${counts}` }),
+      f.truncated ? el("span", { class: "chip warn", text: "diff truncated" }) : null);
+  });
+  return el("details", { class: "files", "data-restore-key": `approval-files:${a.id}`, open: true },
+    el("summary", { text: `${a.files.length} file${a.files.length === 1 ? "" : "s"} · +${plus} −${minus}` }),
+    el("ul", { class: "file-list" }, ...rows));
+}
+
 function approvalCard(a) {
   const kind = a.kind || a.approval_kind;
   const card = el("div", { class: `card approval ${a.status}`, "data-id": a.id },
@@ -216,10 +231,21 @@ function approvalCard(a) {
       el("span", { class: "state-text", text: a.status })),
     a.description ? el("p", { class: "description", text: a.description }) : null,
     a.note ? el("p", { class: "note", text: `note: ${a.note}` }) : null);
+  if (a.status === "pending" && Array.isArray(a.files)) card.append(fileList(a));
+  if (a.status === "pending" && a.commit_message) {
+    card.append(el("details", { class: "commit-message", "data-restore-key": `approval-msg:${a.id}`, open: true },
+      el("summary", { text: "commit message(s)" }), el("pre", { class: "message", text: a.commit_message })));
+  }
+  if (a.status === "pending" && a.agent_nix) {
+    card.append(el("details", { class: "agent-nix", "data-restore-key": `approval-nix:${a.id}`, open: true },
+      el("summary", { text: `agent.nix this spawn deploys${a.fetched_sha ? " · " + String(a.fetched_sha).slice(0, 12) : ""}` }),
+      el("pre", { class: "diff", text: a.agent_nix })));
+  }
   if (a.status === "pending" && a.diff) {
     const { pre, files } = diffView(a.diff);
+    const count = Array.isArray(a.files) ? a.files.length : files.length;
     const det = el("details", { "data-restore-key": `approval-diff:${a.id}`, open: !S.openDiffs.has(a.id) },
-      el("summary", { text: `diff · ${files.length} file${files.length === 1 ? "" : "s"}${files.length ? ": " + files.join(", ") : ""}` }), pre);
+      el("summary", { text: `diff · ${count} file${count === 1 ? "" : "s"}${!Array.isArray(a.files) && files.length ? ": " + files.join(", ") : ""}` }), pre);
     det.addEventListener("toggle", () => { if (det.open) S.openDiffs.delete(a.id); else S.openDiffs.add(a.id); });
     card.append(det);
   }
@@ -380,7 +406,7 @@ function apply(ev) {
     }
     case "approval_resolved": {
       const prev = S.approvals.get(ev.id) || { id: ev.id, agent: ev.agent, kind: ev.approval_kind };
-      S.approvals.set(ev.id, { ...prev, status: ev.status, note: ev.note ?? prev.note, diff: null }); renderApprovals(); break;
+      S.approvals.set(ev.id, { ...prev, status: ev.status, note: ev.note ?? prev.note, diff: null, files: null, commit_message: null, agent_nix: null }); renderApprovals(); break;
     }
     case "sent":
     case "delivered": {
