@@ -31,3 +31,4 @@ bench:
 	.venv/bin/python bench/sse.py
 	.venv/bin/python bench/meta.py
 	.venv/bin/python bench/confine.py
+	.venv/bin/python bench/proposal_fetch.py

@@ -3,6 +3,9 @@ proposed repo, next to a bare ``git bundle create`` + ``git fetch`` of the same 
 run (the floor for "one commit's closure into another repo"), and the old way (``git fetch`` of
 every branch) for comparison.
 
+Then: listing 30 pending apply_commits with full-size stored reviews (what ``/api/state`` and
+host.sock ``pending`` read), which used to recompute every diff on every snapshot.
+
 ``fetch_proposal`` does more than the baseline on purpose: the inert ``.git`` check, resolving and
 packing the commit (as the manager when root), ``transfer.fsckObjects``, the ``.gitattributes``
 check, the stored review (numstat, patch, messages) and the final fetch into applied. The number
@@ -13,6 +16,7 @@ that matters: it must not grow with the branches of the proposed repo.
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 import subprocess
@@ -25,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trio
 
+from hivecore import store as st
 from hivecore.config import StatePaths
 from hivecore.repos import Repos, clean_env
 
@@ -66,7 +71,7 @@ def baseline(proposed: Path, sha: str, scratch: Path) -> float:
     bundle = scratch / "b.bundle"
     start = time.perf_counter()
     git(proposed, "bundle", "create", "-q", str(bundle), "HEAD")
-    git(target, "fetch", "-q", str(bundle), f"HEAD:refs/heads/x")
+    git(target, "fetch", "-q", str(bundle), "HEAD:refs/heads/x")
     took = time.perf_counter() - start
     assert git(target, "rev-parse", "refs/heads/x") == sha
     return took
@@ -109,8 +114,8 @@ async def measure(branches: int) -> dict[str, float]:
             assert pinned.sha == sha
             base.append(baseline(proposed, sha, scratch))
         old.append(every_branch(proposed, scratch))
-        applied_kib = sum(f.stat().st_size for f in (root / "applied" / "coder" / ".git" / "objects").rglob("*")
-                          if f.is_file()) / 1024  # fmt: skip
+        objects = root / "applied" / "coder" / ".git" / "objects"
+        applied_kib = sum(f.stat().st_size for f in objects.rglob("*") if f.is_file()) / 1024
         return {
             "ours": statistics.median(ours),
             "baseline": statistics.median(base),
@@ -121,10 +126,32 @@ async def measure(branches: int) -> dict[str, float]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def listing(pending: int = 30) -> float:
+    """Median seconds of ``list_approvals(review=True)`` over ``pending`` rows with 256 KiB diffs."""
+    root = Path(tempfile.mkdtemp(prefix="bench-reviews-"))
+    try:
+        conn = st.connect(root / "hive.sqlite")
+        files = json.dumps([{"path": f"f{i}.txt", "added": 100, "removed": 0} for i in range(200)])
+        for i in range(pending):
+            row = st.insert_approval(conn, f"a{i}", "apply_commit", "abcdef1", requester="manager")
+            st.set_review(conn, row.id, "0" * 40, files, "+x\n" * (256 * 1024 // 3), "commit x\n\nbody\n")
+        runs = []
+        for _ in range(ROUNDS):
+            start = time.perf_counter()
+            rows = st.list_approvals(conn, review=True)
+            runs.append(time.perf_counter() - start)
+            assert len(rows) == pending
+        conn.close()
+        return statistics.median(runs)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 async def main() -> None:
     print(f"proposal fetch (median of {ROUNDS}; one commit's closure; applied objects after all rounds)")
     print(
-        f"{'branches':>9} {'fetch_proposal':>15} {'bundle+fetch':>13} {'ratio':>6} {'old: every branch':>18} {'applied KiB':>12}"
+        f"{'branches':>9} {'fetch_proposal':>15} {'bundle+fetch':>13} {'ratio':>6} "
+        f"{'old: every branch':>18} {'applied KiB':>12}"
     )
     for branches in (1, 20_000):
         r = await measure(branches)
@@ -132,6 +159,10 @@ async def main() -> None:
             f"{branches:>9} {r['ours'] * 1000:>12.0f} ms {r['baseline'] * 1000:>10.0f} ms "
             f"{r['ours'] / r['baseline']:>6.1f} {r['old'] * 1000:>15.0f} ms {r['applied_kib']:>12.0f}"
         )
+    print(
+        f"30 pending reviews of 256 KiB, listed from the store: {listing() * 1000:.0f} ms "
+        f"(median of {ROUNDS})"
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ and real agent processes:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sqlite3
@@ -27,6 +28,7 @@ import pytest
 import trio
 
 from hivecore import store as st
+from hivecore.daemon import Daemon
 from hivecore.errors import HiveError
 from hivecore.proc import Credentials
 from hivecore.repos import Repos, clean_env, template_commit_sha, template_files
@@ -540,3 +542,44 @@ def test_an_old_database_gains_the_review_columns(tmp_path: Path) -> None:
     conn = st.connect(db)
     [row] = st.list_approvals(conn, review=True)
     assert (row.agent, row.files, row.agent_nix, row.requester) == ("coder", None, None, None)
+
+
+async def test_hivectl_pending_shows_the_review_escaped(hive: Daemon) -> None:
+    from tests.test_hivectl import hivectl, out
+
+    sock = hive.config.host_socket_path
+    await hive.coordinator.spawn("coder")
+    proposed = hive.config.paths.agent_config("coder")
+    sha = await commit(
+        proposed,
+        {"notes.md": "hello\n", "logo.bin": bytes(range(256))},
+        "innocent\n\n\x1b]52;c;cm0gLXJmIH4=\x07 hidden body",
+    )
+    await hive.coordinator.request_apply_commit("coder", sha)
+    await hive.coordinator.request_spawn("helper")
+    text = out(await hivectl("pending", sock=sock))
+    assert "\x1b" not in text
+    assert "\\x1b]52;c;cm0gLXJmIH4=\\x07 hidden body" in text
+    assert "2 files +1 -0" in text
+    assert "  logo.bin  binary, 256 bytes" in text
+    assert "  notes.md  +1 -0" in text
+    assert "  agent.nix to deploy:" in text
+    assert template_files()["agent.nix"].decode().splitlines()[0] in text
+
+
+async def test_api_state_carries_the_stored_review(hive: Daemon) -> None:
+    from tests.test_dashboard_api import http_get
+
+    await hive.coordinator.spawn("coder")
+    sha = await commit(hive.config.paths.agent_config("coder"), {"notes.md": "hello\n"}, "notes\n\nwhy")
+    approval = await hive.coordinator.request_apply_commit("coder", sha)
+    spawn = await hive.coordinator.request_spawn("helper")
+    status, _, body = await http_get(hive, "/api/state")
+    assert status == 200
+    rows = {a["id"]: a for a in json.loads(body)["approvals"]}
+    assert rows[approval.id]["files"] == [
+        {"path": "notes.md", "added": 1, "removed": 0, "binary": False, "size": 6, "truncated": False}
+    ]
+    assert rows[approval.id]["commit_message"] == f"commit {sha}\n\nnotes\n\nwhy\n\n"
+    assert rows[spawn.id]["agent_nix"] == template_files()["agent.nix"].decode()
+    assert rows[spawn.id]["fetched_sha"] == template_commit_sha()

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from hivecore.cli.terminal import escape, escape_json
+from hivecore.cli.terminal import escape, escape_block, escape_json
 from hivecore.sockets.client import Unreachable, exchange
 from hivecore.wire.lines import HOST_SOCK_VERSION, request_line
 
@@ -161,13 +161,61 @@ def render_pending(answer: Response) -> str:
             str(a.get("kind")),
             str(a.get("fetched_sha") or a.get("commit_ref") or "-")[:12],
             str(a.get("status")),
-            diff_summary(a.get("diff")),
+            files_summary(a.get("files"))
+            if isinstance(a.get("files"), list)
+            else diff_summary(a.get("diff")),
             str(a.get("requested_at")),
             _one_line(a.get("description") or a.get("note"), 50),
         ]
         for a in approvals
     ]
-    return table(["ID", "AGENT", "KIND", "REF", "STATUS", "CHANGES", "REQUESTED", "DESCRIPTION"], rows)
+    out = table(["ID", "AGENT", "KIND", "REF", "STATUS", "CHANGES", "REQUESTED", "DESCRIPTION"], rows)
+    reviews = [review_block(a) for a in approvals if a.get("status") == "pending"]
+    return "\n\n".join([out, *(r for r in reviews if r)])
+
+
+def files_summary(files: list[Any]) -> str:
+    """``2 files +5 -1`` from a stored review's complete file list."""
+    rows = [f for f in files if isinstance(f, dict)]
+    plus = sum(f.get("added") or 0 for f in rows)
+    minus = sum(f.get("removed") or 0 for f in rows)
+    if not rows:
+        return "no change"
+    return f"{len(rows)} file{'s' if len(rows) != 1 else ''} +{plus} -{minus}"
+
+
+REVIEW_LINES = 40
+"""Lines of a commit message or a spawn's agent.nix shown under ``hivectl pending`` (``--json``
+has everything)."""
+
+
+def review_block(a: Response) -> str:
+    """What a pending row asks the operator to approve: every file (with sizes and cut diffs), the
+    commit messages, or the agent.nix a spawn deploys; agent text escaped."""
+    lines: list[str] = []
+    files = a.get("files")
+    if isinstance(files, list):
+        for f in files:
+            if not isinstance(f, dict):
+                continue
+            if f.get("binary"):
+                counts = f"binary, {f.get('size', '?')} bytes"
+            else:
+                counts = f"+{f.get('added') or 0} -{f.get('removed') or 0}"
+            cut = "  (diff truncated)" if f.get("truncated") else ""
+            lines.append(f"  {escape(str(f.get('path')))}  {counts}{cut}")
+    for key, title in (("commit_message", "commit message(s)"), ("agent_nix", "agent.nix to deploy")):
+        text = a.get(key)
+        if isinstance(text, str) and text:
+            body = escape_block(text).rstrip("\n").splitlines()
+            more = len(body) - REVIEW_LINES
+            lines.append(f"  {title}:")
+            lines += [f"    {line}" for line in body[:REVIEW_LINES]]
+            if more > 0:
+                lines.append(f"    … {more} more lines (hivectl --json pending)")
+    if not lines:
+        return ""
+    return f"#{a.get('id')} {escape(str(a.get('kind')))} {escape(str(a.get('agent')))}:\n" + "\n".join(lines)
 
 
 def render_urls(answer: Response) -> str:
