@@ -26,11 +26,13 @@ from actors.rebuild_queue import JobLane
 from actors.supervisor import ChildSpec, Supervisor
 from actors.transients import TransientRegistry
 from actors.views import Views
+from hivecore import agent_users
 from hivecore.config import Config
 from hivecore.coordinator import Coordinator
 from hivecore.errors import HiveError
 from hivecore.meta import MetaRepo
 from hivecore.names import MANAGER_NAME
+from hivecore.proc import Credentials
 from hivecore.repos import Repos
 from hivecore.runtime.base import ContainerRuntime
 from hivecore.services.approvals import Approvals
@@ -132,6 +134,15 @@ def make_runtime(config: Config) -> ContainerRuntime:
     return ProcessRuntime(config.paths, stop_timeout=config.stop_timeout, runtime_dir=config.runtime_path)
 
 
+def proposed_owner(config: Config) -> Callable[[str], Credentials | None]:
+    """Who owns (and reads, for the daemon) a proposed repo: the manager's uid/gid under the process
+    runtime with a root daemon (:func:`hivecore.agent_users.credentials`); else ``None``, the
+    daemon itself (the nixos runtime maps the manager's ids inside its container). Blocking."""
+    if config.runtime != "process":
+        return lambda name: None
+    return lambda name: agent_users.credentials(config.paths, MANAGER_NAME)
+
+
 def build(config: Config, runtime: ContainerRuntime | None = None, store: Store | None = None) -> Daemon:
     """The object graph, not yet running (tests start the actors they need, or share a store)."""
     bus = EventBus()
@@ -141,7 +152,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     views = Views(config.paths, runtime, transients, bus, domain=config.domain)
     broker = Broker(store, bus, lambda: views.rows().keys())
     notifier = Notifier(broker, bus)
-    repos = Repos(config.paths)
+    repos = Repos(config.paths, owner=proposed_owner(config))
     meta_repo = MetaRepo(config.paths, hyperhive_flake=config.hyperhive_flake, eval_limits=config.eval_limits)
     meta = MetaLock(meta_repo, bus)
     lifecycle = Lifecycle(config, runtime, views, transients, store, notifier, repos=repos, meta=meta)

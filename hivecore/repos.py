@@ -55,7 +55,6 @@ TEMPLATE_FILES = ("agent.nix", "README.md")
 APPLIED_REMOTE = "applied"
 PREVIOUS_MAIN = "refs/hive/previous-main"
 """``<PREVIOUS_MAIN>/<id>``: where applied ``main`` was before approval ``<id>`` moved it."""
-INCOMING = "refs/hive/incoming"
 SCRATCH_MAX = 1 << 20
 """Bytes of ``agent.nix`` the config check copies for a confined evaluation."""
 MAX_PROPOSAL_BYTES = 64 * 1024 * 1024
@@ -231,8 +230,9 @@ class Repos:
     """Git on the proposed and applied repos of every agent (paths from :class:`StatePaths`).
 
     ``owner(name)`` gives the credentials the proposed repo of ``name`` belongs to (the manager's
-    uid/gid): packing a proposal runs git with them, and a seeded repo is handed over owned by them.
-    ``None`` (the default, and when the daemon is not root) means "as the daemon".
+    uid/gid; blocking, called in a worker thread): packing a proposal runs git with them, and a
+    seeded repo is handed over owned by them. ``None`` (the default, and when the daemon is not
+    root) means "as the daemon".
     """
 
     def __init__(
@@ -416,7 +416,7 @@ class Repos:
             await self.git(work, "reset", "-q", "--hard", sha, what=what)
             url = str(self.applied(name) / ".git")
             await self.git(work, "remote", "add", APPLIED_REMOTE, url, what=what)
-            owner = self.owner(name) if os.geteuid() == 0 else None
+            owner = await trio.to_thread.run_sync(self.owner, name) if os.geteuid() == 0 else None
             try:
                 await trio.to_thread.run_sync(proposed.hand_over, work, self.paths.agents, name, owner)
             except OSError as exc:
@@ -469,7 +469,7 @@ class Repos:
         git running with the owner's credentials (``owner(name)``)."""
         await self.check_proposed(name)
         repo = self.proposed(name)
-        user = self.owner(name)
+        user = await trio.to_thread.run_sync(self.owner, name)
         result = await self.git(
             repo,
             "rev-parse",
@@ -631,26 +631,6 @@ class Repos:
         finally:
             await self._drop_scratch(scratch)
         return pinned
-
-    async def diff(self, name: str, approval_id: int, *, cap: int = 256 * 1024) -> str:
-        """``git diff main..proposal/<id>`` in applied (capped), or a note when there is no change."""
-        result = await self.git(
-            self.applied(name),
-            "diff",
-            "--no-color",
-            "--no-ext-diff",
-            "--no-textconv",
-            "refs/heads/main",
-            f"refs/tags/proposal/{approval_id}",
-            "--",
-            what=f"diffing proposal {approval_id}",
-        )
-        text = result.stdout[:cap].decode(errors="replace")
-        if not text:
-            return "(proposal matches currently-deployed tree)\n"
-        if len(result.stdout) > cap or result.truncated:
-            text += f"\n… diff truncated at {cap // 1024} KiB\n"
-        return text
 
     # --- refs and tags -------------------------------------------------------------------------
 

@@ -27,15 +27,15 @@ from pathlib import Path
 import pytest
 import trio
 
+from hivecore import agent_users
 from hivecore import store as st
 from hivecore.daemon import Daemon
 from hivecore.errors import HiveError
+from hivecore.names import MANAGER_NAME
 from hivecore.proc import Credentials
 from hivecore.repos import Repos, clean_env, template_commit_sha, template_files
 from hivecore.services.approvals import MAX_PENDING_PER_REQUESTER
 from tests.conftest import Parts
-
-MANAGER = Credentials(61000, 61000)
 
 
 async def mgit(repo: Path, *args: str, check: bool = True) -> str:
@@ -214,10 +214,16 @@ async def test_an_init_config_click_runs_nothing_the_manager_planted_after_the_r
     assert not marker.exists(), f"the manager's program ran as uid {marker.read_text().split()}"
 
 
+def manager(parts: Parts) -> Credentials:
+    who = agent_users.credentials(parts.config.paths, MANAGER_NAME)
+    assert who is not None, "these tests run as root"
+    return who
+
+
 async def test_a_seeded_config_repo_is_handed_over_as_plain_files_owned_by_the_manager(
     parts: Parts, tmp_path: Path
 ) -> None:
-    repos_of(parts).owner = lambda name: MANAGER
+    owner = manager(parts)
     config = parts.config.paths.agent_config("coder")
     config.mkdir(parents=True)
     outside = tmp_path / "victim"
@@ -229,7 +235,7 @@ async def test_a_seeded_config_repo_is_handed_over_as_plain_files_owned_by_the_m
     for path in [config, *config.rglob("*")]:
         st_ = path.lstat()
         assert not stat.S_ISLNK(st_.st_mode), path
-        assert (st_.st_uid, st_.st_gid) == (MANAGER.uid, MANAGER.gid), path
+        assert (st_.st_uid, st_.st_gid) == (owner.uid, owner.gid), path
     assert (config / "agent.nix").read_bytes() == template_files()["agent.nix"]
     assert await mgit(config, "rev-parse", "HEAD") == template_commit_sha()
     assert not list(config.glob("*.hive-seed*"))
@@ -408,34 +414,25 @@ async def test_a_proposal_is_one_commits_closure_and_a_failed_request_leaves_not
     assert await unreachable(applied) == ""
 
 
-async def test_the_proposal_is_packed_with_the_managers_credentials(parts: Parts, tmp_path: Path) -> None:
+async def test_the_proposal_is_packed_with_the_managers_credentials(parts: Parts) -> None:
     """Whatever the manager's repo names, git reads it as the manager: a pack only root can read
     makes the request fail instead of being copied into applied."""
-    repos_of(parts).owner = lambda name: MANAGER
-    for path in (parts.config.paths.root, parts.config.paths.agents):
-        path.chmod(path.stat().st_mode | 0o011)  # the manager's uid must reach its repo
+    owner = manager(parts)
     c = parts.coordinator
     await c.spawn("coder")
     proposed, applied = parts.config.paths.agent_config("coder"), parts.config.paths.applied("coder")
-    assert proposed.stat().st_uid == MANAGER.uid
-    (proposed / ".git").chmod(0o755)
+    assert proposed.stat().st_uid == owner.uid
     sha = await commit(proposed, {"notes.txt": "as the manager\n"})
-    shutil.chown(proposed / ".git", MANAGER.uid, MANAGER.gid)
-    for path in (proposed / ".git").rglob("*"):
-        os.lchown(path, MANAGER.uid, MANAGER.gid)
     approval = await c.request_apply_commit("coder", sha)
     assert approval.fetched_sha == sha
     assert await has_object(applied, sha)
     await c.deny(approval.id)
-    # an object file the manager cannot read (root's, 0600) is not read by root on its behalf
-    blob = await mgit(proposed, "rev-parse", "HEAD:notes.txt")
-    loose = proposed / ".git" / "objects" / blob[:2] / blob[2:]
+    # a pack the manager cannot read (root's, 0600) is not read by root on its behalf
     second = await commit(proposed, {"more.txt": "x\n"})
     await mgit(proposed, "repack", "-q", "-a", "-d")
     for pack in (proposed / ".git" / "objects" / "pack").iterdir():
         os.chown(pack, 0, 0)
         pack.chmod(0o600)
-    assert not loose.exists()
     with pytest.raises(HiveError, match="fetching"):
         await c.request_apply_commit("coder", second)
     assert not await has_object(applied, second)

@@ -29,7 +29,7 @@ import attrs
 import trio
 
 from actors.event_bus import EventBus
-from hivecore import shutdown
+from hivecore import agent_users, shutdown
 from hivecore import store as st
 from hivecore.errors import HiveError, InvalidName, NotAvailable, Refused, UnknownAgent
 from hivecore.kick import REASON_CONFIG_APPLIED
@@ -44,7 +44,6 @@ from hivecore.wire.helper import ApprovalResolvedHelper, ConfigReady, Rebuilt
 
 log = logging.getLogger(__name__)
 
-DIFF_CAP = 256 * 1024
 MAX_PENDING_PER_REQUESTER = 32
 """Pending approvals one requester (the manager; the operator) may have at once: one more is
 refused with :class:`~hivecore.store.QuotaExceeded` naming this quota."""
@@ -457,5 +456,7 @@ class Approvals:
             raise Refused(note)
         if not (replay and await self.repos.proposed_exists(name)):
             await self.repos.seed_proposed(name)
+        if self.lifecycle.config.runtime == "process":  # the manager's uid reaches and edits it
+            await trio.to_thread.run_sync(agent_users.prepare_config, self.lifecycle.config.paths, name)
         await self._announce(await self._resolve(approval, "approved"))
         await self.notifier.notify_manager(ConfigReady(agent=name), name)
