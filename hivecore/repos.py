@@ -263,6 +263,11 @@ class Repos:
 
         return await trio.to_thread.run_sync(make)
 
+    async def clear_scratch(self) -> None:
+        """Remove what an interrupted seed or proposal left in :attr:`scratch_root` (at start-up,
+        when nothing uses it)."""
+        await self._drop_scratch(self.scratch_root)
+
     async def _drop_scratch(self, path: Path) -> None:
         await trio.to_thread.run_sync(partial(shutil.rmtree, path, ignore_errors=True))
 

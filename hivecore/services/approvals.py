@@ -80,6 +80,7 @@ class Approvals:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Fail apply_commit rows a kill -9 left without a pinned commit, then idle."""
+        await self.repos.clear_scratch()
         failed = await self.store.call(lambda c: st.fail_unfetched_apply_commits(c, UNFETCHED_NOTE))
         for approval_id in failed:
             log.warning("approval %d: its request was interrupted; marked failed", approval_id)
