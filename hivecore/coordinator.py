@@ -1,11 +1,13 @@
 """The coordinator: the thin façade every surface (host.sock, dashboard, manager socket) calls.
 
-It validates a request (names, manager protections, existence), submits it to the job lane as a
-job and waits for the outcome, or answers a query from the views actor's cache. It owns no state
-and runs no multi-step work itself: cancelling a call abandons the answer, never the job.
+Surfaces reach it only through the verb table (:mod:`hivecore.verbs`): a request record's checks
+(names, manager protections, meta inputs, text fields) have run before any method here is called,
+so it checks only what needs state (does the agent exist? is the input in the lock?), submits a
+job to the lane and waits for the outcome, or answers a query from the views actor's cache. It owns
+no state and runs no multi-step work itself: cancelling a call abandons the answer, never the job.
 
-It never decides *whether* a surface may call it (that is the surface's job: an agent socket never
-reaches operator verbs); it decides whether the *operation* makes sense.
+It never decides *whether* a caller may call it (the verb table's principals do: an agent socket
+never reaches operator verbs); it decides whether the *operation* makes sense now.
 """
 
 from __future__ import annotations
@@ -15,14 +17,28 @@ from typing import Any
 
 import trio
 
+from actors.event_bus import EventBus, Subscription
 from actors.rebuild_queue import JobLane
+from actors.supervisor import ChildStatus, Supervisor
+from actors.transients import TransientRegistry
 from actors.views import Views
+from hivecore import agentlog
 from hivecore import store as st
-from hivecore.errors import HiveError, InvalidName, Refused, UnknownAgent
-from hivecore.models import Approval, ContainerView, Job, JobKind, JobSource, MetaInputView, TombstoneView
-from hivecore.names import MANAGER_AGENT, MANAGER_NAME, is_manager, validate_name
+from hivecore.errors import BadInput, HiveError, NotAvailable, Refused, UnknownAgent
+from hivecore.models import (
+    Approval,
+    ContainerView,
+    Job,
+    JobKind,
+    JobSource,
+    MetaInputView,
+    TombstoneView,
+    Transient,
+)
+from hivecore.names import OPERATOR_NAME, validate_name
 from hivecore.runtime.base import ContainerRuntime
 from hivecore.services.approvals import Approvals
+from hivecore.services.broker import Broker
 from hivecore.services.lifecycle import Lifecycle
 from hivecore.services.meta_update import MetaUpdates
 from hivecore.store import Store
@@ -38,7 +54,16 @@ class Coordinator:
         lifecycle: Lifecycle,
         approvals: Approvals,
         meta_updates: MetaUpdates | None = None,
+        broker: Broker | None = None,
+        *,
+        bus: EventBus | None = None,
+        transients: TransientRegistry | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
+        self._broker = broker
+        self._bus = bus
+        self._transients = transients
+        self._supervisor = supervisor
         self._meta_updates = meta_updates
         self._approvals = approvals
         self._lane = lane
@@ -90,6 +115,30 @@ class Coordinator:
             raise UnknownAgent(valid)
         return valid
 
+    # --- what the dashboard shows (its snapshot and its event stream) ----------------------------
+
+    def current_seq(self) -> int:
+        """The event bus's high-water mark (0 without a bus)."""
+        return self._bus.current_seq() if self._bus is not None else 0
+
+    def subscribe(self, kinds: list[str] | None = None, *, after_seq: int | None = None) -> Subscription:
+        """A bus subscription (:meth:`actors.event_bus.EventBus.subscribe`; ``RefetchRequired`` when
+        ``after_seq`` is older than the replay ring)."""
+        if self._bus is None:
+            raise NotAvailable("this daemon has no event bus")
+        return self._bus.subscribe(kinds=kinds, after_seq=after_seq)
+
+    def transients(self) -> dict[str, Transient]:
+        return self._transients.snapshot() if self._transients is not None else {}
+
+    def actors(self) -> list[ChildStatus]:
+        """The supervisor's children (name, state, restarts…)."""
+        return self._supervisor.statistics() if self._supervisor is not None else []
+
+    async def recent_messages(self, limit: int, recipient: str | None = None) -> list[st.MessageRow]:
+        """The newest ``limit`` broker messages (to ``recipient`` only, when given), oldest first."""
+        return await self._store.call(lambda c: st.recent_messages(c, limit, recipient))
+
     # --- verbs (each one job on the lane) ----------------------------------------------------------
 
     async def _submit(
@@ -104,8 +153,6 @@ class Coordinator:
         await self._submit("stop", await self.require_agent(name), source, {"graceful": graceful})
 
     async def kill(self, name: object, *, source: JobSource = "host_sock") -> None:
-        if isinstance(name, str) and is_manager(name):
-            raise Refused("refusing to kill the manager")
         await self._submit("kill", await self.require_agent(name), source)
 
     async def restart(self, name: object, *, source: JobSource = "host_sock") -> None:
@@ -115,15 +162,10 @@ class Coordinator:
         await self._submit("rebuild", await self.require_agent(name), source)
 
     async def destroy(self, name: object, *, purge: bool = False, source: JobSource = "host_sock") -> None:
-        if isinstance(name, str) and is_manager(name):  # before validation: "manager" is a reserved word
-            raise Refused("refusing to destroy the manager")
-        valid = await self.require_agent(name)
-        await self._submit("destroy", valid, source, {"purge": purge})
+        await self._submit("destroy", await self.require_agent(name), source, {"purge": purge})
 
     async def purge_tombstone(self, name: object, *, source: JobSource = "host_sock") -> None:
         """Delete a destroyed agent's kept state (agents/<n>/ and applied/<n>/); no undo."""
-        if isinstance(name, str) and is_manager(name):
-            raise Refused("refusing to purge the manager's state")
         valid = validate_name(name)
         if valid in await self._runtime.list([valid]):
             raise Refused(f'agent "{valid}" still has a live container; destroy it first')
@@ -133,36 +175,29 @@ class Coordinator:
         await self._submit("purge", valid, source)
 
     async def spawn(self, name: object, *, source: JobSource = "host_sock") -> None:
-        """Privileged spawn (no approval): create the state layout and start the agent."""
+        """Privileged spawn (no approval): create the state layout and start the agent (the daemon
+        spawns the manager itself this way; the spawn verb's record refuses it)."""
         valid = validate_name(name)
-        if valid == MANAGER_AGENT:
-            raise InvalidName(f'"{MANAGER_AGENT}" is reserved for the manager\'s inbox')
-        if valid == MANAGER_NAME and source != "internal":
-            raise Refused(
-                f'"{MANAGER_NAME}" is the manager: hive-c0re creates it itself; it cannot be spawned'
-            )
         if valid in await self._runtime.list([valid]):
             raise Refused(f'agent "{valid}" already exists')
         await self._submit("spawn", valid, source)
 
-    async def meta_update(self, inputs: object, *, source: JobSource = "host_sock", wait: bool = True) -> Job:
-        """Update the chosen meta inputs (one lock update, one commit), then rebuild the agents they
-        affect one at a time: ``hyperhive`` every agent, ``agent-<n>`` only n. One at a time: a second
-        request while one runs is refused. ``wait=False`` returns the accepted job at once."""
+    async def meta_update(
+        self, inputs: list[str], *, source: JobSource = "host_sock", wait: bool = True
+    ) -> Job:
+        """Update the chosen meta inputs (checked names: :class:`~hivecore.wire.host.MetaUpdateRequest`;
+        one lock update, one commit), then rebuild the agents they affect one at a time:
+        ``hyperhive`` every agent, ``agent-<n>`` only n. One at a time: a second request while one
+        runs is refused. ``wait=False`` returns the accepted job at once. An input the lock does not
+        have is :class:`BadInput`."""
         meta = self._lifecycle.meta
         if meta is None or not meta.running or self._meta_updates is None:
-            raise HiveError("the meta flake is not available (hive-c0re is starting or stopping)")
-        if isinstance(inputs, str):
-            inputs = [i for i in inputs.split(",")]
-        if not isinstance(inputs, list | tuple) or not all(isinstance(i, str) for i in inputs):
-            raise HiveError("inputs must be a list of input names")
-        names = list(dict.fromkeys(i.strip() for i in inputs if i.strip()))
-        if not names:
-            raise HiveError("name at least one meta input to update (e.g. hyperhive, agent-coder)")
+            raise NotAvailable("the meta flake is not available (hive-c0re is starting or stopping)")
+        names = list(inputs)
         known = [i.name for i in meta.inputs()]
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise HiveError(
+            raise BadInput(
                 f"unknown meta input(s): {', '.join(unknown)}; the lock has: {', '.join(known) or 'none'}"
             )
         running = self._lane.running_kind("meta_update")
@@ -179,13 +214,13 @@ class Coordinator:
     # --- approvals (requests are rows; approve and deny are jobs on the lane) -----------------------
 
     async def request_spawn(
-        self, name: object, description: object = None, *, source: JobSource = "host_sock"
+        self, name: str, description: str | None = None, *, source: JobSource = "host_sock"
     ) -> Approval:
         """Queue a spawn approval for a new agent (refused for an existing agent and the manager)."""
         return await self._approvals.request_spawn(name, description, requester=_requester(source))
 
     async def request_init_config(
-        self, name: object, description: object = None, *, source: JobSource = "manager"
+        self, name: str, description: str | None = None, *, source: JobSource = "manager"
     ) -> Approval:
         """Queue seeding a config repo for a new agent (refused when it has one)."""
         return await self._approvals.request_init_config(name, description, requester=_requester(source))
@@ -204,11 +239,41 @@ class Coordinator:
         await self._lane.submit(kind, agent, source=source, args=args)
 
     async def deny(
-        self, approval_id: object, note: object = None, *, source: JobSource = "host_sock"
+        self, approval_id: object, note: str | None = None, *, source: JobSource = "host_sock"
     ) -> None:
         """Deny a pending approval (an apply_commit gets an annotated ``denied/<id>`` tag)."""
         kind, agent, args = await self._approvals.deny_job(approval_id, note)
         await self._lane.submit(kind, agent, source=source, args=args)
+
+    # --- messages and logs --------------------------------------------------------------------------
+
+    async def op_send(self, to: str, body: str) -> list[int]:
+        """Send ``body`` from the operator to ``to`` (an agent, ``manager`` or ``*``); the queued ids."""
+        if self._broker is None:
+            raise NotAvailable("this daemon has no broker")
+        return await self._broker.send("operator", to, body)
+
+    async def ack_operator_inbox(self, upto: int) -> int:
+        """The operator has seen its inbox up to message ``upto`` (the dashboard showed it): ack it, so
+        the senders' quota frees and the vacuum reclaims the rows; how many were not yet."""
+        if self._broker is None:
+            return 0
+        return await self._broker.ack_read(OPERATOR_NAME, upto)
+
+    async def agent_log(self, name: str, lines: int) -> list[str]:
+        """The last ``lines`` lines of an agent's ``agent.log`` (:func:`hivecore.agentlog.tail`)."""
+        config = self._lifecycle.config
+        if config.runtime != "process":
+            raise NotAvailable(
+                "agent logs are read from the process runtime's agent.log; journal logs are not available yet"
+            )
+        valid = validate_name(name)
+        if valid not in self._views.rows():
+            raise UnknownAgent(valid)
+        try:
+            return await trio.to_thread.run_sync(agentlog.tail, config.paths.run_process, valid, lines)
+        except OSError as exc:
+            raise Refused(f"cannot read the log of {valid}: {exc.strerror or exc}") from None
 
 
 def _requester(source: JobSource) -> str:

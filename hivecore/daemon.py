@@ -161,13 +161,25 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     jobs = Jobs(lifecycle, approvals, meta_updates)
     lane = JobLane(store, bus, jobs)
     meta_updates.lane = lane
-    coordinator = Coordinator(lane, views, runtime, store, lifecycle, approvals, meta_updates)
+    supervisor = Supervisor(bus)
+    coordinator = Coordinator(
+        lane,
+        views,
+        runtime,
+        store,
+        lifecycle,
+        approvals,
+        meta_updates,
+        broker,
+        bus=bus,
+        transients=transients,
+        supervisor=supervisor,
+    )
 
     def quiet(name: str) -> bool:
         return transients.get(name) is not None or lifecycle.intent.stopped_on_purpose(name)
 
     crash_watch = CrashWatch(views, notifier, quiet, config.crash_watch_interval, runtime=runtime)
-    supervisor = Supervisor(bus)
     agent_sockets = AgentSockets(config, views, broker)
     manager_socket = ManagerSocket(config, broker, coordinator)
     daemon = Daemon(

@@ -509,3 +509,18 @@ def recent_jobs(conn: sqlite3.Connection, limit: int) -> list[Job]:
 
 def max_job_id(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0])
+
+
+MessageRow = tuple[int, str, str, str, int, int | None]
+"""``(id, sender, recipient, body, sent_at, delivered_at)`` of a broker message."""
+
+
+def recent_messages(conn: sqlite3.Connection, limit: int, recipient: str | None = None) -> list[MessageRow]:
+    """The newest ``limit`` messages (to ``recipient`` only, when given), oldest first."""
+    where, args = ("WHERE recipient = ?", (recipient,)) if recipient is not None else ("", ())
+    cur = conn.execute(
+        "SELECT id, sender, recipient, body, sent_at, delivered_at FROM messages "
+        f"{where} ORDER BY id DESC LIMIT ?",
+        (*args, limit),
+    )
+    return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in reversed(cur.fetchall())]

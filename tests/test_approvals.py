@@ -22,6 +22,7 @@ from hivecore.errors import HiveError
 from hivecore.kick import REASON_CONFIG_APPLIED
 from hivecore.models import Approval
 from hivecore.repos import clean_env
+from hivecore.verbs import bind
 from tests.conftest import Parts
 from tests.procs import as_owner, owner_git_env, write_as_owner
 from tests.waiting import eventually
@@ -234,8 +235,15 @@ async def test_bad_input_is_refused_and_changes_nothing(parts: Parts) -> None:
         await c.request_apply_commit("ghost", sha)
     with pytest.raises(HiveError, match="invalid agent name"):
         await c.request_apply_commit("../x", sha)
-    with pytest.raises(HiveError, match="description must be a string"):
-        await c.request_apply_commit("coder", sha, 5)
+    manager = bind.Context(c, bind.MANAGER)  # text fields are the request record's to check
+    with pytest.raises(HiveError, match="field 'description': expected str, got int"):
+        await bind.call(
+            "request_apply_commit", manager, {"agent": "coder", "commit_ref": sha, "description": 5}
+        )
+    with pytest.raises(HiveError, match="description is longer than 4096 characters"):
+        await bind.call(
+            "request_apply_commit", manager, {"agent": "coder", "commit_ref": sha, "description": "x" * 4097}
+        )
     assert await c.approvals() == []  # no row for any of them
     # valid hex that is no commit of the proposed repo: the row exists, failed, with the reason
     with pytest.raises(HiveError, match=r"approval (\d+) failed: .*no commit deadbeef"):
@@ -316,8 +324,8 @@ async def test_spawn_approval_creates_the_agent_and_consumes_its_tombstone(parts
     await c.spawn("old")
     with pytest.raises(HiveError, match='agent "old" already exists'):
         await c.request_spawn("old")
-    with pytest.raises(HiveError, match=r"hm1nd.* is the manager"):
-        await c.request_spawn("hm1nd")
+    with pytest.raises(HiveError, match=r"hm1nd.* is the manager"):  # the record's check
+        await bind.call("request_spawn", bind.Context(c, bind.OPERATOR_SOCK), {"name": "hm1nd"})
     with pytest.raises(HiveError, match="invalid agent name"):
         await c.request_spawn("Bad Name")
     approval = await c.request_spawn("newbie", "helps with tests")

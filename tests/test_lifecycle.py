@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 from hivecore.errors import Busy, InvalidName, Refused, UnknownAgent
+from hivecore.verbs import bind
 from hivecore.wire.events import Event
 from hivecore.wire.helper import helper_from_body
 from tests.conftest import Parts
@@ -68,16 +69,19 @@ async def test_unknown_and_invalid_names_are_refused(parts: Parts) -> None:
     for bad in ["..", ".", "a/b", "/etc", "toolongname", "Caps", ""]:
         with pytest.raises(InvalidName):
             await c.stop(bad)
+    # manager protections are the request records' checks, run by every surface (hivecore.verbs)
+    operator = bind.Context(c, bind.OPERATOR_SOCK)
     with pytest.raises(Refused, match="refusing to destroy the manager"):
-        await c.destroy("hm1nd")
+        await bind.call("destroy", operator, {"name": "hm1nd"})
     with pytest.raises(Refused, match="refusing to destroy the manager"):
-        await c.destroy("manager")
+        await bind.call("destroy", operator, {"name": "manager"})
 
 
 async def test_manager_cannot_be_killed(parts: Parts) -> None:
     await parts.coordinator.spawn("hm1nd", source="internal")
-    with pytest.raises(Refused, match="refusing to kill the manager"):
-        await parts.coordinator.kill("hm1nd")
+    for caller in (bind.OPERATOR_SOCK, bind.DASHBOARD, bind.MANAGER):
+        with pytest.raises(Refused, match="refusing to kill the manager"):
+            await bind.call("kill", bind.Context(parts.coordinator, caller), {"name": "hm1nd"})
     assert parts.coordinator.views()["hm1nd"].running
     assert parts.coordinator.views()["hm1nd"].is_manager
 

@@ -28,6 +28,7 @@ from hivecore.meta import (
 from hivecore.repos import clean_env
 from hivecore.runtime.base import AgentSpec
 from hivecore.services.meta_update import SKIP_AUTO_UPDATE_ENV, affected_agents
+from hivecore.verbs import bind
 from hivecore.wire.events import AgentNotice, MetaInputsChanged, MetaUpdateRunning
 from tests.conftest import Parts, make_config, start_parts
 from tests.procs import as_owner, owner_git_env, write_as_owner
@@ -289,8 +290,8 @@ async def test_meta_update_of_one_agent_rebuilds_only_it(meta_parts: Parts) -> N
     assert not c.any_stale()
     with pytest.raises(HiveError, match="unknown meta input"):
         await c.meta_update(["agent-zz"])
-    with pytest.raises(HiveError, match="at least one"):
-        await c.meta_update([])
+    with pytest.raises(HiveError, match="at least one"):  # the record's check (hivecore.verbs)
+        await bind.call("meta_update", bind.Context(c, bind.OPERATOR_SOCK), {"inputs": [" ", ""]})
 
 
 async def test_meta_update_of_hyperhive_rebuilds_all_one_at_a_time(meta_parts: Parts) -> None:

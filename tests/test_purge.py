@@ -11,6 +11,7 @@ import trio
 
 from hivecore.daemon import Daemon
 from hivecore.errors import HiveError, InvalidName, Refused
+from hivecore.verbs import bind
 from tests.conftest import Parts
 from tests.procs import eventually
 
@@ -44,7 +45,9 @@ async def test_manager_is_refused(with_tombstone: Parts) -> None:
     (with_tombstone.config.paths.agents / "hm1nd" / "state").mkdir(parents=True)
     before = snapshot(with_tombstone.config.state_dir)
     with pytest.raises(Refused, match="refusing to purge the manager"):
-        await with_tombstone.coordinator.purge_tombstone("hm1nd")
+        await bind.call(
+            "purge_tombstone", bind.Context(with_tombstone.coordinator, bind.OPERATOR_SOCK), {"name": "hm1nd"}
+        )
     assert snapshot(with_tombstone.config.state_dir) == before
 
 

@@ -1,16 +1,15 @@
-"""Parts of the ``/api/state`` snapshot that are not the façade's: recent messages, the operator
-inbox, and the server warnings (disk use of the state dir's and the nix store's filesystems)."""
+"""Presentation helpers of the ``/api/state`` snapshot: how messages are shown, and the server
+warnings (disk use of the state dir's and the nix store's filesystems)."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-RECENT_MESSAGES = 200
-OPERATOR_INBOX = 50
+from hivecore.store import MessageRow
+
 MAX_BODY_SHOWN = 16 * 1024
 """A message body is cut to this many characters in the snapshot (the event carries it whole)."""
 WARN_AT = 0.85
@@ -18,12 +17,8 @@ CRIT_AT = 0.95
 NIX_STORE = Path("/nix/store")
 
 
-def _rows(conn: sqlite3.Connection, where: str, args: tuple[Any, ...], limit: int) -> list[dict[str, Any]]:
-    cur = conn.execute(
-        "SELECT id, sender, recipient, body, sent_at, delivered_at FROM messages "
-        f"{where} ORDER BY id DESC LIMIT ?",
-        (*args, limit),
-    )
+def message_dicts(rows: Iterable[MessageRow]) -> list[dict[str, Any]]:
+    """Broker rows as the snapshot shows them (``from``/``to``/``at``/``delivered``, bodies cut)."""
     return [
         {
             "id": r[0],
@@ -33,16 +28,8 @@ def _rows(conn: sqlite3.Connection, where: str, args: tuple[Any, ...], limit: in
             "at": r[4],
             "delivered": r[5] is not None,
         }
-        for r in reversed(cur.fetchall())
+        for r in rows
     ]
-
-
-def messages(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(recent broker traffic, the operator inbox), oldest first."""
-    return (
-        _rows(conn, "", (), RECENT_MESSAGES),
-        _rows(conn, "WHERE recipient = ?", ("operator",), OPERATOR_INBOX),
-    )
 
 
 def disk_warnings(

@@ -1,10 +1,11 @@
 """``hivectl``: a thin synchronous client of host.sock (see docs/host-sock.md).
 
 ``hivectl [--socket PATH] [--json] VERB …`` sends one request line, reads the answer and prints it
-as an aligned table (or, with ``--json``, the daemon's answer lines verbatim).
+as an aligned table (or, with ``--json``, the daemon's answer lines verbatim). Its subcommands are
+the verb table's ``hivectl`` rows (:mod:`hivecore.verbs.spec`, the light half: no server code).
 
-Exit codes: 0 the daemon said ok; 1 it refused (``ok:false``) or the command line was wrong;
-2 the daemon could not be reached or did not answer.
+Exit codes (:mod:`hivecore.errors`): 0 the daemon said ok; 1 it refused (``ok:false``) or the command
+line was wrong; 2 the daemon could not be reached or did not answer.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from hivecore.cli.terminal import escape, escape_block, escape_json
+from hivecore.errors import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE
 from hivecore.sockets.client import Unreachable, exchange
+from hivecore.verbs import spec
 from hivecore.wire.lines import HOST_SOCK_VERSION, request_line
 
-EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2
+__all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "build_parser", "main"]
 NIXOS_SOCKET = "/run/hyperhive/host.sock"
 LOCAL_SOCKET = "./hive-state/run/host.sock"
 ADMIN_GROUP = "hive-admin"
@@ -238,22 +241,14 @@ Builder = Callable[[argparse.Namespace], Request]
 Done = Callable[[argparse.Namespace], str]
 
 
-def _scope(args: argparse.Namespace) -> dict[str, Any]:
-    return {"agent_names": list(args.names), "agents": args.all}
+def _builder(cmd: str, fields: Callable[[argparse.Namespace], dict[str, Any]]) -> Builder:
+    return lambda args: Request(cmd, fields(args))
 
 
-def _scope_text(args: argparse.Namespace) -> str:
-    if args.all:
-        return "every agent"
-    return ", ".join(args.names)
-
-
-def _named(cmd: str) -> Builder:
-    return lambda args: Request(cmd, {"name": args.name})
-
-
-def _past(word: str) -> Done:
-    return lambda args: f"{word} {args.name}"
+def _lower_first(text: str) -> str:
+    """A row's help as an argparse line: lower-case start, no trailing dot."""
+    first = text.split(". ")[0].rstrip(".")
+    return first[:1].lower() + first[1:]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,104 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for an answer (300)")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
-
-    def verb(name: str, text: str, build: Builder, done: Done | None = None) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=text, description=text, parents=[common])
-        p.set_defaults(build=build, done=done)
-        return p
-
-    verb("list", "list agent names", lambda a: Request("list"))
-    p = verb("status", "show every agent's status", lambda a: Request("agent_status"))
-    p.add_argument("names", nargs="*", metavar="NAME", help="only these agents")
-    verb(
-        "watch",
-        "print status changes as they happen (until interrupted)",
-        lambda a: Request("subscribe_agent_status"),
-    )
-    p = verb(
-        "start",
-        "start agents",
-        lambda a: Request("start", {"scope": _scope(a)}),
-        lambda a: f"started {_scope_text(a)}",
-    )
-    p.add_argument("names", nargs="*", metavar="NAME")
-    p.add_argument("--all", action="store_true", help="every agent (the manager included)")
-    p = verb(
-        "stop",
-        "stop agents (SIGTERM, then SIGKILL after the stop timeout)",
-        lambda a: Request("stop", {"scope": _scope(a), "graceful": not a.hard}),
-        lambda a: f"stopped {_scope_text(a)}",
-    )
-    p.add_argument("names", nargs="*", metavar="NAME")
-    p.add_argument("--all", action="store_true", help="every agent (the manager included)")
-    p.add_argument("--hard", action="store_true", help="kill at once instead of stopping gracefully")
-    for name, text, cmd, past in (
-        ("restart", "restart an agent (no rebuild)", "restart", "restarted"),
-        ("rebuild", "rebuild an agent from its config", "rebuild", "rebuilt"),
-        ("kill", "kill an agent at once", "kill", "killed"),
-        ("spawn", "create and start an agent (no approval)", "spawn", "spawned"),
-        (
-            "purge",
-            "delete a destroyed agent's kept state (no undo; refused while the agent exists)",
-            "purge_tombstone",
-            "purged the kept state of",
-        ),
-    ):
-        verb(name, text, _named(cmd), _past(past)).add_argument("name", metavar="NAME")
-    p = verb(
-        "destroy",
-        "destroy an agent (its state is kept unless --purge)",
-        lambda a: Request("destroy", {"name": a.name, "purge": a.purge}),
-        lambda a: f"destroyed {a.name}" + (" and purged its state" if a.purge else " (state kept)"),
-    )
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--purge", action="store_true", help="also delete its state (no undo)")
-    p = verb(
-        "request-spawn",
-        "queue a spawn approval for the operator",
-        lambda a: Request("request_spawn", {"name": a.name, "description": a.description}),
-        lambda a: f"requested a spawn of {a.name}",
-    )
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--description", default=None, help="shown on the approval card")
-    verb("pending", "list approvals", lambda a: Request("pending"))
-    p = verb(
-        "approve",
-        "approve a request",
-        lambda a: Request("approve", {"id": a.id}),
-        lambda a: f"approved {a.id}",
-    )
-    p.add_argument("id", type=int, metavar="ID")
-    p = verb(
-        "deny",
-        "deny a request",
-        lambda a: Request("deny", {"id": a.id, "note": a.note}),
-        lambda a: f"denied {a.id}",
-    )
-    p.add_argument("id", type=int, metavar="ID")
-    p.add_argument("--note", default=None, help="why (shown to the manager)")
-    p = verb(
-        "pause",
-        "pause an agent's turn loop",
-        lambda a: Request("set_paused", {"name": a.name, "paused": True}),
-        _past("paused"),
-    )
-    p.add_argument("name", metavar="NAME")
-    p = verb(
-        "resume",
-        "resume a paused agent",
-        lambda a: Request("set_paused", {"name": a.name, "paused": False}),
-        _past("resumed"),
-    )
-    p.add_argument("name", metavar="NAME")
-    verb("urls", "show where the hive can be reached", lambda a: Request("urls"))
-    p = verb(
-        "meta-update",
-        "update meta flake inputs (hyperhive, agent-NAME, …), then rebuild the agents they affect",
-        lambda a: Request("meta_update", {"inputs": list(a.inputs)}),
-        lambda a: f"updated {', '.join(a.inputs)} and rebuilt the affected agents",
-    )
-    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    for verb in spec.on("hivectl"):
+        for command in verb.commands:
+            text = command.help or _lower_first(verb.help)
+            p = sub.add_parser(command.name, help=text, description=text, parents=[common])
+            p.set_defaults(build=_builder(verb.cmd, command.fields), done=command.done)
+            for arg in command.args:
+                p.add_argument(*arg.flags, **arg.options)
     return parser
 
 

@@ -31,10 +31,10 @@ import trio
 from actors.event_bus import EventBus
 from hivecore import agent_users, shutdown
 from hivecore import store as st
-from hivecore.errors import HiveError, InvalidName, NotAvailable, Refused, UnknownAgent
+from hivecore.errors import HiveError, NotAvailable, Refused, UnknownAgent, UnknownApproval
 from hivecore.kick import REASON_CONFIG_APPLIED
 from hivecore.models import Approval, Job, JobKind
-from hivecore.names import MANAGER_AGENT, MANAGER_NAME, validate_name
+from hivecore.names import validate_name
 from hivecore.repos import PREVIOUS_MAIN, Repos, is_commit_ref
 from hivecore.services.lifecycle import Lifecycle
 from hivecore.services.notify import Notifier
@@ -51,11 +51,6 @@ MAX_TEXT = 4096
 """Longest description or note accepted."""
 RESTARTED_NOTE = "hive-c0re restarted during the build; nothing was deployed. Request it again"
 UNFETCHED_NOTE = "hive-c0re restarted before the proposal was fetched; request it again"
-
-
-class UnknownApproval(HiveError):
-    def __init__(self, approval_id: int) -> None:
-        super().__init__(f"no approval {approval_id}")
 
 
 def _text(value: object, what: str) -> str | None:
@@ -116,23 +111,16 @@ class Approvals:
 
     # --- requests --------------------------------------------------------------------------------
 
-    def _new_name(self, name: object) -> str:
-        valid = validate_name(name)
-        if valid == MANAGER_AGENT:
-            raise InvalidName(f'"{MANAGER_AGENT}" is reserved for the manager\'s inbox')
-        if valid == MANAGER_NAME:
-            raise Refused(
-                f'"{MANAGER_NAME}" is the manager: hive-c0re creates it itself; it cannot be spawned'
-            )
-        return valid
+    # The request records (hivecore.wire.host / hivecore.wire.manager) have checked names (not the
+    # manager, not its inbox) and text lengths; what is checked here needs state.
 
     async def request_spawn(
-        self, name: object, description: object = None, *, requester: str = "operator"
+        self, name: str, description: str | None = None, *, requester: str = "operator"
     ) -> Approval:
         """Queue a spawn; the row carries the ``agent.nix`` (and its commit, ``fetched_sha``) the
         spawn will deploy: the template for a new agent, the kept applied main for a tombstone."""
-        valid = self._new_name(name)
-        text = _text(description, "description")
+        valid = validate_name(name)
+        text = description
         if await self._exists(valid):
             raise Refused(f'agent "{valid}" already exists')
         sha, agent_nix = await self.repos.spawn_preview(valid)
@@ -156,10 +144,10 @@ class Approvals:
         return approval
 
     async def request_init_config(
-        self, name: object, description: object = None, *, requester: str = "manager"
+        self, name: str, description: str | None = None, *, requester: str = "manager"
     ) -> Approval:
-        valid = self._new_name(name)
-        text = _text(description, "description")
+        valid = validate_name(name)
+        text = description
         if await self.repos.proposed_exists(valid):
             raise Refused(f'"{valid}" already has a config repo')
         approval = await self.store.call(
@@ -189,7 +177,7 @@ class Approvals:
                 "branch and tag names are refused so the approval pins one commit"
             )
         assert isinstance(commit_ref, str)
-        text = _text(description, "description")
+        text = description if isinstance(description, str) else None
         if not await self._exists(name):
             raise UnknownAgent(name)
         with shutdown.shielded():
@@ -267,10 +255,11 @@ class Approvals:
                     f"approving {approval.kind} is not available yet: it arrives with the meta flake"
                 )
 
-    async def deny_job(self, approval_id: object, note: object = None) -> tuple[JobKind, str, dict[str, Any]]:
-        text = _text(note, "note")
+    async def deny_job(
+        self, approval_id: object, note: str | None = None
+    ) -> tuple[JobKind, str, dict[str, Any]]:
         approval = await self.pending(approval_id)
-        return "deny", approval.agent, {"approval_id": approval.id, "note": text}
+        return "deny", approval.agent, {"approval_id": approval.id, "note": note}
 
     # --- the jobs (run by the lane) ------------------------------------------------------------------
 

@@ -66,7 +66,7 @@ import attrs
 import trio
 
 from actors.event_bus import EventBus
-from hivecore.errors import HiveError
+from hivecore.errors import BadInput, HiveError
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, OPERATOR_NAME, validate_name
 from hivecore.store import Store
 from hivecore.wire.agent import MAX_BODY, MAX_RECV_BATCH, MAX_RECV_WAIT, Delivery
@@ -85,7 +85,7 @@ MAX_QUEUED_PER_SENDER = 1000
 """Rows one sender may have waiting for an ack (see Quota in the module doc)."""
 
 
-class BadMessage(HiveError):
+class BadMessage(BadInput):
     """A send or recv that was refused; nothing was written."""
 
 

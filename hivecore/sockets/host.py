@@ -3,7 +3,9 @@
 One request per connection on the generic :class:`~hivecore.sockets.server.JsonLinesServer`: the
 client connects, writes a line, reads the answer, and the server closes. ``subscribe_agent_status``
 is the exception: an ack, then one single-row ``agent_statuses`` line per changed agent for as long
-as the client stays. Every verb is one entry of :attr:`HostSocket.verbs` (request class → handler).
+as the client stays. Its verbs are the verb table's ``host_sock`` rows (:mod:`hivecore.verbs`):
+:attr:`HostSocket.verbs` maps each row's request record to its key, and :meth:`HostSocket.dispatch`
+runs the row (checks, façade call, answer). The caller is the operator (``source="host_sock"``).
 
 The socket holds explicit handles only: a :class:`HostFacade` (the coordinator), a
 :class:`StatusBus` (the event bus) and a ``urls`` callable; it never reaches through them.
@@ -20,43 +22,29 @@ agent's message).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
 import trio
 
-from hivecore.errors import HiveError, NotAvailable, Refused
+from hivecore.errors import NotAvailable, answer_for
 from hivecore.models import Approval, ContainerView
-from hivecore.sockets.server import IDLE_TIMEOUT, SEND_TIMEOUT, Connection, JsonLinesServer, unwrap
+from hivecore.sockets.server import IDLE_TIMEOUT, SEND_TIMEOUT, Connection, JsonLinesServer
+from hivecore.verbs import bind
+from hivecore.verbs.bind import EMPTY_SCOPE as EMPTY_SCOPE
+from hivecore.verbs.bind import SCOPE_CONCURRENCY as SCOPE_CONCURRENCY
 from hivecore.wire.events import ContainerStateChanged
 from hivecore.wire.host import (
     OK,
-    AgentStatusRequest,
     AgentStatusRow,
-    ApproveRequest,
-    DenyRequest,
-    DestroyRequest,
     HostRequest,
     HostResponse,
-    KillRequest,
     LifecycleScope,
-    ListRequest,
-    MetaUpdateRequest,
-    PendingRequest,
-    PurgeTombstoneRequest,
-    RebuildRequest,
     RequestError,
-    RequestSpawnRequest,
-    RestartRequest,
-    SetPausedRequest,
-    SpawnRequest,
-    StartRequest,
-    StopRequest,
     SubscribeAgentStatusRequest,
     Urls,
-    UrlsRequest,
     encode_response,
     failure,
     make_urls,
@@ -67,8 +55,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ADMIN_GROUP = "hive-admin"
 SUBSCRIBER_BUFFER = 64
-SCOPE_CONCURRENCY = 16
-EMPTY_SCOPE = "scope selects nothing; name agents or set agents=true"
 
 
 class HostFacade(Protocol):
@@ -108,10 +94,6 @@ class StatusBus(Protocol):
     def subscribe(
         self, kinds: Iterable[str] | None = ..., *, buffer: int | None = ...
     ) -> StatusSubscription: ...
-
-
-Verb = Callable[[Any], Awaitable[HostResponse | bytes]]
-"""A verb's handler: the decoded request in, the answer (a record, or an already encoded line) out."""
 
 
 def live_urls(
@@ -170,26 +152,9 @@ class HostSocket:
             idle_timeout=idle_timeout,
             send_timeout=send_timeout,
         )
-        self.verbs: dict[type[HostRequest], Verb] = {
-            ListRequest: self._list,
-            AgentStatusRequest: self._agent_status,
-            StartRequest: self._start,
-            StopRequest: self._stop,
-            RestartRequest: self._named(lambda name: self.facade.restart(name)),
-            KillRequest: self._named(lambda name: self.facade.kill(name)),
-            DestroyRequest: self._destroy,
-            SpawnRequest: self._named(lambda name: self.facade.spawn(name)),
-            SetPausedRequest: self._set_paused,
-            PurgeTombstoneRequest: self._named(lambda name: self.facade.purge_tombstone(name)),
-            PendingRequest: self._pending,
-            UrlsRequest: self._urls,
-            RebuildRequest: self._named(lambda name: self.facade.rebuild(name)),
-            RequestSpawnRequest: self._request_spawn,
-            ApproveRequest: self._approve,
-            DenyRequest: self._deny,
-            MetaUpdateRequest: self._meta_update,
-        }
-        """Every verb but ``subscribe_agent_status`` (a stream, see :meth:`handle_line`)."""
+        self.caller = bind.OPERATOR_SOCK
+        self.verbs: dict[type[HostRequest], str] = bind.records("host_sock")
+        """Request record → verb-table key, for every ``host_sock`` row."""
         self._bad_requests = 0
         self._internal_errors = 0
         self._subscribers = 0
@@ -227,79 +192,22 @@ class HostSocket:
 
     async def dispatch(self, request: HostRequest) -> HostResponse | bytes:
         """Answer one request; refusals and failures become ``ok:false`` answers, never exceptions."""
-        verb = self.verbs.get(type(request))
+        key = self.verbs.get(type(request))
         try:
-            if verb is None:
+            if key is None or bind.BINDINGS[key].call is None:
                 raise NotAvailable(f"{request.CMD} is not handled by this daemon")
-            return await verb(request)
+            value = await bind.run(key, self, request)
+            return bind.BINDINGS[key].host(self, value)
         except Exception as exc:
             return failure(self._error_message(exc, request.CMD))
 
     def _error_message(self, exc: Exception, what: str) -> str:
         """The ``error`` text for ``exc``: a HiveError's own words; anything else is logged as a bug."""
-        inner = unwrap(exc)
-        if isinstance(inner, HiveError):
-            return str(inner)
-        self._internal_errors += 1
-        log.error("host.sock: %s failed", what, exc_info=exc)
-        return f"internal error during {what}: {type(inner).__name__}: {inner}"
-
-    # --- verbs -----------------------------------------------------------------------------------
-
-    async def _list(self, request: ListRequest) -> HostResponse:
-        return HostResponse(ok=True, agents=await self.facade.agent_names())
-
-    async def _agent_status(self, request: AgentStatusRequest) -> bytes:
-        return self.agent_status_line()
-
-    async def _start(self, request: StartRequest) -> HostResponse:
-        return await self._apply(request.CMD, await self.resolve_scope(request.scope), self.facade.start)
-
-    async def _stop(self, request: StopRequest) -> HostResponse:
-        async def stop(name: str) -> None:
-            await self.facade.stop(name, graceful=request.graceful)
-
-        return await self._apply(request.CMD, await self.resolve_scope(request.scope), stop)
-
-    async def _destroy(self, request: DestroyRequest) -> HostResponse:
-        await self.facade.destroy(request.name, purge=request.purge)
-        return OK
-
-    async def _meta_update(self, request: MetaUpdateRequest) -> HostResponse:
-        await self.facade.meta_update(request.inputs)
-        return OK
-
-    async def _set_paused(self, request: SetPausedRequest) -> HostResponse:
-        await self.facade.set_paused(request.name, request.paused)
-        return OK
-
-    async def _pending(self, request: PendingRequest) -> HostResponse:
-        return HostResponse(ok=True, approvals=await self.facade.pending())
-
-    async def _request_spawn(self, request: RequestSpawnRequest) -> HostResponse:
-        await self.facade.request_spawn(request.name, request.description)
-        return OK
-
-    async def _approve(self, request: ApproveRequest) -> HostResponse:
-        await self.facade.approve(request.id)
-        return OK
-
-    async def _deny(self, request: DenyRequest) -> HostResponse:
-        await self.facade.deny(request.id, request.note)
-        return OK
-
-    async def _urls(self, request: UrlsRequest) -> HostResponse:
-        return HostResponse(ok=True, urls=self.urls())
-
-    @staticmethod
-    def _named(fn: Callable[[str], Awaitable[None]]) -> Verb:
-        """A verb that calls ``fn(request.name)`` and answers ok."""
-
-        async def verb(request: Any) -> HostResponse:
-            await fn(request.name)
-            return OK
-
-        return verb
+        answer = answer_for(exc, what)
+        if answer.internal:
+            self._internal_errors += 1
+            log.error("host.sock: %s failed", what, exc_info=exc)
+        return answer.line
 
     def agent_status_line(self) -> bytes:
         """The encoded ``agent_status`` answer, re-encoded only when the façade's rows change.
@@ -318,49 +226,8 @@ class HostSocket:
         return cached[1]
 
     async def resolve_scope(self, scope: LifecycleScope) -> list[str]:
-        """The agent names ``scope`` selects, validated against one ``agent_names()`` snapshot.
-
-        Refuses empty scopes, services, and any name that is not an agent (with the façade's own
-        message: ``require_agent`` is asked only about a name missing from the snapshot).
-        """
-        services = scope.services()
-        if services:
-            raise Refused(
-                f"scope selects {', '.join(services)}: this hive runs no such service; "
-                "only agents (agent_names / agents=true) can be started or stopped"
-            )
-        if not scope.agents and not scope.agent_names:
-            raise Refused(EMPTY_SCOPE)
-        known = await self.facade.agent_names()
-        selected = dict.fromkeys(known) if scope.agents else {}
-        present = set(known)
-        for name in dict.fromkeys(scope.agent_names):
-            if name not in present:
-                name = await self.facade.require_agent(name)  # raises the precise refusal
-            selected.setdefault(name)
-        return list(selected)
-
-    async def _apply(self, verb: str, names: list[str], fn: Callable[[str], Awaitable[None]]) -> HostResponse:
-        """Run ``fn`` on every name (at most :data:`SCOPE_CONCURRENCY` at once); collect failures."""
-        failures: dict[str, str] = {}
-        limiter = trio.CapacityLimiter(SCOPE_CONCURRENCY)
-
-        async def one(name: str) -> None:
-            async with limiter:
-                try:
-                    await fn(name)
-                except Exception as exc:
-                    failures[name] = self._error_message(exc, f"{verb} {name}")
-
-        async with trio.open_nursery() as nursery:
-            for name in names:
-                nursery.start_soon(one, name, name=f"host.sock {verb} {name}")
-        if not failures:
-            return OK
-        if len(names) == 1:
-            return failure(failures[names[0]])
-        listed = "; ".join(f"{n}: {failures[n]}" for n in names if n in failures)
-        return failure(f"{verb} failed for {len(failures)} of {len(names)} agents: {listed}")
+        """The agent names ``scope`` selects (:func:`hivecore.verbs.bind.resolve_scope`)."""
+        return await bind.resolve_scope(self.facade, scope)
 
     # --- subscribe_agent_status ------------------------------------------------------------------
 

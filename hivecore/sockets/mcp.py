@@ -5,6 +5,8 @@ Identity is the socket: ``<runtime-dir>/manager/mcp.sock`` is the manager (inbox
 ``manager``); ``<runtime-dir>/agents/<n>/mcp.sock`` is agent ``n`` (inbox and sender ``n``). A request
 carries no name of its own: an agent can never send as someone else, read another inbox, or reach a
 verb its socket does not list (approve, deny and operator verbs exist on no agent socket at all).
+The verbs are the verb table's ``manager_sock`` / ``agent_sock`` rows (:mod:`hivecore.verbs`);
+``recv`` and ``ack_turn`` are answered here because they hold the connection's lease.
 
 Connections stay open for many requests (``many_requests``). An agent socket holds at most
 :data:`AGENT_MAX_CONNECTIONS` open at once, the manager's :data:`MANAGER_MAX_CONNECTIONS`; past
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,43 +31,27 @@ import trio
 from hivecore import agent_users
 from hivecore.config import Config
 from hivecore.container_view import STATUS_FILE
-from hivecore.errors import HiveError, NotAvailable, Refused, UnknownAgent
+from hivecore.errors import NotAvailable, Refused, UnknownAgent, answer_for
 from hivecore.models import ContainerView, JobSource
-from hivecore.names import MANAGER_AGENT, MANAGER_NAME, is_manager, validate_name
+from hivecore.names import MANAGER_AGENT, MANAGER_NAME, validate_name
 from hivecore.proc import Credentials
 from hivecore.services.broker import Broker
-from hivecore.sockets.server import SEND_TIMEOUT, Connection, JsonLinesServer, unwrap
+from hivecore.sockets.server import SEND_TIMEOUT, Connection, JsonLinesServer
+from hivecore.verbs import bind
+from hivecore.verbs.spec import Surface
 from hivecore.wire.agent import (
-    MAX_STATUS,
-    OK,
     AckTurnRequest,
     McpRequest,
     McpResponse,
     RecvRequest,
     RequestError,
-    SendRequest,
-    SetStatusRequest,
-    StatusRequest,
     Whoami,
-    WhoamiRequest,
     encode_response,
     failure,
     parse_agent_request,
 )
 from hivecore.wire.host import AgentStatusRow
-from hivecore.wire.manager import (
-    MAX_LOG_LINES,
-    GetLogsRequest,
-    KillRequest,
-    RequestApplyCommitRequest,
-    RequestInitConfigRequest,
-    RequestSpawnRequest,
-    RequestUpdateMetaInputsRequest,
-    RestartRequest,
-    StartRequest,
-    UpdateRequest,
-    parse_manager_request,
-)
+from hivecore.wire.manager import parse_manager_request
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +65,6 @@ AGENT_MAX_CONNECTIONS = 8
 """Open connections one agent socket accepts: the harness, its MCP server and a few probes."""
 MANAGER_MAX_CONNECTIONS = 16
 """Open connections the manager socket accepts."""
-LOG_TAIL_BYTES = 256 * 1024
-MAX_LOG_LINE = 2000
-
-Verb = Callable[[Any], Awaitable[McpResponse]]
 
 
 class AgentFacade(Protocol):
@@ -93,15 +75,14 @@ class AgentFacade(Protocol):
 
 
 class ManagerFacade(Protocol):
-    """What the manager socket may ask of the daemon (the coordinator satisfies it). The approval
-    verbs (``request_spawn``, ``request_init_config``, ``request_apply_commit``) are looked up at
-    call time: a façade without them answers NotAvailable."""
+    """What the manager socket may ask of the daemon (the coordinator satisfies it)."""
 
     def views(self) -> Mapping[str, ContainerView]: ...
     async def start(self, name: object, *, source: JobSource = ...) -> None: ...
     async def kill(self, name: object, *, source: JobSource = ...) -> None: ...
     async def restart(self, name: object, *, source: JobSource = ...) -> None: ...
     async def rebuild(self, name: object, *, source: JobSource = ...) -> None: ...
+    async def agent_log(self, name: str, lines: int) -> list[str]: ...
 
 
 class _LeasedServer(JsonLinesServer):
@@ -129,7 +110,10 @@ class _LeasedServer(JsonLinesServer):
 
 
 class McpSocket:
-    """One identity's socket: the common verbs (send, recv, ack_turn, whoami) plus ``extra`` verbs."""
+    """One identity's socket, serving the verb table's rows for ``surface``."""
+
+    facade: Any
+    caller: bind.Caller
 
     def __init__(
         self,
@@ -138,6 +122,7 @@ class McpSocket:
         broker: Broker,
         whoami: Whoami,
         *,
+        surface: Surface,
         parse: Callable[[bytes], McpRequest | RequestError],
         group: str | None = None,
         idle_timeout: float = MCP_IDLE_TIMEOUT,
@@ -168,10 +153,8 @@ class McpSocket:
             extra_idle_timeout=extra_idle_timeout,
             long_idle_slots=LONG_IDLE_SLOTS,
         )
-        self.verbs: dict[type[McpRequest], Verb] = {
-            SendRequest: self._send,
-            WhoamiRequest: self._whoami,
-        }
+        self.verbs: dict[type[McpRequest], str] = bind.records(surface)
+        """Request record → verb-table key, for every row of this socket's surface."""
         self.bad_requests = 0
         self.internal_errors = 0
 
@@ -197,21 +180,20 @@ class McpSocket:
                     ok=True, acked=await self.broker.ack_turn(self.me.inbox, lease=self.server.lease(conn))
                 )
             else:
-                verb = self.verbs.get(type(request))
-                if verb is None:
+                key = self.verbs.get(type(request))
+                if key is None or bind.BINDINGS[key].call is None:
                     raise NotAvailable(f"{request.CMD} is not handled on this socket")
-                answer = await verb(request)
+                answer = bind.BINDINGS[key].mcp(await bind.run(key, self, request))
         except Exception as exc:
             answer = failure(self._error_message(exc, request.CMD))
         await conn.send(encode_response(answer))
 
     def _error_message(self, exc: Exception, what: str) -> str:
-        inner = unwrap(exc)
-        if isinstance(inner, HiveError):
-            return str(inner)
-        self.internal_errors += 1
-        log.error("%s: %s failed", self.label, what, exc_info=exc)
-        return f"internal error during {what}: {type(inner).__name__}: {inner}"
+        answer = answer_for(exc, what)
+        if answer.internal:
+            self.internal_errors += 1
+            log.error("%s: %s failed", self.label, what, exc_info=exc)
+        return answer.line
 
     async def _recv(self, conn: Connection, request: RecvRequest) -> None:
         lease = self.server.lease(conn)
@@ -231,12 +213,6 @@ class McpSocket:
                 with trio.CancelScope(shield=True):
                     await self.broker.release(lease, got)
 
-    async def _send(self, request: SendRequest) -> McpResponse:
-        ids = await self.broker.send(self.sender, request.to, request.body, in_reply_to=request.in_reply_to)
-        return McpResponse(ok=True, ids=ids)
-
-    async def _whoami(self, request: WhoamiRequest) -> McpResponse:
-        return McpResponse(ok=True, whoami=self.me)
 
 
 def _owner(config: Config, name: str) -> Callable[[], Credentials | None] | None:
@@ -258,30 +234,29 @@ class AgentSocket(McpSocket):
             config.agent_socket_path(name),
             broker,
             Whoami(name=name, inbox=name, role="agent"),
+            surface="agent_sock",
             parse=parse_agent_request,
             **{"owner": _owner(config, name), **kwargs},
         )
         self.config = config
         self.facade = facade
-        self.verbs[StatusRequest] = self._status
-        self.verbs[SetStatusRequest] = self._set_status
+        self.caller = bind.Caller("agent", "internal")
 
-    async def _status(self, request: StatusRequest) -> McpResponse:
+    async def status_row(self) -> AgentStatusRow:
+        """This agent's own row (the ``status`` verb)."""
+        await trio.lowlevel.checkpoint()
         row = self.facade.rows().get(self.name)
         if row is None:
             raise UnknownAgent(self.name)
-        return McpResponse(ok=True, status=AgentStatusRow.from_view(row))
+        return AgentStatusRow.from_view(row)
 
-    async def _set_status(self, request: SetStatusRequest) -> McpResponse:
-        text = request.text
-        size = len(text.encode("utf-8", "surrogatepass"))
-        if size > MAX_STATUS:
-            raise Refused(f"status text is {size} bytes; the limit is {MAX_STATUS}")
+    async def set_status(self, text: str) -> AgentStatusRow | None:
+        """Write this agent's status file (checked text), rescan it, its new row (``set_status``)."""
         state = self.config.paths.agent_state(self.name)
         await trio.to_thread.run_sync(write_no_follow, state, STATUS_FILE, text.strip() + "\n")
         await self.facade.rescan([self.name])
         row = self.facade.rows().get(self.name)
-        return McpResponse(ok=True, status=AgentStatusRow.from_view(row) if row is not None else None)
+        return AgentStatusRow.from_view(row) if row is not None else None
 
 
 class ManagerSocket(McpSocket):
@@ -294,80 +269,13 @@ class ManagerSocket(McpSocket):
             config.manager_socket_path,
             broker,
             Whoami(name=MANAGER_NAME, inbox=MANAGER_AGENT, role="manager"),
+            surface="manager_sock",
             parse=parse_manager_request,
             **{"owner": _owner(config, MANAGER_NAME), **kwargs},
         )
         self.config = config
         self.facade = facade
-        self.verbs.update(
-            {
-                KillRequest: self._lifecycle("kill", lambda n: facade.kill(n, source="manager")),
-                StartRequest: self._lifecycle("start", lambda n: facade.start(n, source="manager")),
-                RestartRequest: self._lifecycle("restart", lambda n: facade.restart(n, source="manager")),
-                UpdateRequest: self._lifecycle("update", lambda n: facade.rebuild(n, source="manager")),
-                RequestSpawnRequest: self._request_spawn,
-                RequestInitConfigRequest: self._request_init_config,
-                RequestApplyCommitRequest: self._request_apply_commit,
-                RequestUpdateMetaInputsRequest: self._request_update_meta_inputs,
-                GetLogsRequest: self._get_logs,
-            }
-        )
-
-    @staticmethod
-    def _lifecycle(verb: str, fn: Callable[[str], Awaitable[None]]) -> Verb:
-        async def run(request: Any) -> McpResponse:
-            name = validate_name(request.name)
-            if is_manager(name):
-                raise Refused(f"{verb} refuses the manager itself; ask the operator")
-            await fn(name)
-            return OK
-
-        return run
-
-    def _approval_verb(self, verb: str) -> Callable[..., Awaitable[object]]:
-        fn = getattr(self.facade, verb, None)
-        if fn is None:
-            raise NotAvailable(f"{verb} is not available yet: this daemon has no approval flow")
-        return fn  # type: ignore[no-any-return]
-
-    async def _request_spawn(self, request: RequestSpawnRequest) -> McpResponse:
-        fn = self._approval_verb("request_spawn")
-        return _approval_answer(await fn(request.name, request.description, source="manager"))
-
-    async def _request_init_config(self, request: RequestInitConfigRequest) -> McpResponse:
-        fn = self._approval_verb("request_init_config")
-        return _approval_answer(await fn(request.name, source="manager"))
-
-    async def _request_apply_commit(self, request: RequestApplyCommitRequest) -> McpResponse:
-        fn = self._approval_verb("request_apply_commit")
-        return _approval_answer(
-            await fn(request.agent, request.commit_ref, request.description, source="manager")
-        )
-
-    async def _request_update_meta_inputs(self, request: RequestUpdateMetaInputsRequest) -> McpResponse:
-        raise NotAvailable("request_update_meta_inputs is not available yet: it arrives with the meta flake")
-
-    async def _get_logs(self, request: GetLogsRequest) -> McpResponse:
-        name = validate_name(request.name)
-        if request.lines < 1:
-            raise Refused("lines must be at least 1")
-        if self.config.runtime != "process":
-            raise NotAvailable(
-                "get_logs reads the process runtime's agent.log; journal logs are not available yet"
-            )
-        if name not in self.facade.views():
-            raise UnknownAgent(name)
-        log_file = self.config.paths.agent_run(name) / "agent.log"
-        lines = await trio.to_thread.run_sync(tail_no_follow, log_file, min(request.lines, MAX_LOG_LINES))
-        return McpResponse(ok=True, lines=lines)
-
-
-def _approval_answer(result: object) -> McpResponse:
-    """The façade's answer to a ``request_*``: an approval (with ``id``), an id, or nothing."""
-    approval_id = (
-        result if isinstance(result, int) and not isinstance(result, bool) else getattr(result, "id", None)
-    )
-    return McpResponse(ok=True, approval_id=approval_id if isinstance(approval_id, int) else None)
+        self.caller = bind.MANAGER
 
 
 # --- file helpers that never follow symlinks (the agent owns its state dir) --------------------------
@@ -390,22 +298,3 @@ def write_no_follow(directory: Path, name: str, text: str) -> None:
         raise Refused(f"cannot write {directory / name}: {exc.strerror or exc}") from None
     finally:
         os.close(dirfd)
-
-
-def tail_no_follow(path: Path, lines: int) -> list[str]:
-    """The last ``lines`` lines of ``path`` (at most :data:`LOG_TAIL_BYTES` read, each line capped);
-    a symlink is refused, a missing file is an empty log."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise Refused(f"cannot read {path}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        f.seek(max(0, size - LOG_TAIL_BYTES))
-        data = f.read(LOG_TAIL_BYTES)
-    text = data.decode("utf-8", "replace").splitlines()
-    if size > LOG_TAIL_BYTES and text:
-        text = text[1:]  # the first line was cut
-    return [line[:MAX_LOG_LINE] for line in text[-lines:]]

@@ -9,15 +9,18 @@ The manager socket (:mod:`hivecore.wire.manager`) shares the envelope and the co
 from __future__ import annotations
 
 import json
-import sys
-from typing import Any, ClassVar
+from typing import Any
 
 import attrs
 
-from hivecore.sockets.framing import MAX_LINE
-from hivecore.wire.converter import configure_tagged, converter, describe_error, json_type_name
+from hivecore.verbs import checks
+from hivecore.verbs.checks import check
+from hivecore.wire.converter import configure_tagged, converter
 from hivecore.wire.host import AgentStatusRow
 from hivecore.wire.lines import json_line, request_line
+from hivecore.wire.request import Request, parse_line
+from hivecore.wire.request import RequestError as RequestError
+from hivecore.wire.request import UnknownRequest as UnknownRequest
 
 MCP_VERSION = 1
 MAX_BODY = 4096
@@ -88,9 +91,8 @@ def decode_response(line: bytes | str) -> McpResponse:
 # --- requests (the verbs both sockets share) -----------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
-class McpRequest:
-    CMD: ClassVar[str] = ""
+McpRequest = Request
+"""Every agent/manager socket request record (the base all request records share)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -128,14 +130,7 @@ class StatusRequest(McpRequest):
 @attrs.frozen(kw_only=True)
 class SetStatusRequest(McpRequest):
     CMD = "set_status"
-    text: str
-
-
-@attrs.frozen(kw_only=True)
-class UnknownRequest(McpRequest):
-    """The tagged unions' fallback: an unknown verb decodes to this and is answered with an error."""
-
-    cmd: str = ""
+    text: str = attrs.field(metadata=check(checks.utf8_text("status text", MAX_STATUS)))
 
 
 AgentRequest = SendRequest | RecvRequest | AckTurnRequest | StatusRequest | SetStatusRequest | WhoamiRequest
@@ -144,47 +139,11 @@ _WireAgentRequest = AgentRequest | UnknownRequest
 configure_tagged(_WireAgentRequest, tag_attr="CMD", tag_name="cmd", default=UnknownRequest)
 
 
-@attrs.frozen
-class RequestError:
-    message: str
-
-
 def parse(line: bytes, union: Any, commands: tuple[str, ...]) -> McpRequest | RequestError:
     """Decode one request line against ``union`` (with :class:`UnknownRequest` as its fallback);
     never raises for bad input: every problem is one :class:`RequestError` sentence."""
-    if len(line) > MAX_LINE:
-        return RequestError(f"request line exceeds {MAX_LINE} bytes")
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return RequestError(f"request is not valid UTF-8 (byte {exc.start})")
-    if not text.strip():
-        return RequestError('empty request; send one JSON object per line, e.g. {"cmd":"whoami"}')
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return RequestError(f"request is not valid JSON: {exc.msg} (column {exc.colno})")
-    except RecursionError:
-        return RequestError("request is not valid JSON: nested too deeply")
-    except ValueError:
-        return RequestError(
-            f"request has a number with more than {sys.get_int_max_str_digits()} digits; no field takes one"
-        )
-    if not isinstance(data, dict):
-        return RequestError(f"request must be a JSON object, got {json_type_name(data)}")
-    if "cmd" not in data:
-        return RequestError('request has no "cmd" field')
-    cmd = data["cmd"]
-    if not isinstance(cmd, str):
-        return RequestError(f'field "cmd" must be a string, got {json_type_name(cmd)}')
-    try:
-        request: McpRequest = converter.structure(data, union)
-    except Exception as exc:
-        return RequestError(f'bad "{cmd}" request: {describe_error(exc)}')
-    if isinstance(request, UnknownRequest):
-        shown = json.dumps(cmd[:64], ensure_ascii=False)
-        return RequestError(f"unknown cmd {shown}; this socket answers: {', '.join(commands)}")
-    return request
+    result: McpRequest | RequestError = parse_line(line, union, example="whoami", known=commands)
+    return result
 
 
 def parse_agent_request(line: bytes) -> McpRequest | RequestError:

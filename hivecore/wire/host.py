@@ -13,16 +13,18 @@ promise to the original's clients (hivectl, desktop sidebars):
 from __future__ import annotations
 
 import json
-import sys
-from typing import ClassVar
 
 import attrs
 
 from hivecore.models import Approval, ContainerView
 from hivecore.sockets.framing import MAX_LINE as MAX_LINE
-from hivecore.wire.converter import configure_tagged, converter, describe_error, json_type_name
+from hivecore.verbs import checks
+from hivecore.verbs.checks import check
+from hivecore.wire.converter import configure_tagged, converter
 from hivecore.wire.lines import HOST_SOCK_VERSION as HOST_SOCK_VERSION
 from hivecore.wire.lines import json_line, request_line
+from hivecore.wire.request import Request, UnknownRequest, parse_line
+from hivecore.wire.request import RequestError as RequestError
 
 # --- requests --------------------------------------------------------------------------------------
 
@@ -44,9 +46,8 @@ class LifecycleScope:
         return [s for s in ("ci", "forge", "gateway", "matrix") if getattr(self, s)]
 
 
-@attrs.frozen(kw_only=True)
-class HostRequest:
-    CMD: ClassVar[str] = ""
+HostRequest = Request
+"""Every host.sock request record (the base all request records share)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -81,39 +82,43 @@ class StopRequest(HostRequest):
 @attrs.frozen(kw_only=True)
 class RestartRequest(HostRequest):
     CMD = "restart"
-    name: str
+    name: str = attrs.field(metadata=check(checks.agent_name))
 
 
 @attrs.frozen(kw_only=True)
 class RebuildRequest(HostRequest):
     CMD = "rebuild"
-    name: str
+    name: str = attrs.field(metadata=check(checks.agent_name))
 
 
 @attrs.frozen(kw_only=True)
 class KillRequest(HostRequest):
+    """Shared by host.sock and the manager socket: nobody kills the manager."""
+
     CMD = "kill"
-    name: str
+    name: str = attrs.field(metadata=check(checks.not_manager("kill")))
 
 
 @attrs.frozen(kw_only=True)
 class DestroyRequest(HostRequest):
     CMD = "destroy"
-    name: str
+    name: str = attrs.field(metadata=check(checks.not_manager("destroy")))
     purge: bool = False
 
 
 @attrs.frozen(kw_only=True)
 class SpawnRequest(HostRequest):
     CMD = "spawn"
-    name: str
+    name: str = attrs.field(metadata=check(checks.new_agent))
 
 
 @attrs.frozen(kw_only=True)
 class RequestSpawnRequest(HostRequest):
+    """Shared by host.sock, the dashboard and the manager socket."""
+
     CMD = "request_spawn"
-    name: str
-    description: str | None = None
+    name: str = attrs.field(metadata=check(checks.new_agent))
+    description: str | None = attrs.field(default=None, metadata=check(checks.text("description")))
 
 
 @attrs.frozen(kw_only=True)
@@ -121,7 +126,7 @@ class PurgeTombstoneRequest(HostRequest):
     """Delete a destroyed agent's kept state (refused while the agent exists)."""
 
     CMD = "purge_tombstone"
-    name: str
+    name: str = attrs.field(metadata=check(checks.not_manager("purge")))
 
 
 @attrs.frozen(kw_only=True)
@@ -132,20 +137,20 @@ class PendingRequest(HostRequest):
 @attrs.frozen(kw_only=True)
 class ApproveRequest(HostRequest):
     CMD = "approve"
-    id: int
+    id: int = attrs.field(metadata=check(checks.approval_id))
 
 
 @attrs.frozen(kw_only=True)
 class DenyRequest(HostRequest):
     CMD = "deny"
-    id: int
-    note: str | None = None
+    id: int = attrs.field(metadata=check(checks.approval_id))
+    note: str | None = attrs.field(default=None, metadata=check(checks.text("note")))
 
 
 @attrs.frozen(kw_only=True)
 class SetPausedRequest(HostRequest):
     CMD = "set_paused"
-    name: str
+    name: str = attrs.field(metadata=check(checks.agent_name))
     paused: bool
 
 
@@ -159,14 +164,7 @@ class MetaUpdateRequest(HostRequest):
     """Update these meta flake inputs (one lock update), then rebuild the agents they affect."""
 
     CMD = "meta_update"
-    inputs: list[str]
-
-
-@attrs.frozen(kw_only=True)
-class _UnknownRequest(HostRequest):
-    """The tagged union's fallback, so an unknown verb is a value rather than a bare KeyError."""
-
-    cmd: str = ""
+    inputs: list[str] = attrs.field(metadata=check(checks.meta_inputs))
 
 
 AnyRequest = (
@@ -278,13 +276,6 @@ def failure(message: str) -> HostResponse:
 # --- encoding / decoding ---------------------------------------------------------------------------
 
 
-@attrs.frozen
-class RequestError:
-    """A request line that could not be decoded; ``message`` is the answer's ``error``."""
-
-    message: str
-
-
 def encode_response(response: HostResponse) -> bytes:
     return json_line(converter.unstructure(response))
 
@@ -304,39 +295,9 @@ def decode_response(line: bytes | str) -> HostResponse:
 
 def parse_request(line: bytes) -> HostRequest | RequestError:
     """Decode one request line (without its newline); never raises for bad input."""
-    if len(line) > MAX_LINE:
-        return RequestError(f"request line exceeds {MAX_LINE} bytes")
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return RequestError(f"request is not valid UTF-8 (byte {exc.start})")
-    if not text.strip():
-        return RequestError('empty request; send one JSON object per line, e.g. {"cmd":"list"}')
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return RequestError(f"request is not valid JSON: {exc.msg} (column {exc.colno})")
-    except RecursionError:
-        return RequestError("request is not valid JSON: nested too deeply")
-    except ValueError:  # int() refuses more than sys.get_int_max_str_digits() digits
-        return RequestError(
-            f"request has a number with more than {sys.get_int_max_str_digits()} digits; no field takes one"
-        )
-    if not isinstance(data, dict):
-        return RequestError(f"request must be a JSON object, got {json_type_name(data)}")
-    if "cmd" not in data:
-        return RequestError('request has no "cmd" field')
-    cmd = data["cmd"]
-    if not isinstance(cmd, str):
-        return RequestError(f'field "cmd" must be a string, got {json_type_name(cmd)}')
-    try:
-        request: HostRequest = converter.structure(data, _WireRequest)  # type: ignore[arg-type]  # union form
-    except Exception as exc:  # cattrs validation errors and anything a hook raised
-        return RequestError(f'bad "{cmd}" request: {describe_error(exc)}')
-    if isinstance(request, _UnknownRequest):
-        return RequestError(f"unknown cmd {json.dumps(cmd, ensure_ascii=False)}")
-    return request
+    result: HostRequest | RequestError = parse_line(line, _WireRequest, example="list")
+    return result
 
 
-_WireRequest = AnyRequest | _UnknownRequest
-configure_tagged(_WireRequest, tag_attr="CMD", tag_name="cmd", default=_UnknownRequest)
+_WireRequest = AnyRequest | UnknownRequest
+configure_tagged(_WireRequest, tag_attr="CMD", tag_name="cmd", default=UnknownRequest)

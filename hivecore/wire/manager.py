@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import attrs
 
+from hivecore.verbs import checks
+from hivecore.verbs.checks import check
 from hivecore.wire.agent import (
     AckTurnRequest,
     McpRequest,
@@ -19,68 +21,57 @@ from hivecore.wire.agent import (
     parse,
 )
 from hivecore.wire.converter import configure_tagged
+from hivecore.wire.host import KillRequest as KillRequest
+from hivecore.wire.host import RequestSpawnRequest as RequestSpawnRequest
 
 DEFAULT_LOG_LINES = 50
 MAX_LOG_LINES = 500
 
 
 @attrs.frozen(kw_only=True)
-class RequestSpawnRequest(McpRequest):
-    CMD = "request_spawn"
-    name: str
-    description: str | None = None
-
-
-@attrs.frozen(kw_only=True)
 class RequestInitConfigRequest(McpRequest):
     CMD = "request_init_config"
-    name: str
+    name: str = attrs.field(metadata=check(checks.new_agent))
 
 
 @attrs.frozen(kw_only=True)
 class RequestApplyCommitRequest(McpRequest):
     CMD = "request_apply_commit"
-    agent: str
+    agent: str = attrs.field(metadata=check(checks.agent_name))
     commit_ref: str
-    description: str | None = None
+    description: str | None = attrs.field(default=None, metadata=check(checks.text("description")))
 
 
 @attrs.frozen(kw_only=True)
 class RequestUpdateMetaInputsRequest(McpRequest):
     CMD = "request_update_meta_inputs"
-    inputs: list[str] | None = None
-    description: str | None = None
-
-
-@attrs.frozen(kw_only=True)
-class KillRequest(McpRequest):
-    CMD = "kill"
-    name: str
+    inputs: list[str] | None = attrs.field(default=None, metadata=check(checks.optional_meta_inputs))
+    description: str | None = attrs.field(default=None, metadata=check(checks.text("description")))
 
 
 @attrs.frozen(kw_only=True)
 class StartRequest(McpRequest):
     CMD = "start"
-    name: str
+    name: str = attrs.field(metadata=check(checks.not_manager("start")))
 
 
 @attrs.frozen(kw_only=True)
 class RestartRequest(McpRequest):
     CMD = "restart"
-    name: str
+    name: str = attrs.field(metadata=check(checks.not_manager("restart")))
 
 
 @attrs.frozen(kw_only=True)
 class UpdateRequest(McpRequest):
     CMD = "update"
-    name: str
+    name: str = attrs.field(metadata=check(checks.not_manager("update")))
 
 
 @attrs.frozen(kw_only=True)
 class GetLogsRequest(McpRequest):
     CMD = "get_logs"
-    name: str
-    lines: int = DEFAULT_LOG_LINES
+    name: str = attrs.field(metadata=check(checks.agent_name))
+    lines: int = attrs.field(default=DEFAULT_LOG_LINES, metadata=check(checks.log_lines(MAX_LOG_LINES)))
 
 
 ManagerRequest = (

@@ -1,0 +1,377 @@
+"""The verb table's server half: per row (by :attr:`~hivecore.verbs.spec.Verb.key`) the request record,
+the façade call and the answer on each surface. Every surface runs a verb the same way:
+
+1. decode the request into the row's record (a socket line through the converter; a dashboard form
+   through :attr:`~hivecore.verbs.spec.Route.fields` and the converter);
+2. :func:`run`: the record's checks (:func:`~hivecore.wire.request.checked`, once), then the call;
+3. answer: :attr:`Binding.host` / :attr:`Binding.mcp` / :attr:`Binding.done`; an exception becomes
+   :func:`hivecore.errors.answer_for` (wire error line, HTTP status, hivectl exit code).
+
+A call gets a *context* from its surface: ``ctx.facade`` (the coordinator; on an agent socket the
+views) and ``ctx.caller`` (:class:`Caller`: principal and job source, decided by the surface), plus
+what a surface alone has (host.sock's ``urls``; an agent socket's broker and identity). Adding a verb
+is one row in :mod:`hivecore.verbs.spec`, one :class:`Binding` here and its service method.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from hivecore.errors import HiveError, NotAvailable, Refused, answer_for
+from hivecore.models import JobSource
+from hivecore.verbs import spec
+from hivecore.verbs.checks import check
+from hivecore.wire import agent as wa
+from hivecore.wire import host as wh
+from hivecore.wire import manager as wm
+from hivecore.wire.request import Request, checked, structure
+
+log = logging.getLogger(__name__)
+
+SCOPE_CONCURRENCY = 16
+EMPTY_SCOPE = "scope selects nothing; name agents or set agents=true"
+
+
+@attrs.frozen
+class Caller:
+    """Who is asking (decided by the surface, never by the request) and how the lane records it."""
+
+    principal: spec.Principal
+    source: JobSource
+    wait_for_builds: bool = True
+    """False: a verb that starts a long build (meta_update) answers once the job is accepted."""
+
+    def kw(self) -> dict[str, Any]:
+        """The façade keyword arguments beyond the request's fields (none for host.sock, the default)."""
+        return {} if self.source == "host_sock" else {"source": self.source}
+
+
+OPERATOR_SOCK = Caller("operator", "host_sock")
+DASHBOARD = Caller("operator", "dashboard", wait_for_builds=False)
+MANAGER = Caller("manager", "manager")
+
+
+@attrs.frozen
+class Context:
+    """The plainest call context: a façade and a caller (the dashboard's; tests')."""
+
+    facade: Any
+    caller: Caller
+
+
+Call = Callable[[Any, Any], Awaitable[Any]]
+
+
+def _ok(ctx: Any, value: object) -> wh.HostResponse:
+    return wh.OK
+
+
+def _mcp_ok(value: object) -> wa.McpResponse:
+    return wa.OK
+
+
+def _approval_answer(value: Any) -> wa.McpResponse:
+    return wa.McpResponse(ok=True, approval_id=value.id)
+
+
+@attrs.frozen
+class Binding:
+    request: type[Request]
+    call: Call | None = None
+    """``None``: a stream row its server answers itself (:attr:`spec.Verb.stream`)."""
+    host: Callable[[Any, Any], wh.HostResponse | bytes] = _ok
+    """host.sock's answer to the call's value (with the socket, for its cached lines and urls)."""
+    mcp: Callable[[Any], wa.McpResponse] = _mcp_ok
+    done: Callable[[Any, Any], str] | None = None
+    """The dashboard's ``message`` for (request, value)."""
+
+
+async def run(key: str, ctx: Any, request: Request) -> Any:
+    """Check ``request`` (its record's field checks) and make row ``key``'s call; its value."""
+    return (await run_checked(key, ctx, request))[1]
+
+
+async def run_checked(key: str, ctx: Any, request: Request) -> tuple[Any, Any]:
+    """:func:`run`, also returning the checked (normalised) request."""
+    call = BINDINGS[key].call
+    if call is None:
+        raise NotAvailable(f"{spec.BY_KEY[key].cmd} is answered by its server, not here")
+    request = checked(request)
+    return request, await call(ctx, request)
+
+
+async def call(key: str, ctx: Any, fields: Mapping[str, Any]) -> Any:
+    """Row ``key`` with ``fields`` as JSON would carry them: decoded into its record (a bad shape
+    is :class:`~hivecore.errors.BadInput`), checked, called; its value."""
+    return await run(key, ctx, structure(dict(fields), BINDINGS[key].request))
+
+
+def error_line(exc: BaseException, what: str, where: str) -> str:
+    """The ``error`` text for ``exc`` (logged with its traceback when it is a bug)."""
+    answer = answer_for(exc, what)
+    if answer.internal:
+        log.error("%s: %s failed", where, what, exc_info=exc)
+    return answer.line
+
+
+# --- scopes (host.sock's start/stop; the dashboard's one-agent start/stop) ------------------------
+
+
+async def resolve_scope(facade: Any, scope: wh.LifecycleScope) -> list[str]:
+    """The agent names ``scope`` selects, validated against one ``agent_names()`` snapshot.
+
+    Refuses empty scopes, services, and any name that is not an agent (with the façade's own
+    message: ``require_agent`` is asked only about a name missing from the snapshot). A scope is
+    de-duplicated (first appearance wins), so naming one agent thousands of times costs one lookup.
+    """
+    services = scope.services()
+    if services:
+        raise Refused(
+            f"scope selects {', '.join(services)}: this hive runs no such service; "
+            "only agents (agent_names / agents=true) can be started or stopped"
+        )
+    if not scope.agents and not scope.agent_names:
+        raise Refused(EMPTY_SCOPE)
+    known = await facade.agent_names()
+    selected = dict.fromkeys(known) if scope.agents else {}
+    present = set(known)
+    for name in dict.fromkeys(scope.agent_names):
+        if name not in present:
+            name = await facade.require_agent(name)  # raises the precise refusal
+        selected.setdefault(name)
+    return list(selected)
+
+
+async def apply_scope(verb: str, names: list[str], fn: Callable[[str], Awaitable[None]]) -> None:
+    """Run ``fn`` on every name (at most :data:`SCOPE_CONCURRENCY` at once). One name: its own
+    error is raised. Several: the others still happen; every failure is listed in one
+    :class:`Refused`."""
+    if len(names) == 1:
+        await fn(names[0])
+        return
+    failures: dict[str, str] = {}
+    limiter = trio.CapacityLimiter(SCOPE_CONCURRENCY)
+
+    async def one(name: str) -> None:
+        async with limiter:
+            try:
+                await fn(name)
+            except Exception as exc:
+                failures[name] = error_line(exc, f"{verb} {name}", "verbs")
+
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(one, name, name=f"{verb} {name}")
+    if failures:
+        listed = "; ".join(f"{n}: {failures[n]}" for n in names if n in failures)
+        raise Refused(f"{verb} failed for {len(failures)} of {len(names)} agents: {listed}")
+
+
+async def _start(ctx: Any, r: wh.StartRequest) -> None:
+    kw = ctx.caller.kw()
+    await apply_scope("start", await resolve_scope(ctx.facade, r.scope), lambda n: ctx.facade.start(n, **kw))
+
+
+async def _stop(ctx: Any, r: wh.StopRequest) -> None:
+    kw = ctx.caller.kw()
+    if not r.graceful:
+        kw["graceful"] = False
+
+    async def stop(name: str) -> None:
+        await ctx.facade.stop(name, **kw)
+
+    await apply_scope("stop", await resolve_scope(ctx.facade, r.scope), stop)
+
+
+def _scope_names(r: Any) -> str:
+    return ", ".join(r.scope.agent_names) or "every agent"
+
+
+def _named(method: str) -> Call:
+    """A call of ``facade.<method>(request.name)``."""
+
+    async def call(ctx: Any, r: Any) -> Any:
+        return await getattr(ctx.facade, method)(r.name, **ctx.caller.kw())
+
+    return call
+
+
+async def _meta_update(ctx: Any, r: wh.MetaUpdateRequest) -> Any:
+    kw = ctx.caller.kw()
+    if not ctx.caller.wait_for_builds:
+        kw["wait"] = False
+    return await ctx.facade.meta_update(r.inputs, **kw)
+
+
+def _dashboard_meta_update(r: wh.MetaUpdateRequest, job: Any) -> str:
+    return f"meta update started (job {job.id}): " + ", ".join(r.inputs)
+
+
+# --- records that only one surface has ---------------------------------------------------------------
+
+
+def _recipient(value: str) -> str:
+    return value.strip().lstrip("@")
+
+
+@attrs.frozen(kw_only=True)
+class OpSendRequest(Request):
+    """The operator's message (dashboard ``/op-send``); the broker checks recipient and body."""
+
+    CMD = "op_send"
+    to: str = attrs.field(metadata=check(_recipient))
+    body: str
+
+
+async def _unavailable_meta_inputs(ctx: Any, r: wm.RequestUpdateMetaInputsRequest) -> None:
+    raise NotAvailable("request_update_meta_inputs is not available yet: it arrives with the meta flake")
+
+
+async def _status(ctx: Any, r: wa.StatusRequest) -> Any:
+    return await ctx.status_row()
+
+
+async def _set_status(ctx: Any, r: wa.SetStatusRequest) -> Any:
+    return await ctx.set_status(r.text)
+
+
+async def _send(ctx: Any, r: wa.SendRequest) -> list[int]:
+    ids: list[int] = await ctx.broker.send(ctx.sender, r.to, r.body, in_reply_to=r.in_reply_to)
+    return ids
+
+
+def _sent(r: OpSendRequest, ids: list[int]) -> str:
+    return f"sent to {r.to} ({len(ids)} message{'s' if len(ids) != 1 else ''})"
+
+
+# --- the bindings ------------------------------------------------------------------------------------
+
+
+async def _views(ctx: Any, r: Any) -> Any:
+    return ctx.facade.views()
+
+
+async def _urls(ctx: Any, r: Any) -> Any:
+    return ctx.urls()
+
+
+async def _whoami(ctx: Any, r: Any) -> Any:
+    return ctx.me
+
+
+BINDINGS: Mapping[str, Binding] = {
+    "list": Binding(
+        wh.ListRequest,
+        lambda ctx, r: ctx.facade.agent_names(),
+        host=lambda ctx, names: wh.HostResponse(ok=True, agents=names),
+    ),
+    "agent_status": Binding(wh.AgentStatusRequest, _views, host=lambda ctx, _: ctx.agent_status_line()),
+    "subscribe_agent_status": Binding(wh.SubscribeAgentStatusRequest),
+    "pending": Binding(
+        wh.PendingRequest,
+        lambda ctx, r: ctx.facade.pending(),
+        host=lambda ctx, rows: wh.HostResponse(ok=True, approvals=rows),
+    ),
+    "urls": Binding(wh.UrlsRequest, _urls, host=lambda ctx, urls: wh.HostResponse(ok=True, urls=urls)),
+    "start": Binding(wh.StartRequest, _start, done=lambda r, _: f"{_scope_names(r)} started"),
+    "stop": Binding(wh.StopRequest, _stop, done=lambda r, _: f"{_scope_names(r)} stopped"),
+    "restart": Binding(wh.RestartRequest, _named("restart"), done=lambda r, _: f"{r.name} restarted"),
+    "rebuild": Binding(wh.RebuildRequest, _named("rebuild"), done=lambda r, _: f"{r.name} rebuilt"),
+    "kill": Binding(wh.KillRequest, _named("kill"), done=lambda r, _: f"{r.name} killed"),
+    "destroy": Binding(
+        wh.DestroyRequest,
+        lambda ctx, r: ctx.facade.destroy(r.name, purge=r.purge, **ctx.caller.kw()),
+        done=lambda r, _: f"{r.name} destroyed" + (" and purged" if r.purge else "; its state is kept"),
+    ),
+    "spawn": Binding(wh.SpawnRequest, _named("spawn")),
+    "purge_tombstone": Binding(
+        wh.PurgeTombstoneRequest,
+        _named("purge_tombstone"),
+        done=lambda r, _: f"kept state of {r.name} purged",
+    ),
+    "set_paused": Binding(
+        wh.SetPausedRequest, lambda ctx, r: ctx.facade.set_paused(r.name, r.paused, **ctx.caller.kw())
+    ),
+    "meta_update": Binding(
+        wh.MetaUpdateRequest,
+        _meta_update,
+        done=_dashboard_meta_update,
+    ),
+    "request_spawn": Binding(
+        wh.RequestSpawnRequest,
+        lambda ctx, r: ctx.facade.request_spawn(r.name, r.description, **ctx.caller.kw()),
+        mcp=_approval_answer,
+        done=lambda r, a: f"spawn of {r.name} requested (approval {a.id})",
+    ),
+    "approve": Binding(
+        wh.ApproveRequest,
+        lambda ctx, r: ctx.facade.approve(r.id, **ctx.caller.kw()),
+        done=lambda r, _: f"approval {r.id} approved",
+    ),
+    "deny": Binding(
+        wh.DenyRequest,
+        lambda ctx, r: ctx.facade.deny(r.id, r.note, **ctx.caller.kw()),
+        done=lambda r, _: f"approval {r.id} denied",
+    ),
+    "request_init_config": Binding(
+        wm.RequestInitConfigRequest,
+        lambda ctx, r: ctx.facade.request_init_config(r.name, **ctx.caller.kw()),
+        mcp=_approval_answer,
+    ),
+    "request_apply_commit": Binding(
+        wm.RequestApplyCommitRequest,
+        lambda ctx, r: ctx.facade.request_apply_commit(
+            r.agent, r.commit_ref, r.description, **ctx.caller.kw()
+        ),
+        mcp=_approval_answer,
+    ),
+    "request_update_meta_inputs": Binding(wm.RequestUpdateMetaInputsRequest, _unavailable_meta_inputs),
+    "op_send": Binding(OpSendRequest, lambda ctx, r: ctx.facade.op_send(r.to, r.body), done=_sent),
+    "send": Binding(wa.SendRequest, _send, mcp=lambda ids: wa.McpResponse(ok=True, ids=ids)),
+    "recv": Binding(wa.RecvRequest),
+    "ack_turn": Binding(wa.AckTurnRequest),
+    "whoami": Binding(wa.WhoamiRequest, _whoami, mcp=lambda me: wa.McpResponse(ok=True, whoami=me)),
+    "status": Binding(wa.StatusRequest, _status, mcp=lambda row: wa.McpResponse(ok=True, status=row)),
+    "set_status": Binding(
+        wa.SetStatusRequest, _set_status, mcp=lambda row: wa.McpResponse(ok=True, status=row)
+    ),
+    "manager_start": Binding(wm.StartRequest, _named("start")),
+    "manager_restart": Binding(wm.RestartRequest, _named("restart")),
+    "update": Binding(wm.UpdateRequest, _named("rebuild")),
+    "get_logs": Binding(
+        wm.GetLogsRequest,
+        lambda ctx, r: ctx.facade.agent_log(r.name, r.lines),
+        mcp=lambda lines: wa.McpResponse(ok=True, lines=lines),
+    ),
+}
+
+
+def records(surface: spec.Surface) -> dict[type[Request], str]:
+    """The request record → row key map of ``surface`` (a server's verb table)."""
+    out: dict[type[Request], str] = {}
+    for verb in spec.on(surface):
+        cl = BINDINGS[verb.key].request
+        if verb.cmd != cl.CMD:
+            raise ValueError(f"verb {verb.key}: record {cl.__name__} has cmd {cl.CMD!r}, row {verb.cmd!r}")
+        out[cl] = verb.key
+    return out
+
+
+def _check_bindings() -> None:
+    missing = sorted(set(spec.BY_KEY) - set(BINDINGS))
+    extra = sorted(set(BINDINGS) - set(spec.BY_KEY))
+    if missing or extra:
+        raise ValueError(f"verb table: rows without a binding {missing}, bindings without a row {extra}")
+    for key, verb in spec.BY_KEY.items():
+        if verb.stream != (BINDINGS[key].call is None):
+            raise ValueError(f"verb {key}: a stream row has no call, and only it")
+
+
+_check_bindings()
+
+__all__ = ["BINDINGS", "DASHBOARD", "MANAGER", "OPERATOR_SOCK", "Binding", "Caller", "HiveError", "run"]

@@ -1,0 +1,566 @@
+"""The verb table's light half: what each verb is called, who may call it, its help, and how it shows
+on each surface. Stdlib only: ``hivectl`` builds its subcommands from these rows and must start fast
+(``tests/test_cli_imports.py``). The server half — request record, checks, façade call, answers — is
+:mod:`hivecore.verbs.bind`, keyed by :attr:`Verb.key`.
+
+Who you are is decided by where you ask, never by a field of the request:
+
+====================  ============  =========================================
+surface               principal     generated in
+====================  ============  =========================================
+``host_sock``         operator      :mod:`hivecore.sockets.host`
+``hivectl``           operator      :mod:`hivecore.cli.hivectl` (a host.sock client)
+``dashboard``         operator      :mod:`web.actions` (form POSTs)
+``manager_sock``      manager       :mod:`hivecore.sockets.mcp` (``manager/mcp.sock``)
+``agent_sock``        agent         :mod:`hivecore.sockets.mcp` (``agents/<n>/mcp.sock``)
+====================  ============  =========================================
+
+A surface exposes exactly the rows that list it; ``tests/test_verb_table.py`` checks every surface
+against this table. Help texts are written for a reader who has only the text (an operator at
+``hivectl --help``, or a model choosing a tool).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hivecore.errors import BadInput
+
+Principal = Literal["operator", "manager", "agent"]
+Surface = Literal["host_sock", "hivectl", "dashboard", "manager_sock", "agent_sock"]
+SURFACES: tuple[Surface, ...] = ("host_sock", "hivectl", "dashboard", "manager_sock", "agent_sock")
+PRINCIPAL_OF: Mapping[Surface, Principal] = {
+    "host_sock": "operator",
+    "hivectl": "operator",
+    "dashboard": "operator",
+    "manager_sock": "manager",
+    "agent_sock": "agent",
+}
+
+TRUE_WORDS = frozenset({"1", "true", "on", "yes"})
+_ID_RE = re.compile(r"[0-9]{1,18}")
+MAX_FORM_FIELD = 1 << 20
+
+
+# --- how a verb shows on a surface ---------------------------------------------------------------
+
+
+Form = Mapping[str, str]
+"""A dashboard request's fields: the route's path parameters and the form fields (first values)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """A dashboard POST route. ``fields`` turns the form into the request record's fields (as JSON
+    would carry them); a missing or malformed field raises :class:`BadInput` (400)."""
+
+    path: str
+    fields: Callable[[Form], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One ``add_argument`` call of a hivectl subcommand."""
+
+    flags: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A hivectl subcommand: its name, arguments, the request fields it sends and what it prints
+    on success (``None``: the answer is rendered as a table)."""
+
+    name: str
+    args: tuple[Arg, ...]
+    fields: Callable[[argparse.Namespace], dict[str, Any]]
+    done: Callable[[argparse.Namespace], str] | None = None
+    help: str | None = None
+    """Overrides the row's help (two subcommands sharing a verb, e.g. pause/resume)."""
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One row. ``key`` is unique; ``cmd`` is the wire name (two rows may share it when no surface
+    shows both, e.g. host.sock's scoped ``start`` and the manager socket's one-agent ``start``)."""
+
+    key: str
+    cmd: str
+    help: str
+    principals: frozenset[Principal]
+    surfaces: frozenset[Surface]
+    route: Route | None = None
+    commands: tuple[Command, ...] = ()
+    stream: bool = False
+    """The surface's server answers it itself, because the answer is tied to the connection
+    (``subscribe_agent_status``'s stream, ``recv``'s lease and put-back, ``ack_turn``'s lease)."""
+
+    def __post_init__(self) -> None:
+        for surface in self.surfaces:
+            if PRINCIPAL_OF[surface] not in self.principals:
+                raise ValueError(f"verb {self.key}: {surface} serves {PRINCIPAL_OF[surface]}, not listed")
+        if ("dashboard" in self.surfaces) != (self.route is not None):
+            raise ValueError(f"verb {self.key}: a dashboard row needs a route, and only it")
+        if ("hivectl" in self.surfaces) != bool(self.commands):
+            raise ValueError(f"verb {self.key}: a hivectl row needs a command, and only it")
+
+
+def _row(
+    key: str,
+    help: str,
+    principals: str,
+    surfaces: str,
+    *,
+    cmd: str | None = None,
+    route: Route | None = None,
+    commands: tuple[Command, ...] = (),
+    stream: bool = False,
+) -> Verb:
+    return Verb(
+        key=key,
+        cmd=cmd or key,
+        help=help,
+        principals=frozenset(principals.split()),  # type: ignore[arg-type]  # checked by PRINCIPAL_OF
+        surfaces=frozenset(surfaces.split()),  # type: ignore[arg-type]
+        route=route,
+        commands=commands,
+        stream=stream,
+    )
+
+
+# --- form fields (dashboard) ---------------------------------------------------------------------
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    return repr(text[:limit] + "…" if len(text) > limit else text)
+
+
+def form_text(form: Form, name: str, *, required: bool = True, limit: int = MAX_FORM_FIELD) -> str | None:
+    """A text field; blank counts as missing."""
+    value = form.get(name)
+    if value is None or not value.strip():
+        if required:
+            raise BadInput(f"missing field {name!r}")
+        return None
+    if len(value) > limit:
+        raise BadInput(f"field {name!r} is longer than {limit} characters")
+    return value
+
+
+def form_id(form: Form, name: str = "id") -> int:
+    text = form.get(name, "")
+    if not _ID_RE.fullmatch(text):
+        raise BadInput(f"an approval id is a number, got {_cut(text)}")
+    return int(text)
+
+
+def form_flag(form: Form, name: str) -> bool:
+    return (form.get(name) or "").strip().lower() in TRUE_WORDS
+
+
+def form_list(form: Form, name: str) -> list[str]:
+    """A comma-separated list (``inputs=a,b``); the request record checks the items."""
+    text = form_text(form, name, required=False) or ""
+    return [item for item in text.split(",")]
+
+
+def _name(form: Form) -> dict[str, Any]:
+    return {"name": form["name"]}
+
+
+def _scope_of_one(form: Form) -> dict[str, Any]:
+    return {"scope": {"agent_names": [form["name"]]}}
+
+
+# --- hivectl helpers ---------------------------------------------------------------------------------
+
+NAME = Arg(("name",), {"metavar": "NAME"})
+NAMES = Arg(("names",), {"nargs": "*", "metavar": "NAME"})
+ALL = Arg(("--all",), {"action": "store_true", "help": "every agent (the manager included)"})
+
+
+def _cli_name(args: argparse.Namespace) -> dict[str, Any]:
+    return {"name": args.name}
+
+
+def _cli_scope(args: argparse.Namespace) -> dict[str, Any]:
+    return {"agent_names": list(args.names), "agents": args.all}
+
+
+def _scope_text(args: argparse.Namespace) -> str:
+    return "every agent" if args.all else ", ".join(args.names)
+
+
+def _past(word: str) -> Callable[[argparse.Namespace], str]:
+    return lambda args: f"{word} {args.name}"
+
+
+def _named(key: str, command: str, help: str, past: str, *, dashboard: str | None = None) -> Verb:
+    """An operator verb on one agent by name (host.sock, hivectl, and the dashboard when routed)."""
+    return _row(
+        key,
+        help,
+        "operator",
+        "host_sock hivectl" + (" dashboard" if dashboard else ""),
+        route=Route(dashboard, _name) if dashboard else None,
+        commands=(Command(command, (NAME,), _cli_name, _past(past)),),
+    )
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+VERBS: tuple[Verb, ...] = (
+    # --- operator: queries ---
+    _row(
+        "list",
+        "List the names of every agent this hive manages.",
+        "operator",
+        "host_sock hivectl",
+        commands=(Command("list", (), lambda a: {}),),
+    ),
+    _row(
+        "agent_status",
+        "Show every agent's status row: running or failed, paused, needs login/update, deployed "
+        "commit, status text.",
+        "operator",
+        "host_sock hivectl",
+        commands=(
+            Command(
+                "status",
+                (Arg(("names",), {"nargs": "*", "metavar": "NAME", "help": "only these agents"}),),
+                lambda a: {},
+                help="show every agent's status",
+            ),
+        ),
+    ),
+    _row(
+        "subscribe_agent_status",
+        "Acknowledge, then stream one status row per agent change for as long as the client stays.",
+        "operator",
+        "host_sock hivectl",
+        stream=True,
+        commands=(
+            Command(
+                "watch", (), lambda a: {}, help="print status changes as they happen (until interrupted)"
+            ),
+        ),
+    ),
+    _row(
+        "pending",
+        "List every approval (pending ones first in the dashboard; here the whole history), each "
+        "pending config change with its diff.",
+        "operator",
+        "host_sock hivectl",
+        commands=(Command("pending", (), lambda a: {}, help="list approvals"),),
+    ),
+    _row(
+        "urls",
+        "Show where the hive can be reached (the dashboard's address).",
+        "operator",
+        "host_sock hivectl",
+        commands=(Command("urls", (), lambda a: {}, help="show where the hive can be reached"),),
+    ),
+    # --- operator: lifecycle ---
+    _row(
+        "start",
+        "Start agents: name them, or select every agent; a running agent is left as it is.",
+        "operator",
+        "host_sock hivectl dashboard",
+        route=Route("/start/<name>", _scope_of_one),
+        commands=(
+            Command(
+                "start",
+                (NAMES, ALL),
+                lambda a: {"scope": _cli_scope(a)},
+                lambda a: f"started {_scope_text(a)}",
+                help="start agents",
+            ),
+        ),
+    ),
+    _row(
+        "stop",
+        "Stop agents (SIGTERM, then SIGKILL after the stop timeout; graceful=false kills at once).",
+        "operator",
+        "host_sock hivectl dashboard",
+        route=Route("/stop/<name>", _scope_of_one),
+        commands=(
+            Command(
+                "stop",
+                (
+                    NAMES,
+                    ALL,
+                    Arg(
+                        ("--hard",),
+                        {"action": "store_true", "help": "kill at once instead of stopping gracefully"},
+                    ),
+                ),
+                lambda a: {"scope": _cli_scope(a), "graceful": not a.hard},
+                lambda a: f"stopped {_scope_text(a)}",
+                help="stop agents (SIGTERM, then SIGKILL after the stop timeout)",
+            ),
+        ),
+    ),
+    _named("restart", "restart", "restart an agent (no rebuild)", "restarted", dashboard="/restart/<name>"),
+    _named(
+        "rebuild",
+        "rebuild",
+        "rebuild an agent from its applied config",
+        "rebuilt",
+        dashboard="/rebuild/<name>",
+    ),
+    _row(
+        "kill",
+        "Kill an agent at once (SIGKILL, no grace period); refused for the manager.",
+        "operator manager",
+        "host_sock hivectl dashboard manager_sock",
+        route=Route("/kill/<name>", _name),
+        commands=(Command("kill", (NAME,), _cli_name, _past("killed"), help="kill an agent at once"),),
+    ),
+    _row(
+        "destroy",
+        "Destroy an agent's container; its state is kept (a tombstone) unless purge is set.",
+        "operator",
+        "host_sock hivectl dashboard",
+        route=Route("/destroy/<name>", lambda f: {"name": f["name"], "purge": form_flag(f, "purge")}),
+        commands=(
+            Command(
+                "destroy",
+                (
+                    NAME,
+                    Arg(("--purge",), {"action": "store_true", "help": "also delete its state (no undo)"}),
+                ),
+                lambda a: {"name": a.name, "purge": a.purge},
+                lambda a: f"destroyed {a.name}" + (" and purged its state" if a.purge else " (state kept)"),
+                help="destroy an agent (its state is kept unless --purge)",
+            ),
+        ),
+    ),
+    _named("spawn", "spawn", "create and start an agent (no approval)", "spawned"),
+    _row(
+        "purge_tombstone",
+        "Delete a destroyed agent's kept state (no undo; refused while the agent exists).",
+        "operator",
+        "host_sock hivectl dashboard",
+        route=Route("/purge-tombstone/<name>", _name),
+        commands=(
+            Command(
+                "purge",
+                (NAME,),
+                _cli_name,
+                _past("purged the kept state of"),
+                help="delete a destroyed agent's kept state (no undo; refused while the agent exists)",
+            ),
+        ),
+    ),
+    _row(
+        "set_paused",
+        "Pause or resume an agent's turn loop (works while it is stopped; idempotent).",
+        "operator",
+        "host_sock hivectl",
+        commands=(
+            Command(
+                "pause",
+                (NAME,),
+                lambda a: {"name": a.name, "paused": True},
+                _past("paused"),
+                help="pause an agent's turn loop",
+            ),
+            Command(
+                "resume",
+                (NAME,),
+                lambda a: {"name": a.name, "paused": False},
+                _past("resumed"),
+                help="resume a paused agent",
+            ),
+        ),
+    ),
+    _row(
+        "meta_update",
+        "Update meta flake inputs (hyperhive, agent-NAME, …) in one lock update, then rebuild the "
+        "agents they affect, one at a time; one meta update at a time.",
+        "operator",
+        "host_sock hivectl dashboard",
+        route=Route("/meta-update", lambda f: {"inputs": form_list(f, "inputs")}),
+        commands=(
+            Command(
+                "meta-update",
+                (Arg(("inputs",), {"nargs": "+", "metavar": "INPUT"}),),
+                lambda a: {"inputs": list(a.inputs)},
+                lambda a: f"updated {', '.join(a.inputs)} and rebuilt the affected agents",
+                help="update meta flake inputs (hyperhive, agent-NAME, …), then rebuild the agents they "
+                "affect",
+            ),
+        ),
+    ),
+    # --- approvals ---
+    _row(
+        "request_spawn",
+        "Ask the operator to approve spawning a new agent (name: 1-9 of a-z 0-9 -, starting with a "
+        "letter); description is shown on the approval card.",
+        "operator manager",
+        "host_sock hivectl dashboard manager_sock",
+        route=Route(
+            "/request-spawn",
+            lambda f: {
+                "name": form_text(f, "name", limit=200),
+                "description": form_text(f, "description", required=False),
+            },
+        ),
+        commands=(
+            Command(
+                "request-spawn",
+                (NAME, Arg(("--description",), {"default": None, "help": "shown on the approval card"})),
+                lambda a: {"name": a.name, "description": a.description},
+                lambda a: f"requested a spawn of {a.name}",
+                help="queue a spawn approval for the operator",
+            ),
+        ),
+    ),
+    _row(
+        "approve",
+        "Approve a pending request by id: carry it out (a config change is built and deployed).",
+        "operator",
+        "host_sock hivectl dashboard",
+        route=Route("/approve/<id>", lambda f: {"id": form_id(f)}),
+        commands=(
+            Command(
+                "approve",
+                (Arg(("id",), {"type": int, "metavar": "ID"}),),
+                lambda a: {"id": a.id},
+                lambda a: f"approved {a.id}",
+                help="approve a request",
+            ),
+        ),
+    ),
+    _row(
+        "deny",
+        "Deny a pending request by id; the note tells the manager why.",
+        "operator",
+        "host_sock hivectl dashboard",
+        route=Route("/deny/<id>", lambda f: {"id": form_id(f), "note": form_text(f, "note", required=False)}),
+        commands=(
+            Command(
+                "deny",
+                (
+                    Arg(("id",), {"type": int, "metavar": "ID"}),
+                    Arg(("--note",), {"default": None, "help": "why (shown to the manager)"}),
+                ),
+                lambda a: {"id": a.id, "note": a.note},
+                lambda a: f"denied {a.id}",
+                help="deny a request",
+            ),
+        ),
+    ),
+    _row(
+        "request_init_config",
+        "Ask the operator to approve seeding a config repo for a new agent.",
+        "manager",
+        "manager_sock",
+    ),
+    _row(
+        "request_apply_commit",
+        "Ask the operator to approve deploying a commit (7-40 hex digits) of an agent's proposed "
+        "config repo; the commit is pinned at once, so what is reviewed is what is built.",
+        "manager",
+        "manager_sock",
+    ),
+    _row(
+        "request_update_meta_inputs",
+        "Ask the operator to approve updating meta flake inputs (not available yet).",
+        "manager",
+        "manager_sock",
+    ),
+    # --- messages ---
+    _row(
+        "op_send",
+        "Send a message from the operator to an agent (or @manager).",
+        "operator",
+        "dashboard",
+        route=Route(
+            "/op-send",
+            lambda f: {"to": form_text(f, "to", limit=200), "body": form_text(f, "body")},
+        ),
+    ),
+    _row(
+        "send",
+        "Send a message to an agent by name, to 'manager', or to '*' (every agent); body is at most "
+        "4096 bytes; in_reply_to names the message answered.",
+        "manager agent",
+        "manager_sock agent_sock",
+    ),
+    _row(
+        "recv",
+        "Take up to max (1-32) messages from this inbox; with none queued, wait up to wait_seconds "
+        "(0-180). Messages stay leased until ack_turn.",
+        "manager agent",
+        "manager_sock agent_sock",
+        stream=True,
+    ),
+    _row(
+        "ack_turn",
+        "Acknowledge every message received on this connection (the turn is done).",
+        "manager agent",
+        "manager_sock agent_sock",
+        stream=True,
+    ),
+    _row(
+        "whoami", "Say who this socket is: name, inbox and role.", "manager agent", "manager_sock agent_sock"
+    ),
+    _row("status", "Show this agent's own status row.", "agent", "agent_sock"),
+    _row(
+        "set_status",
+        "Set this agent's status text (at most 1024 bytes), shown to the operator.",
+        "agent",
+        "agent_sock",
+    ),
+    # --- the manager's lifecycle verbs (one agent by name; never the manager itself) ---
+    _row(
+        "manager_start",
+        "Start an agent by name (not the manager itself).",
+        "manager",
+        "manager_sock",
+        cmd="start",
+    ),
+    _row(
+        "manager_restart",
+        "Restart an agent by name, without a rebuild (not the manager itself).",
+        "manager",
+        "manager_sock",
+        cmd="restart",
+    ),
+    _row(
+        "update",
+        "Rebuild an agent by name from its applied config (not the manager itself).",
+        "manager",
+        "manager_sock",
+    ),
+    _row(
+        "get_logs",
+        "The last lines (1-500, default 50) of an agent's log.",
+        "manager",
+        "manager_sock",
+    ),
+)
+
+BY_KEY: Mapping[str, Verb] = {v.key: v for v in VERBS}
+
+
+def on(surface: Surface) -> tuple[Verb, ...]:
+    """The rows ``surface`` exposes, in table order."""
+    return tuple(v for v in VERBS if surface in v.surfaces)
+
+
+def _check_table() -> None:
+    if len(BY_KEY) != len(VERBS):
+        raise ValueError("verb keys must be unique")
+    for surface in SURFACES:
+        cmds = [v.cmd for v in on(surface)]
+        if len(set(cmds)) != len(cmds):
+            raise ValueError(f"{surface}: two rows share a cmd")
+
+
+_check_table()

@@ -1,0 +1,89 @@
+"""The read side of the dashboard: ``/healthz``, the ``/api/state`` snapshot and ``/api/logs/<n>``,
+all answered from the façade.
+
+``/api/state`` is fetched once per page session and carries ``seq``, the bus's high-water mark at
+assembly; every later change arrives on the stream (:mod:`web.stream`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+from quart import Blueprint, Response
+
+from hivecore.config import StatePaths
+from hivecore.errors import answer_for
+from hivecore.names import OPERATOR_NAME
+from hivecore.wire.converter import converter
+from hivecore.wire.events import EVENT_KINDS
+from web import snapshot as snap
+from web.stream import json_error
+
+HISTORY = 50
+"""Resolved approvals in the snapshot (the most recent ones)."""
+RECENT_MESSAGES = 200
+OPERATOR_INBOX = 50
+LOG_LINES = 200
+JSON = "application/json"
+
+
+def blueprint(facade: Any, paths: StatePaths, csrf_for: Callable[[], str | None]) -> Blueprint:
+    """``csrf_for()``: the CSRF token of the request's session (``None`` for a bearer)."""
+    bp = Blueprint("api", __name__)
+
+    @bp.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, "seq": facade.current_seq()}
+
+    @bp.get("/api/state")
+    async def state() -> dict[str, Any]:
+        # everything cached is read synchronously, right after seq: no event can fall between
+        # them. What needs an await (sqlite, git diffs, statvfs) is read later and may be newer
+        # than seq; the events after seq that the client replays onto it are idempotent upserts.
+        seq = facade.current_seq()
+        views = list(facade.views().values())
+        out: dict[str, Any] = {
+            "seq": seq,
+            "containers": converter.unstructure(views),
+            "tombstones": converter.unstructure(facade.tombstones()),
+            "transients": {
+                n: {"transient_kind": t.kind, "since_unix": t.since_unix}
+                for n, t in facade.transients().items()
+            },
+            "rebuild_queue": converter.unstructure(facade.jobs()),
+            "actors": [attrs.asdict(c) for c in facade.actors()],
+            "meta_update_running": facade.meta_update_running(),
+            "any_stale": facade.any_stale(),
+            "csrf": csrf_for(),
+            "event_kinds": sorted(EVENT_KINDS),
+            "meta_inputs": converter.unstructure(facade.meta_inputs()),
+        }
+        approvals = await facade.pending()
+        resolved = [a for a in approvals if a.status != "pending"][-HISTORY:]
+        out["approvals"] = converter.unstructure([a for a in approvals if a.status == "pending"] + resolved)
+        out["messages"] = snap.message_dicts(await facade.recent_messages(RECENT_MESSAGES))
+        inbox = await facade.recent_messages(OPERATOR_INBOX, OPERATOR_NAME)
+        out["operator_inbox"] = snap.message_dicts(inbox)
+        if inbox:
+            # the operator has read the inbox up to here: ack it (frees the senders' quota; the
+            # vacuum reclaims the rows)
+            await facade.ack_operator_inbox(max(row[0] for row in inbox))
+        out["server_warnings"] = await trio.to_thread.run_sync(snap.server_warnings, paths.root)
+        return out
+
+    @bp.get("/api/logs/<name>")
+    async def logs(name: str) -> Response:
+        try:
+            lines = await facade.agent_log(name, LOG_LINES)
+        except Exception as exc:
+            answer = answer_for(exc, "logs")
+            if answer.internal:
+                raise
+            return json_error(answer.http_status, answer.line)
+        return Response(json.dumps({"ok": True, "name": name, "lines": lines}), mimetype=JSON)
+
+    return bp
