@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from actors.event_bus import EventBus, Subscription
+from actors.event_bus import RefetchRequired as RefetchRequired
 from actors.rebuild_queue import JobLane
 from actors.supervisor import ChildStatus, Supervisor
 from actors.transients import TransientRegistry
@@ -251,7 +252,7 @@ class Coordinator:
         """Send ``body`` from the operator to ``to`` (an agent, ``manager`` or ``*``); the queued ids."""
         if self._broker is None:
             raise NotAvailable("this daemon has no broker")
-        return await self._broker.send("operator", to, body)
+        return await self._broker.send(OPERATOR_NAME, to, body)
 
     async def ack_operator_inbox(self, upto: int) -> int:
         """The operator has seen its inbox up to message ``upto`` (the dashboard showed it): ack it, so

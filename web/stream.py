@@ -17,7 +17,7 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, current_app, request
 
-from actors.event_bus import RefetchRequired
+from hivecore.coordinator import RefetchRequired
 from hivecore.wire.events import EVENT_KINDS, Event, event_to_dict
 
 KEEPALIVE_SECONDS = 15.0
