@@ -214,7 +214,6 @@ class McpSocket:
                     await self.broker.release(lease, got)
 
 
-
 def _owner(config: Config, name: str) -> Callable[[], Credentials | None] | None:
     """Under the process runtime the socket belongs to the agent's uid (a root daemon; see
     :mod:`hivecore.agent_users`); nixos containers reach theirs through a bind mount as their root."""
