@@ -36,6 +36,7 @@ from hivecore.wire import manager as wire_manager
 from tests.conftest import AUTH
 from tests.test_dashboard_actions import answer, http
 from tests.test_hivectl import err, hivectl
+from tests.waiting import eventually
 
 ROWS = {surface: {v.cmd for v in spec.on(surface)} for surface in spec.SURFACES}
 
@@ -92,9 +93,7 @@ async def test_every_server_serves_exactly_its_rows(hive: Daemon) -> None:
 
 async def test_a_verb_a_socket_does_not_list_is_unknown_there(hive: Daemon) -> None:
     await hive.coordinator.spawn("coder")
-    with trio.fail_after(20):
-        while hive.agent_sockets.socket("coder") is None:  # noqa: ASYNC110  # bound by the actor
-            await trio.sleep(0.02)
+    await eventually(lambda: hive.agent_sockets.socket("coder") is not None, what="coder's socket bound")
     for cmd in ("approve", "deny", "destroy", "spawn", "meta_update", "kill", "get_logs"):
         got = await _mcp(hive.config.agent_socket_path("coder"), {"cmd": cmd, "id": 1, "name": "coder"})
         assert got["error"].startswith(f'unknown cmd "{cmd}"; this socket answers: '), got
