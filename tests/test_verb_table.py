@@ -233,6 +233,16 @@ async def test_the_same_bad_input_gets_the_same_error_on_every_surface(
     assert await hive.coordinator.approvals() == []  # nothing happened anywhere
 
 
+async def test_a_row_refuses_a_principal_it_does_not_list() -> None:
+    class Facade:
+        async def approve(self, approval_id: int, **kw: object) -> None:
+            raise AssertionError("reached the façade")
+
+    manager = bind.Context(Facade(), bind.MANAGER)
+    with pytest.raises(Refused, match="approve is not for the manager"):
+        await bind.call("approve", manager, {"id": 1})
+
+
 def test_one_mapping_from_errors_to_answers() -> None:
     cases: list[tuple[BaseException, int]] = [
         (BadInput("x"), 400),

@@ -99,8 +99,11 @@ async def run(key: str, ctx: Any, request: Request) -> Any:
 async def run_checked(key: str, ctx: Any, request: Request) -> tuple[Any, Any]:
     """:func:`run`, also returning the checked (normalised) request."""
     call = BINDINGS[key].call
+    row = spec.BY_KEY[key]
     if call is None:
-        raise NotAvailable(f"{spec.BY_KEY[key].cmd} is answered by its server, not here")
+        raise NotAvailable(f"{row.cmd} is answered by its server, not here")
+    if ctx.caller.principal not in row.principals:  # a surface serves only its rows; this is the backstop
+        raise Refused(f"{row.cmd} is not for the {ctx.caller.principal}")
     request = checked(request)
     return request, await call(ctx, request)
 
