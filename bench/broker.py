@@ -35,6 +35,9 @@ from hivecore.services.broker import Broker
 from hivecore.sockets.mcp import AgentSocket
 from hivecore.store import Store
 
+WAIT = 30.0
+"""The bound on a single wait (seconds): a hang fails the bench instead of blocking ``make bench``."""
+
 
 class Rows:
     """A views stand-in: send/recv/ack never read rows (status is not benchmarked)."""
@@ -76,11 +79,12 @@ async def bench(root: Path, messages: int, wakeups: int) -> None:
         await nursery.start(sock.run)
         chan = await Channel.open(sock.path)
         start = time.perf_counter()
-        for i in range(messages):
-            await chan.call({"cmd": "send", "to": "coder", "body": f"message {i}"})
-            got = await chan.call({"cmd": "recv"})
-            assert len(got["messages"]) == 1, got
-            await chan.call({"cmd": "ack_turn"})
+        with trio.fail_after(WAIT + messages * 0.1):  # a hang fails the bench, never blocks it
+            for i in range(messages):
+                await chan.call({"cmd": "send", "to": "coder", "body": f"message {i}"})
+                got = await chan.call({"cmd": "recv"})
+                assert len(got["messages"]) == 1, got
+                await chan.call({"cmd": "ack_turn"})
         turns = messages / (time.perf_counter() - start)
 
         waiter = await Channel.open(sock.path)
@@ -94,11 +98,12 @@ async def bench(root: Path, messages: int, wakeups: int) -> None:
                 assert len(got["messages"]) == 1, got
                 await waiter.call({"cmd": "ack_turn"})
 
-            async with trio.open_nursery() as inner:
-                inner.start_soon(park)
-                await broker.wait_parked("coder")
-                sent = time.perf_counter()
-                await chan.call({"cmd": "send", "to": "coder", "body": f"wake {i}"})
+            with trio.fail_after(WAIT):
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(park)
+                    await broker.wait_parked("coder")
+                    sent = time.perf_counter()
+                    await chan.call({"cmd": "send", "to": "coder", "body": f"wake {i}"})
             latencies.append((answer["at"] - sent) * 1000)
         await chan.aclose()
         await waiter.aclose()
@@ -117,7 +122,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--wakeups", type=int, default=300)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: does it still run?")
     args = parser.parse_args()
+    if args.smoke:
+        args.messages, args.wakeups = 50, 10
     root = Path(tempfile.mkdtemp(prefix="hcb", dir="/tmp"))
     try:
         trio.run(bench, root, args.messages, args.wakeups)

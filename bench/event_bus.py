@@ -74,11 +74,11 @@ async def measure(n_subs: int, n_events: int, use_bus: bool) -> list[float]:
     return latencies
 
 
-async def main(n_events: int) -> None:
+async def main(n_events: int, sizes: tuple[int, ...] = (1, 100, 1000)) -> None:
     print(f"publish→deliver latency, {n_events} events per row (µs)")
     cols = ("subscribers", "bus p50", "bus p99", "bare p50", "bare p99", "p50 ratio", "p99 ratio")
     print(f"{cols[0]:>11} " + " ".join(f"{c:>9}" for c in cols[1:]))
-    for n in (1, 100, 1000):
+    for n in sizes:
         events = max(20, n_events // max(1, n // 100))
         bus = await measure(n, events, use_bus=True)
         bare = await measure(n, events, use_bus=False)
@@ -93,4 +93,9 @@ async def main(n_events: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=500)
-    trio.run(main, parser.parse_args().events)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: does it still run?")
+    args = parser.parse_args()
+    if args.smoke:
+        trio.run(main, 20, (1, 100))
+    else:
+        trio.run(main, args.events)

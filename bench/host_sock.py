@@ -186,7 +186,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--client", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: does it still run?")
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.clients = 0.2, [1]
     if args.client:
         client_main(args.client, args.seconds)
     else:

@@ -40,9 +40,9 @@ def bench(fn: object, repeat: int) -> float:
     return best
 
 
-def main() -> None:
+def main(sizes: tuple[int, ...] = (10, 100, 500), work: int = 20000) -> None:
     print(f"{'agents':>6} {'build+diff µs':>14} {'plain dict µs':>14} {'ratio':>7}")
-    for n in (10, 100, 500):
+    for n in sizes:
         a, b = inputs(n, 0), inputs(n, 1)
         old = build_all(a)
 
@@ -62,11 +62,14 @@ def main() -> None:
             [k for k, v in rb.items() if ra.get(k) != v]
             [k for k in ra if k not in rb]
 
-        repeat = max(10, 20000 // n)
+        repeat = max(10, work // n)
         t_view, t_plain = bench(tick, repeat), bench(plain, repeat)
         print(f"{n:>6} {t_view * 1e6:>14.1f} {t_plain * 1e6:>14.1f} {t_view / t_plain:>7.1f}")
     print("build+diff = build_all() of attrs ContainerViews + diff_views(); plain = dict-of-tuples compare")
 
 
 if __name__ == "__main__":
-    main()
+    if "--smoke" in sys.argv[1:]:  # tiny sizes: does it still run?
+        main((10, 100), 200)
+    else:
+        main()

@@ -207,11 +207,12 @@ async def run_one(kind: str, n_clients: int, n_triggers: int) -> dict[str, float
     try:
         assert proc.stdout is not None
         line = b""
-        while not line.endswith(b"\n"):
-            chunk = await proc.stdout.receive_some(1)
-            if not chunk:
-                raise RuntimeError(f"{kind} server exited before it served")
-            line += chunk
+        with trio.fail_after(60):
+            while not line.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some(1)
+                if not chunk:
+                    raise RuntimeError(f"{kind} server exited before it served")
+                line += chunk
         ports = json.loads(line)
         await trio.sleep(0.5)  # let the daemon's startup settle before the baseline RSS
         before = rss_kib(proc.pid)
@@ -223,9 +224,10 @@ async def run_one(kind: str, n_clients: int, n_triggers: int) -> dict[str, float
             async with limiter:
                 await c.open(ports["web"], path, auth=kind == "hivecore")
 
-        async with trio.open_nursery() as nursery:
-            for c in clients:
-                nursery.start_soon(connect, c)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for c in clients:
+                    nursery.start_soon(connect, c)
         await trio.sleep(0.5)
         after = rss_kib(proc.pid)
         tally = Tally(n_clients)
@@ -279,7 +281,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=500)
     parser.add_argument("--triggers", type=int, default=40)
     parser.add_argument("--serve", choices=["hivecore", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: does it still run?")
     args = parser.parse_args()
+    if args.smoke:
+        args.clients, args.triggers = 10, 3
     if args.serve:
         raise_nofile()
         import logging

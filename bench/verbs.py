@@ -67,6 +67,8 @@ SMALL, LARGE = 10, 300
 STOPPERS = 20
 SETTLE = 0.15
 SSE_SIZES = (1, 100)
+WAIT = 30.0
+"""The bound on any single wait (a daemon start, a frame, a verb): a hang fails the bench instead."""
 SSE_ROUND = 5
 """Repetitions per daemon start in part 3 (the daemons alternate, so disk noise hits both)."""
 
@@ -79,7 +81,7 @@ def agent_name(i: int) -> str:
 
 
 def make_config(state_dir: Path) -> Config:
-    return Config(state_dir=state_dir, dashboard_port=0, stop_timeout=2.0)
+    return Config(state_dir=state_dir, dashboard_port=0, stop_timeout=2.0, ensure_manager=False)
 
 
 async def create_agents(config: Config, runtime: ProcessRuntime, names: list[str]) -> None:
@@ -196,8 +198,9 @@ async def bench_verbs(roots: dict[int, Path], reps: int, nursery: trio.Nursery) 
 
     if not reps:
         return daemons
-    print(f"\n1. verb latency, ms ({reps} reps, interleaved; 10 and 300 agents present)")
-    print(f"{'call':<16} {'p50@10':>8} {'p99@10':>8} {'p50@300':>8} {'p99@300':>8} {'p50 300/10':>11}")
+    print(f"\n1. verb latency, ms ({reps} reps, interleaved; {SMALL} and {LARGE} agents present)")
+    heads = (f"p50@{SMALL}", f"p99@{SMALL}", f"p50@{LARGE}", f"p99@{LARGE}", f"p50 {LARGE}/{SMALL}")
+    print(f"{'call':<16} " + " ".join(f"{h:>8}" for h in heads[:4]) + f" {heads[4]:>11}")
     for k in names:
         a, b = got[(k, SMALL)], got[(k, LARGE)]
         ratio = statistics.median(b) / statistics.median(a)
@@ -278,13 +281,19 @@ class SSEReader:
         assert url.port is not None
         stream = await trio.open_tcp_stream(url.hostname, url.port)
         path = "/api/dashboard/stream?kinds=container_state_changed"
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+        token = daemon.config.paths.operator_token.read_text().strip()  # written at the daemon's start
+        head = (
+            f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {token}\r\n"
+            "Accept: text/event-stream\r\n\r\n"
+        )
+        await stream.send_all(head.encode())
         reader = cls(stream)
-        while b": connected" not in reader.buf:  # the subscription exists from here on
-            chunk = await stream.receive_some()
-            if not chunk:
-                raise EOFError("the stream closed before it was connected")
-            reader.buf += chunk
+        with trio.fail_after(WAIT):
+            while b": connected" not in reader.buf:  # the subscription exists from here on
+                chunk = await stream.receive_some()
+                if not chunk:
+                    raise EOFError(f"the stream closed before it was connected: {reader.buf[:300]!r}")
+                reader.buf += chunk
         reader.buf = reader.buf.partition(b": connected")[2]
         return reader
 
@@ -313,8 +322,8 @@ class SSEReader:
         event = trio.Event()
         self.waiting = (name, paused, event)
         t0 = time.perf_counter()
-        await trigger()
-        with trio.fail_after(10):
+        with trio.fail_after(WAIT):
+            await trigger()
             await event.wait()
         return self.arrived - t0
 
@@ -390,19 +399,30 @@ async def run(
     print(f"\ntotal {took:.0f} s; a shared 2-core machine: absolute numbers are noisy, compare the ratios")
 
 
+async def bounded(budget: float, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+    with trio.fail_after(budget):
+        await fn(*args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3, help="stop-20-at-once rounds for the lag probe")
     parser.add_argument("--parts", default="1,2,3", help="which measurements to run (part 2 needs 1's setup)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: does every part still run?")
+    parser.add_argument("--budget", type=float, default=1800, help="seconds before the whole bench fails")
     args = parser.parse_args()
+    if args.smoke:
+        global LARGE, STOPPERS, SSE_SIZES, SETTLE
+        LARGE, STOPPERS, SSE_SIZES, SETTLE = 20, 5, (1, 5), 0.05
+        args.reps, args.rounds = 2, 1
     parts = {int(p) for p in args.parts.split(",")}
     logging.basicConfig(level=logging.WARNING)
     tmp = [Path(tempfile.mkdtemp(prefix="hv", dir="/tmp")) for _ in range(4)]
     roots = {SMALL: tmp[0], LARGE: tmp[1]}
     sse_roots = {SSE_SIZES[0]: tmp[2], SSE_SIZES[1]: tmp[3]}
     try:
-        trio.run(run, roots, sse_roots, args.reps, args.rounds, parts)
+        trio.run(bounded, args.budget, run, roots, sse_roots, args.reps, args.rounds, parts)
     finally:
         for root in tmp:
             kill_everything_under(root / "run" / "process")
