@@ -12,7 +12,8 @@ Rules:
   requested while a rebuild is still *queued* for that agent joins it;
 * build-class jobs (:data:`~hivecore.models.BUILD_JOB_KINDS`) run strictly one at a time, FIFO
   across all agents; light jobs for different agents run concurrently;
-* every job is journaled in sqlite when accepted, when it starts and when it ends; at the next start
+* every job is journaled in sqlite before it starts (a build-class job also when it is queued for
+  its turn) and when it ends (commits not fsynced: see ``hivecore.store.no_fsync``); at the next start
   a job the journal still shows ``queued``/``running`` (a shutdown or a ``kill -9`` interrupted it)
   is marked ``cancelled`` and replayed as a ``crash_recover`` job before anything else runs;
 * on shutdown running jobs are cancelled (their transients clear through the guard) and their rows
@@ -228,10 +229,12 @@ class JobLane:
     async def _run_job(self, entry: _Entry) -> None:
         job = entry.job
         try:
-            await self._journal(entry)
             if job.kind in BUILD_JOB_KINDS and not self._is_child_of_holder(job):
+                await self._journal(entry)  # queued: it may wait for its turn a long time
                 self._build_send.send_nowait(entry)
                 await entry.turn.wait()
+            # a job that runs at once is journaled once before it starts, as running: one commit
+            # less on every light verb's path (replay treats queued and running alike)
             self._transition(entry, "running", started_at=self._clock())
             await self._journal(entry)
             log.info("job %d: %s %s (from %s) started", job.id, job.kind, job.agent or "", job.source)

@@ -1,10 +1,13 @@
 """The container views actor: the only writer of the cached dashboard rows and the tombstone list.
 
 ``rescan(names)`` rescans just those agents (a lifecycle verb touches only its agent); ``rescan()``
-with no names is the full scan crash_watch's tick asks for. Full scans coalesce: a request that
-arrives while one is in flight is answered by the *next* full scan (its facts must be newer than
-the request), and every request waiting by then shares that one scan. Facts (the runtime's probe,
-stat, the ``claude/`` walk, markers) are gathered in worker threads, never on the trio thread.
+with no names is the full scan crash_watch's tick asks for. Scans run in the actor's own tasks (one
+for full scans, one for per-agent scans), never in a caller's: a request joins the *next* scan of
+its kind (its facts must be newer than the request), every request waiting by then shares that one
+scan (per-agent requests share one scan of the union of their names), and a caller that is
+cancelled abandons only its wait, so no other caller of the same scan is left waiting. Facts (the
+runtime's probe, stat, the ``claude/`` walk, markers) are gathered in worker threads, never on the
+trio thread.
 
 Scans may finish out of order; each carries a stamp taken when it started, and a row is replaced
 only by a scan that started after the one that last wrote it, so a slow full scan never overwrites a
@@ -29,6 +32,7 @@ from actors.event_bus import EventBus
 from actors.transients import TransientRegistry
 from hivecore.config import StatePaths
 from hivecore.container_view import AgentFacts, build_view, read_facts
+from hivecore.errors import HiveError
 from hivecore.meta import read_meta_facts
 from hivecore.models import ContainerView, TombstoneView, Transient
 from hivecore.names import MANAGER_NAME
@@ -37,6 +41,20 @@ from hivecore.tombstones import build_tombstone_views
 from hivecore.wire.events import ContainerRemoved, ContainerStateChanged, TombstonesChanged
 
 log = logging.getLogger(__name__)
+
+
+class ViewsStopped(HiveError):
+    """The views actor is not running (the daemon is starting up or shutting down)."""
+
+
+@attrs.define(eq=False)
+class _Scan:
+    """One scan that requests join until it starts; ``done`` is set when it ends (``error``: why
+    it failed, shared by every caller that joined it)."""
+
+    names: set[str] = attrs.field(factory=set)
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: BaseException | None = None
 
 
 @attrs.frozen
@@ -81,9 +99,10 @@ class Views:
         self._tomb_stamp = 0
         self._tomb_applied = 0
         self._tombstones: list[TombstoneView] = []
-        self._full_in_flight = False
-        self._full_waiters: list[trio.Event] = []
-        self._full_done: trio.Event | None = None
+        self._next_full: _Scan | None = None
+        self._next_targeted: _Scan | None = None
+        self._full_wanted = trio.Event()
+        self._targeted_wanted = trio.Event()
         self._full_scans = 0
         self._targeted = 0
         self._observers: list[Observer] = []
@@ -128,17 +147,34 @@ class Views:
     # --- requests --------------------------------------------------------------------------------
 
     async def rescan(self, names: Collection[str] | None = None) -> dict[str, ContainerView]:
-        """Rescan ``names`` (or everything) and return the rows afterwards."""
-        if names is None:
-            await self._full()
-        else:
-            await self._scan(sorted(set(names)), full=False)
+        """Rescan ``names`` (or everything) and return the rows afterwards.
+
+        Raises :class:`ViewsStopped` when the actor is not running, or what the scan raised (the
+        runtime's probe failing). Cancelling this call leaves the scan running for the others."""
+        scan = self._join(names)
+        await scan.done.wait()
+        if scan.error is not None:
+            raise scan.error
         return dict(self._rows)
 
     def request_rescan(self, names: Collection[str] | None = None) -> None:
-        """Fire and forget (never blocks): rescan soon in the actor's nursery."""
+        """Fire and forget (never blocks): join the next scan; nothing while the actor is stopped."""
         if self._nursery is not None:
-            self._nursery.start_soon(self.rescan, None if names is None else list(names))
+            self._join(names)
+
+    def _join(self, names: Collection[str] | None) -> _Scan:
+        if self._nursery is None:
+            raise ViewsStopped("hive-c0re is starting up or shutting down; try again in a moment")
+        if names is None:
+            if self._next_full is None:
+                self._next_full = _Scan()
+                self._full_wanted.set()
+            return self._next_full
+        if self._next_targeted is None:
+            self._next_targeted = _Scan()
+            self._targeted_wanted.set()
+        self._next_targeted.names.update(names)
+        return self._next_targeted
 
     async def refresh_tombstones(self) -> list[TombstoneView]:
         """Recompute the kept-state list (a walk of each kept dir, in a thread) and publish it."""
@@ -153,23 +189,33 @@ class Views:
             self._bus.publish(TombstonesChanged(tombstones=views))
         return list(self._tombstones)
 
-    async def _full(self) -> None:
-        # coalesce: wait for the *next* full scan to finish; start one if none is running
-        done = trio.Event()
-        self._full_waiters.append(done)
-        if not self._full_in_flight:
-            self._full_in_flight = True
-            try:
-                while self._full_waiters:
-                    waiters, self._full_waiters = self._full_waiters, []
-                    try:
-                        await self._scan(None, full=True)
-                    finally:
-                        for w in waiters:
-                            w.set()
-            finally:
-                self._full_in_flight = False
-        await done.wait()
+    async def _full_scanner(self) -> None:
+        while True:
+            await self._full_wanted.wait()
+            self._full_wanted = trio.Event()
+            scan, self._next_full = self._next_full, None
+            if scan is not None:
+                await self._run_scan(scan, None)
+
+    async def _targeted_scanner(self) -> None:
+        while True:
+            await self._targeted_wanted.wait()
+            self._targeted_wanted = trio.Event()
+            scan, self._next_targeted = self._next_targeted, None
+            if scan is not None:
+                await self._run_scan(scan, sorted(scan.names))
+
+    async def _run_scan(self, scan: _Scan, names: list[str] | None) -> None:
+        try:
+            await self._scan(names, full=names is None)
+        except Exception as exc:
+            log.warning("views: a %s scan failed", "full" if names is None else "per-agent", exc_info=True)
+            scan.error = exc
+        except BaseException:
+            scan.error = ViewsStopped("hive-c0re stopped before the scan finished")
+            raise
+        finally:
+            scan.done.set()
 
     async def _scan(self, names: list[str] | None, *, full: bool) -> None:
         self._stamp += 1
@@ -226,14 +272,20 @@ class Views:
     # --- the actor -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the nursery for fire-and-forget rescans; compute the tombstone list first.
+        """Run the scanner tasks; compute the tombstone list first.
 
         The rows are seeded by crash_watch's first tick (a full scan)."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            try:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._full_scanner)
+                nursery.start_soon(self._targeted_scanner)
                 await self.refresh_tombstones()
                 task_status.started(self)
-                await trio.sleep_forever()
-            finally:
-                self._nursery = None
+        finally:
+            self._nursery = None
+            for scan in (self._next_full, self._next_targeted):  # joined, never started
+                if scan is not None:
+                    scan.error = ViewsStopped("hive-c0re stopped before the scan started")
+                    scan.done.set()
+            self._next_full = self._next_targeted = None

@@ -145,12 +145,13 @@ async def bench(seconds: float, client_counts: list[int]) -> None:
         config = Config(state_dir=tmp / "state")
         config.paths.create_layout()
         daemon = build(config, runtime=SyntheticRuntime(AGENTS))
-        await daemon.views.rescan()
         admin_path, echo_path = tmp / "host.sock", tmp / "echo.sock"
         admin = HostSocket(daemon.coordinator, daemon.bus, admin_path)
         rows: list[tuple[str, int, float, float, float]] = []
         size = 0
         async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.views.run)
+            await daemon.views.rescan()
             await nursery.start(admin.run)
             await nursery.start(serve_echo, echo_path)
             for clients in client_counts:

@@ -18,7 +18,7 @@ import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -153,10 +153,26 @@ def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")  # each commit is on disk before it returns (see no_fsync)
     conn.execute("PRAGMA busy_timeout=5000")
     conn.execute("PRAGMA foreign_keys=ON")
     migrate(conn)
     return conn
+
+
+@contextlib.contextmanager
+def no_fsync(conn: sqlite3.Connection) -> Iterator[None]:
+    """Commit what runs inside without waiting for the disk (``PRAGMA synchronous=NORMAL``).
+
+    With WAL, such a commit survives the daemon's death (``kill -9``: it is in the OS's page cache)
+    but not a power loss until the next full commit (any send, approval or migration) or a WAL
+    checkpoint syncs it. For writes that can be redone: delivery and ack marks, the job journal.
+    Run outside any open transaction (sqlite ignores the pragma inside one)."""
+    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA synchronous=FULL")
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -479,8 +495,15 @@ _JOB_FIELDS = (
 
 
 def journal_job(conn: sqlite3.Connection, job: Job, args: str = "{}") -> None:
-    """Insert or update one job row (``args`` is written only on insert)."""
+    """Insert or update one job row (``args`` is written only on insert). Not fsynced
+    (:func:`no_fsync`): a row lost to a power loss is a job not replayed at the next start, after
+    which the runtime's own state (scanned at start) is what the dashboard shows."""
     values = [getattr(job, f) for f in _JOB_FIELDS]
+    with no_fsync(conn):
+        _journal_job(conn, values, args)
+
+
+def _journal_job(conn: sqlite3.Connection, values: list[object], args: str) -> None:
     conn.execute(
         f"INSERT INTO jobs({', '.join(_JOB_FIELDS)}, args) VALUES ({', '.join('?' * len(_JOB_FIELDS))}, ?) "
         "ON CONFLICT(id) DO UPDATE SET state=excluded.state, started_at=excluded.started_at, "

@@ -68,7 +68,7 @@ import trio
 from actors.event_bus import EventBus
 from hivecore.errors import BadInput, HiveError
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, OPERATOR_NAME, validate_name
-from hivecore.store import Store
+from hivecore.store import Store, no_fsync
 from hivecore.wire.agent import MAX_BODY, MAX_RECV_BATCH, MAX_RECV_WAIT, Delivery
 from hivecore.wire.events import MessageDelivered, MessageSent
 
@@ -154,7 +154,15 @@ def _message_exists(conn: sqlite3.Connection, message_id: int) -> bool:
 def _take(
     conn: sqlite3.Connection, recipient: str, lease: int, live: list[int], limit: int, now: int
 ) -> list[Delivery]:
-    """Hand out up to ``limit`` rows to ``lease`` (see the module doc); one transaction."""
+    """Hand out up to ``limit`` rows to ``lease`` (see the module doc); one transaction, not
+    fsynced (:func:`~hivecore.store.no_fsync`: a mark lost to a power loss means a redelivery)."""
+    with no_fsync(conn):
+        return _take_now(conn, recipient, lease, live, limit, now)
+
+
+def _take_now(
+    conn: sqlite3.Connection, recipient: str, lease: int, live: list[int], limit: int, now: int
+) -> list[Delivery]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         rows = conn.execute(
@@ -190,19 +198,21 @@ def _take(
 
 def _release(conn: sqlite3.Connection, ids: list[int], lease: int) -> None:
     """Undo a delivery the client never received (its connection broke before the answer went out)."""
-    conn.executemany(
-        "UPDATE messages SET delivered_at=NULL, lease=NULL WHERE id=? AND lease=? AND acked_at IS NULL",
-        [(i, lease) for i in ids],
-    )
+    with no_fsync(conn):
+        conn.executemany(
+            "UPDATE messages SET delivered_at=NULL, lease=NULL WHERE id=? AND lease=? AND acked_at IS NULL",
+            [(i, lease) for i in ids],
+        )
 
 
 def _ack(conn: sqlite3.Connection, recipient: str, lease: int, live: list[int], now: int) -> int:
     others = json.dumps([x for x in live if x != lease])
-    cur = conn.execute(
-        "UPDATE messages SET acked_at=? WHERE recipient=? AND delivered_at IS NOT NULL AND acked_at IS NULL "
-        "AND (lease IS NULL OR lease NOT IN (SELECT value FROM json_each(?)))",
-        (now, recipient, others),
-    )
+    with no_fsync(conn):  # an ack lost to a power loss means a redelivery
+        cur = conn.execute(
+            "UPDATE messages SET acked_at=? WHERE recipient=? AND delivered_at IS NOT NULL "
+            "AND acked_at IS NULL AND (lease IS NULL OR lease NOT IN (SELECT value FROM json_each(?)))",
+            (now, recipient, others),
+        )
     return cur.rowcount
 
 

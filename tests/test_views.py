@@ -1,0 +1,165 @@
+"""The views actor's scans run in its own tasks: callers join scans, and a cancelled caller never
+strands another one. Real clock (facts are read in worker threads); the runtime is a gated stand-in
+so a scan can be held in flight."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors.event_bus import EventBus
+from actors.transients import TransientRegistry
+from actors.views import Views, ViewsStopped
+from hivecore.config import StatePaths
+from hivecore.runtime.base import AgentRuntimeState
+from tests.waiting import eventually
+
+AGENTS = ("x", "y", "z")
+
+
+class GatedRuntime:
+    """``list`` answers from a fixed set of running agents; while ``gate`` is closed it waits there
+    (the scan is in flight), recording each call's names."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str] | None] = []
+        self.gate = trio.Event()
+        self.gate.set()
+        self.fail: Exception | None = None
+
+    async def list(self, names: Collection[str] | None = None) -> dict[str, AgentRuntimeState]:
+        self.calls.append(None if names is None else sorted(names))
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        wanted = AGENTS if names is None else [n for n in names if n in AGENTS]
+        return {n: AgentRuntimeState(name=n, running=True) for n in wanted}
+
+    def hold(self) -> None:
+        self.gate = trio.Event()
+
+
+@pytest.fixture
+async def views(tmp_path: Path) -> AsyncIterator[tuple[Views, GatedRuntime]]:
+    runtime = GatedRuntime()
+    bus = EventBus()
+    actor = Views(StatePaths(tmp_path), runtime, TransientRegistry(bus), bus)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        runtime.calls.clear()  # the tombstone walk's
+        yield actor, runtime
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_first_caller_strands_no_one(views: tuple[Views, GatedRuntime]) -> None:
+    actor, runtime = views
+    runtime.hold()
+    answers: dict[str, set[str]] = {}
+
+    async def caller(label: str) -> None:
+        answers[label] = set(await actor.rescan())
+
+    first = trio.CancelScope()
+
+    async def cancellable_first() -> None:
+        with first:
+            await caller("first")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cancellable_first)
+        nursery.start_soon(caller, "same")  # joins the scan the first caller asked for
+        await eventually(lambda: runtime.calls == [None])  # that scan is in flight
+        nursery.start_soon(caller, "later")  # arrived during the scan: joins the next one
+        await eventually(lambda: actor._next_full is not None)
+        first.cancel()  # the caller that started it all hangs up
+        runtime.gate.set()
+    assert "first" not in answers
+    assert answers == {"same": set(AGENTS), "later": set(AGENTS)}
+    assert runtime.calls == [None, None]  # the later caller's facts are newer than its request
+    assert actor.statistics().full_scans == 2
+
+
+async def test_per_agent_requests_share_one_scan_and_survive_a_cancelled_caller(
+    views: tuple[Views, GatedRuntime],
+) -> None:
+    actor, runtime = views
+    runtime.hold()
+    answers: dict[str, set[str]] = {}
+    first = trio.CancelScope()
+
+    async def caller(label: str, names: list[str], scope: trio.CancelScope | None = None) -> None:
+        with scope or trio.CancelScope():
+            answers[label] = set(await actor.rescan(names))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(caller, "x", ["x"], first)
+        nursery.start_soon(caller, "y", ["y"])
+        await eventually(lambda: runtime.calls == [["x", "y"]])  # one scan of both names
+        first.cancel()
+        runtime.gate.set()
+    assert answers == {"y": {"x", "y"}}
+    assert actor.statistics().targeted_scans == 1
+
+
+async def test_a_failed_scan_fails_every_caller_of_it_and_the_next_one_works(
+    views: tuple[Views, GatedRuntime],
+) -> None:
+    actor, runtime = views
+    runtime.hold()
+    runtime.fail = OSError("probe failed")
+    errors: list[BaseException] = []
+
+    async def caller() -> None:
+        with pytest.raises(OSError, match="probe failed") as info:
+            await actor.rescan()
+        errors.append(info.value)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(caller)
+        nursery.start_soon(caller)
+        await eventually(lambda: runtime.calls == [None])
+        runtime.gate.set()
+    assert len(errors) == 2
+    runtime.fail = None
+    assert set(await actor.rescan()) == set(AGENTS)
+
+
+async def test_a_request_to_a_stopped_actor_is_refused_at_once(tmp_path: Path) -> None:
+    bus = EventBus()
+    actor = Views(StatePaths(tmp_path), GatedRuntime(), TransientRegistry(bus), bus)  # type: ignore[arg-type]
+    with pytest.raises(ViewsStopped):
+        await actor.rescan(["x"])
+    actor.request_rescan()  # fire and forget: nothing happens, nothing raises
+    runtime = GatedRuntime()
+    actor = Views(StatePaths(tmp_path), runtime, TransientRegistry(bus), bus)  # type: ignore[arg-type]
+    told: list[str] = []
+
+    async def caller() -> None:
+        try:
+            await actor.rescan()
+        except ViewsStopped as exc:
+            told.append(str(exc))
+
+    actor_scope = trio.CancelScope()
+
+    async def run_actor(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with actor_scope:
+            await actor.run(task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_actor)
+        runtime.calls.clear()
+        runtime.hold()
+        nursery.start_soon(caller)
+        await eventually(lambda: runtime.calls == [None])
+        nursery.start_soon(caller)  # joins the next scan, which never starts
+        await eventually(lambda: actor._next_full is not None)
+        actor_scope.cancel()  # the daemon stops
+    # neither caller is left waiting: each is told
+    assert sorted(told) == [
+        "hive-c0re stopped before the scan finished",
+        "hive-c0re stopped before the scan started",
+    ]
