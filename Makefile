@@ -18,7 +18,7 @@ test:
 lint:
 	@.ci/setup.sh --no-browser
 	.venv/bin/ruff check hivecore actors web tests bench
-	.venv/bin/mypy hivecore actors web
+	.venv/bin/mypy hivecore actors web tests
 
 BENCHES = event_bus rescan host_sock cli verbs broker sse meta confine proposal_fetch
 

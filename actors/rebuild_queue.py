@@ -13,7 +13,7 @@ Rules:
 * build-class jobs (:data:`~hivecore.models.BUILD_JOB_KINDS`) run strictly one at a time, FIFO
   across all agents; light jobs for different agents run concurrently;
 * every job is journaled in sqlite before it starts (a build-class job also when it is queued for
-  its turn) and when it ends (commits not fsynced: see ``hivecore.store.no_fsync``); at the next start
+  its turn) and when it ends (the light verbs of :data:`POWER_LOSS_MOOT` without an fsync); at the next start
   a job the journal still shows ``queued``/``running`` (a shutdown or a ``kill -9`` interrupted it)
   is marked ``cancelled`` and replayed as a ``crash_recover`` job before anything else runs;
 * on shutdown running jobs are cancelled (their transients clear through the guard) and their rows
@@ -64,6 +64,12 @@ _DOING: dict[str, str] = {
     "init_config": "having its config initialised",
     "meta_update": "updating meta inputs",
 }
+
+
+POWER_LOSS_MOOT: frozenset[str] = frozenset({"start", "stop", "kill", "restart", "set_paused"})
+"""Jobs whose journal rows are committed without an fsync (``hivecore.store.no_fsync``): they
+survive ``kill -9`` like every row, but a power loss (after which every agent is down and the
+marker files may be lost too) can take the last of them; nothing would be left to replay."""
 
 
 class LaneClosed(HiveError):
@@ -219,7 +225,8 @@ class JobLane:
 
     async def _journal(self, entry: _Entry) -> None:
         job, args = entry.job, json.dumps(dict(entry.args))
-        await self._store.call(lambda c: st.journal_job(c, job, args))
+        fsync = job.kind not in POWER_LOSS_MOOT
+        await self._store.call(lambda c: st.journal_job(c, job, args, fsync=fsync))
 
     def _transition(self, entry: _Entry, state: JobState, **changes: Any) -> None:
         entry.job = attrs.evolve(entry.job, state=state, **changes)

@@ -494,11 +494,15 @@ _JOB_FIELDS = (
 )
 
 
-def journal_job(conn: sqlite3.Connection, job: Job, args: str = "{}") -> None:
-    """Insert or update one job row (``args`` is written only on insert). Not fsynced
-    (:func:`no_fsync`): a row lost to a power loss is a job not replayed at the next start, after
-    which the runtime's own state (scanned at start) is what the dashboard shows."""
+def journal_job(conn: sqlite3.Connection, job: Job, args: str = "{}", *, fsync: bool = True) -> None:
+    """Insert or update one job row (``args`` is written only on insert).
+
+    ``fsync=False`` (:func:`no_fsync`) for jobs a power loss makes moot: a row lost with the power is
+    a job not replayed at the next start, and every agent is down after a power loss anyway."""
     values = [getattr(job, f) for f in _JOB_FIELDS]
+    if fsync:
+        _journal_job(conn, values, args)
+        return
     with no_fsync(conn):
         _journal_job(conn, values, args)
 

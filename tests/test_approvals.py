@@ -136,9 +136,9 @@ async def test_request_then_approve_deploys_the_pinned_commit(parts: Parts) -> N
     final = await row(parts, approval.id)
     assert (final.status, final.note) == ("approved", None)
     assert final.resolved_at is not None
-    state = (await parts.runtime.list(["coder"]))["coder"]
-    assert state.running
-    assert state.pid != pid_before  # restarted
+    live = (await parts.runtime.list(["coder"]))["coder"]
+    assert live.running
+    assert live.pid != pid_before  # restarted
     events = [e for e in await helper_events(parts) if e["event"] in ("approval_resolved", "rebuilt")]
     assert events == [
         {

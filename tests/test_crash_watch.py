@@ -13,7 +13,8 @@ from actors.crash_watch import Baseline, CrashWatch, decide
 from hivecore.models import ContainerView
 from hivecore.wire.helper import helper_from_body
 from tests.conftest import Parts
-from tests.procs import exited
+from tests.procs import exited, group_alive
+from tests.waiting import eventually
 
 
 async def tick(watch: CrashWatch, n: int = 1) -> None:
@@ -22,6 +23,13 @@ async def tick(watch: CrashWatch, n: int = 1) -> None:
     changes nothing a test asserts, since a tick reports each transition once.)"""
     for _ in range(n):
         await watch.tick()
+
+
+async def killed(pgid: int) -> None:
+    """SIGKILL the agent's whole process group and wait (real time, bounded) until no member is left
+    alive: the runtime counts an agent running while any member of its group lives."""
+    await exited(pgid, kill=signal.SIGKILL, group=True)
+    await eventually(lambda: not group_alive(pgid), what=f"group {pgid} gone")
 
 
 async def after_ticks(parts: Parts, n: int = 1) -> None:
@@ -49,7 +57,7 @@ async def test_sigkilled_agent_yields_exactly_one_crash_within_one_tick(parts: P
 
     pid = (await parts.runtime.list())["alpha"].pid
     assert pid is not None
-    await exited(pid, kill=signal.SIGKILL, group=True)
+    await killed(pid)
     # reported by the exit watcher or by this tick, whichever comes first; by the tick's end at the latest
     await after_ticks(parts)
     assert ("container_crash", "alpha") in await manager_events(parts)
@@ -79,7 +87,7 @@ async def test_first_tick_only_seeds(parts: Parts) -> None:
     await c.spawn("alpha")
     pid = (await parts.runtime.list())["alpha"].pid
     assert pid is not None
-    await exited(pid, kill=signal.SIGKILL, group=True)
+    await killed(pid)
     await parts.nursery.start(parts.crash_watch.run)  # a daemon restart after the agent died
     await after_ticks(parts, 3)
     events = [e for e in await manager_events(parts) if e[0] != "spawned"]

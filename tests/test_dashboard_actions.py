@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
@@ -51,8 +52,8 @@ async def http(
     return int(lines[0].split()[1]), got, rest
 
 
-def answer(body: bytes) -> dict[str, object]:
-    out: dict[str, object] = json.loads(body)
+def answer(body: bytes) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(body)
     return out
 
 
@@ -211,9 +212,9 @@ async def test_op_send_reaches_the_inbox_and_the_snapshot(hive: Daemon) -> None:
     await hive.broker.send("coder", "operator", "done")
     _, _, body = await http(hive, "GET", "/api/state", headers=AUTH)
     state = answer(body)
-    mine = [m["body"] for m in state["messages"] if m["from"] != "system"]  # type: ignore[index,union-attr]
+    mine = [m["body"] for m in state["messages"] if m["from"] != "system"]
     assert mine == ["hello <i>", "done"]
-    assert [m["from"] for m in state["operator_inbox"]] == ["coder"]  # type: ignore[index,union-attr]
+    assert [m["from"] for m in state["operator_inbox"]] == ["coder"]
 
 
 BAD = [
@@ -295,7 +296,7 @@ async def test_the_snapshot_has_every_section(hive: Daemon) -> None:
         "event_kinds",
     ):
         assert key in state, key
-    assert [a["agent"] for a in state["approvals"]] == ["scout"]  # type: ignore[index,union-attr]
+    assert [a["agent"] for a in state["approvals"]] == ["scout"]
     assert state["csrf"] is None  # a bearer client needs none
     assert isinstance(state["server_warnings"], list)
 

@@ -35,7 +35,7 @@ WAIT_MS = 30_000
 try:
     from playwright.sync_api import Page, sync_playwright
 except ImportError:  # pragma: no cover - the dev extra installs it
-    sync_playwright = None
+    sync_playwright = None  # type: ignore[assignment]
 
 pytestmark = pytest.mark.skipif(
     sync_playwright is None or not os.access(CHROMIUM, os.X_OK),
@@ -163,7 +163,7 @@ async def test_the_page_follows_the_world_on_one_snapshot(
     with trio.fail_after(240):
         page = await browser.new_page(base)
 
-        def wait(selector: str, state: str = "attached") -> Callable[[], None]:
+        def wait(selector: str, state: str = "attached") -> Callable[[], object]:
             return lambda: page.wait_for_selector(selector, state=state)  # type: ignore[arg-type]
 
         # spawn over host.sock
@@ -250,7 +250,7 @@ async def test_the_page_follows_the_world_on_one_snapshot(
         await browser.run(wait("#approvals .card.pending:has-text('scout')"))
 
         await browser.run(
-            lambda: [shot(page, shots, s) for s in ("swarm", "flow", "inbox", "queue", "health")]
+            lambda: [shot(page, shots, s) for s in ("swarm", "flow", "inbox", "queue", "health")]  # type: ignore[func-returns-value]
         )
         await browser.run(lambda: page.screenshot(path=str(shots / "dashboard.png"), full_page=True))
 
@@ -364,5 +364,5 @@ async def test_without_a_session_the_page_goes_to_login(live: Daemon, browser: B
         return page.url
 
     with trio.fail_after(60):
-        assert await trio.to_thread.run_sync(lambda: None) is None
+        assert await trio.to_thread.run_sync(lambda: None) is None  # type: ignore[func-returns-value]
         assert (await browser.run(visit)).endswith("/login")

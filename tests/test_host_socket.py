@@ -664,7 +664,7 @@ async def test_a_64_kib_scope_naming_one_agent_13000_times_is_one_lookup(
     await parts.coordinator.stop("a")
     facade = CountingFacade(parts.coordinator)
     path = short_dir / "host.sock"
-    admin = HostSocket(facade, parts.bus, path)  # type: ignore[arg-type]  # a delegating wrapper
+    admin = HostSocket(facade, parts.bus, path)  # a delegating wrapper
     scope = {"agent_names": ["a"] * 13_000 + ["b", "a"]}
     line = json.dumps({"cmd": "stop", "scope": scope}).encode() + b"\n"
     assert len(line) > 60_000

@@ -7,6 +7,7 @@ replays the job, and the agent must be left in a state an operator would call co
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import os
@@ -23,9 +24,9 @@ from hivecore import store as st
 from hivecore.errors import Busy
 from hivecore.models import Job, JobKind
 from hivecore.services.lifecycle import Lifecycle
+from hivecore.wire.events import RebuildQueueChanged
 from hivecore.wire.helper import helper_from_body
 from tests.conftest import Parts
-from tests.procs import exited
 from tests.waiting import eventually
 
 
@@ -105,18 +106,23 @@ async def test_a_rebuild_requested_while_one_is_queued_joins_it(parts: Parts) ->
     async def rebuild(name: str) -> None:
         results.append(await parts.lane.submit("rebuild", name, source="dashboard"))
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(rebuild, "a")
-        await eventually(lambda: parts.lane.busy_with("a") is not None)
-        nursery.start_soon(rebuild, "b")
-        await eventually(lambda: parts.lane.busy_with("b") is not None)
-        nursery.start_soon(rebuild, "b")  # joins the queued one
-        await trio.testing.wait_all_tasks_blocked()
-        with pytest.raises(Busy, match=r'agent "a" is rebuilding \(job \d+, \d+ s\)'):
-            await parts.lane.submit("rebuild", "a", source="host_sock")  # running: no join
-        with pytest.raises(Busy, match=r'agent "b" has a rebuild queued \(job \d+'):
-            await parts.lane.submit("stop", "b", source="host_sock")
-        gate.set()
+    def running(name: str) -> bool:
+        job = parts.lane.busy_with(name)
+        return job is not None and job.state == "running"
+
+    with trio.fail_after(60):  # a join of a's rebuild would wait for the gate below forever
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rebuild, "a")
+            await eventually(lambda: running("a"))  # accepted is not enough: queued, it could be joined
+            nursery.start_soon(rebuild, "b")
+            await eventually(lambda: parts.lane.busy_with("b") is not None)
+            nursery.start_soon(rebuild, "b")  # joins the queued one
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(Busy, match=r'agent "a" is rebuilding \(job \d+, \d+ s\)'):
+                await parts.lane.submit("rebuild", "a", source="host_sock")  # running: no join
+            with pytest.raises(Busy, match=r'agent "b" has a rebuild queued \(job \d+'):
+                await parts.lane.submit("stop", "b", source="host_sock")
+            gate.set()
     ids = sorted(j.id for j in results if j.agent == "b")
     assert len(ids) == 2
     assert ids[0] == ids[1]
@@ -155,8 +161,9 @@ async def test_the_snapshot_is_published_as_rebuild_queue_changed(parts: Parts) 
     with parts.bus.subscribe(kinds=["rebuild_queue_changed"]) as sub:
         await parts.coordinator.spawn("coder")
         states = []
-        while sub._recv.statistics().current_buffer_used:  # type: ignore[attr-defined]
-            event = sub._recv.receive_nowait()  # type: ignore[attr-defined]
+        while sub._recv.statistics().current_buffer_used:
+            event = sub._recv.receive_nowait()
+            assert isinstance(event, RebuildQueueChanged)
             states.append([(j.kind, j.state) for j in event.jobs])
     assert states[0] == [("spawn", "queued")]
     assert ("spawn", "running") in states[-2]
@@ -177,7 +184,7 @@ class CancelAt:
 
     def __getattr__(self, attr: str) -> Any:
         value = getattr(self._target, attr)
-        if not callable(value) or attr.startswith("_"):
+        if not inspect.iscoroutinefunction(value) or attr.startswith("_"):
             return value
 
         async def call(*args: Any, **kwargs: Any) -> Any:
@@ -209,6 +216,7 @@ async def test_cancellation_sweep(parts: Parts, kind: JobKind, args: dict[str, A
     runtime, store = life.runtime, life.store
     notifier = life.notifier
     broker = notifier._broker
+    views = life.views
     cancelled = 0
     for k in itertools.count(1):
         name = f"s{k}"
@@ -220,7 +228,8 @@ async def test_cancellation_sweep(parts: Parts, kind: JobKind, args: dict[str, A
             lane, scope = await start_lane(parts)
             counter = [0]
             wrapped = CancelAt(store, counter, k, scope)
-            life.runtime = CancelAt(runtime, counter, k, scope)  # type: ignore[assignment]
+            life.runtime = CancelAt(runtime, counter, k, scope)
+            life.views = CancelAt(views, counter, k, scope)  # type: ignore[assignment]  # the rescans
             life.store = wrapped  # type: ignore[assignment]
             lane._store = wrapped  # type: ignore[assignment]  # the journal writes count too
             notifier._broker = CancelAt(broker, counter, k, scope)  # type: ignore[assignment]  # kicks, events
@@ -230,15 +239,16 @@ async def test_cancellation_sweep(parts: Parts, kind: JobKind, args: dict[str, A
             except LaneClosed:
                 finished = False
             finally:
-                life.runtime, life.store, notifier._broker = runtime, store, broker  # type: ignore[assignment]
+                life.runtime, life.store, notifier._broker = runtime, store, broker
+                life.views = views
             scope.cancel()
             # the daemon restarts: the journal's unfinished job is replayed before anything else
             lane, scope = await start_lane(parts)
             assert [row for row in await journal(parts) if row[2] in ("queued", "running")] == []
             assert parts.transients.snapshot() == {}
-            kinds = [e.KIND for e in sub._backlog]  # type: ignore[attr-defined]
-            while sub._recv.statistics().current_buffer_used:  # type: ignore[attr-defined]
-                kinds.append(sub._recv.receive_nowait().KIND)  # type: ignore[attr-defined]
+            kinds = [e.KIND for e in sub._backlog]
+            while sub._recv.statistics().current_buffer_used:
+                kinds.append(sub._recv.receive_nowait().KIND)
             assert kinds.count("transient_set") == kinds.count("transient_cleared"), kinds
         # rows match the runtime
         rows = {n: r for n, r in (await parts.views.rescan([name])).items() if n == name}
@@ -299,14 +309,14 @@ async def test_a_client_that_hangs_up_mid_destroy_does_not_stop_the_destroy(hive
 
 
 async def test_an_agent_killed_right_after_spawn_is_reported(parts: Parts) -> None:
-    from tests.test_crash_watch import manager_events
+    from tests.test_crash_watch import killed, manager_events
 
     parts.crash_watch.interval = 3600.0  # only the ticks this test runs
     await parts.nursery.start(parts.crash_watch.run)  # seeded with no agents
     await parts.coordinator.spawn("alpha")
     pid = (await parts.runtime.list())["alpha"].pid
     assert pid is not None
-    await exited(pid, kill=signal.SIGKILL, group=True)  # before any tick has seen alpha running
+    await killed(pid)  # before any tick has seen alpha running
     # by the exit watcher or by this tick, whichever comes first; by the tick's end at the latest
     await parts.crash_watch.tick()
     assert ("container_crash", "alpha") in await manager_events(parts)

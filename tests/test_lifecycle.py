@@ -8,6 +8,7 @@ import pytest
 import trio
 import trio.testing
 
+from actors.event_bus import Subscription
 from hivecore.errors import Busy, InvalidName, Refused, UnknownAgent
 from hivecore.verbs import bind
 from hivecore.wire.events import Event
@@ -16,10 +17,10 @@ from tests.conftest import Parts
 from tests.waiting import eventually
 
 
-def drain(sub: object) -> list[Event]:
+def drain(sub: Subscription) -> list[Event]:
     return list(sub._backlog) + [
         sub._recv.receive_nowait() for _ in range(sub._recv.statistics().current_buffer_used)
-    ]  # type: ignore[attr-defined]
+    ]
 
 
 async def test_spawn_start_stop_restart_and_events(parts: Parts) -> None:

@@ -38,7 +38,7 @@ def test_module_parses_with_real_nix() -> None:
 def test_every_flag_the_unit_passes_is_accepted_by_serve() -> None:
     flags = re.findall(r'"(--[a-z-]+)"', MODULE)
     assert "--runtime" in flags
-    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr,index]
     known = {opt for action in serve._actions for opt in action.option_strings}
     assert set(flags) <= known, set(flags) - known
 

@@ -185,7 +185,8 @@ def intended_argv(package: Path, settings: dict[str, Any]) -> list[str]:
         argv += ["--hyperhive-flake", s["hyperhiveFlake"]]
     if s["domain"] is not None:
         argv += ["--domain", s["domain"]]
-    return argv + s["extraArgs"]
+    extra: list[str] = s["extraArgs"]
+    return argv + extra
 
 
 def test_defaults(tmp_path: Path) -> None:

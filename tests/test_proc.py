@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from hivecore import proc
-from tests.procs import eventually
+from tests.waiting import eventually
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 

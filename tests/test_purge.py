@@ -13,7 +13,7 @@ from hivecore.daemon import Daemon
 from hivecore.errors import HiveError, InvalidName, Refused
 from hivecore.verbs import bind
 from tests.conftest import Parts
-from tests.procs import eventually
+from tests.waiting import eventually
 
 
 def snapshot(root: Path) -> set[str]:

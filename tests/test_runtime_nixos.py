@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import attrs
@@ -283,11 +284,12 @@ async def test_unsafe_bind_path_is_refused_before_anything_runs(stub: Stub, tmp_
     rt = NixosRuntime(
         StatePaths(tmp_path / "my state"), meta_dir=stub.meta, conf_dir=stub.conf, unit_dir=stub.units
     )
-    for attempt in (
+    attempts: list[Callable[[], Awaitable[object]]] = [
         lambda: rt.start("alpha"),
         lambda: rt.create(AgentSpec(name="alpha", command=())),
         lambda: rt.update(AgentSpec(name="alpha", command=())),
-    ):
+    ]
+    for attempt in attempts:
         with pytest.raises(RuntimeFailure, match=r"cannot bind .*my state.* only letters, digits"):
             await attempt()
     assert stub.calls() == []  # refused before nixos-container built anything

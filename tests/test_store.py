@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from hivecore import store
+from hivecore.models import Approval
 
 
 async def test_open_sets_wal_busy_timeout_and_schema(tmp_path: Path) -> None:
@@ -100,7 +101,7 @@ async def test_cancelled_caller_does_not_abandon_the_write(tmp_path: Path) -> No
         assert await s.call(store.list_approvals) == []
         started = trio.Event()
 
-        def slow_insert(c: sqlite3.Connection) -> store.Approval:
+        def slow_insert(c: sqlite3.Connection) -> Approval:
             trio.from_thread.run_sync(started.set)
             return store.insert_approval(c, "kept", "spawn")
 
