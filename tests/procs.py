@@ -19,7 +19,7 @@ from hivecore.limits import DEFAULT_AGENT_UID_BASE
 from hivecore.runtime.base import AgentRuntimeState, AgentSpec
 from hivecore.runtime.process import ProcessRuntime
 from hivecore.runtime.shim import group_members, read_proc_stat
-from tests.waiting import eventually
+from tests.waiting import eventually as eventually  # the one helper; re-exported for older imports
 
 ENV = {"PATH": os.environ.get("PATH", os.defpath)}
 

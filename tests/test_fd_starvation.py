@@ -19,9 +19,9 @@ from hivecore.names import MANAGER_NAME
 from hivecore.sockets.mcp import AGENT_MAX_CONNECTIONS, MANAGER_MAX_CONNECTIONS
 from hivecore.sockets.server import JsonLinesServer
 from tests.conftest import AUTH
-from tests.procs import eventually
 from tests.test_dashboard_actions import http
 from tests.test_host_socket import ask
+from tests.waiting import eventually
 
 ATTACK_CONNECTIONS = 400
 """Idle connections the attacker opens (20,000 exhausted the daemon on main; any number past the
@@ -155,7 +155,7 @@ async def test_extra_connections_get_the_short_idle_timeout(tmp_path: Path) -> N
     server = JsonLinesServer(
         "test.sock",
         path,
-        handler,  # type: ignore[arg-type]
+        handler,
         error_line=lambda m: json.dumps({"ok": False, "error": m}).encode() + b"\n",
         many_requests=True,
         idle_timeout=600.0,
