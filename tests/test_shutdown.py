@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import trio
@@ -42,7 +43,7 @@ exec "{git}" "$@"
 """
 
 
-def _ask(path: Path, request: dict[str, object], timeout: float = 60.0) -> dict[str, object]:
+def _ask(path: Path, request: Mapping[str, object], timeout: float = 60.0) -> dict[str, object]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(os.fspath(path))
