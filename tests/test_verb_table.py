@@ -52,7 +52,7 @@ def test_every_row_is_bound_and_every_principal_is_its_surfaces() -> None:
     operator_only = {v.key for v in spec.VERBS if v.principals == {"operator"}}
     assert {"approve", "deny", "destroy", "spawn", "meta_update", "purge_tombstone"} <= operator_only
     for surface in ("manager_sock", "agent_sock"):
-        assert not operator_only & set(bind.records(surface).values())  # type: ignore[arg-type]
+        assert not operator_only & set(bind.records(surface).values())
 
 
 def test_the_wire_unions_decode_exactly_the_rows() -> None:
