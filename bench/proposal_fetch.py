@@ -11,7 +11,7 @@ packing the commit (as the manager when root), ``transfer.fsckObjects``, the ``.
 check, the stored review (numstat, patch, messages) and the final fetch into applied. The number
 that matters: it must not grow with the branches of the proposed repo.
 
-    .venv/bin/python bench/proposal_fetch.py
+    .venv/bin/python bench/proposal_fetch.py [--smoke]    (--smoke: tiny sizes, one round)
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def listing(pending: int = 30) -> float:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def main(sizes: tuple[int, ...] = (1, 20_000)) -> None:
+async def main(sizes: tuple[int, ...] = (1, 20_000), pending: int = 30) -> None:
     print(f"proposal fetch (median of {ROUNDS}; one commit's closure; applied objects after all rounds)")
     print(
         f"{'branches':>9} {'fetch_proposal':>15} {'bundle+fetch':>13} {'ratio':>6} "
@@ -160,14 +160,14 @@ async def main(sizes: tuple[int, ...] = (1, 20_000)) -> None:
             f"{r['ours'] / r['baseline']:>6.1f} {r['old'] * 1000:>15.0f} ms {r['applied_kib']:>12.0f}"
         )
     print(
-        f"30 pending reviews of 256 KiB, listed from the store: {listing() * 1000:.0f} ms "
+        f"{pending} pending reviews of 256 KiB, listed from the store: {listing(pending) * 1000:.0f} ms "
         f"(median of {ROUNDS})"
     )
 
 
 if __name__ == "__main__":
-    if "--smoke" in sys.argv[1:]:  # tiny sizes, one round: does it still run?
+    if "--smoke" in sys.argv[1:]:  # tiny sizes: does it still run?
         ROUNDS = 1
-        trio.run(main, (1, 20))
+        trio.run(main, (1, 50), 3)
     else:
         trio.run(main)

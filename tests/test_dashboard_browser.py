@@ -216,6 +216,12 @@ async def test_the_page_follows_the_world_on_one_snapshot(
         await browser.run(wait(card))
         diff = await browser.run(lambda: page.inner_text(f"{card} pre.diff"))
         assert 'model = "sonnet"' in diff
+        # the stored review: the complete file list and the commit message
+        files = await browser.run(lambda: page.inner_text(f"{card} ul.file-list"))
+        assert "agent.nix" in files
+        message = await browser.run(lambda: page.inner_text(f"{card} pre.message"))
+        assert f"commit {sha}" in message
+        assert "use sonnet" in message
         await browser.run(lambda: shot(page, shots, "call"))
         await browser.run(lambda: page.click(f"{card} button.approve"))
         await browser.run(wait(card, "detached"))
@@ -248,6 +254,10 @@ async def test_the_page_follows_the_world_on_one_snapshot(
         await browser.run(lambda: page.fill("#spawn-form input[name=name]", "scout"))
         await browser.run(lambda: page.click("#spawn-form button[type=submit]"))
         await browser.run(wait("#approvals .card.pending:has-text('scout')"))
+        shown = await browser.run(
+            lambda: page.inner_text("#approvals .card.pending:has-text('scout') details.agent-nix pre")
+        )
+        assert "hive.agent" in shown  # the agent.nix this spawn deploys
 
         await browser.run(
             lambda: [shot(page, shots, s) for s in ("swarm", "flow", "inbox", "queue", "health")]  # type: ignore[func-returns-value]

@@ -21,7 +21,8 @@ import os
 import shutil
 import sqlite3
 import stat
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,11 @@ Prepare = Callable[[Path, Path, Path], Awaitable[None]]
 
 def mkdirs(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
+
+
+def write_file(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def replace_with_file(path: Path, text: str) -> None:
@@ -580,3 +586,78 @@ async def test_api_state_carries_the_stored_review(hive: Daemon) -> None:
     assert rows[approval.id]["commit_message"] == f"commit {sha}\n\nnotes\n\nwhy\n\n"
     assert rows[spawn.id]["agent_nix"] == template_files()["agent.nix"].decode()
     assert rows[spawn.id]["fetched_sha"] == template_commit_sha()
+
+
+async def test_a_spawn_deploys_only_what_its_review_showed(parts: Parts) -> None:
+    """A tombstone's spawn shows its kept applied config; if what it would deploy is no longer that
+    commit when the operator clicks, nothing is spawned."""
+    c = parts.coordinator
+    await c.spawn("coder")
+    await c.destroy("coder")  # a tombstone: both repos kept
+    approval = await c.request_spawn("coder")
+    [shown] = [a for a in await c.pending() if a.id == approval.id]
+    assert shown.agent_nix == template_files()["agent.nix"].decode()
+    applied = parts.config.paths.applied("coder")
+    # the applied main moves after the review (hive-c0re alone writes there; played here directly)
+    await mgit(applied, "commit", "-q", "--allow-empty", "-m", "moved")
+    with pytest.raises(HiveError, match=r"not the reviewed .*request the spawn again"):
+        await c.approve(approval.id)
+    assert "coder" not in await parts.runtime.list(["coder"])
+    assert (await c.approvals())[-1].status == "failed"
+
+
+@pytest.fixture
+def open_payload() -> Iterator[tuple[Path, Path]]:
+    """A payload any uid can run and record into (``/tmp/<dir>`` 0777): a program the manager
+    configured may run as the manager, never as root."""
+    base = Path(tempfile.mkdtemp(prefix="ggpay", dir="/tmp"))
+    base.chmod(0o777)
+    try:
+        yield payload(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+PROPOSAL_KEYS = [
+    ("core.fsmonitor", None),
+    ("core.pager", None),
+    ("core.sshCommand", None),
+    ("core.gitProxy", None),
+    ("uploadpack.packObjectsHook", None),
+    ("diff.evil.textconv", "*.nix diff=evil\n"),
+    ("diff.external", None),
+    ("filter.evil.smudge", "* filter=evil\n"),
+    ("filter.evil.clean", "* filter=evil\n"),
+]
+
+
+@pytest.mark.parametrize(("key", "info_attributes"), PROPOSAL_KEYS, ids=[k for k, _ in PROPOSAL_KEYS])
+async def test_a_proposal_request_runs_nothing_the_manager_configured_as_root(
+    parts: Parts, open_payload: tuple[Path, Path], key: str, info_attributes: str | None
+) -> None:
+    script, marker = open_payload
+    c = parts.coordinator
+    await c.spawn("coder")
+    proposed = parts.config.paths.agent_config("coder")
+    sha = await commit(proposed, {"agent.nix": "{ ... }: { }\n"})
+    await mgit(proposed, "config", key, str(script))
+    if info_attributes:
+        write_file(proposed / ".git" / "info" / "attributes", info_attributes)
+    approval = await c.request_apply_commit("coder", sha)
+    assert approval.fetched_sha == sha
+    ran_as = marker.read_text().split() if marker.exists() else []
+    assert "0" not in ran_as, f"{key} ran as root"
+
+
+async def test_the_approval_added_event_carries_the_review(parts: Parts) -> None:
+    c = parts.coordinator
+    await c.spawn("coder")
+    sha = await commit(parts.config.paths.agent_config("coder"), {"notes.md": "x\n"}, "notes")
+    with parts.bus.subscribe(kinds=["approval_added"]) as sub:
+        await c.request_spawn("helper")
+        spawn = await sub.receive()
+        await c.request_apply_commit("coder", sha)
+        change = await sub.receive()
+    assert getattr(spawn, "agent_nix", None) == template_files()["agent.nix"].decode()
+    assert [f.path for f in getattr(change, "files", None) or []] == ["notes.md"]
+    assert f"commit {sha}" in (getattr(change, "commit_message", None) or "")

@@ -139,8 +139,8 @@ class Approvals:
         )
         if approval is None:
             raise Refused(f'a spawn of "{valid}" is already waiting for approval')
-        log.info("approval %d: spawn %s requested", approval.id, valid)
-        self._added(approval)
+        log.info("approval %d: spawn %s requested (deploys %s)", approval.id, valid, sha[:12])
+        self._added(attrs.evolve(approval, agent_nix=agent_nix))
         return approval
 
     async def request_init_config(
