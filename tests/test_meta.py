@@ -531,6 +531,20 @@ async def test_hivectl_meta_update(hive: Daemon) -> None:
     assert "unknown meta input(s): nope" in bad.stderr.decode()
 
 
+async def test_the_dashboard_answers_bad_meta_inputs_with_400(hive: Daemon) -> None:
+    from tests.conftest import AUTH
+    from tests.test_dashboard_actions import answer, http
+
+    for form, words in (
+        ({"inputs": "nope"}, "unknown meta input(s): nope"),
+        ({"inputs": "../etc"}, "not a flake input name: '../etc'"),
+        ({"inputs": " , "}, "name at least one meta input"),
+    ):
+        status, _, body = await http(hive, "POST", "/meta-update", form, headers=AUTH)
+        assert status == 400, body
+        assert str(answer(body)["error"]).startswith(words), body
+
+
 async def test_a_failed_rebuild_reports_the_nix_error_and_keeps_the_agent_running(meta_parts: Parts) -> None:
     parts = meta_parts
     await parts.coordinator.spawn("a")
