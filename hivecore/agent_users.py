@@ -6,6 +6,9 @@ holds :data:`~hivecore.limits.AGENT_ID_COUNT` ids:
 * ``base`` is the agents' **shared group**: every agent has it as its one supplementary group, and
   the daemon's shared directories (the state root, ``agents/``, the runtime dir and its ``agents/``)
   grant that group traverse (``x``) and nothing else, through a POSIX ACL.
+* ``base + AGENT_ID_COUNT - 1`` (the range's last id) is the **evaluator**: nix evaluates agent
+  config as that uid (:func:`evaluator`), with a store of its own, so nothing root alone may read
+  is within its reach whatever nix lets an expression fetch.
 * ``base+1 …`` are **agent uids**, each with the gid of the same number. A name gets the lowest id
   that no recorded name holds and that ``/etc/passwd`` and ``/etc/group`` do not know; the choice is
   recorded in ``<state>/agent-uids.json`` (0600) and **never given to another name**: records are
@@ -40,6 +43,7 @@ from hivecore.config import StatePaths
 from hivecore.errors import HiveError
 from hivecore.limits import AGENT_ID_COUNT
 from hivecore.names import MANAGER_NAME, validate_name
+from hivecore.nixconfine import Evaluator
 from hivecore.proc import Credentials
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,67 @@ def daemon_is_root() -> bool:
 def shared_gid(paths: StatePaths) -> int:
     """The agents' shared group id (``--agent-uid-base``)."""
     return paths.agent_uid_base
+
+
+def evaluator_uid(paths: StatePaths) -> int:
+    """The uid nix evaluates agent config as (the range's last id; never an agent's)."""
+    return paths.agent_uid_base + AGENT_ID_COUNT - 1
+
+
+EVAL_STORE = "eval-store"
+"""``<state>/eval-store``: the evaluator's own nix store (a chroot store), owned by its uid."""
+EVAL_GITCONFIG = "eval-gitconfig"
+"""``<state>/eval-gitconfig`` (root's, 0644): the evaluator's git trusts the daemon's repos."""
+
+
+def evaluator(paths: StatePaths) -> Evaluator | None:
+    """Who evaluates agent config, with what store and environment: ``(credentials, store dir,
+    environment additions)``, the directories prepared; ``None`` when the daemon is not root.
+
+    The evaluator may read (ACL ``r-x``) ``meta/`` and ``base/`` and traverse the state root and
+    ``applied/`` (whose repos are readable inside): the meta flake's inputs, nothing else of the
+    daemon's — not the database, the token, ``agents/`` or ``/root``. Its store is
+    ``<state>/eval-store`` (0700, its own); its git reads the daemon's repos through
+    ``safe.directory`` in a config file only root can write.
+    """
+    if not daemon_is_root():
+        return None
+    uid = evaluator_uid(paths)
+    who = Credentials(uid=uid, gid=uid, groups=())
+    posix_acl.grant(paths.root, posix_acl.USER, uid)
+    posix_acl.grant(paths.applied_root, posix_acl.USER, uid)
+    for tree in (paths.meta, paths.root / "base"):
+        tree.mkdir(mode=0o700, exist_ok=True)
+        posix_acl.grant(tree, posix_acl.USER, uid, posix_acl.R | posix_acl.X)
+    store = paths.root / EVAL_STORE
+    with contextlib.suppress(FileExistsError):
+        store.mkdir(mode=0o700)
+    st = os.lstat(store)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"{store} is not a directory")
+    if (st.st_uid, st.st_gid) != (uid, uid):
+        os.chown(store, uid, uid, follow_symlinks=False)
+    gitconfig = paths.root / EVAL_GITCONFIG
+    wanted = "[safe]\n\tdirectory = *\n"
+    try:
+        current = gitconfig.read_text() if not gitconfig.is_symlink() else ""
+    except OSError:
+        current = ""
+    if current != wanted:
+        tmp = gitconfig.with_name(f".{EVAL_GITCONFIG}.tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(wanted)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, gitconfig)
+    env = {
+        "USER": "hive-eval",
+        "HOME": str(store),
+        "XDG_CACHE_HOME": str(store / ".cache"),
+        "GIT_CONFIG_GLOBAL": str(gitconfig),
+    }
+    return who, store, env
 
 
 def credentials(paths: StatePaths, name: str) -> Credentials | None:
@@ -96,14 +161,14 @@ def allocate(paths: StatePaths, name: str) -> int:
             return table[name]
         taken = set(table.values())
         base = paths.agent_uid_base
-        for uid in range(base + 1, base + AGENT_ID_COUNT):
+        for uid in range(base + 1, evaluator_uid(paths)):
             if uid in taken or _known_id(uid):
                 continue
             table[name] = uid
             _write(paths.agent_uids, table)
             return uid
     raise NoAgentIds(
-        f"no free agent uid in {base + 1}..{base + AGENT_ID_COUNT - 1} (see --agent-uid-base); "
+        f"no free agent uid in {base + 1}..{evaluator_uid(paths) - 1} (see --agent-uid-base); "
         f"{len(table)} are recorded in {paths.agent_uids}"
     )
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import stat
 from pathlib import Path
 from typing import Literal
 
 import attrs
 
+from hivecore import posix_acl
 from hivecore.limits import DEFAULT_AGENT_UID_BASE, validate_agent_uid_base
 from hivecore.names import MANAGER_NAME, child_path, validate_name
 from hivecore.nixconfine import DEFAULT_EVAL_MEMORY, DEFAULT_EVAL_TIMEOUT, EvalLimits
@@ -252,7 +252,7 @@ def _ensure_dir(path: Path, mode: int, gid: int | None = None) -> None:
     st = path.stat()
     if st.st_uid != os.geteuid():
         return
-    current = stat.S_IMODE(st.st_mode)
+    current = posix_acl.effective_mode(path)  # with an ACL the mode's group bits are its mask
     wanted = mode if created or gid is not None else current & mode
     if gid is not None and st.st_gid != gid:
         try:
@@ -262,6 +262,6 @@ def _ensure_dir(path: Path, mode: int, gid: int | None = None) -> None:
                 "cannot hand %s to group %d (%s); the admin socket may be unreachable", path, gid, exc
             )
     if wanted != current:
-        os.chmod(path, wanted)
+        posix_acl.set_mode(path, wanted)  # keeps the agents' traverse grants (hivecore.agent_users)
         if not created:
             log.warning("state dir: %s was %#o; now %#o", path, current, wanted)

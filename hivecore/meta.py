@@ -30,11 +30,19 @@ from typing import Any
 import attrs
 import trio
 
-from hivecore import proc
+from hivecore import agent_users, proc
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError
 from hivecore.models import MetaInputView
-from hivecore.nixconfine import EvalLimits, agent_allowed_uris, eval_env, eval_options, lock_options
+from hivecore.nixconfine import (
+    EvalLimits,
+    Evaluator,
+    agent_allowed_uris,
+    eval_env,
+    eval_options,
+    evaluator_options,
+    lock_options,
+)
 from hivecore.repos import BuildFailed, Repos, nix_binary, useful_lines
 from hivecore.runtime.base import AgentSpec
 
@@ -376,17 +384,24 @@ class MetaRepo:
         cwd: Path | None = None,
         error: type[HiveError] | None = None,
         options: Sequence[str] | None = None,
+        user: Evaluator | None = None,
     ) -> bytes:
         """``nix <options> <args>`` confined (:mod:`hivecore.nixconfine`): ``options`` default to
         :func:`~hivecore.nixconfine.lock_options`; the memory and time limits of
-        :attr:`eval_limits` always apply."""
+        :attr:`eval_limits` always apply; with ``user``, nix runs as the evaluator on its store."""
         limits = self.eval_limits
         opts = lock_options() if options is None else list(options)
+        env = eval_env()
+        who = None
+        if user is not None:
+            who, store, extra = user
+            opts += evaluator_options(store)
+            env.update(extra)
         cmd = [self._nix or nix_binary(), *NIX_FEATURES, *opts, *args]
         fail = error or MetaFailure
         try:
             result = await proc.run(
-                cmd, env=eval_env(), cwd=cwd, time_limit=limits.time, memory_limit=limits.memory
+                cmd, env=env, cwd=cwd, time_limit=limits.time, memory_limit=limits.memory, user=who
             )
         except OSError as exc:
             raise MetaFailure(f"{what}: cannot run nix: {exc.strerror or exc}") from None
@@ -503,14 +518,27 @@ class MetaRepo:
         """``nix eval --json <meta>#hiveAgents.<n>``, confined: the command and environment to run.
 
         Only the base flake (and its locked inputs) and this agent's applied repo may be fetched;
-        see :mod:`hivecore.nixconfine`. :class:`BuildFailed` names what broke.
+        under a root daemon nix runs as the evaluator uid on its own store
+        (:func:`hivecore.agent_users.evaluator`); see :mod:`hivecore.nixconfine`.
+        :class:`BuildFailed` names what broke.
         """
         attr = f"{self.dir}#hiveAgents.{name}"
         what = f"agent.nix of {name} does not evaluate"
         lock = await self.lock_data()
         options = eval_options(agent_allowed_uris(lock, agent_input(name), HYPERHIVE))
+        try:
+            user = await trio.to_thread.run_sync(agent_users.evaluator, self.paths)
+        except OSError as exc:
+            raise BuildFailed(f"{what}: cannot prepare the evaluator: {exc}") from None
         out = await self.nix(
-            "eval", "--json", "--no-write-lock-file", attr, what=what, error=BuildFailed, options=options
+            "eval",
+            "--json",
+            "--no-write-lock-file",
+            attr,
+            what=what,
+            error=BuildFailed,
+            options=options,
+            user=user,
         )
         try:
             data = json.loads(out)

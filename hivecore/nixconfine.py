@@ -13,6 +13,11 @@ config check without the meta flake) is not pure at all. So every evaluation of 
   inputs) and that agent's applied repo, nothing else — not even the other agents' repos;
 * ``allow-import-from-derivation = false`` and an empty ``nix-path`` (no ``<nixpkgs>``, no
   ``NIX_PATH`` from the daemon's environment: :func:`eval_env`);
+* under a root daemon, **not root**: nix runs as the evaluator uid on a store of its own
+  (``--store <state>/eval-store``, :func:`hivecore.agent_users.evaluator`), so whatever an
+  expression gets nix to read (nix 2.8's restricted mode still lets ``builtins.fetchTree { type =
+  "path"; … }`` and ``builtins.getFlake`` through) is limited to what that uid may read: the meta
+  flake's inputs, not ``/root``, not the daemon's database or token;
 * a memory limit (``RLIMIT_AS``) and a time limit (:class:`EvalLimits`), the process group killed
   on timeout and cancellation, and ``PR_SET_PDEATHSIG`` so the evaluator dies with the daemon
   (:mod:`hivecore.proc`).
@@ -28,9 +33,16 @@ Pure functions and constants; the callers run nix.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
+
+from hivecore.proc import Credentials
+
+Evaluator = tuple[Credentials, Path, dict[str, str]]
+"""Who runs a confined evaluation: credentials, their own store dir, environment additions
+(:func:`hivecore.agent_users.evaluator`)."""
 
 DEFAULT_EVAL_MEMORY = 2 << 30
 """Bytes of address space (``RLIMIT_AS``) one evaluation may map: a plain agent eval maps ~0.3 GiB."""
@@ -66,6 +78,12 @@ def eval_options(allowed_uris: Iterable[str]) -> list[str]:
         if any(c.isspace() for c in uri):
             raise ValueError(f"an allowed URI cannot contain whitespace: {uri!r}")
     return [*_COMMON, "--option", "restrict-eval", "true", "--option", "allowed-uris", " ".join(uris)]
+
+
+def evaluator_options(store: Path) -> list[str]:
+    """Options of an evaluation run as the evaluator uid: its own (chroot) store, no substituters
+    (an input missing from that store is fetched from its source, never a binary cache)."""
+    return ["--store", str(store), "--option", "substituters", ""]
 
 
 def lock_options() -> list[str]:

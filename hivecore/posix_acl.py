@@ -129,35 +129,39 @@ def effective_group_bits(path: Path) -> int:
     return group & mask
 
 
+def effective_mode(path: Path) -> int:
+    """``path``'s permission bits as they act: owner, the owning group's **effective** bits (its
+    ACL entry under the mask, when there is an ACL) and others."""
+    bits = stat.S_IMODE(os.lstat(path).st_mode)
+    return (bits & ~0o070) | (effective_group_bits(path) << 3)
+
+
+def set_mode(path: Path, mode: int) -> None:
+    """Set ``path``'s owner, owning-group and other bits to ``mode``'s, keeping its named ACL
+    entries (the traverse grants) effective; a plain ``chmod`` when it has none. (A ``chmod`` of a
+    directory with an ACL would set the mask instead, taking every grant's bits off with the
+    group's.)"""
+    entries = read(path)
+    named = [e for e in entries if e.tag in (USER, GROUP)]
+    if not named:
+        os.chmod(path, mode & 0o7777)
+        return
+    base = (
+        Entry(USER_OBJ, (mode >> 6) & 7),
+        Entry(GROUP_OBJ, (mode >> 3) & 7),
+        Entry(OTHER, mode & 7),
+        *named,
+    )
+    os.chmod(path, (stat.S_IMODE(os.lstat(path).st_mode) & 0o7000) | (mode & 0o777))
+    os.setxattr(path, XATTR, encode(with_entry(base, named[0].tag, named[0].id, 0)), follow_symlinks=False)
+
+
 def narrow(path: Path, mode: int) -> int | None:
     """Take the permission bits ``mode`` lacks off ``path`` while keeping its named entries (the
-    traverse grants), and return the old effective mode when something changed, else ``None``.
-
-    Without named entries this is a plain ``chmod`` to ``current & mode``.
-    """
-    st = os.lstat(path)
-    entries = read(path)
-    named = any(e.tag in (USER, GROUP) for e in entries)
-    owner = (st.st_mode >> 6) & 7
-    group = effective_group_bits(path) if named else (st.st_mode >> 3) & 7
-    other = st.st_mode & 7
-    current = (owner << 6) | (group << 3) | other
+    traverse grants), and return the old effective mode when something changed, else ``None``."""
+    current = effective_mode(path)
     wanted = current & mode
     if wanted == current:
         return None
-    if not named:
-        os.chmod(path, wanted)
-        return current
-    fixed = []
-    for e in entries:
-        if e.tag == USER_OBJ:
-            e = Entry(USER_OBJ, (wanted >> 6) & 7)
-        elif e.tag == GROUP_OBJ:
-            e = Entry(GROUP_OBJ, (wanted >> 3) & 7)
-        elif e.tag == OTHER:
-            e = Entry(OTHER, wanted & 7)
-        fixed.append(e)
-    base = tuple(e for e in fixed if e.tag != MASK)
-    some = next(e for e in base if e.tag in (USER, GROUP))
-    os.setxattr(path, XATTR, encode(with_entry(base, some.tag, some.id, 0)), follow_symlinks=False)
+    set_mode(path, wanted)
     return current

@@ -37,11 +37,11 @@ from pathlib import Path
 import attrs
 import trio
 
-from hivecore import proc, proposed, review
+from hivecore import agent_users, proc, proposed, review
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError, Refused
 from hivecore.models import ReviewFile
-from hivecore.nixconfine import EvalLimits, eval_env, eval_options
+from hivecore.nixconfine import EvalLimits, eval_env, eval_options, evaluator_options
 from hivecore.proc import Credentials
 from hivecore.wire.converter import converter
 
@@ -159,9 +159,9 @@ def useful_lines(stderr: bytes, limit: int = 30) -> str:
     return "\n".join(kept) or "(no error output)"
 
 
-def _scratch_copy(repo: Path, fname: str) -> Path:
-    """A fresh 0700 directory holding a copy of ``repo/fname`` (opened without following a link,
-    at most 1 MiB): the only thing a confined evaluation of it may read."""
+def _scratch_copy(repo: Path, fname: str, *, owner: proc.Credentials | None = None) -> Path:
+    """A fresh 0700 directory (``owner``'s, when given) holding a copy of ``repo/fname`` (opened
+    without following a link, at most 1 MiB): the only thing a confined evaluation of it may read."""
     scratch = Path(tempfile.mkdtemp(prefix="hive-eval-"))
     try:
         fd = os.open(repo / fname, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -172,6 +172,9 @@ def _scratch_copy(repo: Path, fname: str) -> Path:
         if len(data) > SCRATCH_MAX:
             raise BuildFailed(f"{fname} is larger than {SCRATCH_MAX >> 20} MiB")
         (scratch / fname).write_bytes(data)
+        if owner is not None:
+            os.chown(scratch / fname, owner.uid, owner.gid)
+            os.chown(scratch, owner.uid, owner.gid)
     except OSError as exc:
         shutil.rmtree(scratch, ignore_errors=True)
         raise BuildFailed(f"cannot read {fname}: {exc.strerror or exc}") from None
@@ -716,17 +719,31 @@ class Repos:
         ``agent.nix`` must be a regular file in applied ``main`` (a symlink is refused, not followed).
         It is copied alone into a private scratch dir, the only path the evaluation may read
         (``restrict-eval``, nothing fetched, no import-from-derivation, no ``<nixpkgs>``, memory and
-        time limits: :mod:`hivecore.nixconfine`); the meta flake replaces this with the real build.
+        time limits, the evaluator uid under a root daemon: :mod:`hivecore.nixconfine`); the meta
+        flake replaces this with the real build.
         """
         if not await self.check_config(name):
             return
         limits = limits or EvalLimits()
-        scratch = await trio.to_thread.run_sync(partial(_scratch_copy, self.applied(name), "agent.nix"))
+        try:
+            user = await trio.to_thread.run_sync(agent_users.evaluator, self.paths)
+        except OSError as exc:
+            raise BuildFailed(f"cannot prepare the evaluator: {exc}") from None
+        who = user[0] if user is not None else None
+        scratch = await trio.to_thread.run_sync(
+            partial(_scratch_copy, self.applied(name), "agent.nix", owner=who)
+        )
+        env = eval_env()
+        store_options: list[str] = []
+        if user is not None:
+            store_options = evaluator_options(user[1])
+            env.update(user[2])
         try:
             cmd = [
                 self._nix or nix_binary(),
                 "--extra-experimental-features",
                 "nix-command flakes",
+                *store_options,
                 "eval",
                 *eval_options(()),
                 "-I",
@@ -739,7 +756,7 @@ class Repos:
             ]
             try:
                 result = await proc.run(
-                    cmd, env=eval_env(), time_limit=limits.time, memory_limit=limits.memory
+                    cmd, env=env, time_limit=limits.time, memory_limit=limits.memory, user=who
                 )
             except OSError as exc:
                 raise BuildFailed(f"cannot run nix: {exc.strerror or exc}") from None

@@ -356,3 +356,30 @@ def test_a_symlinked_tree_is_refused(state_dir: Path) -> None:
     with pytest.raises(OSError, match=r"Too many levels of symbolic links|Not a directory"):
         agent_users.hand_over(state_dir, "config", Credentials(uid=1900000099, gid=1900000099))
     assert (state_dir / "elsewhere").stat().st_uid == 0
+
+
+async def test_the_evaluator_reads_the_meta_flakes_inputs_and_nothing_else(hive: Daemon) -> None:
+    paths = hive.config.paths
+    assert (await host(hive, {"cmd": "spawn", "name": "coder"}))["ok"]
+    prepared = await trio.to_thread.run_sync(agent_users.evaluator, paths)
+    assert prepared is not None
+    who, store, _ = prepared
+    assert store.stat().st_uid == who.uid
+    denied: list[tuple[str, Path]] = [
+        ("read", paths.operator_token),
+        ("read", paths.db),
+        ("read", paths.agent_uids),
+        ("list", paths.agents),
+        ("list", paths.applied_root),
+        ("list", paths.run),
+        ("write", paths.meta / "flake.nix"),
+        ("write", paths.applied("coder") / "agent.nix"),
+    ]
+    allowed: list[tuple[str, Path]] = [
+        ("read", paths.meta / "flake.nix"),
+        ("read", paths.meta / "flake.lock"),
+        ("read", paths.root / "base" / "flake.nix"),
+        ("read", paths.applied("coder") / "agent.nix"),
+    ]
+    got = await trio.to_thread.run_sync(as_agent, who, denied + allowed)
+    assert {k: v for k, v in got.items() if v == "ok"} == {f"{k} {p}": "ok" for k, p in allowed}

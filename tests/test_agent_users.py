@@ -144,3 +144,29 @@ def test_a_traverse_grant_opens_the_dir_to_that_uid_only(state_dir: Path) -> Non
     assert posix_acl.effective_group_bits(wide) == 0
     top = wide
     assert can_read(uid)
+
+
+def test_the_evaluator_uid_is_never_an_agents(tmp_path: Path) -> None:
+    paths = StatePaths(tmp_path)
+    top = agent_users.evaluator_uid(paths)
+    assert top == DEFAULT_AGENT_UID_BASE + AGENT_ID_COUNT - 1
+    table = {f"n{i}": uid for i, uid in enumerate(range(DEFAULT_AGENT_UID_BASE + 1, top - 1))}
+    paths.agent_uids.write_text(json.dumps({"version": 1, "uids": table}))
+    assert agent_users.allocate(paths, "last") == top - 1
+    with pytest.raises(agent_users.NoAgentIds, match="no free agent uid"):
+        agent_users.allocate(paths, "alpha")
+
+
+def test_the_layout_check_at_each_start_keeps_the_grants(tmp_path: Path) -> None:
+    """create_layout narrows wider dirs at every daemon start: a chmod would have set the ACL mask
+    and taken every agent's traverse off (a re-adopted agent lost its socket; the evaluator, meta/)."""
+    paths = StatePaths(tmp_path / "state")
+    paths.create_layout()
+    for d in (paths.agents, paths.applied_root, paths.meta):
+        assert posix_acl.grant(d, posix_acl.USER, DEFAULT_AGENT_UID_BASE + 5, posix_acl.R | posix_acl.X)
+    os.chmod(paths.db.parent, 0o755)  # something to narrow, beside the granted dirs
+    paths.create_layout()
+    for d in (paths.agents, paths.applied_root, paths.meta):
+        assert not posix_acl.grant(d, posix_acl.USER, DEFAULT_AGENT_UID_BASE + 5, posix_acl.R | posix_acl.X)
+        assert posix_acl.effective_mode(d) == 0o700
+    assert posix_acl.effective_mode(paths.db.parent) == 0o700

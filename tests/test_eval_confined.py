@@ -23,7 +23,8 @@ from hivecore.repos import BuildFailed, Repos
 from tests.conftest import Parts, make_config, start_parts
 from tests.test_meta import agent_env, commit_file
 
-SECRET = "root-only-secret-7f3a"
+SECRET = f"root-only-secret-{os.getpid()}-{time.time_ns()}"
+"""Unique per run: it must not be found anywhere new in the world-readable store afterwards."""
 NIX = ("nix", "--extra-experimental-features", "nix-command flakes")
 
 
@@ -54,6 +55,7 @@ def secrets() -> Iterator[dict[str, str]]:
     unpacked.mkdir()
     _run("tar", "xzf", str(tarball), "-C", str(unpacked))
     tar_hash = _run(*NIX, "hash", "path", "--base32", str(unpacked / "data"))
+    repo_nar = _run(*NIX, "hash", "path", str(repo))
     try:
         yield {
             "repo": str(repo),
@@ -62,6 +64,7 @@ def secrets() -> Iterator[dict[str, str]]:
             "file_hash": file_hash,
             "tarball": str(tarball),
             "tar_hash": tar_hash,
+            "repo_nar": repo_nar,
         }
     finally:
         shutil.rmtree(top, ignore_errors=True)
@@ -89,10 +92,32 @@ def attacks(s: dict[str, str]) -> dict[str, str]:
         f'builder = "/bin/sh"; args = [ "-c" "cat {s["file"]} > $out" ]; }})',
         "<nixpkgs>": "builtins.toString <nixpkgs>",
         "getEnv": 'builtins.getEnv "HOME" + builtins.getEnv "SECRET_HINT"',
+        # nix 2.8's restricted mode lets these two through: only the evaluator's uid stops them
+        "fetchTree path": f'builtins.readFile ((builtins.fetchTree {{ type = "path"; path = "{s["repo"]}"; '
+        f'narHash = "{s["repo_nar"]}"; }}) + "/data")',
+        "getFlake": f'builtins.readFile ((builtins.getFlake "git+file://{s["repo"]}?rev={s["rev"]}").outPath '
+        '+ "/data")',
     }
 
 
-ATTACKS = list(attacks(dict.fromkeys(["repo", "rev", "file", "file_hash", "tarball", "tar_hash"], "x")))
+ATTACKS = list(
+    attacks(dict.fromkeys(["repo", "rev", "file", "file_hash", "tarball", "tar_hash", "repo_nar"], "x"))
+)
+
+
+def store_entries() -> set[str]:
+    return set(os.listdir("/nix/store"))
+
+
+def leaked_into_store(before: set[str]) -> list[str]:
+    """New store paths (since ``before``) holding the secret: a fetch that ran, whatever the eval said."""
+    found = []
+    for entry in sorted(store_entries() - before):
+        path = Path("/nix/store", entry)
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()][:50]
+        if any(SECRET.encode() in f.read_bytes()[: 1 << 16] for f in files if not f.is_symlink()):
+            found.append(entry)
+    return found
 
 
 def agent_nix_with(expr: str) -> str:
@@ -115,6 +140,8 @@ REASON = {
     "import-from-derivation": "allow-import-from-derivation",
     "<nixpkgs>": r"not found in the Nix search path|cannot look up '<nixpkgs>'",
     "getEnv": r"does not evaluate:\n",  # restricted and pure modes answer "": nothing to show
+    "fetchTree path": r"Permission denied",
+    "getFlake": r"Permission denied",
 }
 """Why nix refuses each (readFile, readDir, builtins.path, import and <nixpkgs> were already
 refused by flakes' pure mode; the fetchers and import-from-derivation were not)."""
@@ -128,6 +155,7 @@ async def test_an_approved_agent_nix_cannot_reach_host_data_through_the_meta_fla
     parts = meta_parts
     await parts.coordinator.spawn("a")
     await commit_file(parts.config.paths.applied("a"), "agent.nix", agent_nix_with(attacks(secrets)[attack]))
+    before = store_entries()
     if attack == "getEnv":  # pure mode answers "": the agent runs, and sees nothing of the daemon's
         await parts.coordinator.rebuild("a")
         env = await agent_env(parts, "a")
@@ -138,6 +166,7 @@ async def test_an_approved_agent_nix_cannot_reach_host_data_through_the_meta_fla
     assert SECRET not in str(caught.value)
     env = await agent_env(parts, "a")  # still the seed's: nothing of the secret reached it
     assert b"LEAK" not in env
+    assert leaked_into_store(before) == []
 
 
 # --- the config check without the meta flake (``nix eval -f``) -----------------------------------
@@ -161,9 +190,11 @@ async def test_the_plain_config_check_is_confined_too(
     monkeypatch.setenv("NIX_PATH", f"nixpkgs={Path(secrets['file']).parent}")
     expr = attacks(secrets)[attack]
     await commit_file(repos.applied("a"), "agent.nix", f"{{ ... }}: throw (builtins.toString ({expr}))\n")
+    before = store_entries()
     with pytest.raises(BuildFailed, match=REASON[attack]) as caught:
         await repos.evaluate("a")
     assert SECRET not in str(caught.value)
+    assert leaked_into_store(before) == []
 
 
 async def test_the_confined_config_check_still_evaluates_a_plain_module(repos: Repos) -> None:
