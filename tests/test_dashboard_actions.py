@@ -9,7 +9,6 @@ import os
 import stat
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
 
 import pytest
 import trio
@@ -17,39 +16,9 @@ import trio
 from hivecore.config import Config
 from hivecore.daemon import Daemon
 from tests.conftest import AUTH, TEST_TOKEN
+from tests.web_client import http
 from web import snapshot
 from web.auth import ensure_token
-
-
-async def http(
-    daemon: Daemon, method: str, path: str, body: bytes | dict[str, str] = b"", headers: str = ""
-) -> tuple[int, dict[str, str], bytes]:
-    """One request over a fresh connection; a dict body is sent form-encoded."""
-    if isinstance(body, dict):
-        body = urlencode(body).encode()
-        headers += "Content-Type: application/x-www-form-urlencoded\r\n"
-    url = urlsplit(daemon.dashboard_urls[0])
-    assert url.hostname is not None
-    assert url.port is not None
-    stream = await trio.open_tcp_stream(url.hostname, url.port)
-    async with stream:
-        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {len(body)}\r\n"
-        await stream.send_all(head.encode() + b"Connection: close\r\n\r\n" + body)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = await stream.receive_some()
-            if not chunk:
-                break
-            data += chunk
-        raw_head, _, rest = data.partition(b"\r\n\r\n")
-        lines = raw_head.decode("latin-1").split("\r\n")
-        got: dict[str, str] = {}
-        for ln in lines[1:]:
-            k, _, v = ln.partition(":")
-            got[k.lower()] = (got[k.lower()] + "\n" if k.lower() in got else "") + v.strip()
-        while len(rest) < int(got.get("content-length", "0")):
-            rest += await stream.receive_some()
-    return int(lines[0].split()[1]), got, rest
 
 
 def answer(body: bytes) -> dict[str, Any]:
@@ -385,16 +354,5 @@ async def test_auth_none_serves_loopback_names_only_and_still_wants_csrf(state_d
 async def http_host(
     daemon: Daemon, method: str, path: str, headers: str
 ) -> tuple[int, dict[str, str], bytes]:
-    """Like :func:`http`, with the caller's Host header."""
-    url = urlsplit(daemon.dashboard_urls[0])
-    assert url.hostname is not None
-    assert url.port is not None
-    stream = await trio.open_tcp_stream(url.hostname, url.port)
-    async with stream:
-        head = f"{method} {path} HTTP/1.1\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
-        await stream.send_all(head.encode())
-        data = b""
-        while chunk := await stream.receive_some():
-            data += chunk
-    raw_head, _, body = data.partition(b"\r\n\r\n")
-    return int(raw_head.split()[1]), {}, body
+    """Like :func:`http`, with the caller's Host header (in ``headers``)."""
+    return await http(daemon, method, path, headers=headers)

@@ -9,32 +9,19 @@ import trio
 
 from hivecore.daemon import Daemon
 from tests.conftest import AUTH
+from tests.web_client import http
 
 
 async def http_get(daemon: Daemon, path: str, headers: str = "") -> tuple[int, dict[str, str], bytes]:
-    url = urlsplit(daemon.dashboard_urls[0])
-    assert url.hostname is not None
-    assert url.port is not None
-    stream = await trio.open_tcp_stream(url.hostname, url.port)
-    async with stream:
-        await stream.send_all(
-            f"GET {path} HTTP/1.1\r\nHost: x\r\n{AUTH}{headers}Connection: close\r\n\r\n".encode()
-        )
-        data = b""
-        # hypercorn answers "Connection: close" but keeps the socket open until its keep-alive
-        # timeout, so read exactly content-length bytes instead of waiting for EOF
-        while b"\r\n\r\n" not in data:
-            data += await stream.receive_some()
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode().split("\r\n")
-        got = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-        while len(body) < int(got.get("content-length", "0")):
-            body += await stream.receive_some()
-    return int(lines[0].split()[1]), got, body
+    """GET as the operator (bearer token)."""
+    return await http(daemon, "GET", path, headers=AUTH + headers)
 
 
 class SSE:
-    """A minimal SSE client over a raw HTTP/1.1 connection (chunked framing skipped by parsing lines)."""
+    """A minimal SSE client over a raw HTTP/1.1 connection (chunked framing skipped by parsing lines).
+
+    Raw on purpose: httpx leaves its stream's async generators to the garbage collector when a test
+    stops reading mid-stream, which trio reports (and the suite turns warnings into errors)."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream

@@ -18,7 +18,8 @@ from hivecore.config import Config, is_loopback
 from hivecore.daemon import Daemon, main
 from hivecore.errors import HiveError
 from tests.conftest import TEST_TOKEN, make_config
-from tests.test_dashboard_actions import http, http_host
+from tests.test_dashboard_actions import http_host
+from tests.web_client import http
 from web.app import daemon_app
 from web.auth import MAX_FAILED_LOGINS, LoginThrottle
 

@@ -19,9 +19,9 @@ from hivecore.names import MANAGER_NAME
 from hivecore.sockets.mcp import AGENT_MAX_CONNECTIONS, MANAGER_MAX_CONNECTIONS
 from hivecore.sockets.server import JsonLinesServer
 from tests.conftest import AUTH
-from tests.test_dashboard_actions import http
 from tests.test_host_socket import ask
 from tests.waiting import eventually
+from tests.web_client import http
 
 ATTACK_CONNECTIONS = 400
 """Idle connections the attacker opens (20,000 exhausted the daemon on main; any number past the

@@ -15,7 +15,7 @@ from hivecore.services import broker as br
 from hivecore.services.broker import MAX_QUEUED_PER_SENDER
 from tests.conftest import AUTH
 from tests.test_broker import call
-from tests.test_dashboard_actions import http
+from tests.web_client import http
 
 
 @pytest.fixture

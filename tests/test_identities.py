@@ -12,8 +12,9 @@ from hivecore.names import MANAGER_NAME, validate_name
 from hivecore.services.broker import OPERATOR
 from tests.conftest import AUTH
 from tests.test_broker import call
-from tests.test_dashboard_actions import answer, http
+from tests.test_dashboard_actions import answer
 from tests.test_host_socket import ask as host_ask
+from tests.web_client import http
 
 WORDS = ["manager", "operator", "reminder", "system"]
 """The daemon's own words (RESERVED_NAMES but the manager's own name), spelled out: the test must

@@ -34,9 +34,10 @@ from hivecore.wire import agent as wire_agent
 from hivecore.wire import host as wire_host
 from hivecore.wire import manager as wire_manager
 from tests.conftest import AUTH
-from tests.test_dashboard_actions import answer, http
+from tests.test_dashboard_actions import answer
 from tests.test_hivectl import err, hivectl
 from tests.waiting import eventually
+from tests.web_client import http
 
 ROWS = {surface: {v.cmd for v in spec.on(surface)} for surface in spec.SURFACES}
 
