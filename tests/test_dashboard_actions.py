@@ -16,7 +16,7 @@ import trio
 from hivecore.config import Config
 from hivecore.daemon import Daemon
 from tests.conftest import AUTH, TEST_TOKEN
-from tests.web_client import http
+from tests.web_client import http as http  # re-exported: the one HTTP client (tests/web_client.py)
 from web import snapshot
 from web.auth import ensure_token
 
