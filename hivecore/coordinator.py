@@ -43,6 +43,7 @@ from hivecore.services.broker import Broker
 from hivecore.services.lifecycle import Lifecycle
 from hivecore.services.meta_update import MetaUpdates
 from hivecore.store import Store
+from hivecore.wire.agent import Delivery
 
 
 class Coordinator:
@@ -260,6 +261,12 @@ class Coordinator:
         if self._broker is None:
             return 0
         return await self._broker.ack_read(OPERATOR_NAME, upto)
+
+    async def operator_inbox(self, limit: int) -> list[Delivery]:
+        """The operator's newest ``limit`` messages, oldest first; reading them acks them."""
+        if self._broker is None:
+            raise NotAvailable("this daemon has no broker")
+        return await self._broker.read(OPERATOR_NAME, limit)
 
     async def agent_log(self, name: str, lines: int) -> list[str]:
         """The last ``lines`` lines of an agent's ``agent.log`` (:func:`hivecore.agentlog.tail`)."""

@@ -107,3 +107,21 @@ async def test_the_operator_reading_the_inbox_acks_it_and_frees_the_quota(quiet:
     # the vacuum reclaims what was read (past its age; here: any age)
     assert await quiet.broker.vacuum(max_age=-1) == MAX_QUEUED_PER_SENDER
     assert [r["body"] for r in await rows(quiet, "operator")] == ["new"]
+
+
+async def test_hivectl_inbox_shows_the_operators_messages_escaped_and_acks_them(quiet: Daemon) -> None:
+    from tests.test_hivectl import hivectl
+
+    evil = "line one\n\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2Aline two"
+    got = await call(quiet.config.agent_socket_path("coder"), {"cmd": "send", "to": "operator", "body": evil})
+    assert got["ok"], got
+    assert all(r["acked_at"] is None for r in await rows(quiet, "operator"))
+    result = await hivectl("inbox", sock=quiet.config.host_socket_path)
+    assert result.returncode == 0, result
+    text = result.stdout.decode()
+    assert "from coder" in text
+    assert "  line one\n" in text  # the body's own lines are kept
+    assert "\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2Aline two" in text  # the controls are shown, not obeyed
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert all(r["acked_at"] is not None for r in await rows(quiet, "operator"))  # read means acked

@@ -221,6 +221,20 @@ def review_block(a: Response) -> str:
     return f"#{a.get('id')} {escape(str(a.get('kind')))} {escape(str(a.get('agent')))}:\n" + "\n".join(lines)
 
 
+def render_inbox(answer: Response) -> str:
+    """The operator's messages, oldest first: a header line each, then the body (escaped: agents wrote it)."""
+    messages = answer.get("messages") or []
+    if not messages:
+        return "nobody wrote to you"
+    blocks = []
+    for m in messages:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(m.get("sent_at") or 0)))
+        head = f"#{m.get('id')} {when} from {escape(str(m.get('sender')))}"
+        body = escape_block(str(m.get("body") or "")).rstrip("\n")
+        blocks.append(head + "\n" + "\n".join(f"  {line}" for line in body.splitlines()))
+    return "\n".join(blocks)
+
+
 def render_urls(answer: Response) -> str:
     urls = answer.get("urls") or {}
     rows = [[k, str(v)] for k, v in urls.items() if v]
@@ -312,6 +326,8 @@ def run(args: argparse.Namespace) -> int:
             print(render_pending(answer))
         elif request.cmd == "urls":
             print(render_urls(answer))
+        elif request.cmd == "operator_inbox":
+            print(render_inbox(answer))
         elif args.done is not None:
             print(args.done(args))
     if watching:

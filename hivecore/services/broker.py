@@ -225,6 +225,24 @@ def _ack_read(conn: sqlite3.Connection, recipient: str, upto: int, now: int) -> 
     return cur.rowcount
 
 
+def _newest(conn: sqlite3.Connection, recipient: str, limit: int) -> list[Delivery]:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM messages WHERE recipient=? ORDER BY id DESC LIMIT ?", (recipient, limit)
+    ).fetchall()
+    return [
+        Delivery(
+            id=r["id"],
+            sender=r["sender"],
+            recipient=r["recipient"],
+            body=r["body"],
+            sent_at=r["sent_at"],
+            redelivered=r["redelivered"] > 0,
+            in_reply_to=r["in_reply_to"],
+        )
+        for r in reversed(rows)
+    ]
+
+
 def _vacuum(conn: sqlite3.Connection, cutoff: int) -> int:
     cur = conn.execute(
         "DELETE FROM messages WHERE acked_at IS NOT NULL AND acked_at < ? AND id NOT IN "
@@ -461,6 +479,14 @@ class Broker:
         count = await self._store.call(lambda c: _ack(c, recipient, lease, live, now))
         self._acked += count
         return count
+
+    async def read(self, recipient: str, limit: int) -> list[Delivery]:
+        """The newest ``limit`` rows of ``recipient`` (acked or not), oldest first, and ack them as
+        read (:meth:`ack_read`): an inbox nobody ``recv``s, the operator's."""
+        rows = await self._store.call(lambda c: _newest(c, recipient, limit))
+        if rows:
+            await self.ack_read(recipient, rows[-1].id)
+        return rows
 
     async def ack_read(self, recipient: str, upto: int) -> int:
         """``recipient``'s reader (the operator, on the dashboard) has seen every row up to id

@@ -281,6 +281,16 @@ BINDINGS: Mapping[str, Binding] = {
         host=lambda ctx, rows: wh.HostResponse(ok=True, approvals=rows),
     ),
     "urls": Binding(wh.UrlsRequest, _urls, host=lambda ctx, urls: wh.HostResponse(ok=True, urls=urls)),
+    "operator_inbox": Binding(
+        wh.OperatorInboxRequest,
+        lambda ctx, r: ctx.facade.operator_inbox(r.limit),
+        host=lambda ctx, rows: wh.HostResponse(
+            ok=True,
+            messages=[
+                wh.InboxMessage(id=m.id, sender=m.sender, body=m.body, sent_at=m.sent_at) for m in rows
+            ],
+        ),
+    ),
     "start": Binding(wh.StartRequest, _start, done=lambda r, _: f"{_scope_names(r)} started"),
     "stop": Binding(wh.StopRequest, _stop, done=lambda r, _: f"{_scope_names(r)} stopped"),
     "restart": Binding(wh.RestartRequest, _named("restart"), done=lambda r, _: f"{r.name} restarted"),

@@ -95,6 +95,13 @@ def optional_meta_inputs(value: list[str] | None) -> list[str] | None:
     return None if value is None else meta_inputs(value)
 
 
+def inbox_limit(value: int) -> int:
+    """How many of the operator's newest messages ``inbox`` shows: at least 1, at most 500."""
+    if value < 1:
+        raise BadInput("limit must be at least 1")
+    return min(value, 500)
+
+
 def log_lines(limit: int) -> Check:
     def check(value: int) -> int:
         if value < 1:

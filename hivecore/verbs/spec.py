@@ -147,6 +147,21 @@ VERBS: tuple[Verb, ...] = (
         commands=(Command("pending", (), lambda a: {}, help="list approvals"),),
     ),
     _row(
+        "operator_inbox",
+        "Show the operator's newest messages (agents' and the manager's text, escaped); reading "
+        "them acks them, which frees the senders' queued-message quota.",
+        "operator",
+        "host_sock hivectl",
+        commands=(
+            Command(
+                "inbox",
+                (Arg(("--limit",), {"type": int, "default": 50, "help": "how many of the newest (50)"}),),
+                lambda a: {"limit": a.limit},
+                help="show the operator's messages (and mark them read)",
+            ),
+        ),
+    ),
+    _row(
         "urls",
         "Show where the hive can be reached (the dashboard's address).",
         "operator",

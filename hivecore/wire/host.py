@@ -135,6 +135,14 @@ class PendingRequest(HostRequest):
 
 
 @attrs.frozen(kw_only=True)
+class OperatorInboxRequest(HostRequest):
+    """The operator's newest messages, oldest first; reading them acks them (the broker's quota)."""
+
+    CMD = "operator_inbox"
+    limit: int = attrs.field(default=50, metadata=check(checks.inbox_limit))
+
+
+@attrs.frozen(kw_only=True)
 class ApproveRequest(HostRequest):
     CMD = "approve"
     id: int = attrs.field(metadata=check(checks.approval_id))
@@ -180,6 +188,7 @@ AnyRequest = (
     | SpawnRequest
     | RequestSpawnRequest
     | PendingRequest
+    | OperatorInboxRequest
     | ApproveRequest
     | DenyRequest
     | SetPausedRequest
@@ -256,6 +265,17 @@ def make_urls(domain: str | None, dashboard_host: str, dashboard_port: int) -> U
 
 
 @attrs.frozen(kw_only=True)
+class InboxMessage:
+    """One message in ``operator_inbox``: ``sent_at`` in Unix seconds; ``body`` as the sender wrote
+    it (an agent's text: escape it before a terminal shows it)."""
+
+    id: int
+    sender: str
+    body: str
+    sent_at: int
+
+
+@attrs.frozen(kw_only=True)
 class HostResponse:
     version: int = HOST_SOCK_VERSION
     ok: bool
@@ -264,6 +284,8 @@ class HostResponse:
     approvals: list[Approval] | None = None
     agent_statuses: list[AgentStatusRow] | None = None
     urls: Urls | None = None
+    messages: list[InboxMessage] | None = None
+    """``operator_inbox``: the operator's messages, oldest first."""
 
 
 OK = HostResponse(ok=True)
