@@ -89,6 +89,13 @@ _INERT = (
     "protocol.ext.allow=never",
 )
 
+_NO_TRANSPORT = {"GIT_ALLOW_PROTOCOL": "hive-c0re-none", "GIT_NO_LAZY_FETCH": "1"}
+"""The environment of git in a proposed repo: no transport at all (it overrides every
+``protocol.*`` key), so a partial clone's lazy fetch of an object the proposal names but the repo
+lacks never reaches a promisor remote (whose ``uploadpack``, ``ext::`` or helper would run a
+program the manager chose, as root when the pack runs as the daemon); ``GIT_NO_LAZY_FETCH`` says
+the same to git >= 2.44."""
+
 _HEX_RE = re.compile(r"[0-9a-fA-F]{7,40}")
 _NOISE = ("warning: the group", "(use '--show-trace'")
 _EVAL_APPLY = (
@@ -488,6 +495,7 @@ class Repos:
             what=what,
             check=False,
             user=user,
+            env=_NO_TRANSPORT,
         )
         sha = result.stdout.decode(errors="replace").strip()
         if result.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40}", sha):
@@ -504,6 +512,7 @@ class Repos:
             stdin=f"{sha}\n".encode(),
             cap=MAX_PROPOSAL_BYTES,
             user=user,
+            env=_NO_TRANSPORT,
         )
         if packed.truncated:
             raise Refused(
