@@ -26,22 +26,51 @@ TOTAL_CAP = 256 * 1024
 _HEADER = re.compile(rb"^diff --git ", re.MULTILINE)
 
 
+_BLANK = b" \t\r\n"
+"""What git's attribute parser (``attr.c``) treats as blank: lines end at ``\\n`` only and words are
+separated by these four bytes alone (never by ``\\f``, ``\\v``, U+2028 or other whitespace
+Python's ``splitlines``/``split`` would cut at)."""
+_WORDS = re.compile(rb"[^ \t\r\n]+")
+
+
+def _after_pattern(line: bytes) -> bytes:
+    """The part of an attributes line after its pattern, as git may read it. A pattern starting
+    with ``"`` is C-quoted and ends at the first unescaped ``"``, but when git cannot unquote it
+    (unterminated, a bad escape) it is a plain pattern ending at the first blank: both readings'
+    rest is returned (a word too many only refuses more)."""
+    match = _WORDS.match(line)
+    plain = line[match.end() :] if match else b""
+    if not line.startswith(b'"'):
+        return plain
+    i = 1
+    while i < len(line):
+        if line[i] == 0x5C:  # a backslash escapes the next byte
+            i += 2
+            continue
+        if line[i] == 0x22:
+            return line[i + 1 :] + b" " + plain
+        i += 1
+    return plain
+
+
 def transforms_in(path: str, text: bytes) -> list[str]:
-    """``"<path>:<line>: <attribute>"`` for every transform a ``.gitattributes`` blob sets or unsets."""
+    """``"<path>:<line>: <attribute>"`` for every transform a ``.gitattributes`` blob sets or unsets,
+    read the way git reads it (:data:`_BLANK`)."""
     found: list[str] = []
-    for number, raw in enumerate(text.decode(errors="replace").splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+    for number, raw in enumerate(text.split(b"\n"), 1):
+        line = raw.lstrip(_BLANK)
+        if not line or line.startswith(b"#"):
             continue
-        if line.startswith("[attr]"):
-            found.append(f"{path}:{number}: a macro definition ({line.split()[0]})")
+        if line.startswith(b"[attr]"):
+            macro = _WORDS.match(line)
+            shown = macro.group().decode(errors="replace") if macro else "[attr]"
+            found.append(f"{path}:{number}: a macro definition ({shown})")
             continue
-        words = line.split()[1:] if not line.startswith('"') else line.rsplit('"', 1)[-1].split()
-        for word in words:
-            attr = word.lstrip("-!").split("=", 1)[0]
+        for word in _WORDS.findall(_after_pattern(line)):
+            attr = word.lstrip(b"-!").split(b"=", 1)[0].decode(errors="replace")
             if attr in TRANSFORM_ATTRIBUTES:
                 found.append(f"{path}:{number}: {attr}")
-    return found
+    return list(dict.fromkeys(found))
 
 
 def parse_numstat(out: bytes) -> list[tuple[str, int | None, int | None]]:

@@ -95,3 +95,53 @@ async def test_a_lazy_fetch_never_runs_the_managers_program_as_root(
         await repos.fetch_proposal("coder", sha, 1)
     ran_as = marker.read_text().split() if marker.exists() else []
     assert "0" not in ran_as, f"{variant}: the manager's program ran as root"
+
+
+# --- .gitattributes read the way git reads it -----------------------------------------------------
+
+HIDDEN_TRANSFORMS = [
+    (b"agent.ni[x\x0c#] export-subst\n", "form feed"),
+    (b"agent.ni[x\x0b#] export-subst\n", "vertical tab"),
+    (b"agent.ni[x\x1c#] filter=evil\n", "file separator"),
+    (b"agent.ni[x\xe2\x80\xa8#] export-subst\n", "U+2028"),
+    (b"agent.ni[x\xc2\x85#] ident\n", "U+0085"),
+    (b'"agent.nix" export-subst foo=x"y\n', "a quote after the attributes"),
+    (b"agent.nix\xc2\xa0x export-subst\n", "no-break space in the pattern"),
+    (b'"agent.nix export-subst\n', "an unterminated quote"),
+]
+"""Lines git applies to ``agent.nix`` that Python's ``splitlines``/``split``/last-quote reading
+cut somewhere else (a ``#`` after the cut made the rest a comment)."""
+
+
+@pytest.mark.parametrize(("attributes", "why"), HIDDEN_TRANSFORMS, ids=[w for _, w in HIDDEN_TRANSFORMS])
+async def test_a_transform_hidden_from_a_python_reading_is_refused(
+    state_dir: Path, attributes: bytes, why: str
+) -> None:
+    paths: StatePaths = make_config(state_dir).paths
+    paths.create_layout()
+    repos = Repos(paths)
+    await repos.seed("coder")
+    proposed = repos.proposed("coder")
+    files: dict[str, str | bytes] = {
+        ".gitattributes": attributes,
+        "agent.nix": '{ ... }: { hive.agent.model = "$Format:%b$"; }\n',
+    }
+    if b"agent.nix\xc2\xa0x" in attributes:
+        files = {**files, "agent.nix\xa0x": "$Format:%b$\n"}
+    sha = await commit(proposed, files, "innocent\n\nhidden body export-subst would pull in")
+    # the line really transforms a file for git (else the row would prove nothing)
+    target = "agent.nix\xa0x" if b"agent.nix\xc2\xa0x" in attributes else "agent.nix"
+    if attributes.startswith(b'"agent.nix export'):
+        target = '"agent.nix'
+    attrs_of = await mgit(proposed, "check-attr", "-a", "--", target)
+    assert any(a in attrs_of for a in ("export-subst", "filter", "ident")), attrs_of
+    with pytest.raises(HiveError, match=r"\.gitattributes:1: .*remove these attributes"):
+        await repos.fetch_proposal("coder", sha, 1)
+    assert not await applied_has(repos, sha)
+
+
+async def applied_has(repos: Repos, sha: str) -> bool:
+    result = await trio.run_process(
+        ["git", "-C", str(repos.applied("coder")), "cat-file", "-e", sha], check=False, capture_stderr=True
+    )
+    return result.returncode == 0
