@@ -96,7 +96,7 @@ class Coordinator:
         return any(v.needs_update for v in self._views.rows().values())
 
     def meta_update_running(self) -> bool:
-        return self._meta_updates is not None and self._meta_updates.running()
+        return self._lane.running_kind("meta_update") is not None
 
     async def agent_names(self) -> list[str]:
         """Every agent, from the views cache (each verb rescans its agent; crash_watch seeds it)."""
