@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -24,9 +24,7 @@ import trio
 from actors.views import RowsApplied, Views
 from hivecore.config import Config
 from hivecore.names import MANAGER_NAME
-from hivecore.services.broker import Broker
-from hivecore.sockets.mcp import AgentSocket
-from hivecore.sockets.server import ListenError
+from hivecore.sockets.server import JsonLinesServer, ListenError
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +37,32 @@ class AgentSocketsStatistics:
     bind_failures: int
 
 
+class AgentSocketServer(Protocol):
+    """One agent's socket server (:class:`hivecore.sockets.mcp.AgentSocket`): serves until
+    cancelled and unlinks its socket file on the way out."""
+
+    @property
+    def server(self) -> JsonLinesServer:
+        """The listening server (its statistics)."""
+        ...
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None: ...
+
+
 class AgentSockets:
     def __init__(
         self,
         config: Config,
         views: Views,
-        broker: Broker,
-        *,
-        socket_factory: Callable[[str], AgentSocket] | None = None,
+        socket_factory: Callable[[str], AgentSocketServer],
     ) -> None:
+        """``socket_factory(name)`` builds agent ``name``'s server (the daemon wires in the broker)."""
         self.config = config
         self.views = views
-        self.broker = broker
-        self._factory = socket_factory or (lambda name: AgentSocket(config, name, broker, views))
+        self._factory = socket_factory
         self._send, self._recv = trio.open_memory_channel[tuple[str, bool]](math.inf)
         self._scopes: dict[str, trio.CancelScope] = {}
-        self._sockets: dict[str, AgentSocket] = {}
+        self._sockets: dict[str, AgentSocketServer] = {}
         self._binds = self._unbinds = self._failures = 0
         self._changed = trio.Event()
         views.observe(self._observe)
@@ -62,7 +70,7 @@ class AgentSockets:
     def statistics(self) -> AgentSocketsStatistics:
         return AgentSocketsStatistics(len(self._scopes), self._binds, self._unbinds, self._failures)
 
-    def socket(self, name: str) -> AgentSocket | None:
+    def socket(self, name: str) -> AgentSocketServer | None:
         return self._sockets.get(name)
 
     def bound(self) -> list[str]:

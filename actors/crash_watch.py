@@ -24,7 +24,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -32,7 +32,6 @@ import trio
 from actors.views import RowsApplied, Views
 from hivecore.models import ContainerView
 from hivecore.runtime.base import ContainerRuntime
-from hivecore.services.notify import Notifier
 from hivecore.wire.helper import ContainerCrash, HelperEvent, LoggedIn, NeedsLogin, NeedsUpdate
 
 log = logging.getLogger(__name__)
@@ -92,13 +91,19 @@ class CrashWatchStatistics:
     exit_watchers: int = 0
 
 
+class ManagerNotifier(Protocol):
+    """Where helper events go (:class:`hivecore.services.notify.Notifier`; best effort, never raises)."""
+
+    async def notify_manager(self, event: HelperEvent, agent: str, note: str | None = None) -> None: ...
+
+
 class CrashWatch:
     """The actor. ``quiet(name)`` says whether a stop of ``name`` was caused on purpose right now."""
 
     def __init__(
         self,
         views: Views,
-        notifier: Notifier,
+        notifier: ManagerNotifier,
         quiet: Callable[[str], bool],
         interval: float,
         *,

@@ -10,14 +10,23 @@ Rules:
 * at most one job per agent at a time; a second request for that agent is refused with a message
   naming the job in the way (``agent "coder" is rebuilding (job 12, 40 s)``), except that a rebuild
   requested while a rebuild is still *queued* for that agent joins it;
-* build-class jobs (:data:`~hivecore.models.BUILD_JOB_KINDS`) run strictly one at a time, FIFO
-  across all agents; light jobs for different agents run concurrently;
+* build-class jobs run strictly one at a time, FIFO across all agents; light jobs for different
+  agents run concurrently; a singleton kind (``meta_update``) has at most one job queued or running;
+* what each kind is (build-class, singleton, its busy phrase, its effect on intent, whether a
+  request joins a queued one, whether its journal rows need an fsync) is its row in the job
+  registry (:mod:`hivecore.jobkinds`): the lane reads nothing else about kinds;
 * every job is journaled in sqlite before it starts (a build-class job also when it is queued for
-  its turn) and when it ends (the light verbs of :data:`POWER_LOSS_MOOT` without an fsync); at the next start
+  its turn) and when it ends (a kind whose row says ``power_loss_moot`` without an fsync); at the next start
   a job the journal still shows ``queued``/``running`` (a shutdown or a ``kill -9`` interrupted it)
   is marked ``cancelled`` and replayed as a ``crash_recover`` job before anything else runs;
 * on shutdown running jobs are cancelled (their transients clear through the guard) and their rows
   stay ``running`` until that replay.
+
+Intent ("the last accepted verb stopped this agent on purpose", what crash_watch asks before calling
+a stop a crash) is recorded here when a job is *accepted*, never for a refused one
+(:class:`~hivecore.jobkinds.Intent`).
+
+The runner gets, with each job, a :class:`ChildJobs` handle: the only way a job submits children.
 
 Ownership: the lane's bookkeeping (``_entries``, ``_by_agent``, ``_history``) is plain data that
 only changes in synchronous code (accepting, and the job task's transitions between awaits), so
@@ -39,8 +48,9 @@ import trio
 
 from actors.event_bus import EventBus
 from hivecore import store as st
-from hivecore.errors import Busy, HiveError, RuntimeFailure
-from hivecore.models import BUILD_JOB_KINDS, Job, JobKind, JobSource, JobState
+from hivecore.errors import Busy, HiveError, Refused, RuntimeFailure
+from hivecore.jobkinds import REGISTRY, Intent
+from hivecore.models import Job, JobKind, JobSource, JobState
 from hivecore.store import Store
 from hivecore.wire.events import RebuildQueueChanged
 
@@ -48,28 +58,6 @@ log = logging.getLogger(__name__)
 
 HISTORY = 50
 """Finished jobs kept in the snapshot (the journal keeps all of them)."""
-
-_DOING: dict[str, str] = {
-    "spawn": "spawning",
-    "start": "starting",
-    "stop": "stopping",
-    "restart": "restarting",
-    "kill": "being killed",
-    "destroy": "being destroyed",
-    "purge": "being purged",
-    "set_paused": "changing its pause state",
-    "rebuild": "rebuilding",
-    "apply_commit": "applying a config change",
-    "deny": "having an approval denied",
-    "init_config": "having its config initialised",
-    "meta_update": "updating meta inputs",
-}
-
-
-POWER_LOSS_MOOT: frozenset[str] = frozenset({"start", "stop", "kill", "restart", "set_paused"})
-"""Jobs whose journal rows are committed without an fsync (``hivecore.store.no_fsync``): they
-survive ``kill -9`` like every row, but a power loss (after which every agent is down and the
-marker files may be lost too) can take the last of them; nothing would be left to replay."""
 
 
 class LaneClosed(HiveError):
@@ -79,13 +67,24 @@ class LaneClosed(HiveError):
 class JobRunner(Protocol):
     """What the lane runs: the services behind each job kind."""
 
-    def accepted(self, job: Job, args: Mapping[str, Any]) -> None:
-        """Called synchronously when a job is accepted (e.g. to record "stopped on purpose")."""
-        ...
-
-    async def run(self, job: Job, args: Mapping[str, Any]) -> None:
+    async def run(self, job: Job, args: Mapping[str, Any], children: ChildJobs) -> None:
         """Do the job; a :class:`HiveError` is the operator-facing failure message."""
         ...
+
+
+@attrs.frozen
+class ChildJobs:
+    """One running job's handle on the lane: submit its children (``parent_id`` = the job's id; a
+    build child runs inside the parent's build turn) and ask what an agent is busy with."""
+
+    lane: JobLane
+    parent: Job
+
+    async def submit(self, kind: JobKind, agent: str | None, *, source: JobSource) -> Job:
+        return await self.lane.submit(kind, agent, source=source, parent_id=self.parent.id)
+
+    def busy_with(self, agent: str) -> Job | None:
+        return self.lane.busy_with(agent)
 
 
 @attrs.define(eq=False)
@@ -121,6 +120,8 @@ class JobLane:
         self._build_send, self._build_recv = trio.open_memory_channel[_Entry](float("inf"))
         self._build_holder: _Entry | None = None
         """The build-class job that has the build turn now (its child builds run inside it)."""
+        self.intent = Intent()
+        """Which agents the last accepted job stopped on purpose (crash_watch asks it)."""
 
     # --- the handle ----------------------------------------------------------------------------
 
@@ -188,11 +189,14 @@ class JobLane:
     ) -> _Entry:
         if self._nursery is None or not (self._open or internal):
             raise LaneClosed("hive-c0re is starting up or shutting down; try again in a moment")
+        spec = REGISTRY[kind]
+        if spec.singleton and (other := self.running_kind(kind)) is not None:
+            raise Refused(f"{spec.name} is already running (job {other.id}); wait for it to finish")
         if agent is not None and (current := self._by_agent.get(agent)) is not None:
             job = current.job
-            # (a child build never joins: the queued one waits for the turn its parent holds)
-            if kind == "rebuild" and job.kind == "rebuild" and job.state == "queued" and parent_id is None:
-                log.info("job %d: rebuild of %s joined by a request from %s", job.id, agent, source)
+            # (a child never joins: the queued one waits for the turn its parent holds)
+            if spec.joins_queued and job.kind == kind and job.state == "queued" and parent_id is None:
+                log.info("job %d: %s of %s joined by a request from %s", job.id, kind, agent, source)
                 return current
             raise Busy(self._busy_message(agent, job))
         self._next_id += 1
@@ -209,7 +213,7 @@ class JobLane:
         self._entries[job.id] = entry
         if agent is not None:
             self._by_agent[agent] = entry
-        self._runner.accepted(job, args)
+        self.intent.record(job)
         self._nursery.start_soon(self._run_job, entry, name=f"job {job.id} {kind} {agent or ''}")
         self._publish()
         return entry
@@ -219,13 +223,15 @@ class JobLane:
             waited = int(self._clock() - job.queued_at)
             return f'agent "{agent}" has a {job.kind} queued (job {job.id}, {waited} s); try again later'
         started = job.started_at if job.started_at is not None else job.queued_at
-        return f'agent "{agent}" is {_DOING[job.kind]} (job {job.id}, {int(self._clock() - started)} s)'
+        return (
+            f'agent "{agent}" is {REGISTRY[job.kind].busy} (job {job.id}, {int(self._clock() - started)} s)'
+        )
 
     # --- running -------------------------------------------------------------------------------
 
     async def _journal(self, entry: _Entry) -> None:
         job, args = entry.job, json.dumps(dict(entry.args))
-        fsync = job.kind not in POWER_LOSS_MOOT
+        fsync = not REGISTRY[job.kind].power_loss_moot
         await self._store.call(lambda c: st.journal_job(c, job, args, fsync=fsync))
 
     def _transition(self, entry: _Entry, state: JobState, **changes: Any) -> None:
@@ -236,7 +242,7 @@ class JobLane:
     async def _run_job(self, entry: _Entry) -> None:
         job = entry.job
         try:
-            if job.kind in BUILD_JOB_KINDS and not self._is_child_of_holder(job):
+            if REGISTRY[job.kind].build and not self._is_child_of_holder(job):
                 await self._journal(entry)  # queued: it may wait for its turn a long time
                 self._build_send.send_nowait(entry)
                 await entry.turn.wait()
@@ -245,7 +251,7 @@ class JobLane:
             self._transition(entry, "running", started_at=self._clock())
             await self._journal(entry)
             log.info("job %d: %s %s (from %s) started", job.id, job.kind, job.agent or "", job.source)
-            await self._runner.run(entry.job, entry.args)
+            await self._runner.run(entry.job, entry.args, ChildJobs(self, entry.job))
         except trio.Cancelled:
             entry.error = LaneClosed(f"job {job.id} ({job.kind}) was cancelled: hive-c0re is shutting down")
             self._transition(entry, "cancelled", finished_at=self._clock(), error=str(entry.error))
@@ -288,7 +294,7 @@ class JobLane:
         )
 
     def running_kind(self, kind: JobKind) -> Job | None:
-        """A queued or running job of ``kind`` (for kinds that take no agent, like ``meta_update``)."""
+        """A queued or running job of ``kind`` (a singleton's, or one of a kind that takes no agent)."""
         for entry in self._entries.values():
             if entry.job.kind == kind:
                 return entry.job

@@ -5,7 +5,7 @@
    of the same flake in the same run: the ratio is what the actor, git staging/commit check and the
    lock read add on top of nix (goal: at most 1.2 times). Each side is the best of a few runs on an unchanged
    lock (nix relocks, nothing changes, so nothing is committed on either side).
-2. A rebuild (``Lifecycle.rebuild_agent``: sync, relock, ``nix eval``, the runtime update and a
+2. A rebuild (``MetaBuild.build``: sync, relock, ``nix eval``, the runtime update and a
    restart of the agent process) next to the time its nix children took: the difference is
    hive-c0re's own overhead (git, the actor, the process runtime's stop and start).
 
@@ -125,7 +125,7 @@ async def rebuild_bench() -> tuple[float, float]:
             for _ in range(ROUNDS):
                 nix_time = 0.0
                 t0 = time.perf_counter()
-                await daemon.lifecycle.rebuild_agent("bench")
+                await daemon.meta_build.build("bench")
                 totals.append(time.perf_counter() - t0)
                 nix_times.append(nix_time)
             await daemon.runtime.destroy("bench")

@@ -1,4 +1,5 @@
-"""crash_watch's per-tick work: build_all + diff for 10, 100 and 500 agents (synthetic inputs).
+"""A full rescan's pure work (what ``Views._apply`` does per tick): a ``build_view`` per agent and a
+compare with the cached row, for 10, 100 and 500 agents (synthetic inputs).
 
 Baseline: a plain dict comparison of the same rows (``{name: tuple} != {name: tuple}`` per row),
 measured in the same run. The ratio is what building attrs views and diffing them costs on top.
@@ -14,9 +15,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hivecore.container_view import AgentFacts, ViewInputs, build_all, diff_views
-from hivecore.models import Transient
+import attrs
+
+from hivecore.container_view import AgentFacts, build_view
+from hivecore.models import ContainerView, Transient
 from hivecore.runtime.base import AgentRuntimeState
+
+
+@attrs.frozen
+class ViewInputs:
+    runtime: dict[str, AgentRuntimeState]
+    facts: dict[str, AgentFacts]
+    transients: dict[str, Transient]
+
+
+def build_all(inputs: ViewInputs) -> dict[str, ContainerView]:
+    return {
+        n: build_view(s, inputs.facts.get(n, AgentFacts()), inputs.transients.get(n), None)
+        for n, s in inputs.runtime.items()
+    }
+
+
+def diff_views(old: dict[str, ContainerView], new: dict[str, ContainerView]) -> list[str]:
+    """Names whose row changed or vanished (the views actor's compare)."""
+    return [n for n, v in new.items() if old.get(n) != v] + [n for n in old if n not in new]
 
 
 def inputs(n: int, flip: int) -> ViewInputs:
@@ -65,7 +87,7 @@ def main(sizes: tuple[int, ...] = (10, 100, 500), work: int = 20000) -> None:
         repeat = max(10, work // n)
         t_view, t_plain = bench(tick, repeat), bench(plain, repeat)
         print(f"{n:>6} {t_view * 1e6:>14.1f} {t_plain * 1e6:>14.1f} {t_view / t_plain:>7.1f}")
-    print("build+diff = build_all() of attrs ContainerViews + diff_views(); plain = dict-of-tuples compare")
+    print("build+diff = a build_view() per agent + the row compare; plain = dict-of-tuples compare")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
-"""Dashboard rows: collect facts (I/O) once, then build every ContainerView with a pure function.
-
-``collect_inputs`` reads the runtime and the agents' state dirs; ``build_all`` and ``diff_views``
-are pure and cheap, so the 10 s crash_watch tick and every lifecycle verb can afford them.
+"""Dashboard rows: read an agent's facts (I/O: :func:`read_facts`), then build its ContainerView
+with the pure :func:`build_view` (the views actor does both, and compares rows to find changes).
 """
 
 from __future__ import annotations
@@ -10,7 +8,6 @@ import contextlib
 import datetime as dt
 import errno
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -22,7 +19,7 @@ from hivecore.meta import MetaFacts, is_stale, read_meta_facts
 from hivecore.models import ContainerView, Transient
 from hivecore.names import MANAGER_NAME, validate_name
 from hivecore.ports import agent_port
-from hivecore.runtime.base import AgentRuntimeState, ContainerRuntime, container_name
+from hivecore.runtime.base import AgentRuntimeState, container_name
 
 PAUSE_MARKER = "hyperhive-paused"
 STATUS_FILE = "hyperhive-status"
@@ -38,14 +35,6 @@ class AgentFacts:
     status_set_at: str | None = None
     deployed_sha: str | None = None
     stale: bool = False
-
-
-@attrs.frozen(kw_only=True)
-class ViewInputs:
-    runtime: Mapping[str, AgentRuntimeState]
-    facts: Mapping[str, AgentFacts]
-    transients: Mapping[str, Transient]
-    domain: str | None = None
 
 
 def build_view(
@@ -68,33 +57,6 @@ def build_view(
         status_set_at=facts.status_set_at if running else None,
         url=f"https://{domain}/agent/{state.name}/" if domain else None,
     )
-
-
-def build_all(inputs: ViewInputs) -> dict[str, ContainerView]:
-    """One row per agent the runtime knows, sorted by name (manager first)."""
-    names = sorted(inputs.runtime, key=lambda n: (n != MANAGER_NAME, n))
-    return {
-        n: build_view(
-            inputs.runtime[n], inputs.facts.get(n, AgentFacts()), inputs.transients.get(n), inputs.domain
-        )
-        for n in names
-    }
-
-
-@attrs.frozen
-class ViewDiff:
-    changed: list[ContainerView]
-    removed: list[str]
-
-    def __bool__(self) -> bool:
-        return bool(self.changed or self.removed)
-
-
-def diff_views(old: Mapping[str, ContainerView], new: Mapping[str, ContainerView]) -> ViewDiff:
-    """Rows added or changed (in ``new``'s order) and names that vanished; unchanged rows: nothing."""
-    changed = [v for n, v in new.items() if old.get(n) != v]
-    removed = [n for n in old if n not in new]
-    return ViewDiff(changed, removed)
 
 
 # --- I/O: collecting facts ------------------------------------------------------------------------
@@ -184,15 +146,3 @@ def set_pause_marker(paths: StatePaths, name: str, paused: bool) -> None:
         elif exc.errno in (errno.ELOOP, errno.ENOTDIR):
             why = "its agent or state directory is a symlink or not a directory; not following it"
         raise Refused(f"cannot {'pause' if paused else 'resume'} {valid}: {why}") from None
-
-
-async def collect_inputs(
-    paths: StatePaths,
-    runtime: ContainerRuntime,
-    transients: Mapping[str, Transient],
-    domain: str | None = None,
-) -> ViewInputs:
-    states = await runtime.list()
-    meta = read_meta_facts(paths)
-    facts = {n: read_facts(paths, n, meta) for n in states}
-    return ViewInputs(runtime=states, facts=facts, transients=dict(transients), domain=domain)

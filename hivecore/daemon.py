@@ -37,12 +37,14 @@ from hivecore.repos import Repos
 from hivecore.runtime.base import ContainerRuntime
 from hivecore.services.approvals import Approvals
 from hivecore.services.broker import Broker
+from hivecore.services.context import JobEnv
 from hivecore.services.jobs import Jobs
 from hivecore.services.lifecycle import Lifecycle
+from hivecore.services.meta_build import MetaBuild
 from hivecore.services.meta_update import MetaUpdates
 from hivecore.services.notify import Notifier
 from hivecore.sockets.host import HostSocket, live_urls
-from hivecore.sockets.mcp import ManagerSocket
+from hivecore.sockets.mcp import AgentSocket, ManagerSocket
 from hivecore.statelock import hold_state_lock
 from hivecore.store import Store
 from hivecore.unix_listener import ensure_accept_error_filter
@@ -70,22 +72,30 @@ class Daemon:
     crash_watch: CrashWatch
     approvals: Approvals
     jobs: Jobs
-    """The lane's runner (lifecycle verbs and approval jobs)."""
+    """The lane's runner (routes each job to its service by the job registry)."""
     broker: Broker
     agent_sockets: AgentSockets
     manager_socket: ManagerSocket
     meta: MetaLock
     """The meta flake's actor (the only path to ``<state>/meta``)."""
     meta_updates: MetaUpdates
+    meta_build: MetaBuild
+    """The one build path (the meta flake)."""
     dashboard_urls: list[str] = attrs.field(factory=list)
+    """The dashboard's URLs once it serves (filled in place: the agents' spec reads the port)."""
     dashboard_app: Any = None
     """The dashboard's ASGI app once it is serving (tests reach its hooks through it)."""
 
     def dashboard_port(self) -> int:
         """The port actually bound (the configured one may be 0: ephemeral)."""
-        if self.dashboard_urls:
-            return int(self.dashboard_urls[0].rsplit(":", 1)[1].split("/", 1)[0])
-        return self.config.dashboard_port
+        return bound_port(self.config, self.dashboard_urls)
+
+
+def bound_port(config: Config, urls: list[str]) -> int:
+    """The port of the dashboard's first URL once it serves, else the configured one."""
+    if urls:
+        return int(urls[0].rsplit(":", 1)[1].split("/", 1)[0])
+    return config.dashboard_port
 
 
 GIL_SWITCH_INTERVAL = 0.0005
@@ -155,12 +165,14 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     repos = Repos(config.paths, owner=proposed_owner(config))
     meta_repo = MetaRepo(config.paths, hyperhive_flake=config.hyperhive_flake, eval_limits=config.eval_limits)
     meta = MetaLock(meta_repo, bus)
-    lifecycle = Lifecycle(config, runtime, views, transients, store, notifier, repos=repos, meta=meta)
+    urls: list[str] = []  # the Daemon's dashboard_urls, filled once the dashboard serves
+    meta_build = MetaBuild(config, runtime, repos, meta, dashboard_port=partial(bound_port, config, urls))
+    lifecycle = Lifecycle(config, runtime, repos, meta_build)
     approvals = Approvals(lifecycle, repos, store, bus, notifier)
-    meta_updates = MetaUpdates(lifecycle, views, bus)
-    jobs = Jobs(lifecycle, approvals, meta_updates)
+    meta_updates = MetaUpdates(meta_build, views)
+    env = JobEnv(store=store, bus=bus, transients=transients, views=views, notify=notifier)
+    jobs = Jobs(env, lifecycle, approvals, meta_updates)
     lane = JobLane(store, bus, jobs)
-    meta_updates.lane = lane
     supervisor = Supervisor(bus)
     coordinator = Coordinator(
         lane,
@@ -177,10 +189,10 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     )
 
     def quiet(name: str) -> bool:
-        return transients.get(name) is not None or lifecycle.intent.stopped_on_purpose(name)
+        return transients.get(name) is not None or lane.intent.stopped_on_purpose(name)
 
     crash_watch = CrashWatch(views, notifier, quiet, config.crash_watch_interval, runtime=runtime)
-    agent_sockets = AgentSockets(config, views, broker)
+    agent_sockets = AgentSockets(config, views, lambda name: AgentSocket(config, name, broker, views))
     manager_socket = ManagerSocket(config, broker, coordinator)
     daemon = Daemon(
         config,
@@ -201,8 +213,9 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         manager_socket=manager_socket,
         meta=meta,
         meta_updates=meta_updates,
+        meta_build=meta_build,
+        dashboard_urls=urls,
     )
-    lifecycle.dashboard_port = daemon.dashboard_port
     return daemon
 
 
@@ -317,7 +330,7 @@ def _dashboard_child(daemon: Daemon, web_factory: WebFactory) -> ChildSpec:
             urls: list[str] = await nursery.start(
                 partial(hypercorn.trio.serve, app, hc, shutdown_trigger=shutdown.wait)
             )
-            daemon.dashboard_urls = list(urls)
+            daemon.dashboard_urls[:] = urls  # in place: the agents' spec reads the port from it
             log.info("dashboard on %s", ", ".join(urls))
             hint = getattr(app, "hive_login_hint", None)
             if callable(hint):

@@ -29,7 +29,7 @@ class Transient:
 
 @attrs.frozen(kw_only=True)
 class ContainerView:
-    """One dashboard row per agent (reference §7.2); built by ``container_view.build_all``."""
+    """One dashboard row per agent (reference §7.2); built by ``container_view.build_view``."""
 
     name: str
     container: str
@@ -118,10 +118,8 @@ JobKind = Literal[
     "meta_update",
 ]
 JOB_KINDS: tuple[JobKind, ...] = typing.get_args(JobKind)
-APPROVAL_JOB_KINDS: frozenset[str] = frozenset({"apply_commit", "deny", "init_config"})
-"""Jobs the approvals service runs (an approved spawn is a ``spawn`` job with an ``approval_id`` arg)."""
-BUILD_JOB_KINDS: frozenset[str] = frozenset({"rebuild", "apply_commit", "meta_update"})
-"""Build-class jobs run strictly one at a time, FIFO across all agents."""
+"""Every job kind; what each one is (its service, transient, build class…) is its row in
+:data:`hivecore.jobkinds.REGISTRY`."""
 JobSource = Literal[
     "host_sock", "dashboard", "manager", "auto_update", "meta_update", "crash_recover", "internal"
 ]

@@ -456,17 +456,6 @@ class Store:
 # --- broker messages (sync, run on the store thread) ----------------------------------------------
 
 
-def insert_message(
-    conn: sqlite3.Connection, sender: str, recipient: str, body: str, in_reply_to: int | None = None
-) -> int:
-    cur = conn.execute(
-        "INSERT INTO messages(sender, recipient, body, sent_at, in_reply_to) VALUES (?,?,?,?,?)",
-        (sender, recipient, body, int(dt.datetime.now(dt.UTC).timestamp()), in_reply_to),
-    )
-    assert cur.lastrowid is not None
-    return cur.lastrowid
-
-
 def undelivered_for(conn: sqlite3.Connection, recipient: str) -> list[tuple[int, str, str]]:
     """``(id, sender, body)`` of messages not yet delivered to ``recipient``, oldest first."""
     return [

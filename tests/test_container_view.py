@@ -1,39 +1,35 @@
-"""container_view: pure row building and diffing; rescan emits only what changed."""
+"""container_view: pure row building; rescan emits only what changed."""
 
 from __future__ import annotations
 
-from hivecore.container_view import AgentFacts, ViewInputs, build_all, diff_views
+from hivecore.container_view import AgentFacts, build_view
 from hivecore.models import Transient
 from hivecore.ports import agent_port
 from hivecore.runtime.base import AgentRuntimeState
 from tests.conftest import Parts
 
+RUNTIME = {
+    "hm1nd": AgentRuntimeState(name="hm1nd", running=True),
+    "coder": AgentRuntimeState(name="coder", running=True),
+    "idle": AgentRuntimeState(name="idle", running=False, failed=True, exit_status=-9),
+}
+FACTS = {
+    "coder": AgentFacts(
+        logged_in=True,
+        status_text="writing tests",
+        status_set_at="2026-11-25T10:00:00Z",
+        deployed_sha="0123456789abcdef0123",
+    ),
+    "idle": AgentFacts(status_text="stale text", status_set_at="2026-11-25T09:00:00Z", paused=True),
+}
+TRANSIENTS = {"coder": Transient(kind="rebuilding", since_unix=5)}
 
-def inputs(**over: object) -> ViewInputs:
-    base: dict[str, object] = {
-        "runtime": {
-            "hm1nd": AgentRuntimeState(name="hm1nd", running=True),
-            "coder": AgentRuntimeState(name="coder", running=True),
-            "idle": AgentRuntimeState(name="idle", running=False, failed=True, exit_status=-9),
-        },
-        "facts": {
-            "coder": AgentFacts(
-                logged_in=True,
-                status_text="writing tests",
-                status_set_at="2026-11-25T10:00:00Z",
-                deployed_sha="0123456789abcdef0123",
-            ),
-            "idle": AgentFacts(status_text="stale text", status_set_at="2026-11-25T09:00:00Z", paused=True),
-        },
-        "transients": {"coder": Transient(kind="rebuilding", since_unix=5)},
+
+def test_build_view_rows() -> None:
+    views = {
+        n: build_view(s, FACTS.get(n, AgentFacts()), TRANSIENTS.get(n), "hive.example")
+        for n, s in RUNTIME.items()
     }
-    base.update(over)
-    return ViewInputs(**base)  # type: ignore[arg-type]
-
-
-def test_build_all_rows() -> None:
-    views = build_all(inputs(domain="hive.example"))
-    assert list(views) == ["hm1nd", "coder", "idle"]  # manager first, then by name
     m, c, i = views["hm1nd"], views["coder"], views["idle"]
     assert (m.container, m.is_manager, m.port) == ("hm1nd", True, 8000)
     assert (c.container, c.is_manager, c.port) == ("h-coder", False, agent_port("coder"))
@@ -48,19 +44,6 @@ def test_build_all_rows() -> None:
     assert i.status_set_at is None
     assert i.failed
     assert i.paused
-
-
-def test_diff_reports_only_changes() -> None:
-    old = build_all(inputs())
-    assert not diff_views(old, build_all(inputs()))
-    new_runtime = {
-        "hm1nd": AgentRuntimeState(name="hm1nd", running=True),
-        "coder": AgentRuntimeState(name="coder", running=False),
-        "fresh": AgentRuntimeState(name="fresh", running=True),
-    }
-    diff = diff_views(old, build_all(inputs(runtime=new_runtime)))
-    assert [v.name for v in diff.changed] == ["coder", "fresh"]
-    assert diff.removed == ["idle"]
 
 
 async def test_rescan_emits_nothing_for_unchanged_rows(parts: Parts) -> None:

@@ -15,6 +15,7 @@ import signal
 import socket
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -34,7 +35,7 @@ async def start_lane(
     parts: Parts, scope: trio.CancelScope | None = None, store: Any = None
 ) -> tuple[JobLane, trio.CancelScope]:
     """A fresh lane on the parts' journal (as a restarted daemon would have), in its own scope."""
-    lane = JobLane(parts.store, parts.bus, parts.daemon.lifecycle)
+    lane = JobLane(parts.store, parts.bus, parts.daemon.jobs)
     scope = scope or trio.CancelScope()
 
     async def run(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -213,24 +214,28 @@ SWEEP: list[tuple[JobKind, dict[str, Any], str]] = [
 @pytest.mark.parametrize(("kind", "args", "before"), SWEEP, ids=[f"{k}{a}" for k, a, _ in SWEEP])
 async def test_cancellation_sweep(parts: Parts, kind: JobKind, args: dict[str, Any], before: str) -> None:
     life: Lifecycle = parts.daemon.lifecycle
-    runtime, store = life.runtime, life.store
-    notifier = life.notifier
+    jobs = parts.daemon.jobs
+    env = jobs.env  # what every job's context reaches (its store among them)
+    runtime, store = life.runtime, env.store
+    notifier = env.notify
     broker = notifier._broker
-    views = life.views
+    views = env.views
     cancelled = 0
     for k in itertools.count(1):
         name = f"s{k}"
         if before != "absent":
-            await life.spawn(name)
+            await parts.coordinator.spawn(name)
         if before == "stopped":
-            await life.stop(name)
+            await parts.coordinator.stop(name)
         with parts.bus.subscribe(kinds=["transient_set", "transient_cleared"], buffer=10_000) as sub:
             lane, scope = await start_lane(parts)
             counter = [0]
             wrapped = CancelAt(store, counter, k, scope)
             life.runtime = CancelAt(runtime, counter, k, scope)
-            life.views = CancelAt(views, counter, k, scope)  # type: ignore[assignment]  # the rescans
-            life.store = wrapped  # type: ignore[assignment]
+            life.builder.runtime = life.runtime  # the build path's runtime calls count too
+            # the store and the rescans every job's context reaches
+            rescans = CancelAt(views, counter, k, scope)
+            jobs.env = attrs.evolve(env, store=wrapped, views=rescans)  # type: ignore[arg-type]
             lane._store = wrapped  # type: ignore[assignment]  # the journal writes count too
             notifier._broker = CancelAt(broker, counter, k, scope)  # type: ignore[assignment]  # kicks, events
             try:
@@ -239,8 +244,9 @@ async def test_cancellation_sweep(parts: Parts, kind: JobKind, args: dict[str, A
             except LaneClosed:
                 finished = False
             finally:
-                life.runtime, life.store, notifier._broker = runtime, store, broker
-                life.views = views
+                life.runtime, notifier._broker = runtime, broker
+                life.builder.runtime = runtime
+                jobs.env = env
             scope.cancel()
             # the daemon restarts: the journal's unfinished job is replayed before anything else
             lane, scope = await start_lane(parts)

@@ -107,7 +107,7 @@ async def test_a_second_verb_while_one_is_in_flight_is_refused_naming_the_job(pa
             await c.stop("coder")
         release.set()
     assert c.views()["coder"].running
-    assert not parts.daemon.lifecycle.intent.stopped_on_purpose("coder")  # the refused stop left no mark
+    assert not parts.lane.intent.stopped_on_purpose("coder")  # the refused stop left no mark
 
 
 async def test_destroy_keeps_state_as_tombstone_and_fails_pending_approvals(parts: Parts) -> None:

@@ -559,3 +559,33 @@ async def test_a_failed_rebuild_reports_the_nix_error_and_keeps_the_agent_runnin
     assert "syntax error" in event["note"]
     assert (await parts.runtime.list(["a"]))["a"].pid == pid
     assert parts.views.rows()["a"].needs_update  # still not running what applied main says
+
+
+async def test_a_build_while_the_meta_lock_is_down_fails_clearly_and_changes_nothing(
+    meta_parts: Parts,
+) -> None:
+    """Issue 15: with the meta lock actor not running (restart backoff), a rebuild or spawn used to
+    build the agent outside the meta flake, silently. Now it fails, naming why, and nothing moves."""
+    from actors.meta_lock import MetaLock
+
+    parts = meta_parts
+    await parts.coordinator.spawn("a")
+    before = (await parts.runtime.list(["a"]))["a"]
+    spec_file = parts.config.paths.agent_run("a") / "spec.json"
+    spec = spec_file.read_text()
+    builder = parts.daemon.meta_build
+    live = builder.meta
+    builder.meta = MetaLock(parts.daemon.meta.repo)  # the same repo, its actor not running
+    try:
+        with pytest.raises(HiveError, match=r"the meta flake is not available .*nothing was built"):
+            await parts.coordinator.rebuild("a")
+        with pytest.raises(HiveError, match="the meta flake is not available"):
+            await parts.coordinator.spawn("b")
+    finally:
+        builder.meta = live
+    after = (await parts.runtime.list(["a"]))["a"]
+    assert (after.pid, after.running) == (before.pid, True)
+    assert spec_file.read_text() == spec
+    assert "b" not in await parts.runtime.list()
+    await parts.coordinator.rebuild("a")  # and once it is back, the build goes through it
+    assert (await parts.runtime.list(["a"]))["a"].pid != before.pid

@@ -14,7 +14,8 @@ apply_commit build in the build FIFO, journaled and replayed after a crash.
 
 apply_commit follows the tag state machine (reference §2.5) in the agent's applied repo:
 ``proposal/<id>`` (pinned at request time) → ``approved/<id>`` + ``building/<id>`` → main moved to
-the pinned sha → :meth:`Lifecycle.rebuild_agent` (the one build seam) → ``deployed/<id>``, or an
+the pinned sha → :meth:`Lifecycle.rebuild_agent` (the one build seam, with the job's
+:class:`~hivecore.services.context.JobContext`) → ``deployed/<id>``, or an
 annotated ``failed/<id>`` with main rolled back. A replay after a crash never rebuilds: it rolls main
 back, tags ``failed/<id>`` and tells the manager.
 """
@@ -28,14 +29,15 @@ from typing import Any
 import attrs
 import trio
 
-from actors.event_bus import EventBus
 from hivecore import agent_users, shutdown
 from hivecore import store as st
 from hivecore.errors import HiveError, NotAvailable, Refused, UnknownAgent, UnknownApproval
 from hivecore.kick import REASON_CONFIG_APPLIED
-from hivecore.models import Approval, Job, JobKind
+from hivecore.models import Approval, JobKind
 from hivecore.names import validate_name
 from hivecore.repos import PREVIOUS_MAIN, Repos, is_commit_ref
+from hivecore.services.context import JobContext
+from hivecore.services.handles import Publisher
 from hivecore.services.lifecycle import Lifecycle
 from hivecore.services.notify import Notifier
 from hivecore.store import Store
@@ -68,7 +70,7 @@ class Approvals:
     lifecycle: Lifecycle
     repos: Repos
     store: Store
-    bus: EventBus
+    bus: Publisher
     notifier: Notifier
 
     # --- startup ---------------------------------------------------------------------------------
@@ -263,7 +265,8 @@ class Approvals:
 
     # --- the jobs (run by the lane) ------------------------------------------------------------------
 
-    async def run_job(self, job: Job, args: Mapping[str, Any]) -> None:
+    async def run_job(self, ctx: JobContext, args: Mapping[str, Any]) -> None:
+        job = ctx.job
         approval_id = args.get("approval_id")
         approval = await self.get(approval_id)
         if approval.agent != job.agent:
@@ -271,9 +274,9 @@ class Approvals:
         replay = job.source == "crash_recover"
         match job.kind:
             case "apply_commit":
-                await (self._abandon_build(approval) if replay else self._apply_commit(approval))
+                await (self._abandon_build(approval) if replay else self._apply_commit(ctx, approval))
             case "spawn":
-                await self._spawn(approval, replay=replay)
+                await self._spawn(ctx, approval, replay=replay)
             case "deny":
                 await self._deny(approval, _text(args.get("note"), "note"))
             case "init_config":
@@ -330,7 +333,7 @@ class Approvals:
 
     # apply_commit ----------------------------------------------------------------------------------
 
-    async def _apply_commit(self, approval: Approval) -> None:
+    async def _apply_commit(self, ctx: JobContext, approval: Approval) -> None:
         self._still_pending(approval)
         name, aid, sha = approval.agent, approval.id, approval.fetched_sha
         if sha is None:
@@ -343,7 +346,7 @@ class Approvals:
             await self.repos.tag(name, f"approved/{aid}", sha)
             await self.repos.tag(name, f"building/{aid}", sha)
             await self.repos.move_main(name, sha)
-            await self.lifecycle.rebuild_agent(name)
+            await self.lifecycle.rebuild_agent(ctx, name)
         except Exception as exc:
             note = str(exc) if isinstance(exc, HiveError) else f"{type(exc).__name__}: {exc}"
             await self._fail_build(approval, sha, previous, note)
@@ -366,7 +369,7 @@ class Approvals:
             try:
                 if previous is not None:  # also re-syncs a work tree a crash left half-reset
                     await self.repos.move_main(name, previous)
-                    await self.lifecycle.relock(name)  # the meta lock pins main again
+                    await self.lifecycle.builder.relock(name)  # the meta lock pins main again
                 if sha is not None:
                     tag = f"failed/{aid}"
                     await self.repos.tag(name, tag, sha, message=note)
@@ -403,7 +406,7 @@ class Approvals:
 
     # spawn, deny, init_config ------------------------------------------------------------------------
 
-    async def _spawn(self, approval: Approval, *, replay: bool) -> None:
+    async def _spawn(self, ctx: JobContext, approval: Approval, *, replay: bool) -> None:
         if approval.kind != "spawn":
             raise HiveError(f"approval {approval.id} is not a spawn")
         if not replay:
@@ -418,7 +421,7 @@ class Approvals:
                         f"the config {approval.agent} would deploy is now {sha[:12]}, not the reviewed "
                         f"{approval.fetched_sha[:12]}; request the spawn again"
                     )
-            await self.lifecycle.spawn(approval.agent)
+            await self.lifecycle.spawn(ctx, approval.agent)
         except HiveError as exc:
             if approval.status == "pending":
                 with shutdown.shielded():

@@ -65,9 +65,9 @@ from typing import Any
 import attrs
 import trio
 
-from actors.event_bus import EventBus
 from hivecore.errors import BadInput, HiveError
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, OPERATOR_NAME, validate_name
+from hivecore.services.handles import Publisher
 from hivecore.store import Store, no_fsync
 from hivecore.wire.agent import MAX_BODY, MAX_RECV_BATCH, MAX_RECV_WAIT, Delivery
 from hivecore.wire.events import MessageDelivered, MessageSent
@@ -271,7 +271,7 @@ class Broker:
     def __init__(
         self,
         store: Store,
-        bus: EventBus,
+        bus: Publisher,
         agents: Callable[[], Collection[str]],
         *,
         clock: Callable[[], float] = time.time,

@@ -1,35 +1,43 @@
-"""The job lane's runner: a small dispatcher over the lifecycle verbs and the approval jobs."""
+"""The job lane's runner: routes each job to its service by the job registry.
+
+Which service runs a kind is its row in :data:`hivecore.jobkinds.REGISTRY` (``service``, and
+``approval_service`` for a job that carries out an approval: an approved ``spawn``). The service's
+``run_job`` gets a :class:`~hivecore.services.context.JobContext` for the job.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
-from hivecore.models import APPROVAL_JOB_KINDS, Job
-from hivecore.services.approvals import Approvals
-from hivecore.services.lifecycle import Lifecycle
-from hivecore.services.meta_update import MetaUpdates
+from hivecore.jobkinds import REGISTRY, ServiceName
+from hivecore.models import Job
+from hivecore.services.context import JobContext, JobEnv
+from hivecore.services.handles import ChildJobs
+
+
+class JobService(Protocol):
+    async def run_job(self, ctx: JobContext, args: Mapping[str, Any]) -> None: ...
 
 
 @attrs.define
 class Jobs:
-    """Approval jobs (``apply_commit``, ``deny``, ``init_config``, and a ``spawn`` carrying an
-    ``approval_id``) go to :class:`Approvals`, ``meta_update`` to :class:`MetaUpdates`; every other
-    job to :class:`Lifecycle`."""
+    env: JobEnv
+    lifecycle: JobService
+    approvals: JobService
+    meta_updates: JobService
 
-    lifecycle: Lifecycle
-    approvals: Approvals
-    meta_updates: MetaUpdates | None = None
+    def service(self, name: ServiceName) -> JobService:
+        match name:
+            case "lifecycle":
+                return self.lifecycle
+            case "approvals":
+                return self.approvals
+            case "meta_update":
+                return self.meta_updates
 
-    def accepted(self, job: Job, args: Mapping[str, Any]) -> None:
-        self.lifecycle.accepted(job, args)
-
-    async def run(self, job: Job, args: Mapping[str, Any]) -> None:
-        if job.kind == "meta_update" and self.meta_updates is not None:
-            await self.meta_updates.run_job(job, args)
-        elif job.kind in APPROVAL_JOB_KINDS or (job.kind == "spawn" and "approval_id" in args):
-            await self.approvals.run_job(job, args)
-        else:
-            await self.lifecycle.run(job, args)
+    async def run(self, job: Job, args: Mapping[str, Any], children: ChildJobs) -> None:
+        service = self.service(REGISTRY[job.kind].service_for(args))
+        await service.run_job(self.env.for_job(job, children), args)

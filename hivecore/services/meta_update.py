@@ -1,8 +1,9 @@
 """The meta-update job (reference §3 ``POST /meta-update``) and the startup auto_update (§5.2).
 
 ``meta_update`` is a build-class job on the lane (agent-less): one ``lock_update`` of the chosen
-inputs (one combined commit), then a sequential loop of child ``rebuild`` jobs carrying the job's id
-as ``parent_id`` (they run inside the parent's build turn, one after another): an input ``hyperhive``
+inputs (one combined commit), then a sequential loop of child ``rebuild`` jobs
+(:meth:`~hivecore.services.context.JobContext.submit_child`: they carry the job's id as
+``parent_id`` and run inside the parent's build turn, one after another): an input ``hyperhive``
 or ``hyperhive/…`` rebuilds every agent, ``agent-<n>`` or ``agent-<n>/…`` only ``n``. Each rebuild
 fires its ``rebuilt`` helper event; ``meta_update_running`` is published true/false around the job.
 
@@ -21,13 +22,11 @@ from typing import Any
 import attrs
 import trio
 
-from actors.event_bus import EventBus
-from actors.rebuild_queue import JobLane
-from actors.views import Views
 from hivecore.errors import HiveError
 from hivecore.meta import HYPERHIVE
-from hivecore.models import Job
-from hivecore.services.lifecycle import Lifecycle
+from hivecore.services.context import JobContext
+from hivecore.services.handles import AgentViews
+from hivecore.services.meta_build import MetaBuild
 from hivecore.wire.events import MetaUpdateRunning
 
 log = logging.getLogger(__name__)
@@ -45,36 +44,30 @@ def affected_agents(inputs: Sequence[str], agents: Sequence[str]) -> list[str]:
 
 @attrs.define
 class MetaUpdates:
-    lifecycle: Lifecycle
-    views: Views
-    bus: EventBus
-    lane: JobLane | None = None
-    """Set once the lane exists (the lane's runner is built before it)."""
+    builder: MetaBuild
+    views: AgentViews
+    """For auto_update, which runs outside any job (a job reads the views through its context)."""
 
-    def running(self) -> bool:
-        return self.lane is not None and self.lane.running_kind("meta_update") is not None
-
-    async def run_job(self, job: Job, args: Mapping[str, Any]) -> None:
+    async def run_job(self, ctx: JobContext, args: Mapping[str, Any]) -> None:
         raw = args.get("inputs", [])
         inputs = [str(i) for i in raw] if isinstance(raw, list) else []
-        meta = self.lifecycle.meta
-        if meta is None or not meta.running:
+        meta = self.builder.meta
+        if not meta.running:
             raise HiveError("the meta flake is not available")
-        assert self.lane is not None
-        self.bus.publish(MetaUpdateRunning(running=True))
+        ctx.publish(MetaUpdateRunning(running=True))
         try:
             await meta.lock_update(inputs)
-            agents = sorted(self.views.rows(), key=lambda n: (n != "hm1nd", n))
+            agents = sorted(ctx.views.rows(), key=lambda n: (n != "hm1nd", n))
             targets = affected_agents(inputs, agents)
             log.info("meta update %s: rebuilding %s", ", ".join(inputs), ", ".join(targets) or "nobody")
             failed: list[str] = []
             for name in targets:
-                queued = self.lane.busy_with(name)
+                queued = ctx.busy_with(name)
                 if queued is not None and queued.kind == "rebuild" and queued.state == "queued":
                     log.info("meta update: %s already has a rebuild queued (job %d)", name, queued.id)
                     continue  # it runs after this job, from the updated lock
                 try:
-                    await self.lane.submit("rebuild", name, source="meta_update", parent_id=job.id)
+                    await ctx.submit_child("rebuild", name, source="meta_update")
                 except HiveError as exc:
                     log.warning("meta update: rebuild of %s failed: %s", name, exc)
                     failed.append(f"{name}: {exc}")
@@ -83,16 +76,16 @@ class MetaUpdates:
                     f"meta update {', '.join(inputs)}: {len(failed)} rebuild(s) failed:\n" + "\n".join(failed)
                 )
         finally:
-            self.bus.publish(MetaUpdateRunning(running=False))
+            ctx.publish(MetaUpdateRunning(running=False))
 
     async def auto_update(self, submit: Any) -> list[str]:
         """The startup step (see the module doc); returns the agents it rebuilt. ``submit`` is the
         façade's ``rebuild`` (a journaled lane job per agent, one at a time)."""
-        meta = self.lifecycle.meta
-        if meta is None or not meta.running:
+        meta = self.builder.meta
+        if not meta.running:
             return []
         try:
-            await self.lifecycle.sync_meta()
+            await self.builder.sync()
         except HiveError as exc:
             log.error("auto_update: could not sync the meta flake: %s", exc)
         if os.environ.get(SKIP_AUTO_UPDATE_ENV) == "1":

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 
-from actors.event_bus import EventBus
 from hivecore.kick import kick_body
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, SYSTEM_SENDER
 from hivecore.services.broker import Broker
+from hivecore.services.handles import Publisher
 from hivecore.wire.events import AgentNotice
 from hivecore.wire.helper import HelperEvent, helper_to_body
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class Notifier:
-    def __init__(self, broker: Broker, bus: EventBus) -> None:
+    def __init__(self, broker: Broker, bus: Publisher) -> None:
         self._broker = broker
         self._bus = bus
 
