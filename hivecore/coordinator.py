@@ -190,8 +190,8 @@ class Coordinator:
         """Update the chosen meta inputs (checked names: :class:`~hivecore.wire.host.MetaUpdateRequest`;
         one lock update, one commit), then rebuild the agents they affect one at a time:
         ``hyperhive`` every agent, ``agent-<n>`` only n. One at a time: a second request while one
-        runs is refused. ``wait=False`` returns the accepted job at once. An input the lock does not
-        have is :class:`BadInput`."""
+        runs is refused (by the lane: ``meta_update`` is a singleton kind). ``wait=False`` returns the
+        accepted job at once. An input the lock does not have is :class:`BadInput`."""
         meta = self._lifecycle.meta
         if meta is None or not meta.running or self._meta_updates is None:
             raise NotAvailable("the meta flake is not available (hive-c0re is starting or stopping)")
@@ -202,9 +202,6 @@ class Coordinator:
             raise BadInput(
                 f"unknown meta input(s): {', '.join(unknown)}; the lock has: {', '.join(known) or 'none'}"
             )
-        running = self._lane.running_kind("meta_update")
-        if running is not None:
-            raise Refused(f"a meta update is already running (job {running.id}); wait for it to finish")
         if not wait:
             return self._lane.submit_nowait("meta_update", None, source=source, args={"inputs": names})
         return await self._lane.submit("meta_update", None, source=source, args={"inputs": names})
