@@ -85,6 +85,8 @@ class Daemon:
     """The dashboard's URLs once it serves (filled in place: the agents' spec reads the port)."""
     dashboard_app: Any = None
     """The dashboard's ASGI app once it is serving (tests reach its hooks through it)."""
+    dashboard_listeners: list[Any] = attrs.field(factory=list)
+    """The running dashboard's :class:`~hivecore.dashboard_listener.CappedListener` s (their counters)."""
 
     def dashboard_port(self) -> int:
         """The port actually bound (the configured one may be 0: ephemeral)."""
@@ -311,7 +313,8 @@ async def auto_update_child(daemon: Daemon, *, task_status: Any = trio.TASK_STAT
 
 def _dashboard_child(daemon: Daemon, web_factory: WebFactory) -> ChildSpec:
     import hypercorn.config
-    import hypercorn.trio
+
+    from hivecore import dashboard_listener
 
     config = daemon.config
     shutdown = trio.Event()
@@ -326,9 +329,17 @@ def _dashboard_child(daemon: Daemon, web_factory: WebFactory) -> ChildSpec:
         hc.errorlog = logging.getLogger("hypercorn.error")
         app = web_factory(daemon)
         daemon.dashboard_app = app
+        daemon.dashboard_listeners = []
         async with trio.open_nursery() as nursery:
             urls: list[str] = await nursery.start(
-                partial(hypercorn.trio.serve, app, hc, shutdown_trigger=shutdown.wait)
+                # a connection cap and the fd reserve at accept: agents share the host network
+                partial(
+                    dashboard_listener.serve,
+                    app,
+                    hc,
+                    shutdown_trigger=shutdown.wait,
+                    listeners_out=daemon.dashboard_listeners,
+                )
             )
             daemon.dashboard_urls[:] = urls  # in place: the agents' spec reads the port from it
             log.info("dashboard on %s", ", ".join(urls))

@@ -4,7 +4,9 @@ Every connection to an agent or the manager socket holds a daemon fd. Per-socket
 (:mod:`hivecore.sockets.mcp`) bound one agent; the *reserve* bounds all of them together: an agent
 or manager connection is refused once the descriptor it was accepted on is within
 :data:`FD_RESERVE` of the soft ``RLIMIT_NOFILE``. What is left stays for host.sock, the dashboard,
-sqlite, git/nix pipes and crash_watch, which are never refused for it.
+sqlite, git/nix pipes and crash_watch, which are never refused for it. Dashboard connections (TCP,
+so agents under the process runtime reach them too) are capped (:mod:`hivecore.dashboard_listener`)
+and stop at the last part of the reserve (:func:`in_host_reserve`), which host.sock keeps.
 
 The check is O(1) and needs no ``/proc`` walk: the kernel hands out the lowest free descriptor, so
 an accepted socket numbered ``n`` means every descriptor below ``n`` is in use.
@@ -36,6 +38,23 @@ def in_reserve(fd: int) -> bool:
     """Whether a connection accepted on descriptor ``fd`` would eat into the operator's reserve."""
     limit = soft_limit()
     return fd >= limit - reserve_for(limit)
+
+
+HOST_RESERVE_SHARE = 8
+"""The dashboard may use the reserve but not its last ``1/HOST_RESERVE_SHARE`` (32 of 256), which
+stays for host.sock, sqlite and git/nix pipes."""
+
+
+def host_reserve_for(limit: int) -> int:
+    """The part of the reserve host.sock keeps under a soft limit of ``limit``: the last
+    ``reserve_for(limit) // HOST_RESERVE_SHARE`` descriptors (at least 1)."""
+    return max(1, reserve_for(limit) // HOST_RESERVE_SHARE)
+
+
+def in_host_reserve(fd: int) -> bool:
+    """Whether a dashboard connection accepted on ``fd`` would eat into what host.sock keeps."""
+    limit = soft_limit()
+    return fd >= limit - host_reserve_for(limit)
 
 
 def raise_nofile_limit() -> tuple[int, int]:
