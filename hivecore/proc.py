@@ -8,7 +8,8 @@ What every child gets, whoever asks for it:
 * **Capped output.** ``cap`` bytes of stdout and, separately, of stderr are kept; the rest is read
   and dropped (``truncated`` says so), so a chatty child can neither block on a full pipe nor grow
   the daemon's memory.
-* **A time limit** (``time_limit`` seconds, trio's clock): past it the child's whole process group
+* **A time limit** (``time_limit`` seconds of wall-clock time, kept by a kernel timer so that a
+  test's ``MockClock`` cannot fire it early): past it the child's whole process group
   is killed and the result says ``timed_out``. Callers own the number; there is no default.
 * **Its own process group**, killed (``SIGKILL`` to the group) when the caller is cancelled or the
   time limit fires, and reaped before :func:`run` returns or raises.
@@ -92,17 +93,15 @@ def _program(argv: Sequence[object]) -> str:
     return first.replace("\0", "\\0") if isinstance(first, str) else "?"
 
 
-def _prctl() -> Callable[..., int] | None:
-    name = ctypes.util.find_library("c")
+def _libc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     except OSError:
         return None
-    fn: Callable[..., int] = libc.prctl
-    return fn
 
 
-_PRCTL = _prctl()
+_LIBC = _libc()
+_PRCTL: Callable[..., int] | None = None if _LIBC is None else _LIBC.prctl
 
 
 def _child_setup(parent: int, memory_limit: int | None) -> Callable[[], None]:
@@ -146,6 +145,52 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield from _leaves(exc)
         else:
             yield exc
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = (("it_interval", _Timespec), ("it_value", _Timespec))
+
+
+_CLOCK_MONOTONIC = 1
+_TFD_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC  # TFD_NONBLOCK | TFD_CLOEXEC share their values
+
+
+def _timerfd(seconds: float) -> int | None:
+    """A Linux timerfd that becomes readable after ``seconds`` of real (monotonic) time, or None."""
+    if _LIBC is None:
+        return None
+    fd = int(_LIBC.timerfd_create(_CLOCK_MONOTONIC, _TFD_FLAGS))
+    if fd < 0:
+        return None
+    whole = int(seconds)
+    spec = _Itimerspec(_Timespec(0, 0), _Timespec(whole, max(1, int((seconds - whole) * 1e9))))
+    if _LIBC.timerfd_settime(fd, 0, ctypes.byref(spec), None) != 0:
+        os.close(fd)
+        return None
+    return fd
+
+
+async def _cancel_after_real_time(seconds: float, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` after ``seconds`` of wall-clock time.
+
+    A child's time limit is about the child, so it is kept by the kernel (a timerfd the trio loop
+    waits on), not by trio's clock: a test's ``MockClock`` may jump trio's clock while a real child
+    runs, and that must not look like the child overran. Falls back to ``trio.sleep`` off Linux.
+    """
+    fd = _timerfd(seconds)
+    if fd is None:
+        await trio.sleep(seconds)
+    else:
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        finally:
+            trio.lowlevel.notify_closing(fd)
+            os.close(fd)
+    scope.cancel()
 
 
 async def _kill_group(proc: trio.Process) -> None:
@@ -193,28 +238,32 @@ async def run(
     if user is not None:
         options.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
     proc: trio.Process | None = None
-    with trio.move_on_after(time_limit) as deadline, _unwrap_start_error():
-        async with trio.open_nursery() as nursery:
-            proc = await nursery.start(
-                partial(
-                    trio.run_process,
-                    args,
-                    stdin=subprocess.DEVNULL if stdin is None else stdin,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    check=False,
-                    env=dict(env),
-                    cwd=cwd,
-                    start_new_session=True,
-                    preexec_fn=_child_setup(os.getpid(), memory_limit),
-                    deliver_cancel=_kill_group,
-                    **options,
+    deadline = trio.CancelScope()
+    with deadline, _unwrap_start_error():
+        async with trio.open_nursery() as outer:
+            outer.start_soon(_cancel_after_real_time, time_limit, deadline)
+            async with trio.open_nursery() as nursery:
+                proc = await nursery.start(
+                    partial(
+                        trio.run_process,
+                        args,
+                        stdin=subprocess.DEVNULL if stdin is None else stdin,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        check=False,
+                        env=dict(env),
+                        cwd=cwd,
+                        start_new_session=True,
+                        preexec_fn=_child_setup(os.getpid(), memory_limit),
+                        deliver_cancel=_kill_group,
+                        **options,
+                    )
                 )
-            )
-            assert proc.stdout is not None
-            assert proc.stderr is not None
-            nursery.start_soon(drain, proc.stdout, out)
-            nursery.start_soon(drain, proc.stderr, err)
+                assert proc.stdout is not None
+                assert proc.stderr is not None
+                nursery.start_soon(drain, proc.stdout, out)
+                nursery.start_soon(drain, proc.stderr, err)
+            outer.cancel_scope.cancel()  # the child is done: stop the watchdog
     if proc is None:  # the deadline fired before the child started
         return Result(-int(signal.SIGKILL), b"", b"", truncated=False, timed_out=True)
     if deadline.cancelled_caught:

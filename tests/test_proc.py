@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from hivecore import proc
 from tests.waiting import eventually
@@ -155,3 +156,15 @@ async def test_runs_as_the_given_user(tmp_path: Path) -> None:
 async def test_a_missing_program_is_a_plain_oserror(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         await proc.run([str(tmp_path / "no-such-program")], env=ENV, time_limit=10)
+
+
+async def test_a_mock_clock_jumping_ahead_does_not_time_a_child_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The time limit is wall-clock (a kernel timer): while a real child runs and every task waits,
+    an autojump clock leaps trio's time forward, and that must not read as the child overrunning."""
+    started = trio.current_time()
+    result = await proc.run(["sleep", "0.5"], env=ENV, time_limit=30)
+    assert not result.timed_out
+    assert result.returncode == 0
+    assert trio.current_time() == started  # nothing else waited on trio's clock
