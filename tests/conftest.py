@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
+import hypothesis
 import pytest
 import trio
 
@@ -28,6 +29,11 @@ from tests.procs import kill_everything_under
 
 if TYPE_CHECKING:
     from hivecore.daemon import Daemon
+
+# property tests check what the code answers, never how fast: hypothesis's per-example deadline
+# (200 ms by default) fails them at random on a loaded 2-core machine (speed lives in bench/)
+hypothesis.settings.register_profile("hivecore", deadline=None)
+hypothesis.settings.load_profile("hivecore")
 
 # the startup auto_update (a hyperhive bump and a rebuild of every stale agent) is skipped in the
 # suite; tests of it unset this with monkeypatch
