@@ -13,7 +13,7 @@ run:
 
 test:
 	@.ci/setup.sh
-	timeout 1200 .venv/bin/python -m pytest -q
+	timeout 2700 .venv/bin/python -m pytest -q --durations=15
 
 lint:
 	@.ci/setup.sh --no-browser
