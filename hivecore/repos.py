@@ -29,7 +29,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -111,23 +111,6 @@ class GitFailure(HiveError):
 
 class BuildFailed(HiveError):
     """An agent's config does not build; the message carries the useful lines of the error."""
-
-
-ProcResult = proc.Result
-"""Kept as a name for callers of :func:`run_capped`; see :class:`hivecore.proc.Result`."""
-
-
-async def run_capped(
-    cmd: Sequence[str],
-    *,
-    env: Mapping[str, str],
-    cwd: Path | None = None,
-    cap: int = OUTPUT_CAP,
-    time_limit: float = GIT_TIMEOUT,
-) -> ProcResult:
-    """Run ``cmd`` through :func:`hivecore.proc.run` (capped output, group killed on timeout or
-    cancellation, killed with the daemon); ``result.timed_out`` says the time limit fired."""
-    return await proc.run(cmd, env=env, cwd=cwd, cap=cap, time_limit=time_limit)
 
 
 def git_binary() -> str:
@@ -300,7 +283,7 @@ class Repos:
         cap: int = OUTPUT_CAP,
         env: Mapping[str, str] | None = None,
         user: Credentials | None = None,
-    ) -> ProcResult:
+    ) -> proc.Result:
         """``git -C repo args`` with every program-running config key off (hooks, fsmonitor,
         pagers, external diffs, ssh, gpg…), no user/system config and no replace refs; as ``user``
         when given. Raises :class:`GitFailure` naming ``what`` on failure."""
