@@ -260,10 +260,13 @@ async def serve(config: Config) -> None:
     from hivecore.daemon import limit_worker_threads
     from hivecore.daemon import main as daemon_main
     from hivecore.fdlimit import raise_nofile_limit
+    from hivecore.runtime.process import seal_inherited_fds
     from hivecore.shutdown import exit_watchdog
 
     limit_worker_threads()  # the daemon alone in this process: see its docstring
     raise_nofile_limit()  # agents' connections stop at a reserve below it (hivecore.fdlimit)
+    if sealed := seal_inherited_fds():  # no child (agent, git, nix) gets what our parent left open
+        log.info("fds inherited from the parent, now closed on exec: %s", ", ".join(map(str, sealed)))
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             from web.app import daemon_app

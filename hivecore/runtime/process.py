@@ -476,10 +476,11 @@ class ProcessRuntime:
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, str(rundir / SHIM_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
             (os.POSIX_SPAWN_DUP2, 1, 2),
-            # posix_spawn keeps every inheritable fd: close them, or a detached agent would hold
-            # whatever pipe the daemon's parent left open (a CI log, a terminal) for its lifetime
-            *((os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()),
         ]
+        # posix_spawn keeps every inheritable fd, or a detached agent would hold whatever pipe the
+        # daemon's parent left open (a CI log, a terminal) for its lifetime. Not close actions: glibc
+        # refuses one for an fd at or above the soft open-files limit (EBADF, no agent starts).
+        seal_inherited_fds()
         try:
             return os.posix_spawn(
                 sys.executable,
@@ -528,18 +529,26 @@ def _valid_name(name: str) -> bool:
     return True
 
 
-def _inheritable_fds() -> list[int]:
-    """Open fds above stderr that a spawned process would inherit."""
-    fds = []
+def seal_inherited_fds() -> list[int]:
+    """Mark every inheritable fd above stderr close-on-exec; returns the fds it marked. Blocking.
+
+    Python opens every fd of its own close-on-exec (PEP 446): an inheritable one was left open by
+    whoever started this process (a CI log pipe, ``exec 300>f`` in a shell). ``fcntl`` reaches any
+    open fd, also one at or above the soft open-files limit, which ``posix_spawn``'s close actions
+    cannot name. ``hive-c0re serve`` calls this at start; every agent start calls it again (cheap:
+    one listing of ``/proc/self/fd``), so what the parent left open never reaches an agent.
+    """
+    sealed = []
     for entry in os.listdir("/proc/self/fd"):
         fd = int(entry)
         if fd > 2:
             try:
                 if os.get_inheritable(fd):
-                    fds.append(fd)
+                    os.set_inheritable(fd, False)
+                    sealed.append(fd)
             except OSError:
                 pass  # the fd listdir itself used, closed by now
-    return fds
+    return sealed
 
 
 def _shim_env(env: Mapping[str, str]) -> dict[str, str]:
