@@ -81,6 +81,12 @@ class Verb:
     stream: bool = False
     """The surface's server answers it itself, because the answer is tied to the connection
     (``subscribe_agent_status``'s stream, ``recv``'s lease and put-back, ``ack_turn``'s lease)."""
+    harness_only: bool = False
+    """Turn plumbing the agent harness drives (``recv``, ``ack_turn``): on the agent and manager
+    sockets, never an MCP tool (``hive-mcp`` leaves it out), so the model cannot ack its own turn."""
+    tool_help: str | None = None
+    """The MCP tool's description when it should say more than :attr:`help` (limits, what to do
+    instead); ``None``: :attr:`help`."""
 
     def __post_init__(self) -> None:
         for surface in self.surfaces:
@@ -90,6 +96,13 @@ class Verb:
             raise ValueError(f"verb {self.key}: a dashboard row needs a route, and only it")
         if ("hivectl" in self.surfaces) != bool(self.commands):
             raise ValueError(f"verb {self.key}: a hivectl row needs a command, and only it")
+        if self.harness_only and not self.surfaces <= {"manager_sock", "agent_sock"}:
+            raise ValueError(f"verb {self.key}: only agent and manager socket rows can be harness-only")
+
+    @property
+    def description(self) -> str:
+        """What a model reads about this verb as an MCP tool."""
+        return self.tool_help or self.help
 
 
 # --- form fields (dashboard) ---------------------------------------------------------------------

@@ -44,6 +44,8 @@ def _row(
     route: Route | None = None,
     commands: tuple[Command, ...] = (),
     stream: bool = False,
+    harness_only: bool = False,
+    tool_help: str | None = None,
 ) -> Verb:
     return Verb(
         key=key,
@@ -54,6 +56,8 @@ def _row(
         route=route,
         commands=commands,
         stream=stream,
+        harness_only=harness_only,
+        tool_help=tool_help,
     )
 
 
@@ -307,6 +311,10 @@ VERBS: tuple[Verb, ...] = (
         "letter); description is shown on the approval card.",
         "operator manager",
         "host_sock hivectl dashboard manager_sock",
+        tool_help="Ask the operator to approve spawning a new agent. name: 1-9 characters of a-z, 0-9 "
+        "and '-', starting with a letter; description (optional) is what the operator reads on the "
+        "approval card: say what the agent is for. Returns the approval id; the decision arrives later "
+        "as an approval_resolved event from system.",
         route=Route(
             "/request-spawn",
             lambda f: {
@@ -364,6 +372,9 @@ VERBS: tuple[Verb, ...] = (
         "Ask the operator to approve seeding a config repo for a new agent.",
         "manager",
         "manager_sock",
+        tool_help="Ask the operator to approve seeding a config repo (agent.nix) for a new agent name, "
+        "before proposing its config. Returns the approval id; config_ready arrives from system once "
+        "it is seeded.",
     ),
     _row(
         "request_apply_commit",
@@ -371,6 +382,10 @@ VERBS: tuple[Verb, ...] = (
         "config repo; the commit is pinned at once, so what is reviewed is what is built.",
         "manager",
         "manager_sock",
+        tool_help="Ask the operator to approve deploying a commit of an agent's proposed config repo "
+        "(commit your change there first). agent: the agent's name (hm1nd for yourself); commit_ref: "
+        "7-40 hex digits of the commit; description: what changes and why. The commit is pinned at "
+        "once: later commits need a new request. Returns the approval id.",
     ),
     _row(
         "request_update_meta_inputs",
@@ -395,6 +410,11 @@ VERBS: tuple[Verb, ...] = (
         "4096 bytes; in_reply_to names the message answered.",
         "manager agent",
         "manager_sock agent_sock",
+        tool_help="Send a message: to an agent by name, 'manager', 'operator', or '*' (every agent; a "
+        "broadcast may not need action from each reader). The body is at most 4096 bytes (UTF-8): put "
+        "longer content in a file in your state dir and send its path. in_reply_to is the id of the "
+        "message you answer. It is queued at once; the answer, if any, arrives as a later turn. "
+        "Returns the queued message ids.",
     ),
     _row(
         "recv",
@@ -403,6 +423,7 @@ VERBS: tuple[Verb, ...] = (
         "manager agent",
         "manager_sock agent_sock",
         stream=True,
+        harness_only=True,
     ),
     _row(
         "ack_turn",
@@ -410,6 +431,7 @@ VERBS: tuple[Verb, ...] = (
         "manager agent",
         "manager_sock agent_sock",
         stream=True,
+        harness_only=True,
     ),
     _row(
         "whoami", "Say who this socket is: name, inbox and role.", "manager agent", "manager_sock agent_sock"
@@ -420,6 +442,8 @@ VERBS: tuple[Verb, ...] = (
         "Set this agent's status text (at most 1024 bytes), shown to the operator.",
         "agent",
         "agent_sock",
+        tool_help="Set your status text, shown on the operator's dashboard next to your name: one "
+        "short line about what you are doing (at most 1024 bytes). Returns your status row.",
     ),
     # --- the manager's lifecycle verbs (one agent by name; never the manager itself) ---
     _row(

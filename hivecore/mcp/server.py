@@ -1,0 +1,162 @@
+"""``hive-mcp``: the hive's MCP server (stdio) for the one principal whose socket ``HIVE_SOCKET`` names.
+
+Server name ``hyperhive``: Claude Code names its tools ``mcp__hyperhive__<verb>``. Who the tools are
+for is asked of the socket itself (``whoami``: its ``role``), once, at the first ``tools/list`` or
+``tools/call``; identity is the socket, as for every other client. The tools are
+:func:`hivecore.mcp.tools.tools` of that role. Every call opens a connection, sends one request line,
+reads one answer line and closes (so an idle agent holds no extra connection, and a daemon restart
+between calls costs nothing). A daemon refusal is a tool result with ``isError`` carrying the
+daemon's message; an unreachable daemon is a tool error saying so. The server itself never fails on
+a call: it keeps serving until its stdin closes.
+
+Environment: ``HIVE_SOCKET`` (required), ``HIVE_MCP_CALL_TIMEOUT`` (seconds a call may take, default
+900: a manager ``update`` waits for a rebuild).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+
+from hivecore.mcp import tools as hive_tools
+
+log = logging.getLogger("hivecore.mcp")
+
+SERVER_NAME = "hyperhive"
+DEFAULT_CALL_TIMEOUT = 900.0
+MAX_ANSWER = 8 * 1024 * 1024
+"""The longest answer line read from the daemon (bytes)."""
+INSTRUCTIONS = (
+    "The hive's tools: talk to other agents, the manager and the operator, and (for the manager) "
+    "manage agents and ask the operator for approvals. Messages to you arrive as turns; you do not "
+    "poll for them."
+)
+
+
+class DaemonUnreachable(Exception):
+    """The socket could not be reached or answered nothing readable; the message says which."""
+
+
+class SocketClient:
+    """One request per connection on a JSON-lines Unix socket."""
+
+    def __init__(self, path: str, timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    async def request(self, line: bytes) -> bytes:
+        """Send ``line`` (ending in a newline); the answer line without its newline."""
+        with anyio.move_on_after(self.timeout) as scope:
+            try:
+                stream = await anyio.connect_unix(self.path)
+            except OSError as exc:
+                raise DaemonUnreachable(
+                    f"cannot reach the hive at {self.path}: {exc.strerror or exc}; the daemon may be "
+                    "restarting, try again shortly"
+                ) from None
+            async with stream:
+                try:
+                    await stream.send(line)
+                    buf = bytearray()
+                    while (i := buf.find(b"\n")) < 0:
+                        if len(buf) > MAX_ANSWER:
+                            raise DaemonUnreachable("the daemon's answer is too long")
+                        buf += await stream.receive(65536)
+                    return bytes(buf[:i])
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    raise DaemonUnreachable("the daemon closed the connection without answering") from None
+        assert scope.cancel_called
+        raise DaemonUnreachable(f"the daemon did not answer within {self.timeout:g} s")
+
+
+class HiveTools:
+    """The principal's tools, learnt from the socket on first use, and the calls."""
+
+    def __init__(self, client: SocketClient) -> None:
+        self.client = client
+        self._tools: Mapping[str, hive_tools.Tool] | None = None
+        self._lock = anyio.Lock()
+
+    async def known(self) -> Mapping[str, hive_tools.Tool]:
+        async with self._lock:
+            if self._tools is None:
+                answer = await self.client.request(b'{"cmd":"whoami"}\n')
+                is_error, text, fields = hive_tools.result_of(answer)
+                if is_error:
+                    raise DaemonUnreachable(f"the hive did not say who this socket is: {text}")
+                role = (fields.get("whoami") or {}).get("role")
+                self._tools = {t.name: t for t in hive_tools.tools(str(role))}
+            return self._tools
+
+    async def list_tools(
+        self, ctx: Any, params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        known = await self.known()
+        return types.ListToolsResult(
+            tools=[
+                types.Tool(name=t.name, description=t.description, input_schema=dict(t.input_schema))
+                for t in known.values()
+            ]
+        )
+
+    async def call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        try:
+            line = hive_tools.request_line(params.name, params.arguments, await self.known())
+            is_error, text, fields = hive_tools.result_of(await self.client.request(line))
+        except (hive_tools.ToolError, DaemonUnreachable) as exc:
+            is_error, text, fields = True, str(exc), {}
+        return types.CallToolResult(
+            content=[types.TextContent(text=text)],
+            structured_content=fields if not is_error else None,
+            is_error=is_error,
+        )
+
+
+def build(client: SocketClient) -> Server[Any]:
+    """The SDK server serving ``client``'s principal."""
+    hive = HiveTools(client)
+    return Server(
+        SERVER_NAME,
+        version="1",
+        instructions=INSTRUCTIONS,
+        on_list_tools=hive.list_tools,
+        on_call_tool=hive.call_tool,
+    )
+
+
+async def serve(client: SocketClient) -> None:
+    """Serve MCP on stdin/stdout until stdin closes."""
+    server = build(client)
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve on stdio; 2 (a sentence on stderr) when the environment names no usable socket."""
+    logging.basicConfig(level=logging.WARNING, format="hive-mcp: %(levelname)s %(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    if args:
+        sys.stderr.write("usage: hive-mcp (no arguments; the socket is HIVE_SOCKET)\n")
+        return 2
+    path = os.environ.get("HIVE_SOCKET", "")
+    if not path:
+        sys.stderr.write("hive-mcp: HIVE_SOCKET must name the agent's (or the manager's) socket\n")
+        return 2
+    raw = os.environ.get("HIVE_MCP_CALL_TIMEOUT", "")
+    try:
+        timeout = float(raw) if raw else DEFAULT_CALL_TIMEOUT
+    except ValueError:
+        timeout = -1.0
+    if not timeout > 0:
+        sys.stderr.write(f"hive-mcp: HIVE_MCP_CALL_TIMEOUT must be a positive number, not {raw!r}\n")
+        return 2
+    anyio.run(serve, SocketClient(path, timeout), backend="trio")
+    return 0
