@@ -1,11 +1,11 @@
 """The meta lock actor (reference §3 ``META_LOCK``): the only path to the meta repo.
 
 Every operation (``sync``, ``lock_update``, ``lock_update_for_rebuild``, ``lock_update_hyperhive``,
-``read_meta_inputs``, ``evaluate``) is a message on a memory channel; one task runs them in order, so
-no two git or nix commands ever touch ``<state>/meta`` at once. A caller that is cancelled abandons
-the answer; the operation it asked for still runs to its end. A shutdown (or kill -9) mid-operation
-may leave ``.git/index.lock`` or an uncommitted lock file: the next start cleans the first and the
-next ``sync`` commits the second.
+``read_meta_inputs``, ``evaluate``, ``build_system``) is a message on a memory channel; one task
+runs them in order, so no two git or nix commands ever touch ``<state>/meta`` at once. A caller that
+is cancelled abandons the answer; the operation it asked for still runs to its end. A shutdown (or
+kill -9) mid-operation may leave ``.git/index.lock`` or an uncommitted lock file: the next start
+cleans the first and the next ``sync`` commits the second.
 
 At start the actor removes a ``.git/index.lock`` a crash left (logged) and seeds the base flake.
 After each lock change it refreshes its cached input list (``inputs()``, for ``/api/state``) and
@@ -109,6 +109,9 @@ class MetaLock:
 
     async def evaluate(self, name: str) -> AgentSpec:
         return await self._call("evaluate", lambda: self.repo.evaluate(name))
+
+    async def build_system(self, name: str) -> str:
+        return await self._call("build_system", lambda: self.repo.build_system(name))
 
     # --- the actor -------------------------------------------------------------------------------
 

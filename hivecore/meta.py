@@ -54,6 +54,10 @@ NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 BASE_TEMPLATE_FILES = ("flake.nix",)
 DEPLOYED_DIR = "deployed"
 TEMPLATE_MARKER = "# hivecore meta template"
+STORE_PATH = re.compile(r"/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+._?=-]+")
+STORE_DRV = re.compile(r"/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+._?=-]+\.drv")
+BUILD_TIME_LIMIT = 3600.0
+"""Seconds a container system's build (``nix-store --realise``) may take."""
 """The first line of every rendered flake.nix."""
 
 
@@ -109,14 +113,29 @@ def render_flake(hyperhive_url: str, agents: Iterable[AgentEntry]) -> str:
             "      };"
         )
         agent = f"self.hiveAgents.{nix_str(a.name)}"
-        nixos.append(f'      {nix_str(a.name)} = {{ _type = "hive-placeholder"; agent = {agent}; }};')
+        nixos.append(
+            f'      {nix_str(a.name)} = {{ _type = "hive-placeholder"; agent = {agent}; '
+            f"config.system.build.toplevel = hiveSystem {nix_str(a.name)} {agent}; }};"
+        )
     return (
         f"{TEMPLATE_MARKER}\n"
         "# Rendered by hive-c0re from the agent set; do not edit (it is re-rendered on every sync).\n"
         "{\n"
         "  inputs = {\n" + "\n".join(inputs) + "\n  };\n\n"
         "  outputs = { self, hyperhive, ... }@inputs:\n"
-        "    let mkAgent = hyperhive.lib.mkAgent; in {\n"
+        "    let\n"
+        "      mkAgent = hyperhive.lib.mkAgent;\n"
+        "      # a stand-in system closure (a store dir holding the evaluated agent) until the base\n"
+        "      # flake provides NixOS systems; built like one: evaluated confined, realised by the daemon\n"
+        "      hiveSystem = name: agent: derivation {\n"
+        '        name = "hive-system-${name}";\n'
+        '        system = "builtin";\n'
+        '        builder = "builtin:buildenv";\n'
+        "        derivations = [ ];\n"
+        '        manifest = builtins.toFile "hive-agent-${name}.json"\n'
+        "          (builtins.toJSON { inherit (agent) command env; });\n"
+        "      };\n"
+        "    in {\n"
         "    hiveAgents = {\n" + "\n".join(hive) + "\n    };\n"
         "    nixosConfigurations = {\n" + "\n".join(nixos) + "\n    };\n"
         "  };\n"
@@ -514,6 +533,77 @@ class MetaRepo:
     async def lock_data(self) -> Any:
         return await trio.to_thread.run_sync(read_lock_file, self.dir)
 
+    async def _confinement(self, name: str, what: str) -> tuple[list[str], Evaluator | None]:
+        """The options and the evaluator of a confined evaluation of agent ``name``: only the base
+        flake (and its locked inputs) and this agent's applied repo may be fetched."""
+        lock = await self.lock_data()
+        options = eval_options(agent_allowed_uris(lock, agent_input(name), HYPERHIVE))
+        try:
+            user = await trio.to_thread.run_sync(agent_users.evaluator, self.paths)
+        except OSError as exc:
+            raise BuildFailed(f"{what}: cannot prepare the evaluator: {exc}") from None
+        return options, user
+
+    async def build_system(self, name: str) -> str:
+        """The nixos runtime's container system of ``name``: its ``/nix/store`` path.
+
+        ``nixosConfigurations.<n>.config.system.build.toplevel.drvPath`` is evaluated **confined**
+        (exactly as :meth:`evaluate`: restrict-eval, allowed-uris, no import-from-derivation, the
+        evaluator uid on its own store, memory and time limits); the derivation (inert data: a build
+        recipe and its sources) is copied into the host store (``nix copy --derivation``) and
+        realised there (``nix-store --realise``: nix's sandboxed builders; nothing is evaluated).
+        ``nixos-container`` then only gets the store path. :class:`BuildFailed` names what broke.
+        """
+        what = f"the system of {name} does not build"
+        options, user = await self._confinement(name, what)
+        attr = f'{self.dir}#nixosConfigurations."{name}".config.system.build.toplevel.drvPath'
+        out = await self.nix(
+            "eval",
+            "--raw",
+            "--no-write-lock-file",
+            attr,
+            what=what,
+            error=BuildFailed,
+            options=options,
+            user=user,
+        )
+        drv = out.decode(errors="replace").strip()
+        if STORE_DRV.fullmatch(drv) is None:
+            raise BuildFailed(f"{what}: its toplevel is not a derivation ({drv[:200]!r})")
+        nix = self._nix or nix_binary()
+        if user is not None:
+            _, store, _ = user
+            await self._host_nix(
+                [nix, *NIX_FEATURES, "copy", "--no-check-sigs", "--derivation", "--from", str(store), drv],
+                what=f"{what}: copying {drv} from the evaluator's store",
+            )
+        realised = await self._host_nix(
+            [str(Path(nix).with_name("nix-store")) if "/" in nix else "nix-store", "--realise", drv],
+            what=f"{what}: building {drv}",
+            time_limit=BUILD_TIME_LIMIT,
+        )
+        paths = realised.decode(errors="replace").split()
+        if len(paths) != 1 or STORE_PATH.fullmatch(paths[0]) is None:
+            raise BuildFailed(f"{what}: {drv} did not build one store path ({paths[:4]!r})")
+        return paths[0]
+
+    async def _host_nix(self, argv: list[str], *, what: str, time_limit: float | None = None) -> bytes:
+        """A nix step that evaluates nothing (copy a derivation, realise one), run as the daemon
+        with the host's nix configuration (``NIX_CONFIG`` of the daemon kept)."""
+        env = eval_env()
+        if "NIX_CONFIG" in os.environ:
+            env["NIX_CONFIG"] = os.environ["NIX_CONFIG"]
+        limit = time_limit if time_limit is not None else self.eval_limits.time
+        try:
+            result = await proc.run(argv, env=env, time_limit=limit)
+        except OSError as exc:
+            raise BuildFailed(f"{what}: cannot run nix: {exc.strerror or exc}") from None
+        if result.timed_out:
+            raise BuildFailed(f"{what}: did not finish within {limit:g} s")
+        if result.returncode != 0:
+            raise BuildFailed(f"{what}:\n{useful_lines(result.stderr)}")
+        return result.stdout
+
     async def evaluate(self, name: str) -> AgentSpec:
         """``nix eval --json <meta>#hiveAgents.<n>``, confined: the command and environment to run.
 
@@ -524,12 +614,7 @@ class MetaRepo:
         """
         attr = f"{self.dir}#hiveAgents.{name}"
         what = f"agent.nix of {name} does not evaluate"
-        lock = await self.lock_data()
-        options = eval_options(agent_allowed_uris(lock, agent_input(name), HYPERHIVE))
-        try:
-            user = await trio.to_thread.run_sync(agent_users.evaluator, self.paths)
-        except OSError as exc:
-            raise BuildFailed(f"{what}: cannot prepare the evaluator: {exc}") from None
+        options, user = await self._confinement(name, what)
         out = await self.nix(
             "eval",
             "--json",

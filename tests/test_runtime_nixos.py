@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -58,6 +60,13 @@ class Stub:
     units: Path
     state: Path
     run: Path
+
+    @property
+    def profiles(self) -> Path:
+        return self.dir.parent / "profiles"
+
+    def profile(self, container: str) -> str:
+        return os.path.realpath(self.profiles / container / "system")
 
     def dropin(self, container: str) -> Path:
         return self.units / f"container@{container}.service.d" / "hive-resources.conf"
@@ -110,8 +119,27 @@ def make_runtime(stub: Stub, **limits: str) -> NixosRuntime:
         runtime_dir=stub.run,
         conf_dir=stub.conf,
         unit_dir=stub.units,
+        profile_dir=stub.profiles,
         **limits,
     )
+
+
+def _a_store_path() -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "hive-system-stand-in")
+        path.write_text("a stand-in for a built container system\n")
+        out = subprocess.run(["nix-store", "--add", str(path)], capture_output=True, check=True, timeout=60)
+    return out.stdout.decode().strip()
+
+
+SYSTEM = _a_store_path()
+"""A real, valid store path standing for a built container system: ``nix-env --set`` (real) accepts
+it. The daemon builds the real one confined (``tests/test_nixos_build_confined.py``)."""
+MISSING_SYSTEM = "/nix/store/00000000000000000000000000000000-hive-system-alpha"
+
+
+def spec(name: str, system: str = SYSTEM) -> AgentSpec:
+    return AgentSpec(name=name, command=(), system_path=system)
 
 
 @pytest.fixture
@@ -177,10 +205,10 @@ async def test_wait_exit_is_not_supported(runtime: NixosRuntime, stub: Stub) -> 
 
 async def test_create_new_container_binds_and_resources(runtime: NixosRuntime, stub: Stub) -> None:
     (stub.state / "applied" / "alpha").mkdir(parents=True)  # seeded by spawn before create
-    await runtime.create(AgentSpec(name="alpha", command=()))
+    await runtime.create(spec("alpha"))
     assert stub.calls() == [
         "nixos-container list",
-        f"nixos-container create h-alpha --flake {stub.meta}#alpha",
+        f"nixos-container create h-alpha --system-path {SYSTEM}",
         "systemctl daemon-reload",
     ]
     # the stub's nixos-container wrote a private-network .conf with a stray bind: hygiene + our binds
@@ -197,10 +225,10 @@ async def test_create_new_container_binds_and_resources(runtime: NixosRuntime, s
 
 
 async def test_manager_is_unprefixed_and_binds_the_hive(runtime: NixosRuntime, stub: Stub) -> None:
-    await runtime.create(AgentSpec(name="hm1nd", command=()))
+    await runtime.create(spec("hm1nd"))
     await runtime.start("hm1nd")
     assert stub.calls()[1:] == [
-        f"nixos-container create hm1nd --flake {stub.meta}#hm1nd",
+        f"nixos-container create hm1nd --system-path {SYSTEM}",
         "systemctl daemon-reload",
         "nixos-container start hm1nd",  # drop-in unchanged since create: no second reload
     ]
@@ -218,17 +246,21 @@ async def test_manager_is_unprefixed_and_binds_the_hive(runtime: NixosRuntime, s
     assert stat.S_IMODE((stub.run / "manager").stat().st_mode) == 0o751
 
 
-async def test_create_existing_updates_with_flake_ref(runtime: NixosRuntime, stub: Stub) -> None:
+async def test_create_existing_sets_the_profile(runtime: NixosRuntime, stub: Stub) -> None:
+    """An existing container is updated: its system profile points at the built system (set with
+    nix-env, as ``nixos-container update`` does after its own build), never a flake; a ``FLAKE=``
+    line a previous create left is dropped (a bare ``nixos-container update`` would evaluate it)."""
     stub.set("containers", "h-alpha")
     conf = stub.conf / "h-alpha.conf"
-    conf.write_text("HOST_ADDRESS6=fc00::1\nLOCAL_ADDRESS6=fc00::2\n")
+    conf.write_text("HOST_ADDRESS6=fc00::1\nLOCAL_ADDRESS6=fc00::2\nFLAKE=/var/lib/hyperhive/meta#alpha\n")
     conf.chmod(0o640)
-    await runtime.create(AgentSpec(name="alpha", command=(), flake_ref="/elsewhere#alpha"))
+    await runtime.create(spec("alpha"))
     assert stub.calls() == [
         "nixos-container list",
-        "nixos-container update h-alpha --flake /elsewhere#alpha",
+        "nixos-container status h-alpha",  # down: nothing to reload
         "systemctl daemon-reload",
     ]
+    assert stub.profile("h-alpha") == SYSTEM
     assert conf.read_text() == (
         f'HOST_ADDRESS6=\nLOCAL_ADDRESS6=\nPRIVATE_NETWORK=0\nEXTRA_NSPAWN_FLAGS="{stub.flags("alpha")}"\n'
     )
@@ -242,11 +274,12 @@ async def test_update_reconciles_conf_and_resources(stub: Stub, caplog: pytest.L
     conf.write_text(
         '# kept\nPRIVATE_NETWORK=1\nEXTRA_NSPAWN_FLAGS="--bind=/etc:/etc"\nEXTRA_NSPAWN_FLAGS=x\n'
     )
-    await make_runtime(stub).update(AgentSpec(name="alpha", command=()))
-    await make_runtime(stub).update(AgentSpec(name="alpha", command=()))
-    await make_runtime(stub, memory_max="512M", cpu_quota="50%").update(AgentSpec(name="alpha", command=()))
-    update = f"nixos-container update h-alpha --flake {stub.meta}#alpha"
+    await make_runtime(stub).update(spec("alpha"))
+    await make_runtime(stub).update(spec("alpha"))
+    await make_runtime(stub, memory_max="512M", cpu_quota="50%").update(spec("alpha"))
+    update = "nixos-container status h-alpha"
     assert stub.calls() == [update, "systemctl daemon-reload", update, update, "systemctl daemon-reload"]
+    assert stub.profile("h-alpha") == SYSTEM
     assert conf.read_text() == f'# kept\nPRIVATE_NETWORK=0\nEXTRA_NSPAWN_FLAGS="{stub.flags("alpha")}"\n'
     assert stub.dropin("h-alpha").read_text() == RESOURCES_4G.replace("4G", "512M").replace("200%", "50%")
     # the applied repo was never seeded here: logged (nspawn would refuse to start), not created
@@ -271,11 +304,10 @@ async def test_start_restores_lost_host_state(runtime: NixosRuntime, stub: Stub)
 
 
 async def test_failed_update_does_not_reconcile(runtime: NixosRuntime, stub: Stub) -> None:
-    stub.set("fail-update")
-    with pytest.raises(RuntimeFailure, match="update exploded"):
-        await runtime.update(AgentSpec(name="alpha", command=()))
+    with pytest.raises(RuntimeFailure, match=r"`nix-env -p .*h-alpha/system --set .*` failed"):
+        await runtime.update(spec("alpha", MISSING_SYSTEM))
     assert not stub.dropin("h-alpha").exists()
-    assert stub.calls() == [f"nixos-container update h-alpha --flake {stub.meta}#alpha"]
+    assert stub.calls() == []
 
 
 async def test_unsafe_bind_path_is_refused_before_anything_runs(stub: Stub, tmp_path: Path) -> None:
@@ -286,8 +318,8 @@ async def test_unsafe_bind_path_is_refused_before_anything_runs(stub: Stub, tmp_
     )
     attempts: list[Callable[[], Awaitable[object]]] = [
         lambda: rt.start("alpha"),
-        lambda: rt.create(AgentSpec(name="alpha", command=())),
-        lambda: rt.update(AgentSpec(name="alpha", command=())),
+        lambda: rt.create(spec("alpha")),
+        lambda: rt.update(spec("alpha")),
     ]
     for attempt in attempts:
         with pytest.raises(RuntimeFailure, match=r"cannot bind .*my state.* only letters, digits"):
@@ -347,9 +379,9 @@ async def test_failure_carries_stderr(runtime: NixosRuntime, stub: Stub) -> None
         RuntimeFailure, match=r"`nixos-container start h-alpha` failed \(exit 1\): .*start exploded"
     ):
         await runtime.start("alpha")
-    stub.set("fail-update")
-    with pytest.raises(RuntimeFailure, match="update exploded"):
-        await runtime.update(AgentSpec(name="alpha", command=()))
+    stub.set("fail-create")
+    with pytest.raises(RuntimeFailure, match="create exploded"):
+        await runtime.create(spec("alpha"))
 
 
 async def test_failing_probe_raises_runtime_failure(runtime: NixosRuntime, stub: Stub) -> None:

@@ -27,7 +27,10 @@ class AgentSpec:
     command: tuple[str, ...]
     env: Mapping[str, str] = attrs.field(factory=dict)
     flake_ref: str | None = None
-    """``<meta>#<name>`` for the nixos runtime; unused by the process runtime."""
+    """``<meta>#<name>``: where the spec was evaluated from (recorded; nothing runs it)."""
+    system_path: str | None = None
+    """The nixos runtime's container system (a ``/nix/store`` path the daemon built confined:
+    :meth:`hivecore.meta.MetaRepo.build_system`); unused by the process runtime."""
 
 
 @attrs.frozen(kw_only=True)

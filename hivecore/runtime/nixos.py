@@ -4,9 +4,11 @@ Every action shells out (``trio.run_process``, output captured); a non-zero exit
 :class:`~hivecore.errors.RuntimeFailure` carrying the command's stderr.
 
 ================  ==========================================================================
-create            ``nixos-container create <c> --flake <meta>#<name>`` (an existing container is
+create            ``nixos-container create <c> --system-path <path>`` (an existing container is
                   updated instead), then host-side reconcile (below)
-update            ``nixos-container update <c> --flake <meta>#<name>``, then host-side reconcile
+update            ``nix-env -p <profiles>/<c>/system --set <path>`` (what ``nixos-container update``
+                  does after its build), ``systemctl reload container@<c>`` if it is up (as
+                  ``nixos-container update`` does), then host-side reconcile
 start             host-side reconcile, then ``nixos-container start <c>``
 stop              ``nixos-container stop <c>``
 stop, not         ``machinectl terminate <c>``: machined kills every process of the container at
@@ -21,6 +23,13 @@ list              ``nixos-container list``; per container ``nixos-container stat
                   exist)
 wait_exit         not supported (``can_wait_exit = False``): raises ``NotImplementedError``
 ================  ==========================================================================
+
+``<path>`` is ``AgentSpec.system_path``: the container's system closure, which the daemon evaluated
+**confined** and built itself (:meth:`hivecore.meta.MetaRepo.build_system`: restrict-eval, the
+evaluator uid, memory and time limits). ``nixos-container`` is never given ``--flake`` or
+``--config``: both make it evaluate the (manager-written, approved) agent config as root with none of
+those limits. A spec without a system path is refused. A ``FLAKE=`` line (which makes a bare
+``nixos-container update`` re-evaluate as root) is dropped from every ``.conf``.
 
 ``<c>`` is :func:`~hivecore.runtime.base.container_name`: ``h-<name>``, the manager ``hm1nd``
 unprefixed. Other containers on the host (``hive-forge``, ``hive-gateway`` …) are ignored.
@@ -68,6 +77,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONF_DIR = Path("/etc/nixos-containers")
 DEFAULT_UNIT_DIR = Path("/run/systemd/system")
+DEFAULT_PROFILE_DIR = Path("/nix/var/nix/profiles/per-container")
+"""Where ``nixos-container`` keeps each container's ``system`` profile (``<dir>/<c>/system``)."""
+_STORE_PATH = re.compile(r"/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+._?=-]+")
 RESOURCES_DROPIN = "hive-resources.conf"
 CONTAINER_SOCKET = "/run/hive/mcp.sock"
 """The agent's (and the manager's) socket as seen inside its container: what ``HIVE_SOCKET`` must be
@@ -82,13 +94,15 @@ TIME_LIMIT = 120.0
 """Seconds a ``nixos-container``/``systemctl``/``machinectl`` call may take before its group is killed."""
 BUILD_TIME_LIMIT = 3600.0
 """Seconds for the calls that build a system closure (``nixos-container create|update``)."""
-_BUILDS = (("nixos-container", "create"), ("nixos-container", "update"))
+_BUILDS = (("nixos-container", "create"),)
+DROPPED_CONF_KEYS = ("FLAKE",)
+"""Removed from every container ``.conf``: ``nixos-container update`` without flags re-evaluates it."""
 CLEARED_CONF_KEYS = ("HOST_ADDRESS", "LOCAL_ADDRESS", "HOST_ADDRESS6", "LOCAL_ADDRESS6", "HOST_BRIDGE")
 """Emptied in every container ``.conf``: containers share the host's network namespace."""
 
 
 def sanitize_conf(text: str) -> str:
-    """``.conf`` hygiene: empty the address/bridge keys and force ``PRIVATE_NETWORK=0``.
+    """``.conf`` hygiene: empty the address/bridge keys, drop ``FLAKE=``, force ``PRIVATE_NETWORK=0``.
 
     Every other line (comments, ``EXTRA_NSPAWN_FLAGS`` …) is kept as it is. Idempotent.
     """
@@ -97,6 +111,8 @@ def sanitize_conf(text: str) -> str:
     for line in text.splitlines():
         key, sep, _ = line.partition("=")
         key = key.strip()
+        if sep and key in DROPPED_CONF_KEYS:
+            continue
         if sep and key in CLEARED_CONF_KEYS:
             out.append(f"{key}=")
         elif sep and key == "PRIVATE_NETWORK":
@@ -233,16 +249,18 @@ class NixosRuntime:
         runtime_dir: Path | None = None,
         conf_dir: Path = DEFAULT_CONF_DIR,
         unit_dir: Path = DEFAULT_UNIT_DIR,
+        profile_dir: Path = DEFAULT_PROFILE_DIR,
         memory_max: str = DEFAULT_MEMORY_MAX,
         cpu_quota: str = DEFAULT_CPU_QUOTA,
     ) -> None:
         """``runtime_dir``: where the sockets live (``Config.runtime_path``; default ``<state>/run``).
-        ``conf_dir`` and ``unit_dir`` are parameters for the tests."""
+        ``conf_dir``, ``unit_dir`` and ``profile_dir`` are parameters for the tests."""
         self._paths = paths
         self._meta_dir = meta_dir
         self._runtime_dir = runtime_dir if runtime_dir is not None else paths.run
         self._conf_dir = conf_dir
         self._unit_dir = unit_dir
+        self._profile_dir = profile_dir
         self._resources = render_resources(validate_memory_max(memory_max), validate_cpu_quota(cpu_quota))
 
     async def list(self, names: Collection[str] | None = None) -> dict[str, AgentRuntimeState]:
@@ -276,21 +294,48 @@ class NixosRuntime:
         return dict(sorted(states.items()))
 
     async def create(self, spec: AgentSpec) -> None:
-        """Create the container from ``<meta>#<name>``; an existing one is updated instead."""
+        """Create the container from the built system ``spec.system_path``; an existing one is
+        updated instead. :class:`RuntimeFailure` for a spec without a system path."""
         name = validate_name(spec.name)
+        system = self._system_path(spec)
         self.nspawn_flags(name)  # an unusable bind path is refused before anything is built
         if name in await self._container_names():
             await self.update(spec)
             return
-        container = container_name(name)
-        await self._run("nixos-container", "create", container, "--flake", self._flake_ref(spec))
+        await self._run("nixos-container", "create", container_name(name), "--system-path", system)
         await self.reconcile(name)
 
     async def update(self, spec: AgentSpec) -> None:
+        """Point the container's ``system`` profile at ``spec.system_path``; reload it if it is up."""
         name = validate_name(spec.name)
+        system = self._system_path(spec)
         self.nspawn_flags(name)
-        await self._run("nixos-container", "update", container_name(name), "--flake", self._flake_ref(spec))
+        container = container_name(name)
+        profile = self._profile_dir / container / "system"
+        await trio.to_thread.run_sync(self._prepare_profile_dir, profile.parent)
+        await self._run("nix-env", "-p", str(profile), "--set", system)
+        if (await self._run("nixos-container", "status", container)).strip() == "up":
+            await self._run("systemctl", "reload", f"container@{container}.service")
         await self.reconcile(name)
+
+    @staticmethod
+    def _system_path(spec: AgentSpec) -> str:
+        path = spec.system_path
+        if path is None or _STORE_PATH.fullmatch(path) is None:
+            raise RuntimeFailure(
+                f"no built system for {spec.name} ({path!r}): the nixos runtime runs only a system "
+                "closure the daemon built from the meta flake (confined), never a flake reference"
+            )
+        return path
+
+    @staticmethod
+    def _prepare_profile_dir(directory: Path) -> None:
+        """``<profiles>/<c>`` as ``nixos-container create`` makes it (parent 0700, itself 0755)."""
+        try:
+            directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.mkdir(mode=0o755, exist_ok=True)
+        except OSError as e:
+            raise RuntimeFailure(f"cannot create {directory}: {e}") from e
 
     async def start(self, name: str) -> None:
         await self.reconcile(validate_name(name))
@@ -462,9 +507,6 @@ class NixosRuntime:
             path.parent.rmdir()
         return True
 
-    def _flake_ref(self, spec: AgentSpec) -> str:
-        return spec.flake_ref if spec.flake_ref is not None else f"{self._meta_dir}#{spec.name}"
-
     async def _container_names(self) -> tuple[str, ...]:
         out = await self._run("nixos-container", "list")
         names = (logical_name(line.strip()) for line in out.splitlines())
@@ -479,7 +521,7 @@ class NixosRuntime:
         return result.stdout.decode(errors="replace")
 
     async def _run_unchecked(self, *argv: str) -> proc.Result:
-        limit = BUILD_TIME_LIMIT if argv[:2] in _BUILDS else TIME_LIMIT
+        limit = BUILD_TIME_LIMIT if argv[:2] in _BUILDS or argv[0] == "nix-env" else TIME_LIMIT
         try:
             result = await proc.run(argv, env=os.environ, time_limit=limit)
         except OSError as e:

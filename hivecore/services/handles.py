@@ -67,6 +67,10 @@ class MetaFlake(Protocol):
 
     async def evaluate(self, name: str) -> Any: ...
 
+    async def build_system(self, name: str) -> str:
+        """The container system of ``name`` (a store path), evaluated confined and built."""
+        ...
+
 
 class ChildJobs(Protocol):
     """The lane's handle for one running job (:class:`actors.rebuild_queue.ChildJobs`)."""

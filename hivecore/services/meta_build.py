@@ -110,6 +110,14 @@ class MetaBuild:
         names = await self.agents(adding=adding, removing=removing)
         return await meta.sync([self.entry(n) for n in names])
 
+    async def _evaluate(self, meta: MetaFlake, name: str) -> AgentSpec:
+        """``name``'s spec, evaluated confined; for the nixos runtime with its container system built
+        by the daemon (confined too: :meth:`hivecore.meta.MetaRepo.build_system`)."""
+        spec: AgentSpec = await meta.evaluate(name)
+        if self.runtime.kind == "nixos":
+            spec = attrs.evolve(spec, system_path=await meta.build_system(name))
+        return spec
+
     async def create(self, name: str) -> None:
         """A spawn's build: render ``name`` into the flake, evaluate it, create its container (not
         started; :meth:`record_deployed` once it runs)."""
@@ -117,7 +125,7 @@ class MetaBuild:
         self._adding.add(name)
         try:
             await self.sync(adding=name)
-            spec: AgentSpec = await meta.evaluate(name)
+            spec: AgentSpec = await self._evaluate(meta, name)
             await self.runtime.create(spec)
         finally:
             self._adding.discard(name)
@@ -132,7 +140,7 @@ class MetaBuild:
         else:
             await self.sync()
             await meta.lock_update_for_rebuild(name)
-            spec: AgentSpec = await meta.evaluate(name)
+            spec: AgentSpec = await self._evaluate(meta, name)
             await self.runtime.update(spec)
         await self.runtime.stop(name, graceful=True)
         await self.runtime.start(name)
