@@ -26,6 +26,7 @@ from hivecore.coordinator import Coordinator
 from hivecore.runtime.process import ProcessRuntime
 from hivecore.store import Store
 from tests.procs import kill_everything_under
+from tests.worker import AGENT_UID_BASE
 
 if TYPE_CHECKING:
     from hivecore.daemon import Daemon
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 # (200 ms by default) fails them at random on a loaded 2-core machine (speed lives in bench/)
 hypothesis.settings.register_profile("hivecore", deadline=None)
 hypothesis.settings.load_profile("hivecore")
+
 
 # the startup auto_update (a hyperhive bump and a rebuild of every stale agent) is skipped in the
 # suite; tests of it unset this with monkeypatch
@@ -57,6 +59,7 @@ def make_config(state_dir: Path, **overrides: object) -> Config:
         "dashboard_port": 0,
         "stop_timeout": 2.0,
         "ensure_manager": False,
+        "agent_uid_base": AGENT_UID_BASE,
     }
     base.update(overrides)
     return Config(**base)  # type: ignore[arg-type]

@@ -15,11 +15,11 @@ from typing import Any
 
 import trio
 
-from hivecore.limits import DEFAULT_AGENT_UID_BASE
 from hivecore.runtime.base import AgentRuntimeState, AgentSpec
 from hivecore.runtime.process import ProcessRuntime
 from hivecore.runtime.shim import group_members, read_proc_stat
 from tests.waiting import eventually as eventually  # the one helper; re-exported for older imports
+from tests.worker import AGENT_UID_BASE
 
 ENV = {"PATH": os.environ.get("PATH", os.defpath)}
 
@@ -31,7 +31,7 @@ def as_owner(path: Path) -> dict[str, Any]:
     st = path.stat()
     if st.st_uid == os.geteuid():
         return {}
-    return {"user": st.st_uid, "group": st.st_gid, "extra_groups": [DEFAULT_AGENT_UID_BASE]}
+    return {"user": st.st_uid, "group": st.st_gid, "extra_groups": [AGENT_UID_BASE]}
 
 
 _MANAGER_GITCONFIG: list[Path] = []

@@ -3,58 +3,17 @@
 from __future__ import annotations
 
 import json
-from urllib.parse import urlsplit
 
 import trio
 
 from hivecore.daemon import Daemon
 from tests.conftest import AUTH
-from tests.web_client import http
+from tests.web_client import event_stream, http
 
 
 async def http_get(daemon: Daemon, path: str, headers: str = "") -> tuple[int, dict[str, str], bytes]:
     """GET as the operator (bearer token)."""
     return await http(daemon, "GET", path, headers=AUTH + headers)
-
-
-class SSE:
-    """A minimal SSE client over a raw HTTP/1.1 connection (chunked framing skipped by parsing lines).
-
-    Raw on purpose: httpx leaves its stream's async generators to the garbage collector when a test
-    stops reading mid-stream, which trio reports (and the suite turns warnings into errors)."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buf = b""
-
-    @classmethod
-    async def open(cls, daemon: Daemon, path: str, headers: str = "") -> SSE:
-        url = urlsplit(daemon.dashboard_urls[0])
-        assert url.hostname is not None
-        assert url.port is not None
-        stream = await trio.open_tcp_stream(url.hostname, url.port)
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n{AUTH}{headers}\r\n".encode())
-        return cls(stream)
-
-    async def wait_connected(self) -> None:
-        """Wait for the server's ``: connected`` comment: the subscription exists from then on."""
-        while b": connected" not in self.buf:
-            chunk = await self.stream.receive_some()
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-
-    async def next_data(self) -> dict[str, object]:
-        while True:
-            while b"\n" in self.buf:
-                line, _, self.buf = self.buf.partition(b"\n")
-                if line.startswith(b"data: "):
-                    result: dict[str, object] = json.loads(line[6:])
-                    return result
-            chunk = await self.stream.receive_some()
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
 
 
 async def test_state_snapshot_has_seq_and_rows(hive: Daemon) -> None:
@@ -71,8 +30,9 @@ async def test_state_snapshot_has_seq_and_rows(hive: Daemon) -> None:
 
 async def test_stream_delivers_changes_after_the_snapshot(hive: Daemon) -> None:
     with trio.fail_after(20):
-        sse = await SSE.open(hive, "/api/dashboard/stream?kinds=transient_set,container_state_changed")
-        async with sse.stream:
+        path = "/api/dashboard/stream?kinds=transient_set,container_state_changed"
+        async with event_stream(hive, path, AUTH) as sse:
+            assert sse.response.headers["content-type"].startswith("text/event-stream")
             await sse.wait_connected()
             await hive.coordinator.spawn("coder")
             first = await sse.next_data()
@@ -89,12 +49,10 @@ async def test_last_event_id_replays_and_a_stale_id_says_refetch(hive: Daemon) -
     seq = hive.bus.current_seq()
     await hive.coordinator.stop("coder")
     with trio.fail_after(20):
-        sse = await SSE.open(hive, "/api/dashboard/stream", f"Last-Event-ID: {seq}\r\n")
-        async with sse.stream:
+        async with event_stream(hive, "/api/dashboard/stream", f"{AUTH}Last-Event-ID: {seq}\r\n") as sse:
             replayed = await sse.next_data()
         assert replayed["seq"] == seq + 1
-        sse = await SSE.open(hive, "/api/dashboard/stream", "Last-Event-ID: 999999\r\n")
-        async with sse.stream:
+        async with event_stream(hive, "/api/dashboard/stream", f"{AUTH}Last-Event-ID: 999999\r\n") as sse:
             refetch = await sse.next_data()
     assert refetch["kind"] == "refetch"
 

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from hivecore.daemon import Daemon
 from hivecore.wire.events import EVENT_KINDS
 from tests.conftest import AUTH
+from tests.web_client import event_stream
 
 CUSHION = 0.05
 """Seconds with every task blocked and no I/O ready before the daemon counts as settled."""
@@ -179,12 +180,9 @@ async def test_a_stream_client_that_leaves_releases_its_fd_and_subscription(hive
     await settle()
     baseline = fd_count()
     with trio.fail_after(10):
-        stream = await connect(hive)
-        await send(stream, b"GET /api/dashboard/stream HTTP/1.1\r\nHost: x\r\n\r\n")
-        reader = Reader(stream)
-        await reader._until(b": connected")
-        assert hive.bus.statistics().subscribers == 1
-        await stream.aclose()
+        async with event_stream(hive, "/api/dashboard/stream", AUTH) as sse:
+            await sse.wait_connected()
+            assert hive.bus.statistics().subscribers == 1
     assert await settle_fds(baseline) <= baseline
     assert hive.bus.statistics().subscribers == 0
 

@@ -25,6 +25,7 @@ import trio
 
 from hivecore.sockets.client import Unreachable, request
 from tests.waiting import eventually
+from tests.worker import AGENT_UID_BASE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +34,7 @@ async def serve(state_dir: Path, log: Path) -> trio.Process:
     """Start a daemon (logs to ``log``) and wait until host.sock answers."""
     cmd = [sys.executable, "-m", "hivecore.cli.daemon", "serve", "--state-dir", str(state_dir)]
     cmd += ["--dashboard-port", "0", "--crash-watch-interval", "3600", "--no-ensure-manager"]
+    cmd += ["--agent-uid-base", str(AGENT_UID_BASE)]
     with log.open("ab") as out:
         proc = await trio.lowlevel.open_process(
             cmd, stdout=subprocess.DEVNULL, stderr=out, env={**os.environ, "PYTHONPATH": str(ROOT)}
