@@ -22,6 +22,9 @@ import json
 import logging
 import os
 import re
+import shutil
+import stat
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -42,6 +45,7 @@ from hivecore.nixconfine import (
     eval_options,
     evaluator_options,
     lock_options,
+    node_uris,
 )
 from hivecore.repos import BuildFailed, Repos, nix_binary, useful_lines
 from hivecore.runtime.base import AgentSpec
@@ -349,6 +353,42 @@ def is_stale(paths: StatePaths, name: str, facts: MetaFacts | None) -> tuple[boo
 
 # --- the repo ------------------------------------------------------------------------------------
 
+MAX_LOCK_BYTES = 4 << 20
+"""The largest ``flake.lock`` read back from a confined lock."""
+
+
+def _lock_uris(lock: Any) -> list[str]:
+    """Every URI a ``flake.lock`` names (what a relock may fetch again)."""
+    nodes = lock.get("nodes") if isinstance(lock, Mapping) else None
+    if not isinstance(nodes, Mapping):
+        return []
+    return [uri for node in nodes.values() if isinstance(node, Mapping) for uri in node_uris(node)]
+
+
+def _read_lock_back(path: Path) -> bytes:
+    """The ``flake.lock`` a confined lock wrote (blocking): a regular file reached without a link,
+    at most :data:`MAX_LOCK_BYTES`, a JSON object; :class:`MetaFailure` otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise MetaFailure(f"the confined lock wrote no usable flake.lock: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_LOCK_BYTES:
+            raise MetaFailure("the confined lock wrote no usable flake.lock (not a regular file, or too big)")
+        data = f.read(MAX_LOCK_BYTES + 1)
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("nodes"), dict):
+        raise MetaFailure("the confined lock wrote a flake.lock that is not a lock file")
+    return data
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
 
 def memory_hint(result: proc.Result, limits: EvalLimits) -> str:
     """A note for an evaluation that ran out of its memory limit (nix says so, or dies of it)."""
@@ -429,6 +469,73 @@ class MetaRepo:
         if result.returncode != 0:
             raise fail(f"{what}:\n{useful_lines(result.stderr)}{memory_hint(result, limits)}")
         return result.stdout
+
+    async def lock(
+        self, args: Sequence[str], *, what: str, agents: Iterable[AgentEntry] | None = None
+    ) -> None:
+        """``nix <args> <flake>`` (a lock or an update of the meta flake), confined.
+
+        Locking reads each input's ``flake.nix`` (the base flake's; agents' inputs are ``flake =
+        false``, never read) and fetches every input. Under a root daemon it runs as the evaluator
+        uid on its own store (:func:`hivecore.agent_users.evaluator`), on a copy of ``flake.nix``
+        and ``flake.lock`` in a fresh directory that uid owns; the resulting ``flake.lock`` is read
+        back as data (a regular file, at most 4 MiB, JSON) and written into the meta repo by the
+        daemon. So whatever an input names, nix reads only what that uid may read: the meta
+        flake's inputs, never root-only paths. Options: :func:`~hivecore.nixconfine.eval_options`
+        allowing the meta flake's own inputs (nix 2.8 applies ``allowed-uris`` to builtins'
+        fetchers, not to the lock's own input fetching: the uid is what confines that), no
+        import-from-derivation, memory and time limits. A non-root daemon locks in place as itself.
+        """
+        entries = list(agents) if agents is not None else None
+        uris = [self.hyperhive_url.removeprefix("git+")]
+        if entries is not None:
+            uris += [f"file://{a.applied}" for a in entries]
+        else:
+            uris += [u for u in _lock_uris(await self.lock_data())]
+        options = eval_options(uris)
+        try:
+            user = await trio.to_thread.run_sync(agent_users.evaluator, self.paths)
+        except OSError as exc:
+            raise MetaFailure(f"{what}: cannot prepare the evaluator: {exc}") from None
+        if user is None:
+            await self.nix(*args, str(self.dir), what=what, cwd=self.dir, options=options)
+            return
+        work = await trio.to_thread.run_sync(self._lock_workdir, user[0].uid)
+        try:
+            await self.nix(*args, f"path:{work}", what=what, cwd=work, options=options, user=user)
+            lock = await trio.to_thread.run_sync(_read_lock_back, work / "flake.lock")
+            await trio.to_thread.run_sync(self._write_lock, lock)
+        finally:
+            await trio.to_thread.run_sync(_remove_tree, work)
+
+    def _lock_workdir(self, uid: int) -> Path:
+        """A fresh ``<state>/.meta-lock-*`` (0700) holding copies of ``flake.nix`` and
+        ``flake.lock``, handed to ``uid`` (blocking)."""
+        work = Path(tempfile.mkdtemp(prefix=".meta-lock-", dir=self.paths.root))
+        for name in FLAKE_FILES:
+            try:
+                data = (self.dir / name).read_bytes()
+            except FileNotFoundError:
+                continue
+            fd = os.open(
+                work / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                os.fchown(f.fileno(), uid, uid)
+        os.chown(work, uid, uid, follow_symlinks=False)
+        return work
+
+    def _write_lock(self, data: bytes) -> None:
+        target = self.dir / "flake.lock"
+        if target.exists() and target.read_bytes() == data:
+            return
+        tmp = self.dir / ".flake.lock.tmp"
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
 
     async def nix_version(self) -> tuple[int, ...]:
         if self._nix_version is None:
@@ -518,7 +625,7 @@ class MetaRepo:
         if first:
             await self.git(self.dir, "init", "-q", "-b", "main", what=what)
         await self.git(self.dir, "add", "--", "flake.nix", what=what)
-        await self.nix("flake", "lock", str(self.dir), what="locking the meta flake")
+        await self.lock(["flake", "lock"], what="locking the meta flake", agents=entries)
         message = f"seed meta from {len(entries)} agents" if first else "regenerate meta flake"
         return await self._commit_if_changed(message)
 
@@ -527,7 +634,7 @@ class MetaRepo:
         if not inputs:
             return False
         args = await self._update_args(inputs)
-        await self.nix(*args, str(self.dir), what=f"updating {', '.join(inputs)}", cwd=self.dir)
+        await self.lock(args, what=f"updating {', '.join(inputs)}")
         return await self._commit_if_changed(f"lock update: {', '.join(inputs)}")
 
     async def lock_data(self) -> Any:

@@ -22,10 +22,11 @@ config check without the meta flake) is not pure at all. So every evaluation of 
   on timeout and cancellation, and ``PR_SET_PDEATHSIG`` so the evaluator dies with the daemon
   (:mod:`hivecore.proc`).
 
-Locking the meta flake (``nix flake lock``/``update``) evaluates only the daemon-rendered
-``flake.nix`` and the base flake's ``inputs`` (agent inputs are ``flake = false``: fetched, never
-evaluated), so it runs with the same limits, no import-from-derivation and no ``nix-path``, but
-unrestricted fetching (a remote ``--hyperhive-flake`` must be fetchable): :func:`lock_options`.
+Locking the meta flake (``nix flake lock``/``update``: :meth:`hivecore.meta.MetaRepo.lock`) runs
+as the evaluator uid too, on a copy of the flake in a directory that uid owns, with
+:func:`eval_options` allowing the meta flake's inputs (nix 2.8 does not apply ``allowed-uris`` to a
+lock's own input fetching; the uid confines it); agent inputs are ``flake = false``: fetched, never
+evaluated. :func:`lock_options` are the options of nix calls that evaluate nothing.
 
 Pure functions and constants; the callers run nix.
 """
@@ -87,7 +88,7 @@ def evaluator_options(store: Path) -> list[str]:
 
 
 def lock_options() -> list[str]:
-    """The nix options of a lock/update of the meta flake (see the module docstring)."""
+    """The options of a nix call that evaluates no agent config (``nix --version``)."""
     return list(_COMMON)
 
 
