@@ -24,24 +24,42 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 def tail(run_process: Path, name: str, lines: int) -> list[str]:
     """The last ``lines`` lines of ``run_process/<name>/agent.log`` (``[]`` when there is none);
     ``OSError`` when it cannot be read safely (a symlink, a FIFO, a permission problem)."""
+    return read(run_process, name, lines)[0]
+
+
+def read(run_process: Path, name: str, lines: int, offset: int | None = None) -> tuple[list[str], int]:
+    """``(lines, end)``: without ``offset``, the last ``lines`` lines of the log; with it, the
+    complete lines written from byte ``offset`` on (at most :data:`TAIL_BYTES` of them, then the
+    last ``lines`` of those; a partial last line waits for its newline). ``end`` is the byte offset
+    to ask with next. An ``offset`` beyond the file's size (the log was truncated or replaced) reads
+    from the start. No log yet: ``([], 0)``. ``OSError`` as :func:`tail`."""
     try:
         dir_fd = agentfs.open_dir(run_process, name)
     except FileNotFoundError:
-        return []
+        return [], 0
     try:
         try:
             fd = os.open("agent.log", _READ_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
-            return []
+            return [], 0
     finally:
         os.close(dir_fd)
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise agentfs.NotRegularFile(errno.EINVAL, "agent.log is not a regular file")
-        f.seek(max(0, st.st_size - TAIL_BYTES))
-        data = f.read(TAIL_BYTES)
+        size = st.st_size
+        start = max(0, size - TAIL_BYTES) if offset is None else offset if offset <= size else 0
+        f.seek(start)
+        data = f.read(min(TAIL_BYTES, size - start))
+    cut_head = offset is None and start > 0
+    if offset is not None:
+        newline = data.rfind(b"\n")
+        if newline >= 0:
+            data = data[: newline + 1]
+        elif len(data) < TAIL_BYTES:
+            data = b""  # a line still being written: wait for its end
     text = data.decode("utf-8", "replace").splitlines()
-    if st.st_size > TAIL_BYTES and text:
+    if cut_head and text:
         text = text[1:]  # the first line was cut
-    return [line[:MAX_LINE] for line in text[-lines:]]
+    return [line[:MAX_LINE] for line in text[-lines:]], start + len(data)

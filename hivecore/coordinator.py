@@ -106,9 +106,14 @@ class Coordinator:
     async def approvals(self) -> list[Approval]:
         return await self._store.call(st.list_approvals)
 
-    async def pending(self) -> list[Approval]:
-        """Every approval row; each pending apply_commit carries its diff against applied main."""
-        return await self._approvals.list(diffs=True)
+    async def pending(self, *, only_pending: bool = False) -> list[Approval]:
+        """Every approval row (``only_pending``: the pending ones); each pending row carries its
+        stored review (an apply_commit's diff against applied main, a spawn's agent.nix)."""
+        return await self._approvals.list(diffs=True, only_pending=only_pending)
+
+    async def approval(self, approval_id: int) -> Approval:
+        """One approval with its stored review, whatever its status (``hivectl show``)."""
+        return await self._approvals.review(approval_id)
 
     async def require_agent(self, name: object) -> str:
         """A validated name of a container that exists, else :class:`UnknownAgent`/:class:`InvalidName`."""
@@ -267,6 +272,10 @@ class Coordinator:
 
     async def agent_log(self, name: str, lines: int) -> list[str]:
         """The last ``lines`` lines of an agent's ``agent.log`` (:func:`hivecore.agentlog.tail`)."""
+        return (await self.agent_log_from(name, lines))[0]
+
+    async def agent_log_from(self, name: str, lines: int, offset: int | None = None) -> tuple[list[str], int]:
+        """``(lines, end offset)`` of an agent's ``agent.log`` (:func:`hivecore.agentlog.read`)."""
         config = self._lifecycle.config
         if config.runtime != "process":
             raise NotAvailable(
@@ -276,7 +285,9 @@ class Coordinator:
         if valid not in self._views.rows():
             raise UnknownAgent(valid)
         try:
-            return await trio.to_thread.run_sync(agentlog.tail, config.paths.run_process, valid, lines)
+            return await trio.to_thread.run_sync(
+                agentlog.read, config.paths.run_process, valid, lines, offset
+            )
         except OSError as exc:
             raise Refused(f"cannot read the log of {valid}: {exc.strerror or exc}") from None
 

@@ -224,15 +224,22 @@ def _approval(row: sqlite3.Row) -> Approval:
     return converter.structure(fields, Approval)
 
 
-def list_approvals(conn: sqlite3.Connection, *, review: bool = False) -> list[Approval]:
-    """Every row, oldest first; with ``review``, pending rows carry their stored review fields."""
+_REVIEW = "review_files, review_diff, commit_message, agent_nix"
+
+
+def list_approvals(
+    conn: sqlite3.Connection, *, review: bool = False, only_pending: bool = False
+) -> list[Approval]:
+    """Every row (``only_pending``: the pending ones), oldest first; with ``review``, pending rows
+    carry their stored review fields."""
+    where = " WHERE status='pending'" if only_pending else ""
     if not review:
-        return [_approval(r) for r in conn.execute(f"SELECT {_BASE} FROM approvals ORDER BY id")]
+        return [_approval(r) for r in conn.execute(f"SELECT {_BASE} FROM approvals{where} ORDER BY id")]
     query = (
         f"SELECT {_BASE}, CASE WHEN status='pending' THEN review_files END AS review_files, "
         "CASE WHEN status='pending' THEN review_diff END AS review_diff, "
         "CASE WHEN status='pending' THEN commit_message END AS commit_message, "
-        "CASE WHEN status='pending' THEN agent_nix END AS agent_nix FROM approvals ORDER BY id"
+        f"CASE WHEN status='pending' THEN agent_nix END AS agent_nix FROM approvals{where} ORDER BY id"
     )
     return [_approval(r) for r in conn.execute(query)]
 
@@ -331,8 +338,10 @@ def fail_pending_for_agent(conn: sqlite3.Connection, agent: str, note: str) -> l
     return ids
 
 
-def get_approval(conn: sqlite3.Connection, approval_id: int) -> Approval | None:
-    row = conn.execute(f"SELECT {_BASE} FROM approvals WHERE id=?", (approval_id,)).fetchone()
+def get_approval(conn: sqlite3.Connection, approval_id: int, *, review: bool = False) -> Approval | None:
+    """The row (None if there is none); with ``review``, its stored review fields whatever its status."""
+    columns = f"{_BASE}, {_REVIEW}" if review else _BASE
+    row = conn.execute(f"SELECT {columns} FROM approvals WHERE id=?", (approval_id,)).fetchone()
     return _approval(row) if row is not None else None
 
 

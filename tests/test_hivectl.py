@@ -14,15 +14,19 @@ import pytest
 import trio
 
 import hivecore
+from hivecore import store as st
 from hivecore.cli import hivectl as hivectl_cli
 from hivecore.daemon import Daemon
+from hivecore.errors import HiveError
 from hivecore.wire.host import (
     COMMANDS,
     AgentStatusRequest,
     AgentStatusRow,
+    ApprovalRequest,
     ApproveRequest,
     DenyRequest,
     DestroyRequest,
+    GetLogsRequest,
     HostRequest,
     HostResponse,
     KillRequest,
@@ -30,6 +34,7 @@ from hivecore.wire.host import (
     ListRequest,
     MetaUpdateRequest,
     OperatorInboxRequest,
+    OpSendRequest,
     PendingRequest,
     PurgeTombstoneRequest,
     RebuildRequest,
@@ -110,7 +115,8 @@ async def test_verbs_print_tables_and_exit_zero(hive: Daemon) -> None:
     assert out(await hivectl("stop", "a", "bee", "--hard", sock=sock)) == "stopped a, bee\n"
     assert out(await hivectl("start", "a", sock=sock)) == "started a\n"
     assert out(await hivectl("kill", "a", sock=sock)) == "killed a\n"
-    assert out(await hivectl("pending", sock=sock)) == "no approvals\n"
+    assert out(await hivectl("pending", sock=sock)) == "no pending approvals\n"
+    assert out(await hivectl("pending", "--all", sock=sock)) == "no approvals\n"
     urls = out(await hivectl("urls", sock=sock)).splitlines()
     assert urls[0].split() == ["WHAT", "URL"]
     assert urls[1].split() == ["home", hive.dashboard_urls[0] + "/"]
@@ -316,7 +322,8 @@ async def test_purge_refused_while_the_agent_exists_then_deletes_the_kept_state(
 
 HIVECTL_REQUESTS: list[tuple[list[str], HostRequest]] = [
     (["list"], ListRequest()),
-    (["status", "a"], AgentStatusRequest()),
+    (["status"], AgentStatusRequest()),
+    (["status", "a", "b"], AgentStatusRequest(names=["a", "b"])),
     (["watch"], SubscribeAgentStatusRequest()),
     (["start", "a", "b"], StartRequest(scope=LifecycleScope(agent_names=["a", "b"]))),
     (["start", "--all"], StartRequest(scope=LifecycleScope(agents=True))),
@@ -330,7 +337,13 @@ HIVECTL_REQUESTS: list[tuple[list[str], HostRequest]] = [
     (["purge", "a"], PurgeTombstoneRequest(name="a")),
     (["request-spawn", "a"], RequestSpawnRequest(name="a")),
     (["request-spawn", "a", "--description", "d"], RequestSpawnRequest(name="a", description="d")),
-    (["pending"], PendingRequest()),
+    (["pending"], PendingRequest(only_pending=True)),
+    (["pending", "--all"], PendingRequest()),
+    (["show", "7"], ApprovalRequest(id=7)),
+    (["logs", "a"], GetLogsRequest(name="a", lines=50)),
+    (["logs", "a", "-n", "5", "-f"], GetLogsRequest(name="a", lines=5)),
+    (["send", "a", "hi there"], OpSendRequest(to="a", body="hi there")),
+    (["send", "@manager", "hi"], OpSendRequest(to="@manager", body="hi")),
     (["inbox", "--limit", "5"], OperatorInboxRequest(limit=5)),
     (["approve", "7"], ApproveRequest(id=7)),
     (["deny", "7", "--note", "no"], DenyRequest(id=7, note="no")),
@@ -353,3 +366,240 @@ def test_every_request_hivectl_writes_is_the_wire_record(argv: list[str], expect
 
 def test_every_wire_verb_has_a_hivectl_command() -> None:
     assert {r.CMD for _, r in HIVECTL_REQUESTS} == set(COMMANDS)
+
+
+# --- the operator's review and conversation CLI (issue 16) ---------------------------------------------
+
+
+async def _host_line(sock: Path, request: dict[str, object]) -> bytes:
+    with trio.fail_after(60):
+        stream = await trio.open_unix_socket(os.fspath(sock))
+        async with stream:
+            await stream.send_all(json.dumps(request).encode() + b"\n")
+            data = b""
+            while chunk := await stream.receive_some():
+                data += chunk
+    return data
+
+
+async def _failed_and_pending(hive: Daemon) -> tuple[int, int, str]:
+    """An apply_commit that failed to build (its nix error in the note) and a pending spawn."""
+    from tests.test_approvals import BROKEN_NIX, commit
+
+    await hive.coordinator.spawn("coder")
+    sha = await commit(hive.config.paths.agent_config("coder"), {"agent.nix": BROKEN_NIX}, "oops")
+    broken = await hive.coordinator.request_apply_commit("coder", sha, "break it")
+    with pytest.raises(HiveError):
+        await hive.coordinator.approve(broken.id)
+    spawn = await hive.coordinator.request_spawn("helper", "for docs")
+    return broken.id, spawn.id, sha
+
+
+async def test_pending_lists_only_pending_and_all_shows_each_failure_reason(hive: Daemon) -> None:
+    sock = hive.config.host_socket_path
+    failed_id, spawn_id, _ = await _failed_and_pending(hive)
+    failed = await hive.coordinator.approval(failed_id)
+    assert failed.status == "failed"
+    assert failed.note
+    assert "\n" in failed.note
+
+    table = out(await hivectl("pending", sock=sock)).splitlines()
+    assert table[0].split()[:2] == ["ID", "AGENT"]
+    assert [line.split()[0] for line in table[1:] if line and line[0].isdigit()] == [str(spawn_id)]
+    assert f"#{failed_id}" not in out(await hivectl("pending", sock=sock))
+
+    history = out(await hivectl("pending", "--all", sock=sock))
+    rows = [line.split()[0] for line in history.splitlines()[1:] if line and line[0].isdigit()]
+    assert rows == [str(failed_id), str(spawn_id)]
+    block = history.split(f"#{failed_id} apply_commit coder failed:\n", 1)[1].split("\n\n")[0]
+    reason = [line.strip() for line in failed.note.strip().splitlines()][:3]
+    assert [line.strip() for line in block.splitlines()][:3] == reason  # line breaks kept
+
+    # host.sock's bare `pending` keeps its answer: every approval, byte for byte as before
+    everything = await hive.coordinator.pending()
+    assert await _host_line(sock, {"cmd": "pending"}) == encode_response(
+        HostResponse(ok=True, approvals=everything)
+    )
+    assert [a.id for a in everything] == [failed_id, spawn_id]
+    only = json.loads(await _host_line(sock, {"cmd": "pending", "only_pending": True}))
+    assert [a["id"] for a in only["approvals"]] == [spawn_id]
+
+
+async def test_show_prints_the_full_stored_review_escaped_and_coloured_only_on_a_terminal(
+    hive: Daemon,
+) -> None:
+    from tests.test_approvals import commit
+
+    sock = hive.config.host_socket_path
+    await hive.coordinator.spawn("coder")
+    proposed = hive.config.paths.agent_config("coder")
+    message = "make it \x1b]52;c;cHduZWQ=\x07sonnet\n\nbody line \x1b[2Aup"
+    files = {"agent.nix": '{ ... }: { hive.agent.model = "sonnet"; }\n', "notes.txt": "one\ntwo\n"}
+    sha = await commit(proposed, files, message)
+    approval = await hive.coordinator.request_apply_commit("coder", sha, "desc \x1b[31mred")
+
+    result = await hivectl("show", str(approval.id), sock=sock)
+    text = out(result)
+    assert result.returncode == 0, err(result)
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert f"approval #{approval.id}: apply_commit of coder" in text
+    assert f"commit:    {sha}" in text
+    assert "desc \\x1b[31mred" in text
+    assert "make it \\x1b]52;c;cHduZWQ=\\x07sonnet" in text
+    assert "  body line \\x1b[2Aup" in text
+    assert "notes.txt" in text
+    assert "+2 -0" in text
+    assert "+++ b/notes.txt" in text
+    assert "\n+one\n+two\n" in text
+    assert "files (2 files +" in text
+
+    # resolved approvals keep their review: show still prints it after a deny
+    await hive.coordinator.deny(approval.id, "not\nnow")
+    later = out(await hivectl("show", str(approval.id), sock=sock))
+    assert "status:    denied" in later
+    assert "why it was denied:\n  not\n  now" in later
+    assert "+++ b/notes.txt" in later
+
+    # on a terminal the diff is coloured; the agent's own escapes still are not passed through
+    main_fd, tty_fd = os.openpty()
+    try:
+        with trio.fail_after(30):
+            proc = await trio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "hivecore.cli.hivectl",
+                    "--socket",
+                    os.fspath(sock),
+                    "show",
+                    str(approval.id),
+                ],
+                stdout=tty_fd,
+                env={k: v for k, v in _env().items() if k != "NO_COLOR"} | {"TERM": "xterm"},
+                cwd=REPO,
+                check=False,
+            )
+        os.close(tty_fd)
+        tty_fd = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(main_fd)
+        if tty_fd >= 0:
+            os.close(tty_fd)
+    assert proc.returncode == 0
+    coloured = shown.decode().replace("\r\n", "\n")
+    assert "\x1b[32m+one\x1b[0m" in coloured
+    assert "\x1b[1mdiff --git a/notes.txt b/notes.txt\x1b[0m" in coloured
+    assert "\x1b]52" not in coloured
+    assert "\x07" not in coloured
+    assert "make it \\x1b]52;c;cHduZWQ=\\x07sonnet" in coloured
+
+    result = await hivectl("show", "999", sock=sock)
+    assert (result.returncode, err(result)) == (1, "hivectl: no approval 999\n")
+
+
+async def test_request_spawn_prints_the_new_approvals_id(hive: Daemon) -> None:
+    sock = hive.config.host_socket_path
+    result = await hivectl("request-spawn", "helper", "--description", "docs", sock=sock)
+    [row] = await hive.coordinator.pending(only_pending=True)
+    assert (result.returncode, out(result)) == (0, f"requested a spawn of helper (approval {row.id})\n")
+    result = await hivectl("--json", "request-spawn", "other", sock=sock)
+    assert json.loads(result.stdout)["approval_id"] == row.id + 1
+
+
+async def test_json_status_of_one_agent_returns_only_that_agent(hive: Daemon) -> None:
+    sock = hive.config.host_socket_path
+    for name in ("a", "bee"):
+        await hive.coordinator.spawn(name)
+    result = await hivectl("--json", "status", "bee", sock=sock)
+    assert result.returncode == 0, err(result)
+    assert [r["name"] for r in json.loads(result.stdout)["agent_statuses"]] == ["bee"]
+    every = json.loads((await hivectl("--json", "status", sock=sock)).stdout)
+    assert [r["name"] for r in every["agent_statuses"]] == ["a", "bee"]
+    result = await hivectl("status", "bee", "ghost", sock=sock)
+    assert (result.returncode, err(result)) == (1, 'hivectl: agent "ghost" is not managed by this hive\n')
+    result = await hivectl("status", "Bad/Name", sock=sock)
+    assert result.returncode == 1
+    assert "invalid agent name" in err(result)
+
+
+async def test_logs_tails_and_follows_an_agents_log(hive: Daemon) -> None:
+    sock = hive.config.host_socket_path
+    await hive.coordinator.spawn("a")
+    await hive.coordinator.stop("a")  # nothing else writes its log now
+    log = hive.config.paths.agent_run("a") / "agent.log"
+    log.write_text("".join(f"line {i}\n" for i in range(10)) + "evil \x1b]0;owned\x07 title\n")
+
+    result = await hivectl("logs", "a", "-n", "3", sock=sock)
+    assert (result.returncode, out(result)) == (0, "line 8\nline 9\nevil \\x1b]0;owned\\x07 title\n")
+    assert out(await hivectl("logs", "a", sock=sock)).count("\n") == 11
+    result = await hivectl("logs", "ghost", sock=sock)
+    assert (result.returncode, err(result)) == (1, 'hivectl: agent "ghost" is not managed by this hive\n')
+
+    args = [
+        sys.executable,
+        "-m",
+        "hivecore.cli.hivectl",
+        "--socket",
+        os.fspath(sock),
+        "logs",
+        "a",
+        "-n",
+        "1",
+        "-f",
+    ]
+    process = await trio.lowlevel.open_process(args, stdout=subprocess.PIPE, env=_env(), cwd=REPO)
+    buf = b""
+
+    async def until(needle: bytes) -> None:
+        nonlocal buf
+        assert process.stdout is not None
+        with trio.fail_after(20):
+            while needle not in buf:
+                buf += await process.stdout.receive_some()
+
+    try:
+        await until(b"title\n")
+        with log.open("a") as f:
+            f.write("new one\nhalf")  # a line still being written is not shown yet
+        await until(b"new one\n")
+        with log.open("a") as f:
+            f.write(" done\n")
+        await until(b"half done\n")
+        assert buf == b"evil \\x1b]0;owned\\x07 title\nnew one\nhalf done\n"
+        log.write_text("after rotation\n")  # shorter than the offset: read from the start again
+        await until(b"after rotation\n")
+    finally:
+        process.kill()
+        with trio.fail_after(10):
+            await process.wait()
+
+
+async def test_send_as_the_operator_and_read_the_operators_inbox(hive: Daemon) -> None:
+    sock = hive.config.host_socket_path
+    await hive.coordinator.spawn("a")
+    result = await hivectl("send", "a", "please look at #3", sock=sock)
+    assert (result.returncode, out(result)) == (0, "sent to a (1 message)\n"), err(result)
+    queued = await hive.store.call(lambda c: st.undelivered_for(c, "a"))
+    assert [(sender, body) for _, sender, body in queued][-1:] == [("operator", "please look at #3")]
+    result = await hivectl("send", "ghost", "hi", sock=sock)
+    assert result.returncode == 1
+    assert "ghost" in err(result)
+    result = await hivectl("send", "a", "x" * 5000, sock=sock)
+    assert result.returncode == 1
+    assert "4096" in err(result)
+
+    assert out(await hivectl("inbox", sock=sock)) == "nobody wrote to you\n"
+    await hive.broker.send("a", "operator", "done \x1b[2J cleared?")
+    text = out(await hivectl("inbox", sock=sock))
+    assert text.splitlines()[0].endswith("from a")
+    assert text.splitlines()[1] == "  done \\x1b[2J cleared?"

@@ -16,9 +16,11 @@ from hivecore.wire.host import (
     OK,
     AgentStatusRequest,
     AgentStatusRow,
+    ApprovalRequest,
     ApproveRequest,
     DenyRequest,
     DestroyRequest,
+    GetLogsRequest,
     HostRequest,
     HostResponse,
     KillRequest,
@@ -26,6 +28,7 @@ from hivecore.wire.host import (
     ListRequest,
     MetaUpdateRequest,
     OperatorInboxRequest,
+    OpSendRequest,
     PendingRequest,
     PurgeTombstoneRequest,
     RebuildRequest,
@@ -63,6 +66,10 @@ EVERY_REQUEST: list[tuple[bytes, HostRequest]] = [
     (b'{"cmd":"spawn","name":"a"}', SpawnRequest(name="a")),
     (b'{"cmd":"request_spawn","name":"a","description":"d"}', RequestSpawnRequest(name="a", description="d")),
     (b'{"cmd":"pending"}', PendingRequest()),
+    (b'{"cmd":"pending","only_pending":true}', PendingRequest(only_pending=True)),
+    (b'{"cmd":"approval","id":7}', ApprovalRequest(id=7)),
+    (b'{"cmd":"get_logs","name":"a","lines":5,"offset":120}', GetLogsRequest(name="a", lines=5, offset=120)),
+    (b'{"cmd":"op_send","to":"a","body":"hi"}', OpSendRequest(to="a", body="hi")),
     (b'{"cmd":"operator_inbox","limit":5}', OperatorInboxRequest(limit=5)),
     (b'{"cmd":"approve","id":7}', ApproveRequest(id=7)),
     (b'{"cmd":"deny","id":7,"note":"no"}', DenyRequest(id=7, note="no")),
@@ -86,7 +93,7 @@ def test_every_verb_parses_and_round_trips(line: bytes, expected: HostRequest) -
 
 
 def test_every_command_is_covered() -> None:
-    assert sorted(r.CMD for _, r in EVERY_REQUEST) == sorted(COMMANDS)
+    assert sorted({r.CMD for _, r in EVERY_REQUEST}) == sorted(COMMANDS)
 
 
 def test_defaults_and_unknown_keys() -> None:

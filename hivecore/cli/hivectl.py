@@ -153,10 +153,11 @@ def diff_summary(diff: object) -> str:
     return f"{files} file{'s' if files != 1 else ''} +{plus} -{minus}"
 
 
-def render_pending(answer: Response) -> str:
+def render_pending(answer: Response, history: bool = True) -> str:
+    """The approvals table, then each pending row's review and each failed or denied row's reason."""
     approvals = answer.get("approvals") or []
     if not approvals:
-        return "no approvals"
+        return "no approvals" if history else "no pending approvals"
     rows = [
         [
             str(a.get("id")),
@@ -173,8 +174,23 @@ def render_pending(answer: Response) -> str:
         for a in approvals
     ]
     out = table(["ID", "AGENT", "KIND", "REF", "STATUS", "CHANGES", "REQUESTED", "DESCRIPTION"], rows)
-    reviews = [review_block(a) for a in approvals if a.get("status") == "pending"]
+    reviews = [review_block(a) if a.get("status") == "pending" else reason_block(a) for a in approvals]
     return "\n\n".join([out, *(r for r in reviews if r)])
+
+
+def reason_block(a: Response) -> str:
+    """Why a failed or denied approval ended so (its ``note``, line breaks kept, escaped)."""
+    note = a.get("note")
+    if a.get("status") not in ("failed", "denied") or not isinstance(note, str) or not note.strip():
+        return ""
+    word = "failed" if a.get("status") == "failed" else "denied"
+    body = escape_block(note).rstrip("\n").splitlines()
+    more = len(body) - REVIEW_LINES
+    lines = [f"    {line}" for line in body[:REVIEW_LINES]]
+    if more > 0:
+        lines.append(f"    … {more} more lines (hivectl show {a.get('id')})")
+    head = f"#{a.get('id')} {escape(str(a.get('kind')))} {escape(str(a.get('agent')))} {word}:"
+    return head + "\n" + "\n".join(lines)
 
 
 def files_summary(files: list[Any]) -> str:
@@ -219,6 +235,88 @@ def review_block(a: Response) -> str:
     if not lines:
         return ""
     return f"#{a.get('id')} {escape(str(a.get('kind')))} {escape(str(a.get('agent')))}:\n" + "\n".join(lines)
+
+
+# --- hivectl show: one approval's full review ---------------------------------------------------------
+
+RESET = "\x1b[0m"
+COLOURS = {"bold": "\x1b[1m", "red": "\x1b[31m", "green": "\x1b[32m", "cyan": "\x1b[36m", "dim": "\x1b[2m"}
+
+
+def use_colour(stream: Any) -> bool:
+    """Colour only on a terminal, and not with ``NO_COLOR`` set or ``TERM=dumb``."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def _paint(text: str, colour: str | None, on: bool) -> str:
+    return f"{COLOURS[colour]}{text}{RESET}" if on and colour and text else text
+
+
+def _diff_colour(line: str) -> str | None:
+    if line.startswith(("diff --git ", "index ", "--- ", "+++ ", "new file", "deleted file", "similarity")):
+        return "bold"
+    if line.startswith("@@"):
+        return "cyan"
+    if line.startswith("+"):
+        return "green"
+    if line.startswith("-"):
+        return "red"
+    return None
+
+
+def render_approval(a: Response, colour: bool = False) -> str:
+    """Everything stored about one approval (``hivectl show``): what, who, when, its outcome, every
+    changed file with its line counts, the commit message(s), the diff or a spawn's agent.nix.
+    Agent text is escaped first; colour codes (``colour``) are added to escaped text only."""
+
+    def field(label: str, value: object) -> str | None:
+        if value is None or value == "":
+            return None
+        return f"{_paint(label, 'bold', colour)} {escape(str(value))}"
+
+    head = f"approval #{a.get('id')}: {escape(str(a.get('kind')))} of {escape(str(a.get('agent')))}"
+    lines: list[str | None] = [
+        _paint(head, "bold", colour),
+        field("status:   ", a.get("status")),
+        field("requested:", f"{a.get('requested_at')} by {a.get('requester') or '?'}"),
+        field("resolved: ", a.get("resolved_at")),
+        field("ref:      ", a.get("commit_ref")),
+        field("commit:   ", a.get("fetched_sha")),
+        field("desc:     ", a.get("description")),
+    ]
+    out = [line for line in lines if line is not None]
+    note = a.get("note")
+    if isinstance(note, str) and note.strip():
+        word = {"failed": "why it failed", "denied": "why it was denied"}.get(str(a.get("status")), "note")
+        out += ["", _paint(f"{word}:", "bold", colour)]
+        out += [f"  {line}" for line in escape_block(note).rstrip("\n").splitlines()]
+    files = a.get("files")
+    if isinstance(files, list):
+        out += ["", _paint(f"files ({files_summary(files)}):", "bold", colour)]
+        for f in files:
+            if not isinstance(f, dict):
+                continue
+            if f.get("binary"):
+                counts = f"binary, {f.get('size', '?')} bytes"
+            else:
+                counts = f"+{f.get('added') or 0} -{f.get('removed') or 0}"
+            cut = "  (diff truncated)" if f.get("truncated") else ""
+            out.append(f"  {_paint(counts, 'dim', colour)}  {escape(str(f.get('path')))}{cut}")
+    for key, title in (("commit_message", "commit message(s):"), ("agent_nix", "agent.nix to deploy:")):
+        text = a.get(key)
+        if isinstance(text, str) and text:
+            out += ["", _paint(title, "bold", colour)]
+            out += [f"  {line}" for line in escape_block(text).rstrip("\n").splitlines()]
+    diff = a.get("diff")
+    if isinstance(diff, str) and diff:
+        out += ["", _paint("diff:", "bold", colour)]
+        out += [
+            _paint(line, _diff_colour(line), colour) for line in escape_block(diff).rstrip("\n").splitlines()
+        ]
+    elif a.get("kind") == "apply_commit" and not isinstance(files, list):
+        out += ["", "(no review stored: the request did not get as far as pinning a commit)"]
+    return "\n".join(out)
 
 
 def render_inbox(answer: Response) -> str:
@@ -323,17 +421,66 @@ def run(args: argparse.Namespace) -> int:
         elif request.cmd == "agent_status":
             print(render_status(answer, args.names))
         elif request.cmd == "pending":
-            print(render_pending(answer))
+            print(render_pending(answer, history=args.all))
+        elif request.cmd == "approval":
+            for a in answer.get("approvals") or []:
+                print(render_approval(a, colour=use_colour(sys.stdout)))
+        elif request.cmd == "get_logs":
+            print_lines(answer)
+        elif request.cmd == "op_send":
+            n = len(answer.get("ids") or [])
+            print(f"sent to {escape(args.to)} ({n} message{'s' if n != 1 else ''})")
         elif request.cmd == "urls":
             print(render_urls(answer))
         elif request.cmd == "operator_inbox":
             print(render_inbox(answer))
         elif args.done is not None:
-            print(args.done(args))
+            approval = answer.get("approval_id")
+            print(args.done(args) + (f" (approval {approval})" if isinstance(approval, int) else ""))
     if watching:
         _err("the daemon ended the stream (it stopped, or dropped this slow watcher); run watch again")
         return EXIT_UNREACHABLE
     return EXIT_OK
+
+
+def print_lines(answer: Response) -> None:
+    """A ``get_logs`` answer's lines, escaped (the agent wrote them)."""
+    for line in answer.get("lines") or []:
+        print(escape(str(line)), flush=True)
+
+
+FOLLOW_INTERVAL = 1.0
+"""Seconds between two polls of ``hivectl logs -f``."""
+
+
+def follow(args: argparse.Namespace) -> int:
+    """``logs -f``: the last lines, then every complete line written since, polling ``get_logs``
+    with the offset each answer gives (client-side: host.sock answers one request per line)."""
+    path = getattr(args, "socket", None) or default_socket_path()
+    as_json = getattr(args, "json", False)
+    offset: int | None = None
+    while True:
+        fields: dict[str, Any] = {"name": args.name, "lines": args.lines if offset is None else MAX_FOLLOW}
+        if offset is not None:
+            fields["offset"] = offset
+        for raw, answer in answers(path, Request("get_logs", fields), args.timeout):
+            if not answer["ok"]:
+                if as_json:
+                    print(escape_json(raw.decode(errors="replace")), flush=True)
+                else:
+                    _err(str(answer.get("error") or "refused (no reason given)"))
+                return EXIT_REFUSED
+            if as_json:
+                if answer.get("lines") or offset is None:
+                    print(escape_json(raw.decode(errors="replace")), flush=True)
+            else:
+                print_lines(answer)
+            end = answer.get("log_offset")
+            offset = end if isinstance(end, int) else 0
+        time.sleep(FOLLOW_INTERVAL)
+
+
+MAX_FOLLOW = 500
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -342,12 +489,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb in ("start", "stop") and not args.names and not args.all:
         parser.error(f"{args.verb}: name at least one agent, or use --all")
     try:
+        if args.verb == "logs" and args.follow:
+            return follow(args)
         return run(args)
     except Unreachable as exc:
         _err(str(exc))
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
-        return EXIT_OK if args.verb == "watch" else 130
+        return EXIT_OK if args.verb == "watch" or (args.verb == "logs" and args.follow) else 130
     except BrokenPipeError:  # stdout closed early (hivectl watch | head)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK

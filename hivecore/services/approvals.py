@@ -103,10 +103,18 @@ class Approvals:
             raise Refused(f"approval {approval.id} is already {approval.status}")
         return approval
 
-    async def list(self, *, diffs: bool = False) -> list[Approval]:
-        """Every row; with ``diffs``, each pending row carries its review as stored at request time
-        (``diff``, ``files``, ``commit_message``; ``agent_nix`` for a spawn): nothing is recomputed."""
-        return await self.store.call(lambda c: st.list_approvals(c, review=diffs))
+    async def list(self, *, diffs: bool = False, only_pending: bool = False) -> list[Approval]:
+        """Every row (``only_pending``: the pending ones); with ``diffs``, each pending row carries
+        its review as stored at request time (``diff``, ``files``, ``commit_message``;
+        ``agent_nix`` for a spawn): nothing is recomputed."""
+        return await self.store.call(lambda c: st.list_approvals(c, review=diffs, only_pending=only_pending))
+
+    async def review(self, approval_id: int) -> Approval:
+        """One row with its stored review, whatever its status; :class:`UnknownApproval` if none."""
+        approval = await self.store.call(lambda c: st.get_approval(c, approval_id, review=True))
+        if approval is None:
+            raise UnknownApproval(approval_id)
+        return approval
 
     async def _exists(self, name: str) -> bool:
         return name in await self.lifecycle.runtime.list([name])

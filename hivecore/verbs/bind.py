@@ -22,10 +22,9 @@ from typing import Any
 import attrs
 import trio
 
-from hivecore.errors import HiveError, NotAvailable, Refused, answer_for
+from hivecore.errors import HiveError, NotAvailable, Refused, UnknownAgent, answer_for
 from hivecore.models import JobSource
 from hivecore.verbs import spec
-from hivecore.verbs.checks import check
 from hivecore.wire import agent as wa
 from hivecore.wire import host as wh
 from hivecore.wire import manager as wm
@@ -215,22 +214,6 @@ def _dashboard_meta_update(r: wh.MetaUpdateRequest, job: Any) -> str:
     return f"meta update started (job {job.id}): " + ", ".join(r.inputs)
 
 
-# --- records that only one surface has ---------------------------------------------------------------
-
-
-def _recipient(value: str) -> str:
-    return value.strip().lstrip("@")
-
-
-@attrs.frozen(kw_only=True)
-class OpSendRequest(Request):
-    """The operator's message (dashboard ``/op-send``); the broker checks recipient and body."""
-
-    CMD = "op_send"
-    to: str = attrs.field(metadata=check(_recipient))
-    body: str
-
-
 async def _unavailable_meta_inputs(ctx: Any, r: wm.RequestUpdateMetaInputsRequest) -> None:
     raise NotAvailable("request_update_meta_inputs is not available yet: it arrives with the meta flake")
 
@@ -248,15 +231,29 @@ async def _send(ctx: Any, r: wa.SendRequest) -> list[int]:
     return ids
 
 
-def _sent(r: OpSendRequest, ids: list[int]) -> str:
+def _sent(r: wh.OpSendRequest, ids: list[int]) -> str:
     return f"sent to {r.to} ({len(ids)} message{'s' if len(ids) != 1 else ''})"
 
 
 # --- the bindings ------------------------------------------------------------------------------------
 
 
-async def _views(ctx: Any, r: Any) -> Any:
-    return ctx.facade.views()
+async def _agent_status(ctx: Any, r: wh.AgentStatusRequest) -> Any:
+    """Every row (``None``: host.sock answers with its cached line), or the named agents' rows."""
+    if not r.names:
+        return None
+    views = ctx.facade.views()
+    for name in r.names:
+        if name not in views:
+            raise UnknownAgent(name)
+    return [views[name] for name in r.names]
+
+
+def _agent_status_answer(ctx: Any, rows: Any) -> wh.HostResponse | bytes:
+    if rows is None:
+        line: bytes = ctx.agent_status_line()
+        return line
+    return wh.HostResponse(ok=True, agent_statuses=[wh.AgentStatusRow.from_view(v) for v in rows])
 
 
 async def _urls(ctx: Any, r: Any) -> Any:
@@ -273,12 +270,17 @@ BINDINGS: Mapping[str, Binding] = {
         lambda ctx, r: ctx.facade.agent_names(),
         host=lambda ctx, names: wh.HostResponse(ok=True, agents=names),
     ),
-    "agent_status": Binding(wh.AgentStatusRequest, _views, host=lambda ctx, _: ctx.agent_status_line()),
+    "agent_status": Binding(wh.AgentStatusRequest, _agent_status, host=_agent_status_answer),
     "subscribe_agent_status": Binding(wh.SubscribeAgentStatusRequest),
     "pending": Binding(
         wh.PendingRequest,
-        lambda ctx, r: ctx.facade.pending(),
+        lambda ctx, r: ctx.facade.pending(only_pending=True) if r.only_pending else ctx.facade.pending(),
         host=lambda ctx, rows: wh.HostResponse(ok=True, approvals=rows),
+    ),
+    "approval": Binding(
+        wh.ApprovalRequest,
+        lambda ctx, r: ctx.facade.approval(r.id),
+        host=lambda ctx, row: wh.HostResponse(ok=True, approvals=[row]),
     ),
     "urls": Binding(wh.UrlsRequest, _urls, host=lambda ctx, urls: wh.HostResponse(ok=True, urls=urls)),
     "operator_inbox": Binding(
@@ -318,6 +320,7 @@ BINDINGS: Mapping[str, Binding] = {
     "request_spawn": Binding(
         wh.RequestSpawnRequest,
         lambda ctx, r: ctx.facade.request_spawn(r.name, r.description, **ctx.caller.kw()),
+        host=lambda ctx, a: wh.HostResponse(ok=True, approval_id=a.id),
         mcp=_approval_answer,
         done=lambda r, a: f"spawn of {r.name} requested (approval {a.id})",
     ),
@@ -344,7 +347,12 @@ BINDINGS: Mapping[str, Binding] = {
         mcp=_approval_answer,
     ),
     "request_update_meta_inputs": Binding(wm.RequestUpdateMetaInputsRequest, _unavailable_meta_inputs),
-    "op_send": Binding(OpSendRequest, lambda ctx, r: ctx.facade.op_send(r.to, r.body), done=_sent),
+    "op_send": Binding(
+        wh.OpSendRequest,
+        lambda ctx, r: ctx.facade.op_send(r.to, r.body),
+        host=lambda ctx, ids: wh.HostResponse(ok=True, ids=ids),
+        done=_sent,
+    ),
     "send": Binding(wa.SendRequest, _send, mcp=lambda ids: wa.McpResponse(ok=True, ids=ids)),
     "recv": Binding(wa.RecvRequest),
     "ack_turn": Binding(wa.AckTurnRequest),
@@ -357,9 +365,10 @@ BINDINGS: Mapping[str, Binding] = {
     "manager_restart": Binding(wm.RestartRequest, _named("restart")),
     "update": Binding(wm.UpdateRequest, _named("rebuild")),
     "get_logs": Binding(
-        wm.GetLogsRequest,
-        lambda ctx, r: ctx.facade.agent_log(r.name, r.lines),
-        mcp=lambda lines: wa.McpResponse(ok=True, lines=lines),
+        wh.GetLogsRequest,
+        lambda ctx, r: ctx.facade.agent_log_from(r.name, r.lines, r.offset),
+        host=lambda ctx, log: wh.HostResponse(ok=True, lines=log[0], log_offset=log[1]),
+        mcp=lambda log: wa.McpResponse(ok=True, lines=log[0]),
     ),
 }
 

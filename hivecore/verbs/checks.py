@@ -41,6 +41,23 @@ def agent_name(value: str) -> str:
     return validate_name(value)
 
 
+MAX_NAMES = 256
+"""The most agent names one ``agent_status`` may list."""
+
+
+def agent_names(value: list[str]) -> list[str]:
+    """Valid agent names, de-duplicated (first appearance wins), at most :data:`MAX_NAMES`."""
+    if len(value) > MAX_NAMES:
+        raise BadInput(f"at most {MAX_NAMES} names at once")
+    return list(dict.fromkeys(validate_name(n) for n in value))
+
+
+def recipient(value: str) -> str:
+    """A message recipient as typed (``coder``, ``@manager``, ``*``): surrounding blanks and one
+    leading ``@`` dropped; the broker checks the rest."""
+    return value.strip().removeprefix("@")
+
+
 def not_manager(verb: str) -> Check:
     """A valid agent name that is not the manager: the manager is never ``verb``-ed this way."""
 
@@ -109,6 +126,16 @@ def log_lines(limit: int) -> Check:
         return min(value, limit)
 
     return check
+
+
+MAX_LOG_OFFSET = 1 << 62
+
+
+def log_offset(value: int | None) -> int | None:
+    """A byte offset into an agent's log (as a previous ``get_logs`` answer gave it)."""
+    if value is not None and not 0 <= value < MAX_LOG_OFFSET:
+        raise BadInput(f"offset is a byte offset from 0 to {MAX_LOG_OFFSET - 1}, got {value}")
+    return value
 
 
 def utf8_text(what: str, limit: int) -> Check:

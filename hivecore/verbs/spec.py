@@ -23,6 +23,7 @@ against this table. Help texts are written for a reader who has only the text (a
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -88,6 +89,11 @@ def _scope_text(args: argparse.Namespace) -> str:
     return "every agent" if args.all else ", ".join(args.names)
 
 
+def _stdin_or(text: str) -> str:
+    """``text``, or standard input when it is ``-``."""
+    return sys.stdin.read() if text == "-" else text
+
+
 def _past(word: str) -> Callable[[argparse.Namespace], str]:
     return lambda args: f"{word} {args.name}"
 
@@ -117,16 +123,16 @@ VERBS: tuple[Verb, ...] = (
     ),
     _row(
         "agent_status",
-        "Show every agent's status row: running or failed, paused, needs login/update, deployed "
-        "commit, status text.",
+        "Show every agent's status row (or only the named agents'): running or failed, paused, "
+        "needs login/update, deployed commit, status text.",
         "operator",
         "host_sock hivectl",
         commands=(
             Command(
                 "status",
                 (Arg(("names",), {"nargs": "*", "metavar": "NAME", "help": "only these agents"}),),
-                lambda a: {},
-                help="show every agent's status",
+                lambda a: {"names": list(a.names) or None},
+                help="show every agent's status (or only the named agents')",
             ),
         ),
     ),
@@ -144,11 +150,34 @@ VERBS: tuple[Verb, ...] = (
     ),
     _row(
         "pending",
-        "List every approval (pending ones first in the dashboard; here the whole history), each "
-        "pending config change with its diff.",
+        "List approvals, oldest first: every one (the whole history), or with only_pending the "
+        "pending ones; each pending row carries its stored review (files, diff, commit message, or "
+        "a spawn's agent.nix), a failed one its reason in note.",
         "operator",
         "host_sock hivectl",
-        commands=(Command("pending", (), lambda a: {}, help="list approvals"),),
+        commands=(
+            Command(
+                "pending",
+                (Arg(("--all",), {"action": "store_true", "help": "every approval (the history too)"}),),
+                lambda a: {"only_pending": None if a.all else True},
+                help="list pending approvals (--all: the history too, with each failure's reason)",
+            ),
+        ),
+    ),
+    _row(
+        "approval",
+        "Show one approval by id with its stored review, whatever its status: every changed file "
+        "with its line counts, the diff, the commit message(s), or a spawn's agent.nix.",
+        "operator",
+        "host_sock hivectl",
+        commands=(
+            Command(
+                "show",
+                (Arg(("id",), {"type": int, "metavar": "ID"}),),
+                lambda a: {"id": a.id},
+                help="print an approval's full review (files, diff, commit message)",
+            ),
+        ),
     ),
     _row(
         "operator_inbox",
@@ -396,12 +425,25 @@ VERBS: tuple[Verb, ...] = (
     # --- messages ---
     _row(
         "op_send",
-        "Send a message from the operator to an agent (or @manager).",
+        "Send a message from the operator to an agent (or @manager, or * for every agent); body is "
+        "at most 4096 bytes.",
         "operator",
-        "dashboard",
+        "host_sock hivectl dashboard",
         route=Route(
             "/op-send",
             lambda f: {"to": form_text(f, "to", limit=200), "body": form_text(f, "body")},
+        ),
+        commands=(
+            Command(
+                "send",
+                (
+                    Arg(("to",), {"metavar": "NAME", "help": "an agent, manager, or * (every agent)"}),
+                    Arg(("body",), {"metavar": "TEXT", "help": "the message (- reads it from stdin)"}),
+                ),
+                lambda a: {"to": a.to, "body": _stdin_or(a.body)},
+                None,
+                help="send a message to an agent as the operator",
+            ),
         ),
     ),
     _row(
@@ -468,9 +510,28 @@ VERBS: tuple[Verb, ...] = (
     ),
     _row(
         "get_logs",
-        "The last lines (1-500, default 50) of an agent's log.",
-        "manager",
-        "manager_sock",
+        "The last lines (1-500, default 50) of an agent's log; with offset (a previous answer's "
+        "log_offset), the lines written since.",
+        "operator manager",
+        "host_sock hivectl manager_sock",
+        commands=(
+            Command(
+                "logs",
+                (
+                    NAME,
+                    Arg(
+                        ("-n", "--lines"),
+                        {"type": int, "default": 50, "help": "how many lines (50, at most 500)"},
+                    ),
+                    Arg(
+                        ("-f", "--follow"),
+                        {"action": "store_true", "help": "keep printing new lines (until interrupted)"},
+                    ),
+                ),
+                lambda a: {"name": a.name, "lines": a.lines},
+                help="print the last lines of an agent's log (-f: and follow it)",
+            ),
+        ),
     ),
 )
 

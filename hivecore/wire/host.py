@@ -26,6 +26,9 @@ from hivecore.wire.lines import json_line, request_line
 from hivecore.wire.request import Request, UnknownRequest, parse_line
 from hivecore.wire.request import RequestError as RequestError
 
+DEFAULT_LOG_LINES = 50
+MAX_LOG_LINES = 500
+
 # --- requests --------------------------------------------------------------------------------------
 
 
@@ -57,7 +60,10 @@ class ListRequest(HostRequest):
 
 @attrs.frozen(kw_only=True)
 class AgentStatusRequest(HostRequest):
+    """Every agent's row; with ``names``, only theirs (each must be an agent of this hive)."""
+
     CMD = "agent_status"
+    names: list[str] = attrs.field(factory=list, metadata=check(checks.agent_names))
 
 
 @attrs.frozen(kw_only=True)
@@ -131,7 +137,40 @@ class PurgeTombstoneRequest(HostRequest):
 
 @attrs.frozen(kw_only=True)
 class PendingRequest(HostRequest):
+    """Every approval, oldest first (the original's answer); ``only_pending``: the pending ones."""
+
     CMD = "pending"
+    only_pending: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class ApprovalRequest(HostRequest):
+    """One approval with its stored review (whatever its status): ``approvals`` holds that one row."""
+
+    CMD = "approval"
+    id: int = attrs.field(metadata=check(checks.approval_id))
+
+
+@attrs.frozen(kw_only=True)
+class GetLogsRequest(HostRequest):
+    """The last ``lines`` lines of an agent's log; with ``offset`` (a byte offset a previous answer
+    gave as ``log_offset``), the complete lines written since instead. Shared by host.sock and the
+    manager socket."""
+
+    CMD = "get_logs"
+    name: str = attrs.field(metadata=check(checks.agent_name))
+    lines: int = attrs.field(default=DEFAULT_LOG_LINES, metadata=check(checks.log_lines(MAX_LOG_LINES)))
+    offset: int | None = attrs.field(default=None, metadata=check(checks.log_offset))
+
+
+@attrs.frozen(kw_only=True)
+class OpSendRequest(HostRequest):
+    """A message from the operator to an agent, ``manager``/``@manager`` or ``*``; the broker checks
+    the recipient and the body (host.sock and the dashboard's ``/op-send``)."""
+
+    CMD = "op_send"
+    to: str = attrs.field(metadata=check(checks.recipient))
+    body: str
 
 
 @attrs.frozen(kw_only=True)
@@ -188,6 +227,9 @@ AnyRequest = (
     | SpawnRequest
     | RequestSpawnRequest
     | PendingRequest
+    | ApprovalRequest
+    | GetLogsRequest
+    | OpSendRequest
     | OperatorInboxRequest
     | ApproveRequest
     | DenyRequest
@@ -286,6 +328,14 @@ class HostResponse:
     urls: Urls | None = None
     messages: list[InboxMessage] | None = None
     """``operator_inbox``: the operator's messages, oldest first."""
+    approval_id: int | None = None
+    """``request_spawn``: the new approval's id."""
+    ids: list[int] | None = None
+    """``op_send``: the ids of the queued messages (one per recipient; ``*`` fans out)."""
+    lines: list[str] | None = None
+    """``get_logs``: log lines, oldest first (the agent wrote them: escape them before a terminal)."""
+    log_offset: int | None = None
+    """``get_logs``: the byte offset just after ``lines``; ask with ``offset`` set to it for what follows."""
 
 
 OK = HostResponse(ok=True)

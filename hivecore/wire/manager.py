@@ -21,11 +21,11 @@ from hivecore.wire.agent import (
     parse,
 )
 from hivecore.wire.converter import configure_tagged
+from hivecore.wire.host import DEFAULT_LOG_LINES as DEFAULT_LOG_LINES
+from hivecore.wire.host import MAX_LOG_LINES as MAX_LOG_LINES
+from hivecore.wire.host import GetLogsRequest as GetLogsRequest
 from hivecore.wire.host import KillRequest as KillRequest
 from hivecore.wire.host import RequestSpawnRequest as RequestSpawnRequest
-
-DEFAULT_LOG_LINES = 50
-MAX_LOG_LINES = 500
 
 
 @attrs.frozen(kw_only=True)
@@ -65,13 +65,6 @@ class RestartRequest(McpRequest):
 class UpdateRequest(McpRequest):
     CMD = "update"
     name: str = attrs.field(metadata=check(checks.not_manager("update")))
-
-
-@attrs.frozen(kw_only=True)
-class GetLogsRequest(McpRequest):
-    CMD = "get_logs"
-    name: str = attrs.field(metadata=check(checks.agent_name))
-    lines: int = attrs.field(default=DEFAULT_LOG_LINES, metadata=check(checks.log_lines(MAX_LOG_LINES)))
 
 
 ManagerRequest = (
