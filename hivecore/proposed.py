@@ -156,10 +156,144 @@ def proposed_exists(agents_root: Path, name: str) -> bool:
         return False
 
 
-# --- hand-over ------------------------------------------------------------------------------------
-
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# --- snapshot: the repo as inert data --------------------------------------------------------------
+
+MAX_SNAPSHOT_BYTES = 2 << 30
+"""Bytes of ``.git/objects`` and refs a snapshot copies (hard links cost nothing) before refusing."""
+_SNAPSHOT_TOP_FILES = ("HEAD", "packed-refs")
+_SNAPSHOT_DIRS = ("refs", "objects")
+_SNAPSHOT_CONFIG = b"[core]\n\trepositoryformatversion = 0\n\tbare = true\n"
+
+
+def snapshot_git(agents_root: Path, name: str, dest: Path) -> None:
+    """Copy what git needs to read a commit of ``agents/<name>/config/.git`` into ``dest`` (a new,
+    daemon-owned directory that must not exist), as inert data: a bare repository of ``HEAD``,
+    ``packed-refs``, ``refs/**`` and ``objects/**`` (``objects/info`` left out: no alternates),
+    with a config of the daemon's own (no extension, no promisor, nothing that runs).
+
+    Closes the window between :func:`check_proposed` and git opening the repo by path: every
+    directory is opened ``O_NOFOLLOW`` relative to the one above it (starting from
+    ``agents_root``), every file ``O_NOFOLLOW|O_NONBLOCK`` and kept only when ``fstat`` says it is
+    a regular file; it is hard-linked when it can be (the link is the inode just checked) else
+    copied from its fd. A link, FIFO, device or socket met anywhere (swapped in at any moment) is
+    refused (:class:`UnsafeRepo`); git then runs on ``dest`` only. Blocking.
+    """
+    where = f"the config repo of {name}"
+    budget = [MAX_GIT_ENTRIES, MAX_SNAPSHOT_BYTES]
+    try:
+        top = agentfs.open_dir(agents_root, name, "config")
+    except OSError as exc:
+        raise UnsafeRepo(f"{where}: agents/{name}/config is not a plain directory ({exc.strerror})") from None
+    try:
+        try:
+            git = os.open(".git", _DIR, dir_fd=top)
+        except OSError as exc:
+            raise UnsafeRepo(f"{where}: .git is not a plain directory ({exc.strerror})") from None
+    finally:
+        os.close(top)
+    os.mkdir(dest, 0o700)
+    out = os.open(dest, _DIR)
+    try:
+        for rel in _SNAPSHOT_TOP_FILES:
+            _snapshot_file(git, rel, out, where, budget, required=rel == "HEAD")
+        for sub in _SNAPSHOT_DIRS:
+            _snapshot_dir(git, sub, out, where, budget, sub)
+        fd = os.open("config", _NEW_FILE, 0o600, dir_fd=out)
+        try:
+            os.write(fd, _SNAPSHOT_CONFIG)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(out)
+        os.close(git)
+
+
+def _snapshot_file(
+    src_dir: int,
+    name: str,
+    dst_dir: int,
+    where: str,
+    budget: list[int],
+    *,
+    required: bool = False,
+    shown: str = "",
+) -> None:
+    shown = shown or name
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=src_dir)
+    except FileNotFoundError:
+        if required:
+            raise UnsafeRepo(f"{where}: .git/{shown} is missing") from None
+        return
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeRepo(
+                f"{where}: .git/{shown} is a symlink; git would read what it points at"
+            ) from None
+        raise UnsafeRepo(f"{where}: .git/{shown} cannot be read ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeRepo(f"{where}: .git/{shown} is not a regular file")
+        budget[0] -= 1
+        budget[1] -= st.st_size
+        if budget[0] < 0 or budget[1] < 0:
+            raise UnsafeRepo(
+                f"{where}: more than {MAX_GIT_ENTRIES} entries or {MAX_SNAPSHOT_BYTES >> 30} GiB under .git; "
+                "run `git gc` to pack them"
+            )
+        try:  # linkat(2) of the fd: exactly the inode checked above (needs CAP_DAC_READ_SEARCH)
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dst_dir, follow_symlinks=True)
+            return
+        except OSError:
+            pass
+        out = os.open(name, _NEW_FILE, 0o600, dir_fd=dst_dir)
+        try:
+            while chunk := os.read(fd, 1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view) :]
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
+
+
+def _snapshot_dir(
+    src_parent: int, sub: str, dst_parent: int, where: str, budget: list[int], shown: str
+) -> None:
+    try:
+        src = os.open(sub, _DIR, dir_fd=src_parent)
+    except FileNotFoundError:
+        src = -1
+    except OSError as exc:
+        raise UnsafeRepo(f"{where}: .git/{shown} is not a plain directory ({exc.strerror})") from None
+    os.mkdir(sub, 0o700, dir_fd=dst_parent)
+    if src < 0:
+        return
+    dst = os.open(sub, _DIR, dir_fd=dst_parent)
+    try:
+        with os.scandir(src) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        for entry, is_dir in entries:
+            if shown == "objects" and entry == "info":
+                continue  # alternates, http-alternates, packs: never copied
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise UnsafeRepo(f"{where}: more than {MAX_GIT_ENTRIES} entries under .git; run `git gc`")
+            if is_dir:
+                _snapshot_dir(src, entry, dst, where, budget, f"{shown}/{entry}")
+            else:
+                _snapshot_file(src, entry, dst, where, budget, shown=f"{shown}/{entry}")
+    finally:
+        os.close(dst)
+        os.close(src)
+
+
+# --- hand-over ------------------------------------------------------------------------------------
 
 
 def _chown(fd: int, owner: Credentials | None) -> None:

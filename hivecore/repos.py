@@ -466,8 +466,22 @@ class Repos:
         """``(sha, pack)``: ``commit_ref`` resolved and its closure packed in the proposed repo, by
         git running with the owner's credentials (``owner(name)``)."""
         await self.check_proposed(name)
-        repo = self.proposed(name)
         user = await trio.to_thread.run_sync(self.owner, name)
+        if user is not None and os.geteuid() == 0:
+            return await self._pack_in(self.proposed(name), commit_ref, what=what, user=user)
+        # as the daemon (nixos runtime, non-root daemon): git never opens the manager's repo by
+        # path (a component swapped after the check would be followed): it runs on a snapshot
+        snapshot = await self._scratch("snap-")
+        try:
+            git_dir = snapshot / "git"
+            await trio.to_thread.run_sync(proposed.snapshot_git, self.paths.agents, name, git_dir)
+            return await self._pack_in(git_dir, commit_ref, what=what, user=None)
+        finally:
+            await trio.to_thread.run_sync(partial(shutil.rmtree, snapshot, ignore_errors=True))
+
+    async def _pack_in(
+        self, repo: Path, commit_ref: str, *, what: str, user: Credentials | None
+    ) -> tuple[str, bytes]:
         result = await self.git(
             repo,
             "rev-parse",
