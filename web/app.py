@@ -174,9 +174,9 @@ def create_app(coordinator: Coordinator, *, auth: Auth, paths: StatePaths) -> Qu
         scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
         if auth.mode == "token" and scheme.lower() == "bearer":
             client = request.remote_addr or "?"
-            if wait := auth.throttle.retry_after(client):
-                return session.throttled(wait)
-            if not auth.token_ok(bearer):
+            if not auth.token_ok(bearer):  # the right token is never throttled (see web.auth)
+                if wait := auth.throttle.retry_after(client):
+                    return session.throttled(wait)
                 session.failed_login(auth, client)
         who = principal()
         if _is_public(request.path) and request.method != "POST":

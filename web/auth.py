@@ -14,9 +14,12 @@ Sessions live in memory: a daemon restart logs every browser out.
 
 Failed logins (a wrong token on ``POST /login`` or in a bearer header) are logged with the client's
 address and never the secret, and counted per address by :class:`LoginThrottle`: past
-:data:`MAX_FAILED_LOGINS` in :data:`FAILED_LOGIN_WINDOW` seconds every credential from that address
-is answered 429 with ``Retry-After`` until the window has room again (sessions already open keep
-working).
+:data:`MAX_FAILED_LOGINS` in :data:`FAILED_LOGIN_WINDOW` seconds every *wrong* token from that
+address is answered 429 with ``Retry-After`` until the window has room again. The right token is
+never throttled: agents of the process runtime share the operator's loopback address, and one of
+them failing on purpose must not lock the operator out (the ``hive-c0re login-url`` link, a bearer
+header and ``POST /login`` with the token always work). Telling a throttled guesser that a guess was
+right costs nothing: the token has 256 random bits; the limit is there to log and slow noise.
 """
 
 from __future__ import annotations

@@ -44,13 +44,13 @@ def blueprint(auth: Auth, principal: Callable[[], Principal | None]) -> Blueprin
         if auth.mode == "none":
             return Response(json.dumps({"ok": True, "message": "no auth on this dashboard"}), mimetype=JSON)
         client = request.remote_addr or "?"
-        if wait := auth.throttle.retry_after(client):
-            return throttled(wait)
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or None
         if given is None and request.mimetype == "application/x-www-form-urlencoded":
             given = (await request.form).get("token")
-        sid = auth.login(given)
+        sid = auth.login(given)  # the right token always logs in, throttled address or not
         if sid is None:
+            if wait := auth.throttle.retry_after(client):
+                return throttled(wait)
             failed_login(auth, client)
             return _error(403, "wrong operator token")
         resp = Response(json.dumps({"ok": True, "message": "logged in"}), mimetype=JSON)
