@@ -332,11 +332,12 @@ def _dashboard_child(daemon: Daemon, web_factory: WebFactory) -> ChildSpec:
         daemon.dashboard_listeners = []
         async with trio.open_nursery() as nursery:
             urls: list[str] = await nursery.start(
-                # a connection cap and the fd reserve at accept: agents share the host network
+                # slots by credentials, a head deadline, the fd reserve: agents share the host network
                 partial(
                     dashboard_listener.serve,
                     app,
                     hc,
+                    credentials_ok=getattr(app, "hive_credentials_ok", None),
                     shutdown_trigger=shutdown.wait,
                     listeners_out=daemon.dashboard_listeners,
                 )

@@ -2,9 +2,11 @@
 // (a fragment never reaches the server's logs); the fragment is wiped from the address bar at once.
 "use strict";
 async function login(token) {
+  // the token goes in the Authorization header: the dashboard's listener then counts this request
+  // as the operator's (slots agents without credentials cannot take), before the body is read
   const resp = await fetch("/login", {
     method: "POST",
-    body: new URLSearchParams({ token }),
+    headers: { Authorization: `Bearer ${token.trim()}` },
     credentials: "same-origin",
   });
   let answer = {};
