@@ -7,6 +7,7 @@ the coordinator (and, at the end, host.sock and hivectl).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -556,6 +557,15 @@ async def test_the_manager_reads_the_outcome_through_its_applied_remote(parts: P
     message = await git(proposed, "for-each-ref", "--format=%(contents)", f"refs/tags/failed/{approval.id}")
     assert "does not evaluate" in message
     assert "syntax error" in message
+    # the command the seeded README and docs/approvals.md give works as written (issue 16: the old
+    # `git show applied/failed/<id>` was an "ambiguous argument")
+    docs = Path(__file__).resolve().parent.parent / "docs" / "approvals.md"
+    for text in ((proposed / "README.md").read_text(), docs.read_text()):
+        [command] = re.findall(r"git fetch --tags applied && git show failed/<id>", text)
+        for part in command.replace("<id>", str(approval.id)).split(" && "):
+            shown = await git(proposed, *part.split()[1:])
+        assert "does not evaluate" in shown
+        assert "syntax error" in shown
 
 
 async def test_a_seed_cut_short_is_redone_at_the_next_spawn(parts: Parts) -> None:
