@@ -18,7 +18,6 @@ from hivecore.errors import Refused
 from hivecore.meta import MetaFacts, is_stale, read_meta_facts
 from hivecore.models import ContainerView, Transient
 from hivecore.names import MANAGER_NAME, validate_name
-from hivecore.ports import agent_port
 from hivecore.runtime.base import AgentRuntimeState, container_name
 
 PAUSE_MARKER = "hyperhive-paused"
@@ -51,7 +50,7 @@ def build_view(
         needs_login=not facts.logged_in,
         needs_update=facts.stale,
         deployed_sha=facts.deployed_sha[:12] if facts.deployed_sha else None,
-        port=agent_port(state.name),
+        port=0,  # no agent serves a web UI yet: show no port until one does (issue 16)
         paused=facts.paused,
         status_text=facts.status_text if running else None,
         status_set_at=facts.status_set_at if running else None,

@@ -30,6 +30,7 @@ from hivecore import agent_users
 from hivecore.config import Config
 from hivecore.coordinator import Coordinator
 from hivecore.errors import HiveError
+from hivecore.kick import agent_state_dir
 from hivecore.meta import MetaRepo
 from hivecore.names import MANAGER_NAME
 from hivecore.proc import Credentials
@@ -163,7 +164,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     runtime = runtime if runtime is not None else make_runtime(config)
     views = Views(config.paths, runtime, transients, bus, domain=config.domain)
     broker = Broker(store, bus, lambda: views.rows().keys())
-    notifier = Notifier(broker, bus)
+    notifier = Notifier(broker, bus, partial(agent_state_dir, config.runtime, config.paths))
     repos = Repos(config.paths, owner=proposed_owner(config))
     meta_repo = MetaRepo(config.paths, hyperhive_flake=config.hyperhive_flake, eval_limits=config.eval_limits)
     meta = MetaLock(meta_repo, bus)

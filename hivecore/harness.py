@@ -1,8 +1,8 @@
 """``python -m hivecore.harness``: the minimal agent the process runtime runs by default.
 
 It reads ``HIVE_LABEL`` and ``HIVE_STATE_DIR``, writes ``env.json`` (its ``HIVE_*`` environment) and
-``system-prompt.md`` (rendered from ``hivecore/templates/prompts/{agent,manager}.md`` with ``{label}``
-and ``{operator_pronouns}``) into the state dir, then rewrites ``heartbeat`` (unix time) every
+``system-prompt.md`` (rendered from ``hivecore/templates/prompts/{agent,manager}.md`` with ``{label}``,
+``{operator_pronouns}`` and ``{state_dir}``) into the state dir, then rewrites ``heartbeat`` (unix time) every
 ``HIVE_HEARTBEAT_SECONDS`` (default 5) until SIGTERM or SIGINT, on which it exits 0.
 
 With ``HIVE_SOCKET`` set it also serves its inbox: one connection to the socket, ``recv`` long-polls
@@ -95,17 +95,22 @@ class HarnessSettings:
         )
 
 
-def render_prompt(label: str, operator_pronouns: str) -> str:
-    """The system prompt for ``label`` (the manager gets ``manager.md``)."""
+def render_prompt(label: str, operator_pronouns: str, state_dir: str) -> str:
+    """The system prompt for ``label`` (the manager gets ``manager.md``); ``state_dir`` is the
+    agent's own state dir (its ``HIVE_STATE_DIR``: the prompt names no path the runtime lacks)."""
     name = "manager.md" if label == MANAGER_NAME else "agent.md"
     template = importlib.resources.files("hivecore").joinpath("templates", "prompts", name).read_text("utf-8")
-    return template.replace("{label}", label).replace("{operator_pronouns}", operator_pronouns)
+    return (
+        template.replace("{label}", label)
+        .replace("{operator_pronouns}", operator_pronouns)
+        .replace("{state_dir}", state_dir)
+    )
 
 
 def write_prompt(settings: HarnessSettings) -> None:
     pronouns = settings.hive_env.get("HIVE_OPERATOR_PRONOUNS") or "she/her"
     tmp = settings.state_dir / f".{PROMPT_FILE}.tmp"
-    tmp.write_text(render_prompt(settings.label, pronouns), encoding="utf-8")
+    tmp.write_text(render_prompt(settings.label, pronouns, str(settings.state_dir)), encoding="utf-8")
     os.replace(tmp, settings.state_dir / PROMPT_FILE)
 
 

@@ -28,6 +28,7 @@ from tests.conftest import Parts
 from tests.procs import as_owner, owner_git_env, write_as_owner
 from tests.waiting import eventually
 
+APPROVALS_DOC = Path(__file__).resolve().parent.parent / "docs" / "approvals.md"
 BROKEN_NIX = "{ ... }: {\n  hive.agent = { model = ; };\n}\n"
 
 
@@ -559,8 +560,7 @@ async def test_the_manager_reads_the_outcome_through_its_applied_remote(parts: P
     assert "syntax error" in message
     # the command the seeded README and docs/approvals.md give works as written (issue 16: the old
     # `git show applied/failed/<id>` was an "ambiguous argument")
-    docs = Path(__file__).resolve().parent.parent / "docs" / "approvals.md"
-    for text in ((proposed / "README.md").read_text(), docs.read_text()):
+    for text in ((proposed / "README.md").read_text(), APPROVALS_DOC.read_text()):
         [command] = re.findall(r"git fetch --tags applied && git show failed/<id>", text)
         for part in command.replace("<id>", str(approval.id)).split(" && "):
             shown = await git(proposed, *part.split()[1:])

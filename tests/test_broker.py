@@ -18,7 +18,9 @@ import trio.testing
 from hivecore import agent_users, harness
 from hivecore.daemon import Daemon, ensure_manager
 from hivecore.harness import Channel, HarnessSettings, run_harness
+from hivecore.kick import agent_state_dir, kick_body
 from hivecore.names import MANAGER_NAME
+from hivecore.runtime.nixos import container_binds
 from hivecore.services import broker as br
 from hivecore.services.broker import Broker
 from tests.conftest import Parts, make_config, start_parts
@@ -469,6 +471,33 @@ async def test_kick_reaches_a_real_harness_inbox_log(hive: Daemon) -> None:
     assert env["HIVE_SOCKET"] == str(hive.config.agent_socket_path("coder"))
     # acked by the harness: the row is done
     await eventually(lambda: _acked(hive, "coder"), timeout=10)
+
+
+async def test_every_path_and_port_an_agent_is_shown_is_true_under_the_process_runtime(hive: Daemon) -> None:
+    """Issue 16: kicks and prompts named ``/agents/<n>/state`` (a nixos container's path, absent here)
+    and every row showed a web-UI port nothing listens on."""
+    await hive.coordinator.spawn("coder")
+    state = hive.config.paths.agent_state("coder")
+    inbox = state / harness.INBOX_FILE
+    await hive.coordinator.restart("coder")
+    await eventually(lambda: inbox.exists() and "container restarted" in inbox.read_text(), timeout=30)
+    [kick] = [json.loads(ln)["body"] for ln in inbox.read_text().splitlines() if "container restarted" in ln]
+    await eventually((state / harness.PROMPT_FILE).exists)
+    prompt = (state / harness.PROMPT_FILE).read_text()
+    for text in (kick, prompt):
+        assert str(state) in text
+        assert state.is_dir()
+        assert "/agents/" not in text.replace(str(state), ""), text  # no path of another runtime
+    assert (
+        kick_body("coder", "x", agent_state_dir("nixos", hive.config.paths, "coder")).count(
+            "/agents/coder/state"
+        )
+        == 1
+    )
+    nixos_state = [b.target for b in container_binds("coder", hive.config.paths, hive.config.runtime_path)]
+    assert agent_state_dir("nixos", hive.config.paths, "coder") in nixos_state  # true there too
+    # no web-UI port: nothing serves one (the view, and so the dashboard's row, shows none)
+    assert hive.coordinator.views()["coder"].port == 0
 
 
 def _acked(hive: Daemon, recipient: str) -> bool:

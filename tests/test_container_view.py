@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from hivecore.container_view import AgentFacts, build_view
 from hivecore.models import Transient
-from hivecore.ports import agent_port
 from hivecore.runtime.base import AgentRuntimeState
 from tests.conftest import Parts
 
@@ -31,8 +30,9 @@ def test_build_view_rows() -> None:
         for n, s in RUNTIME.items()
     }
     m, c, i = views["hm1nd"], views["coder"], views["idle"]
-    assert (m.container, m.is_manager, m.port) == ("hm1nd", True, 8000)
-    assert (c.container, c.is_manager, c.port) == ("h-coder", False, agent_port("coder"))
+    # no agent serves a web UI yet: no row shows a port nothing listens on (issue 16)
+    assert (m.container, m.is_manager, m.port) == ("hm1nd", True, 0)
+    assert (c.container, c.is_manager, c.port) == ("h-coder", False, 0)
     assert c.pending == "rebuilding"
     assert c.deployed_sha == "0123456789ab"
     assert not c.needs_login

@@ -55,6 +55,8 @@ class BrowserThread:
         self._thread = threading.Thread(target=self._serve, name="playwright", daemon=True)
         self.state_requests: list[str] = []
         self.dialog_answers: list[str] = []
+        self.dialog_messages: list[str] = []
+        """Every dialog's text, in order (confirms included)."""
         self.console_errors: list[str] = []
         self.failed_responses: list[tuple[int, str]] = []
 
@@ -115,6 +117,7 @@ class BrowserThread:
             self.state_requests.append(url)
 
     def _answer(self, dialog: Any) -> None:
+        self.dialog_messages.append(dialog.message)
         if dialog.type == "prompt":
             dialog.accept(self.dialog_answers.pop(0) if self.dialog_answers else "")
         else:
@@ -284,6 +287,65 @@ async def test_the_page_follows_the_world_on_one_snapshot(
     assert await browser.run(lambda: page.evaluate("window.pwned === undefined"))
     if os.environ.get("HIVE_SCREENSHOT_TO"):
         shutil.copy(shots / "dashboard.png", os.environ["HIVE_SCREENSHOT_TO"])
+
+
+async def test_the_purge_checkbox_survives_row_redraws_and_the_confirmation_says_what_goes(
+    live: Daemon, browser: BrowserThread
+) -> None:
+    """Issue 16: the row redrew from every event and lost the tick; destroy asked the same question
+    with and without purge. Also: under the process runtime no row shows a web-UI port."""
+    base = live.dashboard_urls[0]
+    with trio.fail_after(240):
+        page = await browser.new_page(base)
+
+        def wait(selector: str, state: str = "attached") -> Callable[[], object]:
+            return lambda: page.wait_for_selector(selector, state=state)  # type: ignore[arg-type]
+
+        for name in ("keep", "gone"):
+            await ok(await host(live, {"cmd": "spawn", "name": name}))
+            await browser.run(wait(f"#containers .row.running[data-name='{name}']"))
+        assert await browser.run(lambda: page.locator("#containers .port").count()) == 0
+
+        box = "#containers .row[data-name='gone'] input[name=purge]"
+        await browser.run(lambda: page.check(box))
+        # events redraw the row: pause (a badge appears), then resume
+        await ok(await host(live, {"cmd": "set_paused", "name": "gone", "paused": True}))
+        await browser.run(wait("#containers .row[data-name='gone'] .badge.paused"))
+        assert await browser.run(lambda: page.is_checked(box))
+        await ok(await host(live, {"cmd": "set_paused", "name": "gone", "paused": False}))
+        await browser.run(wait("#containers .row[data-name='gone'] .badge.paused", "detached"))
+        assert await browser.run(lambda: page.is_checked(box))
+        assert not await browser.run(
+            lambda: page.is_checked("#containers .row[data-name='keep'] input[name=purge]")
+        )
+
+        # destroy without purge: the question says the state is kept, and it is
+        await browser.run(
+            lambda: page.click("#containers .row[data-name='keep'] form[action='/destroy/keep'] button")
+        )
+        await browser.run(wait("#containers .row[data-name='keep']", "detached"))
+        await browser.run(wait("#tombstones .row[data-name='keep']"))
+        kept_question = browser.dialog_messages[-1]
+        assert "KEPT" in kept_question
+        assert "DELETE" not in kept_question
+        # with purge: the question names what is deleted, and nothing is kept
+        await browser.run(
+            lambda: page.click("#containers .row[data-name='gone'] form[action='/destroy/gone'] button")
+        )
+        await browser.run(wait("#containers .row[data-name='gone']", "detached"))
+        await browser.run(wait(".toast.ok:has-text('gone destroyed and purged')"))
+        purge_question = browser.dialog_messages[-1]
+        assert "PURGE" in purge_question
+        assert "DELETES agents/gone/" in purge_question
+        assert "applied/gone/" in purge_question
+        assert "No undo" in purge_question
+        assert not live.config.paths.agent_dir("gone").exists()
+        assert live.config.paths.agent_dir("keep").exists()
+        # a new agent under the purged name starts unticked
+        await ok(await host(live, {"cmd": "spawn", "name": "gone"}))
+        await browser.run(wait("#containers .row.running[data-name='gone']"))
+        assert not await browser.run(lambda: page.is_checked(box))
+    assert not browser.console_errors, browser.console_errors
 
 
 RELATIVE_TIME = re.compile(r"\b\d+(?:\.\d+)?[smhd] ago")

@@ -6,6 +6,7 @@ They go through :meth:`Broker.post`, so a waiting ``recv`` of the recipient wake
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from hivecore.kick import kick_body
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, SYSTEM_SENDER
@@ -18,15 +19,18 @@ log = logging.getLogger(__name__)
 
 
 class Notifier:
-    def __init__(self, broker: Broker, bus: Publisher) -> None:
+    def __init__(self, broker: Broker, bus: Publisher, state_dir: Callable[[str], str]) -> None:
+        """``state_dir(name)``: the agent's state dir as it sees it
+        (:func:`hivecore.kick.agent_state_dir`)."""
         self._broker = broker
         self._bus = bus
+        self._state_dir = state_dir
 
     async def kick(self, name: str, reason: str) -> None:
         """Queue a kick for ``name``; a failure is logged, never raised."""
         try:
             recipient = MANAGER_AGENT if name == MANAGER_NAME else name
-            body = kick_body(name, reason)
+            body = kick_body(name, reason, self._state_dir(name))
             await self._broker.post(SYSTEM_SENDER, recipient, body)
             log.info("kicked %s: %s", name, reason)
         except Exception:

@@ -25,6 +25,7 @@ const S = {
   openLogs: new Set(), // names whose log viewer is open
   logText: new Map(), // name -> lines
   openDiffs: new Set(), // approval ids whose diff is folded away
+  purgeChecked: new Set(), // names whose destroy form has "purge" ticked (survives row re-renders)
 };
 const MAX_MESSAGES = 200;
 const MAX_INBOX = 50;
@@ -59,6 +60,7 @@ function actionForm(action, label, opts = {}) {
   const form = el("form", {
     action, "data-async": true, "data-no-refresh": true,
     "data-confirm": opts.confirm, "data-prompt": opts.prompt, "data-prompt-field": opts.promptField,
+    "data-confirm-if": opts.confirmIf, "data-confirm-then": opts.confirmThen,
     class: "inline",
   });
   for (const [k, v] of Object.entries(opts.hidden || {})) form.append(el("input", { type: "hidden", name: k, value: v }));
@@ -130,9 +132,19 @@ function containerRow(c) {
   }
   buttons.append(actionForm(`/rebuild/${n}`, "↻ R3BU1LD"));
   if (!c.is_manager) {
-    const purge = el("label", { class: "purge" }, el("input", { type: "checkbox", name: "purge", value: "1" }), " purge");
+    const box = el("input", { type: "checkbox", name: "purge", value: "1", checked: S.purgeChecked.has(c.name) });
+    box.addEventListener("change", () => {
+      if (box.checked) S.purgeChecked.add(c.name); else S.purgeChecked.delete(c.name);
+    });
+    const purge = el("label", { class: "purge" }, box, " purge");
     buttons.append(actionForm(`/destroy/${n}`, "DESTR0Y", {
-      confirm: `Destroy ${c.name}? (with purge its state is deleted too)`, cls: "danger", extra: purge,
+      confirm: `Destroy ${c.name}? Its process is stopped and removed. Its state is KEPT (notes, `
+        + `credentials, config repo and deploy history, under agents/${c.name}/ and applied/${c.name}/): `
+        + "K3PT ST4T3 can revive it or purge it later.",
+      confirmIf: "purge",
+      confirmThen: `Destroy ${c.name} AND PURGE its state? This also DELETES agents/${c.name}/ (its notes, `
+        + `claude credentials and config repo) and applied/${c.name}/ (its deploy history). No undo.`,
+      cls: "danger", extra: purge,
     }));
   }
   const logs = el("details", { class: "logs", "data-restore-key": `logs:${c.name}`, open: S.openLogs.has(c.name) },
@@ -162,7 +174,7 @@ function renderContainer(name) {
   const box = document.getElementById("containers");
   const old = findRow("containers", name);
   const c = S.containers.get(name);
-  if (!c) { if (old) old.remove(); }
+  if (!c) { if (old) old.remove(); S.purgeChecked.delete(name); }
   else {
     const row = containerRow(c);
     if (old) old.replaceWith(row);
@@ -176,6 +188,7 @@ function renderContainer(name) {
 
 function renderContainers() {
   const box = document.getElementById("containers");
+  for (const name of [...S.purgeChecked]) if (!S.containers.has(name)) S.purgeChecked.delete(name);
   box.replaceChildren(...[...S.containers.keys()].sort().map((n) => containerRow(S.containers.get(n))));
   renderSwarmMeta();
 }
@@ -292,12 +305,14 @@ function metaField(i, ...names) {
 function renderMeta() {
   const body = document.getElementById("meta-inputs");
   const now = Date.now() / 1000;
+  // picks survive the re-render (every rebuild sends meta_inputs_changed)
+  const picked = new Set([...body.querySelectorAll("input[name=pick]:checked")].map((i) => i.value));
   body.replaceChildren(...S.metaInputs.map((i) => {
     const name = String(metaField(i, "name", "path") || "?");
     const rev = String(metaField(i, "rev", "sha", "locked_rev") || "").slice(0, 12);
     const modified = Number(metaField(i, "last_modified", "lastModified"));
     return el("tr", { "data-name": name },
-      el("td", {}, el("input", { type: "checkbox", name: "pick", value: name, "aria-label": `update ${name}` })),
+      el("td", {}, el("input", { type: "checkbox", name: "pick", value: name, "aria-label": `update ${name}`, checked: picked.has(name) })),
       el("td", { class: "name", text: name }),
       el("td", { class: "sha", text: rev }),
       el("td", { class: "age", text: modified ? `${ago(now - modified)} ago` : "" }),
@@ -499,7 +514,10 @@ function reconnect() {
 // --- forms ----------------------------------------------------------------------------------------
 
 async function submit(form, submitter) {
-  if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+  let question = form.dataset.confirm;
+  const condition = form.dataset.confirmIf && form.querySelector(`input[name="${form.dataset.confirmIf}"]`);
+  if (condition && condition.checked) question = form.dataset.confirmThen;
+  if (question && !window.confirm(question)) return;
   if (form.dataset.prompt) {
     const answer = window.prompt(form.dataset.prompt, "");
     if (answer === null) return;
