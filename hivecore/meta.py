@@ -34,6 +34,7 @@ import attrs
 import trio
 
 from hivecore import agent_users, proc
+from hivecore.atomic import write_text_atomic
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError
 from hivecore.models import MetaInputView
@@ -277,9 +278,7 @@ def write_deployed(paths: StatePaths, name: str, record: Deployed) -> None:
     """Record (atomically; blocking) what ``name`` now runs."""
     target = deployed_path(paths, name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(attrs.asdict(record)))
-    os.replace(tmp, target)
+    write_text_atomic(target, json.dumps(attrs.asdict(record)), tmp=target.with_suffix(".tmp"))
 
 
 def read_deployed(paths: StatePaths, name: str) -> Deployed | None:
@@ -616,9 +615,7 @@ class MetaRepo:
             self.dir.mkdir(parents=True, exist_ok=True)
             target = self.dir / "flake.nix"
             if not target.exists() or target.read_text() != text:
-                tmp = self.dir / ".flake.nix.tmp"
-                tmp.write_text(text)
-                os.replace(tmp, target)
+                write_text_atomic(target, text)
 
         await trio.to_thread.run_sync(write)
         what = "syncing the meta flake"

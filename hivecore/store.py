@@ -112,6 +112,12 @@ class StoreUnavailable(HiveError):
     """The store actor stopped while a request was in flight."""
 
 
+class StoreFull(HiveError):
+    """sqlite answered "database or disk is full": nothing was written."""
+
+    http_status = 507
+
+
 @attrs.frozen
 class StoreStatistics:
     calls: int
@@ -175,6 +181,32 @@ def no_fsync(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("PRAGMA synchronous=FULL")
 
 
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``; on any error, ``ROLLBACK`` and the error itself is raised.
+
+    sqlite ends a transaction by itself on some errors (``database or disk is full``, an I/O
+    error): then there is nothing to roll back, and a ``ROLLBACK`` would raise "cannot rollback - no
+    transaction is active" in place of the real error. A rollback that fails is logged, never
+    raised over the error that caused it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.warning("store: rollback failed", exc_info=True)
+        raise
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is sqlite's "database or disk is full" (``SQLITE_FULL``)."""
+    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL"
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply pending migrations; returns the resulting schema version."""
     version: int = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -183,15 +215,10 @@ def migrate(conn: sqlite3.Connection) -> int:
             f"database schema version {version} is newer than this hive-c0re understands ({SCHEMA_VERSION})"
         )
     for target in range(version + 1, SCHEMA_VERSION + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             for statement in _statements(MIGRATIONS[target - 1]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={target}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         log.info("store: migrated schema to version %d", target)
     return SCHEMA_VERSION
 
@@ -306,8 +333,7 @@ def _insert_checked(
     """Insert a pending approval; :class:`QuotaExceeded` when ``requester`` already has ``quota``
     pending ones; ``None`` (nothing inserted) when ``unless_pending`` and ``agent`` already has a
     pending one of ``kind``."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         busy = (
             unless_pending
             and conn.execute(
@@ -318,10 +344,6 @@ def _insert_checked(
         if not busy:
             _check_quota(conn, requester, quota)
             approval = _insert(conn, agent, kind, commit_ref, description, requester, fetched_sha, agent_nix)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return approval
 
 
@@ -429,6 +451,11 @@ class Store:
                 result: outcome.Outcome[T] = await reply_recv.receive()
             except trio.EndOfChannel:
                 raise StoreUnavailable("the database stopped before answering; try again") from None
+        if isinstance(result, outcome.Error) and is_full(result.error):
+            raise StoreFull(
+                f"the database cannot be written: {result.error} ({self.path}); nothing was saved. "
+                "Free space on its filesystem and try again"
+            ) from result.error
         return result.unwrap()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -668,3 +668,36 @@ async def test_a_failed_bind_is_retried_on_the_next_row_change(hub: Hub) -> None
     with trio.fail_after(10):
         await hub.daemon.agent_sockets.wait_for(lambda a: "late" in a.bound())
     assert (await call(path, {"cmd": "whoami"}))["whoami"]["name"] == "late"
+
+
+async def test_in_reply_to_names_only_a_message_the_caller_sent_or_received(hub: Hub) -> None:
+    """Issue 16 item 9: no existence oracle over other inboxes, no pinning another inbox's row."""
+    [to_tester] = (await call(hub.manager_sock, {"cmd": "send", "to": "tester", "body": "for tester"}))["ids"]
+    [to_coder] = (await call(hub.manager_sock, {"cmd": "send", "to": "coder", "body": "for coder"}))["ids"]
+    refused = "no message you sent or received has that id"
+    for message_id in (to_tester, 999999):  # another inbox's row answers like a missing one
+        got = await call(
+            hub.agent_sock("coder"), {"cmd": "send", "to": "manager", "body": "re", "in_reply_to": message_id}
+        )
+        assert got == {"version": 1, "ok": False, "error": f"in_reply_to {message_id}: {refused}"}
+    # queued for coder but not handed out yet: not received
+    got = await call(
+        hub.agent_sock("coder"), {"cmd": "send", "to": "manager", "body": "re", "in_reply_to": to_coder}
+    )
+    assert got["ok"] is False, got
+    assert refused in got["error"], got
+    got = await call(
+        hub.agent_sock("coder"), {"cmd": "send", "to": "manager", "body": "re", "in_reply_to": -1}
+    )
+    assert got["error"] == "in_reply_to is a message id (a positive number), got -1", got
+    assert [r["id"] for r in await hub.rows("manager") if r["sender"] == "coder"] == []
+    # once received, coder may answer it; the manager may refer to what it sent
+    assert [m["id"] for m in (await call(hub.agent_sock("coder"), {"cmd": "recv"}))["messages"]] == [to_coder]
+    ok = await call(
+        hub.agent_sock("coder"), {"cmd": "send", "to": "manager", "body": "re", "in_reply_to": to_coder}
+    )
+    assert ok["ok"] is True, ok
+    again = await call(
+        hub.manager_sock, {"cmd": "send", "to": "tester", "body": "ping", "in_reply_to": to_tester}
+    )
+    assert again["ok"] is True, again

@@ -67,6 +67,7 @@ import attrs
 import trio
 
 from hivecore import agentfs, proc
+from hivecore.atomic import write_text_atomic
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError, RuntimeFailure
 from hivecore.limits import DEFAULT_CPU_QUOTA, DEFAULT_MEMORY_MAX, validate_cpu_quota, validate_memory_max
@@ -466,11 +467,8 @@ class NixosRuntime:
         clean = transform(text)
         if clean == text:
             return
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            tmp.write_text(clean, encoding="utf-8")
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-            os.replace(tmp, path)
+            write_text_atomic(path, clean, mode=path.stat().st_mode & 0o7777)
         except OSError as e:
             raise RuntimeFailure(f"cannot rewrite {path}: {e}") from e
 
@@ -484,12 +482,9 @@ class NixosRuntime:
             pass
         except OSError as e:
             raise RuntimeFailure(f"cannot read {path}: {e}") from e
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text, encoding="utf-8")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            write_text_atomic(path, text, mode=0o644)
         except OSError as e:
             raise RuntimeFailure(f"cannot write {path}: {e}") from e
         return True

@@ -68,7 +68,7 @@ import trio
 from hivecore.errors import BadInput, HiveError
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, OPERATOR_NAME, validate_name
 from hivecore.services.handles import Publisher
-from hivecore.store import Store, no_fsync
+from hivecore.store import Store, no_fsync, transaction
 from hivecore.wire.agent import MAX_BODY, MAX_RECV_BATCH, MAX_RECV_WAIT, Delivery
 from hivecore.wire.events import MessageDelivered, MessageSent
 
@@ -120,8 +120,7 @@ def _insert(
     """Insert ``rows`` in one transaction; with ``quota``, refuse (:class:`QuotaExceeded`) if the
     sender's unacked rows would exceed it."""
     ids: list[int] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         if quota is not None and rows:
             sender = rows[0][0]
             (queued,) = conn.execute(
@@ -140,15 +139,16 @@ def _insert(
             )
             assert cur.lastrowid is not None
             ids.append(cur.lastrowid)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return ids
 
 
-def _message_exists(conn: sqlite3.Connection, message_id: int) -> bool:
-    return conn.execute("SELECT 1 FROM messages WHERE id=?", (message_id,)).fetchone() is not None
+def _may_reply(conn: sqlite3.Connection, message_id: int, sender: str, inbox: str) -> bool:
+    """Whether ``sender`` (reading ``inbox``) sent message ``message_id`` or was handed it."""
+    row = conn.execute(
+        "SELECT 1 FROM messages WHERE id=? AND (sender=? OR (recipient=? AND delivered_at IS NOT NULL))",
+        (message_id, sender, inbox),
+    ).fetchone()
+    return row is not None
 
 
 def _take(
@@ -163,8 +163,7 @@ def _take(
 def _take_now(
     conn: sqlite3.Connection, recipient: str, lease: int, live: list[int], limit: int, now: int
 ) -> list[Delivery]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         rows = conn.execute(
             f"SELECT {_COLUMNS} FROM messages WHERE recipient=? AND acked_at IS NULL AND ("
             "delivered_at IS NULL OR lease IS NULL OR lease NOT IN (SELECT value FROM json_each(?))"
@@ -189,10 +188,6 @@ def _take_now(
                     in_reply_to=r["in_reply_to"],
                 )
             )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return out
 
 
@@ -377,9 +372,12 @@ class Broker:
         if not inboxes:
             return []  # a broadcast with nobody else in the hive
         if in_reply_to is not None:
-            exists = await self._store.call(lambda c: _message_exists(c, in_reply_to))
-            if not exists:
-                raise BadMessage(f"in_reply_to {in_reply_to}: no such message")
+            # only a message the sender sent or was handed: the same answer for one that does not
+            # exist and one in another inbox (no oracle over other inboxes)
+            inbox = MANAGER_AGENT if sender == MANAGER_NAME else sender
+            mine = await self._store.call(lambda c: _may_reply(c, in_reply_to, sender, inbox))
+            if not mine:
+                raise BadMessage(f"in_reply_to {in_reply_to}: no message you sent or received has that id")
         now = int(self._clock())
         rows = [(sender, r, body, in_reply_to) for r in inboxes]
         quota = self.max_queued if check and sender != OPERATOR else None

@@ -20,6 +20,7 @@ means to the broker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Collection, Mapping
@@ -292,9 +293,14 @@ def write_no_follow(directory: Path, name: str, text: str) -> None:
     tmp = f".{name}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=dirfd)
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(text)
-        os.replace(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        except BaseException:  # a full disk, bad text: no temp file is left behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dirfd)
+            raise
     except OSError as exc:
         raise Refused(f"cannot write {directory / name}: {exc.strerror or exc}") from None
     finally:

@@ -94,6 +94,13 @@ def approval_id(value: int) -> int:
     return value
 
 
+def message_id(value: int | None) -> int | None:
+    """An optional message id (``in_reply_to``): a positive number."""
+    if value is not None and value < 1:
+        raise BadInput(f"in_reply_to is a message id (a positive number), got {value}")
+    return value
+
+
 def meta_inputs(value: list[str]) -> list[str]:
     """Flake input names (``hyperhive``, ``agent-<n>``…): stripped, blanks dropped, de-duplicated,
     1 to :data:`MAX_INPUTS` of them, each a plain input name."""

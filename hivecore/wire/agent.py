@@ -100,7 +100,7 @@ class SendRequest(McpRequest):
     CMD = "send"
     to: str
     body: str
-    in_reply_to: int | None = None
+    in_reply_to: int | None = attrs.field(default=None, metadata=check(checks.message_id))
 
 
 @attrs.frozen(kw_only=True)

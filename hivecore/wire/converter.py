@@ -12,6 +12,7 @@ Rules every wire record follows:
 from __future__ import annotations
 
 import json
+import math
 import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -89,6 +90,66 @@ def _strict_attrs_factory(cl: type[Any], conv: cattrs.Converter) -> Callable[[An
         return base(value, cl)
 
     return structure
+
+
+MAX_WIRE_INT = 2**63 - 1
+"""The largest integer a request may carry (sqlite's INTEGER is a signed 64-bit number)."""
+
+
+def value_problem(data: Any, where: str = "") -> str | None:
+    """The first thing in a decoded request (``json.loads`` output) that no field may hold, as one
+    sentence naming the field (``field 'body': …``), or ``None``.
+
+    Refused everywhere, before any record is built: text with a NUL byte or a lone surrogate (it
+    cannot be stored, encoded or passed on), integers outside sqlite's signed 64 bits, and numbers
+    that are not finite (``NaN``, ``Infinity``). Object keys are checked like text."""
+    if isinstance(data, str):
+        return _text_problem(data, where)
+    if isinstance(data, bool) or data is None:
+        return None
+    if isinstance(data, int):
+        if not -MAX_WIRE_INT - 1 <= data <= MAX_WIRE_INT:
+            limit = f"a number field holds at most {MAX_WIRE_INT}"
+            return f"{_field(where)}: {_cut_number(data)} is out of range ({limit})"
+        return None
+    if isinstance(data, float):
+        return None if math.isfinite(data) else f"{_field(where)}: {data} is not a finite number"
+    if isinstance(data, list):
+        for i, item in enumerate(data):
+            if (problem := value_problem(item, f"{where}[{i}]")) is not None:
+                return problem
+        return None
+    if isinstance(data, dict):
+        for key, item in data.items():
+            at = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str) and (problem := _text_problem(key, where, key=True)) is not None:
+                return problem
+            if (problem := value_problem(item, at)) is not None:
+                return problem
+    return None
+
+
+def _field(where: str) -> str:
+    return f"field {where!r}" if where else "the request"
+
+
+def _cut_number(value: int) -> str:
+    digits = str(value)
+    return digits if len(digits) <= 24 else f"a {len(digits)}-digit number"
+
+
+def _text_problem(text: str, where: str, *, key: bool = False) -> str | None:
+    what = f"a key of {_field(where)}" if key else _field(where)
+    if "\x00" in text:
+        return f"{what}: text contains a NUL byte (at character {text.index(chr(0))})"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"{what}: text contains a lone surrogate (U+{ord(text[exc.start]):04X} at character "
+            f"{exc.start}); send valid Unicode"
+        )
+    return None
 
 
 def make_converter() -> cattrs.Converter:

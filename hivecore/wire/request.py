@@ -15,7 +15,7 @@ import cattrs
 from hivecore.errors import BadInput, HiveError
 from hivecore.sockets.framing import MAX_LINE
 from hivecore.verbs.checks import CHECK
-from hivecore.wire.converter import converter, describe_error, json_type_name
+from hivecore.wire.converter import converter, describe_error, json_type_name, value_problem
 
 R = TypeVar("R")
 
@@ -70,6 +70,9 @@ def parse_line(line: bytes, union: Any, *, example: str, known: tuple[str, ...] 
     cmd = data["cmd"]
     if not isinstance(cmd, str):
         return RequestError(f'field "cmd" must be a string, got {json_type_name(cmd)}')
+    if (problem := value_problem(data)) is not None:
+        shown = "" if value_problem(cmd) is not None else f' "{cmd[:64]}"'
+        return RequestError(f"bad{shown} request: {problem}")
     try:
         request = converter.structure(data, union)
     except Exception as exc:  # cattrs validation errors and anything a hook raised
@@ -84,7 +87,10 @@ def parse_line(line: bytes, union: Any, *, example: str, known: tuple[str, ...] 
 
 def structure(data: dict[str, Any], cl: type[R]) -> R:
     """``data`` (fields as JSON would carry them) as a ``cl`` record; :class:`BadInput` if it does
-    not fit (the same sentence a socket's ``bad "<cmd>" request`` carries)."""
+    not fit (the same sentence a socket's ``bad "<cmd>" request`` carries), or holds a value no
+    field may (:func:`~hivecore.wire.converter.value_problem`)."""
+    if (problem := value_problem(data)) is not None:
+        raise BadInput(f'bad "{getattr(cl, "CMD", cl.__name__)}" request: {problem}')
     try:
         return converter.structure(data, cl)
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
