@@ -33,7 +33,6 @@ import logging
 import os
 import pwd
 import stat
-import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -356,8 +355,6 @@ def _chown_fd(fd: int, who: Credentials) -> int:
 
 # --- can it start at all ----------------------------------------------------------------------------
 
-PROBE_TIMEOUT = 10.0
-_PROBE = 'for p do [ -x "$p" ] || { printf "%s" "$p"; exit 1; }; done'
 _SHEBANG_MAX = 256
 
 
@@ -397,41 +394,17 @@ def startup_paths(command: tuple[str, ...] | list[str], env: Mapping[str, str]) 
     return list(dict.fromkeys(out))
 
 
-def check_runnable(
-    name: str,
-    command: tuple[str, ...] | list[str],
-    env: Mapping[str, str],
-    who: Credentials,
-    *,
-    reach: Sequence[Path] = (),
-) -> None:
-    """:class:`NotRunnable` (naming the path and the uid) unless ``who`` can execute every path of
-    :func:`startup_paths` and traverse every directory of ``reach`` (its state and socket dirs) —
-    tested by a ``/bin/sh`` probe running as ``who``, so modes, ACLs and private homes
-    (``/root/.pyenv``, pytest's ``/tmp/pytest-of-root``) count exactly as the kernel counts them.
-    Blocking."""
-    paths = [*startup_paths(command, env), *reach]
-    try:
-        probe = subprocess.run(
-            ["/bin/sh", "-c", _PROBE, "sh", *map(str, paths)],
-            user=who.uid,
-            group=who.gid,
-            extra_groups=list(who.groups),
-            env={"PATH": "/usr/bin:/bin"},
-            cwd="/",
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=PROBE_TIMEOUT,
-            check=False,
+def refusal(name: str, who: Credentials, report: Mapping[str, str], reach: Sequence[Path]) -> NotRunnable:
+    """The :class:`NotRunnable` for a failed reachability probe (run by the shim as ``who``, see
+    :func:`hivecore.runtime.shim.unreachable`): ``report`` is ``{"unreachable": PATH}`` (the path
+    ``who`` cannot execute or traverse) or ``{"error": TEXT}`` (the probe could not run as ``who``);
+    ``reach`` are the agent's own directories (its state and socket dirs), for the hint."""
+    if "unreachable" not in report:
+        return NotRunnable(
+            f'agent "{name}" cannot run as uid {who.uid}: {report.get("error", report)} (is the uid '
+            "inside this user namespace's /proc/self/uid_map? choose --agent-uid-base accordingly)"
         )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise NotRunnable(
-            f'agent "{name}" cannot run as uid {who.uid}: {exc} (is the uid inside this user '
-            "namespace's /proc/self/uid_map? choose --agent-uid-base accordingly)"
-        ) from None
-    if probe.returncode == 0:
-        return
-    bad = probe.stdout.decode(errors="replace") or "/bin/sh"
+    bad = report["unreachable"]
     hint = ""
     if Path(bad) in reach:
         hint = " (every directory above the state and runtime dirs must let other users traverse: x)"
@@ -440,7 +413,7 @@ def check_runnable(
             " (a private home is not reachable by other users; for the bundled harness make the "
             "venv from a Python every user can run, e.g. `/usr/bin/python3 -m venv`)"
         )
-    raise NotRunnable(
+    return NotRunnable(
         f'agent "{name}" cannot start as uid {who.uid}: {bad} is not executable (or not reachable) '
         f"by that uid{hint}"
     )

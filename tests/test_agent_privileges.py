@@ -278,6 +278,61 @@ async def test_a_command_the_uid_cannot_run_is_refused_at_start_naming_the_path(
     assert not (paths.agent_run("alpha") / "pid").exists()
 
 
+async def test_a_refused_start_after_a_stop_leaves_the_agent_stopped_not_failed(
+    runtime: ProcessRuntime, paths: StatePaths
+) -> None:
+    shared = _fresh_dir(paths)
+    prog = _script(shared / "agent", "#!/bin/sh\nexec sleep 60\n")
+    await runtime.create(AgentSpec(name="alpha", command=(str(prog),), env=ENV))
+    await runtime.start("alpha")
+    await runtime.stop("alpha")
+    os.chmod(prog, 0o700)  # now only root may run it
+    with pytest.raises(RuntimeFailure, match="cannot start as uid") as caught:
+        await runtime.start("alpha")
+    assert str(prog) in str(caught.value)
+    state = (await runtime.list())["alpha"]
+    assert not state.running
+    assert not state.failed  # still the stop it was, not a crash
+    assert (paths.agent_run("alpha") / "stop-requested").exists()
+    assert _children() == []  # the refusing shim is gone and reaped
+
+
+@pytest.mark.parametrize("fault", ["exits without a report", "never reports"])
+async def test_a_shim_that_does_not_report_is_a_clear_start_failure(
+    runtime: ProcessRuntime, paths: StatePaths, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    from hivecore.runtime import process
+
+    body = "exit 0\n" if fault == "exits without a report" else "exec sleep 60\n"
+    fake = _script(_fresh_dir(paths) / "shim", "#!/bin/sh\n" + body)
+    await runtime.create(AgentSpec(name="alpha", command=SLEEP, env=ENV))
+    monkeypatch.setattr(sys, "executable", str(fake))  # what the runtime spawns as the shim
+    monkeypatch.setattr(process, "READY_TIMEOUT", 1.0)
+    with pytest.raises(RuntimeFailure, match="did not start: its shim reported nothing") as caught:
+        await runtime.start("alpha")
+    monkeypatch.undo()
+    assert str(paths.agent_run("alpha") / "shim.log") in str(caught.value)
+    state = (await runtime.list())["alpha"]
+    assert not state.running
+    assert not state.failed
+    assert not (paths.agent_run("alpha") / "pid").exists()
+    assert _children() == []  # killed and reaped, not a zombie
+
+
+def _children() -> list[int]:
+    """This process's children, zombies included (a shim we spawned and did not reap is one)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat_line = (entry / "stat").read_bytes()
+            except OSError:
+                continue
+            if int(stat_line.rpartition(b")")[2].split()[1]) == os.getpid():
+                found.append(int(entry.name))
+    return found
+
+
 def _fresh_dir(paths: StatePaths) -> Path:
     d = Path(paths.root.parent) / f"{paths.root.name}-cmd"
     d.mkdir()

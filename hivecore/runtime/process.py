@@ -23,11 +23,13 @@ state dir re-adopts them from their pidfiles. The agent's environment is exactly
 is inherited from the daemon).
 
 Under a root daemon each agent runs as its own uid (:mod:`hivecore.agent_users`): ``start`` grants it
-traverse on the directories it needs, hands it its state dir, checks that it can execute its command
-and interpreter (a clear :class:`RuntimeFailure` naming the path otherwise, never an agent that dies
-at start), and the shim (which stays root, so the run dir and its records are the daemon's alone)
-starts the agent as that uid in its state dir. Under a non-root daemon the agent runs as the daemon's
-user, in the daemon's working directory.
+traverse on the directories it needs, hands it its state dir, and spawns the shim (which stays root,
+so the run dir and its records are the daemon's alone); the shim first checks, as that uid, that it
+can execute its command and interpreter and reports back on a pipe, and ``start`` waits for that
+report (a clear :class:`RuntimeFailure` naming the path otherwise, never an agent that dies at
+start); then the shim starts the agent as that uid in its state dir. The daemon itself never forks
+to change uids (such a fork holds the GIL while it copies the daemon's page tables). Under a
+non-root daemon the agent runs as the daemon's user, in the daemon's working directory.
 
 Running means: the shim is alive, *or* a live process is left in its process group. The second case is
 an agent whose shim was killed on its own (issue 11): the agent still runs, unsupervised (its output
@@ -48,9 +50,11 @@ Nothing blocks the trio thread: probes (``list``, the checks in ``start``/``stop
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import sys
@@ -59,6 +63,7 @@ import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import attrs
 import trio
@@ -75,6 +80,7 @@ from hivecore.runtime.procwait import live_group_members, poll_until, wait_proce
 from hivecore.runtime.shim import (
     DEFAULT_LOG_MAX_BYTES,
     EXIT_STATUS_FILE,
+    PROBE_TIMEOUT,
     PYTHONPATH_ENV,
     exit_status_record,
     read_proc_stat,
@@ -103,6 +109,10 @@ _RESET_SIGNALS = (
 """Dispositions an exec keeps if the daemon ignores them (Python ignores SIGPIPE): reset for the shim."""
 _BLOCKED_UNTIL_SHIM_READY = (signal.SIGTERM, signal.SIGINT)
 """The shim starts with these blocked and unblocks them once its forwarding handlers are installed."""
+READY_FD = 3
+"""The shim's fd for its readiness report (see :mod:`hivecore.runtime.shim`)."""
+READY_TIMEOUT = PROBE_TIMEOUT + 20.0
+"""Seconds a start waits for the shim's report: its interpreter's start-up plus its probe."""
 
 _RUNDIR_LOCK = threading.RLock()
 """Held (in worker threads) while reaping a shim and recording its exit status, while ``start``
@@ -133,6 +143,17 @@ class _PidRecord:
     pgid: int
     starttime: int
     started_at: float
+
+
+@attrs.frozen
+class _Identity:
+    """Who a root daemon's agent runs as, and what that uid must reach to start."""
+
+    who: Credentials
+    check: tuple[str, ...]
+    """Every path the uid must execute or traverse (:func:`agent_users.startup_paths` + ``reach``)."""
+    reach: tuple[Path, ...]
+    """The agent's own directories (state, socket dir)."""
 
 
 @attrs.frozen
@@ -423,10 +444,19 @@ class ProcessRuntime:
                         live.record.pgid,
                     )
                 return
-            who = self._prepare_user(name, spec)
+            identity = self._prepare_user(name, spec)
+            stop_requested = (rundir / STOP_MARKER).exists()
             (rundir / STOP_MARKER).unlink(missing_ok=True)
             (rundir / EXIT_STATUS_FILE).unlink(missing_ok=True)
-            pid = self._spawn_shim(rundir, spec, who)
+            if identity is None:
+                pid = self._spawn_shim(rundir, spec)
+            else:
+                try:
+                    pid = self._spawn_checked(rundir, spec, identity)
+                except RuntimeFailure:
+                    if stop_requested:  # as it was: a refused start changes nothing
+                        (rundir / STOP_MARKER).touch()
+                    raise
             st = read_proc_stat(pid)
             if st is None:  # our own child: it exists until we reap it
                 raise RuntimeFailure(f'agent "{name}" vanished right after start (pid {pid})')
@@ -437,9 +467,10 @@ class ProcessRuntime:
             )
         log.info("started agent %s (shim pid %d)", name, pid)
 
-    def _prepare_user(self, name: str, spec: AgentSpec) -> Credentials | None:
-        """Under a root daemon: the agent's uid, its directories prepared and its command checked
-        (:class:`RuntimeFailure` naming the path it cannot reach); ``None`` otherwise. Blocking."""
+    def _prepare_user(self, name: str, spec: AgentSpec) -> _Identity | None:
+        """Under a root daemon: the agent's uid, its directories prepared, and the paths it must
+        reach (:class:`RuntimeFailure` when its program is not found); ``None`` otherwise. Blocking.
+        Whether the uid reaches them is probed by the shim (:meth:`_spawn_checked`)."""
         try:
             who = agent_users.credentials(self._paths, name)
             if who is None:
@@ -448,19 +479,62 @@ class ProcessRuntime:
             reach = [self._paths.agent_state(name)]
             if self._runtime_dir is not None:
                 reach.append(self._runtime_dir / ("manager" if name == MANAGER_NAME else f"agents/{name}"))
-            agent_users.check_runnable(name, spec.command, spec.env, who, reach=reach)
+            check = [*agent_users.startup_paths(spec.command, spec.env), *reach]
         except HiveError as exc:
             raise RuntimeFailure(str(exc)) from None
         except OSError as exc:
             raise RuntimeFailure(f'cannot prepare the directories of agent "{name}": {exc}') from exc
-        return who
+        return _Identity(who=who, check=tuple(dict.fromkeys(map(str, check))), reach=tuple(reach))
 
-    def _spawn_shim(self, rundir: Path, spec: AgentSpec, who: Credentials | None = None) -> int:
+    def _spawn_checked(self, rundir: Path, spec: AgentSpec, identity: _Identity) -> int:
+        """Spawn the shim with a readiness pipe and wait (blocking, bounded) for its report: the
+        agent's uid reaches every path it needs (the shim probes it as that uid, so this process
+        never forks to change uids: such a fork holds the GIL while it copies the page tables).
+        Anything but ``ok``: the shim is killed and reaped, and :class:`RuntimeFailure` names the
+        path (or why the probe could not run)."""
+        r, w = os.pipe()
+        try:
+            pid = self._spawn_shim(rundir, spec, identity.who, ready=(w, identity.check))
+        finally:
+            os.close(w)
+        try:
+            report = _read_report(r, READY_TIMEOUT)
+        finally:
+            os.close(r)
+        if report.get("ok") is True:
+            return pid
+        _signal_group(pid, signal.SIGKILL)
+        with _RUNDIR_LOCK, contextlib.suppress(ChildProcessError):  # held already (reentrant)
+            os.waitpid(pid, 0)
+        if "unreachable" in report or "error" in report:
+            said = {k: str(v) for k, v in report.items()}
+            refusal = agent_users.refusal(spec.name, identity.who, said, identity.reach)
+            raise RuntimeFailure(str(refusal))
+        raise RuntimeFailure(
+            f'agent "{spec.name}" did not start: its shim reported nothing within {READY_TIMEOUT:.0f} s '
+            f"({report.get('missing', 'no report')}; see {rundir / SHIM_LOG})"
+        )
+
+    def _spawn_shim(
+        self,
+        rundir: Path,
+        spec: AgentSpec,
+        who: Credentials | None = None,
+        *,
+        ready: tuple[int, tuple[str, ...]] | None = None,
+    ) -> int:
         user: list[str] = []
         if who is not None:
             groups = ",".join(str(g) for g in who.groups)
             cwd = str(self._paths.agent_state(spec.name))
             user = ["--user", f"{who.uid}:{who.gid}:{groups}", "--cwd", cwd]
+        readiness: list[str] = []
+        ready_actions: list[tuple[int, int, int]] = []
+        if ready is not None:
+            readiness = ["--ready-fd", str(READY_FD), "--check", json.dumps(list(ready[1]))]
+            # first, before the opens below could reuse the pipe's fd number (a daemon started
+            # with a closed stdin gets fd 0 or 1 from os.pipe)
+            ready_actions = [(os.POSIX_SPAWN_DUP2, ready[0], READY_FD)]
         argv = [
             sys.executable,
             "-m",
@@ -468,11 +542,13 @@ class ProcessRuntime:
             "--log-max-bytes",
             str(self._log_max_bytes),
             *user,
+            *readiness,
             str(rundir),
             "--",
             *spec.command,
         ]
-        file_actions = [
+        file_actions: list[tuple[Any, ...]] = [
+            *ready_actions,
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, str(rundir / SHIM_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
             (os.POSIX_SPAWN_DUP2, 1, 2),
@@ -549,6 +625,28 @@ def seal_inherited_fds() -> list[int]:
             except OSError:
                 pass  # the fd listdir itself used, closed by now
     return sealed
+
+
+def _read_report(fd: int, timeout: float) -> dict[str, object]:
+    """The shim's one-line JSON report from ``fd`` (blocking, at most ``timeout`` s); when there is
+    none, ``{"missing": why}``."""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            return {"missing": "timed out"}
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return {"missing": "the shim exited without a report"}
+        buf += chunk
+    try:
+        report = json.loads(buf.partition(b"\n")[0])
+    except ValueError:
+        return {"missing": f"an unreadable report {buf[:200]!r}"}
+    return report if isinstance(report, dict) else {"missing": f"an unreadable report {buf[:200]!r}"}
 
 
 def _shim_env(env: Mapping[str, str]) -> dict[str, str]:

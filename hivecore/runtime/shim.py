@@ -1,10 +1,16 @@
 """The process runtime's per-agent shim.
 
 Usage: ``python -m hivecore.runtime.shim [--log-max-bytes N] [--user UID:GID:G1,G2 --cwd DIR]
-RUNDIR -- CMD…``.
+[--ready-fd FD --check PATHS_JSON] RUNDIR -- CMD…``.
 
 The shim is the session and process-group leader of one agent. It
 
+- with ``--ready-fd``: first checks, as ``--user``, that every path of ``--check`` (a JSON list) can be
+  executed or traversed (:func:`unreachable`), and reports one JSON line on ``FD`` before anything
+  else: ``{"ok": true}``, ``{"unreachable": PATH}`` or ``{"error": TEXT}``; on anything but ``ok`` it
+  exits without starting the agent. The daemon waits for that line (a root daemon, whose agents run
+  as their own uids): the probe's fork happens in this small process, not in the daemon, where a
+  fork that changes uids holds the GIL while it copies the daemon's page tables;
 - starts ``CMD`` as its child (same process group) with stdin on ``/dev/null`` and stdout+stderr
   piped into ``RUNDIR/agent.log``, rotated past ``--log-max-bytes`` (``agent.log.1`` …
   ``agent.log.3``); with ``--user``, as that uid and gid with exactly those supplementary groups,
@@ -42,6 +48,9 @@ agent's own PYTHONPATH as JSON (``null`` = unset), which the shim restores for t
 
 _FORWARDED = (signal.SIGTERM, signal.SIGINT)
 _PIPE_DRAIN_SECONDS = 1.0
+PROBE_TIMEOUT = 10.0
+"""Seconds the reachability probe (:func:`unreachable`) may take."""
+_PROBE = 'for p do [ -x "$p" ] || { printf "%s" "$p"; exit 1; }; done'
 
 
 # -- helpers shared with the runtime ------------------------------------------------------------
@@ -100,6 +109,42 @@ def exit_status_record(code: int, *, by: str) -> dict[str, Any]:
         "finished_at": time.time(),
         "by": by,
     }
+
+
+def unreachable(paths: list[str], user: tuple[int, int, list[int]]) -> str | None:
+    """The first of ``paths`` that ``user`` (uid, gid, supplementary groups) cannot execute or
+    traverse, ``"/bin/sh"`` if the probe itself cannot run, ``None`` if every path is reachable.
+
+    Tested by a ``/bin/sh`` probe running as that user, so modes, ACLs and private homes count
+    exactly as the kernel counts them. Raises :class:`OSError` or
+    :class:`subprocess.SubprocessError` (a timeout after :data:`PROBE_TIMEOUT` s) when the probe
+    cannot be run as that user.
+    """
+    probe = subprocess.run(
+        ["/bin/sh", "-c", _PROBE, "sh", *paths],
+        user=user[0],
+        group=user[1],
+        extra_groups=user[2],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=PROBE_TIMEOUT,
+        check=False,
+    )
+    if probe.returncode == 0:
+        return None
+    return probe.stdout.decode(errors="replace") or "/bin/sh"
+
+
+def _readiness(check: list[str], user: tuple[int, int, list[int]] | None) -> dict[str, Any]:
+    if user is None or not check:
+        return {"ok": True}
+    try:
+        bad = unreachable(check, user)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"error": str(e)}
+    return {"ok": True} if bad is None else {"unreachable": bad}
 
 
 # -- the shim -------------------------------------------------------------------------------------
@@ -166,6 +211,8 @@ def run(
     log_max_bytes: int,
     user: tuple[int, int, list[int]] | None = None,
     cwd: str | None = None,
+    ready_fd: int | None = None,
+    check: list[str] | None = None,
 ) -> int:
     """Run ``command`` under the shim until it exits; return the shim's own exit code."""
     log = RotatingLog(rundir / LOG_FILE, max_bytes=log_max_bytes)
@@ -184,6 +231,14 @@ def run(
     # is pending now rather than lost (or fatal to the shim): it is delivered to ``forward`` here.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
 
+    if ready_fd is not None:
+        report = _readiness(check or [], user)
+        with os.fdopen(ready_fd, "w", encoding="utf-8") as ready:
+            ready.write(json.dumps(report) + "\n")
+        if "ok" not in report:
+            log.note(f"not starting {shlex.join(command)}: {report}")
+            log.close()
+            return 0
     log.note(f"starting: {shlex.join(command)}")
     try:
         identity: dict[str, Any] = {}
@@ -227,7 +282,7 @@ def run(
 def _usage() -> int:
     sys.stderr.write(
         "usage: python -m hivecore.runtime.shim [--log-max-bytes N] [--user UID:GID:GROUPS --cwd DIR] "
-        "RUNDIR -- COMMAND...\n"
+        "[--ready-fd FD --check PATHS_JSON] RUNDIR -- COMMAND...\n"
     )
     return 2
 
@@ -243,9 +298,21 @@ def main(argv: list[str] | None = None) -> int:
         args = args[2:]
     user: tuple[int, int, list[int]] | None = None
     cwd: str | None = None
-    while args[:1] in (["--user"], ["--cwd"]) and len(args) >= 2:
+    ready_fd: int | None = None
+    check: list[str] = []
+    while args[:1] in (["--user"], ["--cwd"], ["--ready-fd"], ["--check"]) and len(args) >= 2:
         if args[0] == "--cwd":
             cwd = args[1]
+        elif args[0] == "--ready-fd":
+            try:
+                ready_fd = int(args[1])
+            except ValueError:
+                return _usage()
+        elif args[0] == "--check":
+            try:
+                check = [str(p) for p in json.loads(args[1])]
+            except (ValueError, TypeError):
+                return _usage()
         else:
             try:
                 uid, gid, groups = args[1].split(":")
@@ -255,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         args = args[2:]
     if len(args) < 3 or args[1] != "--":
         return _usage()
-    return run(Path(args[0]), args[2:], log_max_bytes=log_max_bytes, user=user, cwd=cwd)
+    rundir, command = Path(args[0]), args[2:]
+    return run(
+        rundir, command, log_max_bytes=log_max_bytes, user=user, cwd=cwd, ready_fd=ready_fd, check=check
+    )
 
 
 if __name__ == "__main__":
