@@ -241,6 +241,7 @@ class JobLane:
 
     async def _run_job(self, entry: _Entry) -> None:
         job = entry.job
+        journaled: trio.Event | None = None
         try:
             if REGISTRY[job.kind].build and not self._is_child_of_holder(job):
                 await self._journal(entry)  # queued: it may wait for its turn a long time
@@ -249,9 +250,16 @@ class JobLane:
             # a job that runs at once is journaled once before it starts, as running: one commit
             # less on every light verb's path (replay treats queued and running alike)
             self._transition(entry, "running", started_at=self._clock())
-            await self._journal(entry)
+            if REGISTRY[job.kind].atomic:  # its row commits while it runs; done waits for both
+                journaled = trio.Event()
+                assert self._nursery is not None
+                self._nursery.start_soon(self._journal_running, entry, journaled)
+            else:
+                await self._journal(entry)
             log.info("job %d: %s %s (from %s) started", job.id, job.kind, job.agent or "", job.source)
             await self._runner.run(entry.job, entry.args, ChildJobs(self, entry.job))
+            if journaled is not None:
+                await journaled.wait()  # an answered job is in the journal
         except trio.Cancelled:
             entry.error = LaneClosed(f"job {job.id} ({job.kind}) was cancelled: hive-c0re is shutting down")
             self._transition(entry, "cancelled", finished_at=self._clock(), error=str(entry.error))
@@ -267,9 +275,19 @@ class JobLane:
         finally:
             self._finish(entry)
         try:
+            if journaled is not None:
+                await journaled.wait()  # the end row after the running row, never before it
             await self._journal(entry)
         except Exception:
             log.warning("job %d: could not journal its end", job.id, exc_info=True)
+
+    async def _journal_running(self, entry: _Entry, journaled: trio.Event) -> None:
+        try:
+            await self._journal(entry)
+        except Exception:
+            log.warning("job %d: could not journal its start", entry.job.id, exc_info=True)
+        finally:
+            journaled.set()
 
     def _finish(self, entry: _Entry) -> None:
         self._entries.pop(entry.job.id, None)

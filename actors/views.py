@@ -36,7 +36,7 @@ from hivecore.errors import HiveError
 from hivecore.meta import read_meta_facts
 from hivecore.models import ContainerView, TombstoneView, Transient
 from hivecore.names import MANAGER_NAME
-from hivecore.runtime.base import AgentRuntimeState, ContainerRuntime
+from hivecore.runtime.base import AgentRuntimeState, BlockingList, ContainerRuntime
 from hivecore.tombstones import build_tombstone_views
 from hivecore.wire.events import ContainerRemoved, ContainerStateChanged, TombstonesChanged
 
@@ -220,9 +220,19 @@ class Views:
     async def _scan(self, names: list[str] | None, *, full: bool) -> None:
         self._stamp += 1
         stamp = self._stamp
-        states = await self._runtime.list(names)
-        facts = await trio.to_thread.run_sync(self._read_all_facts, list(states))
+        runtime = self._runtime
+        if isinstance(runtime, BlockingList):  # the probe and the facts in one thread hop
+            states, facts = await trio.to_thread.run_sync(self._probe_and_read, runtime, names)
+        else:
+            states = await runtime.list(names)
+            facts = await trio.to_thread.run_sync(self._read_all_facts, list(states))
         self._apply(stamp, names, states, facts, full=full)
+
+    def _probe_and_read(
+        self, runtime: BlockingList, names: list[str] | None
+    ) -> tuple[dict[str, AgentRuntimeState], dict[str, AgentFacts]]:
+        states = runtime.list_nowait(names)
+        return states, self._read_all_facts(list(states))
 
     def _read_all_facts(self, names: list[str]) -> dict[str, AgentFacts]:
         meta = read_meta_facts(self._paths)

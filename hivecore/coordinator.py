@@ -212,8 +212,10 @@ class Coordinator:
         return await self._lane.submit("meta_update", None, source=source, args={"inputs": names})
 
     async def set_paused(self, name: object, paused: bool, *, source: JobSource = "host_sock") -> None:
-        """Write or remove the agent's pause marker; works while stopped; idempotent."""
-        await self._submit("set_paused", await self.require_agent(name), source, {"paused": paused})
+        """Write or remove the agent's pause marker; works while stopped; idempotent. An unknown agent
+        is :class:`UnknownAgent`, found by the job itself (in the marker's thread hop: one hop less
+        than :meth:`require_agent` first)."""
+        await self._submit("set_paused", validate_name(name), source, {"paused": paused})
 
     # --- approvals (requests are rows; approve and deny are jobs on the lane) -----------------------
 

@@ -56,6 +56,12 @@ class JobKindSpec:
     """Its journal rows are committed without an fsync (``hivecore.store.no_fsync``): they survive
     ``kill -9`` like every row, but a power loss (after which every agent is down and the marker
     files may be lost too) can take the last of them; nothing would be left to replay."""
+    atomic: bool = False
+    """Its whole effect is one idempotent, atomic filesystem step (``set_paused``: one marker written
+    or removed): its ``running`` row commits while it runs instead of before (the caller still hears
+    of it only once the row is committed). A ``kill -9`` mid-job leaves the step done or not done:
+    with the row committed the replay redoes it (harmless), without it the caller got no answer and
+    nothing changed but, at most, that step (the next scan shows the marker as it is)."""
     approval_service: ServiceName | None = None
     """A job of this kind carrying an ``approval_id`` argument carries out that approval: it is run
     by this service instead of :attr:`service` (an approved spawn)."""
@@ -125,7 +131,11 @@ REGISTRY: Mapping[JobKind, JobKindSpec] = _rows(
     ),
     JobKindSpec(kind="purge", service="lifecycle", busy="being purged"),
     JobKindSpec(
-        kind="set_paused", service="lifecycle", busy="changing its pause state", power_loss_moot=True
+        kind="set_paused",
+        service="lifecycle",
+        busy="changing its pause state",
+        power_loss_moot=True,
+        atomic=True,
     ),
     JobKindSpec(
         kind="rebuild",

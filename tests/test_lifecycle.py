@@ -67,6 +67,12 @@ async def test_unknown_and_invalid_names_are_refused(parts: Parts) -> None:
     c = parts.coordinator
     with pytest.raises(UnknownAgent, match='agent "ghost" is not managed by this hive'):
         await c.start("ghost")
+    # set_paused finds an unknown agent in its own job (the marker's thread hop), writing nothing
+    with pytest.raises(UnknownAgent, match='agent "ghost" is not managed by this hive'):
+        await c.set_paused("ghost", True)
+    assert not (parts.config.paths.agents / "ghost").exists()
+    with pytest.raises(InvalidName):
+        await c.set_paused("../x", True)
     for bad in ["..", ".", "a/b", "/etc", "toolongname", "Caps", ""]:
         with pytest.raises(InvalidName):
             await c.stop(bad)

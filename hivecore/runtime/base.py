@@ -7,7 +7,7 @@ policy (who may stop whom, transients, events): that is the coordinator's job.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import attrs
 
@@ -48,6 +48,16 @@ class AgentRuntimeState:
     orphaned: bool = False
     """Running without its supervisor: the process runtime's shim died (was killed) but processes of its
     group still run. The agent is unsupervised (no log capture, no exit status); a stop ends the group."""
+
+
+@runtime_checkable
+class BlockingList(Protocol):
+    """A runtime whose probe may run in any worker thread (the process runtime's file and ``/proc``
+    reads): callers fold it into the thread hop they make anyway."""
+
+    def list_nowait(self, names: Collection[str] | None = None) -> dict[str, AgentRuntimeState]:
+        """What ``list(names)`` answers, probed in the calling thread (blocking)."""
+        ...
 
 
 class ContainerRuntime(Protocol):

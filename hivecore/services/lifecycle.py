@@ -25,13 +25,13 @@ from hivecore import agent_users
 from hivecore import store as st
 from hivecore.config import Config
 from hivecore.container_view import set_pause_marker
-from hivecore.errors import HiveError, RuntimeFailure
+from hivecore.errors import HiveError, RuntimeFailure, UnknownAgent
 from hivecore.jobkinds import REGISTRY
 from hivecore.kick import REASON_REBUILT, REASON_RESTARTED, REASON_STARTED
 from hivecore.models import JobKind
 from hivecore.names import child_path, is_manager
 from hivecore.repos import Repos
-from hivecore.runtime.base import ContainerRuntime
+from hivecore.runtime.base import BlockingList, ContainerRuntime
 from hivecore.services.context import JobContext
 from hivecore.services.handles import MetaFlake
 from hivecore.services.meta_build import MetaBuild
@@ -224,8 +224,22 @@ class Lifecycle:
         log.info("purged state of %s: %s", name, ", ".join(map(str, targets)) or "nothing left")
 
     async def set_paused(self, ctx: JobContext, name: str, paused: bool) -> None:
-        """Write or remove the agent's pause marker; works while stopped; idempotent."""
-        # the state dir is agent-writable: never follow a link planted there (we run as root)
-        await trio.to_thread.run_sync(set_pause_marker, self.config.paths, name, paused)
+        """Write or remove the agent's pause marker; works while stopped; idempotent.
+        :class:`UnknownAgent` when the runtime has no such agent (probed in the marker's thread hop
+        when the runtime allows it)."""
+        runtime = self.runtime
+        probe = runtime if isinstance(runtime, BlockingList) else None
+        if probe is None and name not in await runtime.list([name]):
+            raise UnknownAgent(name)
+
+        def mark() -> bool:
+            if probe is not None and name not in probe.list_nowait([name]):
+                return False
+            # the state dir is agent-writable: never follow a link planted there (we run as root)
+            set_pause_marker(self.config.paths, name, paused)
+            return True
+
+        if not await trio.to_thread.run_sync(mark):
+            raise UnknownAgent(name)
         log.info("%s %s", "paused" if paused else "resumed", name)
         await ctx.rescan([name])
