@@ -162,17 +162,16 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # --- snapshot: the repo as inert data --------------------------------------------------------------
 
 MAX_SNAPSHOT_BYTES = 2 << 30
-"""Bytes of ``.git/objects`` and refs a snapshot copies (hard links cost nothing) before refusing."""
-_SNAPSHOT_TOP_FILES = ("HEAD", "packed-refs")
-_SNAPSHOT_DIRS = ("refs", "objects")
+"""Bytes of ``.git/objects`` a snapshot copies (hard links cost nothing) before refusing."""
 _SNAPSHOT_CONFIG = b"[core]\n\trepositoryformatversion = 0\n\tbare = true\n"
 
 
 def snapshot_git(agents_root: Path, name: str, dest: Path) -> None:
     """Copy what git needs to read a commit of ``agents/<name>/config/.git`` into ``dest`` (a new,
-    daemon-owned directory that must not exist), as inert data: a bare repository of ``HEAD``,
-    ``packed-refs``, ``refs/**`` and ``objects/**`` (``objects/info`` left out: no alternates),
-    with a config of the daemon's own (no extension, no promisor, nothing that runs).
+    daemon-owned directory that must not exist), as inert data: a bare repository of the manager's
+    ``objects/**`` (``objects/info`` left out: no alternates) with a ``HEAD``, empty ``refs`` and a
+    config of the daemon's own (no extension, no promisor, nothing that runs). A proposal is named
+    by its sha, so no ref is needed (and the cost does not grow with the branches).
 
     Closes the window between :func:`check_proposed` and git opening the repo by path: every
     directory is opened ``O_NOFOLLOW`` relative to the one above it (starting from
@@ -197,15 +196,15 @@ def snapshot_git(agents_root: Path, name: str, dest: Path) -> None:
     os.mkdir(dest, 0o700)
     out = os.open(dest, _DIR)
     try:
-        for rel in _SNAPSHOT_TOP_FILES:
-            _snapshot_file(git, rel, out, where, budget, required=rel == "HEAD")
-        for sub in _SNAPSHOT_DIRS:
-            _snapshot_dir(git, sub, out, where, budget, sub)
-        fd = os.open("config", _NEW_FILE, 0o600, dir_fd=out)
-        try:
-            os.write(fd, _SNAPSHOT_CONFIG)
-        finally:
-            os.close(fd)
+        _snapshot_dir(git, "objects", out, where, budget, "objects")
+        for sub in ("refs", "refs/heads", "refs/tags"):
+            os.mkdir(sub, 0o700, dir_fd=out)
+        for file, data in (("HEAD", b"ref: refs/heads/main\n"), ("config", _SNAPSHOT_CONFIG)):
+            fd = os.open(file, _NEW_FILE, 0o600, dir_fd=out)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
     finally:
         os.close(out)
         os.close(git)
