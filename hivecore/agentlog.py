@@ -28,11 +28,12 @@ def tail(run_process: Path, name: str, lines: int) -> list[str]:
 
 
 def read(run_process: Path, name: str, lines: int, offset: int | None = None) -> tuple[list[str], int]:
-    """``(lines, end)``: without ``offset``, the last ``lines`` lines of the log; with it, the
-    complete lines written from byte ``offset`` on (at most :data:`TAIL_BYTES` of them, then the
-    last ``lines`` of those; a partial last line waits for its newline). ``end`` is the byte offset
-    to ask with next. An ``offset`` beyond the file's size (the log was truncated or replaced) reads
-    from the start. No log yet: ``([], 0)``. ``OSError`` as :func:`tail`."""
+    """``(lines, end)``: without ``offset``, the last ``lines`` lines of the log; with it, the first
+    ``lines`` complete lines written from byte ``offset`` on (read in a window of at most
+    :data:`TAIL_BYTES`; a partial last line waits for its newline; see :func:`_after`). ``end`` is
+    the byte offset to ask with next: following a log this way skips nothing. An ``offset`` beyond
+    the file's size (the log was truncated or replaced) reads from the start. No log yet:
+    ``([], 0)``. ``OSError`` as :func:`tail`."""
     try:
         dir_fd = agentfs.open_dir(run_process, name)
     except FileNotFoundError:
@@ -52,14 +53,24 @@ def read(run_process: Path, name: str, lines: int, offset: int | None = None) ->
         start = max(0, size - TAIL_BYTES) if offset is None else offset if offset <= size else 0
         f.seek(start)
         data = f.read(min(TAIL_BYTES, size - start))
-    cut_head = offset is None and start > 0
     if offset is not None:
-        newline = data.rfind(b"\n")
-        if newline >= 0:
-            data = data[: newline + 1]
-        elif len(data) < TAIL_BYTES:
-            data = b""  # a line still being written: wait for its end
+        return _after(data, lines, start)
     text = data.decode("utf-8", "replace").splitlines()
-    if cut_head and text:
+    if start > 0 and text:
         text = text[1:]  # the first line was cut
     return [line[:MAX_LINE] for line in text[-lines:]], start + len(data)
+
+
+def _after(data: bytes, lines: int, start: int) -> tuple[list[str], int]:
+    """The first ``lines`` complete lines of ``data`` (read from byte ``start``) and the offset just
+    after them: nothing is skipped, the rest comes with the next read. A window of
+    :data:`TAIL_BYTES` without any newline is taken whole (cut to :data:`MAX_LINE`), so one endless
+    line cannot stall a reader."""
+    parts = data.split(b"\n")[:-1]  # each ended by a newline; the remainder is still being written
+    if not parts:
+        if len(data) < TAIL_BYTES:
+            return [], start
+        return [data.decode("utf-8", "replace")[:MAX_LINE]], start + len(data)
+    taken = parts[:lines]
+    consumed = sum(len(p) + 1 for p in taken)
+    return [p.decode("utf-8", "replace")[:MAX_LINE] for p in taken], start + consumed

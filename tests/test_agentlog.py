@@ -29,6 +29,16 @@ def test_the_tail_then_only_complete_new_lines(tmp_path: Path) -> None:
     assert agentlog.read(tmp_path, "a", 50, after) == (["five"], after + len(b"five\n"))
 
 
+def test_a_burst_longer_than_one_answer_is_read_in_pieces_without_a_gap(tmp_path: Path) -> None:
+    _log(tmp_path, b"".join(b"line %d\n" % i for i in range(1200)))
+    got: list[str] = []
+    offset = 0
+    for _ in range(4):
+        lines, offset = agentlog.read(tmp_path, "a", 500, offset)
+        got += lines
+    assert got == [f"line {i}" for i in range(1200)]
+
+
 def test_a_truncated_log_is_read_from_its_start(tmp_path: Path) -> None:
     _log(tmp_path, b"x" * 100 + b"\n")
     _, end = agentlog.read(tmp_path, "a", 50)
