@@ -321,6 +321,12 @@ async def test_get_logs_tails_agent_log_and_refuses_symlinks(hub: Hub, tmp_path:
     log_file.write_text("".join(f"line {i}\n" for i in range(100)))
     answer = await call(hub.manager_sock, {"cmd": "get_logs", "name": "coder", "lines": 3})
     assert answer["lines"] == ["line 97", "line 98", "line 99"]
+    assert answer["log_offset"] == log_file.stat().st_size
+    with log_file.open("a") as f:
+        f.write("line 100\nline 1")
+    since = {"cmd": "get_logs", "name": "coder", "offset": answer["log_offset"]}
+    answer = await call(hub.manager_sock, since)
+    assert (answer["lines"], answer["log_offset"]) == (["line 100"], log_file.stat().st_size - len("line 1"))
     log_file.unlink()
     secret = tmp_path / "secret"
     secret.write_text("secret\n")

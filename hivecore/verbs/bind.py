@@ -368,7 +368,7 @@ BINDINGS: Mapping[str, Binding] = {
         wh.GetLogsRequest,
         lambda ctx, r: ctx.facade.agent_log_from(r.name, r.lines, r.offset),
         host=lambda ctx, log: wh.HostResponse(ok=True, lines=log[0], log_offset=log[1]),
-        mcp=lambda log: wa.McpResponse(ok=True, lines=log[0]),
+        mcp=lambda log: wa.McpResponse(ok=True, lines=log[0], log_offset=log[1]),
     ),
 }
 

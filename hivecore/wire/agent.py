@@ -71,6 +71,8 @@ class McpResponse:
     whoami: Whoami | None = None
     approval_id: int | None = None
     lines: list[str] | None = None
+    log_offset: int | None = None
+    """``get_logs``: the byte offset just after ``lines`` (ask with ``offset`` set to it for what follows)."""
 
 
 OK = McpResponse(ok=True)
