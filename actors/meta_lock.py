@@ -130,7 +130,7 @@ class MetaLock:
         return committed
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        await trio.to_thread.run_sync(self.repo.clean_stale_index_lock)
+        await trio.to_thread.run_sync(self.repo.clean_stale_locks)
         try:
             await self.repo.seed_base()
         except HiveError as exc:

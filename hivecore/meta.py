@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 import trio
 
-from hivecore import agent_users, proc
+from hivecore import agent_users, gitlocks, proc
 from hivecore.atomic import write_text_atomic
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError
@@ -562,15 +562,13 @@ class MetaRepo:
 
     # -- startup --
 
-    def clean_stale_index_lock(self) -> bool:
-        """Remove ``.git/index.lock`` a crash left behind (blocking; only while nothing runs git)."""
-        lock = self.dir / ".git" / "index.lock"
-        try:
-            lock.unlink()
-        except FileNotFoundError:
-            return False
-        log.warning("meta: removed a stale %s (a previous run died mid-operation)", lock)
-        return True
+    def clean_stale_locks(self) -> bool:
+        """Remove the git lock files a crash left in the meta and base repos (``index.lock``,
+        ``HEAD.lock``, ``refs/…/*.lock``: :mod:`hivecore.gitlocks`); blocking, only while nothing
+        runs git there. Whether any was removed."""
+        removed = gitlocks.clear_stale_locks(self.dir, "meta")
+        removed += gitlocks.clear_stale_locks(self.base, "meta base")
+        return bool(removed)
 
     async def seed_base(self) -> bool:
         """Write the shipped base flake into ``<state>/base`` and commit it when it changed."""
@@ -579,7 +577,6 @@ class MetaRepo:
 
         def write() -> bool:
             self.base.mkdir(parents=True, exist_ok=True)
-            (self.base / ".git" / "index.lock").unlink(missing_ok=True)
             changed = False
             source = resources.files("hivecore") / "templates" / "base"
             for fname in BASE_TEMPLATE_FILES:

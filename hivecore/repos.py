@@ -37,7 +37,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from hivecore import agent_users, proc, proposed, review
+from hivecore import agent_users, gitlocks, proc, proposed, review
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError, Refused
 from hivecore.models import ReviewFile
@@ -698,6 +698,101 @@ class Repos:
     async def move_main(self, name: str, sha: str) -> None:
         """Point applied ``main`` at ``sha`` and sync the work tree to it."""
         await self.git(self.applied(name), "reset", "-q", "--hard", sha, what=f"moving main of {name}")
+
+    async def roll_back_main(self, name: str, previous: str) -> None:
+        """Point applied ``main`` back at ``previous`` without needing the index (``update-ref``),
+        then sync the work tree to it (:meth:`sync_work_tree`). Raises :class:`GitFailure` saying
+        which of the two failed: after a failed sync ``main`` *is* back at ``previous``."""
+        await self.git(
+            self.applied(name),
+            "update-ref",
+            "refs/heads/main",
+            previous,
+            what=f"rolling main of {name} back to {previous[:12]}",
+        )
+        await self.sync_work_tree(name)
+
+    async def sync_work_tree(self, name: str) -> None:
+        """Make the applied work tree and index match ``main`` (``reset --hard``): the meta flake
+        reads the applied repo as ``git+file``, and nix builds a dirty work tree as it is."""
+        await self.git(
+            self.applied(name),
+            "reset",
+            "-q",
+            "--hard",
+            "refs/heads/main",
+            what=f"syncing the work tree of {name} to its main (main itself is right)",
+        )
+
+    async def previous_mains(self, name: str) -> list[tuple[int, str]]:
+        """``(approval id, sha)`` of every ``refs/hive/previous-main/<id>`` of the applied repo: an
+        approval's build moved main and its end (deployed, or rolled back) was not recorded."""
+        result = await self.git(
+            self.applied(name),
+            "for-each-ref",
+            "--format=%(refname) %(objectname)",
+            f"{PREVIOUS_MAIN}/",
+            what=f"listing rollback refs of {name}",
+            check=False,
+        )
+        found = []
+        for line in result.stdout.decode(errors="replace").splitlines():
+            ref, _, sha = line.partition(" ")
+            tail = ref.removeprefix(f"{PREVIOUS_MAIN}/")
+            if tail.isdigit() and re.fullmatch(r"[0-9a-f]{40}", sha):
+                found.append((int(tail), sha))
+        return sorted(found)
+
+    async def settle_rollback(self, name: str, approval_id: int, previous: str) -> str:
+        """Finish what approval ``approval_id``'s build left: ``refs/hive/previous-main/<id>`` says
+        main was moved for it and the end was not recorded. Deployed (``deployed/<id>``): drop the
+        ref. Else, if main is still at the approval's commit, roll it back to ``previous``
+        (:meth:`roll_back_main`); a main that moved on since is left as it is. The work tree is
+        synced and then the ref dropped. Returns what it did (``deployed``, ``rolled back``,
+        ``moved on``); raises :class:`GitFailure` (the ref stays, so the next call retries)."""
+        aid = approval_id
+        done = "deployed"
+        if await self.resolve(name, f"refs/tags/deployed/{aid}^{{commit}}") is None:
+            target = await self.resolve(name, f"refs/tags/approved/{aid}^{{commit}}")
+            main = await self.resolve(name, "refs/heads/main^{commit}")
+            if target is not None and main == target and main != previous:
+                await self.roll_back_main(name, previous)
+                done = "rolled back"
+            else:
+                await self.sync_work_tree(name)
+                done = "moved on" if main != previous else "rolled back"
+        await self.delete_ref(name, f"{PREVIOUS_MAIN}/{aid}")
+        return done
+
+    async def settle_rollbacks(self, name: str) -> list[int]:
+        """:meth:`settle_rollback` for every rollback ref of ``name`` (none: nothing runs); the
+        approval ids settled. Before any rebuild: a main an approval's failure should have rolled
+        back is never built. Raises :class:`GitFailure` when one cannot be settled."""
+        settled = []
+        for aid, previous in await self.previous_mains(name):
+            done = await self.settle_rollback(name, aid, previous)
+            log.warning("approval %d: settled the rollback of %s its build left (%s)", aid, name, done)
+            settled.append(aid)
+        return settled
+
+    async def clear_stale_locks(self) -> list[Path]:
+        """Remove the git lock files a crash left in every applied repo (:mod:`hivecore.gitlocks`);
+        only at start-up, before anything runs git there. The removed paths."""
+
+        def clear() -> list[Path]:
+            root = self.paths.applied_root
+            try:
+                names = sorted(os.listdir(root))
+            except OSError:
+                return []
+            removed: list[Path] = []
+            for entry in names:
+                repo = root / entry
+                if _real_dir(repo):
+                    removed += gitlocks.clear_stale_locks(repo, f"the applied repo of {entry}")
+            return removed
+
+        return await trio.to_thread.run_sync(clear)
 
     async def tree_entry_mode(self, name: str, path: str) -> str | None:
         out = await self._out(self.applied(name), "ls-tree", "refs/heads/main", "--", path, what="ls-tree")

@@ -22,8 +22,11 @@ back, tags ``failed/<id>`` and tells the manager.
 
 from __future__ import annotations
 
+import builtins
 import logging
+import os
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import attrs
@@ -72,12 +75,19 @@ class Approvals:
     store: Store
     bus: Publisher
     notifier: Notifier
+    _started: bool = attrs.field(default=False, init=False)
 
     # --- startup ---------------------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Fail apply_commit rows a kill -9 left without a pinned commit, then idle."""
-        await self.repos.clear_scratch()
+        """At the first start: clear what a crash left (scratch repos, stale git locks in every
+        applied repo, unsettled rollbacks); fail apply_commit rows a kill -9 left without a pinned
+        commit; then idle."""
+        if not self._started:  # a supervisor restart of this actor must not touch live work
+            self._started = True
+            await self.repos.clear_scratch()
+            await self.repos.clear_stale_locks()
+            await self._settle_rollbacks()
         failed = await self.store.call(lambda c: st.fail_unfetched_apply_commits(c, UNFETCHED_NOTE))
         for approval_id in failed:
             log.warning("approval %d: its request was interrupted; marked failed", approval_id)
@@ -282,7 +292,7 @@ class Approvals:
         replay = job.source == "crash_recover"
         match job.kind:
             case "apply_commit":
-                await (self._abandon_build(approval) if replay else self._apply_commit(ctx, approval))
+                await (self._abandon_build(ctx, approval) if replay else self._apply_commit(ctx, approval))
             case "spawn":
                 await self._spawn(ctx, approval, replay=replay)
             case "deny":
@@ -345,19 +355,34 @@ class Approvals:
         self._still_pending(approval)
         name, aid, sha = approval.agent, approval.id, approval.fetched_sha
         if sha is None:
-            await self._fail_build(approval, None, None, "the proposal was never pinned; request it again")
+            await self._fail_build(approval, None, "the proposal was never pinned; request it again")
             raise HiveError(f"approval {aid}: the proposal was never pinned; request it again")
         previous: str | None = None
-        try:
+        rolled_back = False
+        problems: list[str] = []
+
+        async def move_main() -> None:
+            nonlocal previous
             previous = await self.repos.main_sha(name)
             await self.repos.set_ref(name, f"{PREVIOUS_MAIN}/{aid}", previous)
             await self.repos.tag(name, f"approved/{aid}", sha)
             await self.repos.tag(name, f"building/{aid}", sha)
             await self.repos.move_main(name, sha)
-            await self.lifecycle.rebuild_agent(ctx, name)
+
+        async def roll_back() -> None:  # inside the build's transient: no half-way row is shown
+            nonlocal rolled_back
+            rolled_back = True
+            problems.extend(await self._roll_back(name, aid, previous))
+
+        try:
+            await self.lifecycle.rebuild_agent(ctx, name, before=move_main, on_failure=roll_back)
         except Exception as exc:
             note = str(exc) if isinstance(exc, HiveError) else f"{type(exc).__name__}: {exc}"
-            await self._fail_build(approval, sha, previous, note)
+            with shutdown.shielded():
+                if not rolled_back:
+                    problems.extend(await self._roll_back(name, aid, previous))
+                    ctx.request_rescan([name])
+                await self._fail_build(approval, sha, note, problems)
             raise HiveError(f"approval {aid} ({name} {sha[:12]}) failed: {note}") from exc
         with shutdown.shielded():
             tag = f"deployed/{aid}"
@@ -369,48 +394,108 @@ class Approvals:
             await self.notifier.notify_manager(Rebuilt(agent=name, ok=True, sha=sha, tag=tag), name)
         log.info("approval %d: %s deployed %s", aid, name, sha[:12])
 
-    async def _fail_build(self, approval: Approval, sha: str | None, previous: str | None, note: str) -> None:
-        """Roll main back to ``previous``, tag ``failed/<id>`` (body: ``note``), fail the row, tell."""
-        name, aid = approval.agent, approval.id
-        tag: str | None = None
+    async def _roll_back(self, name: str, aid: int, previous: str | None) -> builtins.list[str]:
+        """Point applied main back at ``previous`` (no index needed: ``update-ref``, then the work
+        tree re-synced), relock, drop ``refs/hive/previous-main/<id>``. ``previous`` ``None``: main
+        never moved. Returns the problems (empty: rolled back); a failed rollback keeps the ref, and
+        it is settled at the next start or before the agent's next build (never built as it is)."""
+        if previous is None:
+            return []
         with shutdown.shielded():
             try:
-                if previous is not None:  # also re-syncs a work tree a crash left half-reset
-                    await self.repos.move_main(name, previous)
-                    await self.lifecycle.builder.relock(name)  # the meta lock pins main again
-                if sha is not None:
+                await self.repos.roll_back_main(name, previous)
+            except HiveError as exc:
+                log.error("approval %d: applied main of %s was NOT rolled back: %s", aid, name, exc)
+                return [
+                    f"applied main of {name} was NOT rolled back to {previous[:12]} ({exc}); hive-c0re "
+                    f"retries at its next start and before any build of {name}, and builds nothing "
+                    "from the failed commit meanwhile"
+                ]
+            await self.lifecycle.builder.relock(name)  # the meta lock pins main again
+            await self.repos.delete_ref(name, f"{PREVIOUS_MAIN}/{aid}")
+        log.info("approval %d: applied main of %s rolled back to %s", aid, name, previous[:12])
+        return []
+
+    async def _fail_build(
+        self, approval: Approval, sha: str | None, note: str, problems: builtins.list[str] | None = None
+    ) -> None:
+        """Tag ``failed/<id>`` (body: ``note``; a tag needs no index, so a broken work tree does
+        not stop it), fail the row with ``note`` and any rollback ``problems``, tell."""
+        name, aid = approval.agent, approval.id
+        tag: str | None = None
+        problems = [*(problems or [])]
+        with shutdown.shielded():
+            if sha is not None:
+                try:
+                    await self.repos.tag(name, f"failed/{aid}", sha, message=note)
                     tag = f"failed/{aid}"
-                    await self.repos.tag(name, tag, sha, message=note)
-                await self.repos.delete_ref(name, f"{PREVIOUS_MAIN}/{aid}")
-            except HiveError:
-                log.exception("approval %d: could not roll back the applied repo of %s", aid, name)
-            resolved = await self._resolve(approval, "failed", note)
+                except HiveError as exc:
+                    log.error("approval %d: could not tag failed/%d in %s: %s", aid, aid, name, exc)
+                    problems.append(f"could not tag failed/{aid}: {exc}")
+            full = "\n".join([note, *problems])
+            resolved = await self._resolve(approval, "failed", full)
             await self._announce(resolved, sha, tag)
             await self.notifier.notify_manager(
-                Rebuilt(agent=name, ok=False, note=note, sha=sha, tag=tag), name, note
+                Rebuilt(agent=name, ok=False, note=full, sha=sha, tag=tag), name, full
             )
 
-    async def _abandon_build(self, approval: Approval) -> None:
+    async def _abandon_build(self, ctx: JobContext, approval: Approval) -> None:
         """The replay of an apply_commit a daemon stop interrupted: never rebuild; settle the row."""
         if approval.status != "pending":
             return
         name, aid, sha = approval.agent, approval.id, approval.fetched_sha
         if sha is not None and await self.repos.resolve(name, f"refs/tags/deployed/{aid}") == sha:
             # the deploy had finished; only the bookkeeping was cut short
+            await self.repos.delete_ref(name, f"{PREVIOUS_MAIN}/{aid}")
             resolved = await self._resolve(approval, "approved")
             await self._announce(resolved, sha, f"deployed/{aid}")
             return
         previous = await self.repos.resolve(name, f"{PREVIOUS_MAIN}/{aid}")
         started = await self.repos.resolve(name, f"refs/tags/building/{aid}") is not None
         note = RESTARTED_NOTE if started else "hive-c0re restarted before the build started; request it again"
-        log.warning(
-            "approval %d: %s; applied main of %s %s",
-            aid,
-            note,
-            name,
-            f"rolled back to {previous[:12]}" if previous else "unchanged",
-        )
-        await self._fail_build(approval, sha, previous, note)
+        problems = await self._roll_back(name, aid, previous)
+        ctx.request_rescan([name])
+        if previous is None:
+            outcome = "applied main unchanged"
+        elif problems:
+            outcome = "applied main NOT rolled back (see above)"
+        else:
+            outcome = f"applied main rolled back to {previous[:12]}"
+        log.warning("approval %d: %s; %s of %s", aid, note, outcome, name)
+        await self._fail_build(approval, sha, note, problems)
+
+    # startup: what a crash left in the applied repos -----------------------------------------------
+
+    async def _settle_rollbacks(self) -> None:
+        """Settle every ``refs/hive/previous-main/<id>`` of a settled approval (a crash between a
+        failed build and its rollback, or a rollback that failed): main rolled back when it is still
+        at the failed commit, ``failed/<id>`` tagged when missing, the ref dropped. A pending
+        approval's ref is left to the lane's replay of its job."""
+        root = self.repos.paths.applied_root
+
+        def agents() -> list[str]:
+            try:
+                return sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
+            except OSError:
+                return []
+
+        for name in await trio.to_thread.run_sync(agents):
+            try:
+                refs = await self.repos.previous_mains(name)
+            except HiveError:
+                continue
+            for aid, previous in refs:
+                approval = await self.store.call(partial(st.get_approval, approval_id=aid))
+                if approval is not None and approval.status == "pending":
+                    continue
+                try:
+                    done = await self.repos.settle_rollback(name, aid, previous)
+                    if approval is not None and approval.status == "failed" and approval.fetched_sha:
+                        await self.repos.tag(name, f"failed/{aid}", approval.fetched_sha, approval.note or "")
+                except HiveError as exc:
+                    log.error("approval %d: the rollback of %s is still unsettled: %s", aid, name, exc)
+                    continue
+                log.warning("approval %d: settled what a crash left in applied/%s (%s)", aid, name, done)
 
     # spawn, deny, init_config ------------------------------------------------------------------------
 

@@ -173,11 +173,43 @@ class Lifecycle:
         log.info("restarted %s", name)
         await ctx.notify.kick(name, REASON_RESTARTED)
 
-    async def rebuild_agent(self, ctx: JobContext, name: str) -> None:
+    async def rebuild_agent(
+        self,
+        ctx: JobContext,
+        name: str,
+        *,
+        before: Callable[[], Awaitable[None]] | None = None,
+        on_failure: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """The one build seam (rebuilds and approved config changes): :attr:`build`, else the meta
-        flake's build, under the ``rebuilding`` transient. No kick, no helper event."""
+        flake's build, under the ``rebuilding`` transient. No kick, no helper event.
+
+        Inside the transient, in order: a rollback an earlier approval's failure left unfinished is
+        settled (:meth:`~hivecore.repos.Repos.settle_rollbacks`; if it cannot be, nothing is built:
+        a main that should have been rolled back is never deployed), then ``before`` (an approval
+        moves main), the build, and on a build error ``on_failure`` (an approval rolls main back),
+        so the row never shows the half-way state as ``needs_update``."""
         build = self.build if self.build is not None else self.builder.build
-        await self._guarded(ctx, name, "rebuild", lambda: build(name))
+
+        async def work() -> None:
+            if await self.repos.is_repo(self.repos.applied(name)):
+                try:
+                    await self.repos.settle_rollbacks(name)
+                except HiveError as exc:
+                    raise HiveError(
+                        f"{name} was not built: a failed approval left its applied main to be rolled "
+                        f"back and that still fails ({exc})"
+                    ) from None
+            if before is not None:
+                await before()
+            try:
+                await build(name)
+            except Exception:
+                if on_failure is not None:
+                    await on_failure()
+                raise
+
+        await self._guarded(ctx, name, "rebuild", work)
 
     async def rebuild(self, ctx: JobContext, name: str) -> None:
         try:

@@ -105,6 +105,5 @@ class MetaUpdates:
             except HiveError as exc:
                 log.warning("auto_update: rebuild of %s failed: %s", name, exc)
             await trio.lowlevel.checkpoint()
-        if stale:
-            log.info("auto_update: rebuilt %d of %d stale agent(s)", len(rebuilt), len(stale))
+        log.info("auto_update: done (rebuilt %d of %d stale agent(s))", len(rebuilt), len(stale))
         return rebuilt

@@ -1,0 +1,157 @@
+"""What a crash leaves behind, repaired at the next start: real ``hive-c0re serve`` processes,
+SIGKILLed mid-job (issue 16, items 1, 3 and 8).
+
+* item 1: a kill -9 mid-build of an approved config change, plus a stale ``index.lock`` in the
+  agent's applied repo (what a crash during a git command leaves): the next start rolls main back
+  (for real), tags ``failed/<id>``, leaves no ``refs/hive/previous-main/<id>`` and no lock, and
+  auto_update does not deploy the failed commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hivecore.harness import Channel
+from hivecore.repos import clean_env
+from hivecore.sockets.client import Unreachable, request
+from tests.test_approvals import commit, sonnet
+from tests.test_eval_confined import FOREVER
+from tests.test_kill9 import ask, nix_processes, sigkill
+from tests.waiting import eventually
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def serve(state_dir: Path, log: Path, *, auto_update: bool = False) -> trio.Process:
+    """A daemon (logs to ``log``; auto_update only when asked) once host.sock answers."""
+    cmd = [sys.executable, "-m", "hivecore.cli.daemon", "serve", "--state-dir", str(state_dir)]
+    cmd += ["--dashboard-port", "0", "--crash-watch-interval", "3600", "--no-ensure-manager"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if auto_update:
+        env.pop("HIVE_SKIP_AUTO_UPDATE", None)
+    with log.open("ab") as out:
+        proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL, stderr=out, env=env)
+    sock = str(state_dir / "run" / "host.sock")
+
+    async def answers() -> bool:
+        assert proc.poll() is None, f"serve exited early; see {log}"
+        try:
+            answer = await trio.to_thread.run_sync(request, sock, b'{"cmd":"list"}\n', 5.0)
+            return bool(json.loads(answer)["ok"])
+        except (Unreachable, OSError, ValueError):
+            return False
+
+    await eventually(answers, 30, interval=0.05)
+    return proc
+
+
+async def manager_call(state_dir: Path, req: dict[str, Any]) -> dict[str, Any]:
+    chan = await Channel.open(state_dir / "run" / "manager" / "mcp.sock")
+    try:
+        with trio.fail_after(30):
+            return await chan.call(req)
+    finally:
+        await chan.aclose()
+
+
+async def git_out(repo: Path, *args: str) -> str:
+    result = await trio.run_process(
+        ["git", "-c", f"safe.directory={repo}", "-C", str(repo), *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        env=clean_env(),
+        check=False,
+    )
+    return result.stdout.decode().strip()
+
+
+def jobs(state_dir: Path, query: str, *params: object) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(state_dir / "db" / "hive.sqlite", timeout=5)) as db:
+        return db.execute(query, params).fetchall()
+
+
+async def approval_row(state_dir: Path, aid: int) -> dict[str, Any]:
+    answer = await ask(state_dir, {"cmd": "pending"})
+    return next(a for a in answer["approvals"] if a["id"] == aid)
+
+
+async def test_kill9_mid_build_with_a_stale_index_lock_rolls_back_for_real(state_dir: Path) -> None:
+    log = state_dir.parent / f"{state_dir.name}.log"
+    applied = state_dir / "applied" / "coder"
+    proc = await serve(state_dir, log)
+    try:
+        assert (await ask(state_dir, {"cmd": "spawn", "name": "coder"}))["ok"]
+        seed = await git_out(applied, "rev-parse", "refs/heads/main")
+        hang = "{ ... }: builtins.seq (" + FOREVER + ") { }\n"
+        sha = await commit(state_dir / "agents" / "coder" / "config", {"agent.nix": hang}, "hangs")
+        asked = await manager_call(
+            state_dir, {"cmd": "request_apply_commit", "agent": "coder", "commit_ref": sha}
+        )
+        assert asked["ok"], asked
+        aid = asked["approval_id"]
+        marker = f"{state_dir / 'meta'}#hiveAgents.coder"
+        async with trio.open_nursery() as nursery:
+
+            async def approve() -> None:
+                with contextlib.suppress(Unreachable, OSError, ValueError):
+                    await ask(state_dir, {"cmd": "approve", "id": aid}, timeout=120)
+
+            nursery.start_soon(approve)
+            await eventually(lambda: bool(nix_processes(marker)), 30)  # the build evaluates it
+            assert await git_out(applied, "rev-parse", "refs/heads/main") == sha
+            await sigkill(proc)
+        # what a crash during a git command leaves: the index lock (and a ref lock)
+        (applied / ".git" / "index.lock").write_bytes(b"")
+        (applied / ".git" / "refs" / "heads" / "main.lock").write_text(sha + "\n")
+
+        proc = await serve(state_dir, log, auto_update=True)
+
+        async def settled() -> bool:
+            return (await approval_row(state_dir, aid))["status"] != "pending"
+
+        await eventually(settled, 30)
+
+        def auto_update_over() -> bool:
+            rebuilds = jobs(state_dir, "SELECT id FROM jobs WHERE kind='rebuild' AND source='auto_update'")
+            return bool(rebuilds) or "auto_update: done" in log.read_text()
+
+        await eventually(auto_update_over, 60)
+        row = await approval_row(state_dir, aid)
+        assert row["status"] == "failed"
+        assert "restarted during the build" in row["note"]
+        assert "NOT rolled back" not in row["note"]
+        assert await git_out(applied, "rev-parse", "refs/heads/main") == seed  # rolled back for real
+        assert (applied / "agent.nix").read_text() != hang  # and the work tree with it
+        assert await git_out(applied, "rev-parse", f"refs/tags/failed/{aid}^{{commit}}") == sha
+        assert "restarted during the build" in await git_out(
+            applied, "for-each-ref", "--format=%(contents)", f"refs/tags/failed/{aid}"
+        )
+        assert await git_out(applied, "for-each-ref", "refs/hive") == ""
+        assert not (applied / ".git" / "index.lock").exists()
+        assert not (applied / ".git" / "refs" / "heads" / "main.lock").exists()
+        # auto_update deployed nothing: the failed commit was rolled back, so coder is not stale
+        assert jobs(state_dir, "SELECT id FROM jobs WHERE kind='rebuild' AND source='auto_update'") == []
+        status = (await ask(state_dir, {"cmd": "agent_status"}))["agent_statuses"]
+        coder = next(r for r in status if r["name"] == "coder")
+        assert coder["running"], coder
+        assert not coder["needs_update"], coder
+        # and the agent takes a good change again
+        good = await commit(state_dir / "agents" / "coder" / "config", {"agent.nix": sonnet()}, "fixed")
+        again = await manager_call(
+            state_dir, {"cmd": "request_apply_commit", "agent": "coder", "commit_ref": good}
+        )
+        assert (await ask(state_dir, {"cmd": "approve", "id": again["approval_id"]}, timeout=120))["ok"]
+        assert await git_out(applied, "rev-parse", "refs/heads/main") == good
+    finally:
+        if proc.returncode is None:
+            await sigkill(proc)
+        log.unlink(missing_ok=True)
