@@ -94,6 +94,10 @@ class _Entry:
     done: trio.Event = attrs.field(factory=trio.Event)
     turn: trio.Event = attrs.field(factory=trio.Event)
     error: BaseException | None = None
+    stopped_on_purpose: bool | None = None
+    """The agent's intent mark this job set (``None``: it sets none), persisted with its journal row."""
+    mark_changed: bool = False
+    """Whether that mark changed the agent's intent (then its journal row is fsynced)."""
 
 
 class JobLane:
@@ -105,6 +109,7 @@ class JobLane:
         *,
         history: int = HISTORY,
         clock: Callable[[], float] = time.time,
+        intent: Intent | None = None,
     ) -> None:
         self._store = store
         self._bus = bus
@@ -120,8 +125,9 @@ class JobLane:
         self._build_send, self._build_recv = trio.open_memory_channel[_Entry](float("inf"))
         self._build_holder: _Entry | None = None
         """The build-class job that has the build turn now (its child builds run inside it)."""
-        self.intent = Intent()
-        """Which agents the last accepted job stopped on purpose (crash_watch asks it)."""
+        self.intent = intent if intent is not None else Intent()
+        """Which agents the last accepted job stopped on purpose (crash_watch and the builds ask
+        it); loaded from the store at :meth:`run`, each change persisted with its job's row."""
 
     # --- the handle ----------------------------------------------------------------------------
 
@@ -187,7 +193,9 @@ class JobLane:
         *,
         internal: bool = False,
     ) -> _Entry:
-        if self._nursery is None or not (self._open or internal):
+        # a running job's child is accepted during the replay too (a replayed meta update's rebuilds)
+        child = parent_id is not None and parent_id in self._entries
+        if self._nursery is None or not (self._open or internal or child):
             raise LaneClosed("hive-c0re is starting up or shutting down; try again in a moment")
         spec = REGISTRY[kind]
         if spec.singleton and (other := self.running_kind(kind)) is not None:
@@ -213,7 +221,9 @@ class JobLane:
         self._entries[job.id] = entry
         if agent is not None:
             self._by_agent[agent] = entry
-        self.intent.record(job)
+            before = self.intent.stopped_on_purpose(agent)
+            entry.stopped_on_purpose = self.intent.record(job)
+            entry.mark_changed = entry.stopped_on_purpose not in (None, before)
         self._nursery.start_soon(self._run_job, entry, name=f"job {job.id} {kind} {agent or ''}")
         self._publish()
         return entry
@@ -231,8 +241,11 @@ class JobLane:
 
     async def _journal(self, entry: _Entry) -> None:
         job, args = entry.job, json.dumps(dict(entry.args))
-        fsync = not REGISTRY[job.kind].power_loss_moot
-        await self._store.call(lambda c: st.journal_job(c, job, args, fsync=fsync))
+        live = job.state in ("queued", "running")
+        # an intent change is worth an fsync even for a light verb: a stop on purpose must hold
+        fsync = not REGISTRY[job.kind].power_loss_moot or (live and entry.mark_changed)
+        mark = entry.stopped_on_purpose if live else None
+        await self._store.call(lambda c: st.journal_job(c, job, args, fsync=fsync, stopped_on_purpose=mark))
 
     def _transition(self, entry: _Entry, state: JobState, **changes: Any) -> None:
         entry.job = attrs.evolve(entry.job, state=state, **changes)
@@ -339,6 +352,7 @@ class JobLane:
         self._history.clear()
         self._history.extend(await self._store.call(lambda c: st.recent_jobs(c, self._history_len)))
         unfinished = await self._store.call(st.unfinished_jobs)
+        self.intent.load(await self._store.call(st.stopped_on_purpose))
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -353,7 +367,12 @@ class JobLane:
             self._nursery = None
 
     async def _reconcile(self, unfinished: list[tuple[Job, str]]) -> None:
-        """Replay every job a previous run left queued or running, oldest first, one at a time."""
+        """Replay every job a previous run left queued or running, oldest first, one at a time.
+
+        A child whose parent is replayed too (a meta update's rebuild) is not replayed on its own:
+        the parent's replay resumes its recorded plan, which redoes every child it had not finished.
+        """
+        replayed = {old.id for old, _ in unfinished}
         for old, raw_args in unfinished:
             try:
                 args = json.loads(raw_args)
@@ -362,6 +381,20 @@ class JobLane:
             closed = attrs.evolve(
                 old, state="cancelled", finished_at=self._clock(), error="interrupted: hive-c0re stopped"
             )
+            if old.parent_id is not None and old.parent_id in replayed:
+                closed = attrs.evolve(
+                    closed, error=f"interrupted: hive-c0re stopped; redone by job {old.parent_id}'s replay"
+                )
+                await self._store.call(partial(st.journal_job, job=closed, args=raw_args))
+                self._history.append(closed)
+                log.warning(
+                    "job %d (%s %s): left to its parent job %d's replay",
+                    old.id,
+                    old.kind,
+                    old.agent or "",
+                    old.parent_id,
+                )
+                continue
             entry = self._accept(old.kind, old.agent, "crash_recover", args, old.id, internal=True)
             note = f"interrupted: hive-c0re stopped; replayed as job {entry.job.id}"
             closed = attrs.evolve(closed, error=note)

@@ -45,6 +45,9 @@ from hivecore.services.meta_update import MetaUpdates
 from hivecore.store import Store
 from hivecore.wire.agent import Delivery
 
+ALREADY_RUNNING = "already running"
+"""What :meth:`Coordinator.start` answers for an agent that runs (nothing was done)."""
+
 
 class Coordinator:
     def __init__(
@@ -153,8 +156,16 @@ class Coordinator:
     ) -> Job:
         return await self._lane.submit(kind, name, source=source, args=args)
 
-    async def start(self, name: object, *, source: JobSource = "host_sock") -> None:
-        await self._submit("start", await self.require_agent(name), source)
+    async def start(self, name: object, *, source: JobSource = "host_sock") -> str:
+        """Start an agent: ``started``, or ``already running`` for a running agent (no job, no
+        kick; one the operator had marked stopped still gets its start job, which clears it)."""
+        valid = await self.require_agent(name)
+        if self._lane.busy_with(valid) is None and not self._lane.intent.stopped_on_purpose(valid):
+            state = (await self._runtime.list([valid])).get(valid)
+            if state is not None and state.running:
+                return ALREADY_RUNNING
+        await self._submit("start", valid, source)
+        return "started"
 
     async def stop(self, name: object, *, graceful: bool = True, source: JobSource = "host_sock") -> None:
         await self._submit("stop", await self.require_agent(name), source, {"graceful": graceful})

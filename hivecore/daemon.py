@@ -30,6 +30,7 @@ from hivecore import agent_users
 from hivecore.config import Config
 from hivecore.coordinator import Coordinator
 from hivecore.errors import HiveError
+from hivecore.jobkinds import Intent
 from hivecore.kick import agent_state_dir
 from hivecore.meta import MetaRepo
 from hivecore.names import MANAGER_NAME
@@ -173,9 +174,10 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     lifecycle = Lifecycle(config, runtime, repos, meta_build)
     approvals = Approvals(lifecycle, repos, store, bus, notifier)
     meta_updates = MetaUpdates(meta_build, views)
-    env = JobEnv(store=store, bus=bus, transients=transients, views=views, notify=notifier)
+    intent = Intent()
+    env = JobEnv(store=store, bus=bus, transients=transients, views=views, notify=notifier, intent=intent)
     jobs = Jobs(env, lifecycle, approvals, meta_updates)
-    lane = JobLane(store, bus, jobs)
+    lane = JobLane(store, bus, jobs, intent=intent)
     supervisor = Supervisor(bus)
     coordinator = Coordinator(
         lane,
@@ -272,7 +274,8 @@ async def main(
 async def ensure_manager(daemon: Daemon) -> str:
     """Create the manager if it is missing, start it if it is stopped (reference: ``ensure_manager``).
 
-    Returns what it did: ``spawned``, ``started`` or ``running``. Runs after the job lane is open,
+    Returns what it did: ``spawned``, ``started``, ``running``, or ``stopped on purpose`` (the
+    operator stopped it: a restart leaves it stopped). Runs after the job lane is open,
     through the façade, so it is an ordinary journaled job.
     """
     state = (await daemon.runtime.list([MANAGER_NAME])).get(MANAGER_NAME)
@@ -280,6 +283,9 @@ async def ensure_manager(daemon: Daemon) -> str:
         log.info("ensure_manager: %s is missing; spawning it", MANAGER_NAME)
         await daemon.coordinator.spawn(MANAGER_NAME, source="internal")
         return "spawned"
+    if not state.running and daemon.lane.intent.stopped_on_purpose(MANAGER_NAME):
+        log.info("ensure_manager: %s was stopped on purpose; leaving it stopped", MANAGER_NAME)
+        return "stopped on purpose"
     if not state.running:
         log.info("ensure_manager: %s is stopped; starting it", MANAGER_NAME)
         await daemon.coordinator.start(MANAGER_NAME, source="internal")

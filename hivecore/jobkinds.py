@@ -12,7 +12,7 @@ Pure data: no I/O, no imports of actors or services.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -41,8 +41,10 @@ class JobKindSpec:
     """Build-class: runs strictly one at a time, FIFO across all agents (a child of the build that
     holds the turn runs inside that turn)."""
     intent: IntentEffect | None = None
-    """``stops``: once accepted, the agent counts as stopped on purpose (crash_watch stays quiet);
-    ``starts``: that mark is cleared."""
+    """``stops``: once accepted, the agent counts as stopped on purpose (crash_watch stays quiet; a
+    build, a meta update, auto_update and a daemon restart leave it stopped); ``starts``: that mark
+    is cleared. ``None`` (a rebuild, an approved config change): the agent stays as the operator
+    left it. The lane persists the mark with the job's journal row."""
     singleton: bool = False
     """At most one job of this kind is queued or running at a time (a second is refused)."""
     noun: str = ""
@@ -143,7 +145,6 @@ REGISTRY: Mapping[JobKind, JobKindSpec] = _rows(
         busy="rebuilding",
         transient="rebuilding",
         build=True,
-        intent="starts",
         joins_queued=True,
     ),
     JobKindSpec(
@@ -152,7 +153,6 @@ REGISTRY: Mapping[JobKind, JobKindSpec] = _rows(
         busy="applying a config change",
         transient="rebuilding",
         build=True,
-        intent="starts",
     ),
     JobKindSpec(kind="deny", service="approvals", busy="having an approval denied"),
     JobKindSpec(kind="init_config", service="approvals", busy="having its config initialised"),
@@ -177,7 +177,8 @@ class Intent:
     """Which agents were stopped on purpose (from the registry's :attr:`JobKindSpec.intent`).
 
     Plain synchronous state, owned by whoever mutates it between checkpoints: the lane records an
-    accepted job, crash_watch's judging reads it, both synchronously.
+    accepted job, crash_watch's judging and the builds read it, all synchronously. The lane loads
+    it from the store at start (:meth:`load`) and persists each change with the job's journal row.
     """
 
     def __init__(self) -> None:
@@ -186,11 +187,20 @@ class Intent:
     def stopped_on_purpose(self, name: str) -> bool:
         return name in self._stopped
 
-    def record(self, job: Job) -> None:
+    def load(self, names: Iterable[str]) -> None:
+        """Replace the marks with ``names`` (what the store recorded)."""
+        self._stopped = set(names)
+
+    def record(self, job: Job) -> bool | None:
+        """Apply ``job``'s effect; the agent's new mark (``True``: stopped on purpose) when the job
+        has an effect, ``None`` when it has none."""
         if job.agent is None:
-            return
+            return None
         effect = REGISTRY[job.kind].intent
         if effect == "stops":
             self._stopped.add(job.agent)
-        elif effect == "starts":
+            return True
+        if effect == "starts":
             self._stopped.discard(job.agent)
+            return False
+        return None

@@ -100,6 +100,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE approvals ADD COLUMN agent_nix TEXT;
     CREATE INDEX approvals_requester_status ON approvals(requester, status);
     """,
+    # 6: intent (hivecore/jobkinds.py): the agents the operator stopped on purpose, so a restart, a
+    # rebuild or a meta update leaves them stopped
+    """
+    CREATE TABLE stopped_on_purpose (
+        agent TEXT PRIMARY KEY,
+        since REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -519,26 +527,69 @@ _JOB_FIELDS = (
 )
 
 
-def journal_job(conn: sqlite3.Connection, job: Job, args: str = "{}", *, fsync: bool = True) -> None:
+def journal_job(
+    conn: sqlite3.Connection,
+    job: Job,
+    args: str = "{}",
+    *,
+    fsync: bool = True,
+    stopped_on_purpose: bool | None = None,
+) -> None:
     """Insert or update one job row (``args`` is written only on insert).
 
+    ``stopped_on_purpose`` (``True``/``False``; ``None``: unchanged) records the job's agent's
+    intent in the same transaction (:func:`set_stopped_on_purpose`).
     ``fsync=False`` (:func:`no_fsync`) for jobs a power loss makes moot: a row lost with the power is
     a job not replayed at the next start, and every agent is down after a power loss anyway."""
     values = [getattr(job, f) for f in _JOB_FIELDS]
     if fsync:
-        _journal_job(conn, values, args)
+        _journal_job(conn, values, args, job, stopped_on_purpose)
         return
     with no_fsync(conn):
-        _journal_job(conn, values, args)
+        _journal_job(conn, values, args, job, stopped_on_purpose)
 
 
-def _journal_job(conn: sqlite3.Connection, values: list[object], args: str) -> None:
-    conn.execute(
-        f"INSERT INTO jobs({', '.join(_JOB_FIELDS)}, args) VALUES ({', '.join('?' * len(_JOB_FIELDS))}, ?) "
-        "ON CONFLICT(id) DO UPDATE SET state=excluded.state, started_at=excluded.started_at, "
-        "finished_at=excluded.finished_at, error=excluded.error",
-        (*values, args),
-    )
+def _journal_job(
+    conn: sqlite3.Connection, values: list[object], args: str, job: Job, stopped: bool | None
+) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            f"INSERT INTO jobs({', '.join(_JOB_FIELDS)}, args) "
+            f"VALUES ({', '.join('?' * len(_JOB_FIELDS))}, ?) "
+            "ON CONFLICT(id) DO UPDATE SET state=excluded.state, started_at=excluded.started_at, "
+            "finished_at=excluded.finished_at, error=excluded.error",
+            (*values, args),
+        )
+        if stopped is not None and job.agent is not None:
+            set_stopped_on_purpose(conn, job.agent, stopped, job.queued_at)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def set_stopped_on_purpose(conn: sqlite3.Connection, agent: str, stopped: bool, at: float) -> None:
+    """Record (``stopped``) or clear that ``agent`` was stopped on purpose (since ``at``, epoch s)."""
+    if stopped:
+        conn.execute(
+            "INSERT INTO stopped_on_purpose(agent, since) VALUES (?, ?) "
+            "ON CONFLICT(agent) DO UPDATE SET since=excluded.since",
+            (agent, at),
+        )
+    else:
+        conn.execute("DELETE FROM stopped_on_purpose WHERE agent=?", (agent,))
+
+
+def stopped_on_purpose(conn: sqlite3.Connection) -> list[str]:
+    """The agents recorded as stopped on purpose, by name."""
+    return [r[0] for r in conn.execute("SELECT agent FROM stopped_on_purpose ORDER BY agent")]
+
+
+def set_job_args(conn: sqlite3.Connection, job_id: int, args: str) -> None:
+    """Replace a job's ``args`` JSON (a job that records its progress for its replay)."""
+    with no_fsync(conn):
+        conn.execute("UPDATE jobs SET args=? WHERE id=?", (args, job_id))
 
 
 def _job(row: sqlite3.Row) -> Job:

@@ -175,13 +175,8 @@ def test_build_class_singleton_and_intent_rows() -> None:
     assert {k for k, r in REGISTRY.items() if r.build} == {"rebuild", "apply_commit", "meta_update"}
     assert {k for k, r in REGISTRY.items() if r.singleton} == {"meta_update"}
     assert {k for k, r in REGISTRY.items() if r.intent == "stops"} == {"stop", "kill", "destroy"}
-    assert {k for k, r in REGISTRY.items() if r.intent == "starts"} == {
-        "spawn",
-        "start",
-        "restart",
-        "rebuild",
-        "apply_commit",
-    }
+    # a build keeps the agent as the operator left it (issue 16 item 3): no intent of its own
+    assert {k for k, r in REGISTRY.items() if r.intent == "starts"} == {"spawn", "start", "restart"}
     assert {k for k, r in REGISTRY.items() if r.power_loss_moot} == {
         "start",
         "stop",
@@ -195,4 +190,6 @@ def test_build_class_singleton_and_intent_rows() -> None:
     intent.record(Job(id=2, kind="set_paused", agent="coder", queued_at=0.0))
     assert intent.stopped_on_purpose("coder")
     intent.record(Job(id=3, kind="rebuild", agent="coder", queued_at=0.0))
+    assert intent.stopped_on_purpose("coder")
+    intent.record(Job(id=4, kind="start", agent="coder", queued_at=0.0))
     assert not intent.stopped_on_purpose("coder")

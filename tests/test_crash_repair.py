@@ -155,3 +155,172 @@ async def test_kill9_mid_build_with_a_stale_index_lock_rolls_back_for_real(state
         if proc.returncode is None:
             await sigkill(proc)
         log.unlink(missing_ok=True)
+
+
+# --- item 3: intent survives rebuilds, meta updates, restarts and kill -9 ------------------------
+
+
+async def statuses(state_dir: Path) -> dict[str, dict[str, Any]]:
+    rows = (await ask(state_dir, {"cmd": "agent_status"}))["agent_statuses"]
+    return {r["name"]: r for r in rows}
+
+
+def kicks(state_dir: Path, name: str) -> int:
+    query = "SELECT count(*) FROM messages WHERE recipient=? AND sender='system'"
+    return int(jobs(state_dir, query, name)[0][0])
+
+
+async def test_an_agent_stopped_on_purpose_stays_stopped(state_dir: Path) -> None:
+    """stop, then rebuild, meta-update hyperhive (UPD4TE 4LL), kill -9 of the daemon, restart (with
+    ensure_manager and auto_update): the stopped agents (the manager too) stay stopped; a running one
+    is rebuilt and runs; ``start`` of a running agent says so and does not kick it."""
+    log = state_dir.parent / f"{state_dir.name}.log"
+    proc = await serve_with_manager(state_dir, log)
+    try:
+
+        async def manager_runs() -> bool:
+            row = (await statuses(state_dir)).get("hm1nd")
+            return row is not None and row["running"] and row.get("pending") is None
+
+        await eventually(manager_runs, 60)
+        for name in ("coder", "idle"):
+            assert (await ask(state_dir, {"cmd": "spawn", "name": name}))["ok"]
+        for name in ("idle", "hm1nd"):
+            stopped = await ask(state_dir, {"cmd": "stop", "scope": {"agent_names": [name]}})
+            assert stopped["ok"], stopped
+        assert (await ask(state_dir, {"cmd": "rebuild", "name": "idle"}, timeout=120))["ok"]
+        assert not (await statuses(state_dir))["idle"]["running"]
+        updated = await ask(state_dir, {"cmd": "meta_update", "inputs": ["hyperhive"]}, timeout=300)
+        assert updated["ok"], updated
+        rows = await statuses(state_dir)
+        assert rows["coder"]["running"]
+        assert not rows["idle"]["running"]
+        assert not rows["hm1nd"]["running"]
+        # start of a running agent: said so, nothing done (no kick)
+        before = kicks(state_dir, "coder")
+        pid = rows["coder"].get("pid")
+        started = await ask(state_dir, {"cmd": "start", "scope": {"agent_names": ["coder"]}})
+        assert started == {"version": 1, "ok": True, "message": "coder already running"}
+        assert kicks(state_dir, "coder") == before
+        assert (await statuses(state_dir))["coder"].get("pid") == pid
+        await sigkill(proc)
+        # the next daemon brings the manager up unless it was stopped on purpose
+        env_proc = await serve_with_manager(state_dir, log)
+        proc = env_proc
+        await eventually(lambda: "was stopped on purpose; leaving it stopped" in log.read_text(), 30)
+        assert (await ask(state_dir, {"cmd": "rebuild", "name": "idle"}, timeout=120))["ok"]
+        rows = await statuses(state_dir)
+        assert not rows["idle"]["running"], rows["idle"]
+        assert not rows["hm1nd"]["running"], rows["hm1nd"]
+        assert rows["coder"]["running"]
+        # an explicit start ends it
+        assert (await ask(state_dir, {"cmd": "start", "scope": {"agent_names": ["idle"]}}))["ok"]
+        assert (await statuses(state_dir))["idle"]["running"]
+    finally:
+        if proc.returncode is None:
+            await sigkill(proc)
+        log.unlink(missing_ok=True)
+
+
+async def serve_with_manager(state_dir: Path, log: Path) -> trio.Process:
+    """:func:`serve`, with ensure_manager and auto_update as a real start has them."""
+    cmd = [sys.executable, "-m", "hivecore.cli.daemon", "serve", "--state-dir", str(state_dir)]
+    cmd += ["--dashboard-port", "0", "--crash-watch-interval", "3600"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("HIVE_SKIP_AUTO_UPDATE", None)
+    with log.open("ab") as out:
+        proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL, stderr=out, env=env)
+    sock = str(state_dir / "run" / "host.sock")
+
+    async def answers() -> bool:
+        assert proc.poll() is None, f"serve exited early; see {log}"
+        try:
+            answer = await trio.to_thread.run_sync(request, sock, b'{"cmd":"list"}\n', 5.0)
+            return bool(json.loads(answer)["ok"])
+        except (Unreachable, OSError, ValueError):
+            return False
+
+    await eventually(answers, 30, interval=0.05)
+    return proc
+
+
+# --- item 8: a meta update interrupted by kill -9 finishes its plan at the next start -------------
+
+
+async def test_kill9_mid_meta_update_rebuilds_the_agents_it_had_not_reached(state_dir: Path) -> None:
+    log = state_dir.parent / f"{state_dir.name}.log"
+    proc = await serve(state_dir, log)
+    try:
+        for name in ("a1", "b1", "c1"):
+            assert (await ask(state_dir, {"cmd": "spawn", "name": name}))["ok"]
+        async with trio.open_nursery() as nursery:
+
+            async def update() -> None:
+                with contextlib.suppress(Unreachable, OSError, ValueError):
+                    await ask(state_dir, {"cmd": "meta_update", "inputs": ["hyperhive"]}, timeout=300)
+
+            nursery.start_soon(update)
+            query = "SELECT id FROM jobs WHERE kind='rebuild' AND agent='b1' AND state='running'"
+
+            async def b1_rebuilding() -> bool:
+                return bool(await trio.to_thread.run_sync(lambda: jobs(state_dir, query)))
+
+            await eventually(b1_rebuilding, 60, interval=0.002)
+            await sigkill(proc)
+        (before,) = jobs(state_dir, "SELECT max(id) FROM jobs")[0]
+        proc = await serve(state_dir, log)  # the lane replays before host.sock answers
+
+        def replay_over() -> bool:
+            rows = jobs(state_dir, "SELECT state FROM jobs WHERE kind='meta_update' AND id>?", before)
+            return bool(rows) and rows[0][0] not in ("queued", "running")
+
+        await eventually(replay_over, 120)
+        rebuilt = jobs(
+            state_dir, "SELECT agent, state FROM jobs WHERE kind='rebuild' AND id>? ORDER BY id", before
+        )
+        assert ("b1", "done") in rebuilt, rebuilt  # the interrupted one, redone
+        assert ("c1", "done") in rebuilt, rebuilt  # the one it had not reached
+        assert "a1" not in {a for a, _ in rebuilt}, rebuilt  # finished before the kill: not again
+        assert [
+            s for (s,) in jobs(state_dir, "SELECT state FROM jobs WHERE kind='meta_update' AND id>?", before)
+        ] == ["done"]
+        assert jobs(state_dir, "SELECT id FROM jobs WHERE state IN ('queued','running')") == []
+        rows = await statuses(state_dir)
+        assert all(rows[n]["running"] and not rows[n]["needs_update"] for n in ("a1", "b1", "c1")), rows
+    finally:
+        if proc.returncode is None:
+            await sigkill(proc)
+        log.unlink(missing_ok=True)
+
+
+# --- item 4: destroy --purge never fails halfway; a retry completes one that did ------------------
+
+
+def left_of(state_dir: Path, name: str) -> list[Path]:
+    """Everything of agent ``name`` still on disk."""
+    places = [
+        state_dir / "agents" / name,
+        state_dir / "applied" / name,
+        state_dir / "run" / "agents" / name,
+        state_dir / "run" / "process" / name,
+    ]
+    return [p for p in places if p.exists() or p.is_symlink()]
+
+
+async def test_fifty_spawn_destroy_purge_cycles_leave_nothing_behind(state_dir: Path) -> None:
+    log = state_dir.parent / f"{state_dir.name}.log"
+    proc = await serve(state_dir, log)
+    try:
+        for cycle in range(50):
+            spawned = await ask(state_dir, {"cmd": "spawn", "name": "m1"}, timeout=120)
+            assert spawned["ok"], (cycle, spawned)
+            gone = await ask(state_dir, {"cmd": "destroy", "name": "m1", "purge": True}, timeout=120)
+            assert gone["ok"], (cycle, gone)
+            assert left_of(state_dir, "m1") == [], cycle
+            listed = await ask(state_dir, {"cmd": "list"})
+            assert "m1" not in listed["agents"], cycle
+        assert "Errno" not in log.read_text()
+    finally:
+        if proc.returncode is None:
+            await sigkill(proc)
+        log.unlink(missing_ok=True)

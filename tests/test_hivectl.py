@@ -110,7 +110,8 @@ async def test_verbs_print_tables_and_exit_zero(hive: Daemon) -> None:
     assert [line.split()[0] for line in only] == ["NAME", "bee"]
 
     assert out(await hivectl("resume", "bee", sock=sock)) == "resumed bee\n"
-    assert out(await hivectl("start", "--all", sock=sock)) == "started every agent\n"
+    # a running agent is left as it is, and hivectl says so (issue 16 item 3)
+    assert out(await hivectl("start", "--all", sock=sock)) == "bee started; a already running\n"
     assert out(await hivectl("restart", "a", sock=sock)) == "restarted a\n"
     assert out(await hivectl("stop", "a", "bee", "--hard", sock=sock)) == "stopped a, bee\n"
     assert out(await hivectl("start", "a", sock=sock)) == "started a\n"

@@ -374,3 +374,23 @@ async def test_agents_do_not_inherit_the_daemons_open_fds(paths: StatePaths, run
     finally:
         os.close(r)
         os.close(w)
+
+
+async def test_a_restart_is_never_failed_half_way(runtime: ProcessRuntime, paths: StatePaths) -> None:
+    """Issue 16 (honest signals): a probe while ``start`` spawns the new shim (probes take no lock)
+    saw the old, dead run without its stop request and called the restart ``failed``."""
+    await started(runtime, "alpha")
+    seen: list[AgentRuntimeState] = []
+    spawn = runtime._spawn_shim
+
+    def probing_spawn(*args: object, **kwargs: object) -> int:
+        seen.append(runtime.list_nowait(["alpha"])["alpha"])  # what a concurrent scan sees now
+        return spawn(*args, **kwargs)  # type: ignore[arg-type]
+
+    runtime._spawn_shim = probing_spawn  # type: ignore[method-assign]
+    await runtime.stop("alpha")
+    await runtime.start("alpha")
+    await wait_for(runtime, "alpha", lambda s: s.running)
+    assert seen, "start did not spawn"
+    assert [s.failed for s in seen] == [False], seen
+    assert not (paths.agent_run("alpha") / "stop-requested").exists()

@@ -107,7 +107,9 @@ def _one_line(text: object, limit: int = 60) -> str:
 
 
 def status_cells(row: Response) -> list[str]:
-    state = "failed" if row.get("failed") else "running" if row.get("running") else "stopped"
+    # a transient says what is happening (``restarting``, ``rebuilding``): not a failure
+    state = str(row["pending"]) if row.get("pending") else None
+    state = state or ("failed" if row.get("failed") else "running" if row.get("running") else "stopped")
     needs = [k for k in ("login", "update") if row.get(f"needs_{k}")]
     return [
         str(row.get("name", "?")),
@@ -434,6 +436,8 @@ def run(args: argparse.Namespace) -> int:
             print(render_urls(answer))
         elif request.cmd == "operator_inbox":
             print(render_inbox(answer))
+        elif answer.get("message"):  # the daemon says what happened (start: "already running")
+            print(escape(str(answer["message"])))
         elif args.done is not None:
             approval = answer.get("approval_id")
             print(args.done(args) + (f" (approval {approval})" if isinstance(approval, int) else ""))

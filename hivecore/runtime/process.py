@@ -445,8 +445,8 @@ class ProcessRuntime:
                     )
                 return
             identity = self._prepare_user(name, spec)
+            # the stop marker stays until the new run's pid file is written (see below)
             stop_requested = (rundir / STOP_MARKER).exists()
-            (rundir / STOP_MARKER).unlink(missing_ok=True)
             (rundir / EXIT_STATUS_FILE).unlink(missing_ok=True)
             if identity is None:
                 pid = self._spawn_shim(rundir, spec)
@@ -465,6 +465,9 @@ class ProcessRuntime:
                 # the shim is a session leader (setsid), so its pid is the agent's process group id
                 {"pid": pid, "pgid": pid, "starttime": st.starttime, "started_at": time.time()},
             )
+            # only now: a probe (it takes no lock) between the two would see the old, dead run
+            # without its stop request and call a restart "failed"
+            (rundir / STOP_MARKER).unlink(missing_ok=True)
         log.info("started agent %s (shim pid %d)", name, pid)
 
     def _prepare_user(self, name: str, spec: AgentSpec) -> _Identity | None:

@@ -463,6 +463,22 @@ class Approvals:
             outcome = f"applied main rolled back to {previous[:12]}"
         log.warning("approval %d: %s; %s of %s", aid, note, outcome, name)
         await self._fail_build(approval, sha, note, problems)
+        if started and not problems:
+            await self._restore(ctx, name, aid)
+
+    async def _restore(self, ctx: JobContext, name: str, aid: int) -> None:
+        """After an interrupted build's rollback: an agent the build had stopped (and the operator
+        had not) is built again from the rolled-back main, which was deployed before, and started."""
+        state = (await self.lifecycle.runtime.list([name])).get(name)
+        if state is None or state.running or ctx.stopped_on_purpose(name):
+            return
+        log.warning(
+            "approval %d: the interrupted build left %s stopped; rebuilding its previous config", aid, name
+        )
+        try:
+            await self.lifecycle.rebuild_agent(ctx, name)
+        except HiveError as exc:
+            log.error("approval %d: could not bring %s back: %s", aid, name, exc)
 
     # startup: what a crash left in the applied repos -----------------------------------------------
 

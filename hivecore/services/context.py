@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from hivecore.jobkinds import Intent
 from hivecore.models import ContainerView, Job, JobKind, JobSource, TombstoneView, TransientKind
 from hivecore.services.handles import AgentViews, ChildJobs, Publisher, Transients
 from hivecore.services.notify import Notifier
@@ -29,6 +30,8 @@ class JobEnv:
     transients: Transients
     views: AgentViews
     notify: Notifier
+    intent: Intent = attrs.field(factory=Intent)
+    """The lane's intent marks (the daemon hands the lane the same object)."""
 
     def for_job(self, job: Job, children: ChildJobs) -> JobContext:
         return JobContext(job=job, env=self, children=children)
@@ -53,6 +56,10 @@ class JobContext:
     @property
     def views(self) -> AgentViews:
         return self.env.views
+
+    def stopped_on_purpose(self, name: str) -> bool:
+        """Whether the operator stopped ``name`` on purpose (a build then leaves it stopped)."""
+        return self.env.intent.stopped_on_purpose(name)
 
     def publish(self, event: Event) -> None:
         self.env.bus.publish(event)

@@ -149,6 +149,11 @@ class Lifecycle:
         await ctx.notify.notify_manager(Spawned(agent=name, ok=True), name)
 
     async def start(self, ctx: JobContext, name: str) -> None:
+        """Start a stopped agent and kick it; a running one is left as it is (no kick)."""
+        state = (await self.runtime.list([name])).get(name)
+        if state is not None and state.running:
+            log.info("start %s: already running", name)
+            return
         await self._guarded(ctx, name, "start", lambda: self.runtime.start(name))
         log.info("started %s", name)
         await ctx.notify.kick(name, REASON_STARTED)
@@ -188,8 +193,15 @@ class Lifecycle:
         settled (:meth:`~hivecore.repos.Repos.settle_rollbacks`; if it cannot be, nothing is built:
         a main that should have been rolled back is never deployed), then ``before`` (an approval
         moves main), the build, and on a build error ``on_failure`` (an approval rolls main back),
-        so the row never shows the half-way state as ``needs_update``."""
-        build = self.build if self.build is not None else self.builder.build
+        so the row never shows the half-way state as ``needs_update``. An agent the operator
+        stopped on purpose is built and left stopped (:meth:`JobContext.stopped_on_purpose`)."""
+        keep_stopped = ctx.stopped_on_purpose(name)
+
+        async def build(name: str) -> None:
+            if self.build is not None:
+                await self.build(name)
+            else:
+                await self.builder.build(name, start=not keep_stopped)
 
         async def work() -> None:
             if await self.repos.is_repo(self.repos.applied(name)):
@@ -217,8 +229,13 @@ class Lifecycle:
         except HiveError as exc:
             await ctx.notify.notify_manager(Rebuilt(agent=name, ok=False, note=str(exc)), name, str(exc))
             raise
-        log.info("rebuilt %s", name)
-        await ctx.notify.kick(name, REASON_REBUILT)
+        log.info(
+            "rebuilt %s%s",
+            name,
+            " (left stopped, as the operator left it)" if ctx.stopped_on_purpose(name) else "",
+        )
+        if not ctx.stopped_on_purpose(name):
+            await ctx.notify.kick(name, REASON_REBUILT)
         sha = self.builder.deployed_rev(name)
         tag = await self.builder.deployed_tag(name, sha) if sha else None
         await ctx.notify.notify_manager(Rebuilt(agent=name, ok=True, sha=sha, tag=tag), name)

@@ -130,10 +130,12 @@ class MetaBuild:
         finally:
             self._adding.discard(name)
 
-    async def build(self, name: str) -> None:
+    async def build(self, name: str, *, start: bool = True) -> None:
         """Sync, relock ``agent-<n>``, ``nix eval`` ``hiveAgents.<n>``, then the runtime runs the new
-        command and environment (restart), and the deployed revs are recorded (``needs_update``
-        clears). Raises :class:`MetaUnavailable` (nothing changed) while the meta lock is down."""
+        command and environment (restart; with ``start=False``, an agent the operator stopped on
+        purpose, it is left stopped and runs them at its next start), and the deployed revs are
+        recorded (``needs_update`` clears). Raises :class:`MetaUnavailable` (nothing changed) while
+        the meta lock is down."""
         meta = self._require(f"rebuild {name}")
         if not await self.repos.check_config(name):
             await self.runtime.update(self.agent_spec(name))
@@ -143,7 +145,8 @@ class MetaBuild:
             spec: AgentSpec = await self._evaluate(meta, name)
             await self.runtime.update(spec)
         await self.runtime.stop(name, graceful=True)
-        await self.runtime.start(name)
+        if start:
+            await self.runtime.start(name)
         await self.record_deployed(name)
 
     async def remove(self, name: str) -> None:

@@ -14,6 +14,7 @@ failure is logged and the run goes on), then rebuild every stale agent one at a 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -22,8 +23,10 @@ from typing import Any
 import attrs
 import trio
 
+from hivecore import store as st
 from hivecore.errors import HiveError
 from hivecore.meta import HYPERHIVE
+from hivecore.names import validate_name
 from hivecore.services.context import JobContext
 from hivecore.services.handles import AgentViews
 from hivecore.services.meta_build import MetaBuild
@@ -32,6 +35,24 @@ from hivecore.wire.events import MetaUpdateRunning
 log = logging.getLogger(__name__)
 
 SKIP_AUTO_UPDATE_ENV = "HIVE_SKIP_AUTO_UPDATE"
+
+
+def _valid(name: object) -> bool:
+    try:
+        validate_name(name)
+    except HiveError:
+        return False
+    return True
+
+
+def _plan_of(args: Mapping[str, Any]) -> tuple[list[str] | None, list[str]]:
+    """``(plan, done)`` a previous run of the job recorded in its args (``None``: no plan yet)."""
+    plan, done = args.get("plan"), args.get("done", [])
+    if not isinstance(plan, list) or not all(_valid(n) for n in plan):
+        return None, []
+    if not isinstance(done, list):
+        done = []
+    return list(plan), [n for n in done if isinstance(n, str) and n in plan]
 
 
 def affected_agents(inputs: Sequence[str], agents: Sequence[str]) -> list[str]:
@@ -56,27 +77,49 @@ class MetaUpdates:
             raise HiveError("the meta flake is not available")
         ctx.publish(MetaUpdateRunning(running=True))
         try:
-            await meta.lock_update(inputs)
-            agents = sorted(ctx.views.rows(), key=lambda n: (n != "hm1nd", n))
-            targets = affected_agents(inputs, agents)
+            plan, done = _plan_of(args)
+            if plan is None:
+                await meta.lock_update(inputs)
+                # the runtime's agents, not the views: at a replay the views are not populated yet
+                agents = sorted(await self.builder.runtime.list(), key=lambda n: (n != "hm1nd", n))
+                plan, done = affected_agents(inputs, agents), []
+                await self._record(ctx, inputs, plan, done)  # a replay finishes this plan
+            else:
+                log.info(
+                    "meta update %s: resuming its plan (done: %s)",
+                    ", ".join(inputs),
+                    ", ".join(done) or "none",
+                )
+            targets = [n for n in plan if n not in done]
             log.info("meta update %s: rebuilding %s", ", ".join(inputs), ", ".join(targets) or "nobody")
             failed: list[str] = []
             for name in targets:
                 queued = ctx.busy_with(name)
-                if queued is not None and queued.kind == "rebuild" and queued.state == "queued":
+                if name not in await self.builder.runtime.list([name]):
+                    log.info("meta update: %s is gone; not rebuilding it", name)
+                elif queued is not None and queued.kind == "rebuild" and queued.state == "queued":
                     log.info("meta update: %s already has a rebuild queued (job %d)", name, queued.id)
-                    continue  # it runs after this job, from the updated lock
-                try:
-                    await ctx.submit_child("rebuild", name, source="meta_update")
-                except HiveError as exc:
-                    log.warning("meta update: rebuild of %s failed: %s", name, exc)
-                    failed.append(f"{name}: {exc}")
+                    # it runs after this job, from the updated lock
+                else:
+                    try:
+                        await ctx.submit_child("rebuild", name, source="meta_update")
+                    except HiveError as exc:
+                        log.warning("meta update: rebuild of %s failed: %s", name, exc)
+                        failed.append(f"{name}: {exc}")
+                done.append(name)
+                await self._record(ctx, inputs, plan, done)
             if failed:
                 raise HiveError(
                     f"meta update {', '.join(inputs)}: {len(failed)} rebuild(s) failed:\n" + "\n".join(failed)
                 )
         finally:
             ctx.publish(MetaUpdateRunning(running=False))
+
+    async def _record(self, ctx: JobContext, inputs: list[str], plan: list[str], done: list[str]) -> None:
+        """Persist the job's plan and progress in its journal row (its replay resumes from them)."""
+        args = json.dumps({"inputs": inputs, "plan": plan, "done": done})
+        job_id = ctx.job.id
+        await ctx.store.call(lambda c: st.set_job_args(c, job_id, args))
 
     async def auto_update(self, submit: Any) -> list[str]:
         """The startup step (see the module doc); returns the agents it rebuilt. ``submit`` is the

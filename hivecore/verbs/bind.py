@@ -174,9 +174,35 @@ async def apply_scope(verb: str, names: list[str], fn: Callable[[str], Awaitable
         raise Refused(f"{verb} failed for {len(failures)} of {len(names)} agents: {listed}")
 
 
-async def _start(ctx: Any, r: wh.StartRequest) -> None:
+async def _start(ctx: Any, r: wh.StartRequest) -> tuple[list[str], list[str]]:
+    """Start the scope's agents; ``(started, already running)`` (those were left as they were)."""
     kw = ctx.caller.kw()
-    await apply_scope("start", await resolve_scope(ctx.facade, r.scope), lambda n: ctx.facade.start(n, **kw))
+    names = await resolve_scope(ctx.facade, r.scope)
+    already: list[str] = []
+
+    async def start(name: str) -> None:
+        if await ctx.facade.start(name, **kw) == "already running":
+            already.append(name)
+
+    await apply_scope("start", names, start)
+    return [n for n in names if n not in already], [n for n in names if n in already]
+
+
+def _start_text(started: list[str], already: list[str]) -> str:
+    said = [f"{', '.join(started)} started"] if started else []
+    return "; ".join([*said, f"{', '.join(already)} already running"])
+
+
+def _started(r: wh.StartRequest, value: tuple[list[str], list[str]]) -> str:
+    started, already = value
+    return _start_text(started, already) if already else f"{_scope_names(r)} started"
+
+
+def _start_answer(ctx: Any, value: tuple[list[str], list[str]]) -> wh.HostResponse:
+    started, already = value
+    if not already:
+        return wh.OK
+    return wh.HostResponse(ok=True, message=_start_text(started, already))
 
 
 async def _stop(ctx: Any, r: wh.StopRequest) -> None:
@@ -293,7 +319,7 @@ BINDINGS: Mapping[str, Binding] = {
             ],
         ),
     ),
-    "start": Binding(wh.StartRequest, _start, done=lambda r, _: f"{_scope_names(r)} started"),
+    "start": Binding(wh.StartRequest, _start, host=_start_answer, done=_started),
     "stop": Binding(wh.StopRequest, _stop, done=lambda r, _: f"{_scope_names(r)} stopped"),
     "restart": Binding(wh.RestartRequest, _named("restart"), done=lambda r, _: f"{r.name} restarted"),
     "rebuild": Binding(wh.RebuildRequest, _named("rebuild"), done=lambda r, _: f"{r.name} rebuilt"),

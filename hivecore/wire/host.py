@@ -336,6 +336,8 @@ class HostResponse:
     """``get_logs``: log lines, oldest first (the agent wrote them: escape them before a terminal)."""
     log_offset: int | None = None
     """``get_logs``: the byte offset just after ``lines``; ask with ``offset`` set to it for what follows."""
+    message: str | None = None
+    """What happened, when it is not what the verb's name says (``start``: ``coder already running``)."""
 
 
 OK = HostResponse(ok=True)
