@@ -13,6 +13,7 @@ never reaches operator verbs); it decides whether the *operation* makes sense no
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -180,7 +181,16 @@ class Coordinator:
         await self._submit("rebuild", await self.require_agent(name), source)
 
     async def destroy(self, name: object, *, purge: bool = False, source: JobSource = "host_sock") -> None:
-        await self._submit("destroy", await self.require_agent(name), source, {"purge": purge})
+        """Destroy an agent (its state kept unless ``purge``). ``destroy --purge`` of an agent whose
+        container is already gone but whose state is kept (a destroy that failed half-way) finishes
+        the job: it purges."""
+        valid = validate_name(name)
+        if purge and valid not in await self._runtime.list([valid]):
+            kept: list[Path] = await trio.to_thread.run_sync(self._lifecycle.purge_targets, valid)
+            if kept:
+                await self._submit("purge", valid, source)
+                return
+        await self._submit("destroy", await self.require_agent(valid), source, {"purge": purge})
 
     async def purge_tombstone(self, name: object, *, source: JobSource = "host_sock") -> None:
         """Delete a destroyed agent's kept state (agents/<n>/ and applied/<n>/); no undo."""

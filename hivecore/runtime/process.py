@@ -323,7 +323,7 @@ class ProcessRuntime:
         with _RUNDIR_LOCK:
             if not rundir.exists():
                 return False
-            shutil.rmtree(rundir)
+            shutil.rmtree(rundir, onerror=_vanished_ok)
         return True
 
     def _candidates(self, names: Collection[str] | None) -> tuple[str, ...]:
@@ -598,6 +598,12 @@ class ProcessRuntime:
             raise RuntimeFailure(f'agent "{name}" has not been created') from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise RuntimeFailure(f'agent "{name}" has an unreadable spec: {e!r}') from e
+
+
+def _vanished_ok(func: object, path: str, exc_info: tuple[type, BaseException, object]) -> None:
+    """``rmtree``'s error hook: an entry that vanished meanwhile is fine; anything else is raised."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
 
 
 def _valid_name(name: str) -> bool:

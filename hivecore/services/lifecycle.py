@@ -43,6 +43,25 @@ Build = Callable[[str], Awaitable[None]]
 """The build step of a rebuild (a seam for tests); raises HiveError on failure."""
 
 
+def remove_tree(path: Path) -> None:
+    """``rmtree`` that tolerates entries vanishing under it (blocking); :class:`HiveError` naming
+    what could not be removed."""
+
+    def vanished(func: Any, failed: str, exc_info: Any) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):
+            raise exc_info[1]
+
+    try:
+        shutil.rmtree(path, onerror=vanished)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise HiveError(
+            f"could not delete {exc.filename or path}: {exc.strerror or exc}; nothing else of it "
+            "changed, purge again to finish"
+        ) from None
+
+
 @attrs.define
 class Lifecycle:
     config: Config
@@ -267,9 +286,12 @@ class Lifecycle:
         return [p for p in (agent_dir, applied_dir) if p.exists()]
 
     async def _purge_state(self, name: str) -> None:
+        """Delete what :meth:`purge_targets` lists; a file that vanishes meanwhile is not an error.
+        Raises :class:`HiveError` when something is left (the tombstone stays; a retry of the purge,
+        or of ``destroy --purge``, completes it)."""
         targets = await trio.to_thread.run_sync(self.purge_targets, name)
         for target in targets:
-            await trio.to_thread.run_sync(shutil.rmtree, target)
+            await trio.to_thread.run_sync(remove_tree, target)
         log.info("purged state of %s: %s", name, ", ".join(map(str, targets)) or "nothing left")
 
     async def set_paused(self, ctx: JobContext, name: str, paused: bool) -> None:
