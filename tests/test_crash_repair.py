@@ -311,11 +311,11 @@ def left_of(state_dir: Path, name: str) -> list[Path]:
     return [p for p in places if p.exists() or p.is_symlink()]
 
 
-async def test_fifty_spawn_destroy_purge_cycles_leave_nothing_behind(state_dir: Path) -> None:
+async def test_spawn_destroy_purge_cycles_leave_nothing_behind(state_dir: Path) -> None:
     log = state_dir.parent / f"{state_dir.name}.log"
     proc = await serve(state_dir, log)
     try:
-        for cycle in range(50):
+        for cycle in range(20):  # 50 run by hand for issue 16; 20 keep the suite under 2 min
             spawned = await ask(state_dir, {"cmd": "spawn", "name": "m1"}, timeout=120)
             assert spawned["ok"], (cycle, spawned)
             gone = await ask(state_dir, {"cmd": "destroy", "name": "m1", "purge": True}, timeout=120)
