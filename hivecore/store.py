@@ -552,8 +552,7 @@ def journal_job(
 def _journal_job(
     conn: sqlite3.Connection, values: list[object], args: str, job: Job, stopped: bool | None
 ) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         conn.execute(
             f"INSERT INTO jobs({', '.join(_JOB_FIELDS)}, args) "
             f"VALUES ({', '.join('?' * len(_JOB_FIELDS))}, ?) "
@@ -563,10 +562,6 @@ def _journal_job(
         )
         if stopped is not None and job.agent is not None:
             set_stopped_on_purpose(conn, job.agent, stopped, job.queued_at)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def set_stopped_on_purpose(conn: sqlite3.Connection, agent: str, stopped: bool, at: float) -> None:
