@@ -11,9 +11,13 @@ run:
 	@.ci/setup.sh --no-browser
 	.venv/bin/hive-c0re serve --state-dir $(STATE_DIR) --runtime process --dashboard-host 127.0.0.1 --dashboard-port $(PORT)
 
+# the suite runs on one pytest-xdist worker per core, at most 4 (tests/worker.py keeps them apart);
+# `make test WORKERS=0` runs it in this one process
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test:
 	@.ci/setup.sh
-	timeout 2700 .venv/bin/python -m pytest -q --durations=15
+	timeout 2700 .venv/bin/python -m pytest -q -n $(WORKERS) --dist loadgroup --durations=15
 
 lint:
 	@.ci/setup.sh --no-browser
