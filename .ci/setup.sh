@@ -79,3 +79,29 @@ if [ ! -e "$stamp" ]; then
     rm -f .venv/.hivecore-*
     touch "$stamp"
 fi
+
+# The Claude Code CLI the agents run (hivecore/harness.py finds it here, after HIVE_CLAUDE_BIN and
+# before PATH), pinned, in a project-local prefix (never a global install). Agents run as their own
+# uids under a root daemon: the prefix is left world-readable and its binary world-executable.
+claude_version=2.1.332
+claude_prefix=.venv/node
+if [ "$(cat "$claude_prefix/.claude-code-version" 2>/dev/null)" != "$claude_version" ] ||
+   [ ! -x "$claude_prefix/node_modules/.bin/claude" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "setup: warning: npm is missing; the claude CLI is not installed (agents cannot run turns;" \
+             "install Node.js >= 18, then re-run .ci/setup.sh)" >&2
+    else
+        echo "setup: installing @anthropic-ai/claude-code@$claude_version into $claude_prefix"
+        mkdir -p "$claude_prefix"
+        log="$claude_prefix/npm-install.log"
+        if npm install --prefix "$claude_prefix" --no-fund --no-audit --loglevel=error \
+               "@anthropic-ai/claude-code@$claude_version" >"$log" 2>&1 &&
+           "$claude_prefix/node_modules/.bin/claude" --version >>"$log" 2>&1; then
+            echo "$claude_version" >"$claude_prefix/.claude-code-version"
+        else
+            cat "$log" >&2
+            echo "setup: warning: could not install the claude CLI (log above, also in $log)" >&2
+        fi
+    fi
+    chmod -R a+rX "$claude_prefix" 2>/dev/null || true
+fi

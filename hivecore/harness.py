@@ -17,20 +17,24 @@ finished but not yet acked is acked first on the new connection, so it is not de
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.resources
 import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import trio
 
+from hivecore import claude_turn as ct
+from hivecore.claude_turn import DEFAULT_TURN_LIMIT, TurnResult
 from hivecore.runtime.shim import write_json_atomic
 from hivecore.sockets.client import Hints, Unreachable, connect
 
@@ -48,6 +52,15 @@ BACKOFF_START = 0.2
 BACKOFF_MAX = 5.0
 MAX_ANSWER = 8 * 1024 * 1024
 """32 messages of up to 64 KiB (helper events may exceed the 4 KiB socket cap), JSON-escaped."""
+Backend = Literal["claude", "inbox"]
+BACKENDS: tuple[Backend, ...] = ("claude", "inbox")
+RETRY_START = 2.0
+RETRY_MAX = 120.0
+"""A failed turn is retried (redelivered) after 2 s, doubling to 2 minutes."""
+LOGIN_POLL = 2.0
+"""While a turn waits for a login: how often the credentials are looked for (and a ``whoami`` keeps
+the connection, which holds the batch, alive)."""
+MAX_STREAM_LINE = 64 * 1024 * 1024
 SOCKET_HINTS = Hints(
     start="the daemon is not running or has not bound this agent's socket yet",
     choose="check HIVE_SOCKET",
@@ -69,6 +82,12 @@ class HarnessSettings:
     """``HIVE_SOCKET``: the agent's socket; None: no inbox (heartbeat only)."""
     turn_command: str | None = None
     recv_wait: float = RECV_WAIT
+    backend: Backend = "claude"
+    """``HIVE_AGENT_BACKEND``: ``claude`` runs a Claude Code turn per batch; ``inbox`` only records."""
+    turn_limit: float = DEFAULT_TURN_LIMIT
+    """``HIVE_TURN_LIMIT`` (seconds): a longer turn is killed and not acked."""
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    """The whole environment (the CLI's, less what :func:`claude_turn.cli_env` adds)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> HarnessSettings:
@@ -85,6 +104,16 @@ class HarnessSettings:
             raise SettingsError(f"HIVE_HEARTBEAT_SECONDS must be positive, not {raw!r}")
         hive_env = {k: v for k, v in env.items() if k.startswith("HIVE_")}
         sock = env.get("HIVE_SOCKET") or None
+        backend = env.get("HIVE_AGENT_BACKEND") or "claude"
+        if backend not in BACKENDS:
+            raise SettingsError(f"HIVE_AGENT_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        raw = env.get("HIVE_TURN_LIMIT") or str(DEFAULT_TURN_LIMIT)
+        try:
+            turn_limit = float(raw)
+        except ValueError:
+            raise SettingsError(f"HIVE_TURN_LIMIT is not a number of seconds: {raw!r}") from None
+        if not 0 < turn_limit < 7 * 86400:
+            raise SettingsError(f"HIVE_TURN_LIMIT must be positive (seconds), not {raw!r}")
         return cls(
             label=label,
             state_dir=Path(state_dir),
@@ -92,6 +121,9 @@ class HarnessSettings:
             hive_env=hive_env,
             socket=Path(sock) if sock else None,
             turn_command=env.get("HIVE_TURN_COMMAND") or None,
+            backend=backend,
+            turn_limit=turn_limit,
+            env=dict(env),
         )
 
 
@@ -180,13 +212,22 @@ async def run_turn(settings: HarnessSettings, messages: list[dict[str, Any]]) ->
         log.warning("turn command exited %d", result.returncode)
 
 
+class TurnFailed(Exception):
+    """The turn did not finish (crash, time limit, hive tools missing): its batch is not acked."""
+
+
 async def serve_inbox(
     settings: HarnessSettings, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Long-poll the socket forever: record, run the turn, ack; reconnect with backoff."""
+    """Long-poll the socket forever: record, run the turn, ack; reconnect with backoff.
+
+    A failed Claude turn closes the connection (so the broker hands the batch out again, marked
+    ``redelivered``) and is retried after :data:`RETRY_START` seconds, doubling to :data:`RETRY_MAX`.
+    """
     assert settings.socket is not None
     task_status.started()
     backoff = BACKOFF_START
+    retry = RETRY_START
     unacked = False
     while True:
         try:
@@ -196,6 +237,7 @@ async def serve_inbox(
             await trio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
             continue
+        delay = backoff
         try:
             if unacked:
                 await _ack(chan)
@@ -210,17 +252,197 @@ async def serve_inbox(
                 if not messages:
                     continue
                 await trio.to_thread.run_sync(record, settings.state_dir, messages)
+                if settings.backend == "claude":
+                    await claude_backend(settings, chan, messages)
+                    retry = RETRY_START
+                else:
+                    await run_turn(settings, messages)
                 unacked = True
-                await run_turn(settings, messages)
                 await _ack(chan)
                 unacked = False
+        except TurnFailed as exc:
+            log.warning("turn not acked (%s); its messages come back in %.0f s", exc, retry)
+            delay, retry = retry, min(retry * 2, RETRY_MAX)
         except (SocketGone, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("inbox: connection lost (%s); reconnecting in %.1f s", exc, backoff)
+            delay, backoff = backoff, min(backoff * 2, BACKOFF_MAX)
         finally:
             with trio.CancelScope(shield=True):
                 await chan.aclose()
-        await trio.sleep(backoff)
-        backoff = min(backoff * 2, BACKOFF_MAX)
+        await trio.sleep(delay)
+
+
+# --- the Claude backend -------------------------------------------------------------------------------
+
+
+def login_env(env: Mapping[str, str]) -> dict[str, str] | None:
+    """The credentials the CLI gets beyond ``env``: ``{}`` when ``env`` has a key or token, or the
+    Claude config dir (``CLAUDE_CONFIG_DIR``) holds a ``.credentials.json``; the ``env`` of its
+    ``hive-login.json`` (``hivectl login``) otherwise; ``None``: not logged in."""
+    if env.get("ANTHROPIC_API_KEY") or env.get("CLAUDE_CODE_OAUTH_TOKEN"):
+        return {}
+    config = env.get("CLAUDE_CONFIG_DIR")
+    if not config:
+        return None
+    directory = Path(config)
+    if (directory / ".credentials.json").is_file():
+        return {}
+    try:
+        data = json.loads((directory / "hive-login.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    got = data.get("env") if isinstance(data, dict) else None
+    if isinstance(got, dict):
+        found = {k: v for k, v in got.items() if k in ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN")}
+        if found and all(isinstance(v, str) and v for v in found.values()):
+            return found
+    return None
+
+
+async def claude_backend(settings: HarnessSettings, chan: Channel, messages: list[dict[str, Any]]) -> None:
+    """One Claude turn for ``messages``: returns once it succeeded (the caller acks), else raises
+    :class:`TurnFailed`. Waits (keeping the batch) while the agent has no credentials."""
+    waiting = False
+    while (extra := await trio.to_thread.run_sync(login_env, settings.env)) is None:
+        if not waiting:
+            log.warning("not logged in: the turn waits for credentials (hivectl login %s)", settings.label)
+            waiting = True
+        await trio.sleep(LOGIN_POLL)
+        # the connection holds the batch: notice a daemon restart at once (then the batch comes back
+        # on the next connection, with whatever arrived meanwhile), and keep it from idling out
+        answer = await chan.call({"cmd": "whoami"})
+        if not answer.get("ok"):
+            raise SocketGone(f"whoami refused: {answer.get('error')}")
+    result = await run_claude_turn(settings, messages, extra)
+    await trio.to_thread.run_sync(save_result, settings.state_dir, result)
+    if result.permission_denials:
+        tools = ", ".join(sorted(set(result.permission_denials)))
+        body = (
+            f"[{settings.label}: permission denied] my turn tried {tools}, which my configuration does not "
+            "allow (hive.agent.allowedTools in my agent.nix)."
+        )
+        answer = await chan.call({"cmd": "send", "to": "operator", "body": body[:4000]})
+        if not answer.get("ok"):
+            log.warning("could not tell the operator about denied tools: %s", answer.get("error"))
+    if result.status != "ok":
+        raise TurnFailed(f"{result.status}: {result.error}")
+
+
+def save_result(state_dir: Path, result: TurnResult) -> None:
+    """Append ``result`` to the turns file; keep its session for the next turn's ``--resume``."""
+    with (state_dir / ct.TURNS_FILE).open("a", encoding="utf-8") as f:
+        f.write(json.dumps(result.as_json(), separators=(",", ":")) + "\n")
+    if result.session_id and result.status != "mcp_unavailable":
+        tmp = state_dir / f".{ct.SESSION_FILE}.tmp"
+        tmp.write_text(result.session_id + "\n", encoding="utf-8")
+        os.replace(tmp, state_dir / ct.SESSION_FILE)
+
+
+def read_session(state_dir: Path) -> str | None:
+    try:
+        text = (state_dir / ct.SESSION_FILE).read_text(encoding="utf-8")[:200].strip()
+    except OSError:
+        return None
+    return text if text and all(c.isalnum() or c == "-" for c in text) else None
+
+
+def _not_started(started: float, error: str) -> TurnResult:
+    return TurnResult(status="not_started", started_at=started, duration_s=0.0, error=error)
+
+
+async def run_claude_turn(
+    settings: HarnessSettings, messages: list[dict[str, Any]], extra_env: Mapping[str, str]
+) -> TurnResult:
+    """Run the CLI for one turn and parse its stream; the process group is killed at the turn limit,
+    when the init line shows the hive tools missing, or when this task is cancelled."""
+    started = time.time()
+    env = ct.cli_env({**settings.env, **extra_env}, settings.state_dir)
+    claude = ct.find_claude(env)
+    if claude is None:
+        return _not_started(started, "no claude CLI (set HIVE_CLAUDE_BIN, or run .ci/setup.sh)")
+    try:
+        tools = ct.allowed_tools(env.get("HIVE_ALLOWED_TOOLS"))
+        model = ct.select_model(env.get("HIVE_AGENT_MODEL"), settings.state_dir)
+    except ct.TurnSetupError as exc:
+        return _not_started(started, str(exc))
+    config_path = settings.state_dir / ct.MCP_CONFIG_FILE
+    write_json_atomic(config_path, ct.mcp_config(sys.executable, env))
+    pronouns = settings.hive_env.get("HIVE_OPERATOR_PRONOUNS") or "she/her"
+    command = ct.argv(
+        claude,
+        ct.render_prompt(messages),
+        mcp_config_path=config_path,
+        system_prompt=render_prompt(settings.label, pronouns),
+        tools=tools,
+        model=model,
+        session=read_session(settings.state_dir),
+    )
+    state = ct.StreamState()
+    t0 = time.monotonic()
+    try:
+        proc = await trio.lowlevel.open_process(
+            command,
+            cwd=settings.state_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return _not_started(started, f"cannot run {claude}: {exc.strerror or exc}")
+    log.info("turn: %d message(s), claude pid %d", len(messages), proc.pid)
+    status: ct.Status | None = None
+    try:
+        with trio.move_on_after(settings.turn_limit) as limit:
+            assert proc.stdout is not None
+            buf = bytearray()
+            while data := await proc.stdout.receive_some(1 << 16):
+                buf += data
+                while (i := buf.find(b"\n")) >= 0:
+                    if state.feed(bytes(buf[:i])) == "init" and not state.hive_connected:
+                        status = "mcp_unavailable"
+                        break
+                    del buf[: i + 1]
+                if status is not None:
+                    break
+                if len(buf) > MAX_STREAM_LINE:
+                    buf.clear()
+            if status is None:
+                await proc.wait()
+        if limit.cancelled_caught:
+            status = "timed_out"
+    finally:
+        with trio.CancelScope(shield=True):
+            _kill_group(proc.pid)
+            await proc.wait()
+            if proc.stdout is not None:
+                await proc.stdout.aclose()
+    result = state.outcome(started, time.monotonic() - t0, proc.returncode)
+    if status == "timed_out":
+        error = f"killed at the turn limit ({settings.turn_limit:g} s)"
+        result = attrs.evolve(result, status=status, error=error)
+    elif status == "mcp_unavailable":
+        result = attrs.evolve(
+            result, status=status, error=f"the hive tools were not connected (hyperhive: {state.mcp_status})"
+        )
+    elif result.status == "error" and read_session(settings.state_dir) and not state.session_id:
+        # a --resume of a session the CLI no longer has: start a fresh one on the retry
+        (settings.state_dir / ct.SESSION_FILE).unlink(missing_ok=True)
+    log.info(
+        "turn %s in %.1f s: %d tool call(s), %d/%d tokens, $%.6f",
+        result.status,
+        result.duration_s,
+        result.tool_calls,
+        result.input_tokens,
+        result.output_tokens,
+        result.total_cost_usd,
+    )
+    return result
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 async def _ack(chan: Channel) -> None:

@@ -35,6 +35,7 @@ import trio
 
 from hivecore import agent_users, gitlocks, proc
 from hivecore.atomic import write_text_atomic
+from hivecore.claude_turn import TurnSetupError, allowed_tools, valid_model
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError
 from hivecore.models import MetaInputView
@@ -734,6 +735,28 @@ class MetaRepo:
                 raise TypeError("command must be a non-empty list of strings")
             if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
                 raise TypeError("env must be an attribute set of strings")
-        except (ValueError, KeyError, TypeError) as exc:
+            env = {**env, **turn_env(data.get("settings"))}
+        except (ValueError, KeyError, TypeError, TurnSetupError) as exc:
             raise BuildFailed(f"hiveAgents.{name} is not a valid agent: {exc}") from None
         return AgentSpec(name=name, command=tuple(command), env=env, flake_ref=f"{self.dir}#{name}")
+
+
+def turn_env(settings: object) -> dict[str, str]:
+    """What the harness's Claude turns need from ``hive.agent`` settings: ``model`` as
+    ``HIVE_AGENT_MODEL``, ``allowedTools`` (a list of Claude Code permission rules) as
+    ``HIVE_ALLOWED_TOOLS`` (JSON). They override agent.nix's own ``env`` of the same names.
+    :class:`TypeError` or :class:`~hivecore.claude_turn.TurnSetupError` for malformed values."""
+    if not isinstance(settings, dict):
+        return {}
+    out: dict[str, str] = {}
+    model = settings.get("model")
+    if model is not None:
+        if not isinstance(model, str):
+            raise TypeError("hive.agent.model must be a string")
+        out["HIVE_AGENT_MODEL"] = valid_model(model)
+    tools = settings.get("allowedTools")
+    if tools is not None:
+        raw = json.dumps(tools)
+        allowed_tools(raw)  # raises on a bad shape or rule
+        out["HIVE_ALLOWED_TOOLS"] = raw
+    return out

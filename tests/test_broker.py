@@ -23,6 +23,7 @@ from hivecore.names import MANAGER_NAME
 from hivecore.runtime.nixos import container_binds
 from hivecore.services import broker as br
 from hivecore.services.broker import Broker
+from hivecore.services.meta_build import MetaBuild
 from tests.conftest import Parts, make_config, start_parts
 from tests.waiting import eventually
 
@@ -343,6 +344,7 @@ async def test_a_restarted_harness_marks_redelivered_messages(hub: Hub) -> None:
     await chan.aclose()  # died mid-turn
     state = hub.daemon.config.paths.agent_state("coder")
     settings = HarnessSettings(
+        backend="inbox",
         label="coder",
         state_dir=state,
         heartbeat_seconds=3600,
@@ -464,7 +466,16 @@ async def test_migration_3_upgrades_a_version_2_database(tmp_path: Path) -> None
 # --- through a real daemon -------------------------------------------------------------------------
 
 
-async def test_kick_reaches_a_real_harness_inbox_log(hive: Daemon) -> None:
+async def test_kick_reaches_a_real_harness_inbox_log(hive: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the record-only backend acks what it records (the Claude backend waits for a login first)
+    real = MetaBuild.agent_spec
+    monkeypatch.setattr(
+        MetaBuild,
+        "agent_spec",
+        lambda self, name: attrs.evolve(
+            real(self, name), env={**real(self, name).env, "HIVE_AGENT_BACKEND": "inbox"}
+        ),
+    )
     await hive.coordinator.spawn("coder")
     inbox = hive.config.paths.agent_state("coder") / harness.INBOX_FILE
     await hive.coordinator.restart("coder")
@@ -539,6 +550,7 @@ async def test_turn_command_gets_the_messages_on_stdin(hub: Hub) -> None:
     state = hub.daemon.config.paths.agent_state("coder")
     turns = state / "turns.log"
     settings = HarnessSettings(
+        backend="inbox",
         label="coder",
         state_dir=state,
         heartbeat_seconds=3600,

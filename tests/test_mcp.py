@@ -17,13 +17,19 @@ import trio
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
+from actors.event_bus import EventBus
 from hivecore.container_view import STATUS_FILE
 from hivecore.daemon import Daemon
 from hivecore.mcp import tools as hive_tools
+from hivecore.mcp.server import SocketClient, _closed_by_peer
 from hivecore.runtime.process import PACKAGE_ROOT
+from hivecore.services.broker import Broker
+from hivecore.sockets.mcp import AgentSocket
+from hivecore.store import Store
 from hivecore.verbs import bind, spec
 from hivecore.wire.agent import MAX_BODY
 from tests.conftest import Parts, make_config, start_parts
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -218,3 +224,37 @@ async def test_an_unreachable_daemon_is_a_tool_error_not_a_crash(state_dir: Path
             is_error, text = await call(s, "send", {"to": "manager", "body": "x"})
         assert is_error
         assert "cannot reach the hive" in text
+
+
+async def test_the_kept_connection_survives_the_daemon_closing_it(state_dir: Path) -> None:
+    """hive-mcp keeps one connection; one the socket closed while idle is replaced, not a failed call."""
+    config = make_config(state_dir)
+    config.paths.create_layout()
+    bus = EventBus()
+    store = Store(config.paths.db)
+    broker = Broker(store, bus, lambda: ["coder"])
+    rows: Any = NoRows()
+    sock = AgentSocket(config, "coder", broker, rows, idle_timeout=0.3, extra_idle_timeout=0.3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        await nursery.start(store.run)
+        await nursery.start(sock.run)
+        client = SocketClient(str(sock.path), timeout=10)
+        whoami = b'{"cmd":"whoami"}\n'
+        assert json.loads(await client.request(whoami))["whoami"]["name"] == "coder"
+        first = client._stream
+        assert first is not None
+        await eventually(lambda: _closed_by_peer(first), what="the idle connection closed by the socket")
+        assert json.loads(await client.request(whoami))["ok"]
+        assert client._stream is not first
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+class NoRows:
+    def rows(self) -> dict[str, object]:
+        return {}
+
+    async def rescan(self, names: object = None) -> dict[str, object]:
+        await trio.lowlevel.checkpoint()
+        return {}

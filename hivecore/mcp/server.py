@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 import anyio
+import anyio.abc
 import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
@@ -46,35 +48,85 @@ class DaemonUnreachable(Exception):
 
 
 class SocketClient:
-    """One request per connection on a JSON-lines Unix socket."""
+    """Requests on a JSON-lines Unix socket, one at a time, on one kept connection.
+
+    The connection is opened on first use and kept (the agent socket keeps a long idle slot for the
+    MCP server). Before a request it is checked for a close the daemon sent meanwhile (idle
+    timeout, restart): then a new one is opened. A connection that fails mid-request is dropped and
+    the call reported as failed, never retried (it may have happened)."""
 
     def __init__(self, path: str, timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
         self.path = path
         self.timeout = timeout
+        self._stream: anyio.abc.ByteStream | None = None
+        self._lock = anyio.Lock()
 
-    async def request(self, line: bytes) -> bytes:
-        """Send ``line`` (ending in a newline); the answer line without its newline."""
-        with anyio.move_on_after(self.timeout) as scope:
+    async def _connect(self) -> anyio.abc.ByteStream:
+        if self._stream is not None and _closed_by_peer(self._stream):
+            await self._drop()
+        if self._stream is None:
             try:
-                stream = await anyio.connect_unix(self.path)
+                self._stream = await anyio.connect_unix(self.path)
             except OSError as exc:
                 raise DaemonUnreachable(
                     f"cannot reach the hive at {self.path}: {exc.strerror or exc}; the daemon may be "
                     "restarting, try again shortly"
                 ) from None
-            async with stream:
+        return self._stream
+
+    async def _drop(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def aclose(self) -> None:
+        """Close the kept connection (if any)."""
+        async with self._lock:
+            await self._drop()
+
+    async def request(self, line: bytes) -> bytes:
+        """Send ``line`` (ending in a newline); the answer line without its newline."""
+        async with self._lock:
+            with anyio.move_on_after(self.timeout) as scope:
                 try:
+                    stream = await self._connect()
                     await stream.send(line)
                     buf = bytearray()
                     while (i := buf.find(b"\n")) < 0:
                         if len(buf) > MAX_ANSWER:
                             raise DaemonUnreachable("the daemon's answer is too long")
                         buf += await stream.receive(65536)
+                    if i + 1 != len(buf):
+                        raise DaemonUnreachable("the daemon answered more than one line")
                     return bytes(buf[:i])
-                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                    raise DaemonUnreachable("the daemon closed the connection without answering") from None
-        assert scope.cancel_called
-        raise DaemonUnreachable(f"the daemon did not answer within {self.timeout:g} s")
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    await self._drop()
+                    raise DaemonUnreachable(
+                        "the daemon closed the connection without answering (the call may or may not "
+                        "have happened)"
+                    ) from None
+                except BaseException:
+                    await self._drop()
+                    raise
+            await self._drop()
+            assert scope.cancel_called
+            raise DaemonUnreachable(f"the daemon did not answer within {self.timeout:g} s")
+
+
+def _closed_by_peer(stream: anyio.abc.ByteStream) -> bool:
+    """True when the kept connection is readable between requests: the daemon closed it (after an
+    idle-timeout error line) or reset it. No request is outstanding, so nothing else can be there."""
+    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+    if sock is None:
+        return False
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 class HiveTools:
@@ -135,8 +187,12 @@ def build(client: SocketClient) -> Server[Any]:
 async def serve(client: SocketClient) -> None:
     """Serve MCP on stdin/stdout until stdin closes."""
     server = build(client)
-    async with stdio_server() as (read_stream, write_stream):
-        await server.run(read_stream, write_stream, server.create_initialization_options())
+    try:
+        async with stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:

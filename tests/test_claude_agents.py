@@ -1,0 +1,171 @@
+"""Real Claude agents end to end: the real daemon, the real harness running the real ``claude`` CLI,
+``hive-mcp`` attached through ``--mcp-config``; the only stand-in is the model (tests/model_api.py,
+on loopback). Skipped when the CLI is not installed (``.ci/setup.sh`` installs it)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from hivecore import claude_turn as ct
+from hivecore.daemon import Daemon
+from hivecore.names import MANAGER_NAME
+from hivecore.runtime.base import AgentSpec
+from hivecore.services.meta_build import MetaBuild
+from tests.conftest import make_config, write_test_token
+from tests.model_api import ModelApi, Rule
+from tests.waiting import eventually
+
+CLAUDE = ct.find_claude({"PATH": ""})
+pytestmark = pytest.mark.skipif(CLAUDE is None, reason="the claude CLI is not installed (.ci/setup.sh)")
+
+TURN_LIMIT = 40.0
+ASK = "please ask the manager for a scout"
+RELAYED = "coder asks: spawn a scout"
+HANG = "this turn hangs"
+
+
+@pytest.fixture
+def model() -> Iterator[ModelApi]:
+    rules = [
+        Rule(ASK, "mcp__hyperhive__send", {"to": "manager", "body": RELAYED}),
+        Rule(RELAYED, "mcp__hyperhive__request_spawn", {"name": "scout", "description": "asked by coder"}),
+        Rule(HANG, hang=True, times=1),
+    ]
+    with ModelApi(rules) as api:
+        yield api
+
+
+@pytest.fixture
+async def claude_hive(
+    state_dir: Path, model: ModelApi, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Daemon]:
+    """A running daemon whose agents reach the stand-in model (through their spec's environment)."""
+    from hivecore.daemon import main
+    from web.app import daemon_app
+
+    real = MetaBuild.agent_spec
+
+    def agent_spec(self: MetaBuild, name: str) -> AgentSpec:
+        spec = real(self, name)
+        return attrs.evolve(spec, env={**spec.env, **model.env(), "HIVE_TURN_LIMIT": f"{TURN_LIMIT:g}"})
+
+    monkeypatch.setattr(MetaBuild, "agent_spec", agent_spec)
+    write_test_token(state_dir)
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(partial(main, make_config(state_dir), web_factory=daemon_app))
+        try:
+            yield daemon
+        finally:
+            for _log in sorted((state_dir / "run" / "process").glob("*/agent.log")):
+                pass
+            nursery.cancel_scope.cancel()
+
+
+def turns(daemon: Daemon, name: str) -> list[dict[str, Any]]:
+    path = daemon.config.paths.agent_state(name) / ct.TURNS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def prompts(model: ModelApi) -> list[str]:
+    """The newest user text of every request the model got."""
+    out = []
+    with model.lock:
+        for body in model.requests:
+            users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
+            content = users[-1]["content"] if users else ""
+            parts = content if isinstance(content, list) else [{"text": content}]
+            out.append("\n".join(str(p.get("text", "")) for p in parts if isinstance(p, dict)))
+    return out
+
+
+async def idle(daemon: Daemon, name: str) -> None:
+    """``name`` has taken at least one turn and finished it (its start kick)."""
+
+    def done() -> bool:
+        return any(t["status"] == "ok" for t in turns(daemon, name))
+
+    await eventually(done, timeout=120, what=f"{name} turn")
+
+
+async def test_operator_to_agent_to_manager_to_a_pending_approval(
+    claude_hive: Daemon, model: ModelApi
+) -> None:
+    d = claude_hive
+    await d.coordinator.spawn(MANAGER_NAME, source="internal")
+    await d.coordinator.spawn("coder")
+
+    await d.coordinator.op_send("coder", ASK)
+
+    async def pending() -> list[Any]:
+        return [a for a in await d.coordinator.pending() if a.status == "pending"]
+
+    await eventually(pending, timeout=180, what="the manager's spawn request")
+    [approval] = await pending()
+    assert (approval.agent, approval.kind, approval.requester) == ("scout", "spawn", "manager")
+    assert approval.description == "asked by coder"
+
+    # the coder's turn: one tool call, a send; the prompt named the operator as sender
+    coder = [t for t in turns(d, "coder") if "mcp__hyperhive__send" in t["tools_used"]]
+    assert [t["status"] for t in coder] == ["ok"]
+    assert coder[0]["tool_calls"] == 1
+    assert coder[0]["input_tokens"] > 0
+    assert coder[0]["total_cost_usd"] > 0
+    asked = next(p for p in prompts(model) if ASK in p)
+    assert "from operator at" in asked
+
+    # the manager's message from coder, and its tool
+    def spawned() -> list[dict[str, Any]]:
+        return [t for t in turns(d, MANAGER_NAME) if "mcp__hyperhive__request_spawn" in t["tools_used"]]
+
+    await eventually(spawned, timeout=60, what="the manager's turn to finish")
+    manager = spawned()
+    assert [t["status"] for t in manager] == ["ok"]
+    relayed = next(p for p in prompts(model) if RELAYED in p and "from coder" in p)
+    assert "REDELIVERED" not in relayed
+    # every model request offered the hive's tools; none offered turn plumbing
+    with model.lock:
+        offered = [{t.get("name") for t in r.get("tools") or []} for r in model.requests]
+    assert all("mcp__hyperhive__send" in names for names in offered)
+    assert not any({"mcp__hyperhive__recv", "mcp__hyperhive__ack_turn"} & names for names in offered)
+    # the session is kept for the next turn
+    session = (d.config.paths.agent_state("coder") / ct.SESSION_FILE).read_text().strip()
+    assert session == coder[0]["session_id"]
+
+
+async def test_a_turn_killed_midway_is_redelivered_and_its_session_resumed(
+    claude_hive: Daemon, model: ModelApi
+) -> None:
+    d = claude_hive
+    await d.coordinator.spawn("coder")
+    await d.coordinator.op_send("coder", "hello")
+    await idle(d, "coder")
+    session = (d.config.paths.agent_state("coder") / ct.SESSION_FILE).read_text().strip()
+
+    await d.coordinator.op_send("coder", HANG)
+    await eventually(lambda: any(t["status"] == "timed_out" for t in turns(d, "coder")), timeout=180)
+    await eventually(lambda: sum(HANG in p for p in prompts(model)) >= 2, timeout=120, what="the retry")
+    await eventually(lambda: turns(d, "coder")[-1]["status"] == "ok", timeout=120, what="the retried turn")
+
+    statuses = [t["status"] for t in turns(d, "coder")]
+    assert statuses[-2:] == ["timed_out", "ok"]
+    first, again = [p for p in prompts(model) if HANG in p]
+    assert "REDELIVERED" not in first
+    assert "REDELIVERED" in again
+    # the same conversation, resumed: the killed turn's prompt is in the retry's history
+    killed, retried = turns(d, "coder")[-2:]
+    assert killed["session_id"] == retried["session_id"] == session
+    with model.lock:
+        history = json.dumps(model.requests[-1]["messages"])
+    assert history.count(HANG) >= 2
+    # the message was acked by the retried turn: nothing is left for coder
+    sql = "SELECT acked_at FROM messages WHERE recipient='coder' AND body=?"
+    rows = await d.store.call(lambda c: c.execute(sql, (HANG,)).fetchall())
+    assert [r[0] is not None for r in rows] == [True]
