@@ -372,7 +372,7 @@ async def run_claude_turn(
         claude,
         ct.render_prompt(messages),
         mcp_config_path=config_path,
-        system_prompt=render_prompt(settings.label, pronouns),
+        system_prompt=render_prompt(settings.label, pronouns, str(settings.state_dir)),
         tools=tools,
         model=model,
         session=read_session(settings.state_dir),
