@@ -113,7 +113,11 @@ async def test_operator_to_agent_to_manager_to_a_pending_approval(
     assert approval.description == "asked by coder"
 
     # the coder's turn: one tool call, a send; the prompt named the operator as sender
-    coder = [t for t in turns(d, "coder") if "mcp__hyperhive__send" in t["tools_used"]]
+    def sent() -> list[dict[str, Any]]:
+        return [t for t in turns(d, "coder") if "mcp__hyperhive__send" in t["tools_used"]]
+
+    await eventually(sent, timeout=60, what="coder's turn to finish")
+    coder = sent()
     assert [t["status"] for t in coder] == ["ok"]
     assert coder[0]["tool_calls"] == 1
     assert coder[0]["input_tokens"] > 0
@@ -165,7 +169,11 @@ async def test_a_turn_killed_midway_is_redelivered_and_its_session_resumed(
     with model.lock:
         history = json.dumps(model.requests[-1]["messages"])
     assert history.count(HANG) >= 2
-    # the message was acked by the retried turn: nothing is left for coder
+    # the message was acked by the retried turn (the ack follows the turn's record): nothing is left
     sql = "SELECT acked_at FROM messages WHERE recipient='coder' AND body=?"
-    rows = await d.store.call(lambda c: c.execute(sql, (HANG,)).fetchall())
-    assert [r[0] is not None for r in rows] == [True]
+
+    async def acked() -> bool:
+        rows = await d.store.call(lambda c: c.execute(sql, (HANG,)).fetchall())
+        return [r[0] is not None for r in rows] == [True]
+
+    await eventually(acked, timeout=30, what="the retried turn's ack")
