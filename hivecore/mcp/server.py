@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import mcp_types as types
+import trio
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
@@ -184,15 +185,66 @@ def build(client: SocketClient) -> Server[Any]:
     )
 
 
+class PipeText:
+    """One end of the stdio pipes as the text file :func:`mcp.server.stdio.stdio_server` reads lines
+    from (``async for``) or writes to (``write``, ``flush``), on a non-blocking file descriptor: the
+    SDK's default wraps ``sys.stdin``/``sys.stdout`` in worker threads, two or three thread hops per
+    tool call, which dominated a call's round trip on a loaded machine (``bench/mcp_tools.py``)."""
+
+    def __init__(self, fd: int) -> None:
+        self._stream = trio.lowlevel.FdStream(fd)
+        self._buf = bytearray()
+
+    def __aiter__(self) -> PipeText:
+        return self
+
+    async def __anext__(self) -> str:
+        while (i := self._buf.find(b"\n")) < 0:
+            data = await self._stream.receive_some(1 << 16)
+            if not data:
+                if not self._buf:
+                    raise StopAsyncIteration
+                i = len(self._buf) - 1
+                break
+            self._buf += data
+        line = bytes(self._buf[: i + 1])
+        del self._buf[: i + 1]
+        return line.decode("utf-8", errors="replace")
+
+    async def write(self, text: str) -> None:
+        await self._stream.send_all(text.encode("utf-8"))
+
+    async def flush(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def claim_stdio() -> tuple[int, int]:
+    """Private copies of fds 0 and 1 for the protocol; fd 0 becomes the null device and fd 1 stderr,
+    so nothing else can read the protocol's input or write into its output."""
+    stdin, stdout = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    return stdin, stdout
+
+
 async def serve(client: SocketClient) -> None:
     """Serve MCP on stdin/stdout until stdin closes."""
     server = build(client)
+    fd_in, fd_out = claim_stdio()
+    stdin, stdout = PipeText(fd_in), PipeText(fd_out)
     try:
-        async with stdio_server() as (read_stream, write_stream):
+        async with stdio_server(stdin=stdin, stdout=stdout) as (read_stream, write_stream):  # type: ignore[arg-type]
             await server.run(read_stream, write_stream, server.create_initialization_options())
     finally:
         with anyio.CancelScope(shield=True):
             await client.aclose()
+            await stdin.aclose()
+            await stdout.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:
