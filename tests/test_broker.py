@@ -4,6 +4,7 @@ fan-out, identity, per-agent socket lifecycle, the manager's verbs, vacuum, the 
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from hivecore.services import broker as br
 from hivecore.services.broker import Broker
 from hivecore.services.meta_build import MetaBuild
 from tests.conftest import Parts, make_config, start_parts
+from tests.procs import exited
 from tests.waiting import eventually
 
 
@@ -536,7 +538,20 @@ async def test_ensure_manager_spawns_then_starts_the_manager(state_dir: Path) ->
         await eventually(env_file.exists)
         assert json.loads(env_file.read_text())["HIVE_SOCKET"] == str(config.manager_socket_path)
         assert await ensure_manager(daemon) == "running"
+        # the operator's stop stands: ensure_manager (a restarted daemon) leaves it stopped
         await daemon.coordinator.stop(MANAGER_NAME)
+        assert await ensure_manager(daemon) == "stopped on purpose"
+        assert not (await daemon.runtime.list([MANAGER_NAME]))[MANAGER_NAME].running
+        # a manager that died on its own (not stopped on purpose) is started again
+        await daemon.coordinator.start(MANAGER_NAME)
+        pid = (await daemon.runtime.list([MANAGER_NAME]))[MANAGER_NAME].pid
+        assert pid is not None
+        await exited(pid, kill=signal.SIGKILL, group=True)
+
+        async def dead() -> bool:  # the whole group, not only the shim
+            return not (await daemon.runtime.list([MANAGER_NAME]))[MANAGER_NAME].running
+
+        await eventually(dead)
         assert await ensure_manager(daemon) == "started"
         assert daemon.coordinator.views()[MANAGER_NAME].running
         # the manager's harness reads the manager inbox: a helper event lands in its inbox.log
