@@ -319,6 +319,39 @@ async def test_a_shim_that_does_not_report_is_a_clear_start_failure(
     assert _children() == []  # killed and reaped, not a zombie
 
 
+async def test_a_start_cancelled_while_it_waits_for_the_report_leaves_the_agent_starting(
+    runtime: ProcessRuntime, paths: StatePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hivecore.runtime import process
+
+    async def never(ready: trio.lowlevel.FdStream) -> dict[str, object]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    def pipes() -> set[int]:
+        return {int(fd) for fd in os.listdir("/proc/self/fd") if _link(fd).startswith("pipe:")}
+
+    await runtime.create(AgentSpec(name="alpha", command=SLEEP, env=ENV))
+    before = pipes()
+    monkeypatch.setattr(process, "_read_report", never)
+    with trio.move_on_after(1.0) as scope:  # a shutdown cancelling the start job, say
+        await runtime.start("alpha")
+    assert scope.cancelled_caught
+    monkeypatch.undo()
+    assert pipes() <= before  # the report pipe is closed
+    state = await wait_for(runtime, "alpha", lambda s: s.running)  # the shim went on: it may
+    assert not state.failed
+    await runtime.stop("alpha")
+    assert not (await runtime.list())["alpha"].failed
+
+
+def _link(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
+
+
 def _children() -> list[int]:
     """This process's children, zombies included (a shim we spawned and did not reap is one)."""
     found = []

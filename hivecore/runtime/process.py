@@ -54,7 +54,6 @@ import contextlib
 import json
 import logging
 import os
-import select
 import shutil
 import signal
 import sys
@@ -114,11 +113,31 @@ READY_FD = 3
 READY_TIMEOUT = PROBE_TIMEOUT + 20.0
 """Seconds a start waits for the shim's report: its interpreter's start-up plus its probe."""
 
-_RUNDIR_LOCK = threading.RLock()
-"""Held (in worker threads) while reaping a shim and recording its exit status, while ``start``
-replaces a run's files and while ``destroy`` removes the run dir: a probe in one thread must not write
-the old run's ``exit_status`` after a ``start`` in another has cleared it for the new run, nor into a
-directory being removed."""
+_LOCKS: dict[Path, threading.RLock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def _rundir_lock(rundir: Path) -> threading.RLock:
+    """Held (in worker threads) while reaping a shim and recording its exit status, while ``start``
+    replaces a run's files and while ``destroy`` removes the run dir: a probe in one thread must not
+    write the old run's ``exit_status`` after a ``start`` in another has cleared it for the new run,
+    nor into a directory being removed. One per run dir: agents never wait for each other."""
+    with _LOCKS_LOCK:
+        return _LOCKS.setdefault(rundir, threading.RLock())
+
+
+@attrs.frozen
+class _Launched:
+    """A shim spawned with a readiness pipe, its report not read yet (see ``start``)."""
+
+    name: str
+    rundir: Path
+    pid: int
+    ready: int
+    """The pipe's read end (ours to close)."""
+    identity: _Identity
+    stop_requested: bool
+    """Whether the previous run's stop marker was there (restored if the start is refused)."""
 
 
 def default_agent_spec(paths: StatePaths, name: str, *, extra_env: Mapping[str, str] = _NO_ENV) -> AgentSpec:
@@ -237,13 +256,30 @@ class ProcessRuntime:
         await trio.to_thread.run_sync(self._update_sync, spec)
 
     async def start(self, name: str) -> None:
-        """Launch the shim from the stored spec (in a worker thread).
+        """Launch the shim from the stored spec (in a worker thread); under a root daemon, then wait
+        (here, not in a thread: at most :data:`READY_TIMEOUT` s) for the shim's report that the
+        agent's uid reaches what it needs, and refuse the start (:class:`RuntimeFailure` naming the
+        path; the shim killed, the agent as it was) if it does not.
 
         A no-op while the agent runs, orphaned or not (see the module doc). Raises
         :class:`RuntimeFailure` if a stop was requested and processes of the old group still live.
-        Cancellation: the start runs to completion in its thread; only the wait for it is abandoned.
+        Cancellation: the spawn runs to completion in its thread; a cancelled wait for the report
+        leaves the shim to start the agent (or to exit, recorded as a failed run, if it may not).
         """
-        await trio.to_thread.run_sync(self._start_sync, name)
+        launched = await trio.to_thread.run_sync(self._start_sync, name)
+        if launched is None:
+            return
+        report: dict[str, object] = {"missing": "timed out"}
+        ready = trio.lowlevel.FdStream(launched.ready)
+        try:
+            with trio.move_on_after(READY_TIMEOUT):
+                report = await _read_report(ready)
+        finally:
+            await ready.aclose()
+        if report.get("ok") is True:
+            log.info("started agent %s (shim pid %d)", name, launched.pid)
+            return
+        await trio.to_thread.run_sync(self._refuse, launched, report)
 
     async def stop(self, name: str, *, graceful: bool = True) -> None:
         """Stop the agent's process group and wait until the whole group is gone.
@@ -320,7 +356,7 @@ class ProcessRuntime:
     def _remove_rundir(self, name: str) -> bool:
         # under the lock a probe holds while it reaps and records an exit status in this directory
         rundir = self._rundir(name)
-        with _RUNDIR_LOCK:
+        with _rundir_lock(rundir):
             if not rundir.exists():
                 return False
             shutil.rmtree(rundir, onerror=_vanished_ok)
@@ -422,10 +458,12 @@ class ProcessRuntime:
             (rundir / STOP_MARKER).touch()
         return rundir, live
 
-    def _start_sync(self, name: str) -> None:
+    def _start_sync(self, name: str) -> _Launched | None:
+        """Blocking: spawn the shim and record it; a :class:`_Launched` whose report ``start`` must
+        read when the shim probes the agent's uid first (a root daemon), else ``None``."""
         rundir = self._rundir(name)
         spec = self._read_spec(rundir, name)
-        with _RUNDIR_LOCK:
+        with _rundir_lock(rundir):
             live = self._liveness(rundir)
             if live.running:
                 assert live.record is not None
@@ -443,22 +481,28 @@ class ProcessRuntime:
                         ", ".join(map(str, live.survivors)),
                         live.record.pgid,
                     )
-                return
+                return None
             identity = self._prepare_user(name, spec)
             # the stop marker stays until the new run's pid file is written (see below)
             stop_requested = (rundir / STOP_MARKER).exists()
             (rundir / EXIT_STATUS_FILE).unlink(missing_ok=True)
+            ready: int | None = None
             if identity is None:
                 pid = self._spawn_shim(rundir, spec)
             else:
+                r, w = os.pipe()
                 try:
-                    pid = self._spawn_checked(rundir, spec, identity)
-                except RuntimeFailure:
-                    if stop_requested:  # as it was: a refused start changes nothing
-                        (rundir / STOP_MARKER).touch()
+                    pid = self._spawn_shim(rundir, spec, identity.who, ready=(w, identity.check))
+                except BaseException:
+                    os.close(r)
                     raise
+                finally:
+                    os.close(w)
+                ready = r
             st = read_proc_stat(pid)
             if st is None:  # our own child: it exists until we reap it
+                if ready is not None:
+                    os.close(ready)
                 raise RuntimeFailure(f'agent "{name}" vanished right after start (pid {pid})')
             write_json_atomic(
                 rundir / PID_FILE,
@@ -468,7 +512,11 @@ class ProcessRuntime:
             # only now: a probe (it takes no lock) between the two would see the old, dead run
             # without its stop request and call a restart "failed"
             (rundir / STOP_MARKER).unlink(missing_ok=True)
-        log.info("started agent %s (shim pid %d)", name, pid)
+        if ready is None:
+            log.info("started agent %s (shim pid %d)", name, pid)
+            return None
+        assert identity is not None
+        return _Launched(name, rundir, pid, ready, identity, stop_requested)
 
     def _prepare_user(self, name: str, spec: AgentSpec) -> _Identity | None:
         """Under a root daemon: the agent's uid, its directories prepared, and the paths it must
@@ -489,33 +537,27 @@ class ProcessRuntime:
             raise RuntimeFailure(f'cannot prepare the directories of agent "{name}": {exc}') from exc
         return _Identity(who=who, check=tuple(dict.fromkeys(map(str, check))), reach=tuple(reach))
 
-    def _spawn_checked(self, rundir: Path, spec: AgentSpec, identity: _Identity) -> int:
-        """Spawn the shim with a readiness pipe and wait (blocking, bounded) for its report: the
-        agent's uid reaches every path it needs (the shim probes it as that uid, so this process
-        never forks to change uids: such a fork holds the GIL while it copies the page tables).
-        Anything but ``ok``: the shim is killed and reaped, and :class:`RuntimeFailure` names the
-        path (or why the probe could not run)."""
-        r, w = os.pipe()
-        try:
-            pid = self._spawn_shim(rundir, spec, identity.who, ready=(w, identity.check))
-        finally:
-            os.close(w)
-        try:
-            report = _read_report(r, READY_TIMEOUT)
-        finally:
-            os.close(r)
-        if report.get("ok") is True:
-            return pid
+    def _refuse(self, launched: _Launched, report: Mapping[str, object]) -> None:
+        """Blocking: the shim did not report ``ok``: kill and reap it, put the agent's files back as
+        they were (no run recorded; the stop marker if there was one), raise :class:`RuntimeFailure`
+        naming the path (or why the probe could not run, or that nothing was reported)."""
+        name, rundir, pid, identity = launched.name, launched.rundir, launched.pid, launched.identity
         _signal_group(pid, signal.SIGKILL)
-        with _RUNDIR_LOCK, contextlib.suppress(ChildProcessError):  # held already (reentrant)
-            os.waitpid(pid, 0)
+        with _rundir_lock(rundir):  # no probe records this run's exit while it is undone
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            current = _read_pid(rundir)
+            if current is not None and current.pid == pid:
+                (rundir / PID_FILE).unlink(missing_ok=True)
+                (rundir / EXIT_STATUS_FILE).unlink(missing_ok=True)
+                if launched.stop_requested:
+                    (rundir / STOP_MARKER).touch()
         if "unreachable" in report or "error" in report:
             said = {k: str(v) for k, v in report.items()}
-            refusal = agent_users.refusal(spec.name, identity.who, said, identity.reach)
-            raise RuntimeFailure(str(refusal))
+            raise RuntimeFailure(str(agent_users.refusal(name, identity.who, said, identity.reach)))
         raise RuntimeFailure(
-            f'agent "{spec.name}" did not start: its shim reported nothing within {READY_TIMEOUT:.0f} s '
-            f"({report.get('missing', 'no report')}; see {rundir / SHIM_LOG})"
+            f'agent "{name}" did not start: its shim reported nothing within {READY_TIMEOUT:.0f} s '
+            f"({report.get('missing', 'timed out')}; see {rundir / SHIM_LOG})"
         )
 
     def _spawn_shim(
@@ -636,25 +678,19 @@ def seal_inherited_fds() -> list[int]:
     return sealed
 
 
-def _read_report(fd: int, timeout: float) -> dict[str, object]:
-    """The shim's one-line JSON report from ``fd`` (blocking, at most ``timeout`` s); when there is
-    none, ``{"missing": why}``."""
-    deadline = time.monotonic() + timeout
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
+async def _read_report(ready: trio.lowlevel.FdStream) -> dict[str, object]:
+    """The shim's one-line JSON report; when there is none (it exited first, or wrote garbage),
+    ``{"missing": why}``. Unbounded: the caller bounds it."""
     buf = b""
     while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not poller.poll(left * 1000):
-            return {"missing": "timed out"}
-        chunk = os.read(fd, 4096)
+        chunk = await ready.receive_some(4096)
         if not chunk:
             return {"missing": "the shim exited without a report"}
         buf += chunk
     try:
         report = json.loads(buf.partition(b"\n")[0])
     except ValueError:
-        return {"missing": f"an unreadable report {buf[:200]!r}"}
+        report = None
     return report if isinstance(report, dict) else {"missing": f"an unreadable report {buf[:200]!r}"}
 
 
@@ -707,7 +743,7 @@ def _reap(rundir: Path, pid: int) -> bool:
 
     False only if it is our child and not reapable yet (threads of it still exiting).
     """
-    with _RUNDIR_LOCK:
+    with _rundir_lock(rundir):
         try:
             reaped, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
