@@ -90,12 +90,21 @@ class MetaLock:
         entries = list(agents)
         return await self._call("sync", lambda: self._changed(self.repo.sync(entries)))
 
-    async def lock_update(self, inputs: Sequence[str]) -> bool:
+    async def lock_update(self, inputs: Sequence[str], message: str | None = None) -> bool:
         names = list(dict.fromkeys(inputs))
-        return await self._call("lock_update", lambda: self._changed(self.repo.lock_update(names)))
+        return await self._call("lock_update", lambda: self._changed(self.repo.lock_update(names, message)))
 
     async def lock_update_for_rebuild(self, name: str) -> bool:
         return await self.lock_update([agent_input(name)])
+
+    async def relock_after_failure(self, name: str) -> bool:
+        """After a failed deploy rolled applied main back: lock ``agent-<n>`` at it again, in a commit
+        that says so (``failed deploy of <n>: …``), so the meta log never shows a failed deploy and
+        its revert as two ordinary updates."""
+        return await self.lock_update(
+            [agent_input(name)],
+            f"failed deploy of {name}: {agent_input(name)} locked back at its rolled-back main",
+        )
 
     async def lock_update_hyperhive(self) -> bool:
         return await self.lock_update([HYPERHIVE])

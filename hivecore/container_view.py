@@ -21,6 +21,8 @@ from hivecore.names import MANAGER_NAME, validate_name
 from hivecore.runtime.base import AgentRuntimeState, container_name
 
 PAUSE_MARKER = "hyperhive-paused"
+BUILDING = frozenset({"spawning", "rebuilding"})
+"""Transients under which a row is never ``needs_update`` (the build is what brings it up to date)."""
 STATUS_FILE = "hyperhive-status"
 
 
@@ -48,7 +50,8 @@ def build_view(
         failed=state.failed,
         pending=transient.kind if transient else None,
         needs_login=not facts.logged_in,
-        needs_update=facts.stale,
+        # a build in progress is not staleness: its applied main moved first, what runs follows
+        needs_update=facts.stale and not (transient is not None and transient.kind in BUILDING),
         deployed_sha=facts.deployed_sha[:12] if facts.deployed_sha else None,
         port=0,  # no agent serves a web UI yet: show no port until one does (issue 16)
         paused=facts.paused,

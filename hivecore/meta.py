@@ -624,13 +624,14 @@ class MetaRepo:
         message = f"seed meta from {len(entries)} agents" if first else "regenerate meta flake"
         return await self._commit_if_changed(message)
 
-    async def lock_update(self, inputs: Sequence[str]) -> bool:
-        """Update exactly ``inputs`` in one nix call; one commit ``lock update: a, b`` if it changed."""
+    async def lock_update(self, inputs: Sequence[str], message: str | None = None) -> bool:
+        """Update exactly ``inputs`` in one nix call; one commit (``message``, default ``lock update:
+        a, b``) if it changed."""
         if not inputs:
             return False
         args = await self._update_args(inputs)
         await self.lock(args, what=f"updating {', '.join(inputs)}")
-        return await self._commit_if_changed(f"lock update: {', '.join(inputs)}")
+        return await self._commit_if_changed(message or f"lock update: {', '.join(inputs)}")
 
     async def lock_data(self) -> Any:
         return await trio.to_thread.run_sync(read_lock_file, self.dir)

@@ -24,7 +24,7 @@ import trio
 
 from hivecore.daemon import Daemon
 from tests.conftest import TEST_TOKEN, make_config, write_test_token
-from tests.test_approvals import commit, sonnet
+from tests.test_approvals import BROKEN_NIX, commit, sonnet
 from tests.test_broker import call
 from tests.test_e2e_approval import host
 
@@ -438,3 +438,47 @@ async def test_without_a_session_the_page_goes_to_login(live: Daemon, browser: B
     with trio.fail_after(60):
         assert await trio.to_thread.run_sync(lambda: None) is None  # type: ignore[func-returns-value]
         assert (await browser.run(visit)).endswith("/login")
+
+
+async def test_a_build_error_keeps_its_line_breaks_on_the_page(live: Daemon, browser: BrowserThread) -> None:
+    """Issue 16 (honest signals): the rebuild queue and the approval history show nix's error as
+    nix wrote it (its ``^`` under the column it means), folded to its first line when long,
+    expandable, and the expanded state survives the re-renders the next events cause."""
+    with trio.fail_after(240):
+        page = await browser.new_page(live.dashboard_urls[0])
+
+        def wait(selector: str) -> Callable[[], object]:
+            return lambda: page.wait_for_selector(selector)
+
+        await ok(await host(live, {"cmd": "spawn", "name": "coder"}))
+        proposed = live.config.paths.agent_config("coder")
+        bad = await commit(proposed, {"agent.nix": BROKEN_NIX}, "broken")
+        asked = await ok(
+            await call(
+                live.config.manager_socket_path,
+                {"cmd": "request_apply_commit", "agent": "coder", "commit_ref": bad},
+            )
+        )
+        answer = await host(live, {"cmd": "approve", "id": asked["approval_id"]})
+        assert not answer["ok"]
+        [failed] = [a for a in await live.coordinator.approvals() if a.id == asked["approval_id"]]
+        assert failed.note is not None
+        caret = next(line for line in failed.note.splitlines() if line.rstrip().endswith("^"))
+
+        job = "#jobs .job.failed:has-text('apply_commit')"
+        await browser.run(wait(f"{job} details.long-text"))
+        await browser.run(lambda: page.click(f"{job} details.long-text summary"))
+        shown = await browser.run(lambda: page.inner_text(f"{job} details.long-text pre"))
+        assert caret in shown.splitlines(), shown  # the pointer on its own line, where nix put it
+        assert "syntax error" in shown
+        # another event re-renders the queue: the expanded error stays expanded
+        await ok(await host(live, {"cmd": "restart", "name": "coder"}))
+        await browser.run(wait("#jobs .job.done:has-text('restart')"))
+        assert await browser.run(lambda: page.locator(f"{job} details.long-text").get_attribute("open")) == ""
+
+        await browser.run(lambda: page.click("#approvals-toggle"))
+        card = f"#approvals .card.failed[data-id='{asked['approval_id']}']"
+        await browser.run(wait(f"{card} details.long-text"))
+        await browser.run(lambda: page.click(f"{card} details.long-text summary"))
+        note = await browser.run(lambda: page.inner_text(f"{card} details.long-text pre"))
+        assert caret in note.splitlines(), note

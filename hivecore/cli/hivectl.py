@@ -81,7 +81,9 @@ def _check_version(answer: Response) -> None:
 
 
 def _err(message: str) -> None:
-    print(f"hivectl: {escape(message)}", file=sys.stderr)  # errors quote agent-supplied text
+    # errors quote agent-supplied text: escaped, but a build error keeps its line breaks (nix's
+    # ``^`` must stay under the column it points at)
+    print(f"hivectl: {escape_block(message)}", file=sys.stderr)
 
 
 # --- rendering ---------------------------------------------------------------------------------------

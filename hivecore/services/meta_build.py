@@ -163,7 +163,7 @@ class MetaBuild:
     async def relock(self, name: str) -> None:
         """After a failed build rolled applied main back: pin the lock to it again (best effort)."""
         try:
-            await self._require(f"relock {name}").lock_update_for_rebuild(name)
+            await self._require(f"relock {name}").relock_after_failure(name)
         except HiveError as exc:
             log.warning("meta: could not relock %s after a rollback: %s", name, exc)
 

@@ -26,6 +26,7 @@ const S = {
   logText: new Map(), // name -> lines
   openDiffs: new Set(), // approval ids whose diff is folded away
   purgeChecked: new Set(), // names whose destroy form has "purge" ticked (survives row re-renders)
+  openTexts: new Set(), // keys ("job:12", "approval:3") of long errors/notes the operator expanded
 };
 const MAX_MESSAGES = 200;
 const MAX_INBOX = 50;
@@ -38,6 +39,24 @@ const HANDLED = [
 ];
 
 // --- DOM helpers (textContent only) ---------------------------------------------------------------
+
+const LONG_TEXT_LINES = 3;
+
+// A build error or note as nix wrote it: line breaks kept (nix's `^` must point at its column).
+// Up to LONG_TEXT_LINES short lines show whole; a longer one shows its first line and expands
+// (the expanded state survives re-renders, keyed by `key`).
+function longText(cls, prefix, text, key) {
+  const lines = String(text).replace(/\n+$/, "").split("\n");
+  if (lines.length <= LONG_TEXT_LINES && text.length <= 400) {
+    return el("p", { class: `${cls} multiline`, text: prefix + lines.join("\n") });
+  }
+  const more = lines.length - 1;
+  const details = el("details", { class: `${cls} long-text`, open: S.openTexts.has(key), "data-key": key },
+    el("summary", { text: `${prefix}${lines[0]}${more ? ` … (${more} more line${more === 1 ? "" : "s"})` : " …"}` }),
+    el("pre", { class: cls, text: lines.join("\n") }));
+  details.ontoggle = () => { if (details.open) S.openTexts.add(key); else S.openTexts.delete(key); };
+  return details;
+}
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -243,7 +262,7 @@ function approvalCard(a) {
       a.commit_ref ? el("span", { class: "chip sha", text: String(a.fetched_sha || a.commit_ref).slice(0, 12) }) : null,
       el("span", { class: "state-text", text: a.status })),
     a.description ? el("p", { class: "description", text: a.description }) : null,
-    a.note ? el("p", { class: "note", text: `note: ${a.note}` }) : null);
+    a.note ? longText("note", "note: ", a.note, `approval:${a.id}`) : null);
   if (a.status === "pending" && Array.isArray(a.files)) card.append(fileList(a));
   if (a.status === "pending" && a.commit_message) {
     card.append(el("details", { class: "commit-message", "data-restore-key": `approval-msg:${a.id}`, open: true },
@@ -344,7 +363,7 @@ function renderJobs() {
       el("span", { class: "time", text: `queued ${clock(j.queued_at)}` }),
       j.started_at ? el("span", { class: "time", text: `started ${clock(j.started_at)}` }) : null,
       j.finished_at ? el("span", { class: "time", text: `took ${(j.finished_at - (j.started_at || j.queued_at)).toFixed(1)}s` }) : null),
-    j.error ? el("p", { class: "error", text: j.error }) : null));
+    j.error ? longText("error", "", j.error, `job:${j.id}`) : null));
   box.replaceChildren(...(rows.length ? rows : [el("p", { class: "empty", text: "queue empty" })]));
 }
 
