@@ -218,6 +218,8 @@ class StreamState:
     mcp_status: str | None = None
     """The hyperhive server's status on the init line (``connected`` is the only good one)."""
     hive_tools: int = 0
+    init_seen: bool = False
+    """The CLI started a conversation (a ``--resume`` of a session it lacks fails before this)."""
     tools_used: list[str] = attrs.field(factory=list)
     result: dict[str, Any] | None = None
 
@@ -231,6 +233,7 @@ class StreamState:
             return None
         kind = event.get("type")
         if kind == "system" and event.get("subtype") == "init":
+            self.init_seen = True
             if isinstance(event.get("session_id"), str):
                 self.session_id = event["session_id"]
             servers = event.get("mcp_servers") or []
@@ -267,7 +270,8 @@ class StreamState:
             error = f"the CLI exited {returncode} without a result"
         elif r.get("is_error") or r.get("subtype") != "success" or returncode != 0:
             status = "error"
-            error = str(r.get("result") or r.get("subtype") or f"exit status {returncode}")[:500]
+            errors = r.get("errors") if isinstance(r.get("errors"), list) else []
+            error = str(r.get("result") or (errors[0] if errors else None) or r.get("subtype"))[:500]
         else:
             status, error = "ok", None
         return TurnResult(

@@ -368,6 +368,7 @@ async def run_claude_turn(
     config_path = settings.state_dir / ct.MCP_CONFIG_FILE
     write_json_atomic(config_path, ct.mcp_config(sys.executable, env))
     pronouns = settings.hive_env.get("HIVE_OPERATOR_PRONOUNS") or "she/her"
+    session = read_session(settings.state_dir)
     command = ct.argv(
         claude,
         ct.render_prompt(messages),
@@ -375,7 +376,7 @@ async def run_claude_turn(
         system_prompt=render_prompt(settings.label, pronouns, str(settings.state_dir)),
         tools=tools,
         model=model,
-        session=read_session(settings.state_dir),
+        session=session,
     )
     state = ct.StreamState()
     t0 = time.monotonic()
@@ -425,9 +426,12 @@ async def run_claude_turn(
         result = attrs.evolve(
             result, status=status, error=f"the hive tools were not connected (hyperhive: {state.mcp_status})"
         )
-    elif result.status == "error" and read_session(settings.state_dir) and not state.session_id:
-        # a --resume of a session the CLI no longer has: start a fresh one on the retry
+    elif result.status == "error" and session is not None and not state.init_seen:
+        # a --resume of a session the CLI no longer has (its config dir was wiped): the retry
+        # starts a fresh one
+        log.warning("session %s not resumed (%s); the next turn starts a new one", session, result.error)
         (settings.state_dir / ct.SESSION_FILE).unlink(missing_ok=True)
+        result = attrs.evolve(result, session_id=None)
     log.info(
         "turn %s in %.1f s: %d tool call(s), %d/%d tokens, $%.6f",
         result.status,

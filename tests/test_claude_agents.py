@@ -5,6 +5,7 @@ on loopback). Skipped when the CLI is not installed (``.ci/setup.sh`` installs i
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
@@ -16,11 +17,14 @@ import trio
 
 from hivecore import claude_turn as ct
 from hivecore.daemon import Daemon
+from hivecore.harness import HarnessSettings, run_harness
 from hivecore.names import MANAGER_NAME
 from hivecore.runtime.base import AgentSpec
 from hivecore.services.meta_build import MetaBuild
-from tests.conftest import make_config, write_test_token
+from tests.conftest import Parts, make_config, write_test_token
 from tests.model_api import ModelApi, Rule
+from tests.test_broker import call
+from tests.test_mcp import parts_with_sockets as parts_with_sockets
 from tests.waiting import eventually
 
 CLAUDE = ct.find_claude({"PATH": ""})
@@ -177,3 +181,52 @@ async def test_a_turn_killed_midway_is_redelivered_and_its_session_resumed(
         return [r[0] is not None for r in rows] == [True]
 
     await eventually(acked, timeout=30, what="the retried turn's ack")
+
+
+async def test_a_denied_tool_reaches_the_operator(parts_with_sockets: Parts, tmp_path: Path) -> None:
+    """The model uses a tool the agent may not (Bash): the CLI refuses it, the turn still ends well
+    (acked), and the operator gets a message from the agent saying which tool was denied."""
+    d = parts_with_sockets.daemon
+    state = d.config.paths.agent_state("coder")
+    pwned = tmp_path / "pwned"
+    with ModelApi([Rule("run id", "Bash", {"command": f"touch {pwned}"})]) as api:
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HIVE_LABEL": "coder",
+            "HIVE_STATE_DIR": str(state),
+            "HIVE_SOCKET": str(d.config.agent_socket_path("coder")),
+            "HIVE_HEARTBEAT_SECONDS": "3600",
+            "HIVE_ALLOWED_TOOLS": '["Read"]',
+            **api.env(),
+        }
+        settings = HarnessSettings.from_env(env)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_harness, settings)
+            sent = await call(d.config.manager_socket_path, {"cmd": "send", "to": "coder", "body": "run id"})
+            assert sent["ok"], sent
+            await eventually(lambda: turns_of(state), timeout=120, what="coder's turn")
+            await eventually(lambda: acked(d, "coder"), timeout=30, what="the turn's ack")
+            nursery.cancel_scope.cancel()
+        offered = api.tool_names(0)
+    [turn] = turns_of(state)
+    assert (turn["status"], turn["permission_denials"], turn["tools_used"]) == ("ok", ["Bash"], ["Bash"])
+    assert "Read" in offered
+    assert not pwned.exists()
+    sql = "SELECT sender, body FROM messages WHERE recipient='operator'"
+    [(sender, body)] = await d.store.call(lambda c: c.execute(sql).fetchall())
+    assert sender == "coder"
+    assert body.startswith("[coder: permission denied] my turn tried Bash")
+    inbox = [json.loads(line) for line in (state / "inbox.log").read_text().splitlines()]
+    assert [m["body"] for m in inbox if m["sender"] == "manager"] == ["run id"]
+
+
+async def acked(d: Daemon, recipient: str) -> bool:
+    """Every message to ``recipient`` is acked (the notice to the operator is sent before the ack)."""
+    sql = "SELECT acked_at FROM messages WHERE recipient=?"
+    rows = await d.store.call(lambda c: c.execute(sql, (recipient,)).fetchall())
+    return bool(rows) and all(r[0] is not None for r in rows)
+
+
+def turns_of(state: Path) -> list[dict[str, Any]]:
+    path = state / ct.TURNS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

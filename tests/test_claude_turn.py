@@ -177,3 +177,46 @@ async def test_a_turn_without_the_hive_tools_is_not_ok(tmp_path: Path) -> None:
     assert result.status == "mcp_unavailable"
     assert "hyperhive" in (result.error or "")
     assert not (state / ct.SESSION_FILE).exists()
+
+
+def turn_env_for(state: Path, api: ModelApi, **extra: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HIVE_LABEL": "alpha",
+        "HIVE_STATE_DIR": str(state),
+        "HIVE_SOCKET": str(state / "missing.sock"),
+        **api.env(),
+        **extra,
+    }
+
+
+async def test_cli_faults_are_not_ok(tmp_path: Path) -> None:
+    """A CLI that dies without a result, is missing, or a model file naming a flag: never acked."""
+    state = tmp_path / "state"
+    state.mkdir()
+    with ModelApi() as api:
+        for bin_, status in (("/bin/false", "crashed"), (str(tmp_path / "no-claude"), "not_started")):
+            settings = HarnessSettings.from_env(turn_env_for(state, api, HIVE_CLAUDE_BIN=bin_))
+            assert (await run_claude_turn(settings, MESSAGES, {})).status == status
+        (state / ct.MODEL_FILE).write_text("--dangerously-skip-permissions\n")
+        settings = HarnessSettings.from_env(turn_env_for(state, api))
+        result = await run_claude_turn(settings, MESSAGES, {})
+        assert (result.status, result.error) == (
+            "not_started",
+            "not a model name: '--dangerously-skip-permissions'",
+        )
+        assert api.requests == []
+
+
+@pytest.mark.skipif(ct.find_claude({"PATH": ""}) is None, reason="the claude CLI is not installed")
+async def test_a_session_the_cli_lacks_is_dropped(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / ct.SESSION_FILE).write_text("123e4567-e89b-12d3-a456-426614174000\n")
+    with ModelApi() as api:
+        settings = HarnessSettings.from_env(turn_env_for(state, api))
+        result = await run_claude_turn(settings, MESSAGES, {})
+    assert result.status == "error"
+    assert "No conversation found" in (result.error or "")
+    assert result.session_id is None
+    assert not (state / ct.SESSION_FILE).exists()  # the retry starts a new conversation
