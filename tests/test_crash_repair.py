@@ -5,6 +5,12 @@ SIGKILLed mid-job (issue 16, items 1, 3 and 8).
   agent's applied repo (what a crash during a git command leaves): the next start rolls main back
   (for real), tags ``failed/<id>``, leaves no ``refs/hive/previous-main/<id>`` and no lock, and
   auto_update does not deploy the failed commit.
+* item 3: an agent stopped on purpose stays stopped across rebuild, meta update, kill -9 and
+  restart (the manager too); ``start`` of a running agent says "already running"; the replay of a
+  build cut short while it had the agent stopped brings it back.
+* item 4: spawn / destroy --purge cycles leave nothing behind; a purge that failed half-way is
+  completed by a retry.
+* item 8: a meta update killed mid-way resumes its recorded plan at the next start.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -373,3 +380,62 @@ def test_remove_tree_tolerates_entries_vanishing(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(os, "unlink", vanishing_unlink)
     lifecycle_mod.remove_tree(tmp_path / "d")
     assert not (tmp_path / "d").exists()
+
+
+async def test_kill9_while_a_build_has_the_agent_stopped_brings_it_back(state_dir: Path) -> None:
+    """Item 3: the replay of an approved config change a kill -9 cut short between the build's stop
+    and start rolls main back and brings the agent back up (it was running; nobody stopped it on
+    purpose)."""
+    log = state_dir.parent / f"{state_dir.name}.log"
+    applied = state_dir / "applied" / "coder"
+    marker = state_dir / "run" / "process" / "coder" / "stop-requested"
+    proc = await serve(state_dir, log)
+    try:
+        assert (await ask(state_dir, {"cmd": "spawn", "name": "coder"}))["ok"]
+        seed = await git_out(applied, "rev-parse", "refs/heads/main")
+        sha = await commit(state_dir / "agents" / "coder" / "config", {"agent.nix": sonnet()}, "sonnet")
+        asked = await manager_call(
+            state_dir, {"cmd": "request_apply_commit", "agent": "coder", "commit_ref": sha}
+        )
+        aid = asked["approval_id"]
+        async with trio.open_nursery() as nursery:
+
+            async def approve() -> None:
+                with contextlib.suppress(Unreachable, OSError, ValueError):
+                    await ask(state_dir, {"cmd": "approve", "id": aid}, timeout=120)
+
+            nursery.start_soon(approve)
+            # the build is stopping the agent: its stop request is written before any signal
+            await eventually(lambda: marker.exists(), 60, interval=0.001)
+            await sigkill(proc)
+        assert not await git_out(applied, "rev-parse", "--verify", "--quiet", f"refs/tags/deployed/{aid}")
+
+        pid = json.loads((state_dir / "run" / "process" / "coder" / "pid").read_text())["pid"]
+        # the daemon died between writing the stop request and signalling: finish its stop by hand
+        # (SIGTERM to the shim, as runtime.stop sends it), so the agent is down as the build left it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+        def down() -> bool:  # the agent obeys the SIGTERM the build sent (a zombie counts as gone)
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+            except OSError:
+                return True
+            return state == "Z"
+
+        await eventually(down, 30)
+        proc = await serve(state_dir, log)
+
+        async def back_up() -> bool:
+            row = (await statuses(state_dir)).get("coder")
+            return bool(row and row["running"] and row.get("pending") is None)
+
+        await eventually(back_up, 60)
+        row = await approval_row(state_dir, aid)
+        assert row["status"] == "failed", row
+        assert await git_out(applied, "rev-parse", "refs/heads/main") == seed
+        assert not (await statuses(state_dir))["coder"]["needs_update"]
+    finally:
+        if proc.returncode is None:
+            await sigkill(proc)
+        log.unlink(missing_ok=True)
