@@ -81,8 +81,9 @@ def evaluator(paths: StatePaths) -> Evaluator | None:
     environment additions)``, the directories prepared; ``None`` when the daemon is not root.
 
     The evaluator may read (ACL ``r-x``) ``meta/`` and ``base/`` and traverse the state root and
-    ``applied/`` (whose repos are readable inside): the meta flake's inputs, nothing else of the
-    daemon's — not the database, the token, ``agents/`` or ``/root``. Its store is
+    ``released/`` (whose repos are readable inside): the meta flake's inputs, nothing else of the
+    daemon's — not the database, the token, ``agents/``, ``applied/`` (pending proposals) or
+    ``/root``. Its store is
     ``<state>/eval-store`` (0700, its own); its git reads the daemon's repos through
     ``safe.directory`` in a config file only root can write.
     """
@@ -91,7 +92,10 @@ def evaluator(paths: StatePaths) -> Evaluator | None:
     uid = evaluator_uid(paths)
     who = Credentials(uid=uid, gid=uid, groups=())
     posix_acl.grant(paths.root, posix_acl.USER, uid)
-    posix_acl.grant(paths.applied_root, posix_acl.USER, uid)
+    with contextlib.suppress(FileNotFoundError):  # granted by versions whose input was applied/
+        posix_acl.revoke(paths.applied_root, posix_acl.USER, uid)
+    paths.released_root.mkdir(mode=0o700, exist_ok=True)
+    posix_acl.grant(paths.released_root, posix_acl.USER, uid)
     for tree in (paths.meta, paths.root / "base"):
         tree.mkdir(mode=0o700, exist_ok=True)
         posix_acl.grant(tree, posix_acl.USER, uid, posix_acl.R | posix_acl.X)

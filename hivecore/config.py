@@ -165,6 +165,12 @@ class StatePaths:
         return self.root / "applied"
 
     @property
+    def released_root(self) -> Path:
+        """``released/``: per agent a bare repo holding only applied ``main``'s history (approved
+        commits and the template), the meta flake's agent input (``hivecore.meta``)."""
+        return self.root / "released"
+
+    @property
     def meta(self) -> Path:
         return self.root / "meta"
 
@@ -217,6 +223,9 @@ class StatePaths:
     def applied(self, name: str) -> Path:
         return child_path(self.applied_root, name)
 
+    def released(self, name: str) -> Path:
+        return child_path(self.released_root, name)
+
     def agent_run(self, name: str) -> Path:
         """``run/process/<name>``: the process runtime's files of one agent (pid, spec, logs)."""
         return child_path(self.run_process, name)
@@ -230,7 +239,7 @@ class StatePaths:
         """
         gid = resolve_group(None, default=self.socket_group) if self.socket_group else None
         _ensure_dir(self.root, ROOT_MODE, gid)
-        for d in (self.db.parent, self.agents, self.applied_root, *self.daemon_dirs):
+        for d in (self.db.parent, self.agents, self.applied_root, self.released_root, *self.daemon_dirs):
             _ensure_dir(d, PRIVATE_MODE)
         _ensure_dir(self.run, ROOT_MODE, gid)
         _ensure_dir(self.run_agents, PRIVATE_MODE)

@@ -26,6 +26,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def render_flake(hyperhive_url: str, agents: Iterable[AgentEntry]) -> str:
     entries = sorted(agents, key=lambda a: a.name)
     inputs = [f"    {HYPERHIVE}.url = {nix_str(hyperhive_url)};"]
     for a in entries:
-        url = nix_str(f"git+file://{a.applied}")
+        url = nix_str(f"git+file://{a.applied}?ref=main")  # a bare repo: nix would default to master
         inputs.append(f"    {nix_str(agent_input(a.name))} = {{ url = {url}; flake = false; }};")
     hive = []
     nixos = []
@@ -470,6 +471,25 @@ class MetaRepo:
             raise fail(f"{what}:\n{useful_lines(result.stderr)}{memory_hint(result, limits)}")
         return result.stdout
 
+    async def release(self, name: str) -> None:
+        """Bring ``released/<name>`` (a bare repo, the meta flake's ``agent-<name>`` input) to
+        applied ``main``: only ``main``'s history is fetched (approved commits and the template),
+        never a pending proposal's tag or objects, so what an evaluation may fetch of the agent's
+        own repo (``allowed-uris``) is approved history only. No git when it is already there; git
+        runs only in the daemon's own repos.
+        """
+        main = await trio.to_thread.run_sync(applied_main, self.paths, name)
+        target = self.paths.released(name)
+        if main is None or await trio.to_thread.run_sync(_main_ref, target) == main:
+            return
+        what = f"releasing the approved config of {name}"
+        if not await trio.to_thread.run_sync((target / "HEAD").is_file):
+            await trio.to_thread.run_sync(partial(target.mkdir, mode=0o755, parents=True, exist_ok=True))
+            await self.git(target, "init", "-q", "--bare", "-b", "main", what=what)
+        source = str(self.paths.applied(name))
+        refspec = "+refs/heads/main:refs/heads/main"
+        await self.git(target, "fetch", "-q", "--no-tags", "--force", "--", source, refspec, what=what)
+
     async def lock(
         self, args: Sequence[str], *, what: str, agents: Iterable[AgentEntry] | None = None
     ) -> None:
@@ -606,6 +626,8 @@ class MetaRepo:
         """Render ``flake.nix``, lock the missing inputs (and drop removed ones), commit if anything
         changed. Idempotent; also repairs a repo a crash left half-done. Returns whether it committed."""
         entries = list(agents)
+        for entry in entries:
+            await self.release(entry.name)
         text = render_flake(self.hyperhive_url, entries)
         first = not await trio.to_thread.run_sync((self.dir / ".git").is_dir)
 
@@ -629,6 +651,9 @@ class MetaRepo:
         a, b``) if it changed."""
         if not inputs:
             return False
+        for name in inputs:
+            if name.startswith("agent-"):
+                await self.release(name.removeprefix("agent-"))
         args = await self._update_args(inputs)
         await self.lock(args, what=f"updating {', '.join(inputs)}")
         return await self._commit_if_changed(message or f"lock update: {', '.join(inputs)}")

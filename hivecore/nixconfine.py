@@ -10,7 +10,8 @@ config check without the meta flake) is not pure at all. So every evaluation of 
 
 * ``restrict-eval = true`` with ``allowed-uris`` exactly the inputs it needs
   (:func:`eval_options`): for an agent of the meta flake, the base flake (with its own locked
-  inputs) and that agent's applied repo, nothing else — not even the other agents' repos;
+  inputs) and that agent's released repo (applied ``main``'s history only), nothing else — not
+  even the other agents' repos;
 * ``allow-import-from-derivation = false`` and an empty ``nix-path`` (no ``<nixpkgs>``, no
   ``NIX_PATH`` from the daemon's environment: :func:`eval_env`);
 * under a root daemon, **not root**: nix runs as the evaluator uid on a store of its own

@@ -121,6 +121,27 @@ def grant(path: Path, tag: int, ident: int, perm: int = X) -> bool:
     return True
 
 
+def revoke(path: Path, tag: int, ident: int) -> bool:
+    """Remove user (``tag=USER``) or group (``tag=GROUP``) ``ident``'s entry from ``path``'s ACL
+    (the mask recomputed); ``False`` when it had none (nothing written). A symlink is refused
+    (``ELOOP``); a file system without ACLs has nothing to revoke."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, f"refusing to change an ACL through the symlink {path}")
+    entries = read(path)
+    if not any(e.tag == tag and e.id == ident for e in entries):
+        return False
+    kept = [e for e in entries if not (e.tag == tag and e.id == ident) and e.tag != MASK]
+    if any(e.tag in (USER, GROUP) for e in kept):
+        mask = 0
+        for e in kept:
+            if e.tag in (GROUP_OBJ, USER, GROUP):
+                mask |= e.perm
+        kept.append(Entry(MASK, mask))
+    os.setxattr(path, XATTR, encode(tuple(kept)), follow_symlinks=False)
+    return True
+
+
 def effective_group_bits(path: Path) -> int:
     """What the owning group really gets on ``path`` (0-7): the group entry, masked."""
     entries = read(path)

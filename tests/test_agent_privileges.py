@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-from hivecore import agent_users
+from hivecore import agent_users, posix_acl
 from hivecore.config import StatePaths
 from hivecore.daemon import Daemon
 from hivecore.errors import RuntimeFailure
@@ -449,6 +449,10 @@ def test_a_symlinked_tree_is_refused(state_dir: Path) -> None:
 async def test_the_evaluator_reads_the_meta_flakes_inputs_and_nothing_else(hive: Daemon) -> None:
     paths = hive.config.paths
     assert (await host(hive, {"cmd": "spawn", "name": "coder"}))["ok"]
+    # a state dir from a version whose agent input was applied/ kept the evaluator's entry there
+    await trio.to_thread.run_sync(
+        posix_acl.grant, paths.applied_root, posix_acl.USER, agent_users.evaluator_uid(paths)
+    )
     prepared = await trio.to_thread.run_sync(agent_users.evaluator, paths)
     assert prepared is not None
     who, store, _ = prepared
@@ -462,12 +466,15 @@ async def test_the_evaluator_reads_the_meta_flakes_inputs_and_nothing_else(hive:
         ("list", paths.run),
         ("write", paths.meta / "flake.nix"),
         ("write", paths.applied("coder") / "agent.nix"),
+        # applied/ holds pending proposals: the evaluator reads only released/ (approved history)
+        ("read", paths.applied("coder") / "agent.nix"),
+        ("write", paths.released("coder") / "HEAD"),
     ]
     allowed: list[tuple[str, Path]] = [
         ("read", paths.meta / "flake.nix"),
         ("read", paths.meta / "flake.lock"),
         ("read", paths.root / "base" / "flake.nix"),
-        ("read", paths.applied("coder") / "agent.nix"),
+        ("read", paths.released("coder") / "HEAD"),
     ]
     got = await trio.to_thread.run_sync(as_agent, who, denied + allowed)
     assert {k: v for k, v in got.items() if v == "ok"} == {f"{k} {p}": "ok" for k, p in allowed}

@@ -120,10 +120,11 @@ def test_affected_agents() -> None:
 
 
 def test_render_is_deterministic_and_sorted() -> None:
-    a = AgentEntry(name="a", applied=Path("/s/applied/a"), command=("py",), identity={"K": "v"})
-    b = AgentEntry(name="b", applied=Path("/s/applied/b"), command=("py",), identity={"K": "w"})
+    a = AgentEntry(name="a", applied=Path("/s/released/a"), command=("py",), identity={"K": "v"})
+    b = AgentEntry(name="b", applied=Path("/s/released/b"), command=("py",), identity={"K": "w"})
     assert render_flake("git+file:///s/base", [b, a]) == render_flake("git+file:///s/base", [a, b])
-    assert '"agent-a" = { url = "git+file:///s/applied/a"; flake = false; };' in render_flake("x", [a])
+    rendered = render_flake("x", [a])
+    assert '"agent-a" = { url = "git+file:///s/released/a?ref=main"; flake = false; };' in rendered
 
 
 # --- with a daemon's parts ------------------------------------------------------------------------

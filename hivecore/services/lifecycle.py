@@ -283,7 +283,8 @@ class Lifecycle:
         paths = self.config.paths
         agent_dir = child_path(paths.agents, name)
         applied_dir = child_path(paths.applied_root, name)
-        return [p for p in (agent_dir, applied_dir) if p.exists()]
+        released_dir = child_path(paths.released_root, name)
+        return [p for p in (agent_dir, applied_dir, released_dir) if p.exists()]
 
     async def _purge_state(self, name: str) -> None:
         """Delete what :meth:`purge_targets` lists; a file that vanishes meanwhile is not an error.

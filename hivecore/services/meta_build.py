@@ -77,7 +77,7 @@ class MetaBuild:
         """How ``name`` is rendered into the meta flake (its identity env: :meth:`agent_spec`'s)."""
         spec = self.agent_spec(name)
         return AgentEntry(
-            name=name, applied=self.config.paths.applied(name), command=spec.command, identity=spec.env
+            name=name, applied=self.config.paths.released(name), command=spec.command, identity=spec.env
         )
 
     async def agents(self, *, adding: str | None = None, removing: str | None = None) -> list[str]:
