@@ -321,7 +321,8 @@ async def claude_backend(settings: HarnessSettings, chan: Channel, messages: lis
             f"[{settings.label}: permission denied] my turn tried {tools}, which my configuration does not "
             "allow (hive.agent.allowedTools in my agent.nix)."
         )
-        answer = await chan.call({"cmd": "send", "to": "operator", "body": body[:4000]})
+        body = body.encode()[:4000].decode(errors="ignore")  # the socket takes at most 4096 bytes
+        answer = await chan.call({"cmd": "send", "to": "operator", "body": body})
         if not answer.get("ok"):
             log.warning("could not tell the operator about denied tools: %s", answer.get("error"))
     if result.status != "ok":

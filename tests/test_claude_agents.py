@@ -143,6 +143,11 @@ async def test_operator_to_agent_to_manager_to_a_pending_approval(
         offered = [{t.get("name") for t in r.get("tools") or []} for r in model.requests]
     assert all("mcp__hyperhive__send" in names for names in offered)
     assert not any({"mcp__hyperhive__recv", "mcp__hyperhive__ack_turn"} & names for names in offered)
+    # the model is agent.nix's (the seeded template's hive.agent.model, through the meta flake)
+    with model.lock:
+        models = {str(r.get("model")) for r in model.requests}
+    assert models
+    assert all("haiku" in m for m in models), models
     # the session is kept for the next turn
     session = (d.config.paths.agent_state("coder") / ct.SESSION_FILE).read_text().strip()
     assert session == coder[0]["session_id"]
