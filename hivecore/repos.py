@@ -699,10 +699,9 @@ class Repos:
         """Point applied ``main`` at ``sha`` and sync the work tree to it."""
         await self.git(self.applied(name), "reset", "-q", "--hard", sha, what=f"moving main of {name}")
 
-    async def roll_back_main(self, name: str, previous: str) -> None:
-        """Point applied ``main`` back at ``previous`` without needing the index (``update-ref``),
-        then sync the work tree to it (:meth:`sync_work_tree`). Raises :class:`GitFailure` saying
-        which of the two failed: after a failed sync ``main`` *is* back at ``previous``."""
+    async def set_main(self, name: str, previous: str) -> None:
+        """Point applied ``main`` back at ``previous`` without needing the index (``update-ref``);
+        the work tree is not touched (:meth:`sync_work_tree`)."""
         await self.git(
             self.applied(name),
             "update-ref",
@@ -710,6 +709,11 @@ class Repos:
             previous,
             what=f"rolling main of {name} back to {previous[:12]}",
         )
+
+    async def roll_back_main(self, name: str, previous: str) -> None:
+        """:meth:`set_main`, then :meth:`sync_work_tree`. Raises :class:`GitFailure` saying which of
+        the two failed: after a failed sync ``main`` *is* back at ``previous``."""
+        await self.set_main(name, previous)
         await self.sync_work_tree(name)
 
     async def sync_work_tree(self, name: str) -> None:

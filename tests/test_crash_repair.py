@@ -439,3 +439,42 @@ async def test_kill9_while_a_build_has_the_agent_stopped_brings_it_back(state_di
         if proc.returncode is None:
             await sigkill(proc)
         log.unlink(missing_ok=True)
+
+
+async def test_a_lock_appearing_mid_build_still_tags_rolls_back_and_blocks_rebuilds(parts: Parts) -> None:
+    """Item 1 at run time: git's ``index.lock`` (a git that died mid-command) appears while the
+    build runs. main goes back by ``update-ref`` anyway, ``failed/<id>`` is tagged, the note says
+    only the work tree is out of sync, and no rebuild runs until it can be re-synced."""
+    c = parts.coordinator
+    await c.spawn("coder")
+    proposed, applied = parts.config.paths.agent_config("coder"), parts.config.paths.applied("coder")
+    seed = await git_out(applied, "rev-parse", "refs/heads/main")
+    sha = await commit(proposed, {"agent.nix": sonnet()}, "sonnet")
+    approval = await c.request_apply_commit("coder", sha)
+    lock = applied / ".git" / "index.lock"
+
+    async def breaks(name: str) -> None:
+        lock.write_bytes(b"")
+        raise HiveError("the build broke")
+
+    parts.daemon.lifecycle.build = breaks
+    with pytest.raises(HiveError, match="the build broke"):
+        await c.approve(approval.id)
+    parts.daemon.lifecycle.build = None
+    assert await git_out(applied, "rev-parse", "refs/heads/main") == seed  # main is back
+    assert await git_out(applied, "rev-parse", f"refs/tags/failed/{approval.id}^{{commit}}") == sha
+    [row] = [a for a in await c.approvals() if a.id == approval.id]
+    assert row.status == "failed"
+    assert row.note is not None
+    assert "the build broke" in row.note
+    assert "was rolled back" in row.note
+    assert "work tree could not be re-synced" in row.note
+    assert "NOT rolled back" not in row.note
+    assert await git_out(applied, "for-each-ref", "refs/hive") != ""  # the marker stays
+    with pytest.raises(HiveError, match="coder was not built"):
+        await c.rebuild("coder")  # the work tree still holds the failed config: never built
+    lock.unlink()
+    await c.rebuild("coder")  # settles: the work tree re-synced, the marker dropped, then built
+    assert await git_out(applied, "for-each-ref", "refs/hive") == ""
+    assert (applied / "agent.nix").read_text() != sonnet()
+    assert not parts.views.rows()["coder"].needs_update

@@ -403,13 +403,24 @@ class Approvals:
             return []
         with shutdown.shielded():
             try:
-                await self.repos.roll_back_main(name, previous)
+                await self.repos.set_main(name, previous)
             except HiveError as exc:
                 log.error("approval %d: applied main of %s was NOT rolled back: %s", aid, name, exc)
                 return [
                     f"applied main of {name} was NOT rolled back to {previous[:12]} ({exc}); hive-c0re "
                     f"retries at its next start and before any build of {name}, and builds nothing "
                     "from the failed commit meanwhile"
+                ]
+            try:  # before the relock: nix would lock a dirty work tree as it is
+                await self.repos.sync_work_tree(name)
+            except HiveError as exc:  # main is right; the ref stays so the sync is retried
+                log.error(
+                    "approval %d: main of %s rolled back, its work tree not re-synced: %s", aid, name, exc
+                )
+                return [
+                    f"applied main of {name} was rolled back to {previous[:12]}, but its work tree could "
+                    f"not be re-synced ({exc}); hive-c0re re-syncs it at its next start and before any "
+                    f"build of {name}"
                 ]
             await self.lifecycle.builder.relock(name)  # the meta lock pins main again
             await self.repos.delete_ref(name, f"{PREVIOUS_MAIN}/{aid}")
