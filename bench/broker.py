@@ -79,6 +79,8 @@ async def bench(root: Path, messages: int, wakeups: int) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run)
         await nursery.start(store.run)
+        for name in ("coder", "peer"):  # as their spawns would
+            await broker.begin_incarnation(name)
         await nursery.start(sock.run)
         chan = await Channel.open(sock.path)
         bare_conn = await trio.to_thread.run_sync(st.connect, root / "bare.sqlite")

@@ -49,6 +49,7 @@ from hivecore.sockets.host import HostSocket, live_urls
 from hivecore.sockets.mcp import AgentSocket, ManagerSocket
 from hivecore.statelock import hold_state_lock
 from hivecore.store import Store
+from hivecore.tombstones import tombstone_names
 from hivecore.unix_listener import ensure_accept_error_filter
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,12 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     transients = TransientRegistry(bus)
     runtime = runtime if runtime is not None else make_runtime(config)
     views = Views(config.paths, runtime, transients, bus, domain=config.domain)
-    broker = Broker(store, bus, lambda: views.rows().keys())
+
+    async def known_agents() -> tuple[set[str], list[str]]:
+        existing = set(await runtime.list())
+        return existing, await trio.to_thread.run_sync(tombstone_names, config.paths, existing)
+
+    broker = Broker(store, bus, lambda: views.rows().keys(), known=known_agents)
     notifier = Notifier(broker, bus, partial(agent_state_dir, config.runtime, config.paths))
     repos = Repos(config.paths, owner=proposed_owner(config))
     meta_repo = MetaRepo(config.paths, hyperhive_flake=config.hyperhive_flake, eval_limits=config.eval_limits)

@@ -441,23 +441,9 @@ class Repos:
     async def spawn_preview(self, name: str) -> tuple[str, str]:
         """``(sha, agent.nix text)`` a spawn of ``name`` would deploy now: the kept applied main
         when the applied repo is seeded (a revived tombstone), else the template commit."""
-        if await self._seeded(self.applied(name), "refs/tags/deployed/0"):
+        if await self.applied_seeded(name):
             sha = await self.main_sha(name)
-            result = await self.git(
-                self.applied(name),
-                "cat-file",
-                "blob",
-                f"{sha}:agent.nix",
-                what=f"reading agent.nix of {name}",
-                check=False,
-                cap=AGENT_NIX_CAP,
-            )
-            if result.returncode != 0:
-                return sha, "(no agent.nix)\n"
-            text = result.stdout.decode(errors="replace")
-            if result.truncated:
-                text += f"\n… agent.nix is longer than {AGENT_NIX_CAP // 1024} KiB\n"
-            return sha, text
+            return sha, await self.agent_nix_at(name, sha)
         return template_commit_sha(), template_files()["agent.nix"].decode()
 
     # --- proposals -----------------------------------------------------------------------------
@@ -598,7 +584,41 @@ class Repos:
         """
         if not is_commit_ref(commit_ref):
             raise HiveError(f"commit_ref must be a commit sha (7-40 hex digits), not {commit_ref!r}")
-        what = f"fetching {commit_ref} from the config repo of {name}"
+        return await self._pin(
+            name, commit_ref, approval_id, what=f"fetching {commit_ref} from the config repo of {name}"
+        )
+
+    async def fetch_prepared(self, name: str, approval_id: int) -> Pinned:
+        """Pin the proposed repo's ``main`` (the config the manager prepared after ``init_config``)
+        as ``proposal/<id>`` in applied, exactly as :meth:`fetch_proposal` pins a commit; its review
+        against applied ``main`` (the template)."""
+        return await self._pin(
+            name, "refs/heads/main", approval_id, what=f"fetching main from the config repo of {name}"
+        )
+
+    async def applied_seeded(self, name: str) -> bool:
+        """Whether the applied repo of ``name`` finished seeding (``deployed/0`` resolves)."""
+        return await self._seeded(self.applied(name), "refs/tags/deployed/0")
+
+    async def agent_nix_at(self, name: str, sha: str) -> str:
+        """The ``agent.nix`` of commit ``sha`` of the applied repo (capped), as a spawn review shows it."""
+        result = await self.git(
+            self.applied(name),
+            "cat-file",
+            "blob",
+            f"{sha}:agent.nix",
+            what=f"reading agent.nix of {name}",
+            check=False,
+            cap=AGENT_NIX_CAP,
+        )
+        if result.returncode != 0:
+            return "(no agent.nix)\n"
+        text = result.stdout.decode(errors="replace")
+        if result.truncated:
+            text += f"\n… agent.nix is longer than {AGENT_NIX_CAP // 1024} KiB\n"
+        return text
+
+    async def _pin(self, name: str, commit_ref: str, approval_id: int, *, what: str) -> Pinned:
         sha, pack = await self._pack_proposal(name, commit_ref, what=what)
         applied = self.applied(name)
         main = await self.main_sha(name)

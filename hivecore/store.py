@@ -108,6 +108,31 @@ MIGRATIONS: tuple[str, ...] = (
         since REAL NOT NULL
     );
     """,
+    # 7: incarnations (hivecore/services/broker.py): every spawn of a name is one; queued messages to an
+    # agent and its pending apply_commit approvals are bound to the one they were sent/made for, and
+    # ``undelivered_at`` marks the rows its end (a purge) took from the queue. Rows from before go to
+    # one incarnation per agent recipient (ended at the next start if that agent is gone).
+    """
+    CREATE TABLE incarnations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER
+    );
+    CREATE UNIQUE INDEX incarnations_live ON incarnations(agent) WHERE ended_at IS NULL;
+    ALTER TABLE messages ADD COLUMN incarnation INTEGER;
+    ALTER TABLE messages ADD COLUMN undelivered_at INTEGER;
+    ALTER TABLE approvals ADD COLUMN incarnation INTEGER;
+    INSERT INTO incarnations(agent, started_at)
+        SELECT DISTINCT recipient, 0 FROM messages
+        WHERE recipient NOT IN ('operator', 'manager') ORDER BY recipient;
+    UPDATE messages SET incarnation = (
+        SELECT i.id FROM incarnations i WHERE i.agent = messages.recipient AND i.ended_at IS NULL
+    ) WHERE recipient NOT IN ('operator', 'manager');
+    UPDATE approvals SET incarnation = (
+        SELECT i.id FROM incarnations i WHERE i.agent = approvals.agent AND i.ended_at IS NULL
+    ) WHERE kind = 'apply_commit' AND status = 'pending'
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -291,8 +316,9 @@ def _insert(
 ) -> Approval:
     cur = conn.execute(
         "INSERT INTO approvals(agent, kind, commit_ref, requested_at, description, requester, fetched_sha,"
-        " agent_nix) VALUES (?,?,?,?,?,?,?,?)",
-        (agent, kind, commit_ref, now_rfc3339(), description, requester, fetched_sha, agent_nix),
+        " agent_nix, incarnation) VALUES (?,?,?,?,?,?,?,?,"
+        " (SELECT id FROM incarnations WHERE agent=? AND ended_at IS NULL))",
+        (agent, kind, commit_ref, now_rfc3339(), description, requester, fetched_sha, agent_nix, agent),
     )
     row = conn.execute(f"SELECT {_BASE} FROM approvals WHERE id=?", (cur.lastrowid,)).fetchone()
     return _approval(row)
@@ -355,17 +381,15 @@ def _insert_checked(
     return approval
 
 
-def fail_pending_for_agent(conn: sqlite3.Connection, agent: str, note: str) -> list[int]:
-    """Mark every pending approval of ``agent`` failed with ``note``; returns their ids."""
-    ids = [
-        r[0] for r in conn.execute("SELECT id FROM approvals WHERE agent=? AND status='pending'", (agent,))
-    ]
-    if ids:
-        conn.execute(
-            "UPDATE approvals SET status='failed', resolved_at=?, note=? WHERE agent=? AND status='pending'",
-            (now_rfc3339(), note, agent),
-        )
-    return ids
+def fail_pending_for_agent(conn: sqlite3.Connection, agent: str, note: str) -> list[Approval]:
+    """Mark every pending approval of ``agent`` failed with ``note``; the failed rows (one transaction)."""
+    with transaction(conn):
+        ids = [
+            r[0]
+            for r in conn.execute("SELECT id FROM approvals WHERE agent=? AND status='pending'", (agent,))
+        ]
+        out = [a for a in (resolve_approval(conn, i, "failed", note) for i in ids) if a is not None]
+    return out
 
 
 def get_approval(conn: sqlite3.Connection, approval_id: int, *, review: bool = False) -> Approval | None:
@@ -396,12 +420,20 @@ def set_fetched_sha(conn: sqlite3.Connection, approval_id: int, sha: str) -> Non
 
 
 def set_review(
-    conn: sqlite3.Connection, approval_id: int, sha: str, files: str, diff: str, commit_message: str
+    conn: sqlite3.Connection,
+    approval_id: int,
+    sha: str,
+    files: str,
+    diff: str,
+    commit_message: str,
+    agent_nix: str | None = None,
 ) -> None:
-    """Store the pinned sha and the review of an apply_commit (``files``: JSON of ``ReviewFile`` rows)."""
+    """Store the pinned sha and the review of an apply_commit or of a spawn of a prepared config
+    (``files``: JSON of ``ReviewFile`` rows; ``agent_nix``: the spawn's)."""
     conn.execute(
-        "UPDATE approvals SET fetched_sha=?, review_files=?, review_diff=?, commit_message=? WHERE id=?",
-        (sha, files, diff, commit_message, approval_id),
+        "UPDATE approvals SET fetched_sha=?, review_files=?, review_diff=?, commit_message=?, "
+        "agent_nix=coalesce(?, agent_nix) WHERE id=?",
+        (sha, files, diff, commit_message, agent_nix, approval_id),
     )
 
 
@@ -415,6 +447,77 @@ def resolve_approval(
         (status, now_rfc3339(), note, approval_id),
     )
     return get_approval(conn, approval_id) if cur.rowcount == 1 else None
+
+
+def approval_for_live_incarnation(conn: sqlite3.Connection, approval_id: int) -> bool:
+    """Whether the agent incarnation approval ``approval_id`` was made for is still the live one (a
+    row from before incarnations, bound to none, counts as live)."""
+    row = conn.execute(
+        "SELECT a.incarnation IS NULL OR a.incarnation = "
+        "(SELECT i.id FROM incarnations i WHERE i.agent = a.agent AND i.ended_at IS NULL) "
+        "FROM approvals a WHERE a.id=?",
+        (approval_id,),
+    ).fetchone()
+    return row is not None and bool(row[0])
+
+
+# --- incarnations (sync, run on the store thread) ---------------------------------------------------
+
+
+def live_incarnation(conn: sqlite3.Connection, agent: str) -> int | None:
+    """The id of ``agent``'s live incarnation (spawned, not purged), if it has one."""
+    row = conn.execute("SELECT id FROM incarnations WHERE agent=? AND ended_at IS NULL", (agent,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def begin_incarnation(conn: sqlite3.Connection, agent: str, now: int) -> int:
+    """``agent``'s live incarnation: the one a destroy kept (a revive), else a new one."""
+    with transaction(conn):
+        live = live_incarnation(conn, agent)
+        if live is not None:
+            return live
+        cur = conn.execute("INSERT INTO incarnations(agent, started_at) VALUES (?, ?)", (agent, now))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+
+@attrs.frozen
+class Undelivered:
+    """A message an ended incarnation never acked (``delivered``: it was handed out, not acked)."""
+
+    id: int
+    sender: str
+    recipient: str
+    body: str
+    delivered: bool
+
+
+def end_incarnation(conn: sqlite3.Connection, agent: str, now: int) -> tuple[int | None, list[Undelivered]]:
+    """End ``agent``'s live incarnation (one transaction): every message to it not acked yet (queued
+    or in flight) is marked ``undelivered_at`` and never handed out again, and so is any row to
+    ``agent`` bound to no live incarnation. The ended id (None: there was none) and those rows."""
+    with transaction(conn):
+        live = live_incarnation(conn, agent)
+        if live is not None:
+            conn.execute("UPDATE incarnations SET ended_at=? WHERE id=?", (now, live))
+        rows = conn.execute(
+            "SELECT id, sender, recipient, body, delivered_at FROM messages WHERE recipient=? "
+            "AND acked_at IS NULL AND undelivered_at IS NULL ORDER BY id",
+            (agent,),
+        ).fetchall()
+        conn.execute(
+            "UPDATE messages SET undelivered_at=? WHERE recipient=? AND acked_at IS NULL "
+            "AND undelivered_at IS NULL",
+            (now, agent),
+        )
+    return live, [Undelivered(r[0], r[1], r[2], r[3], r[4] is not None) for r in rows]
+
+
+def live_incarnations(conn: sqlite3.Connection) -> list[str]:
+    """The agents with a live incarnation."""
+    return [
+        r[0] for r in conn.execute("SELECT agent FROM incarnations WHERE ended_at IS NULL ORDER BY agent")
+    ]
 
 
 def fail_unfetched_apply_commits(conn: sqlite3.Connection, note: str) -> list[int]:

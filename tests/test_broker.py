@@ -376,6 +376,8 @@ async def test_vacuum_deletes_only_old_acked_rows(state_dir: Path) -> None:
         parts = await start_parts(config, nursery)
         store = parts.store
         broker = Broker(store, parts.bus, lambda: ["coder"], clock=lambda: now[0])
+        for name in ("coder", "tester"):  # as their spawns would
+            await broker.begin_incarnation(name)
         lease = broker.open_lease()
 
         async def acked(body: str, recipient: str = "coder") -> int:

@@ -48,6 +48,7 @@ def test_leases_match_the_model(ops: list[tuple[str, int, int]]) -> None:
     with tempfile.TemporaryDirectory(prefix="hcm", dir="/tmp") as tmp:
         conn = store.connect(Path(tmp) / "db.sqlite")
         with contextlib.closing(conn):
+            store.begin_incarnation(conn, "coder", 0)  # as its spawn would
             model = Model()
             leases: list[int] = [1]  # lease ids ever opened, by index
             live: set[int] = {1}

@@ -135,7 +135,7 @@ async def test_destroy_keeps_state_as_tombstone_and_fails_pending_approvals(part
     rows = await c.approvals()
     assert rows[0].id == approval.id
     assert rows[0].status == "failed"
-    assert rows[0].note == "agent destroyed"
+    assert rows[0].note == "coder was destroyed while this approval was pending; nothing was deployed"
     # respawning consumes the tombstone
     await c.spawn("coder")
     assert c.tombstones() == []

@@ -59,7 +59,7 @@ async def test_approvals_roundtrip_and_fail_pending(tmp_path: Path) -> None:
     store.insert_approval(conn, "other", "spawn")
     assert a1.status == "pending"
     assert a1.requested_at.endswith("Z")
-    assert store.fail_pending_for_agent(conn, "coder", "agent destroyed") == [a1.id, a2.id]
+    assert [a.id for a in store.fail_pending_for_agent(conn, "coder", "agent destroyed")] == [a1.id, a2.id]
     rows = {a.id: a for a in store.list_approvals(conn)}
     assert rows[a1.id].status == "failed"
     assert rows[a1.id].note == "agent destroyed"

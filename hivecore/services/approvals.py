@@ -44,8 +44,8 @@ from hivecore.services.handles import Publisher
 from hivecore.services.lifecycle import Lifecycle
 from hivecore.services.notify import Notifier
 from hivecore.store import Store
-from hivecore.wire.events import ApprovalAdded, ApprovalResolved
-from hivecore.wire.helper import ApprovalResolvedHelper, ConfigReady, Rebuilt
+from hivecore.wire.events import ApprovalAdded
+from hivecore.wire.helper import ConfigReady, Rebuilt
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,7 @@ class Approvals:
     async def pending(self, approval_id: object) -> Approval:
         """The approval, if it is still pending; else a clear refusal (nothing changes)."""
         approval = await self.get(approval_id)
-        if approval.status != "pending":
-            raise Refused(f"approval {approval.id} is already {approval.status}")
+        self._still_pending(approval)
         return approval
 
     async def list(self, *, diffs: bool = False, only_pending: bool = False) -> list[Approval]:
@@ -129,6 +128,46 @@ class Approvals:
     async def _exists(self, name: str) -> bool:
         return name in await self.lifecycle.runtime.list([name])
 
+    async def _prepared(self, name: str) -> bool:
+        """A config the manager prepares for an agent not spawned yet: an ``init_config`` seeded its
+        proposed repo and no agent of the name ever ran (no state dir; a tombstone has one)."""
+        state = self.lifecycle.config.paths.agent_state(name)
+        never_ran = not await trio.to_thread.run_sync(os.path.lexists, state)
+        return never_ran and await self.repos.proposed_exists(name)
+
+    async def _pin_prepared(self, approval: Approval) -> Approval:
+        """Pin the prepared config's ``main`` for a spawn approval (its review: the diff against the
+        template, the commits, the ``agent.nix`` it deploys); a failure fails the row."""
+        name = approval.agent
+        try:
+            pinned = await self.repos.fetch_prepared(name, approval.id)
+            agent_nix = await self.repos.agent_nix_at(name, pinned.sha)
+            await self.store.call(
+                lambda c: st.set_review(
+                    c,
+                    approval.id,
+                    pinned.sha,
+                    pinned.files_json(),
+                    pinned.diff,
+                    pinned.commit_message,
+                    agent_nix=agent_nix,
+                )
+            )
+        except HiveError as exc:
+            note = str(exc)
+            failed = await self.store.call(lambda c: st.resolve_approval(c, approval.id, "failed", note))
+            if failed is not None:
+                self._resolved_event(failed)
+            raise HiveError(f"approval {approval.id} failed: {note}") from None
+        return attrs.evolve(
+            approval,
+            fetched_sha=pinned.sha,
+            diff=pinned.diff,
+            files=pinned.files,
+            commit_message=pinned.commit_message,
+            agent_nix=agent_nix,
+        )
+
     # --- requests --------------------------------------------------------------------------------
 
     # The request records (hivecore.wire.host / hivecore.wire.manager) have checked names (not the
@@ -143,6 +182,8 @@ class Approvals:
         text = description
         if await self._exists(valid):
             raise Refused(f'agent "{valid}" already exists')
+        if await self._prepared(valid):
+            return await self._request_prepared_spawn(valid, text, requester)
         sha, agent_nix = await self.repos.spawn_preview(valid)
         approval = await self.store.call(
             lambda c: st.insert_approval_unless_pending(
@@ -162,6 +203,29 @@ class Approvals:
         log.info("approval %d: spawn %s requested (deploys %s)", approval.id, valid, sha[:12])
         self._added(attrs.evolve(approval, agent_nix=agent_nix))
         return approval
+
+    async def _request_prepared_spawn(self, name: str, description: str | None, requester: str) -> Approval:
+        """A spawn of the config the manager prepared: its ``main`` is pinned now, like an
+        apply_commit, so what the operator reviews is what the spawn deploys."""
+        with shutdown.shielded():
+            if not await self.repos.applied_seeded(name):
+                await self.repos.seed_applied(name)  # the template: what the review diffs against
+            approval = await self.store.call(
+                lambda c: st.insert_approval_unless_pending(
+                    c, name, "spawn", "", description, requester=requester, quota=MAX_PENDING_PER_REQUESTER
+                )
+            )
+            if approval is None:
+                raise Refused(f'a spawn of "{name}" is already waiting for approval')
+            approval = await self._pin_prepared(approval)
+        log.info(
+            "approval %d: spawn %s requested (deploys its prepared config %s)",
+            approval.id,
+            name,
+            approval.fetched_sha,
+        )
+        self._added(approval)
+        return attrs.evolve(approval, diff=None, files=None, commit_message=None)
 
     async def request_init_config(
         self, name: str, description: str | None = None, *, requester: str = "manager"
@@ -199,7 +263,11 @@ class Approvals:
         assert isinstance(commit_ref, str)
         text = description if isinstance(description, str) else None
         if not await self._exists(name):
-            raise UnknownAgent(name)
+            if not await self._prepared(name):
+                raise UnknownAgent(name)
+            # a config prepared after init_config: approving the commit spawns the agent with it
+            if not await self.repos.applied_seeded(name):
+                await self.repos.seed_applied(name)
         with shutdown.shielded():
             approval = await self.store.call(
                 lambda c: st.insert_approval(
@@ -304,7 +372,8 @@ class Approvals:
 
     def _still_pending(self, approval: Approval) -> None:
         if approval.status != "pending":
-            raise Refused(f"approval {approval.id} is already {approval.status}")
+            why = f": {approval.note}" if approval.status == "failed" and approval.note else ""
+            raise Refused(f"approval {approval.id} is already {approval.status}{why}")
 
     async def _resolve(self, approval: Approval, status: str, note: str | None = None) -> Approval:
         resolved = await self.store.call(lambda c: st.resolve_approval(c, approval.id, status, note))
@@ -321,39 +390,22 @@ class Approvals:
         return resolved
 
     def _resolved_event(self, approval: Approval, sha: str | None = None, tag: str | None = None) -> None:
-        self.bus.publish(
-            ApprovalResolved(
-                id=approval.id,
-                agent=approval.agent,
-                status=approval.status,
-                approval_kind=approval.kind,
-                note=approval.note,
-                description=approval.description,
-                sha=sha,
-                tag=tag,
-            )
-        )
+        self.notifier.approval_event(approval, sha, tag)
 
     async def _announce(self, approval: Approval, sha: str | None = None, tag: str | None = None) -> None:
         """``approval_resolved`` on the bus and to the manager."""
-        self._resolved_event(approval, sha, tag)
-        event = ApprovalResolvedHelper(
-            id=approval.id,
-            agent=approval.agent,
-            commit_ref=approval.commit_ref,
-            status=approval.status,
-            note=approval.note,
-            sha=sha,
-            tag=tag,
-            description=approval.description,
-        )
-        await self.notifier.notify_manager(event, approval.agent, approval.note)
+        await self.notifier.approval_resolved(approval, sha, tag)
 
     # apply_commit ----------------------------------------------------------------------------------
 
     async def _apply_commit(self, ctx: JobContext, approval: Approval) -> None:
         self._still_pending(approval)
         name, aid, sha = approval.agent, approval.id, approval.fetched_sha
+        if not await self.store.call(lambda c: st.approval_for_live_incarnation(c, aid)):
+            # made for an agent of this name that was purged since: never deploy it to a later one
+            note = f"{name} was destroyed and purged after this was requested; nothing was deployed"
+            await self._announce(await self._resolve(approval, "failed", note))
+            raise Refused(f"approval {aid} failed: {note}")
         if sha is None:
             await self._fail_build(approval, None, "the proposal was never pinned; request it again")
             raise HiveError(f"approval {aid}: the proposal was never pinned; request it again")
@@ -375,7 +427,11 @@ class Approvals:
             problems.extend(await self._roll_back(name, aid, previous))
 
         try:
-            await self.lifecycle.rebuild_agent(ctx, name, before=move_main, on_failure=roll_back)
+            if await self._exists(name):
+                await self.lifecycle.rebuild_agent(ctx, name, before=move_main, on_failure=roll_back)
+            else:  # a prepared config (after init_config): its first deploy is the spawn
+                await move_main()
+                await self.lifecycle.spawn(ctx, name)
         except Exception as exc:
             note = str(exc) if isinstance(exc, HiveError) else f"{type(exc).__name__}: {exc}"
             with shutdown.shielded():
@@ -534,7 +590,16 @@ class Approvals:
             if await self._exists(approval.agent):
                 raise Refused(f'agent "{approval.agent}" already exists')
         try:
-            if approval.fetched_sha is not None:  # rows from before reviews were stored have none
+            pinned = None
+            if await self.repos.applied_seeded(approval.agent):
+                pinned = await self.repos.resolve(approval.agent, f"refs/tags/proposal/{approval.id}")
+            if pinned is not None:  # the prepared config, pinned at request time
+                if pinned != approval.fetched_sha:
+                    raise Refused(
+                        f"approval {approval.id}: proposal/{approval.id} moved; request the spawn again"
+                    )
+                await self.repos.move_main(approval.agent, pinned)
+            elif approval.fetched_sha is not None:  # rows from before reviews were stored have none
                 sha, _ = await self.repos.spawn_preview(approval.agent)
                 if sha != approval.fetched_sha:
                     raise Refused(

@@ -58,19 +58,21 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from functools import partial
 from typing import Any
 
 import attrs
 import trio
 
+from hivecore import store as st
 from hivecore.errors import BadInput, HiveError
-from hivecore.names import MANAGER_AGENT, MANAGER_NAME, OPERATOR_NAME, validate_name
+from hivecore.names import MANAGER_AGENT, MANAGER_NAME, OPERATOR_NAME, SYSTEM_SENDER, validate_name
 from hivecore.services.handles import Publisher
 from hivecore.store import Store, no_fsync, transaction
 from hivecore.wire.agent import MAX_BODY, MAX_RECV_BATCH, MAX_RECV_WAIT, Delivery
 from hivecore.wire.events import MessageDelivered, MessageSent
+from hivecore.wire.helper import MessagesUndelivered, helper_to_body
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,12 @@ class BrokerStatistics:
 
 
 _COLUMNS = "id, sender, recipient, body, sent_at, in_reply_to, delivered_at, redelivered"
+_UNBOUND = frozenset({OPERATOR_NAME, MANAGER_AGENT})
+"""Inboxes bound to no incarnation: the operator's and the manager's (neither is ever purged)."""
+_LIVE_INCARNATION = (
+    "incarnation = (SELECT i.id FROM incarnations i "
+    "WHERE i.agent = messages.recipient AND i.ended_at IS NULL)"
+)
 
 
 def _insert(
@@ -124,7 +132,9 @@ def _insert(
         if quota is not None and rows:
             sender = rows[0][0]
             (queued,) = conn.execute(
-                "SELECT count(*) FROM messages WHERE sender=? AND acked_at IS NULL", (sender,)
+                "SELECT count(*) FROM messages WHERE sender=? AND acked_at IS NULL "
+                "AND undelivered_at IS NULL",
+                (sender,),
             ).fetchone()
             if queued + len(rows) > quota:
                 raise QuotaExceeded(
@@ -133,9 +143,11 @@ def _insert(
                     "wait until they are read"
                 )
         for sender, recipient, body, in_reply_to in rows:
+            bound = None if recipient in _UNBOUND else st.live_incarnation(conn, recipient)
             cur = conn.execute(
-                "INSERT INTO messages(sender, recipient, body, sent_at, in_reply_to) VALUES (?,?,?,?,?)",
-                (sender, recipient, body, now, in_reply_to),
+                "INSERT INTO messages(sender, recipient, body, sent_at, in_reply_to, incarnation) "
+                "VALUES (?,?,?,?,?,?)",
+                (sender, recipient, body, now, in_reply_to, bound),
             )
             assert cur.lastrowid is not None
             ids.append(cur.lastrowid)
@@ -163,9 +175,12 @@ def _take(
 def _take_now(
     conn: sqlite3.Connection, recipient: str, lease: int, live: list[int], limit: int, now: int
 ) -> list[Delivery]:
+    # an agent's inbox hands out only rows bound to its live incarnation (never an earlier one's)
+    bound = "" if recipient in _UNBOUND else f"AND {_LIVE_INCARNATION} "
     with transaction(conn):
         rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE recipient=? AND acked_at IS NULL AND ("
+            f"SELECT {_COLUMNS} FROM messages WHERE recipient=? AND acked_at IS NULL "
+            f"AND undelivered_at IS NULL {bound}AND ("
             "delivered_at IS NULL OR lease IS NULL OR lease NOT IN (SELECT value FROM json_each(?))"
             ") ORDER BY id LIMIT ?",
             (recipient, json.dumps(live), limit),
@@ -205,7 +220,8 @@ def _ack(conn: sqlite3.Connection, recipient: str, lease: int, live: list[int], 
     with no_fsync(conn):  # an ack lost to a power loss means a redelivery
         cur = conn.execute(
             "UPDATE messages SET acked_at=? WHERE recipient=? AND delivered_at IS NOT NULL "
-            "AND acked_at IS NULL AND (lease IS NULL OR lease NOT IN (SELECT value FROM json_each(?)))",
+            "AND acked_at IS NULL AND undelivered_at IS NULL "
+            "AND (lease IS NULL OR lease NOT IN (SELECT value FROM json_each(?)))",
             (now, recipient, others),
         )
     return cur.rowcount
@@ -240,7 +256,7 @@ def _newest(conn: sqlite3.Connection, recipient: str, limit: int) -> list[Delive
 
 def _vacuum(conn: sqlite3.Connection, cutoff: int) -> int:
     cur = conn.execute(
-        "DELETE FROM messages WHERE acked_at IS NOT NULL AND acked_at < ? AND id NOT IN "
+        "DELETE FROM messages WHERE coalesce(acked_at, undelivered_at) < ? AND id NOT IN "
         "(SELECT in_reply_to FROM messages WHERE in_reply_to IS NOT NULL)",
         (cutoff,),
     )
@@ -272,7 +288,11 @@ class Broker:
         clock: Callable[[], float] = time.time,
         vacuum_interval: float = VACUUM_INTERVAL,
         max_queued: int = MAX_QUEUED_PER_SENDER,
+        known: Callable[[], Awaitable[tuple[Collection[str], Collection[str]]]] | None = None,
     ) -> None:
+        self._known = known
+        """The agents that exist and those with kept state, for :meth:`reconcile_incarnations`
+        at the first :meth:`run` (``None``: no reconciling, tests of the broker alone)."""
         self._store = store
         self._bus = bus
         self._agents = agents
@@ -398,6 +418,71 @@ class Broker:
         ids = await self.send(sender, recipient, body, check=False, max_body=INTERNAL_MAX_BODY)
         return ids[0]
 
+    # --- incarnations ---------------------------------------------------------------------------------
+
+    async def begin_incarnation(self, agent: str) -> int | None:
+        """Bind ``agent``'s inbox to its live incarnation (a spawn; a revive keeps the one its
+        destroy kept); its id. The manager's inbox is bound to none (``None``)."""
+        if agent in (MANAGER_NAME, MANAGER_AGENT):
+            return None
+        now = int(self._clock())
+        return await self._store.call(lambda c: st.begin_incarnation(c, agent, now))
+
+    async def end_incarnation(self, agent: str, why: str) -> list[st.Undelivered]:
+        """End ``agent``'s incarnation (a purge): every message to it not acked yet is never handed
+        out again, to it or to a later agent of the same name, and each sender is told
+        (:meth:`tell_undelivered`); the rows."""
+        now = int(self._clock())
+        ended, rows = await self._store.call(lambda c: st.end_incarnation(c, agent, now))
+        if ended is not None or rows:
+            log.info(
+                "broker: incarnation %s of %s ended (%s); %d messages undelivered",
+                ended,
+                agent,
+                why,
+                len(rows),
+            )
+        await self.tell_undelivered(agent, rows, why)
+        return rows
+
+    async def tell_undelivered(self, agent: str, rows: list[st.Undelivered], why: str) -> None:
+        """One notice per sender: a helper event (``messages_undelivered``) to an agent or the
+        manager, a line in the operator's inbox to the operator; the daemon's own senders get none."""
+        by_sender: dict[str, list[st.Undelivered]] = {}
+        for row in rows:
+            if row.sender != SYSTEM_SENDER:
+                by_sender.setdefault(row.sender, []).append(row)
+        for sender, mine in by_sender.items():
+            ids = [r.id for r in mine]
+            note = f"{agent} will never read {len(ids)} message{'s' if len(ids) != 1 else ''} you sent: {why}"
+            if sender == OPERATOR:
+                listed = ", ".join(str(i) for i in ids[:20]) + (", …" if len(ids) > 20 else "")
+                body = f"not delivered: {note} (message ids {listed})"
+            else:
+                event = MessagesUndelivered(
+                    agent=agent, ids=ids, delivered=[r.id for r in mine if r.delivered], note=note
+                )
+                body = helper_to_body(event)
+            try:
+                await self.post(SYSTEM_SENDER, sender, body)
+            except Exception:
+                log.warning(
+                    "broker: could not tell %s its messages to %s were undelivered",
+                    sender,
+                    agent,
+                    exc_info=True,
+                )
+
+    async def reconcile_incarnations(self, existing: Collection[str], kept: Collection[str]) -> None:
+        """At start: every agent that exists has a live incarnation; one whose name neither exists
+        nor has kept state (purged while the daemon was down, or a crash between purge steps) is
+        ended, its senders told."""
+        live = await self._store.call(st.live_incarnations)
+        for name in sorted(set(existing) - set(live)):
+            await self.begin_incarnation(name)
+        for name in sorted(set(live) - set(existing) - set(kept)):
+            await self.end_incarnation(name, f"{name} was purged")
+
     # --- recv / ack -----------------------------------------------------------------------------------
 
     async def recv(
@@ -506,7 +591,15 @@ class Broker:
         return deleted
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Vacuum at start, then every :attr:`vacuum_interval` seconds, until cancelled."""
+        """Reconcile incarnations (the first run only, before any job can spawn or purge), then
+        vacuum at start and every :attr:`vacuum_interval` seconds, until cancelled."""
+        if self._known is not None:
+            known, self._known = self._known, None
+            try:
+                existing, kept = await known()
+                await self.reconcile_incarnations(existing, kept)
+            except Exception:
+                log.exception("broker: could not reconcile incarnations at start")
         task_status.started(self)
         while True:
             try:

@@ -39,6 +39,9 @@ from hivecore.wire.helper import Destroyed, Killed, Rebuilt, Spawned
 
 log = logging.getLogger(__name__)
 
+DESTROYED_NOTE = "{name} was destroyed while this approval was pending; nothing was deployed"
+"""The note of a pending approval a destroy of its agent fails."""
+
 Build = Callable[[str], Awaitable[None]]
 """The build step of a rebuild (a seam for tests); raises HiveError on failure."""
 
@@ -150,6 +153,8 @@ class Lifecycle:
                     (paths.agent_dir(name) / sub).mkdir(mode=0o700, exist_ok=True)
 
             await trio.to_thread.run_sync(layout)
+            # its inbox: the incarnation a destroy kept (a revive), else a new one (no earlier one's mail)
+            await ctx.notify.broker.begin_incarnation(name)
             if await self.repos.seed(name):  # a revived tombstone keeps its repos
                 log.info("spawn %s: seeded its config repos", name)
             if self.config.runtime == "process":  # the manager's uid edits every proposed repo
@@ -263,17 +268,22 @@ class Lifecycle:
     async def destroy(self, ctx: JobContext, name: str, *, purge: bool = False) -> None:
         await self._guarded(ctx, name, "destroy", lambda: self.runtime.destroy(name))
         await self.builder.remove(name)
-        failed = await ctx.store.call(lambda c: st.fail_pending_for_agent(c, name, "agent destroyed"))
-        if failed:
-            log.info("destroy %s: failed pending approvals %s", name, failed)
+        note = DESTROYED_NOTE.format(name=name)
+        failed = await ctx.store.call(lambda c: st.fail_pending_for_agent(c, name, note))
+        for approval in failed:  # the manager and the dashboard see each resolve, as for a deny
+            log.info("destroy %s: approval %d failed", name, approval.id)
+            await ctx.notify.approval_resolved(approval)
         log.info("destroyed %s (state %s)", name, "purged" if purge else "kept")
         if purge:
+            await ctx.notify.broker.end_incarnation(name, f"{name} was destroyed and its state purged")
             await self._purge_state(name)
         await ctx.refresh_tombstones()
         await ctx.notify.notify_manager(Destroyed(agent=name), name)
 
     async def purge(self, ctx: JobContext, name: str) -> None:
-        """Delete a destroyed agent's kept state (agents/<n>/ and applied/<n>/); no undo."""
+        """Delete a destroyed agent's kept state (agents/<n>/ and applied/<n>/); no undo. Its
+        incarnation ends first: mail still queued for it is never handed to a later agent of the name."""
+        await ctx.notify.broker.end_incarnation(name, f"the kept state of {name} was purged")
         await self._purge_state(name)
         await ctx.refresh_tombstones()
 

@@ -9,11 +9,12 @@ import logging
 from collections.abc import Callable
 
 from hivecore.kick import kick_body
+from hivecore.models import Approval
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, SYSTEM_SENDER
 from hivecore.services.broker import Broker
 from hivecore.services.handles import Publisher
-from hivecore.wire.events import AgentNotice
-from hivecore.wire.helper import HelperEvent, helper_to_body
+from hivecore.wire.events import AgentNotice, ApprovalResolved
+from hivecore.wire.helper import ApprovalResolvedHelper, HelperEvent, helper_to_body
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,43 @@ class Notifier:
         self._broker = broker
         self._bus = bus
         self._state_dir = state_dir
+
+    @property
+    def broker(self) -> Broker:
+        """The broker (a job binds or ends an agent's incarnation through it)."""
+        return self._broker
+
+    def approval_event(self, approval: Approval, sha: str | None = None, tag: str | None = None) -> None:
+        """``approval_resolved`` on the event bus (the dashboard's live update)."""
+        self._bus.publish(
+            ApprovalResolved(
+                id=approval.id,
+                agent=approval.agent,
+                status=approval.status,
+                approval_kind=approval.kind,
+                note=approval.note,
+                description=approval.description,
+                sha=sha,
+                tag=tag,
+            )
+        )
+
+    async def approval_resolved(
+        self, approval: Approval, sha: str | None = None, tag: str | None = None
+    ) -> None:
+        """A resolved approval: ``approval_resolved`` on the bus and to the manager."""
+        self.approval_event(approval, sha, tag)
+        event = ApprovalResolvedHelper(
+            id=approval.id,
+            agent=approval.agent,
+            commit_ref=approval.commit_ref,
+            status=approval.status,
+            note=approval.note,
+            sha=sha,
+            tag=tag,
+            description=approval.description,
+        )
+        await self.notify_manager(event, approval.agent, approval.note)
 
     async def kick(self, name: str, reason: str) -> None:
         """Queue a kick for ``name``; a failure is logged, never raised."""

@@ -362,7 +362,7 @@ BINDINGS: Mapping[str, Binding] = {
     ),
     "request_init_config": Binding(
         wm.RequestInitConfigRequest,
-        lambda ctx, r: ctx.facade.request_init_config(r.name, **ctx.caller.kw()),
+        lambda ctx, r: ctx.facade.request_init_config(r.name, r.description, **ctx.caller.kw()),
         mcp=_approval_answer,
     ),
     "request_apply_commit": Binding(

@@ -92,8 +92,22 @@ class ConfigReady(_AgentOnly):
     EVENT = "config_ready"
 
 
+@attrs.frozen(kw_only=True)
+class MessagesUndelivered(HelperEvent):
+    """Messages you sent to ``agent`` that it will never read: its incarnation ended (a purge) before
+    it acked them. ``ids`` are the ``send`` answer's ids; ``delivered`` those it had been handed but
+    not acked (it may have read them)."""
+
+    EVENT = "messages_undelivered"
+    agent: str
+    ids: list[int]
+    delivered: list[int] = attrs.field(factory=list)
+    note: str
+
+
 AnyHelperEvent = (
     ApprovalResolvedHelper
+    | MessagesUndelivered
     | Spawned
     | Rebuilt
     | Killed

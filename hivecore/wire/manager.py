@@ -32,6 +32,7 @@ from hivecore.wire.host import RequestSpawnRequest as RequestSpawnRequest
 class RequestInitConfigRequest(McpRequest):
     CMD = "request_init_config"
     name: str = attrs.field(metadata=check(checks.new_agent))
+    description: str | None = attrs.field(default=None, metadata=check(checks.text("description")))
 
 
 @attrs.frozen(kw_only=True)
