@@ -108,6 +108,10 @@ _RESET_SIGNALS = (
 """Dispositions an exec keeps if the daemon ignores them (Python ignores SIGPIPE): reset for the shim."""
 _BLOCKED_UNTIL_SHIM_READY = (signal.SIGTERM, signal.SIGINT)
 """The shim starts with these blocked and unblocks them once its forwarding handlers are installed."""
+BOOTING = max(2, (os.cpu_count() or 2) // 2)
+"""Starts whose shim may be booting at once (half the cores, at least 2): each shim is a Python
+interpreter starting up (~40 ms of CPU), and 20 of them at once left the event loop starved of CPU
+(``bench/verbs.py`` part 2 on 2 cores: loop lag p99 ~30 ms with 20, ~14 ms with 2, load 15)."""
 READY_FD = 3
 """The shim's fd for its readiness report (see :mod:`hivecore.runtime.shim`)."""
 READY_TIMEOUT = PROBE_TIMEOUT + 20.0
@@ -214,6 +218,7 @@ class ProcessRuntime:
         daemon grants each agent's uid traverse there (see :mod:`hivecore.agent_users`)."""
         self._stop_timeout = stop_timeout
         self._log_max_bytes = log_max_bytes
+        self._booting = trio.Semaphore(BOOTING)
         self._ended: set[tuple[int, int]] = set()
         """``(pgid, starttime)`` of runs seen over (shim dead, no live process left in its group), so a
         stopped agent costs no ``/proc`` scan on every probe where dead members linger as zombies
@@ -261,11 +266,16 @@ class ProcessRuntime:
         agent's uid reaches what it needs, and refuse the start (:class:`RuntimeFailure` naming the
         path; the shim killed, the agent as it was) if it does not.
 
+        At most :data:`BOOTING` starts of this runtime are under way at once; the others wait.
         A no-op while the agent runs, orphaned or not (see the module doc). Raises
         :class:`RuntimeFailure` if a stop was requested and processes of the old group still live.
         Cancellation: the spawn runs to completion in its thread; a cancelled wait for the report
         leaves the shim to start the agent (or to exit, recorded as a failed run, if it may not).
         """
+        async with self._booting:  # see BOOTING
+            await self._start(name)
+
+    async def _start(self, name: str) -> None:
         launched = await trio.to_thread.run_sync(self._start_sync, name)
         if launched is None:
             return
