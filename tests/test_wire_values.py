@@ -17,12 +17,14 @@ import attrs
 import trio
 
 from hivecore.daemon import Daemon
+from hivecore.errors import EXIT_REFUSED
 from hivecore.sockets.mcp import STATUS_FILE
 from hivecore.verbs import bind, spec
 from hivecore.verbs.shape import Form
 from hivecore.wire.converter import value_problem
 from tests.conftest import AUTH
 from tests.test_dashboard_actions import answer
+from tests.test_hivectl import err, hivectl
 from tests.waiting import eventually
 from tests.web_client import http
 
@@ -208,4 +210,23 @@ async def test_every_dashboard_form_field_gets_one_error_naming_it(hive: Daemon)
             assert "field " in error, (verb.key, field, error)
             checked += 1
     assert checked >= 12
+    assert await hive.coordinator.approvals() == []
+
+
+async def test_hivectl_arguments_that_are_not_text_or_past_64_bits_get_the_same_errors(hive: Daemon) -> None:
+    sock = hive.config.host_socket_path
+    bad_utf8 = os.fsdecode(b"why \xff")  # a command-line argument that is not UTF-8
+    cases = [
+        (
+            ("deny", "1", "--note", bad_utf8),
+            "bad \"deny\" request: field 'note': text contains a lone surrogate (U+DCFF",
+        ),
+        (("request-spawn", "newbie", "--description", bad_utf8), "field 'description': text contains a lone"),
+        (("approve", str(BIG)), f"bad \"approve\" request: field 'id': {BIG} {RANGE}"),
+        (("deny", str(-BIG - 1)), f"field 'id': {-BIG - 1} {RANGE}"),
+    ]
+    for argv, expected in cases:
+        result = await hivectl(*argv, sock=sock)
+        assert result.returncode == EXIT_REFUSED, (argv, err(result))
+        assert expected in err(result), (argv, err(result))
     assert await hive.coordinator.approvals() == []
