@@ -215,11 +215,16 @@ def _write(path: Path, table: Mapping[str, int]) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(data + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(data + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # a full disk: no temp file is left behind
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
     except OSError as exc:
         raise NoAgentIds(f"cannot record agent uids in {path}: {exc.strerror or exc}") from None
 

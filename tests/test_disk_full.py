@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 import trio
 
+from hivecore import agent_users
 from hivecore import store as st
+from hivecore.agent_users import NoAgentIds
 from hivecore.atomic import write_text_atomic
 from hivecore.errors import Refused, answer_for
+from hivecore.runtime.shim import write_json_atomic
 from hivecore.services.broker import Broker
 from hivecore.sockets.mcp import write_no_follow
 from hivecore.store import Store, StoreFull
@@ -123,3 +126,14 @@ def test_daemon_files_written_on_a_full_disk_leave_no_temp_file(small_fs: Path) 
         write_text_atomic(target, "z" * 100_000, mode=0o644)
     assert sorted(p.name for p in small_fs.iterdir()) == ["deployed.json", "filler"]
     assert target.read_text() == "old"
+
+
+def test_the_shim_s_and_the_uid_record_s_writes_leave_no_temp_file(small_fs: Path) -> None:
+    status = small_fs / "exit_status.json"
+    record = small_fs / "agent-uids.json"
+    fill(small_fs)
+    with pytest.raises(OSError, match="No space left on device"):
+        write_json_atomic(status, {"pad": "z" * 100_000})
+    with pytest.raises(NoAgentIds, match="No space left on device"):
+        agent_users._write(record, {f"agent{i}": 1_900_000_000 + i for i in range(5000)})
+    assert sorted(p.name for p in small_fs.iterdir()) == ["filler"]

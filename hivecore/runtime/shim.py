@@ -26,6 +26,7 @@ below are shared with :mod:`hivecore.runtime.process`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -93,12 +94,17 @@ def group_members(pgid: int, *, exclude: int | None = None) -> list[int]:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` via a temp file and a rename: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no temp file is left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def exit_status_record(code: int, *, by: str) -> dict[str, Any]:
