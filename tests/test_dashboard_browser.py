@@ -227,8 +227,10 @@ async def test_the_page_follows_the_world_on_one_snapshot(
         assert "use sonnet" in message
         await browser.run(lambda: shot(page, shots, "call"))
         await browser.run(lambda: page.click(f"{card} button.approve"))
-        await browser.run(wait(card, "detached"))
+        # the toast first: it lives 4 s from the POST's answer, which under load can come well before
+        # the card leaves (the approval's event); waited for second, it could be gone already
         await browser.run(wait(".toast.ok:has-text('approved')"))
+        await browser.run(wait(card, "detached"))
         assert [a.status for a in await live.coordinator.approvals() if a.id == aid] == ["approved"]
         # the rebuild queue shows the finished job
         await browser.run(wait("#jobs .job.done:has-text('apply_commit')"))
@@ -332,8 +334,8 @@ async def test_the_purge_checkbox_survives_row_redraws_and_the_confirmation_says
         await browser.run(
             lambda: page.click("#containers .row[data-name='gone'] form[action='/destroy/gone'] button")
         )
+        await browser.run(wait(".toast.ok:has-text('gone destroyed and purged')"))  # first: see above
         await browser.run(wait("#containers .row[data-name='gone']", "detached"))
-        await browser.run(wait(".toast.ok:has-text('gone destroyed and purged')"))
         purge_question = browser.dialog_messages[-1]
         assert "PURGE" in purge_question
         assert "DELETES agents/gone/" in purge_question
