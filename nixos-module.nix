@@ -39,6 +39,7 @@ let
   ]
   ++ optionals (cfg.hyperhiveFlake != null) [ "--hyperhive-flake" cfg.hyperhiveFlake ]
   ++ optionals (cfg.domain != null) [ "--domain" cfg.domain ]
+  ++ optionals (cfg.agentEnvFile != null) [ "--agent-env-file" cfg.agentEnvFile ]
   ++ cfg.extraArgs;
 in
 {
@@ -106,6 +107,18 @@ in
       type = types.nullOr types.str;
       default = null;
       description = "Public domain of the gateway; agent URLs become https://<domain>/agent/<name>/.";
+    };
+
+    agentEnvFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/etc/hyperhive/agents.env";
+      description = ''
+        A file of KEY=VALUE lines exported to every agent (ANTHROPIC_BASE_URL for a gateway,
+        ANTHROPIC_API_KEY …). A path as a string, never a Nix path: a Nix path would copy the
+        secrets into the world-readable store. It must be mode 0600 and owned by root; the daemon
+        refuses to start otherwise. Read again at each agent start. See docs/agents.md.
+      '';
     };
 
     crashWatchInterval = mkOption {

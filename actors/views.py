@@ -22,7 +22,7 @@ publishes ``tombstones_changed``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 import attrs
@@ -30,14 +30,16 @@ import trio
 
 from actors.event_bus import EventBus
 from actors.transients import TransientRegistry
+from hivecore.agent_env import AgentEnv
 from hivecore.config import StatePaths
-from hivecore.container_view import AgentFacts, build_view, read_facts
+from hivecore.container_view import DEFAULT_LIMITS, AgentFacts, StuckLimits, build_view, read_facts
 from hivecore.errors import HiveError
 from hivecore.meta import read_meta_facts
 from hivecore.models import ContainerView, TombstoneView, Transient
 from hivecore.names import MANAGER_NAME
 from hivecore.runtime.base import AgentRuntimeState, BlockingList, ContainerRuntime
 from hivecore.tombstones import build_tombstone_views
+from hivecore.usage import Activity
 from hivecore.wire.events import ContainerRemoved, ContainerStateChanged, TombstonesChanged
 
 log = logging.getLogger(__name__)
@@ -87,8 +89,15 @@ class Views:
         bus: EventBus,
         *,
         domain: str | None = None,
+        agent_env: AgentEnv | None = None,
+        activity: Callable[[list[str]], Awaitable[Mapping[str, Activity]]] | None = None,
+        limits: StuckLimits = DEFAULT_LIMITS,
     ) -> None:
+        self._activity = activity
+        """Each agent's usage and liveness (:meth:`hivecore.services.usage.Usage.activity`)."""
+        self._limits = limits
         self._paths = paths
+        self._agent_env = agent_env
         self._runtime = runtime
         self._transients = transients
         self._bus = bus
@@ -226,7 +235,13 @@ class Views:
         else:
             states = await runtime.list(names)
             facts = await trio.to_thread.run_sync(self._read_all_facts, list(states))
-        self._apply(stamp, names, states, facts, full=full)
+        activity: Mapping[str, Activity] = {}
+        if self._activity is not None and states:
+            try:
+                activity = await self._activity(list(states))
+            except HiveError as exc:  # the store is stopping: rows without usage, not a failed scan
+                log.info("views: no usage for this scan: %s", exc)
+        self._apply(stamp, names, states, facts, full=full, activity=activity)
 
     def _probe_and_read(
         self, runtime: BlockingList, names: list[str] | None
@@ -236,7 +251,8 @@ class Views:
 
     def _read_all_facts(self, names: list[str]) -> dict[str, AgentFacts]:
         meta = read_meta_facts(self._paths)
-        return {n: read_facts(self._paths, n, meta) for n in names}
+        by_env = self._agent_env.logged_in_by_env(names) if self._agent_env is not None else set()
+        return {n: read_facts(self._paths, n, meta, env_login=n in by_env) for n in names}
 
     def _apply(
         self,
@@ -246,6 +262,7 @@ class Views:
         facts: Mapping[str, AgentFacts],
         *,
         full: bool,
+        activity: Mapping[str, Activity] | None = None,
     ) -> None:
         if full:
             self._full_scans += 1
@@ -262,7 +279,14 @@ class Views:
             new = (
                 None
                 if state is None
-                else build_view(state, facts.get(name, AgentFacts()), transients.get(name), self._domain)
+                else build_view(
+                    state,
+                    facts.get(name, AgentFacts()),
+                    transients.get(name),
+                    self._domain,
+                    (activity or {}).get(name),
+                    self._limits,
+                )
             )
             self._written_by[name] = stamp
             if new == old:

@@ -78,6 +78,12 @@ class Config:
     agent_uid_base: int = DEFAULT_AGENT_UID_BASE
     """Process runtime as root: agents run as uids ``base+1 …`` (gid the same), all with the
     supplementary group ``base`` (see :mod:`hivecore.agent_users`)."""
+    agent_env_file: Path | None = None
+    """``KEY=VALUE`` lines exported to every agent (:mod:`hivecore.agent_env`; 0600, root's or ours)."""
+    turn_limit: float = 1800.0
+    """Seconds a turn may run before its agent is shown stuck (the harness's limit: ``HIVE_TURN_LIMIT``)."""
+    stuck_after: float = 600.0
+    """Seconds an agent may leave mail unread (not polling, not in a turn) before it is shown stuck."""
     dashboard_auth: DashboardAuth = "token"
     """``token``: an operator token (``<state>/operator-token``) gates the dashboard; ``none``: no
     auth, accepted only with a loopback bind."""

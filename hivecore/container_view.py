@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from hivecore import agentfs
+from hivecore import agentfs, credentials, usage
 from hivecore.config import StatePaths
 from hivecore.errors import Refused
 from hivecore.meta import MetaFacts, is_stale, read_meta_facts
@@ -38,10 +38,35 @@ class AgentFacts:
     stale: bool = False
 
 
+@attrs.frozen
+class StuckLimits:
+    turn_limit: float = 1800.0
+    stuck_after: float = 600.0
+
+
+DEFAULT_LIMITS = StuckLimits()
+
+
 def build_view(
-    state: AgentRuntimeState, facts: AgentFacts, transient: Transient | None, domain: str | None
+    state: AgentRuntimeState,
+    facts: AgentFacts,
+    transient: Transient | None,
+    domain: str | None,
+    activity: usage.Activity | None = None,
+    limits: StuckLimits = DEFAULT_LIMITS,
 ) -> ContainerView:
     running = state.running
+    summary = activity.summary if activity is not None else usage.Summary()
+    stuck = None
+    if activity is not None:
+        stuck = usage.stuck_reason(
+            activity.live,
+            running=running,
+            paused=facts.paused,
+            needs_login=not facts.logged_in,
+            turn_limit=limits.turn_limit,
+            stuck_after=limits.stuck_after,
+        )
     return ContainerView(
         name=state.name,
         container=container_name(state.name),
@@ -58,6 +83,11 @@ def build_view(
         status_text=facts.status_text if running else None,
         status_set_at=facts.status_set_at if running else None,
         url=f"https://{domain}/agent/{state.name}/" if domain else None,
+        last_turn_at=summary.last_turn_at,
+        turns_today=summary.turns_today,
+        tokens_today=summary.tokens_today,
+        cost_today_usd=round(summary.cost_today_usd, 6),
+        stuck=stuck,
     )
 
 
@@ -66,27 +96,30 @@ def build_view(
 
 STATUS_MAX_BYTES = 4096
 """The status line an agent writes is shown in one dashboard cell: the rest of a bigger file is unread."""
-CLAUDE_MAX_ENTRIES = 10_000
-"""Entries of ``claude/`` looked at for a credentials file before calling the agent logged out."""
 
 
-def _has_regular_file(path: StatePaths, name: str) -> bool:
-    """``agents/<n>/claude/`` holds a regular file (links not followed, at most 10,000 entries seen)."""
-    return agentfs.has_regular_file(
-        path.agents, validate_name(name), "claude", max_entries=CLAUDE_MAX_ENTRIES
-    )
+def has_credential_file(paths: StatePaths, name: str) -> bool:
+    """``agents/<n>/claude/`` holds a credentials file (:mod:`hivecore.credentials`; links not followed)."""
+    try:
+        with agentfs.opened_dir(paths.agents, validate_name(name), "claude") as claude:
+            return credentials.has_credential_file(claude)
+    except OSError:
+        return False
 
 
 _UNSET: Any = object()
 
 
-def read_facts(paths: StatePaths, name: str, meta: MetaFacts | None = _UNSET) -> AgentFacts:
+def read_facts(
+    paths: StatePaths, name: str, meta: MetaFacts | None = _UNSET, *, env_login: bool = False
+) -> AgentFacts:
     """What the agent's state dir says; nothing in it is followed, blocked on or read past a cap.
 
     A symlinked ``state/`` or status file, a FIFO, or a status that is not a regular file reads as
     "no status"; the pause marker counts only as a regular file (``lstat``). ``meta`` (read once per
     scan by the caller; read here when omitted) decides ``stale``: the applied main or the base rev
-    is not what the agent was deployed with.
+    is not what the agent was deployed with. ``env_login``: the operator's environment gives the
+    agent credentials (:mod:`hivecore.agent_env`); else it is logged in only by a credentials file.
     """
     if meta is _UNSET:
         meta = read_meta_facts(paths)
@@ -108,7 +141,7 @@ def read_facts(paths: StatePaths, name: str, meta: MetaFacts | None = _UNSET) ->
     except OSError:
         pass
     return AgentFacts(
-        logged_in=_has_regular_file(paths, name),
+        logged_in=env_login or has_credential_file(paths, name),
         paused=paused,
         status_text=status_text,
         status_set_at=status_set_at if status_text else None,

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from actors.event_bus import EventBus, Subscription
@@ -39,12 +40,15 @@ from hivecore.models import (
 )
 from hivecore.names import OPERATOR_NAME, validate_name
 from hivecore.runtime.base import ContainerRuntime
+from hivecore.services.agent_settings import AgentSettings
 from hivecore.services.approvals import Approvals
 from hivecore.services.broker import Broker
 from hivecore.services.lifecycle import Lifecycle
 from hivecore.services.meta_update import MetaUpdates
+from hivecore.services.usage import Usage
 from hivecore.store import Store
 from hivecore.wire.agent import Delivery
+from hivecore.wire.host import EnvKey, LoginState, UsageRow
 
 ALREADY_RUNNING = "already running"
 """What :meth:`Coordinator.start` answers for an agent that runs (nothing was done)."""
@@ -65,7 +69,11 @@ class Coordinator:
         bus: EventBus | None = None,
         transients: TransientRegistry | None = None,
         supervisor: Supervisor | None = None,
+        settings: AgentSettings | None = None,
+        usage: Usage | None = None,
     ) -> None:
+        self._settings = settings
+        self._usage = usage
         self._broker = broker
         self._bus = bus
         self._transients = transients
@@ -313,6 +321,39 @@ class Coordinator:
             )
         except OSError as exc:
             raise Refused(f"cannot read the log of {valid}: {exc.strerror or exc}") from None
+
+    # --- per-agent settings (no job: one small file write and a rescan) ----------------------------
+
+    def _agent_settings(self) -> AgentSettings:
+        if self._settings is None:
+            raise NotAvailable("per-agent settings are not configured in this daemon")
+        return self._settings
+
+    async def login(self, name: str, secret: str) -> LoginState:
+        """Log agent ``name`` in (:meth:`AgentSettings.login`); the secret is never logged."""
+        valid = await self.require_agent(name)
+        return await self._agent_settings().login(valid, secret)
+
+    async def logout(self, name: str) -> LoginState:
+        valid = await self.require_agent(name)
+        return await self._agent_settings().logout(valid)
+
+    async def agent_env(self, name: str, set_: dict[str, str], unset: list[str]) -> list[EnvKey]:
+        """Change (or, with nothing to change, list) agent ``name``'s own environment keys."""
+        valid = await self.require_agent(name)
+        return await self._agent_settings().set_env(valid, set_, unset)
+
+    async def usage(self, name: str | None = None) -> list[UsageRow]:
+        """Every agent's usage (``name``: only that one), in row order."""
+        if self._usage is None:
+            raise NotAvailable("this daemon records no usage")
+        names = [await self.require_agent(name)] if name is not None else list(self._views.rows())
+        found = await self._usage.summaries(names)
+        rows = []
+        for n in names:
+            s = found.get(n)
+            rows.append(UsageRow(name=n, **attrs.asdict(s)) if s is not None else UsageRow(name=n))
+        return rows
 
 
 def _requester(source: JobSource) -> str:

@@ -27,7 +27,9 @@ from actors.supervisor import ChildSpec, Supervisor
 from actors.transients import TransientRegistry
 from actors.views import Views
 from hivecore import agent_users
+from hivecore.agent_env import AgentEnv
 from hivecore.config import Config
+from hivecore.container_view import StuckLimits
 from hivecore.coordinator import Coordinator
 from hivecore.errors import HiveError
 from hivecore.jobkinds import Intent
@@ -37,6 +39,7 @@ from hivecore.names import MANAGER_NAME
 from hivecore.proc import Credentials
 from hivecore.repos import Repos
 from hivecore.runtime.base import ContainerRuntime
+from hivecore.services.agent_settings import AgentSettings
 from hivecore.services.approvals import Approvals
 from hivecore.services.broker import Broker
 from hivecore.services.context import JobEnv
@@ -45,6 +48,7 @@ from hivecore.services.lifecycle import Lifecycle
 from hivecore.services.meta_build import MetaBuild
 from hivecore.services.meta_update import MetaUpdates
 from hivecore.services.notify import Notifier
+from hivecore.services.usage import Usage
 from hivecore.sockets.host import HostSocket, live_urls
 from hivecore.sockets.mcp import AgentSocket, ManagerSocket
 from hivecore.statelock import hold_state_lock
@@ -90,6 +94,10 @@ class Daemon:
     """The dashboard's ASGI app once it is serving (tests reach its hooks through it)."""
     dashboard_listeners: list[Any] = attrs.field(factory=list)
     """The running dashboard's :class:`~hivecore.dashboard_listener.CappedListener` s (their counters)."""
+    agent_env: AgentEnv | None = None
+    """The operator's environment for agents (the ``--agent-env-file`` and per-agent values)."""
+    usage: Usage | None = None
+    """Turns reported by the harnesses (``report_turn``) and each agent's liveness (stuck)."""
 
     def dashboard_port(self) -> int:
         """The port actually bound (the configured one may be 0: ephemeral)."""
@@ -133,7 +141,7 @@ def limit_worker_threads() -> None:
     trio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
 
 
-def make_runtime(config: Config) -> ContainerRuntime:
+def make_runtime(config: Config, agent_env: AgentEnv | None = None) -> ContainerRuntime:
     if config.runtime == "nixos":
         from hivecore.runtime.nixos import NixosRuntime
 
@@ -146,7 +154,12 @@ def make_runtime(config: Config) -> ContainerRuntime:
         )
     from hivecore.runtime.process import ProcessRuntime
 
-    return ProcessRuntime(config.paths, stop_timeout=config.stop_timeout, runtime_dir=config.runtime_path)
+    return ProcessRuntime(
+        config.paths,
+        stop_timeout=config.stop_timeout,
+        runtime_dir=config.runtime_path,
+        env_source=agent_env.env_for if agent_env is not None else None,
+    )
 
 
 def proposed_owner(config: Config) -> Callable[[str], Credentials | None]:
@@ -163,21 +176,34 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     bus = EventBus()
     store = store if store is not None else Store(config.paths.db)
     transients = TransientRegistry(bus)
-    runtime = runtime if runtime is not None else make_runtime(config)
-    views = Views(config.paths, runtime, transients, bus, domain=config.domain)
+    agent_env = AgentEnv(config.paths.root, config.agent_env_file)
+    runtime = runtime if runtime is not None else make_runtime(config, agent_env)
+    usage_box: list[Usage] = []  # the views read usage through it (the usage service needs the broker)
+    views = Views(
+        config.paths,
+        runtime,
+        transients,
+        bus,
+        domain=config.domain,
+        agent_env=agent_env,
+        activity=lambda names: usage_box[0].activity(names),
+        limits=StuckLimits(config.turn_limit, config.stuck_after),
+    )
 
     async def known_agents() -> tuple[set[str], list[str]]:
         existing = set(await runtime.list())
         return existing, await trio.to_thread.run_sync(tombstone_names, config.paths, existing)
 
     broker = Broker(store, bus, lambda: views.rows().keys(), known=known_agents)
+    usage = Usage(store, broker, rescan=views.request_rescan)
+    usage_box.append(usage)
     notifier = Notifier(broker, bus, partial(agent_state_dir, config.runtime, config.paths))
     repos = Repos(config.paths, owner=proposed_owner(config))
     meta_repo = MetaRepo(config.paths, hyperhive_flake=config.hyperhive_flake, eval_limits=config.eval_limits)
     meta = MetaLock(meta_repo, bus)
     urls: list[str] = []  # the Daemon's dashboard_urls, filled once the dashboard serves
     meta_build = MetaBuild(config, runtime, repos, meta, dashboard_port=partial(bound_port, config, urls))
-    lifecycle = Lifecycle(config, runtime, repos, meta_build)
+    lifecycle = Lifecycle(config, runtime, repos, meta_build, agent_env=agent_env)
     approvals = Approvals(lifecycle, repos, store, bus, notifier)
     meta_updates = MetaUpdates(meta_build, views)
     intent = Intent()
@@ -197,14 +223,18 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         bus=bus,
         transients=transients,
         supervisor=supervisor,
+        settings=AgentSettings(config, agent_env, views),
+        usage=usage,
     )
 
     def quiet(name: str) -> bool:
         return transients.get(name) is not None or lane.intent.stopped_on_purpose(name)
 
     crash_watch = CrashWatch(views, notifier, quiet, config.crash_watch_interval, runtime=runtime)
-    agent_sockets = AgentSockets(config, views, lambda name: AgentSocket(config, name, broker, views))
-    manager_socket = ManagerSocket(config, broker, coordinator)
+    agent_sockets = AgentSockets(
+        config, views, lambda name: AgentSocket(config, name, broker, views, usage=usage)
+    )
+    manager_socket = ManagerSocket(config, broker, coordinator, usage=usage)
     daemon = Daemon(
         config,
         bus,
@@ -226,6 +256,8 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         meta_updates=meta_updates,
         meta_build=meta_build,
         dashboard_urls=urls,
+        agent_env=agent_env,
+        usage=usage,
     )
     return daemon
 

@@ -48,6 +48,14 @@ class ContainerView:
     status_text: str | None = None
     status_set_at: str | None = None
     url: str | None = None
+    last_turn_at: int | None = None
+    """When its last reported turn ended (Unix seconds); None: it has reported none."""
+    turns_today: int = 0
+    tokens_today: int = 0
+    """Input + output + cache tokens of today's turns (the UTC day)."""
+    cost_today_usd: float = 0.0
+    stuck: str | None = None
+    """Why it looks stuck (a turn past its limit, or mail left unread while it does not poll)."""
 
 
 @attrs.frozen(kw_only=True)

@@ -133,6 +133,30 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT i.id FROM incarnations i WHERE i.agent = approvals.agent AND i.ended_at IS NULL
     ) WHERE kind = 'apply_commit' AND status = 'pending'
     """,
+    # 8: usage per agent (hivecore/usage.py): one row per reported turn (capped per agent) and
+    # running totals that outlive the cap
+    """
+    CREATE TABLE turns (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent TEXT NOT NULL,
+        ended_at REAL NOT NULL,
+        duration REAL NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cache_read_tokens INTEGER NOT NULL,
+        cache_creation_tokens INTEGER NOT NULL,
+        cost_usd REAL NOT NULL,
+        tool_calls INTEGER NOT NULL,
+        status TEXT NOT NULL
+    );
+    CREATE INDEX turns_agent_ended ON turns(agent, ended_at);
+    CREATE TABLE usage_totals (
+        agent TEXT PRIMARY KEY,
+        turns INTEGER NOT NULL,
+        tokens INTEGER NOT NULL,
+        cost_usd REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -49,7 +49,7 @@ async def test_sigkilled_agent_yields_exactly_one_crash_within_one_tick(parts: P
     await c.spawn("alpha")
     await c.spawn("beta")
     for name in ("alpha", "beta"):  # logged in, so the login axis stays quiet
-        (parts.config.paths.agent_claude(name) / "token").write_text("x")
+        (parts.config.paths.agent_claude(name) / ".credentials.json").write_text("x")
     await parts.nursery.start(parts.crash_watch.run)
     await after_ticks(parts, 2)  # two quiet ticks
     baseline = [e for e in await manager_events(parts) if e[0] != "spawned"]

@@ -350,6 +350,49 @@ async def test_the_purge_checkbox_survives_row_redraws_and_the_confirmation_says
     assert not browser.console_errors, browser.console_errors
 
 
+async def test_an_agent_is_logged_in_from_its_row_and_shows_its_usage(
+    live: Daemon, browser: BrowserThread
+) -> None:
+    """Issue 17: the row's key field (its text survives redraws), L0G1N, then L0G0UT; a reported turn
+    shows on the row; the key never stays in the page."""
+    from hivecore.credentials import LOGIN_FILE, login_env
+
+    secret = "sk-ant-api03-BROWSERSECRET"
+    base = live.dashboard_urls[0]
+    with trio.fail_after(240):
+        page = await browser.new_page(base)
+
+        def wait(selector: str, state: str = "attached") -> Callable[[], object]:
+            return lambda: page.wait_for_selector(selector, state=state)  # type: ignore[arg-type]
+
+        await ok(await host(live, {"cmd": "spawn", "name": "a"}))
+        row = "#containers .row[data-name='a']"
+        await browser.run(wait(f"{row} .badge.login"))
+        field = f"{row} input[name=secret]"
+        await browser.run(lambda: page.fill(field, secret))
+        await ok(await host(live, {"cmd": "set_paused", "name": "a", "paused": True}))  # a redraw
+        await browser.run(wait(f"{row} .badge.paused"))
+        assert await browser.run(lambda: page.input_value(field)) == secret
+        await browser.run(lambda: page.click(f"{row} form[action='/agent-login/a'] button"))
+        await browser.run(wait(".toast.ok:has-text('a logged in')"))
+        await browser.run(wait(f"{row} .badge.login", "detached"))
+        assert login_env(live.config.paths.agent_claude("a")) == {"ANTHROPIC_API_KEY": secret}
+        assert secret not in await browser.run(page.content)
+
+        turn = {"cmd": "report_turn", "duration_seconds": 3, "input_tokens": 1500, "cost_usd": 0.25}
+        answer = await call(live.config.agent_socket_path("a"), turn)
+        assert answer["ok"], answer
+        await browser.run(wait(f"{row} .usage:has-text('1 turns')"))
+        text = await browser.run(lambda: page.inner_text(f"{row} .usage"))
+        assert "1.5k tok" in text
+        assert "$0.25" in text
+
+        await browser.run(lambda: page.click(f"{row} form[action='/agent-logout/a'] button"))
+        await browser.run(wait(f"{row} .badge.login"))
+        assert not (live.config.paths.agent_claude("a") / LOGIN_FILE).exists()
+    assert not browser.console_errors, browser.console_errors
+
+
 RELATIVE_TIME = re.compile(r"\b\d+(?:\.\d+)?[smhd] ago")
 SECTIONS = [
     "#containers",

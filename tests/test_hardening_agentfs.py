@@ -125,6 +125,13 @@ def test_claude_login_needs_a_regular_file_inside_the_real_directory(
     (paths.agents / "coder" / "claude.old").rename(claude)
     (claude / "deep" / "er").mkdir(parents=True)
     (claude / "deep" / "er" / "creds.json").write_text("{}")
+    (claude / "settings.json").write_text("{}")  # what claude writes without a login
+    assert read_facts(paths, "coder").logged_in is False  # only a credentials file counts
+    (claude / ".credentials.json").symlink_to(secret_dir / "secret")
+    (claude / "hive-login.json").symlink_to(secret_dir / "creds")
+    assert read_facts(paths, "coder").logged_in is False
+    (claude / "hive-login.json").unlink()
+    (claude / "hive-login.json").write_text("{}")
     assert read_facts(paths, "coder").logged_in is True
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from hivecore.daemon import Daemon
 from hivecore.errors import HiveError
 from hivecore.wire.host import (
     COMMANDS,
+    AgentEnvRequest,
     AgentStatusRequest,
     AgentStatusRow,
     ApprovalRequest,
@@ -32,6 +34,8 @@ from hivecore.wire.host import (
     KillRequest,
     LifecycleScope,
     ListRequest,
+    LoginRequest,
+    LogoutRequest,
     MetaUpdateRequest,
     OperatorInboxRequest,
     OpSendRequest,
@@ -46,6 +50,7 @@ from hivecore.wire.host import (
     StopRequest,
     SubscribeAgentStatusRequest,
     UrlsRequest,
+    UsageRequest,
     encode_response,
     parse_request,
 )
@@ -352,13 +357,26 @@ HIVECTL_REQUESTS: list[tuple[list[str], HostRequest]] = [
     (["resume", "a"], SetPausedRequest(name="a", paused=False)),
     (["urls"], UrlsRequest()),
     (["meta-update", "hyperhive", "agent-a"], MetaUpdateRequest(inputs=["hyperhive", "agent-a"])),
+    (["login", "a"], LoginRequest(name="a", secret="sk-from-stdin\n")),
+    (["logout", "a"], LogoutRequest(name="a")),
+    (["env", "a"], AgentEnvRequest(name="a")),
+    (["usage"], UsageRequest()),
+    (["usage", "a"], UsageRequest(name="a")),
+    (
+        ["env", "a", "K=v=w", "E=", "--unset", "U", "--stdin"],
+        AgentEnvRequest(name="a", set={"K": "v=w", "E": "", "S": "from stdin"}, unset=["U"]),
+    ),
 ]
 
 
 @pytest.mark.parametrize(("argv", "expected"), HIVECTL_REQUESTS)
-def test_every_request_hivectl_writes_is_the_wire_record(argv: list[str], expected: HostRequest) -> None:
+def test_every_request_hivectl_writes_is_the_wire_record(
+    argv: list[str], expected: HostRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """hivectl writes its lines without the converter (it starts faster so); the daemon's decoder
-    must read each one as exactly the record the verb means."""
+    must read each one as exactly the record the verb means (secrets come from stdin)."""
+    stdin = "S=from stdin\n" if argv[0] == "env" else "sk-from-stdin\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     args = hivectl_cli.build_parser().parse_args(argv)
     line = args.build(args).line()
     assert line.endswith(b"\n")

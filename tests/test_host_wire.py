@@ -14,6 +14,7 @@ from hivecore.wire.host import (
     COMMANDS,
     MAX_LINE,
     OK,
+    AgentEnvRequest,
     AgentStatusRequest,
     AgentStatusRow,
     ApprovalRequest,
@@ -26,6 +27,8 @@ from hivecore.wire.host import (
     KillRequest,
     LifecycleScope,
     ListRequest,
+    LoginRequest,
+    LogoutRequest,
     MetaUpdateRequest,
     OperatorInboxRequest,
     OpSendRequest,
@@ -42,6 +45,7 @@ from hivecore.wire.host import (
     SubscribeAgentStatusRequest,
     Urls,
     UrlsRequest,
+    UsageRequest,
     decode_response,
     encode_request,
     encode_response,
@@ -80,6 +84,13 @@ EVERY_REQUEST: list[tuple[bytes, HostRequest]] = [
         b'{"cmd":"meta_update","inputs":["hyperhive","agent-a"]}',
         MetaUpdateRequest(inputs=["hyperhive", "agent-a"]),
     ),
+    (b'{"cmd":"login","name":"a","secret":"k"}', LoginRequest(name="a", secret="k")),
+    (b'{"cmd":"logout","name":"a"}', LogoutRequest(name="a")),
+    (
+        b'{"cmd":"agent_env","name":"a","set":{"K":"v"},"unset":["U"]}',
+        AgentEnvRequest(name="a", set={"K": "v"}, unset=["U"]),
+    ),
+    (b'{"cmd":"usage","name":"a"}', UsageRequest(name="a")),
 ]
 
 

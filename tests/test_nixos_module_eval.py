@@ -163,6 +163,7 @@ def intended_argv(package: Path, settings: dict[str, Any]) -> list[str]:
         "agentCpuQuota": "200%",
         "hyperhiveFlake": None,
         "domain": None,
+        "agentEnvFile": None,
         "extraArgs": [],
         **settings,
     }
@@ -185,6 +186,8 @@ def intended_argv(package: Path, settings: dict[str, Any]) -> list[str]:
         argv += ["--hyperhive-flake", s["hyperhiveFlake"]]
     if s["domain"] is not None:
         argv += ["--domain", s["domain"]]
+    if s["agentEnvFile"] is not None:
+        argv += ["--agent-env-file", s["agentEnvFile"]]
     extra: list[str] = s["extraArgs"]
     return argv + extra
 
@@ -225,6 +228,17 @@ def test_exec_start_reaches_the_daemon_intact(tmp_path: Path, pronouns: str) -> 
     assert (config.agent_memory_max, config.agent_cpu_quota) == ("1.5G", "12.5%")
     assert config.runtime_dir == Path("/run/hyperhive")
     assert config.runtime == "nixos"
+
+
+def test_agent_env_file_reaches_the_daemon(tmp_path: Path) -> None:
+    env = tmp_path / "agents env %i"
+    env.write_text("ANTHROPIC_BASE_URL=http://gateway\n")
+    env.chmod(0o600)
+    settings = {"enable": True, "agentEnvFile": str(env)}
+    argv = exec_argv(evaluate(tmp_path, settings)["service"]["serviceConfig"]["ExecStart"])
+    assert argv == intended_argv(tmp_path / "pkg", settings)
+    config = config_from_args(build_parser().parse_args(argv[1:]))
+    assert config.agent_env_file == env
 
 
 def test_shell_quoting_is_not_enough_for_systemd() -> None:

@@ -197,7 +197,14 @@ async def test_every_dashboard_form_field_gets_one_error_naming_it(hive: Daemon)
         for field in _form_fields(route):
             if field == "id":  # a path parameter of digits only (form_id): nothing else reaches a record
                 continue
-            form = {"name": "coder", "body": "hi", "to": "coder", "note": "n", "inputs": "hyperhive"}
+            form = {
+                "name": "coder",
+                "body": "hi",
+                "to": "coder",
+                "note": "n",
+                "inputs": "hyperhive",
+                "secret": "k",
+            }
             if field in params:
                 path = route.path.replace(f"<{field}>", "x%00y")
             else:

@@ -118,6 +118,7 @@ def daemon_app(daemon: Daemon) -> QuartTrio:
         )
 
     app.hive_login_hint = login_hint  # type: ignore[attr-defined]
+
     # the dashboard listener keeps slots only requests with valid credentials may take
     def credentials_ok(authorization: str | None, sid: str | None) -> bool:
         return auth.principal(authorization, sid) is not None

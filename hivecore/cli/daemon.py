@@ -151,6 +151,28 @@ def build_parser() -> argparse.ArgumentParser:
         f"id as their shared group (default {DEFAULT_AGENT_UID_BASE}; see docs/security.md)",
     )
     serve.add_argument(
+        "--agent-env-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="KEY=VALUE lines exported to every agent (e.g. ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY); "
+        "mode 0600, owned by root or the daemon's user; read again at every agent start",
+    )
+    serve.add_argument(
+        "--turn-limit",
+        type=float,
+        default=1800.0,
+        help="seconds a turn may run (given to agents as HIVE_TURN_LIMIT); past it the agent shows "
+        "as stuck (default 1800)",
+    )
+    serve.add_argument(
+        "--stuck-after",
+        type=float,
+        default=600.0,
+        help="seconds an agent may leave its mail unread (not polling, not in a turn) before it shows "
+        "as stuck (default 600)",
+    )
+    serve.add_argument(
         "--no-ensure-manager",
         dest="ensure_manager",
         action="store_false",
@@ -229,6 +251,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         )
     if args.dashboard_auth == "none" and args.runtime == "nixos":
         raise HiveError(AUTH_NONE_NIXOS)
+    if not args.turn_limit > 0 or not args.stuck_after > 0:
+        raise HiveError("--turn-limit and --stuck-after must be positive numbers of seconds")
+    env_file = args.agent_env_file.absolute() if args.agent_env_file else None
+    if env_file is not None:
+        from hivecore.agent_env import load_env_file
+
+        load_env_file(env_file)  # refuse to start with an unusable file (EnvError names the problem)
     return Config(
         state_dir=args.state_dir.absolute(),
         runtime=args.runtime,
@@ -248,6 +277,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         agent_uid_base=validate_agent_uid_base(args.agent_uid_base),
         eval_memory_max=args.eval_memory_max,
         eval_timeout=args.eval_timeout,
+        agent_env_file=env_file,
+        turn_limit=args.turn_limit,
+        stuck_after=args.stuck_after,
     )
 
 

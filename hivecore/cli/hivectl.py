@@ -112,6 +112,8 @@ def status_cells(row: Response) -> list[str]:
     # a transient says what is happening (``restarting``, ``rebuilding``): not a failure
     state = str(row["pending"]) if row.get("pending") else None
     state = state or ("failed" if row.get("failed") else "running" if row.get("running") else "stopped")
+    if row.get("stuck"):
+        state = "STUCK"
     needs = [k for k in ("login", "update") if row.get(f"needs_{k}")]
     return [
         str(row.get("name", "?")),
@@ -133,11 +135,83 @@ def render_status(answer: Response, names: Sequence[str]) -> str:
         return "no agents" if not names else "no such agents: " + ", ".join(names)
     headers: list[str] = list(STATUS_HEADERS)
     cells = [status_cells(r) for r in rows]
+    if any(r.get("last_turn_at") is not None for r in rows):
+        headers += ["LAST TURN", "TURNS", "TOKENS", "COST"]
+        now = time.time()
+        for c, r in zip(cells, rows, strict=True):
+            c += usage_cells(r, now)
     if any(r.get("url") for r in rows):
         headers.append("URL")
         for c, r in zip(cells, rows, strict=True):
             c.append(str(r.get("url") or "-"))
-    return table(headers, cells)
+    out = table(headers, cells)
+    stuck = [f"{r.get('name')} is stuck: {r.get('stuck')}" for r in rows if r.get("stuck")]
+    return "\n".join([out, *(escape(s) for s in stuck)])
+
+
+def age(seconds: float) -> str:
+    """``42s``, ``5m``, ``3h``, ``2d`` ago."""
+    seconds = max(0.0, seconds)
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
+
+
+def tokens_text(n: object) -> str:
+    if not isinstance(n, int):
+        return "-"
+    return f"{n / 1e6:.1f}M" if n >= 1_000_000 else f"{n / 1e3:.1f}k" if n >= 1000 else str(n)
+
+
+def cost_text(usd: object) -> str:
+    return f"${usd:.2f}" if isinstance(usd, int | float) else "-"
+
+
+def usage_cells(row: Response, now: float) -> list[str]:
+    """LAST TURN, TURNS, TOKENS, COST (today) of a status row."""
+    last = row.get("last_turn_at")
+    if not isinstance(last, int | float):
+        return ["-", "-", "-", "-"]
+    return [
+        age(now - last),
+        str(row.get("turns_today", 0)),
+        tokens_text(row.get("tokens_today")),
+        cost_text(row.get("cost_today_usd")),
+    ]
+
+
+def render_usage(answer: Response) -> str:
+    rows = answer.get("usage") or []
+    if not rows:
+        return "no agents"
+    now = time.time()
+    cells = [
+        [
+            str(r.get("name")),
+            str(r.get("turns_today", 0)),
+            tokens_text(r.get("tokens_today", 0)),
+            cost_text(r.get("cost_today_usd", 0.0)),
+            str(r.get("turns_total", 0)),
+            tokens_text(r.get("tokens_total", 0)),
+            cost_text(r.get("cost_total_usd", 0.0)),
+            age(now - r["last_turn_at"]) if isinstance(r.get("last_turn_at"), int) else "never",
+            str(r.get("last_status") or "-"),
+        ]
+        for r in rows
+    ]
+    headers = [
+        "NAME",
+        "TURNS",
+        "TOKENS",
+        "COST",
+        "ALL TURNS",
+        "ALL TOKENS",
+        "ALL COST",
+        "LAST TURN",
+        "RESULT",
+    ]
+    return "today (UTC):\n" + table(headers, cells)
 
 
 def diff_summary(diff: object) -> str:
@@ -337,6 +411,21 @@ def render_inbox(answer: Response) -> str:
     return "\n".join(blocks)
 
 
+def render_login(answer: Response) -> str:
+    state = answer.get("login") or {}
+    name = escape(str(state.get("name", "?")))
+    if state.get("logged_in"):
+        return f"{name} is logged in ({escape(', '.join(map(str, state.get('via') or [])))})"
+    return f"{name} is logged out (needs login)"
+
+
+def render_env(answer: Response) -> str:
+    keys = answer.get("env_keys") or []
+    if not keys:
+        return "no environment keys"
+    return table(["KEY", "FROM"], [[str(k.get("key")), str(k.get("source"))] for k in keys])
+
+
 def render_urls(answer: Response) -> str:
     urls = answer.get("urls") or {}
     rows = [[k, str(v)] for k, v in urls.items() if v]
@@ -438,6 +527,12 @@ def run(args: argparse.Namespace) -> int:
             print(render_urls(answer))
         elif request.cmd == "operator_inbox":
             print(render_inbox(answer))
+        elif request.cmd in ("login", "logout"):
+            print(render_login(answer))
+        elif request.cmd == "agent_env":
+            print(render_env(answer))
+        elif request.cmd == "usage":
+            print(render_usage(answer))
         elif answer.get("message"):  # the daemon says what happened (start: "already running")
             print(escape(str(answer["message"])))
         elif args.done is not None:

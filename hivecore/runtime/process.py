@@ -59,7 +59,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -211,8 +211,12 @@ class ProcessRuntime:
         stop_timeout: float = 10.0,
         log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
         runtime_dir: Path | None = None,
+        env_source: Callable[[str], Mapping[str, str]] | None = None,
     ) -> None:
         self._paths = paths
+        self._env_source = env_source
+        """The operator's environment for an agent (:meth:`hivecore.agent_env.AgentEnv.env_for`),
+        merged into its spec's at every start, never written to ``spec.json``."""
         self._runtime_dir = runtime_dir
         """Where the agents' sockets live (``<runtime>/agents/<n>``, ``<runtime>/manager``): a root
         daemon grants each agent's uid traverse there (see :mod:`hivecore.agent_users`)."""
@@ -472,7 +476,7 @@ class ProcessRuntime:
         """Blocking: spawn the shim and record it; a :class:`_Launched` whose report ``start`` must
         read when the shim probes the agent's uid first (a root daemon), else ``None``."""
         rundir = self._rundir(name)
-        spec = self._read_spec(rundir, name)
+        spec = self._with_operator_env(self._read_spec(rundir, name))
         with _rundir_lock(rundir):
             live = self._liveness(rundir)
             if live.running:
@@ -527,6 +531,17 @@ class ProcessRuntime:
             return None
         assert identity is not None
         return _Launched(name, rundir, pid, ready, identity, stop_requested)
+
+    def _with_operator_env(self, spec: AgentSpec) -> AgentSpec:
+        """``spec`` with the operator's environment over agent.nix's; hive-c0re's identity keys
+        (``HIVE_*``, ``PATH`` …) are never operator keys, so they keep their values. Blocking."""
+        if self._env_source is None:
+            return spec
+        try:
+            extra = self._env_source(spec.name)
+        except HiveError as exc:
+            raise RuntimeFailure(f'cannot start agent "{spec.name}": {exc}') from None
+        return attrs.evolve(spec, env={**spec.env, **extra}) if extra else spec
 
     def _prepare_user(self, name: str, spec: AgentSpec) -> _Identity | None:
         """Under a root daemon: the agent's uid, its directories prepared, and the paths it must

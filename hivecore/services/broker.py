@@ -304,6 +304,12 @@ class Broker:
         self._park_changed = trio.Event()
         self._leases: set[int] = set()
         self._last_lease = 0
+        self.started_at = clock()
+        self._turns: dict[str, tuple[int, float]] = {}
+        """Per inbox: the lease its current turn was handed out to and when (until that lease
+        acks, polls again or closes): what ``stuck`` measures."""
+        self._last_poll: dict[str, float] = {}
+        """Per inbox: when a ``recv`` of it last ran (started or returned)."""
         self._sent = self._delivered = self._redelivered = self._acked = self._vacuumed = self._sweeps = 0
 
     def statistics(self) -> BrokerStatistics:
@@ -330,6 +336,25 @@ class Broker:
     def close_lease(self, lease: int) -> None:
         """The connection holding ``lease`` ended: its unacked rows become redeliverable."""
         self._leases.discard(lease)
+        for inbox, (held, _) in list(self._turns.items()):
+            if held == lease:
+                del self._turns[inbox]
+
+    def _end_turn(self, inbox: str, lease: int) -> None:
+        held = self._turns.get(inbox)
+        if held is not None and held[0] == lease:
+            del self._turns[inbox]
+
+    def reading(self, inbox: str) -> tuple[float | None, bool, float]:
+        """What ``stuck`` needs of ``inbox`` (Unix seconds): when its current turn began (None: not
+        in one), whether a ``recv`` of it is waiting now, and when it last polled (the daemon's
+        start if it has not)."""
+        turn = self._turns.get(inbox)
+        return (
+            turn[1] if turn is not None else None,
+            self.parked(inbox) > 0,
+            self._last_poll.get(inbox, self.started_at),
+        )
 
     # --- send -----------------------------------------------------------------------------------------
 
@@ -499,6 +524,14 @@ class Broker:
             raise BadMessage("max must be at least 1")
         limit = min(max, MAX_RECV_BATCH)
         deadline = trio.current_time() + min(wait_seconds, MAX_RECV_WAIT)
+        self._end_turn(recipient, lease)  # polling again: the reader is done with its last batch
+        self._last_poll[recipient] = self._clock()
+        try:
+            return await self._recv(recipient, lease, limit, deadline)
+        finally:
+            self._last_poll[recipient] = self._clock()
+
+    async def _recv(self, recipient: str, lease: int, limit: int, deadline: float) -> list[Delivery]:
         while True:
             event = self._wake.get(recipient)
             if event is None:
@@ -522,6 +555,7 @@ class Broker:
                             redelivered=d.redelivered,
                         )
                     )
+                self._turns.setdefault(recipient, (lease, self._clock()))
                 return got
             if trio.current_time() >= deadline:
                 return []
@@ -553,12 +587,15 @@ class Broker:
     async def release(self, lease: int, messages: list[Delivery]) -> None:
         """Put back rows whose ``recv`` answer never reached the client."""
         ids = [m.id for m in messages]
+        for inbox in {m.recipient for m in messages}:
+            self._end_turn(inbox, lease)
         await self._store.call(lambda c: _release(c, ids, lease))
 
     async def ack_turn(self, recipient: str, *, lease: int) -> int:
         """Ack the delivered rows of ``recipient`` not held by another open lease; how many."""
         live = sorted(self._leases)
         now = int(self._clock())
+        self._end_turn(recipient, lease)
         count = await self._store.call(lambda c: _ack(c, recipient, lease, live, now))
         self._acked += count
         return count

@@ -21,8 +21,9 @@ from typing import Any
 import attrs
 import trio
 
-from hivecore import agent_users
+from hivecore import agent_users, usage
 from hivecore import store as st
+from hivecore.agent_env import AgentEnv
 from hivecore.config import Config
 from hivecore.container_view import set_pause_marker
 from hivecore.errors import HiveError, RuntimeFailure, UnknownAgent
@@ -75,6 +76,8 @@ class Lifecycle:
     """The one build path (the meta flake)."""
     build: Build | None = None
     """A stand-in for :meth:`MetaBuild.build` (tests); ``None``: the meta flake's build."""
+    agent_env: AgentEnv | None = None
+    """The operator's per-agent environment values: a purge forgets the agent's."""
 
     @property
     def meta(self) -> MetaFlake:
@@ -277,6 +280,7 @@ class Lifecycle:
         if purge:
             await ctx.notify.broker.end_incarnation(name, f"{name} was destroyed and its state purged")
             await self._purge_state(name)
+            await self._forget(ctx, name)
         await ctx.refresh_tombstones()
         await ctx.notify.notify_manager(Destroyed(agent=name), name)
 
@@ -285,7 +289,15 @@ class Lifecycle:
         incarnation ends first: mail still queued for it is never handed to a later agent of the name."""
         await ctx.notify.broker.end_incarnation(name, f"the kept state of {name} was purged")
         await self._purge_state(name)
+        await self._forget(ctx, name)
         await ctx.refresh_tombstones()
+
+    async def _forget(self, ctx: JobContext, name: str) -> None:
+        """A purged agent's environment values and usage go with its state: a new agent of the same
+        name starts clean."""
+        if self.agent_env is not None:
+            await trio.to_thread.run_sync(self.agent_env.forget, name)
+        await ctx.store.call(lambda c: usage.forget(c, name))
 
     def purge_targets(self, name: str) -> list[Path]:
         """What a purge deletes. Both paths are checked before anything is deleted: a planted

@@ -69,7 +69,10 @@ class MetaBuild:
             "HIVE_DASHBOARD_PORT": str(port),
             "HIVE_OPERATOR_PRONOUNS": self.config.operator_pronouns,
             "HIVE_SOCKET": str(self.config.agent_socket_path(name)),
+            "HIVE_TURN_LIMIT": f"{self.config.turn_limit:g}",
         }
+        if self.config.runtime == "process":  # a container's is its root's, /root/.claude (bound)
+            extra["CLAUDE_CONFIG_DIR"] = str(self.config.paths.agent_claude(name))
         spec = default_agent_spec(self.config.paths, name, extra_env=extra)
         return attrs.evolve(spec, flake_ref=f"{self.config.paths.meta}#{name}")
 

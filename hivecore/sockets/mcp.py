@@ -37,7 +37,9 @@ from hivecore.models import ContainerView, JobSource
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, validate_name
 from hivecore.proc import Credentials
 from hivecore.services.broker import Broker
+from hivecore.services.usage import Usage
 from hivecore.sockets.server import SEND_TIMEOUT, Connection, JsonLinesServer
+from hivecore.usage import Turn
 from hivecore.verbs import bind
 from hivecore.verbs.spec import Surface
 from hivecore.wire.agent import (
@@ -133,8 +135,10 @@ class McpSocket:
         max_connections: int = AGENT_MAX_CONNECTIONS,
         extra_idle_timeout: float = EXTRA_IDLE_TIMEOUT,
         owner: Callable[[], Credentials | None] | None = None,
+        usage: Usage | None = None,
     ) -> None:
         self.label = label
+        self.usage = usage
         self._owner = owner
         self.path = path
         self.broker = broker
@@ -160,6 +164,12 @@ class McpSocket:
         """Request record → verb-table key, for every row of this socket's surface."""
         self.bad_requests = 0
         self.internal_errors = 0
+
+    async def report_turn(self, turn: Turn) -> None:
+        """Record one turn of this socket's agent (``report_turn``)."""
+        if self.usage is None:
+            raise NotAvailable("report_turn: this daemon records no usage")
+        await self.usage.report(self.me.name, turn)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; with an ``owner``, the socket is that uid's alone (mode 0600)."""

@@ -335,6 +335,32 @@ BINDINGS: Mapping[str, Binding] = {
         _named("purge_tombstone"),
         done=lambda r, _: f"kept state of {r.name} purged",
     ),
+    "login": Binding(
+        wh.LoginRequest,
+        lambda ctx, r: ctx.facade.login(r.name, r.secret),
+        host=lambda ctx, state: wh.HostResponse(ok=True, login=state),
+        done=lambda r, state: f"{r.name} logged in",
+    ),
+    "logout": Binding(
+        wh.LogoutRequest,
+        lambda ctx, r: ctx.facade.logout(r.name),
+        host=lambda ctx, state: wh.HostResponse(ok=True, login=state),
+        done=lambda r, state: (
+            f"{r.name} logged out"
+            + (f"; still logged in by {', '.join(state.via)}" if state.logged_in else "")
+        ),
+    ),
+    "agent_env": Binding(
+        wh.AgentEnvRequest,
+        lambda ctx, r: ctx.facade.agent_env(r.name, r.set, r.unset),
+        host=lambda ctx, keys: wh.HostResponse(ok=True, env_keys=keys),
+    ),
+    "usage": Binding(
+        wh.UsageRequest,
+        lambda ctx, r: ctx.facade.usage(r.name),
+        host=lambda ctx, rows: wh.HostResponse(ok=True, usage=rows),
+    ),
+    "report_turn": Binding(wa.ReportTurnRequest, lambda ctx, r: ctx.report_turn(r.turn())),
     "set_paused": Binding(
         wh.SetPausedRequest, lambda ctx, r: ctx.facade.set_paused(r.name, r.paused, **ctx.caller.kw())
     ),

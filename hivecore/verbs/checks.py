@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from hivecore.agent_env import MAX_KEYS, check_assignments, check_key
+from hivecore.credentials import BadSecret, check_secret
 from hivecore.errors import BadInput, Refused
 from hivecore.names import MANAGER_NAME, is_manager, validate_name
 
@@ -155,3 +157,28 @@ def utf8_text(what: str, limit: int) -> Check:
         return value
 
     return check
+
+
+def optional_agent_name(value: str | None) -> str | None:
+    return None if value is None else validate_name(value)
+
+
+def secret(value: str) -> str:
+    """A login key or token (:func:`hivecore.credentials.check_secret`); the error never repeats it."""
+    try:
+        return check_secret(value)
+    except BadSecret as exc:
+        raise BadInput(str(exc)) from None
+
+
+def env_assignments(value: dict[str, str]) -> dict[str, str]:
+    """Environment values to set (:func:`hivecore.agent_env.check_assignments`)."""
+    return check_assignments(value)
+
+
+def env_keys(value: list[str]) -> list[str]:
+    """Environment keys to remove (de-duplicated; each :func:`hivecore.agent_env.check_key`)."""
+    keys = list(dict.fromkeys(value))
+    if len(keys) > MAX_KEYS:
+        raise BadInput(f"at most {MAX_KEYS} keys at once")
+    return [check_key(k) for k in keys]

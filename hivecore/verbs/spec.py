@@ -110,6 +110,31 @@ def _named(key: str, command: str, help: str, past: str, *, dashboard: str | Non
     )
 
 
+def _read_secret() -> str:
+    """The key or token for ``hivectl login``: one line from stdin (asked for, unechoed, on a
+    terminal). Never a command-line argument: other local users (agents) could read it in ``ps``."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("API key or `claude setup-token` token (not echoed): ")
+    return sys.stdin.readline(65536)
+
+
+def _env_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """``hivectl env NAME KEY=VALUE… [--unset KEY]… [--stdin]``: the assignments (``--stdin``:
+    ``KEY=VALUE`` lines from stdin, for secrets that must not appear in ``ps``)."""
+    lines = list(args.assignments)
+    if args.stdin:
+        lines += [line for line in sys.stdin.read(1 << 20).splitlines() if line.strip()]
+    pairs: dict[str, str] = {}
+    for item in lines:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"hivectl env: {key[:40]!r} is not KEY=VALUE (use --unset KEY to remove one)")
+        pairs[key] = value
+    return {"name": args.name, "set": pairs, "unset": list(args.unset)}
+
+
 # --- the table -----------------------------------------------------------------------------------
 
 VERBS: tuple[Verb, ...] = (
@@ -191,6 +216,26 @@ VERBS: tuple[Verb, ...] = (
                 (Arg(("--limit",), {"type": int, "default": 50, "help": "how many of the newest (50)"}),),
                 lambda a: {"limit": a.limit},
                 help="show the operator's messages (and mark them read)",
+            ),
+        ),
+    ),
+    _row(
+        "usage",
+        "Show turns, tokens and cost per agent, today (UTC) and in total, and when each last "
+        "finished a turn.",
+        "operator",
+        "host_sock hivectl",
+        commands=(
+            Command(
+                "usage",
+                (
+                    Arg(
+                        ("name",),
+                        {"nargs": "?", "default": None, "metavar": "NAME", "help": "only this agent"},
+                    ),
+                ),
+                lambda a: {"name": a.name},
+                help="show turns, tokens and cost per agent",
             ),
         ),
     ),
@@ -277,6 +322,62 @@ VERBS: tuple[Verb, ...] = (
         ),
     ),
     _named("spawn", "spawn", "create and start an agent (no approval)", "spawned"),
+    # --- operator: per-agent settings (no rebuild) ---
+    _row(
+        "login",
+        "Log an agent in to Claude: an Anthropic API key or a `claude setup-token` token, stored "
+        "0600 for that agent alone (its Claude config dir); it takes effect at the agent's next turn.",
+        "operator",
+        "host_sock hivectl dashboard",
+        route=Route(
+            "/agent-login/<name>",
+            lambda f: {"name": f["name"], "secret": form_text(f, "secret", limit=8192)},
+        ),
+        commands=(
+            Command(
+                "login",
+                (NAME,),
+                lambda a: {"name": a.name, "secret": _read_secret()},
+                None,
+                help="log an agent in (the API key or setup-token token on stdin)",
+            ),
+        ),
+    ),
+    _row(
+        "logout",
+        "Log an agent out: remove its credentials files and its own credential env values (the "
+        "agent env file, if it has a key, still logs every agent in).",
+        "operator",
+        "host_sock hivectl dashboard",
+        route=Route("/agent-logout/<name>", _name),
+        commands=(Command("logout", (NAME,), _cli_name, None, help="log an agent out"),),
+    ),
+    _row(
+        "agent_env",
+        "Set or remove an agent's own environment values (KEY=VALUE; e.g. ANTHROPIC_BASE_URL), "
+        "kept by the daemon (0600) and given to the agent at its next start; lists its keys, never values.",
+        "operator",
+        "host_sock hivectl",
+        commands=(
+            Command(
+                "env",
+                (
+                    NAME,
+                    Arg(("assignments",), {"nargs": "*", "metavar": "KEY=VALUE"}),
+                    Arg(
+                        ("--unset",),
+                        {"action": "append", "default": [], "metavar": "KEY", "help": "remove KEY"},
+                    ),
+                    Arg(
+                        ("--stdin",),
+                        {"action": "store_true", "help": "also read KEY=VALUE lines from stdin (secrets)"},
+                    ),
+                ),
+                _env_fields,
+                help="set, remove or list (no arguments) an agent's environment keys",
+            ),
+        ),
+    ),
     _row(
         "purge_tombstone",
         "Delete a destroyed agent's kept state (no undo; refused while the agent exists).",
@@ -477,6 +578,15 @@ VERBS: tuple[Verb, ...] = (
     ),
     _row(
         "whoami", "Say who this socket is: name, inbox and role.", "manager agent", "manager_sock agent_sock"
+    ),
+    _row(
+        "report_turn",
+        "Record one finished turn: its duration in seconds, input/output/cache tokens, cost in USD "
+        "(as the Claude CLI reports it), tool calls and result status (ok, error, timeout …); each "
+        "number bounded, at most 120 reports a minute.",
+        "manager agent",
+        "manager_sock agent_sock",
+        harness_only=True,
     ),
     _row("status", "Show this agent's own status row.", "agent", "agent_sock"),
     _row(

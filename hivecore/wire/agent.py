@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from hivecore import usage
 from hivecore.verbs import checks
 from hivecore.verbs.checks import check
 from hivecore.wire.converter import configure_tagged, converter
@@ -135,7 +136,35 @@ class SetStatusRequest(McpRequest):
     text: str = attrs.field(metadata=check(checks.utf8_text("status text", MAX_STATUS)))
 
 
-AgentRequest = SendRequest | RecvRequest | AckTurnRequest | StatusRequest | SetStatusRequest | WhoamiRequest
+@attrs.frozen(kw_only=True)
+class ReportTurnRequest(McpRequest):
+    """The harness's account of one finished turn (harness plumbing, never an MCP tool): seconds,
+    tokens, cost in USD as the Claude CLI reports it, tool calls and the result status
+    (:mod:`hivecore.usage`; each number bounded)."""
+
+    CMD = "report_turn"
+    duration_seconds: float = attrs.field(metadata=check(usage.duration))
+    input_tokens: int = attrs.field(default=0, metadata=check(usage.tokens("input_tokens")))
+    output_tokens: int = attrs.field(default=0, metadata=check(usage.tokens("output_tokens")))
+    cache_read_tokens: int = attrs.field(default=0, metadata=check(usage.tokens("cache_read_tokens")))
+    cache_creation_tokens: int = attrs.field(default=0, metadata=check(usage.tokens("cache_creation_tokens")))
+    cost_usd: float = attrs.field(default=0.0, metadata=check(usage.cost))
+    tool_calls: int = attrs.field(default=0, metadata=check(usage.tool_calls))
+    status: str = attrs.field(default="ok", metadata=check(usage.status))
+
+    def turn(self) -> usage.Turn:
+        return usage.Turn(**attrs.asdict(self))
+
+
+AgentRequest = (
+    SendRequest
+    | RecvRequest
+    | AckTurnRequest
+    | StatusRequest
+    | SetStatusRequest
+    | WhoamiRequest
+    | ReportTurnRequest
+)
 AGENT_COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in AgentRequest.__args__)
 _WireAgentRequest = AgentRequest | UnknownRequest
 configure_tagged(_WireAgentRequest, tag_attr="CMD", tag_name="cmd", default=UnknownRequest)

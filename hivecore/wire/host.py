@@ -214,6 +214,41 @@ class MetaUpdateRequest(HostRequest):
     inputs: list[str] = attrs.field(metadata=check(checks.meta_inputs))
 
 
+@attrs.frozen(kw_only=True)
+class LoginRequest(HostRequest):
+    """Log an agent in: ``secret`` is an Anthropic API key or a ``claude setup-token`` token
+    (:mod:`hivecore.credentials`); never echoed, logged or shown."""
+
+    CMD = "login"
+    name: str = attrs.field(metadata=check(checks.agent_name))
+    secret: str = attrs.field(repr=False, metadata=check(checks.secret))
+
+
+@attrs.frozen(kw_only=True)
+class LogoutRequest(HostRequest):
+    CMD = "logout"
+    name: str = attrs.field(metadata=check(checks.agent_name))
+
+
+@attrs.frozen(kw_only=True)
+class AgentEnvRequest(HostRequest):
+    """Set (``set``) and remove (``unset``) an agent's own environment values (:mod:`hivecore.agent_env`);
+    both empty: just list its keys. The answer lists key names and where each comes from, never values."""
+
+    CMD = "agent_env"
+    name: str = attrs.field(metadata=check(checks.agent_name))
+    set: dict[str, str] = attrs.field(factory=dict, repr=False, metadata=check(checks.env_assignments))
+    unset: list[str] = attrs.field(factory=list, metadata=check(checks.env_keys))
+
+
+@attrs.frozen(kw_only=True)
+class UsageRequest(HostRequest):
+    """Turns, tokens and cost per agent (today and in total); ``name``: only that agent."""
+
+    CMD = "usage"
+    name: str | None = attrs.field(default=None, metadata=check(checks.optional_agent_name))
+
+
 AnyRequest = (
     ListRequest
     | AgentStatusRequest
@@ -237,6 +272,10 @@ AnyRequest = (
     | UrlsRequest
     | PurgeTombstoneRequest
     | MetaUpdateRequest
+    | LoginRequest
+    | LogoutRequest
+    | AgentEnvRequest
+    | UsageRequest
 )
 REQUEST_TYPES: tuple[type[HostRequest], ...] = AnyRequest.__args__
 COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in REQUEST_TYPES)
@@ -262,6 +301,14 @@ class AgentStatusRow:
     status_text: str | None = None
     status_set_at: str | None = None
     url: str | None = None
+    last_turn_at: int | None = None
+    """When its last reported turn ended (Unix seconds); this and the next three only once it has
+    reported a turn."""
+    turns_today: int | None = None
+    tokens_today: int | None = None
+    cost_today_usd: float | None = None
+    stuck: str | None = None
+    """Why it looks stuck (a turn past its limit, or mail unread while it does not poll)."""
 
     @classmethod
     def from_view(cls, view: ContainerView) -> AgentStatusRow:
@@ -279,6 +326,11 @@ class AgentStatusRow:
             status_text=view.status_text,
             status_set_at=view.status_set_at,
             url=view.url,
+            last_turn_at=view.last_turn_at,
+            turns_today=view.turns_today if view.last_turn_at is not None else None,
+            tokens_today=view.tokens_today if view.last_turn_at is not None else None,
+            cost_today_usd=view.cost_today_usd if view.last_turn_at is not None else None,
+            stuck=view.stuck,
         )
 
 
@@ -318,6 +370,39 @@ class InboxMessage:
 
 
 @attrs.frozen(kw_only=True)
+class EnvKey:
+    """One environment key an agent gets: ``source`` is ``agent`` (its own, set with ``agent_env``)
+    or ``file`` (the daemon's ``--agent-env-file``)."""
+
+    key: str
+    source: str
+
+
+@attrs.frozen(kw_only=True)
+class LoginState:
+    name: str
+    logged_in: bool
+    via: list[str]
+    """What logs it in: ``login file``, ``claude credentials``, ``env ANTHROPIC_API_KEY`` …"""
+
+
+@attrs.frozen(kw_only=True)
+class UsageRow:
+    """An agent's recorded turns (:mod:`hivecore.usage`): today is the UTC day; ``last_turn_at`` in
+    Unix seconds (when the last reported turn ended); tokens are input + output + cache."""
+
+    name: str
+    turns_today: int = 0
+    tokens_today: int = 0
+    cost_today_usd: float = 0.0
+    turns_total: int = 0
+    tokens_total: int = 0
+    cost_total_usd: float = 0.0
+    last_turn_at: int | None = None
+    last_status: str | None = None
+
+
+@attrs.frozen(kw_only=True)
 class HostResponse:
     version: int = HOST_SOCK_VERSION
     ok: bool
@@ -338,6 +423,12 @@ class HostResponse:
     """``get_logs``: the byte offset just after ``lines``; ask with ``offset`` set to it for what follows."""
     message: str | None = None
     """What happened, when it is not what the verb's name says (``start``: ``coder already running``)."""
+    env_keys: list[EnvKey] | None = None
+    """``agent_env``: the agent's environment keys (never values)."""
+    login: LoginState | None = None
+    """``login`` / ``logout``: the agent's login afterwards."""
+    usage: list[UsageRow] | None = None
+    """``usage``: one row per agent."""
 
 
 OK = HostResponse(ok=True)

@@ -14,6 +14,7 @@ from hivecore.wire.agent import (
     AckTurnRequest,
     McpRequest,
     RecvRequest,
+    ReportTurnRequest,
     RequestError,
     SendRequest,
     UnknownRequest,
@@ -82,6 +83,7 @@ ManagerRequest = (
     | UpdateRequest
     | GetLogsRequest
     | WhoamiRequest
+    | ReportTurnRequest
 )
 MANAGER_COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in ManagerRequest.__args__)
 _WireManagerRequest = ManagerRequest | UnknownRequest

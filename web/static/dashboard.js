@@ -27,6 +27,7 @@ const S = {
   openDiffs: new Set(), // approval ids whose diff is folded away
   purgeChecked: new Set(), // names whose destroy form has "purge" ticked (survives row re-renders)
   openTexts: new Set(), // keys ("job:12", "approval:3") of long errors/notes the operator expanded
+  loginDraft: new Map(), // name -> the key being typed into its row's login field (survives re-renders)
 };
 const MAX_MESSAGES = 200;
 const MAX_INBOX = 50;
@@ -105,6 +106,12 @@ function clock(unix) {
   return d.toTimeString().slice(0, 8);
 }
 
+function tokens(n) {
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)}M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)}k`;
+  return String(n);
+}
+
 function bytes(n) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let i = 0;
@@ -135,6 +142,12 @@ function containerRow(c) {
     c.needs_update ? el("span", { class: "badge update", text: "needs update ↻" }) : null,
     c.needs_login ? el("span", { class: "badge login", text: "needs login" }) : null,
     c.paused ? el("span", { class: "badge paused", text: "paused" }) : null,
+    c.stuck ? el("span", { class: "badge stuck", title: c.stuck, text: "stuck" }) : null,
+    c.last_turn_at ? el("span", {
+      class: "usage", "data-last-turn": c.last_turn_at,
+      title: "last turn ago · turns, tokens and cost today (UTC)",
+      text: `⟳ ${ago(Date.now() / 1000 - c.last_turn_at)} ago · ${c.turns_today} turns · ${tokens(c.tokens_today)} tok · $${c.cost_today_usd.toFixed(2)}`,
+    }) : null,
     c.port ? el("span", { class: "port", text: `:${c.port}` }) : null,
     c.status_text ? el("span", { class: "status-text", text: c.status_text }) : null,
   );
@@ -150,6 +163,22 @@ function containerRow(c) {
     buttons.append(actionForm(`/start/${n}`, "▶ ST4RT"));
   }
   buttons.append(actionForm(`/rebuild/${n}`, "↻ R3BU1LD"));
+  if (c.needs_login) {
+    const secret = el("input", {
+      type: "password", name: "secret", class: "secret", placeholder: "API key or setup-token",
+      autocomplete: "off", "aria-label": `Claude API key or setup-token for ${c.name}`,
+      value: S.loginDraft.get(c.name) || "",
+    });
+    secret.addEventListener("input", () => {
+      if (secret.value) S.loginDraft.set(c.name, secret.value); else S.loginDraft.delete(c.name);
+    });
+    const form = actionForm(`/agent-login/${n}`, "⚿ L0G1N", { extra: secret, title: "stored 0600 for this agent only" });
+    form.dataset.clear = "secret";
+    form.addEventListener("submit", () => S.loginDraft.delete(c.name));
+    buttons.append(form);
+  } else {
+    buttons.append(actionForm(`/agent-logout/${n}`, "L0G0UT", { confirm: `Log ${c.name} out of Claude?` }));
+  }
   if (!c.is_manager) {
     const box = el("input", { type: "checkbox", name: "purge", value: "1", checked: S.purgeChecked.has(c.name) });
     box.addEventListener("change", () => {
@@ -193,7 +222,7 @@ function renderContainer(name) {
   const box = document.getElementById("containers");
   const old = findRow("containers", name);
   const c = S.containers.get(name);
-  if (!c) { if (old) old.remove(); S.purgeChecked.delete(name); }
+  if (!c) { if (old) old.remove(); S.purgeChecked.delete(name); S.loginDraft.delete(name); }
   else {
     const row = containerRow(c);
     if (old) old.replaceWith(row);
