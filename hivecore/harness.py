@@ -315,6 +315,7 @@ async def claude_backend(settings: HarnessSettings, chan: Channel, messages: lis
             raise SocketGone(f"whoami refused: {answer.get('error')}")
     result = await run_claude_turn(settings, messages, extra)
     await trio.to_thread.run_sync(save_result, settings.state_dir, result)
+    await report_turn(chan, result)
     if result.permission_denials:
         tools = ", ".join(sorted(set(result.permission_denials)))
         body = (
@@ -327,6 +328,26 @@ async def claude_backend(settings: HarnessSettings, chan: Channel, messages: lis
             log.warning("could not tell the operator about denied tools: %s", answer.get("error"))
     if result.status != "ok":
         raise TurnFailed(f"{result.status}: {result.error}")
+
+
+async def report_turn(chan: Channel, result: TurnResult) -> None:
+    """Tell the daemon what the turn took (``report_turn``: the operator's usage and last-turn age);
+    a refusal (the rate limit, a number out of bounds) is logged, the turn goes on."""
+    answer = await chan.call(
+        {
+            "cmd": "report_turn",
+            "duration_seconds": max(0.0, result.duration_s),
+            "input_tokens": result.input_tokens,
+            "output_tokens": result.output_tokens,
+            "cache_read_tokens": result.cache_read_input_tokens,
+            "cache_creation_tokens": result.cache_creation_input_tokens,
+            "cost_usd": max(0.0, result.total_cost_usd),
+            "tool_calls": result.tool_calls,
+            "status": result.status,
+        }
+    )
+    if not answer.get("ok"):
+        log.warning("the daemon did not record this turn's usage: %s", answer.get("error"))
 
 
 def save_result(state_dir: Path, result: TurnResult) -> None:
