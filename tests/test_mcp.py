@@ -24,6 +24,7 @@ from hivecore.mcp import tools as hive_tools
 from hivecore.mcp.server import SocketClient, _closed_by_peer
 from hivecore.runtime.process import PACKAGE_ROOT
 from hivecore.services.broker import Broker
+from hivecore.sockets.framing import MAX_LINE
 from hivecore.sockets.mcp import AgentSocket
 from hivecore.store import Store
 from hivecore.verbs import bind, spec
@@ -146,6 +147,15 @@ def test_the_tool_name_wins_over_an_argument_named_cmd() -> None:
         hive_tools.request_line("send", {"to": float("nan")}, known)
 
 
+def test_a_request_past_the_line_limit_is_refused_before_it_is_sent() -> None:
+    known = {t.name: t for t in hive_tools.tools("agent")}
+    fits = "x" * (MAX_LINE - len('{"text":"","cmd":"set_status"}'))
+    assert len(hive_tools.request_line("set_status", {"text": fits}, known)) == MAX_LINE + 1
+    too_long = f"{MAX_LINE + 1} bytes as a request; the hive reads at most"
+    with pytest.raises(hive_tools.ToolError, match=too_long):
+        hive_tools.request_line("set_status", {"text": fits + "x"}, known)
+
+
 # --- the real server, the SDK's client, a real daemon ------------------------------------------------
 
 
@@ -201,6 +211,9 @@ async def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(parts_
             ("get_logs", {"name": "coder", "lines": 0}, "lines must be at least 1"),
             ("approve", {"id": 1}, "unknown tool 'approve'"),
             ("ack_turn", {}, "unknown tool 'ack_turn'"),
+            # far past the line limit: refused by hive-mcp itself (sent, the daemon would close the
+            # connection while the line is still being written: "may or may not have happened")
+            ("send", {"to": "coder", "body": "y" * (16 * MAX_LINE)}, "the hive reads at most"),
         ]
         for name, arguments, needle in cases:
             is_error, text = await call(s, name, arguments)

@@ -3,10 +3,11 @@
 Server name ``hyperhive``: Claude Code names its tools ``mcp__hyperhive__<verb>``. Who the tools are
 for is asked of the socket itself (``whoami``: its ``role``), once, at the first ``tools/list`` or
 ``tools/call``; identity is the socket, as for every other client. The tools are
-:func:`hivecore.mcp.tools.tools` of that role. Every call opens a connection, sends one request line,
-reads one answer line and closes (so an idle agent holds no extra connection, and a daemon restart
-between calls costs nothing). A daemon refusal is a tool result with ``isError`` carrying the
-daemon's message; an unreachable daemon is a tool error saying so. The server itself never fails on
+:func:`hivecore.mcp.tools.tools` of that role. Calls go one at a time over one kept connection
+(:class:`SocketClient`: reopened when the daemon closed it meanwhile, so a daemon restart between
+calls costs nothing); each sends one request line and reads one answer line. A daemon refusal is
+a tool result with ``isError`` carrying the daemon's message; an unreachable daemon is a tool error
+saying so. The server itself never fails on
 a call: it keeps serving until its stdin closes.
 
 Environment: ``HIVE_SOCKET`` (required), ``HIVE_MCP_CALL_TIMEOUT`` (seconds a call may take, default

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import attrs
 
+from hivecore.sockets.framing import MAX_LINE
 from hivecore.verbs import spec
 from hivecore.wire.agent import AgentRequest
 from hivecore.wire.manager import ManagerRequest
@@ -127,15 +128,24 @@ def _schema_of(tp: Any, where: str) -> dict[str, Any]:
 
 def request_line(tool: str, arguments: Mapping[str, Any] | None, known: Mapping[str, Tool]) -> bytes:
     """The socket request line calling ``tool`` with ``arguments`` (:class:`ToolError` for a tool this
-    principal lacks or arguments that cannot be sent)."""
+    principal lacks or arguments that cannot be sent: not JSON, or a line longer than the daemon
+    reads, :data:`~hivecore.sockets.framing.MAX_LINE` bytes; sent anyway, the daemon would answer
+    and close while the line is still being written, and the call would look lost)."""
     if tool not in known:
         raise ToolError(f"unknown tool {tool!r}; this hive offers: {', '.join(known)}")
     fields = dict(arguments or {})
     fields["cmd"] = tool
     try:
-        return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+        line = json.dumps(fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise ToolError(f"arguments cannot be sent as JSON: {exc}") from None
+    if len(line) > MAX_LINE:
+        raise ToolError(
+            f"the arguments are {len(line)} bytes as a request; the hive reads at most {MAX_LINE} "
+            "(a message body at most 4096): write longer content to a file in your state dir and "
+            "send its path"
+        )
+    return line + b"\n"
 
 
 def result_of(answer_line: bytes) -> tuple[bool, str, dict[str, Any]]:
