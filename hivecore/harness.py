@@ -34,6 +34,7 @@ import attrs
 import trio
 
 from hivecore import claude_turn as ct
+from hivecore import credentials
 from hivecore.claude_turn import DEFAULT_TURN_LIMIT, TurnResult
 from hivecore.runtime.shim import write_json_atomic
 from hivecore.sockets.client import Hints, Unreachable, connect
@@ -276,27 +277,16 @@ async def serve_inbox(
 
 
 def login_env(env: Mapping[str, str]) -> dict[str, str] | None:
-    """The credentials the CLI gets beyond ``env``: ``{}`` when ``env`` has a key or token, or the
-    Claude config dir (``CLAUDE_CONFIG_DIR``) holds a ``.credentials.json``; the ``env`` of its
-    ``hive-login.json`` (``hivectl login``) otherwise; ``None``: not logged in."""
-    if env.get("ANTHROPIC_API_KEY") or env.get("CLAUDE_CODE_OAUTH_TOKEN"):
+    """The credentials the CLI gets beyond ``env`` (:mod:`hivecore.credentials`): ``{}`` when ``env``
+    has a key or token or the Claude config dir (``CLAUDE_CONFIG_DIR``) holds Claude's own
+    credentials; the variables of its ``hive-login.json`` (``hivectl login``); ``None``: not logged in
+    (exactly when the daemon shows ``needs_login``)."""
+    if credentials.has_credentials_env(env):
         return {}
     config = env.get("CLAUDE_CONFIG_DIR")
-    if not config:
+    if not config or not credentials.has_login(env, Path(config)):
         return None
-    directory = Path(config)
-    if (directory / ".credentials.json").is_file():
-        return {}
-    try:
-        data = json.loads((directory / "hive-login.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    got = data.get("env") if isinstance(data, dict) else None
-    if isinstance(got, dict):
-        found = {k: v for k, v in got.items() if k in ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN")}
-        if found and all(isinstance(v, str) and v for v in found.values()):
-            return found
-    return None
+    return credentials.login_env(Path(config))
 
 
 async def claude_backend(settings: HarnessSettings, chan: Channel, messages: list[dict[str, Any]]) -> None:

@@ -11,7 +11,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import trio
 
@@ -19,8 +18,6 @@ from hivecore import claude_turn as ct
 from hivecore.daemon import Daemon
 from hivecore.harness import HarnessSettings, run_harness
 from hivecore.names import MANAGER_NAME
-from hivecore.runtime.base import AgentSpec
-from hivecore.services.meta_build import MetaBuild
 from tests.conftest import Parts, make_config, write_test_token
 from tests.model_api import ModelApi, Rule
 from tests.test_broker import call
@@ -48,23 +45,19 @@ def model() -> Iterator[ModelApi]:
 
 
 @pytest.fixture
-async def claude_hive(
-    state_dir: Path, model: ModelApi, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Daemon]:
-    """A running daemon whose agents reach the stand-in model (through their spec's environment)."""
+async def claude_hive(state_dir: Path, model: ModelApi) -> AsyncIterator[Daemon]:
+    """A running daemon whose agents reach the stand-in model (the operator's agent env file)."""
     from hivecore.daemon import main
     from web.app import daemon_app
 
-    real = MetaBuild.agent_spec
-
-    def agent_spec(self: MetaBuild, name: str) -> AgentSpec:
-        spec = real(self, name)
-        return attrs.evolve(spec, env={**spec.env, **model.env(), "HIVE_TURN_LIMIT": f"{TURN_LIMIT:g}"})
-
-    monkeypatch.setattr(MetaBuild, "agent_spec", agent_spec)
+    # the operator points every agent at the model (hive-c0re serve --agent-env-file)
+    env_file = state_dir / "agent.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in model.env().items()))
+    env_file.chmod(0o600)
+    config = make_config(state_dir, agent_env_file=env_file, turn_limit=TURN_LIMIT)
     write_test_token(state_dir)
     async with trio.open_nursery() as nursery:
-        daemon: Daemon = await nursery.start(partial(main, make_config(state_dir), web_factory=daemon_app))
+        daemon: Daemon = await nursery.start(partial(main, config, web_factory=daemon_app))
         try:
             yield daemon
         finally:

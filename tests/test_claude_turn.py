@@ -157,6 +157,13 @@ def test_login_env(tmp_path: Path) -> None:
     assert login_env({"CLAUDE_CONFIG_DIR": str(tmp_path)}) is None
     (tmp_path / "hive-login.json").write_text('{"env": {"CLAUDE_CODE_OAUTH_TOKEN": "t", "PATH": "/evil"}}')
     assert login_env({"CLAUDE_CONFIG_DIR": str(tmp_path)}) == {"CLAUDE_CODE_OAUTH_TOKEN": "t"}
+    # only a regular file counts (a link planted in place of hivectl login's file is no login)
+    (tmp_path / "hive-login.json").unlink()
+    (tmp_path / "elsewhere.json").write_text('{"env": {"ANTHROPIC_API_KEY": "k"}}')
+    (tmp_path / "hive-login.json").symlink_to(tmp_path / "elsewhere.json")
+    assert login_env({"CLAUDE_CONFIG_DIR": str(tmp_path)}) is None
+    (tmp_path / ".credentials.json").write_text("{}")
+    assert login_env({"CLAUDE_CONFIG_DIR": str(tmp_path)}) == {}
 
 
 @pytest.mark.skipif(ct.find_claude({"PATH": ""}) is None, reason="the claude CLI is not installed")
