@@ -22,7 +22,7 @@ publishes ``tombstones_changed``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -57,6 +57,22 @@ class _Scan:
     names: set[str] = attrs.field(factory=set)
     done: trio.Event = attrs.field(factory=trio.Event)
     error: BaseException | None = None
+    steps: list[_Step] = attrs.field(factory=list)
+    """The callers' ``before`` steps, run first in the scan's thread hop."""
+
+
+@attrs.define
+class _Step:
+    """One caller's ``before`` step and what it raised (for that caller only)."""
+
+    fn: Callable[[], None]
+    error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            self.fn()
+        except Exception as exc:
+            self.error = exc
 
 
 @attrs.frozen
@@ -155,13 +171,28 @@ class Views:
 
     # --- requests --------------------------------------------------------------------------------
 
-    async def rescan(self, names: Collection[str] | None = None) -> dict[str, ContainerView]:
+    async def rescan(
+        self, names: Collection[str] | None = None, *, before: Callable[[], None] | None = None
+    ) -> dict[str, ContainerView]:
         """Rescan ``names`` (or everything) and return the rows afterwards.
+
+        ``before`` (blocking, with ``names`` only): run in the scan's worker thread just before the
+        probe, so a verb's own file write and its rescan cost one thread hop; what it raises is
+        raised to this caller alone (the scan goes on for the others). Once joined, it runs even if
+        this caller is cancelled.
 
         Raises :class:`ViewsStopped` when the actor is not running, or what the scan raised (the
         runtime's probe failing). Cancelling this call leaves the scan running for the others."""
+        if before is not None and names is None:
+            raise ValueError("a step before a rescan needs the names to rescan")
         scan = self._join(names)
+        step = None
+        if before is not None:
+            step = _Step(before)
+            scan.steps.append(step)
         await scan.done.wait()
+        if step is not None and step.error is not None:
+            raise step.error
         if scan.error is not None:
             raise scan.error
         return dict(self._rows)
@@ -216,7 +247,7 @@ class Views:
 
     async def _run_scan(self, scan: _Scan, names: list[str] | None) -> None:
         try:
-            await self._scan(names, full=names is None)
+            await self._scan(names, full=names is None, steps=scan.steps)
         except Exception as exc:
             log.warning("views: a %s scan failed", "full" if names is None else "per-agent", exc_info=True)
             scan.error = exc
@@ -226,13 +257,15 @@ class Views:
         finally:
             scan.done.set()
 
-    async def _scan(self, names: list[str] | None, *, full: bool) -> None:
+    async def _scan(self, names: list[str] | None, *, full: bool, steps: Sequence[_Step] = ()) -> None:
         self._stamp += 1
         stamp = self._stamp
         runtime = self._runtime
-        if isinstance(runtime, BlockingList):  # the probe and the facts in one thread hop
-            states, facts = await trio.to_thread.run_sync(self._probe_and_read, runtime, names)
+        if isinstance(runtime, BlockingList):  # the steps, the probe and the facts in one thread hop
+            states, facts = await trio.to_thread.run_sync(self._probe_and_read, runtime, names, steps)
         else:
+            if steps:
+                await trio.to_thread.run_sync(_run_steps, steps)
             states = await runtime.list(names)
             facts = await trio.to_thread.run_sync(self._read_all_facts, list(states))
         activity: Mapping[str, Activity] = {}
@@ -244,8 +277,9 @@ class Views:
         self._apply(stamp, names, states, facts, full=full, activity=activity)
 
     def _probe_and_read(
-        self, runtime: BlockingList, names: list[str] | None
+        self, runtime: BlockingList, names: list[str] | None, steps: Sequence[_Step]
     ) -> tuple[dict[str, AgentRuntimeState], dict[str, AgentFacts]]:
+        _run_steps(steps)
         states = runtime.list_nowait(names)
         return states, self._read_all_facts(list(states))
 
@@ -323,3 +357,8 @@ class Views:
                     scan.error = ViewsStopped("hive-c0re stopped before the scan started")
                     scan.done.set()
             self._next_full = self._next_targeted = None
+
+
+def _run_steps(steps: Sequence[_Step]) -> None:
+    for step in steps:
+        step.run()

@@ -163,3 +163,39 @@ async def test_a_request_to_a_stopped_actor_is_refused_at_once(tmp_path: Path) -
         "hive-c0re stopped before the scan finished",
         "hive-c0re stopped before the scan started",
     ]
+
+
+async def test_a_step_before_a_rescan_runs_first_and_fails_only_its_own_caller(
+    views: tuple[Views, GatedRuntime],
+) -> None:
+    """A verb's file write rides the rescan's thread hop (set_paused): it runs before the probe, and
+    what it raises reaches that caller alone."""
+    actor, runtime = views
+    ran: list[str] = []
+
+    def step(label: str) -> None:
+        ran.append(label)
+        if label == "bad":
+            raise ValueError("this step failed")
+
+    answers: dict[str, set[str]] = {}
+
+    async def good() -> None:
+        answers["good"] = set(await actor.rescan(["x"], before=lambda: step("good")))
+
+    async def bad() -> None:
+        with pytest.raises(ValueError, match="this step failed"):
+            await actor.rescan(["y"], before=lambda: step("bad"))
+        answers["bad"] = set()
+
+    runtime.hold()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(good)
+        nursery.start_soon(bad)
+        await eventually(lambda: runtime.calls == [["x", "y"]])  # one scan, after both steps
+        assert sorted(ran) == ["bad", "good"]
+        runtime.gate.set()
+    assert answers == {"good": {"x", "y"}, "bad": set()}
+    assert actor.statistics().targeted_scans == 1
+    with pytest.raises(ValueError, match="needs the names"):
+        await actor.rescan(before=lambda: None)

@@ -7,7 +7,7 @@ handle for that job): transients, rescans, child jobs, notifications, the store 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -68,8 +68,11 @@ class JobContext:
         """``async with ctx.transient(name, kind):`` shows ``kind`` on the row; any exit clears it."""
         return self.env.transients.transient(name, kind)
 
-    async def rescan(self, names: Collection[str] | None = None) -> dict[str, ContainerView]:
-        return await self.env.views.rescan(names)
+    async def rescan(
+        self, names: Collection[str] | None = None, *, before: Callable[[], None] | None = None
+    ) -> dict[str, ContainerView]:
+        """Rescan ``names``; ``before`` runs in the scan's thread hop first (:meth:`Views.rescan`)."""
+        return await self.env.views.rescan(names, before=before)
 
     def request_rescan(self, names: Collection[str] | None = None) -> None:
         self.env.views.request_rescan(names)

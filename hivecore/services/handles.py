@@ -5,7 +5,7 @@ The actors (``actors/``) satisfy these structurally; :mod:`hivecore.daemon` hand
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -38,7 +38,9 @@ class AgentViews(Protocol):
 
     def rows(self) -> dict[str, ContainerView]: ...
 
-    async def rescan(self, names: Collection[str] | None = None) -> dict[str, ContainerView]: ...
+    async def rescan(
+        self, names: Collection[str] | None = None, *, before: Callable[[], None] | None = None
+    ) -> dict[str, ContainerView]: ...
 
     def request_rescan(self, names: Collection[str] | None = None) -> None: ...
 

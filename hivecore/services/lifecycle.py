@@ -326,14 +326,12 @@ class Lifecycle:
         if probe is None and name not in await runtime.list([name]):
             raise UnknownAgent(name)
 
-        def mark() -> bool:
+        def mark() -> None:
             if probe is not None and name not in probe.list_nowait([name]):
-                return False
+                raise UnknownAgent(name)
             # the state dir is agent-writable: never follow a link planted there (we run as root)
             set_pause_marker(self.config.paths, name, paused)
-            return True
 
-        if not await trio.to_thread.run_sync(mark):
-            raise UnknownAgent(name)
+        # the marker is written in the rescan's own thread hop, just before its probe
+        await ctx.rescan([name], before=mark)
         log.info("%s %s", "paused" if paused else "resumed", name)
-        await ctx.rescan([name])
