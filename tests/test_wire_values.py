@@ -188,7 +188,8 @@ def _form_fields(route: spec.Route) -> list[str]:
 
 
 async def test_every_dashboard_form_field_gets_one_error_naming_it(hive: Daemon) -> None:
-    # a form decodes bad UTF-8 to U+FFFD, so of the text problems only a NUL byte gets through
+    # a form that is not UTF-8 is refused before its fields are read (the test below), so of the
+    # text problems only a NUL byte reaches a record
     checked = 0
     for verb in spec.on("dashboard"):
         route = verb.route
@@ -217,6 +218,27 @@ async def test_every_dashboard_form_field_gets_one_error_naming_it(hive: Daemon)
             assert "field " in error, (verb.key, field, error)
             checked += 1
     assert checked >= 12
+    assert await hive.coordinator.approvals() == []
+
+
+async def test_a_dashboard_form_that_is_not_utf8_is_refused_not_garbled(hive: Daemon) -> None:
+    # the form parser reads %ff as U+FFFD: an agent was "logged in" with a key nobody sent
+    cases = [
+        ("/agent-login/coder", b"secret=sk-%ff%fe", "form field 'secret' is not valid UTF-8"),
+        ("/agent-login/coder", b"secret=sk-\xff", "form field 'secret' is not valid UTF-8"),
+        ("/op-send", b"to=coder&body=caf%e9", "form field 'body' is not valid UTF-8"),
+        ("/op-send", b"to=coder&b%ffdy=hi", "is not valid UTF-8"),
+    ]
+    headers = AUTH + "Content-Type: application/x-www-form-urlencoded\r\n"
+    for path, raw, expected in cases:
+        status, _, body = await http(hive, "POST", path, raw, headers=headers)
+        assert status == 400, (path, raw, status, body)
+        assert expected in answer(body)["error"], (path, raw, body)
+    # UTF-8, percent-encoded or raw, still reads as sent (the name check quotes it back)
+    for raw in (b"to=caf%C3%A9&body=hi", "to=café&body=hi".encode()):
+        status, _, body = await http(hive, "POST", "/op-send", raw, headers=headers)
+        assert status == 400, body
+        assert "'café'" in answer(body)["error"] or '"café"' in answer(body)["error"], body
     assert await hive.coordinator.approvals() == []
 
 

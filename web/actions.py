@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from typing import Any
 
 from quart import Blueprint, Response, request
 
-from hivecore.errors import answer_for
+from hivecore.errors import BadInput, answer_for
 from hivecore.verbs import bind, spec
 from hivecore.wire.request import structure
 
@@ -32,8 +33,24 @@ def error(status: int, message: str) -> Response:
     return Response(json.dumps({"ok": False, "error": message}), status=status, mimetype="application/json")
 
 
+def check_utf8_form(raw: bytes) -> None:
+    """:class:`BadInput` naming the first field of a url-encoded form body whose name or value
+    (percent-decoded) is not UTF-8: the form parser would turn those bytes into U+FFFD, and the
+    action would run with a value nobody sent (a login with a garbled key, a message nobody wrote);
+    host.sock answers the same bytes ``request is not valid UTF-8``."""
+    for part in raw.split(b"&"):
+        try:
+            urllib.parse.unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            name = urllib.parse.unquote(part.split(b"=", 1)[0].decode("ascii", "replace"), errors="replace")
+            raise BadInput(f"form field {name[:64]!r} is not valid UTF-8; send UTF-8 text") from None
+
+
 async def _form() -> dict[str, str]:
-    """The form fields (first value of each); a body that is not a form reads as no fields."""
+    """The form fields (first value of each); a body that is not a form reads as no fields;
+    :class:`BadInput` for a url-encoded body that is not UTF-8 (:func:`check_utf8_form`)."""
+    if request.mimetype == "application/x-www-form-urlencoded":
+        check_utf8_form(await request.get_data(cache=True, as_text=False, parse_form_data=False))
     form = await request.form
     return {k: form.get(k, "") for k in form}
 
