@@ -36,6 +36,7 @@ import trio
 from hivecore import claude_turn as ct
 from hivecore import credentials
 from hivecore.claude_turn import DEFAULT_TURN_LIMIT, TurnResult
+from hivecore.proc import child_setup as proc_child_setup
 from hivecore.runtime.shim import write_json_atomic
 from hivecore.sockets.client import Hints, Unreachable, connect
 
@@ -400,6 +401,9 @@ async def run_claude_turn(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             start_new_session=True,
+            # the CLI dies with this harness, even by SIGKILL (``hivectl kill``): an orphaned turn
+            # would go on calling the hive's tools as this agent
+            preexec_fn=proc_child_setup(),
         )
     except OSError as exc:
         return _not_started(started, f"cannot run {claude}: {exc.strerror or exc}")

@@ -17,6 +17,9 @@ What every child gets, whoever asks for it:
   daemon dies, even by ``kill -9``, the kernel kills the child (a long ``nix eval`` never outlives
   it). Grandchildren that the child did not reap are in the child's group and die with it when the
   daemon is stopped normally; a ``kill -9`` of the daemon reaches only the direct child.
+  The kernel ties that signal to the *thread* that forked, and trio forks in a worker thread that
+  retires after 10 s idle: :func:`keep_forking_threads` keeps trio's worker threads for the life
+  of the process, else every child still running 10 s after its thread went idle was killed.
 * **Optional confinement**: ``user`` (run as that uid/gid with exactly the given groups; only when
   the daemon is root), ``memory_limit`` (``RLIMIT_AS``, bytes) and ``stdin`` bytes (else
   ``/dev/null``).
@@ -33,6 +36,7 @@ import os
 import resource
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -102,6 +106,32 @@ def _libc() -> ctypes.CDLL | None:
 
 _LIBC = _libc()
 _PRCTL: Callable[..., int] | None = None if _LIBC is None else _LIBC.prctl
+
+
+_THREAD_LIFETIME = min(int(threading.TIMEOUT_MAX), 10 * 365 * 86400)
+
+
+def keep_forking_threads() -> None:
+    """Keep trio's worker threads alive for the life of the process (idempotent).
+
+    ``PR_SET_PDEATHSIG`` fires when the thread that forked the child exits, not the process, and
+    :func:`trio.lowlevel.open_process` forks in a cached worker thread that exits after 10 s idle
+    (``trio._core._thread_cache.IDLE_TIMEOUT``, read on every wait). Without this a ``nix build``
+    or a Claude turn still running 10 s after its thread went idle was SIGKILLed by the kernel.
+    A thread kept idle costs a stack mapping, and trio starts at most its limiter's 40.
+    """
+    from trio._core import _thread_cache
+
+    if getattr(_thread_cache, "IDLE_TIMEOUT", None) != _THREAD_LIFETIME:
+        _thread_cache.IDLE_TIMEOUT = _THREAD_LIFETIME
+
+
+def child_setup(memory_limit: int | None = None) -> Callable[[], None]:
+    """A ``preexec_fn`` that gives the child ``PR_SET_PDEATHSIG = SIGKILL`` (and ``RLIMIT_AS`` when
+    ``memory_limit`` is set), for callers that spawn a child themselves; it calls
+    :func:`keep_forking_threads` so the death signal follows this process, not a worker thread."""
+    keep_forking_threads()
+    return _child_setup(os.getpid(), memory_limit)
 
 
 def _child_setup(parent: int, memory_limit: int | None) -> Callable[[], None]:
@@ -254,7 +284,7 @@ async def run(
                         env=dict(env),
                         cwd=cwd,
                         start_new_session=True,
-                        preexec_fn=_child_setup(os.getpid(), memory_limit),
+                        preexec_fn=child_setup(memory_limit),
                         deliver_cancel=_kill_group,
                         **options,
                     )

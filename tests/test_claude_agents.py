@@ -228,3 +228,38 @@ async def acked(d: Daemon, recipient: str) -> bool:
 def turns_of(state: Path) -> list[dict[str, Any]]:
     path = state / ct.TURNS_FILE
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _processes_in(directory: Path) -> dict[int, str]:
+    """pid -> command line of every process whose working directory is ``directory``."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if Path(os.readlink(entry / "cwd")) != directory:
+                continue
+            cmdline = (entry / "cmdline").read_bytes()
+            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return found
+
+
+async def test_a_killed_agent_leaves_no_turn_running(claude_hive: Daemon, model: ModelApi) -> None:
+    """``hivectl kill`` SIGKILLs the agent's group; the CLI (its own session, so the turn limit can
+    kill its group) and its hive-mcp must die with the harness, not go on calling tools as it."""
+    d = claude_hive
+    await d.coordinator.spawn("coder")
+    await d.coordinator.op_send("coder", "hello")
+    await idle(d, "coder")
+    state = d.config.paths.agent_state("coder").resolve()
+
+    await d.coordinator.op_send("coder", HANG)
+    await eventually(lambda: any(HANG in p for p in prompts(model)), timeout=120, what="the hanging turn")
+    cli = {pid: cmd for pid, cmd in _processes_in(state).items() if " -p " in cmd}
+    assert cli, f"no claude -p process in {state}: {_processes_in(state)}"
+
+    await d.coordinator.kill("coder")
+    gone = "every process of the killed agent gone"
+    await eventually(lambda: not _processes_in(state), timeout=30, what=gone)

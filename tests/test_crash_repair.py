@@ -127,7 +127,7 @@ async def test_kill9_mid_build_with_a_stale_index_lock_rolls_back_for_real(state
         proc = await serve(state_dir, log, auto_update=True)
 
         async def settled() -> bool:
-            return (await approval_row(state_dir, aid))["status"] != "pending"
+            return bool((await approval_row(state_dir, aid))["status"] != "pending")
 
         await eventually(settled, 30)
 

@@ -11,7 +11,7 @@ and ``systemctl`` are the recording stub of ``tests/test_runtime_nixos.py``.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -44,7 +44,7 @@ async def parts(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
 
 
 @pytest.fixture
-def nixos(parts: Parts, stub: Stub, tmp_path: Path) -> Iterator[tuple[MetaBuild, NixosRuntime]]:
+def nixos(parts: Parts, stub: Stub, tmp_path: Path) -> tuple[MetaBuild, NixosRuntime]:
     paths = parts.config.paths
     runtime = NixosRuntime(
         paths,

@@ -168,3 +168,11 @@ async def test_a_mock_clock_jumping_ahead_does_not_time_a_child_out(
     assert not result.timed_out
     assert result.returncode == 0
     assert trio.current_time() == started  # nothing else waited on trio's clock
+
+
+async def test_a_child_outlives_the_worker_thread_that_forked_it() -> None:
+    """The death signal is tied to the forking thread; trio forks in a cached worker thread that
+    retires after 10 s idle. A child still running then was SIGKILLed by the kernel (a long
+    ``nix build`` or Claude turn died at ~10 s) until :func:`proc.keep_forking_threads`."""
+    result = await proc.run(["sleep", "11.5"], env=ENV, time_limit=60)
+    assert result.returncode == 0, result

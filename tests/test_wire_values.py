@@ -16,11 +16,11 @@ from typing import Any
 import attrs
 import trio
 
+from hivecore.container_view import STATUS_FILE
 from hivecore.daemon import Daemon
 from hivecore.errors import EXIT_REFUSED
-from hivecore.sockets.mcp import STATUS_FILE
 from hivecore.verbs import bind, spec
-from hivecore.verbs.shape import Form
+from hivecore.verbs.shape import Form, Route, Surface
 from hivecore.wire.converter import value_problem
 from tests.conftest import AUTH
 from tests.test_dashboard_actions import answer
@@ -32,7 +32,7 @@ SURROGATE = "\ud800"
 NUL = "a\x00b"
 BIG = 2**63
 RANGE = f"is out of range (a number field holds at most {BIG - 1})"
-PROBLEMS = {
+PROBLEMS: dict[str, list[tuple[Any, str]]] = {
     "text": [
         (SURROGATE, "text contains a lone surrogate (U+D800 at character 0); send valid Unicode"),
         (NUL, "text contains a NUL byte (at character 1)"),
@@ -82,7 +82,10 @@ def _request(cmd: str, keys: list[str], value: Any) -> dict[str, Any]:
     return out
 
 
-def _cases(surface: spec.Surface) -> list[tuple[str, dict[str, Any], str]]:
+SOCKET_SURFACES: tuple[Surface, ...] = ("host_sock", "manager_sock", "agent_sock")
+
+
+def _cases(surface: Surface) -> list[tuple[str, dict[str, Any], str]]:
     out = []
     for cl, key in bind.records(surface).items():
         for path, keys, kind in _fields(cl):
@@ -92,7 +95,7 @@ def _cases(surface: spec.Surface) -> list[tuple[str, dict[str, Any], str]]:
 
 
 def test_the_table_covers_every_text_and_number_field() -> None:
-    fields = {c[0].rsplit(".", 1)[0] for s in ("host_sock", "manager_sock", "agent_sock") for c in _cases(s)}
+    fields = {c[0].rsplit(".", 1)[0] for s in SOCKET_SURFACES for c in _cases(s)}
     for expected in (
         "send.body",
         "send.in_reply_to",
@@ -150,7 +153,7 @@ async def test_every_field_on_every_socket_gets_one_error_naming_it(hive: Daemon
     before = sorted(p.name for p in state.iterdir())
     checked = 0
     for surface, path in sockets.items():
-        for case, request, expected in _cases(surface):
+        for case, request, expected in _cases(typing.cast(Surface, surface)):
             got = await _line(path, _encode(request))
             assert got["ok"] is False, (surface, case, got)
             assert got["error"] == f'bad "{request["cmd"]}" request: {expected}', (surface, case, got)
@@ -172,7 +175,7 @@ class _Recording(dict[str, str]):
         super().__init__()
         self.read: list[str] = []
 
-    def get(self, key: str, default: Any = None) -> str:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> str:
         self.read.append(key)
         return "7" if key == "id" else f"marker-{key}"
 
@@ -180,7 +183,7 @@ class _Recording(dict[str, str]):
         return self.get(key)
 
 
-def _form_fields(route: spec.Route) -> list[str]:
+def _form_fields(route: Route) -> list[str]:
     """The form fields (and path parameters) a route passes on as text."""
     form = _Recording()
     out = json.dumps(route.fields(typing.cast(Form, form)))
