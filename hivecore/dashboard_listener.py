@@ -68,6 +68,13 @@ MAX_HEAD_BYTES = 16 << 10
 """The largest request head read (hypercorn's h11 limit, ``h11_max_incomplete_size``)."""
 
 REFUSAL_LOG_SECONDS = 60.0
+LINGER_SECONDS = 1.0
+"""After a refusal is sent, the connection's write side is shut and what the client still sends is
+read and dropped for up to this long before the close: closing with unread input makes the kernel
+answer with a reset, which can destroy the refusal before the client reads it."""
+MAX_LINGERING = 64
+"""Refused connections lingering at once; past it a refusal closes at once (a flood of refusals
+must not hold fds)."""
 
 CredentialsOk = Callable[[str | None, str | None], bool]
 """``(Authorization header, hive_session cookie) -> valid``: whether a request is the operator's."""
@@ -230,6 +237,7 @@ class CappedListener(trio.abc.Listener[trio.SocketStream]):
         self.evicted = 0
         self.head_timeouts = 0
         self._last_log = -REFUSAL_LOG_SECONDS
+        self._lingering = 0
 
     @property
     def pending(self) -> int:
@@ -314,10 +322,19 @@ class CappedListener(trio.abc.Listener[trio.SocketStream]):
 
     async def _refuse(self, stream: trio.SocketStream, response: bytes, why: str) -> None:
         # best effort: a send buffer with room completes at once, else the peer is not reading
+        sent = False
         with trio.move_on_after(0.1):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await stream.send_all(response)
-        await trio.aclose_forcefully(stream)
+                sent = True
+        if sent and self._lingering < MAX_LINGERING:
+            self._lingering += 1
+            try:
+                await _lingering_close(stream)
+            finally:
+                self._lingering -= 1
+        else:
+            await trio.aclose_forcefully(stream)
         now = time.monotonic()
         if now - self._last_log >= REFUSAL_LOG_SECONDS:
             self._last_log = now
@@ -330,6 +347,19 @@ class CappedListener(trio.abc.Listener[trio.SocketStream]):
                 self.evicted,
                 self.head_timeouts,
             )
+
+
+async def _lingering_close(stream: trio.SocketStream) -> None:
+    """Shut the write side (the client reads the answer, then end of file), drop what the client
+    still sends for up to :data:`LINGER_SECONDS` or until it closes, then close."""
+    try:
+        with trio.move_on_after(LINGER_SECONDS):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await stream.send_eof()
+                while await stream.receive_some(1 << 14):
+                    pass
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 async def serve(

@@ -40,6 +40,8 @@ hypothesis.settings.load_profile("hivecore")
 # the startup auto_update (a hyperhive bump and a rebuild of every stale agent) is skipped in the
 # suite; tests of it unset this with monkeypatch
 os.environ.setdefault("HIVE_SKIP_AUTO_UPDATE", "1")
+# every `hive-c0re serve` a test starts hands out this worker's agent uids (tests/worker.py)
+os.environ["HIVE_AGENT_UID_BASE"] = str(AGENT_UID_BASE)
 
 
 @pytest.fixture

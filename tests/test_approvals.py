@@ -43,9 +43,12 @@ async def git(repo: Path, *args: str, check: bool = True) -> str:
         capture_stdout=True,
         capture_stderr=True,
         env={**clean_env(), **owner_git_env(repo)},
-        check=check,
+        check=False,
         **as_owner(repo),
     )
+    if check and result.returncode != 0:
+        why = result.stderr.decode()
+        raise AssertionError(f"git {' '.join(args)} in {repo} exited {result.returncode}: {why}")
     return result.stdout.decode().strip()
 
 

@@ -143,8 +143,8 @@ async def test_turns_are_recorded_and_shown_on_every_surface(hive: Daemon) -> No
     assert status_code == 200
     [container] = [c for c in json.loads(body)["containers"] if c["name"] == "a"]
     assert (container["turns_today"], container["tokens_today"]) == (2, 6000)
-    manager = await hive.store.call(lambda c: usage.summaries(c, ["hm1nd"], 0))
-    assert manager["hm1nd"].cost_total_usd == 1.0  # the manager's own report, under its name
+    summaries = await hive.store.call(lambda c: usage.summaries(c, ["hm1nd"], 0))
+    assert summaries["hm1nd"].cost_total_usd == 1.0  # the manager's own report, under its name
 
 
 BAD_REPORTS: list[tuple[dict[str, Any], str]] = [

@@ -150,7 +150,6 @@ async def test_every_field_on_every_socket_gets_one_error_naming_it(hive: Daemon
         "agent_sock": hive.config.agent_socket_path("coder"),
     }
     state = hive.config.paths.agent_state("coder")
-    before = sorted(p.name for p in state.iterdir())
     checked = 0
     for surface, path in sockets.items():
         for case, request, expected in _cases(typing.cast(Surface, surface)):
@@ -160,8 +159,9 @@ async def test_every_field_on_every_socket_gets_one_error_naming_it(hive: Daemon
             checked += 1
     assert checked > 60
     assert await hive.coordinator.approvals() == []
-    assert sorted(p.name for p in state.iterdir()) == before  # set_status left no temp file
-    assert not (state / STATUS_FILE).exists()
+    # set_status wrote nothing: no status file and no temp file of one (coder's own harness writes
+    # its other files beside them meanwhile)
+    assert [p.name for p in state.iterdir() if STATUS_FILE in p.name] == []
     # a bad cmd itself is named, not echoed
     got = await _line(sockets["host_sock"], _encode({"cmd": SURROGATE}))
     assert got["error"] == f"bad request: field 'cmd': {PROBLEMS['text'][0][1]}"

@@ -146,9 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--agent-uid-base",
         type=int,
-        default=DEFAULT_AGENT_UID_BASE,
+        # a string default goes through type=int too: a bad HIVE_AGENT_UID_BASE is a usage error
+        default=os.environ.get("HIVE_AGENT_UID_BASE", DEFAULT_AGENT_UID_BASE),
         help="process runtime as root: agents run as uids above this one, each its own, with this "
-        f"id as their shared group (default {DEFAULT_AGENT_UID_BASE}; see docs/security.md)",
+        f"id as their shared group (default $HIVE_AGENT_UID_BASE, else {DEFAULT_AGENT_UID_BASE}; "
+        "see docs/security.md)",
     )
     serve.add_argument(
         "--agent-env-file",
