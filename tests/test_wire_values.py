@@ -262,3 +262,21 @@ async def test_hivectl_arguments_that_are_not_text_or_past_64_bits_get_the_same_
         assert result.returncode == EXIT_REFUSED, (argv, err(result))
         assert expected in err(result), (argv, err(result))
     assert await hive.coordinator.approvals() == []
+
+
+async def test_a_field_named_twice_is_refused_on_every_socket(hive: Daemon) -> None:
+    """JSON keeps the last of two equal keys: ``{"cmd":"list","cmd":"destroy"}`` destroyed an agent
+    whose operator read a harmless line. A field named twice is one clear error, and nothing runs."""
+    await hive.coordinator.spawn("coder")
+    await eventually(lambda: hive.agent_sockets.socket("coder") is not None, what="coder's socket bound")
+    lines = {
+        hive.config.host_socket_path: b'{"cmd":"list","cmd":"destroy","name":"coder"}',
+        hive.config.manager_socket_path: b'{"cmd":"whoami","cmd":"kill","name":"coder"}',
+        hive.config.agent_socket_path("coder"): b'{"cmd":"send","to":"manager","body":"a","body":"b"}',
+    }
+    for path, line in lines.items():
+        got = await _line(path, line)
+        assert got["ok"] is False, (path, got)
+        assert "names the field" in got["error"], got
+        assert got["error"].endswith("twice; send each field once"), got
+    assert "coder" in await hive.coordinator.agent_names()

@@ -41,6 +41,23 @@ class RequestError:
     message: str
 
 
+class _DuplicateField(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: a JSON object that names a field twice is refused (``json`` keeps the
+    last, so ``{"cmd":"list","cmd":"destroy"}`` would run what a reader of the line did not see)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateField(key)
+        out[key] = value
+    return out
+
+
 def parse_line(line: bytes, union: Any, *, example: str, known: tuple[str, ...] | None = None) -> Any:
     """Decode one request line (without its newline) against the tagged ``union`` (whose fallback is
     :class:`UnknownRequest`); never raises for bad input: every problem is one :class:`RequestError`.
@@ -54,7 +71,10 @@ def parse_line(line: bytes, union: Any, *, example: str, known: tuple[str, ...] 
     if not text.strip():
         return RequestError(f'empty request; send one JSON object per line, e.g. {{"cmd":"{example}"}}')
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_object_without_duplicates)
+    except _DuplicateField as exc:
+        shown = json.dumps(exc.name[:64])
+        return RequestError(f"request names the field {shown} twice; send each field once")
     except json.JSONDecodeError as exc:
         return RequestError(f"request is not valid JSON: {exc.msg} (column {exc.colno})")
     except RecursionError:
