@@ -151,6 +151,7 @@ def make_runtime(config: Config, agent_env: AgentEnv | None = None) -> Container
             runtime_dir=config.runtime_path,
             memory_max=config.agent_memory_max,
             cpu_quota=config.agent_cpu_quota,
+            env_source=agent_env.env_for if agent_env is not None else None,
         )
     from hivecore.runtime.process import ProcessRuntime
 

@@ -12,6 +12,11 @@ it), the turn command run if there is one (``--turn-command CMD`` or ``HIVE_TURN
 command given the turn's messages as JSON lines on stdin; its exit status is logged), then
 ``ack_turn``. If the daemon goes away it reconnects with backoff (0.2 s doubling to 5 s); a turn
 finished but not yet acked is acked first on the new connection, so it is not delivered again.
+
+With ``HIVE_AGENT_ENV_FILE`` set (the nixos runtime sets it) and that file present, its ``KEY=VALUE``
+lines (the operator's environment for this agent) are loaded into the environment at start
+(:func:`with_agent_env_file`); a file that is a link, not a regular file, or readable by others is
+refused and the harness does not start.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ import trio
 
 from hivecore import claude_turn as ct
 from hivecore import credentials
+from hivecore.agent_env import load_env_file
 from hivecore.claude_turn import DEFAULT_TURN_LIMIT, TurnResult
+from hivecore.errors import HiveError
 from hivecore.proc import child_setup as proc_child_setup
 from hivecore.runtime.shim import write_json_atomic
 from hivecore.sockets.client import Hints, Unreachable, connect
@@ -127,6 +134,21 @@ class HarnessSettings:
             turn_limit=turn_limit,
             env=dict(env),
         )
+
+
+def with_agent_env_file(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with the operator's environment over it: the ``KEY=VALUE`` file ``HIVE_AGENT_ENV_FILE``
+    names (the nixos runtime binds it at ``/run/hive-env/env``), when set and present. The file must be
+    a regular file (not a link), root's or ours, mode 0600 (:func:`hivecore.agent_env.load_env_file`);
+    else :class:`SettingsError`, naming keys, never values. Its keys are never ``HIVE_*``."""
+    path = env.get("HIVE_AGENT_ENV_FILE")
+    if not path or not os.path.lexists(path):
+        return dict(env)
+    try:
+        values = load_env_file(Path(path))
+    except HiveError as exc:
+        raise SettingsError(str(exc)) from None
+    return {**env, **values}
 
 
 def render_prompt(label: str, operator_pronouns: str, state_dir: str) -> str:
@@ -517,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        settings = HarnessSettings.from_env(os.environ)
+        env = with_agent_env_file(os.environ)
+        os.environ.update(env)  # the turn command and the CLI inherit it
+        settings = HarnessSettings.from_env(env)
     except SettingsError as e:
         log.error("cannot start: %s", e)
         return 2

@@ -112,3 +112,48 @@ async def test_real_process_refuses_without_env(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert b"HIVE_LABEL and HIVE_STATE_DIR must be set" in result.stderr
+
+
+# --- the operator's environment from HIVE_AGENT_ENV_FILE (issue 17, item 5: the nixos runtime) ---------
+
+
+def test_agent_env_file_is_loaded_over_the_environment(tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("ANTHROPIC_BASE_URL=http://127.0.0.1:9/\nSHARED=operator\n")
+    env_file.chmod(0o600)
+    base = {"HIVE_LABEL": "a", "HIVE_AGENT_ENV_FILE": str(env_file), "SHARED": "agent.nix", "KEEP": "1"}
+    env = harness.with_agent_env_file(base)
+    assert env == {**base, "ANTHROPIC_BASE_URL": "http://127.0.0.1:9/", "SHARED": "operator"}
+    # unset, or set but absent (not bound): the environment as it is
+    assert harness.with_agent_env_file({"KEEP": "1"}) == {"KEEP": "1"}
+    assert harness.with_agent_env_file({**base, "HIVE_AGENT_ENV_FILE": str(tmp_path / "none")})["SHARED"] == (
+        "agent.nix"
+    )
+
+
+def test_agent_env_file_that_is_not_a_private_regular_file_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.write_text("KEY=sk-secret-value\n")
+    real.chmod(0o600)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    a_dir = tmp_path / "dir"
+    a_dir.mkdir(mode=0o700)
+    shared = tmp_path / "shared"
+    shared.write_text("KEY=sk-secret-value\n")
+    shared.chmod(0o644)
+    reserved = tmp_path / "reserved"
+    reserved.write_text("HIVE_SOCKET=/tmp/x\n")
+    reserved.chmod(0o600)
+    for path, why in (
+        (link, "symlink"),
+        (fifo, "not a regular file"),
+        (a_dir, "not a regular file"),
+        (shared, "chmod 600"),
+        (reserved, "set by hive-c0re itself"),
+    ):
+        with pytest.raises(SettingsError, match=why) as caught:
+            harness.with_agent_env_file({"HIVE_AGENT_ENV_FILE": str(path)})
+        assert "sk-secret-value" not in str(caught.value)

@@ -14,14 +14,16 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
+from hivecore.agent_env import AgentEnv
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError, RuntimeFailure
 from hivecore.repos import Repos
 from hivecore.runtime.base import AgentSpec
-from hivecore.runtime.nixos import NixosRuntime
+from hivecore.runtime.nixos import CONTAINER_AGENT_ENV_FILE, NixosRuntime
 from hivecore.services.meta_build import MetaBuild
 from tests.conftest import Parts, make_config, start_parts
 from tests.test_eval_confined import REASON, SECRET, agent_nix_with, attacks, leaked_into_store, store_entries
@@ -142,3 +144,40 @@ async def test_the_container_system_is_evaluated_confined(
     assert [c for c in stub.calls() if c.startswith("nixos-container create")] == []
     no_flake_reaches_nixos_container(stub.calls())
     assert leaked_into_store(before) == []
+
+
+async def test_the_operator_env_reaches_the_container_never_the_store(
+    parts: Parts, stub: Stub, tmp_path: Path
+) -> None:
+    """Issue 17, item 5: a ``hivectl env`` value reaches the container through its bound 0600 file;
+    the built system names only that file's path (``HIVE_AGENT_ENV_FILE``), never the value."""
+    config = attrs.evolve(parts.config, runtime="nixos")
+    paths = config.paths
+    agent_env = AgentEnv(paths.root)
+    runtime = NixosRuntime(
+        paths,
+        meta_dir=paths.meta,
+        runtime_dir=tmp_path / "nixos-run",
+        conf_dir=stub.conf,
+        unit_dir=stub.units,
+        profile_dir=tmp_path / "profiles",
+        env_source=agent_env.env_for,
+    )
+    build = MetaBuild(config, runtime, Repos(paths), parts.daemon.meta)
+    await parts.coordinator.spawn("a")
+    await trio.to_thread.run_sync(agent_env.update, "a", {"ANTHROPIC_API_KEY": SECRET}, [])
+    before = store_entries()
+    await build.create("a")
+    stub.set("containers", "h-a")
+    await runtime.start("a")
+    assert stub.calls()[-1] == "nixos-container start h-a"
+    system = next(c for c in stub.calls() if c.startswith("nixos-container create")).split(" ")[-1]
+    manifest = await trio.Path(system, "manifest.nix").read_text()
+    assert CONTAINER_AGENT_ENV_FILE == "/run/hive-env/env"
+    assert "HIVE_AGENT_ENV_FILE" in manifest
+    assert CONTAINER_AGENT_ENV_FILE in manifest
+    assert SECRET not in manifest
+    assert leaked_into_store(before) == []
+    assert SECRET not in (stub.conf / "h-a.conf").read_text()
+    env_file = paths.root / "agent-env.d" / "a" / "env"
+    assert await trio.Path(env_file).read_text() == f"ANTHROPIC_API_KEY={SECRET}\n"

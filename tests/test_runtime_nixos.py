@@ -22,7 +22,9 @@ from pathlib import Path
 
 import attrs
 import pytest
+import trio
 
+from hivecore.agent_env import AgentEnv
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError, RuntimeFailure
 from hivecore.runtime.base import AgentRuntimeState, AgentSpec
@@ -77,7 +79,8 @@ class Stub:
             f"--bind={self.state}/agents/{name}/state:/agents/{name}/state "
             f"--bind={self.state}/agents/{name}/claude:/root/.claude "
             f"--bind={self.run}/agents/{name}:/run/hive "
-            f"--bind-ro={self.state}/applied/{name}:/agents/{name}/applied.git"
+            f"--bind-ro={self.state}/applied/{name}:/agents/{name}/applied.git "
+            f"--bind-ro={self.state}/agent-env.d/{name}:/run/hive-env"
         )
 
     def calls(self) -> list[str]:
@@ -237,7 +240,8 @@ async def test_manager_is_unprefixed_and_binds_the_hive(runtime: NixosRuntime, s
         f"--bind={stub.state}/agents/hm1nd/claude:/root/.claude "
         f"--bind={stub.run}/manager:/run/hive "
         f"--bind-ro={stub.state}/applied:/applied "
-        f"--bind-ro={stub.meta.parent}/state/meta:/meta"
+        f"--bind-ro={stub.meta.parent}/state/meta:/meta "
+        f"--bind-ro={stub.state}/agent-env.d/hm1nd:/run/hive-env"
     )
     conf = (stub.conf / "hm1nd.conf").read_text()
     assert f'EXTRA_NSPAWN_FLAGS="{flags}"\n' in conf
@@ -441,6 +445,7 @@ LINKED_SOURCES = [
     ("hm1nd", "state", "agents/hm1nd"),
     ("hm1nd", "run", "manager"),
     ("hm1nd", "state", "meta"),
+    ("alpha", "state", "agent-env.d/alpha"),  # the daemon's own, refused all the same
 ]
 
 
@@ -474,3 +479,80 @@ async def test_a_linked_bind_source_is_refused(
     with pytest.raises(RuntimeFailure, match="not a directory"):
         await runtime.start(name)
     assert not any(c.startswith("nixos-container start") for c in stub.calls()[before:])
+
+
+# --- the operator's environment reaches a container (issue 17, item 5) ------------------------------
+
+SECRET = "sk-ant-secret-0123456789"
+
+
+async def test_start_writes_the_operator_env_bound_read_only(
+    stub: Stub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--agent-env-file`` and ``hivectl env`` values: a 0600 file in a 0700 daemon dir, bound
+    read-only at /run/hive-env, rewritten at every start, removed on destroy; never in the .conf,
+    the calls (argv) or a log."""
+    caplog.set_level("DEBUG")
+    global_file = tmp_path / "agent.env"
+    global_file.write_text("ANTHROPIC_BASE_URL=http://127.0.0.1:9/\nSHARED=global\n")
+    global_file.chmod(0o600)
+    env = AgentEnv(stub.state, global_file)
+    stub.state.mkdir(parents=True, exist_ok=True)
+    env.update("alpha", {"ANTHROPIC_API_KEY": SECRET, "SHARED": "own"}, [])
+    runtime = NixosRuntime(
+        StatePaths(stub.state),
+        meta_dir=stub.meta,
+        runtime_dir=stub.run,
+        conf_dir=stub.conf,
+        unit_dir=stub.units,
+        profile_dir=stub.profiles,
+        env_source=env.env_for,
+    )
+    (stub.state / "applied" / "alpha").mkdir(parents=True)
+    await runtime.create(spec("alpha"))
+    await runtime.start("alpha")
+    assert stub.calls()[-1] == "nixos-container start h-alpha"
+    conf = (stub.conf / "h-alpha.conf").read_text()
+    assert f"--bind-ro={stub.state}/agent-env.d/alpha:/run/hive-env" in conf
+    file = stub.state / "agent-env.d" / "alpha" / "env"
+    assert file.read_text() == (
+        f"ANTHROPIC_API_KEY={SECRET}\nANTHROPIC_BASE_URL=http://127.0.0.1:9/\nSHARED=own\n"
+    )
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(file.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(file.parent.parent.stat().st_mode) == 0o700
+    # a `hivectl env` change takes effect on the next start
+    env.update("alpha", {}, ["ANTHROPIC_API_KEY"])
+    await runtime.start("alpha")
+    assert file.read_text() == "ANTHROPIC_BASE_URL=http://127.0.0.1:9/\nSHARED=own\n"
+    assert sorted(p.name for p in file.parent.iterdir()) == ["env"]  # no temp file left
+    # no value anywhere else: the .conf, the drop-in, any argv (no nix command runs on start, so
+    # nothing reaches the store), the log; the built system is the stand-in untouched
+    system = await trio.Path(SYSTEM).read_text()
+    seen = [conf, stub.dropin("h-alpha").read_text(), *stub.calls(), caplog.text, system]
+    assert not [text for text in seen if SECRET in text or "127.0.0.1:9" in text]
+    await runtime.destroy("alpha")
+    assert not file.parent.exists()
+
+
+async def test_an_unusable_env_file_stops_the_start(stub: Stub, tmp_path: Path) -> None:
+    """A global env file that became readable by others: the start is refused, the value unsaid."""
+    global_file = tmp_path / "agent.env"
+    global_file.write_text(f"ANTHROPIC_API_KEY={SECRET}\n")
+    global_file.chmod(0o644)
+    runtime = NixosRuntime(
+        StatePaths(stub.state),
+        meta_dir=stub.meta,
+        runtime_dir=stub.run,
+        conf_dir=stub.conf,
+        unit_dir=stub.units,
+        profile_dir=stub.profiles,
+        env_source=AgentEnv(stub.state, global_file).env_for,
+    )
+    stub.set("containers", "h-alpha")
+    (stub.conf / "h-alpha.conf").write_text("PRIVATE_NETWORK=0\n")
+    with pytest.raises(RuntimeFailure, match="chmod 600") as caught:
+        await runtime.start("alpha")
+    assert SECRET not in str(caught.value)
+    assert "nixos-container start h-alpha" not in stub.calls()
+    assert not (stub.state / "agent-env.d" / "alpha" / "env").exists()

@@ -48,6 +48,14 @@ reboot, which empties ``/run``, or a daemon upgrade never starts a container wit
 3. ``<unit_dir>/container@<c>.service.d/hive-resources.conf``: ``MemoryMax=``/``CPUQuota=``
    (:func:`render_resources`); ``systemctl daemon-reload`` only when that file changed.
 
+The operator's environment for the agent (``--agent-env-file`` and ``hivectl env``:
+:meth:`hivecore.agent_env.AgentEnv.env_for`) is written at every start, just before
+``nixos-container start``, to ``<state>/agent-env.d/<n>/env`` (``KEY=VALUE`` lines, 0600, created
+0600 and renamed into place in the daemon-owned 0700 dir, reached without following a link), which is
+bound read-only at ``/run/hive-env``; the harness loads ``HIVE_AGENT_ENV_FILE`` (the identity sets
+it to :data:`CONTAINER_AGENT_ENV_FILE`). No value is ever in the ``.conf``, the store or a log;
+destroy removes the file.
+
 ``unit_dir`` defaults to ``/run/systemd/system``, not ``/etc/systemd/system``: on NixOS the latter is
 a read-only link into the Nix store (generated from the system configuration); ``/run`` is writable
 and, being volatile, never keeps a destroyed container's drop-in across a reboot (a start rewrites it).
@@ -60,13 +68,14 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import attrs
 import trio
 
 from hivecore import agentfs, proc
+from hivecore.agent_env import check_key, check_value
 from hivecore.atomic import write_text_atomic
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError, RuntimeFailure
@@ -86,6 +95,12 @@ CONTAINER_SOCKET = "/run/hive/mcp.sock"
 """The agent's (and the manager's) socket as seen inside its container: what ``HIVE_SOCKET`` must be
 there (the meta flake's identity module sets it; the host path in ``AgentSpec.env`` is the process
 runtime's)."""
+AGENT_ENV_DIR = "agent-env.d"
+"""``<state>/agent-env.d/<n>/``: the daemon's (0700), holding agent ``n``'s environment file."""
+AGENT_ENV_TARGET = "/run/hive-env"
+AGENT_ENV_FILE_NAME = "env"
+CONTAINER_AGENT_ENV_FILE = f"{AGENT_ENV_TARGET}/{AGENT_ENV_FILE_NAME}"
+"""The operator's environment as the container sees it (its ``HIVE_AGENT_ENV_FILE``)."""
 SOCKET_DIR_MODE = 0o751
 """As :mod:`hivecore.unix_listener` makes it when it binds the socket there."""
 _SAFE_BIND_PATH = re.compile(r"/[A-Za-z0-9._/+@-]*")
@@ -168,11 +183,13 @@ def container_binds(name: str, paths: StatePaths, runtime_dir: Path) -> tuple[Bi
     proposed repos ``/agents/<n>/config``; its own state is ``/agents/hm1nd/state`` as for any
     agent), the applied repos at ``/applied`` and the meta flake at ``/meta`` (both read-only: its
     deploy log and ``flake.lock``), its creds at ``/root/.claude`` and ``<runtime-dir>/manager/`` at
-    ``/run/hive``. Note that ``/agents`` includes the other agents' ``claude`` dirs, as in the
-    original.
+    ``/run/hive``. Every container also gets its environment dir ``<state>/agent-env.d/<n>``,
+    read-only, at ``/run/hive-env`` (module doc). Note that ``/agents`` includes the other agents'
+    ``claude`` dirs, as in the original.
     """
     name = validate_name(name)
     agents = paths.agents  # agent_state(n) and agent_claude(n) are agents/<n>/state and …/claude
+    env = Bind(paths.root, (AGENT_ENV_DIR, name), AGENT_ENV_TARGET, read_only=True)
     if name == MANAGER_NAME:
         return (
             Bind(agents.parent, (agents.name,), "/agents"),
@@ -182,12 +199,14 @@ def container_binds(name: str, paths: StatePaths, runtime_dir: Path) -> tuple[Bi
                 paths.applied_root.parent, (paths.applied_root.name,), "/applied", read_only=True, owned=False
             ),
             Bind(paths.meta.parent, (paths.meta.name,), "/meta", read_only=True, owned=False),
+            env,
         )
     return (
         Bind(agents, (name, "state"), f"/agents/{name}/state"),
         Bind(agents, (name, "claude"), "/root/.claude"),
         Bind(runtime_dir, ("agents", name), "/run/hive"),
         Bind(paths.applied_root, (name,), f"/agents/{name}/applied.git", read_only=True, owned=False),
+        env,
     )
 
 
@@ -253,10 +272,13 @@ class NixosRuntime:
         profile_dir: Path = DEFAULT_PROFILE_DIR,
         memory_max: str = DEFAULT_MEMORY_MAX,
         cpu_quota: str = DEFAULT_CPU_QUOTA,
+        env_source: Callable[[str], Mapping[str, str]] | None = None,
     ) -> None:
         """``runtime_dir``: where the sockets live (``Config.runtime_path``; default ``<state>/run``).
+        ``env_source``: the operator's environment of an agent (written at every start; none: empty).
         ``conf_dir``, ``unit_dir`` and ``profile_dir`` are parameters for the tests."""
         self._paths = paths
+        self._env_source = env_source
         self._meta_dir = meta_dir
         self._runtime_dir = runtime_dir if runtime_dir is not None else paths.run
         self._conf_dir = conf_dir
@@ -339,8 +361,54 @@ class NixosRuntime:
             raise RuntimeFailure(f"cannot create {directory}: {e}") from e
 
     async def start(self, name: str) -> None:
+        """Reconcile, write the agent's environment file (module doc), ``nixos-container start``."""
         await self.reconcile(validate_name(name))
+        await trio.to_thread.run_sync(self._write_agent_env, name)
         await self._run("nixos-container", "start", container_name(name))
+
+    def _write_agent_env(self, name: str) -> None:
+        """``<state>/agent-env.d/<name>/env`` := the operator's environment (blocking). Created 0600
+        and renamed into place; no link followed. :class:`RuntimeFailure` names keys, never values."""
+        try:
+            given = self._env_source(name) if self._env_source is not None else {}
+            values = {check_key(k): check_value(k, v) for k, v in given.items()}  # one line each
+        except HiveError as exc:
+            raise RuntimeFailure(f'cannot start agent "{name}": {exc}') from None
+        data = "".join(f"{k}={v}\n" for k, v in sorted(values.items())).encode()
+        tmp = f".{AGENT_ENV_FILE_NAME}.tmp"
+        try:
+            with agentfs.opened_dir(self._paths.root, AGENT_ENV_DIR, name) as fd:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=fd)
+                out = os.open(
+                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd
+                )
+                try:
+                    os.fchmod(out, 0o600)
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(out, view) :]
+                    os.fsync(out)
+                finally:
+                    os.close(out)
+                os.replace(tmp, AGENT_ENV_FILE_NAME, src_dir_fd=fd, dst_dir_fd=fd)
+        except OSError as exc:
+            raise RuntimeFailure(
+                f'cannot write the environment of agent "{name}" ({AGENT_ENV_DIR}/{name}): {exc.strerror}'
+            ) from None
+
+    def _remove_agent_env(self, name: str) -> None:
+        """Remove ``<state>/agent-env.d/<name>/`` and its file (blocking; absent: nothing to do)."""
+        try:
+            with agentfs.opened_dir(self._paths.root, AGENT_ENV_DIR) as fd:
+                with agentfs.opened_dir(self._paths.root, AGENT_ENV_DIR, name) as own:
+                    for entry in (AGENT_ENV_FILE_NAME, f".{AGENT_ENV_FILE_NAME}.tmp"):
+                        agentfs.remove_entry(own, entry)
+                os.rmdir(name, dir_fd=fd)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise RuntimeFailure(f'cannot remove the environment of agent "{name}": {exc.strerror}') from None
 
     async def stop(self, name: str, *, graceful: bool = True) -> None:
         """Graceful: ``nixos-container stop``. Not graceful: ``machinectl terminate`` if it is up."""
@@ -356,6 +424,7 @@ class NixosRuntime:
         validate_name(name)
         if name in await self._container_names():
             await self._run("nixos-container", "destroy", container_name(name))
+        await trio.to_thread.run_sync(self._remove_agent_env, name)
         if await trio.to_thread.run_sync(self._remove_resources, container_name(name)):
             await self._run("systemctl", "daemon-reload")
 
@@ -394,6 +463,7 @@ class NixosRuntime:
         directory, or an owned source cannot be created; a missing read-only source is logged.
         """
         mode = SOCKET_DIR_MODE if bind.target == "/run/hive" else 0o700
+        between = 0o700 if bind.target == AGENT_ENV_TARGET else SOCKET_DIR_MODE
         try:
             if bind.owned:
                 bind.root.mkdir(parents=True, exist_ok=True)
@@ -410,7 +480,7 @@ class NixosRuntime:
                 kind = agentfs.entry_mode(fd, part)
                 if kind is None and bind.owned:
                     try:
-                        os.mkdir(part, mode if last else SOCKET_DIR_MODE, dir_fd=fd)
+                        os.mkdir(part, mode if last else between, dir_fd=fd)
                     except FileExistsError:
                         pass  # made meanwhile: checked below like any other entry
                     except OSError as e:

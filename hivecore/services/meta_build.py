@@ -35,6 +35,7 @@ from hivecore.meta import (
 )
 from hivecore.repos import Repos
 from hivecore.runtime.base import AgentSpec, ContainerRuntime
+from hivecore.runtime.nixos import CONTAINER_AGENT_ENV_FILE
 from hivecore.runtime.process import default_agent_spec
 from hivecore.services.handles import MetaFlake
 
@@ -73,6 +74,8 @@ class MetaBuild:
         }
         if self.config.runtime == "process":  # a container's is its root's, /root/.claude (bound)
             extra["CLAUDE_CONFIG_DIR"] = str(self.config.paths.agent_claude(name))
+        else:  # the process runtime merges the operator's env itself; a container reads it (bound)
+            extra["HIVE_AGENT_ENV_FILE"] = CONTAINER_AGENT_ENV_FILE
         spec = default_agent_spec(self.config.paths, name, extra_env=extra)
         return attrs.evolve(spec, flake_ref=f"{self.config.paths.meta}#{name}")
 
