@@ -143,12 +143,14 @@ class AgentSockets:
         self._changed_now()
 
     async def _unbind(self, name: str) -> None:
-        scope = self._scopes.pop(name, None)
-        self._sockets.pop(name, None)
+        scope = self._scopes.get(name)
         if scope is not None:
             scope.cancel()  # the server unlinks its socket file on the way out
             self._unbinds += 1
         await trio.to_thread.run_sync(self._remove_dir, name)
+        # only now is the name no longer bound(): a waiter that sees it gone finds the directory gone
+        self._scopes.pop(name, None)
+        self._sockets.pop(name, None)
         self._changed_now()
 
     def _remove_dir(self, name: str) -> None:
