@@ -21,6 +21,7 @@ when set, else ``git`` on PATH; nix is ``$HYPERHIVE_NIX``, else ``nix``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -103,6 +104,20 @@ _EVAL_APPLY = (
     ' else m; in if builtins.isAttrs v then true else throw "agent.nix must be a NixOS module:'
     ' an attribute set, or a function returning one"'
 )
+
+
+@contextlib.contextmanager
+def _unreadable_proposal(name: str, what: str) -> Iterator[None]:
+    """An entry of the manager's repo that vanished or changed while it was read (the manager
+    owns it and may move things at any time) is the request's clear failure, not an internal
+    error."""
+    try:
+        yield
+    except OSError as exc:
+        raise GitFailure(
+            f"{what}: cannot read agents/{name}/config/.git ({exc.strerror or exc}); "
+            "leave the repo alone while a request is read, then ask again"
+        ) from None
 
 
 class GitFailure(HiveError):
@@ -451,7 +466,8 @@ class Repos:
     async def _pack_proposal(self, name: str, commit_ref: str, *, what: str) -> tuple[str, bytes]:
         """``(sha, pack)``: ``commit_ref`` resolved and its closure packed in the proposed repo, by
         git running with the owner's credentials (``owner(name)``)."""
-        await self.check_proposed(name)
+        with _unreadable_proposal(name, what):
+            await self.check_proposed(name)
         user = await trio.to_thread.run_sync(self.owner, name)
         if user is not None and os.geteuid() == 0:
             return await self._pack_in(self.proposed(name), commit_ref, what=what, user=user)
@@ -460,7 +476,8 @@ class Repos:
         snapshot = await self._scratch("snap-")
         try:
             git_dir = snapshot / "git"
-            await trio.to_thread.run_sync(proposed.snapshot_git, self.paths.agents, name, git_dir)
+            with _unreadable_proposal(name, what):
+                await trio.to_thread.run_sync(proposed.snapshot_git, self.paths.agents, name, git_dir)
             return await self._pack_in(git_dir, commit_ref, what=what, user=None)
         finally:
             await trio.to_thread.run_sync(partial(shutil.rmtree, snapshot, ignore_errors=True))
