@@ -66,8 +66,9 @@ async def evaluation(root: Path) -> None:
     names = [f"a{i}" for i in range(5)]
     for name in names:
         seed(paths.applied(name))
+        await meta.release(name)  # the meta input is released/<n> (applied main only), as a build does
     await meta.sync(
-        AgentEntry(name=n, applied=paths.applied(n), command=("true",), identity={}) for n in names
+        AgentEntry(name=n, applied=paths.released(n), command=("true",), identity={}) for n in names
     )
     await meta.evaluate("a0")  # warm: every input in the store
 

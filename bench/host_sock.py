@@ -150,8 +150,10 @@ async def bench(seconds: float, client_counts: list[int]) -> None:
         rows: list[tuple[str, int, float, float, float]] = []
         size = 0
         async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.store.run)  # a rescan reads each agent's usage from the store
             await nursery.start(daemon.views.run)
-            await daemon.views.rescan()
+            with trio.fail_after(60):  # every bench bounds its waits
+                await daemon.views.rescan()
             await nursery.start(admin.run)
             await nursery.start(serve_echo, echo_path)
             for clients in client_counts:

@@ -181,6 +181,8 @@ async def bench(root: Path, calls: int, n_wakeups: int) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run)
         await nursery.start(store.run)
+        for name in ("coder", "peer"):  # as their spawns would: an inbox is bound to an incarnation
+            await broker.begin_incarnation(name)
         await nursery.start(broker.run)
         await nursery.start(sock.run)
         await round_trips(sock, calls)
