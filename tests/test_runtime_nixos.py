@@ -27,6 +27,7 @@ import trio
 from hivecore.agent_env import AgentEnv
 from hivecore.config import StatePaths
 from hivecore.errors import HiveError, RuntimeFailure
+from hivecore.limits import DEFAULT_CPU_QUOTA, DEFAULT_MEMORY_MAX
 from hivecore.runtime.base import AgentRuntimeState, AgentSpec
 from hivecore.runtime.nixos import NixosRuntime, container_binds, logical_name, render_conf, sanitize_conf
 
@@ -115,7 +116,9 @@ def stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Stub:
     return s
 
 
-def make_runtime(stub: Stub, **limits: str) -> NixosRuntime:
+def make_runtime(
+    stub: Stub, *, memory_max: str = DEFAULT_MEMORY_MAX, cpu_quota: str = DEFAULT_CPU_QUOTA
+) -> NixosRuntime:
     return NixosRuntime(
         StatePaths(stub.state),
         meta_dir=stub.meta,
@@ -123,7 +126,8 @@ def make_runtime(stub: Stub, **limits: str) -> NixosRuntime:
         conf_dir=stub.conf,
         unit_dir=stub.units,
         profile_dir=stub.profiles,
-        **limits,
+        memory_max=memory_max,
+        cpu_quota=cpu_quota,
     )
 
 
