@@ -329,7 +329,10 @@ async def test_spawn_destroy_purge_cycles_leave_nothing_behind(state_dir: Path) 
             gone = await ask(state_dir, {"cmd": "destroy", "name": "m1", "purge": True}, timeout=120)
             assert gone["ok"], (cycle, gone)
             # the socket dir goes with the row (its owner, the agent sockets actor, removes it)
-            await eventually(lambda: left_of(state_dir, "m1") == [], 10)
+            try:
+                await eventually(lambda: left_of(state_dir, "m1") == [], 30)
+            except AssertionError:
+                raise AssertionError(f"cycle {cycle}: still on disk: {left_of(state_dir, 'm1')}") from None
             listed = await ask(state_dir, {"cmd": "list"})
             assert "m1" not in listed["agents"], cycle
         assert "Errno" not in log.read_text()
