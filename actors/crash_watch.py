@@ -174,7 +174,11 @@ class CrashWatch:
         finally:
             self._watching.discard(name)
         log.info("crash_watch: %s exited; rescanning it now", name)
-        row = (await self._views.rescan([name])).get(name)
+        try:
+            row = (await self._views.rescan([name])).get(name)
+        except Exception:  # views stopping (shutdown) or a failed probe: the next tick covers it
+            log.debug("crash_watch: cannot rescan %s after its exit; the tick covers it", name, exc_info=True)
+            return
         if row is not None and row.running:  # a restart: watch the new process
             self._watch_exit(name)
 
