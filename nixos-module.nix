@@ -150,6 +150,16 @@ in
       description = "CPUQuota= of every agent container, a percentage of one CPU (`200%` = two CPUs' worth). Applied on each spawn, start and rebuild.";
     };
 
+    watchdogSec = mkOption {
+      type = types.ints.unsigned;
+      default = 60;
+      description = ''
+        WatchdogSec= of the unit: the daemon pings systemd from its event loop every half of it, and
+        systemd restarts a daemon whose loop stops answering for this long. 0 turns the watchdog off.
+        See docs/operations.md (Readiness).
+      '';
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -174,6 +184,13 @@ in
         # inside quotes, so shell quoting is not enough. escapeSystemdExecArgs JSON-quotes each argument
         # and doubles every % and $ (tests/test_nixos_module_eval.py checks the round trip).
         ExecStart = utils.escapeSystemdExecArgs ([ "${cfg.package}/bin/hive-c0re" ] ++ args);
+        # READY=1 once every actor serves and host.sock answers; WATCHDOG=1 from the event loop
+        # (hivecore/readiness.py); only the daemon itself may notify, never an agent it started
+        Type = "notify";
+        NotifyAccess = "main";
+        WatchdogSec = cfg.watchdogSec;
+        # the first start may lock and evaluate the meta flake before the sockets answer
+        TimeoutStartSec = 300;
         Restart = "on-failure";
         RestartSec = 2;
         # containers are not our children; only the daemon itself is stopped

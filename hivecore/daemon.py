@@ -99,6 +99,17 @@ class Daemon:
     usage: Usage | None = None
     """Turns reported by the harnesses (``report_turn``) and each agent's liveness (stuck)."""
 
+    def status_summary(self) -> str:
+        """One line for systemd's ``STATUS=`` (cached state only: no await, no I/O)."""
+        rows = self.views.rows()
+        running = sum(1 for v in rows.values() if v.running)
+        jobs = len(self.coordinator.jobs())
+        return f"serving: {len(rows)} agents ({running} running), {jobs} jobs queued or running"
+
+    def healthy(self) -> bool:
+        """Whether the watchdog may ping: no supervised actor has given up."""
+        return all(c.state != "failed" for c in self.supervisor.statistics())
+
     def dashboard_port(self) -> int:
         """The port actually bound (the configured one may be 0: ephemeral)."""
         return bound_port(self.config, self.dashboard_urls)

@@ -47,6 +47,7 @@ let
     port = mkType "port" (v: isInt v && v >= 0 && v <= 65535);
     package = mkType "package" (v: isString v || isAttrs v);
     ints.positive = mkType "positive integer" (v: isInt v && v > 0);
+    ints.unsigned = mkType "unsigned integer" (v: isInt v && v >= 0);
     listOf = t: mkType "list of ${t.name}" (v: isList v && all t.check v);
     nullOr = t: mkType "null or ${t.name}" (v: v == null || t.check v);
     strMatching = re: mkType "string matching ${toJSON re}" (v: isString v && match re v != null);
@@ -200,6 +201,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert config["RuntimeDirectory"] == "hyperhive"
     assert config["RuntimeDirectoryPreserve"] == "yes"
     assert config["KillMode"] == "process"
+    assert (config["Type"], config["NotifyAccess"], config["WatchdogSec"]) == ("notify", "main", 60)
 
 
 @pytest.mark.parametrize("pronouns", NASTY_PRONOUNS)

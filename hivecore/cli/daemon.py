@@ -291,29 +291,48 @@ async def serve(config: Config) -> None:
 
     import trio
 
+    from hivecore import readiness
     from hivecore.daemon import limit_worker_threads
     from hivecore.daemon import main as daemon_main
     from hivecore.fdlimit import raise_nofile_limit
     from hivecore.runtime.process import seal_inherited_fds
+    from hivecore.sdnotify import Notifier, take_environment
     from hivecore.shutdown import exit_watchdog
 
+    # systemd's variables are taken out of the environment first: no child inherits them
+    notifier = Notifier(take_environment())
     limit_worker_threads()  # the daemon alone in this process: see its docstring
     raise_nofile_limit()  # agents' connections stop at a reserve below it (hivecore.fdlimit)
     if sealed := seal_inherited_fds():  # no child (agent, git, nix) gets what our parent left open
         log.info("fds inherited from the parent, now closed on exec: %s", ", ".join(map(str, sealed)))
-    async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            from web.app import daemon_app
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                from web.app import daemon_app
 
-            await nursery.start(partial(daemon_main, config, web_factory=daemon_app))
-            async for signum in signals:
-                log.info("received %s; shutting down", signal.Signals(signum).name)
-                # whatever is stuck, the process is gone within EXIT_LIMIT (docs/install.md)
-                exit_watchdog()
-                nursery.cancel_scope.cancel(reason=f"received {signal.Signals(signum).name}")
-                # if a task refuses to die (it should not), do not hang past the grace period
-                nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_SECONDS
-                break
+                daemon = await nursery.start(partial(daemon_main, config, web_factory=daemon_app))
+                nursery.start_soon(
+                    partial(
+                        readiness.run,
+                        notifier,
+                        str(config.host_socket_path),
+                        daemon.status_summary,
+                        daemon.healthy,
+                    ),
+                    name="readiness",
+                )
+                async for signum in signals:
+                    log.info("received %s; shutting down", signal.Signals(signum).name)
+                    notifier.stopping(f"stopping ({signal.Signals(signum).name})")
+                    # whatever is stuck, the process is gone within EXIT_LIMIT (docs/install.md)
+                    exit_watchdog()
+                    nursery.cancel_scope.cancel(reason=f"received {signal.Signals(signum).name}")
+                    # if a task refuses to die (it should not), do not hang past the grace period
+                    nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_SECONDS
+                    break
+    finally:
+        notifier.stopping()  # a second STOPPING=1 after a signal's is harmless; a crash needs one
+        notifier.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -336,6 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         import trio
+
+        from hivecore.readiness import install_wedge_hook
+
+        install_wedge_hook()
 
         trio.run(serve, config)
     except (HiveError, OSError, BaseExceptionGroup) as exc:
