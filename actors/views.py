@@ -108,7 +108,11 @@ class Views:
         agent_env: AgentEnv | None = None,
         activity: Callable[[list[str]], Awaitable[Mapping[str, Activity]]] | None = None,
         limits: StuckLimits = DEFAULT_LIMITS,
+        waiting: Callable[[str], int | None] | None = None,
     ) -> None:
+        self._waiting = waiting
+        """Since when an agent waits on the operator
+        (:meth:`hivecore.services.questions.Questions.waiting_since`)."""
         self._activity = activity
         """Each agent's usage and liveness (:meth:`hivecore.services.usage.Usage.activity`)."""
         self._limits = limits
@@ -320,6 +324,7 @@ class Views:
                     self._domain,
                     (activity or {}).get(name),
                     self._limits,
+                    self._waiting(name) if self._waiting is not None else None,
                 )
             )
             self._written_by[name] = stamp

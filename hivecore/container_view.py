@@ -54,6 +54,7 @@ def build_view(
     domain: str | None,
     activity: usage.Activity | None = None,
     limits: StuckLimits = DEFAULT_LIMITS,
+    waiting_since: int | None = None,
 ) -> ContainerView:
     running = state.running
     summary = activity.summary if activity is not None else usage.Summary()
@@ -88,6 +89,7 @@ def build_view(
         tokens_today=summary.tokens_today,
         cost_today_usd=round(summary.cost_today_usd, 6),
         stuck=stuck,
+        waiting_on_operator_since=waiting_since,
     )
 
 

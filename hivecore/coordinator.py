@@ -35,6 +35,7 @@ from hivecore.models import (
     JobKind,
     JobSource,
     MetaInputView,
+    Question,
     TombstoneView,
     Transient,
 )
@@ -45,6 +46,7 @@ from hivecore.services.approvals import Approvals
 from hivecore.services.broker import Broker
 from hivecore.services.lifecycle import Lifecycle
 from hivecore.services.meta_update import MetaUpdates
+from hivecore.services.questions import Questions
 from hivecore.services.usage import Usage
 from hivecore.store import Store
 from hivecore.wire.agent import Delivery
@@ -71,7 +73,9 @@ class Coordinator:
         supervisor: Supervisor | None = None,
         settings: AgentSettings | None = None,
         usage: Usage | None = None,
+        questions: Questions | None = None,
     ) -> None:
+        self._questions = questions
         self._settings = settings
         self._usage = usage
         self._broker = broker
@@ -279,6 +283,25 @@ class Coordinator:
         """Deny a pending approval (an apply_commit gets an annotated ``denied/<id>`` tag)."""
         kind, agent, args = await self._approvals.deny_job(approval_id, note)
         await self._lane.submit(kind, agent, source=source, args=args)
+
+    # --- questions (hivecore/services/questions.py) -------------------------------------------------
+
+    def _question_service(self) -> Questions:
+        if self._questions is None:
+            raise NotAvailable("this daemon has no questions service")
+        return self._questions
+
+    async def open_questions(self) -> list[Question]:
+        """The open questions (to the operator and between agents), oldest first."""
+        return await self._question_service().open()
+
+    async def answer_question(self, question_id: int, answer: str) -> Question:
+        """The operator answers open question ``question_id`` (any: it overrides a peer question)."""
+        return await self._question_service().answer(question_id, answer, by=OPERATOR_NAME)
+
+    async def cancel_question(self, question_id: int) -> Question:
+        """The operator cancels open question ``question_id`` (its asker hears ``[cancelled]``)."""
+        return await self._question_service().cancel(question_id)
 
     # --- messages and logs --------------------------------------------------------------------------
 

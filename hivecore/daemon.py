@@ -48,6 +48,7 @@ from hivecore.services.lifecycle import Lifecycle
 from hivecore.services.meta_build import MetaBuild
 from hivecore.services.meta_update import MetaUpdates
 from hivecore.services.notify import Notifier
+from hivecore.services.questions import Questions
 from hivecore.services.usage import Usage
 from hivecore.sockets.host import HostSocket, live_urls
 from hivecore.sockets.mcp import AgentSocket, ManagerSocket
@@ -98,6 +99,8 @@ class Daemon:
     """The operator's environment for agents (the ``--agent-env-file`` and per-agent values)."""
     usage: Usage | None = None
     """Turns reported by the harnesses (``report_turn``) and each agent's liveness (stuck)."""
+    questions: Questions | None = None
+    """Questions to the operator and between agents, and their TTL actor."""
 
     def status_summary(self) -> str:
         """One line for systemd's ``STATUS=`` (cached state only: no await, no I/O)."""
@@ -190,6 +193,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     transients = TransientRegistry(bus)
     agent_env = AgentEnv(config.paths.root, config.agent_env_file)
     runtime = runtime if runtime is not None else make_runtime(config, agent_env)
+    questions_box: list[Questions] = []  # the views read who waits on the operator through it
     usage_box: list[Usage] = []  # the views read usage through it (the usage service needs the broker)
     views = Views(
         config.paths,
@@ -200,6 +204,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         agent_env=agent_env,
         activity=lambda names: usage_box[0].activity(names),
         limits=StuckLimits(config.turn_limit, config.stuck_after),
+        waiting=lambda name: questions_box[0].waiting_since(name) if questions_box else None,
     )
 
     async def known_agents() -> tuple[set[str], list[str]]:
@@ -209,6 +214,9 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     broker = Broker(store, bus, lambda: views.rows().keys(), known=known_agents)
     usage = Usage(store, broker, rescan=views.request_rescan)
     usage_box.append(usage)
+    questions = Questions(store, bus, broker, lambda: views.rows().keys(), rescan=views.request_rescan)
+    questions_box.append(questions)
+    broker.incarnation_hooks.append(questions.incarnation_ended)
     notifier = Notifier(broker, bus, partial(agent_state_dir, config.runtime, config.paths))
     repos = Repos(config.paths, owner=proposed_owner(config))
     meta_repo = MetaRepo(config.paths, hyperhive_flake=config.hyperhive_flake, eval_limits=config.eval_limits)
@@ -237,6 +245,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         supervisor=supervisor,
         settings=AgentSettings(config, agent_env, views),
         usage=usage,
+        questions=questions,
     )
 
     def quiet(name: str) -> bool:
@@ -244,9 +253,9 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
 
     crash_watch = CrashWatch(views, notifier, quiet, config.crash_watch_interval, runtime=runtime)
     agent_sockets = AgentSockets(
-        config, views, lambda name: AgentSocket(config, name, broker, views, usage=usage)
+        config, views, lambda name: AgentSocket(config, name, broker, views, usage=usage, questions=questions)
     )
-    manager_socket = ManagerSocket(config, broker, coordinator, usage=usage)
+    manager_socket = ManagerSocket(config, broker, coordinator, usage=usage, questions=questions)
     daemon = Daemon(
         config,
         bus,
@@ -270,6 +279,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         dashboard_urls=urls,
         agent_env=agent_env,
         usage=usage,
+        questions=questions,
     )
     return daemon
 
@@ -301,6 +311,7 @@ async def main(
             ChildSpec("event_bus", daemon.bus.run),
             ChildSpec("store", daemon.store.run),
             ChildSpec("broker", daemon.broker.run),
+            ChildSpec("questions", _questions_of(daemon).run),
             ChildSpec("views", daemon.views.run),
             ChildSpec("approvals", daemon.approvals.run),
             ChildSpec("meta_lock", daemon.meta.run),
@@ -319,6 +330,11 @@ async def main(
             await nursery.start(daemon.supervisor.run, children)
             log.info("hive-c0re serving (%d actors)", len(children))
             task_status.started(daemon)
+
+
+def _questions_of(daemon: Daemon) -> Questions:
+    assert daemon.questions is not None  # build() always makes one
+    return daemon.questions
 
 
 async def ensure_manager(daemon: Daemon) -> str:

@@ -56,6 +56,8 @@ class ContainerView:
     cost_today_usd: float = 0.0
     stuck: str | None = None
     """Why it looks stuck (a turn past its limit, or mail left unread while it does not poll)."""
+    waiting_on_operator_since: int | None = None
+    """Waiting on the operator: when its oldest open question to the operator was asked (Unix s)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -161,3 +163,24 @@ class MetaInputView:
     last_modified: int | None = None
     url: str | None = None
     """``original.url`` (or the original's type and path when it has no url)."""
+
+
+@attrs.frozen(kw_only=True)
+class Question:
+    """A question (reference §10.1 ``operator_questions``): to the operator (``target`` None) or to a
+    peer agent (``target``: its name; ``hm1nd`` is the manager). Times are Unix seconds; an open
+    question has no ``answered_at``. A TTL expiry answers ``[expired]``, a cancel ``[cancelled]``
+    (with ``cancelled`` set); ``answerer`` is ``operator``, the asked agent, or None (expiry, cancel)."""
+
+    id: int
+    asker: str
+    question: str
+    options: list[str] = attrs.field(factory=list)
+    multi: bool = False
+    asked_at: int
+    deadline_at: int | None = None
+    target: str | None = None
+    answered_at: int | None = None
+    answer: str | None = None
+    cancelled: bool = False
+    answerer: str | None = None

@@ -162,6 +162,28 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX turns_agent_id ON turns(agent, id);
     """,
+    # 10: questions (hivecore/services/questions.py; reference §10.1 ``operator_questions``): to the
+    # operator (target NULL) or to a peer; bound to the asker's (and target's) incarnation
+    """
+    CREATE TABLE operator_questions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        asker TEXT NOT NULL,
+        question TEXT NOT NULL,
+        options_json TEXT NOT NULL DEFAULT '[]',
+        multi INTEGER NOT NULL DEFAULT 0,
+        asked_at INTEGER NOT NULL,
+        deadline_at INTEGER,
+        answered_at INTEGER,
+        answer TEXT,
+        target TEXT,
+        cancelled INTEGER NOT NULL DEFAULT 0,
+        answerer TEXT,
+        asker_incarnation INTEGER,
+        target_incarnation INTEGER
+    );
+    CREATE INDEX operator_questions_open ON operator_questions(answered_at, deadline_at);
+    CREATE INDEX operator_questions_asker ON operator_questions(asker, answered_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

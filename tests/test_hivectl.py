@@ -53,6 +53,7 @@ from hivecore.wire.host import (
     encode_response,
     parse_request,
 )
+from hivecore.wire.questions import AnswerRequest, CancelQuestionRequest, QuestionsRequest
 
 REPO = Path(hivecore.__file__).resolve().parent.parent
 
@@ -361,6 +362,9 @@ HIVECTL_REQUESTS: list[tuple[list[str], HostRequest]] = [
     (["env", "a"], AgentEnvRequest(name="a")),
     (["usage"], UsageRequest()),
     (["usage", "a"], UsageRequest(name="a")),
+    (["questions"], QuestionsRequest()),
+    (["answer", "3", "yes, go"], AnswerRequest(id=3, answer="yes, go")),
+    (["cancel-question", "3"], CancelQuestionRequest(id=3)),
     (
         ["env", "a", "K=v=w", "E=", "--unset", "U", "--stdin"],
         AgentEnvRequest(name="a", set={"K": "v=w", "E": "", "S": "from stdin"}, unset=["U"]),

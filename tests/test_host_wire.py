@@ -53,6 +53,7 @@ from hivecore.wire.host import (
     make_urls,
     parse_request,
 )
+from hivecore.wire.questions import AnswerRequest, CancelQuestionRequest, QuestionsRequest
 
 EVERY_REQUEST: list[tuple[bytes, HostRequest]] = [
     (b'{"cmd":"list"}', ListRequest()),
@@ -91,6 +92,9 @@ EVERY_REQUEST: list[tuple[bytes, HostRequest]] = [
         AgentEnvRequest(name="a", set={"K": "v"}, unset=["U"]),
     ),
     (b'{"cmd":"usage","name":"a"}', UsageRequest(name="a")),
+    (b'{"cmd":"questions"}', QuestionsRequest()),
+    (b'{"cmd":"answer","id":3,"answer":"yes"}', AnswerRequest(id=3, answer="yes")),
+    (b'{"cmd":"cancel_question","id":3}', CancelQuestionRequest(id=3)),
 ]
 
 

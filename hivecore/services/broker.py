@@ -290,6 +290,8 @@ class Broker:
         max_queued: int = MAX_QUEUED_PER_SENDER,
         known: Callable[[], Awaitable[tuple[Collection[str], Collection[str]]]] | None = None,
     ) -> None:
+        self.incarnation_hooks: list[Callable[[str], Awaitable[None]]] = []
+        """Called with the agent's name after its incarnation ended (questions cancel theirs)."""
         self._known = known
         """The agents that exist and those with kept state, for :meth:`reconcile_incarnations`
         at the first :meth:`run` (``None``: no reconciling, tests of the broker alone)."""
@@ -468,6 +470,11 @@ class Broker:
                 len(rows),
             )
         await self.tell_undelivered(agent, rows, why)
+        for hook in self.incarnation_hooks:
+            try:
+                await hook(agent)
+            except Exception:
+                log.warning("broker: an incarnation hook failed for %s", agent, exc_info=True)
         return rows
 
     async def tell_undelivered(self, agent: str, rows: list[st.Undelivered], why: str) -> None:

@@ -37,6 +37,7 @@ from hivecore.models import ContainerView, JobSource
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, validate_name
 from hivecore.proc import Credentials
 from hivecore.services.broker import Broker
+from hivecore.services.questions import Questions
 from hivecore.services.usage import Usage
 from hivecore.sockets.server import SEND_TIMEOUT, Connection, JsonLinesServer
 from hivecore.usage import Turn
@@ -136,9 +137,12 @@ class McpSocket:
         extra_idle_timeout: float = EXTRA_IDLE_TIMEOUT,
         owner: Callable[[], Credentials | None] | None = None,
         usage: Usage | None = None,
+        questions: Questions | None = None,
     ) -> None:
         self.label = label
         self.usage = usage
+        self.questions = questions
+        """The questions service (``ask_operator``, ``ask``, ``answer``)."""
         self._owner = owner
         self.path = path
         self.broker = broker

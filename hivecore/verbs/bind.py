@@ -28,6 +28,7 @@ from hivecore.verbs import spec
 from hivecore.wire import agent as wa
 from hivecore.wire import host as wh
 from hivecore.wire import manager as wm
+from hivecore.wire import questions as wq
 from hivecore.wire.request import Request, checked, structure
 
 log = logging.getLogger(__name__)
@@ -290,7 +291,56 @@ async def _whoami(ctx: Any, r: Any) -> Any:
     return ctx.me
 
 
+# --- questions (hivecore/services/questions.py) --------------------------------------------------
+
+
+def _questions(ctx: Any) -> Any:
+    """The questions service of an agent or manager socket."""
+    if getattr(ctx, "questions", None) is None:
+        raise NotAvailable("this daemon has no questions service")
+    return ctx.questions
+
+
+async def _ask_operator(ctx: Any, r: wq.AskOperatorRequest) -> Any:
+    return await _questions(ctx).ask(ctx.me.name, r.question, r.options, r.multi, r.ttl_seconds)
+
+
+async def _ask(ctx: Any, r: wq.AskRequest) -> Any:
+    return await _questions(ctx).ask(ctx.me.name, r.question, r.options, r.multi, r.ttl_seconds, to=r.to)
+
+
+async def _answer(ctx: Any, r: wq.AnswerRequest) -> Any:
+    return await _questions(ctx).answer(r.id, r.answer, by=ctx.me.name)
+
+
+def _question_answer(q: Any) -> wa.McpResponse:
+    return wa.McpResponse(ok=True, question_id=q.id)
+
+
+QUESTION_BINDINGS: Mapping[str, Binding] = {
+    "ask_operator": Binding(wq.AskOperatorRequest, _ask_operator, mcp=_question_answer),
+    "ask": Binding(wq.AskRequest, _ask, mcp=_question_answer),
+    "answer": Binding(wq.AnswerRequest, _answer),
+    "questions": Binding(
+        wq.QuestionsRequest,
+        lambda ctx, r: ctx.facade.open_questions(),
+        host=lambda ctx, rows: wh.HostResponse(ok=True, questions=rows),
+    ),
+    "answer_question": Binding(
+        wq.AnswerRequest,
+        lambda ctx, r: ctx.facade.answer_question(r.id, r.answer),
+        done=lambda r, _: f"question {r.id} answered",
+    ),
+    "cancel_question": Binding(
+        wq.CancelQuestionRequest,
+        lambda ctx, r: ctx.facade.cancel_question(r.id),
+        done=lambda r, _: f"question {r.id} cancelled",
+    ),
+}
+
+
 BINDINGS: Mapping[str, Binding] = {
+    **QUESTION_BINDINGS,
     "list": Binding(
         wh.ListRequest,
         lambda ctx, r: ctx.facade.agent_names(),

@@ -27,6 +27,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from hivecore.errors import BadInput
 from hivecore.verbs.shape import PRINCIPAL_OF as PRINCIPAL_OF
 from hivecore.verbs.shape import SURFACES as SURFACES
 from hivecore.verbs.shape import Arg, Command, Form, Route, form_flag, form_id, form_list, form_text
@@ -644,6 +645,108 @@ VERBS: tuple[Verb, ...] = (
         ),
     ),
 )
+
+# --- questions (issue 18 item 1; hivecore/services/questions.py) ------------------------------------
+
+
+def _question_id(form: Form) -> int:
+    text = form.get("id", "")
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise BadInput(f"a question id is a number, got {text[:40]!r}")
+    return int(text)
+
+
+QUESTION_ID = Arg(("id",), {"type": int, "metavar": "ID"})
+
+_QUESTION_VERBS: tuple[Verb, ...] = (
+    _row(
+        "ask_operator",
+        "Ask the operator a question (at most 2048 bytes; up to 12 options of at most 80 bytes, "
+        "multi: several may be picked; ttl_seconds 1-604800: then it expires); the question id.",
+        "manager agent",
+        "manager_sock agent_sock",
+        tool_help="Ask the operator a question and carry on: this does not wait. question: at most "
+        "2048 bytes; options (optional, up to 12, each at most 80 bytes, no commas): suggested answers "
+        "(the operator may still answer in free text); multi: the operator may pick several "
+        "(comma-joined); ttl_seconds (optional, 1-604800): after it the answer is '[expired]'. "
+        "Returns the question id; the answer arrives later as an operator_answered event from "
+        "system ('[cancelled]' if the operator cancels it). While it is open your row shows you "
+        "waiting on the operator.",
+    ),
+    _row(
+        "ask",
+        "Ask another agent (or 'manager'; 'operator' asks the operator) a question, with the same "
+        "limits as ask_operator; the question id.",
+        "manager agent",
+        "manager_sock agent_sock",
+        tool_help="Ask another agent a question and carry on: this does not wait. to: an existing "
+        "agent's name, 'manager', or 'operator' (then it is ask_operator). question, options, multi "
+        "and ttl_seconds as for ask_operator. The agent gets a question_asked event from system and "
+        "answers with answer; the answer reaches you as an answered event from system ('[expired]' "
+        "after the TTL, '[cancelled]' if the operator cancels it; the operator may also answer it). "
+        "Returns the question id.",
+    ),
+    _row(
+        "answer",
+        "Answer a question asked of you (question_asked) by its id (at most 1536 bytes).",
+        "manager agent",
+        "manager_sock agent_sock",
+        tool_help="Answer a question another agent asked you (a question_asked event from system) by "
+        "its id. answer: free text, at most 1536 bytes (for a multi question, the picked options "
+        "comma-joined). Only the asked agent can answer; questions to the operator are answered by "
+        "the operator alone.",
+    ),
+    _row(
+        "questions",
+        "List the open questions, oldest first: to the operator and between agents (asker, target, "
+        "options, when asked, deadline).",
+        "operator",
+        "host_sock hivectl",
+        commands=(Command("questions", (), lambda a: {}, help="list the open questions"),),
+    ),
+    _row(
+        "answer_question",
+        "Answer an open question by id (at most 1536 bytes); a question between agents too (the "
+        "operator overrides the asked agent).",
+        "operator",
+        "host_sock hivectl dashboard",
+        cmd="answer",
+        route=Route(
+            "/answer-question/<id>",
+            lambda f: {"id": _question_id(f), "answer": form_text(f, "answer", limit=8192)},
+        ),
+        commands=(
+            Command(
+                "answer",
+                (
+                    QUESTION_ID,
+                    Arg(("answer",), {"metavar": "TEXT", "help": "the answer (- reads it from stdin)"}),
+                ),
+                lambda a: {"id": a.id, "answer": _stdin_or(a.answer)},
+                lambda a: f"answered question {a.id}",
+                help="answer a question",
+            ),
+        ),
+    ),
+    _row(
+        "cancel_question",
+        "Cancel an open question by id: its asker is answered '[cancelled]'.",
+        "operator",
+        "host_sock hivectl dashboard",
+        route=Route("/cancel-question/<id>", lambda f: {"id": _question_id(f)}),
+        commands=(
+            Command(
+                "cancel-question",
+                (QUESTION_ID,),
+                lambda a: {"id": a.id},
+                lambda a: f"cancelled question {a.id}",
+                help="cancel a question (its asker is answered [cancelled])",
+            ),
+        ),
+    ),
+)
+
+VERBS = VERBS + _QUESTION_VERBS
 
 BY_KEY: Mapping[str, Verb] = {v.key: v for v in VERBS}
 

@@ -19,6 +19,7 @@ from hivecore.verbs.checks import check
 from hivecore.wire.converter import configure_tagged, converter
 from hivecore.wire.host import AgentStatusRow
 from hivecore.wire.lines import json_line, request_line
+from hivecore.wire.questions import AnswerRequest, AskOperatorRequest, AskRequest
 from hivecore.wire.request import Request, parse_line
 from hivecore.wire.request import RequestError as RequestError
 from hivecore.wire.request import UnknownRequest as UnknownRequest
@@ -74,6 +75,8 @@ class McpResponse:
     lines: list[str] | None = None
     log_offset: int | None = None
     """``get_logs``: the byte offset just after ``lines`` (ask with ``offset`` set to it for what follows)."""
+    question_id: int | None = None
+    """``ask_operator`` / ``ask``: the new question's id (its answer arrives later, from system)."""
 
 
 OK = McpResponse(ok=True)
@@ -164,6 +167,9 @@ AgentRequest = (
     | SetStatusRequest
     | WhoamiRequest
     | ReportTurnRequest
+    | AskOperatorRequest
+    | AskRequest
+    | AnswerRequest
 )
 AGENT_COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in AgentRequest.__args__)
 _WireAgentRequest = AgentRequest | UnknownRequest

@@ -151,6 +151,34 @@ class MessageDelivered(Event):
     redelivered: bool = False
 
 
+@attrs.frozen(kw_only=True)
+class QuestionAdded(Event):
+    """A question was asked (reference §7.2): of the operator (``target`` None) or of a peer."""
+
+    KIND = "question_added"
+    id: int
+    asker: str
+    question: str
+    options: list[str] = attrs.field(factory=list)
+    multi: bool = False
+    asked_at: int
+    deadline_at: int | None = None
+    target: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class QuestionResolved(Event):
+    """A question was answered, expired (``[expired]``) or cancelled (``cancelled``, ``[cancelled]``)."""
+
+    KIND = "question_resolved"
+    id: int
+    answer: str
+    answered_at: int
+    cancelled: bool = False
+    target: str | None = None
+    answerer: str | None = None
+
+
 configure_renamed(MessageSent, from_="from")
 configure_renamed(MessageDelivered, from_="from")
 
@@ -170,6 +198,8 @@ DashboardEvent = (
     | RebuildQueueChanged
     | MessageSent
     | MessageDelivered
+    | QuestionAdded
+    | QuestionResolved
 )
 
 

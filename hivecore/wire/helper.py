@@ -105,8 +105,53 @@ class MessagesUndelivered(HelperEvent):
     note: str
 
 
+# --- questions (hivecore/services/questions.py) ---
+
+
+@attrs.frozen(kw_only=True)
+class OperatorAnswered(HelperEvent):
+    """The operator answered your question ``id`` (``[expired]``: its TTL ran out; ``[cancelled]``:
+    the operator cancelled it). A multi-choice answer is the chosen options, comma-joined."""
+
+    EVENT = "operator_answered"
+    id: int
+    question: str
+    answer: str
+
+
+@attrs.frozen(kw_only=True)
+class QuestionAsked(HelperEvent):
+    """``asker`` asks you question ``id``: answer it with ``answer {id, answer}`` (free text is always
+    allowed; ``options`` are suggestions; ``multi``: several may be picked, comma-joined) before
+    ``deadline_at`` (Unix seconds), if it has one."""
+
+    EVENT = "question_asked"
+    id: int
+    asker: str
+    question: str
+    options: list[str] = attrs.field(factory=list)
+    multi: bool = False
+    deadline_at: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Answered(HelperEvent):
+    """Your question ``id`` to ``target`` was answered (``answerer``: the target, or the operator
+    overriding it); ``[expired]`` / ``[cancelled]`` as for :class:`OperatorAnswered`."""
+
+    EVENT = "answered"
+    id: int
+    question: str
+    answer: str
+    target: str
+    answerer: str | None = None
+
+
 AnyHelperEvent = (
     ApprovalResolvedHelper
+    | OperatorAnswered
+    | QuestionAsked
+    | Answered
     | MessagesUndelivered
     | Spawned
     | Rebuilt

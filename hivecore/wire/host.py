@@ -16,13 +16,14 @@ import json
 
 import attrs
 
-from hivecore.models import Approval, ContainerView
+from hivecore.models import Approval, ContainerView, Question
 from hivecore.sockets.framing import MAX_LINE as MAX_LINE
 from hivecore.verbs import checks
 from hivecore.verbs.checks import check
 from hivecore.wire.converter import configure_tagged, converter
 from hivecore.wire.lines import HOST_SOCK_VERSION as HOST_SOCK_VERSION
 from hivecore.wire.lines import json_line, request_line
+from hivecore.wire.questions import AnswerRequest, CancelQuestionRequest, QuestionsRequest
 from hivecore.wire.request import Request, UnknownRequest, parse_line
 from hivecore.wire.request import RequestError as RequestError
 
@@ -276,6 +277,9 @@ AnyRequest = (
     | LogoutRequest
     | AgentEnvRequest
     | UsageRequest
+    | QuestionsRequest
+    | AnswerRequest
+    | CancelQuestionRequest
 )
 REQUEST_TYPES: tuple[type[HostRequest], ...] = AnyRequest.__args__
 COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in REQUEST_TYPES)
@@ -309,6 +313,8 @@ class AgentStatusRow:
     cost_today_usd: float | None = None
     stuck: str | None = None
     """Why it looks stuck (a turn past its limit, or mail unread while it does not poll)."""
+    waiting_on_operator_since: int | None = None
+    """Waiting on the operator: when its oldest open question to the operator was asked (Unix s)."""
 
     @classmethod
     def from_view(cls, view: ContainerView) -> AgentStatusRow:
@@ -331,6 +337,7 @@ class AgentStatusRow:
             tokens_today=view.tokens_today if view.last_turn_at is not None else None,
             cost_today_usd=view.cost_today_usd if view.last_turn_at is not None else None,
             stuck=view.stuck,
+            waiting_on_operator_since=view.waiting_on_operator_since,
         )
 
 
@@ -429,6 +436,8 @@ class HostResponse:
     """``login`` / ``logout``: the agent's login afterwards."""
     usage: list[UsageRow] | None = None
     """``usage``: one row per agent."""
+    questions: list[Question] | None = None
+    """``questions``: the open questions, oldest first."""
 
 
 OK = HostResponse(ok=True)

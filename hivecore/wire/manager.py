@@ -27,6 +27,7 @@ from hivecore.wire.host import MAX_LOG_LINES as MAX_LOG_LINES
 from hivecore.wire.host import GetLogsRequest as GetLogsRequest
 from hivecore.wire.host import KillRequest as KillRequest
 from hivecore.wire.host import RequestSpawnRequest as RequestSpawnRequest
+from hivecore.wire.questions import AnswerRequest, AskOperatorRequest, AskRequest
 
 
 @attrs.frozen(kw_only=True)
@@ -84,6 +85,9 @@ ManagerRequest = (
     | GetLogsRequest
     | WhoamiRequest
     | ReportTurnRequest
+    | AskOperatorRequest
+    | AskRequest
+    | AnswerRequest
 )
 MANAGER_COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in ManagerRequest.__args__)
 _WireManagerRequest = ManagerRequest | UnknownRequest
