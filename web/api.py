@@ -65,6 +65,8 @@ def blueprint(facade: Any, paths: StatePaths, csrf_for: Callable[[], str | None]
         approvals = await facade.pending()
         resolved = [a for a in approvals if a.status != "pending"][-HISTORY:]
         out["approvals"] = converter.unstructure([a for a in approvals if a.status == "pending"] + resolved)
+        # questions (hivecore/services/questions.py): every open one; the card shows them
+        out["questions"] = converter.unstructure(await facade.open_questions())
         out["messages"] = snap.message_dicts(await facade.recent_messages(RECENT_MESSAGES))
         inbox = await facade.recent_messages(OPERATOR_INBOX, OPERATOR_NAME)
         out["operator_inbox"] = snap.message_dicts(inbox)

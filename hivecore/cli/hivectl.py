@@ -140,6 +140,12 @@ def render_status(answer: Response, names: Sequence[str]) -> str:
         now = time.time()
         for c, r in zip(cells, rows, strict=True):
             c += usage_cells(r, now)
+    if any(r.get("waiting_on_operator_since") is not None for r in rows):
+        headers.append("WAITING ON YOU")
+        now = time.time()
+        for c, r in zip(cells, rows, strict=True):
+            since = r.get("waiting_on_operator_since")
+            c.append(f"since {age(now - since)}" if isinstance(since, int | float) else "-")
     if any(r.get("url") for r in rows):
         headers.append("URL")
         for c, r in zip(cells, rows, strict=True):
@@ -411,6 +417,30 @@ def render_inbox(answer: Response) -> str:
     return "\n".join(blocks)
 
 
+def render_questions(answer: Response) -> str:
+    """The open questions, oldest first: a header line each (id, who asks whom, age, TTL), the
+    question and its options (escaped: agents wrote them)."""
+    questions = answer.get("questions") or []
+    if not questions:
+        return "no open questions"
+    now = time.time()
+    blocks = []
+    for q in questions:
+        target = q.get("target") or "you"
+        asked = age(now - (q.get("asked_at") or now))
+        head = f"#{q.get('id')} {escape(str(q.get('asker')))} asks {escape(str(target))}, {asked}"
+        deadline = q.get("deadline_at")
+        if isinstance(deadline, int | float):
+            head += f" (expires in {max(0, int(deadline - now))}s)"
+        lines = [head] + [f"  {line}" for line in escape_block(str(q.get("question") or "")).splitlines()]
+        options = q.get("options") or []
+        if options:
+            pick = "pick any of" if q.get("multi") else "options"
+            lines.append(f"  {pick}: " + " | ".join(escape(str(o)) for o in options))
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)
+
+
 def render_login(answer: Response) -> str:
     state = answer.get("login") or {}
     name = escape(str(state.get("name", "?")))
@@ -533,6 +563,8 @@ def run(args: argparse.Namespace) -> int:
             print(render_env(answer))
         elif request.cmd == "usage":
             print(render_usage(answer))
+        elif request.cmd == "questions":
+            print(render_questions(answer))
         elif answer.get("message"):  # the daemon says what happened (start: "already running")
             print(escape(str(answer["message"])))
         elif args.done is not None:

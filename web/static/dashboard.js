@@ -28,6 +28,8 @@ const S = {
   purgeChecked: new Set(), // names whose destroy form has "purge" ticked (survives row re-renders)
   openTexts: new Set(), // keys ("job:12", "approval:3") of long errors/notes the operator expanded
   loginDraft: new Map(), // name -> the key being typed into its row's login field (survives re-renders)
+  questions: new Map(), // id -> open question (to the operator or between agents)
+  questionDraft: new Map(), // id -> the free-text answer being typed (survives re-renders)
 };
 const MAX_MESSAGES = 200;
 const MAX_INBOX = 50;
@@ -37,6 +39,7 @@ const HANDLED = [
   "container_state_changed", "container_removed", "transient_set", "transient_cleared",
   "tombstones_changed", "meta_inputs_changed", "meta_update_running", "rebuild_queue_changed",
   "approval_added", "approval_resolved", "sent", "delivered", "actor_crashed", "agent_notice",
+  "question_added", "question_resolved",
 ];
 
 // --- DOM helpers (textContent only) ---------------------------------------------------------------
@@ -143,6 +146,11 @@ function containerRow(c) {
     c.needs_login ? el("span", { class: "badge login", text: "needs login" }) : null,
     c.paused ? el("span", { class: "badge paused", text: "paused" }) : null,
     c.stuck ? el("span", { class: "badge stuck", title: c.stuck, text: "stuck" }) : null,
+    c.waiting_on_operator_since ? el("span", {
+      class: "badge waiting", "data-waiting-since": c.waiting_on_operator_since,
+      title: "it asked you a question (Y3R C4LL)",
+      text: waitingText(c.waiting_on_operator_since),
+    }) : null,
     c.last_turn_at ? el("span", {
       class: "usage", "data-last-turn": c.last_turn_at,
       title: "last turn ago · turns, tokens and cost today (UTC)",
@@ -324,10 +332,79 @@ function renderApprovals() {
   const shown = S.showHistory ? all.filter((a) => a.status !== "pending").slice(-MAX_HISTORY).reverse() : pending;
   const box = document.getElementById("approvals");
   box.replaceChildren(...(shown.length ? shown.map(approvalCard) : [el("p", { class: "empty", text: S.showHistory ? "no history yet" : "nothing waiting for you" })]));
-  document.getElementById("call-count").textContent = String(pending.length);
+  renderCallCount();
   const toggle = document.getElementById("approvals-toggle");
   toggle.textContent = S.showHistory ? "show pending" : "show history";
   toggle.setAttribute("aria-pressed", String(S.showHistory));
+}
+
+// --- questions (M1ND H4S QU3STI0NS) ------------------------------------------------------------------
+
+function waitingText(since) { return `⏳ waiting on you ${ago(Date.now() / 1000 - since)}`; }
+
+function ttlText(deadline) {
+  const left = Math.max(0, Math.floor(deadline - Date.now() / 1000));
+  return `⏳ ${String(Math.floor(left / 60)).padStart(2, "0")}:${String(left % 60).padStart(2, "0")}`;
+}
+
+function renderCallCount() {
+  const approvals = [...S.approvals.values()].filter((a) => a.status === "pending").length;
+  const questions = [...S.questions.values()].filter((q) => !q.target).length;
+  document.getElementById("call-count").textContent = String(approvals + questions);
+}
+
+function answerForm(q, value, label, cls) {
+  return actionForm(`/answer-question/${q.id}`, label, { hidden: { answer: value }, cls });
+}
+
+function questionCard(q) {
+  const peer = !!q.target;
+  const asker = q.asker === "hm1nd" ? "manager" : q.asker;
+  const head = el("div", { class: "row-head" },
+    el("span", { class: "glyph", text: "?" }),
+    el("span", { class: "id", text: `#${q.id}` }),
+    el("span", { class: "name", text: asker }),
+    el("span", { class: "arrow", text: " → " }),
+    el("span", { class: "to", text: peer ? q.target : "you" }),
+    el("span", { class: "age", text: `${ago(Date.now() / 1000 - q.asked_at)} ago` }),
+    q.deadline_at ? el("span", { class: "chip ttl", "data-deadline": q.deadline_at, title: "expires", text: ttlText(q.deadline_at) }) : null);
+  const card = el("div", { class: `card question${peer ? " peer" : ""}`, "data-id": q.id }, head,
+    el("p", { class: "question-text multiline", text: q.question }));
+  const buttons = el("div", { class: "buttons" });
+  const options = Array.isArray(q.options) ? q.options : [];
+  if (options.length && q.multi) {
+    const form = el("form", { action: `/answer-question/${q.id}`, "data-async": true, "data-no-refresh": true,
+      "data-join": "opt:answer", "data-join-with": ", ", class: "inline multi" });
+    for (const o of options) form.append(el("label", { class: "option" }, el("input", { type: "checkbox", name: "opt", value: o }), ` ${o}`));
+    form.append(el("input", { type: "hidden", name: "answer", value: "" }));
+    form.append(el("button", { type: "submit", class: "approve" }, "✔ 4NSW3R"));
+    buttons.append(form);
+  } else {
+    for (const o of options) buttons.append(answerForm(q, o, o, "option"));
+  }
+  const text = el("input", { name: "answer", placeholder: peer ? "answer for the asked agent" : "your answer",
+    required: true, maxLength: 1536, autocomplete: "off", "aria-label": `answer to question ${q.id}`,
+    value: S.questionDraft.get(q.id) || "" });
+  text.addEventListener("input", () => { if (text.value) S.questionDraft.set(q.id, text.value); else S.questionDraft.delete(q.id); });
+  const free = el("form", { action: `/answer-question/${q.id}`, "data-async": true, "data-no-refresh": true, class: "inline free" },
+    text, el("button", { type: "submit" }, peer ? "0V3RR1D3" : "▶ 4NSW3R"));
+  buttons.append(free);
+  buttons.append(actionForm(`/cancel-question/${q.id}`, "✖ C4NC3L", { confirm: `Cancel question #${q.id}? ${asker} is answered [cancelled].`, cls: "danger" }));
+  card.append(buttons);
+  return card;
+}
+
+function renderQuestions() {
+  const box = document.getElementById("questions");
+  const open = [...S.questions.values()].sort((x, y) => x.id - y.id);
+  for (const id of [...S.questionDraft.keys()]) if (!S.questions.has(id)) S.questionDraft.delete(id);
+  const mine = open.filter((q) => !q.target);
+  const peers = open.filter((q) => q.target);
+  box.replaceChildren(...(open.length ? [
+    mine.length ? el("h3", { text: "M1ND H4S QU3STI0NS" }) : null, ...mine.map(questionCard),
+    peers.length ? el("h3", { text: "between agents" }) : null, ...peers.map(questionCard),
+  ].filter(Boolean) : []));
+  renderCallCount();
 }
 
 function renderTombstones() {
@@ -433,7 +510,7 @@ function renderActors() {
 }
 
 function renderAll() {
-  renderContainers(); renderApprovals(); renderTombstones(); renderMeta(); renderJobs();
+  renderContainers(); renderApprovals(); renderQuestions(); renderTombstones(); renderMeta(); renderJobs();
   renderMessages(); renderWarnings(); renderActors();
 }
 
@@ -483,6 +560,11 @@ function apply(ev) {
       S.actors.set(ev.actor, { ...prev, state: ev.gave_up ? "failed" : "restarting", restarts: ev.restarts, last_crash: ev.error });
       renderActors(); break;
     }
+    case "question_added":
+      S.questions.set(ev.id, { id: ev.id, asker: ev.asker, question: ev.question, options: ev.options, multi: ev.multi,
+        asked_at: ev.asked_at, deadline_at: ev.deadline_at, target: ev.target });
+      renderQuestions(); break;
+    case "question_resolved": S.questions.delete(ev.id); renderQuestions(); break;
     case "refetch": reconnect(); break;
     default: break;
   }
@@ -495,6 +577,7 @@ function load(snap) {
   S.transients = new Map(Object.entries(snap.transients));
   S.tombstones = snap.tombstones;
   S.approvals = new Map(snap.approvals.map((a) => [a.id, a]));
+  S.questions = new Map((snap.questions || []).map((q) => [q.id, q]));
   S.jobs = snap.rebuild_queue;
   S.metaInputs = snap.meta_inputs || [];
   S.metaRunning = !!snap.meta_update_running;
@@ -577,7 +660,7 @@ async function submit(form, submitter) {
   if (form.dataset.join) {
     const [from, to] = form.dataset.join.split(":");
     const picked = [...form.querySelectorAll(`input[name="${from}"]:checked`)].map((i) => i.value);
-    body.set(to, picked.join(","));
+    body.set(to, picked.join(form.dataset.joinWith || ","));
   }
   const button = submitter || form.querySelector("button[type=submit]");
   const spinner = el("span", { class: "spinner", "aria-hidden": "true" });
@@ -622,6 +705,8 @@ document.getElementById("approvals-toggle").addEventListener("click", () => {
 setInterval(() => {
   const now = Date.now() / 1000;
   for (const span of document.querySelectorAll(".elapsed[data-since]")) span.textContent = ago(now - Number(span.dataset.since));
+  for (const chip of document.querySelectorAll(".ttl[data-deadline]")) chip.textContent = ttlText(Number(chip.dataset.deadline));
+  for (const b of document.querySelectorAll(".waiting[data-waiting-since]")) b.textContent = waitingText(Number(b.dataset.waitingSince));
 }, 1000);
 
 connect();
