@@ -17,11 +17,12 @@ import trio
 
 from hivecore.daemon import Daemon
 from hivecore.services import broker as br
-from tests.conftest import make_config
+from tests.conftest import AUTH, make_config
 from tests.test_broker import call
 from tests.test_e2e_approval import host
 from tests.test_hivectl import err, hivectl, out
 from tests.waiting import eventually
+from tests.web_client import event_stream, http
 
 
 async def ok(answer: dict[str, Any]) -> dict[str, Any]:
@@ -247,3 +248,46 @@ async def test_a_pending_ttl_survives_a_daemon_restart(state_dir: Path) -> None:
         ]
         assert time.monotonic() - started < 8
         nursery.cancel_scope.cancel()
+
+
+async def test_the_dashboard_routes_the_snapshot_and_the_replayed_events(hive: Daemon) -> None:
+    msock = hive.config.manager_socket_path
+    seq = hive.coordinator.current_seq()
+    qid = (await ok(await call(msock, {"cmd": "ask_operator", "question": "q?", "options": ["a", "b"]})))[
+        "question_id"
+    ]
+    status, _, body = await http(hive, "GET", "/api/state", headers=AUTH)
+    assert status == 200
+    [card] = json.loads(body)["questions"]
+    assert (card["id"], card["asker"], card["options"], card.get("target")) == (
+        qid,
+        "hm1nd",
+        ["a", "b"],
+        None,
+    )
+    # one clear error each; nothing changes
+    for path, form, code, message in [
+        ("/answer-question/abc", {"answer": "a"}, 400, "a question id is a number, got 'abc'"),
+        (f"/answer-question/{qid}", {}, 400, "missing field 'answer'"),
+        (f"/answer-question/{qid}", {"answer": "x" * 1537}, 400, "answer is 1537 bytes; the limit is 1536"),
+        ("/answer-question/98765", {"answer": "a"}, 404, "no question 98765"),
+        ("/cancel-question/98765", {}, 404, "no question 98765"),
+    ]:
+        status, _, body = await http(hive, "POST", path, form, headers=AUTH)
+        assert (status, json.loads(body)) == (code, {"ok": False, "error": message}), path
+    status, _, body = await http(hive, "POST", f"/answer-question/{qid}", {"answer": "b"}, headers=AUTH)
+    assert (status, json.loads(body)) == (200, {"ok": True, "message": f"question {qid} answered"})
+    status, _, body = await http(hive, "POST", f"/cancel-question/{qid}", {}, headers=AUTH)
+    assert (status, json.loads(body)["error"]) == (409, f"question {qid} was already answered")
+    # a reconnect with Last-Event-ID replays both events
+    path = "/api/dashboard/stream?kinds=question_added,question_resolved"
+    async with event_stream(hive, path, f"{AUTH}Last-Event-ID: {seq}\r\n") as sse:
+        added = await sse.next_data()
+        resolved = await sse.next_data()
+    assert (added["kind"], added["id"], added["question"]) == ("question_added", qid, "q?")
+    assert (resolved["kind"], resolved["id"], resolved["answer"], resolved["answerer"]) == (
+        "question_resolved",
+        qid,
+        "b",
+        "operator",
+    )
