@@ -36,6 +36,10 @@ let
     "--crash-watch-interval" (toString cfg.crashWatchInterval)
     "--agent-memory-max" cfg.agentMemoryMax
     "--agent-cpu-quota" cfg.agentCpuQuota
+    "--alarm-manager-unread" (toString cfg.alarmManagerUnreadMinutes)
+    "--alarm-unacked" (toString cfg.alarmUnackedMinutes)
+    "--crash-loop" cfg.crashLoop
+    "--alarm-approval-age" (toString cfg.alarmApprovalAgeHours)
   ]
   ++ optionals (cfg.hyperhiveFlake != null) [ "--hyperhive-flake" cfg.hyperhiveFlake ]
   ++ optionals (cfg.domain != null) [ "--domain" cfg.domain ]
@@ -148,6 +152,30 @@ in
       default = "200%";
       example = "50%";
       description = "CPUQuota= of every agent container, a percentage of one CPU (`200%` = two CPUs' worth). Applied on each spawn, start and rebuild.";
+    };
+
+    alarmManagerUnreadMinutes = mkOption {
+      type = types.ints.positive;
+      default = 15;
+      description = "Alarm when mail to the manager has waited unread this many minutes (docs/operations.md, Alarms).";
+    };
+
+    alarmUnackedMinutes = mkOption {
+      type = types.ints.positive;
+      default = 30;
+      description = "Alarm when an agent's oldest unacked message is this many minutes old.";
+    };
+
+    crashLoop = mkOption {
+      type = types.strMatching "[1-9][0-9]*/[0-9]+([.][0-9]+)?";
+      default = "3/10";
+      description = "K/MINUTES: K crashes within MINUTES hold an agent stopped (an alarm) until `hivectl release NAME`.";
+    };
+
+    alarmApprovalAgeHours = mkOption {
+      type = types.ints.positive;
+      default = 24;
+      description = "Alarm when an approval has been pending this many hours.";
     };
 
     watchdogSec = mkOption {

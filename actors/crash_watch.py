@@ -108,7 +108,11 @@ class CrashWatch:
         interval: float,
         *,
         runtime: ContainerRuntime | None = None,
+        on_crash: Callable[[str], None] | None = None,
     ) -> None:
+        self._on_crash = on_crash
+        """Called synchronously with each crashed agent's name as it is judged (the alarms'
+        crash-loop count: a hold is in force before any restart can run)."""
         self._views = views
         self._notifier = notifier
         self._quiet = quiet
@@ -150,6 +154,8 @@ class CrashWatch:
             if isinstance(event, ContainerCrash):
                 self._crashes += 1
                 log.warning("crash_watch: %s stopped without a stop request", event.agent)
+                if self._on_crash is not None:
+                    self._on_crash(event.agent)
             self._outbox.append(event)
             self._queued += 1
         if self._outbox:

@@ -11,6 +11,7 @@ from typing import Literal
 import attrs
 
 from hivecore import posix_acl
+from hivecore.alarms import Thresholds
 from hivecore.limits import DEFAULT_AGENT_UID_BASE, validate_agent_uid_base
 from hivecore.names import MANAGER_NAME, child_path, validate_name
 from hivecore.nixconfine import DEFAULT_EVAL_MEMORY, DEFAULT_EVAL_TIMEOUT, EvalLimits
@@ -84,6 +85,10 @@ class Config:
     """Seconds a turn may run before its agent is shown stuck (the harness's limit: ``HIVE_TURN_LIMIT``)."""
     stuck_after: float = 600.0
     """Seconds an agent may leave mail unread (not polling, not in a turn) before it is shown stuck."""
+    alarm_thresholds: Thresholds = attrs.field(factory=Thresholds)
+    """When each alarm is raised (:mod:`hivecore.alarms`; ``--alarm-*`` flags)."""
+    alarm_interval: float = 15.0
+    """Seconds between alarm evaluations."""
     dashboard_auth: DashboardAuth = "token"
     """``token``: an operator token (``<state>/operator-token``) gates the dashboard; ``none``: no
     auth, accepted only with a loopback bind."""

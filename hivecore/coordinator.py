@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import trio
 
+from actors.alarms import AlarmWatch
 from actors.event_bus import EventBus, Subscription
 from actors.event_bus import RefetchRequired as RefetchRequired
 from actors.rebuild_queue import JobLane
@@ -27,6 +28,7 @@ from actors.transients import TransientRegistry
 from actors.views import Views
 from hivecore import agentlog
 from hivecore import store as st
+from hivecore.alarms import Alarm
 from hivecore.errors import BadInput, HiveError, NotAvailable, Refused, UnknownAgent
 from hivecore.models import (
     Approval,
@@ -74,8 +76,10 @@ class Coordinator:
         settings: AgentSettings | None = None,
         usage: Usage | None = None,
         questions: Questions | None = None,
+        alarm_watch: AlarmWatch | None = None,
     ) -> None:
         self._questions = questions
+        self._alarm_watch = alarm_watch
         self._settings = settings
         self._usage = usage
         self._broker = broker
@@ -153,6 +157,18 @@ class Coordinator:
 
     def transients(self) -> dict[str, Transient]:
         return self._transients.snapshot() if self._transients is not None else {}
+
+    # --- alarms (actors/alarms.py) ----------------------------------------------------------------
+
+    def alarms(self) -> list[Alarm]:
+        """The raised alarms (crit first, then oldest first)."""
+        return self._alarm_watch.alarms() if self._alarm_watch is not None else []
+
+    async def release(self, name: object, *, source: JobSource = "host_sock") -> None:
+        """Lift ``name``'s crash-loop hold (:class:`~hivecore.errors.HiveError` if it is not held)."""
+        valid = validate_name(name)
+        if self._alarm_watch is None or not await self._alarm_watch.release(valid):
+            raise HiveError(f"{valid} is not held (only an agent held after a crash loop can be released)")
 
     def actors(self) -> list[ChildStatus]:
         """The supervisor's children (name, state, restarts…)."""

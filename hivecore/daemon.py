@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from actors.agent_sockets import AgentSockets
+from actors.alarms import AlarmWatch, default_disk_paths
 from actors.crash_watch import CrashWatch
 from actors.event_bus import EventBus
 from actors.meta_lock import MetaLock
@@ -101,13 +102,17 @@ class Daemon:
     """Turns reported by the harnesses (``report_turn``) and each agent's liveness (stuck)."""
     questions: Questions | None = None
     """Questions to the operator and between agents, and their TTL actor."""
+    alarm_watch: AlarmWatch = attrs.field(kw_only=True)
+    """The alarms actor (raised alarms, crash-loop holds)."""
 
     def status_summary(self) -> str:
         """One line for systemd's ``STATUS=`` (cached state only: no await, no I/O)."""
         rows = self.views.rows()
         running = sum(1 for v in rows.values() if v.running)
         jobs = len(self.coordinator.jobs())
-        return f"serving: {len(rows)} agents ({running} running), {jobs} jobs queued or running"
+        alarms = self.coordinator.alarms()
+        raised = f", {len(alarms)} alarm(s): {alarms[0].message}" if alarms else ""
+        return f"serving: {len(rows)} agents ({running} running), {jobs} jobs queued or running{raised}"
 
     def healthy(self) -> bool:
         """Whether the watchdog may ping: no supervised actor has given up."""
@@ -227,7 +232,23 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     approvals = Approvals(lifecycle, repos, store, bus, notifier)
     meta_updates = MetaUpdates(meta_build, views)
     intent = Intent()
-    env = JobEnv(store=store, bus=bus, transients=transients, views=views, notify=notifier, intent=intent)
+    alarm_watch = AlarmWatch(
+        store,
+        bus,
+        views.rows,
+        config.alarm_thresholds,
+        disk_paths=default_disk_paths(config.paths.root),
+        interval=config.alarm_interval,
+    )
+    env = JobEnv(
+        store=store,
+        bus=bus,
+        transients=transients,
+        views=views,
+        notify=notifier,
+        intent=intent,
+        holds=alarm_watch.holds,
+    )
     jobs = Jobs(env, lifecycle, approvals, meta_updates)
     lane = JobLane(store, bus, jobs, intent=intent)
     supervisor = Supervisor(bus)
@@ -246,12 +267,20 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         settings=AgentSettings(config, agent_env, views),
         usage=usage,
         questions=questions,
+        alarm_watch=alarm_watch,
     )
 
     def quiet(name: str) -> bool:
         return transients.get(name) is not None or lane.intent.stopped_on_purpose(name)
 
-    crash_watch = CrashWatch(views, notifier, quiet, config.crash_watch_interval, runtime=runtime)
+    crash_watch = CrashWatch(
+        views,
+        notifier,
+        quiet,
+        config.crash_watch_interval,
+        runtime=runtime,
+        on_crash=alarm_watch.record_crash,
+    )
     agent_sockets = AgentSockets(
         config, views, lambda name: AgentSocket(config, name, broker, views, usage=usage, questions=questions)
     )
@@ -280,6 +309,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         agent_env=agent_env,
         usage=usage,
         questions=questions,
+        alarm_watch=alarm_watch,
     )
     return daemon
 
@@ -315,6 +345,8 @@ async def main(
             ChildSpec("views", daemon.views.run),
             ChildSpec("approvals", daemon.approvals.run),
             ChildSpec("meta_lock", daemon.meta.run),
+            # before the lane: the crash-loop holds are loaded before any job can start an agent
+            ChildSpec("alarms", daemon.alarm_watch.run),
             ChildSpec("rebuild_queue", daemon.lane.run),
             ChildSpec("crash_watch", daemon.crash_watch.run),
             ChildSpec("agent_sockets", daemon.agent_sockets.run),

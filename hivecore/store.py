@@ -184,6 +184,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX operator_questions_open ON operator_questions(answered_at, deadline_at);
     CREATE INDEX operator_questions_asker ON operator_questions(asker, answered_at);
     """,
+    # 11: alarms (actors/alarms.py): agents held stopped after a crash loop, until the operator
+    # releases them
+    """
+    CREATE TABLE held_agents (
+        agent TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        since REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -776,3 +785,27 @@ def recent_messages(conn: sqlite3.Connection, limit: int, recipient: str | None 
         (*args, limit),
     )
     return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in reversed(cur.fetchall())]
+
+
+# --- crash-loop holds (actors/alarms.py; sync, run on the store thread) ----------------------------
+
+
+def read_holds(conn: sqlite3.Connection) -> list[tuple[str, str, float]]:
+    """``(agent, reason, since)`` of every agent held stopped, by name."""
+    return [
+        (r["agent"], r["reason"], r["since"])
+        for r in conn.execute("SELECT agent, reason, since FROM held_agents ORDER BY agent")
+    ]
+
+
+def write_hold(conn: sqlite3.Connection, agent: str, reason: str, since: float) -> None:
+    with transaction(conn):
+        conn.execute(
+            "INSERT OR REPLACE INTO held_agents(agent, reason, since) VALUES (?,?,?)", (agent, reason, since)
+        )
+
+
+def delete_hold(conn: sqlite3.Connection, agent: str) -> int:
+    """Forget ``agent``'s hold; how many rows went (0 or 1)."""
+    with transaction(conn):
+        return conn.execute("DELETE FROM held_agents WHERE agent = ?", (agent,)).rowcount

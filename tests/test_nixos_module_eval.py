@@ -183,6 +183,8 @@ def intended_argv(package: Path, settings: dict[str, Any]) -> list[str]:
         "--agent-memory-max", s["agentMemoryMax"],
         "--agent-cpu-quota", s["agentCpuQuota"],
     ]  # fmt: skip
+    argv += ["--alarm-manager-unread", "15", "--alarm-unacked", "30", "--crash-loop", "3/10"]
+    argv += ["--alarm-approval-age", "24"]
     if s["hyperhiveFlake"] is not None:
         argv += ["--hyperhive-flake", s["hyperhiveFlake"]]
     if s["domain"] is not None:

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-import trio
 from quart import Blueprint, Response
 
 from hivecore.config import StatePaths
@@ -74,7 +73,7 @@ def blueprint(facade: Any, paths: StatePaths, csrf_for: Callable[[], str | None]
             # the operator has read the inbox up to here: ack it (frees the senders' quota; the
             # vacuum reclaims the rows)
             await facade.ack_operator_inbox(max(row[0] for row in inbox))
-        out["server_warnings"] = await trio.to_thread.run_sync(snap.server_warnings, paths.root)
+        out["server_warnings"] = snap.server_warnings(facade.alarms())
         return out
 
     @bp.get("/api/logs/<name>")

@@ -32,6 +32,7 @@ from hivecore.limits import (
 )
 
 if TYPE_CHECKING:
+    from hivecore.alarms import Thresholds
     from hivecore.config import Config
 
 log = logging.getLogger("hive-c0re")
@@ -174,6 +175,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an agent may leave its mail unread (not polling, not in a turn) before it shows "
         "as stuck (default 600)",
     )
+    alarm = serve.add_argument_group("alarms", "when an alarm is raised (docs/operations.md, Alarms)")
+    alarm.add_argument(
+        "--alarm-manager-unread",
+        type=float,
+        default=15.0,
+        metavar="MINUTES",
+        help="mail to the manager waits unread this long (default 15)",
+    )
+    alarm.add_argument(
+        "--alarm-unacked",
+        type=float,
+        default=30.0,
+        metavar="MINUTES",
+        help="an agent's oldest unacked message is this old (default 30)",
+    )
+    alarm.add_argument(
+        "--crash-loop",
+        default="3/10",
+        metavar="K/MINUTES",
+        help="K crashes within MINUTES hold an agent stopped until `hivectl release` (default 3/10)",
+    )
+    alarm.add_argument(
+        "--alarm-approval-age",
+        type=float,
+        default=24.0,
+        metavar="HOURS",
+        help="an approval has been pending this long (default 24)",
+    )
+    alarm.add_argument(
+        "--alarm-interval",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="seconds between alarm evaluations (default 15)",
+    )
     serve.add_argument(
         "--no-ensure-manager",
         dest="ensure_manager",
@@ -255,6 +291,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise HiveError(AUTH_NONE_NIXOS)
     if not args.turn_limit > 0 or not args.stuck_after > 0:
         raise HiveError("--turn-limit and --stuck-after must be positive numbers of seconds")
+    thresholds = alarm_thresholds(args)
     env_file = args.agent_env_file.absolute() if args.agent_env_file else None
     if env_file is not None:
         from hivecore.agent_env import load_env_file
@@ -282,6 +319,37 @@ def config_from_args(args: argparse.Namespace) -> Config:
         agent_env_file=env_file,
         turn_limit=args.turn_limit,
         stuck_after=args.stuck_after,
+        alarm_thresholds=thresholds,
+        alarm_interval=args.alarm_interval,
+    )
+
+
+def alarm_thresholds(args: argparse.Namespace) -> Thresholds:
+    """The ``--alarm-*`` and ``--crash-loop`` flags as :class:`~hivecore.alarms.Thresholds`
+    (:class:`HiveError` naming the flag on a bad value)."""
+    from hivecore.alarms import Thresholds
+
+    for flag, value in (
+        ("--alarm-manager-unread", args.alarm_manager_unread),
+        ("--alarm-unacked", args.alarm_unacked),
+        ("--alarm-approval-age", args.alarm_approval_age),
+        ("--alarm-interval", args.alarm_interval),
+    ):
+        if not value > 0:
+            raise HiveError(f"{flag} must be a positive number, not {value}")
+    crashes, _, minutes = str(args.crash_loop).partition("/")
+    try:
+        k, m = int(crashes), float(minutes)
+    except ValueError:
+        k, m = 0, 0.0
+    if k < 1 or not m > 0:
+        raise HiveError(f"--crash-loop takes K/MINUTES (e.g. 3/10), not {args.crash_loop!r}")
+    return Thresholds(
+        manager_unread=args.alarm_manager_unread * 60,
+        oldest_unacked=args.alarm_unacked * 60,
+        crash_loop_crashes=k,
+        crash_loop_window=m * 60,
+        approval_age=args.alarm_approval_age * 3600,
     )
 
 

@@ -537,7 +537,7 @@ class Approvals:
         """After an interrupted build's rollback: an agent the build had stopped (and the operator
         had not) is built again from the rolled-back main, which was deployed before, and started."""
         state = (await self.lifecycle.runtime.list([name])).get(name)
-        if state is None or state.running or ctx.stopped_on_purpose(name):
+        if state is None or state.running or ctx.stopped_on_purpose(name) or ctx.held(name):
             return
         log.warning(
             "approval %d: the interrupted build left %s stopped; rebuilding its previous config", aid, name

@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from hivecore.alarms import Holds
 from hivecore.jobkinds import Intent
 from hivecore.models import ContainerView, Job, JobKind, JobSource, TombstoneView, TransientKind
 from hivecore.services.handles import AgentViews, ChildJobs, Publisher, Transients
@@ -32,6 +33,8 @@ class JobEnv:
     notify: Notifier
     intent: Intent = attrs.field(factory=Intent)
     """The lane's intent marks (the daemon hands the lane the same object)."""
+    holds: Holds = attrs.field(factory=Holds)
+    """Agents held stopped after a crash loop (the alarms actor's; a start of one is refused)."""
 
     def for_job(self, job: Job, children: ChildJobs) -> JobContext:
         return JobContext(job=job, env=self, children=children)
@@ -60,6 +63,13 @@ class JobContext:
     def stopped_on_purpose(self, name: str) -> bool:
         """Whether the operator stopped ``name`` on purpose (a build then leaves it stopped)."""
         return self.env.intent.stopped_on_purpose(name)
+
+    def refuse_if_held(self, name: str) -> None:
+        """Raise :class:`~hivecore.alarms.AgentHeld` when a crash loop holds ``name`` stopped."""
+        self.env.holds.refuse_start(name)
+
+    def held(self, name: str) -> bool:
+        return self.env.holds.get(name) is not None
 
     def publish(self, event: Event) -> None:
         self.env.bus.publish(event)

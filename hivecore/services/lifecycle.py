@@ -181,6 +181,7 @@ class Lifecycle:
         if state is not None and state.running:
             log.info("start %s: already running", name)
             return
+        ctx.refuse_if_held(name)
         await self._guarded(ctx, name, "start", lambda: self.runtime.start(name))
         log.info("started %s", name)
         await ctx.notify.kick(name, REASON_STARTED)
@@ -197,6 +198,8 @@ class Lifecycle:
         await ctx.notify.notify_manager(Killed(agent=name), name)
 
     async def restart(self, ctx: JobContext, name: str) -> None:
+        ctx.refuse_if_held(name)
+
         async def work() -> None:
             await self.runtime.stop(name, graceful=True)
             await self.runtime.start(name)
@@ -222,7 +225,7 @@ class Lifecycle:
         moves main), the build, and on a build error ``on_failure`` (an approval rolls main back),
         so the row never shows the half-way state as ``needs_update``. An agent the operator
         stopped on purpose is built and left stopped (:meth:`JobContext.stopped_on_purpose`)."""
-        keep_stopped = ctx.stopped_on_purpose(name)
+        keep_stopped = ctx.stopped_on_purpose(name) or ctx.held(name)  # a crash-loop hold too
 
         async def build(name: str) -> None:
             if self.build is not None:
@@ -271,6 +274,8 @@ class Lifecycle:
     async def destroy(self, ctx: JobContext, name: str, *, purge: bool = False) -> None:
         await self._guarded(ctx, name, "destroy", lambda: self.runtime.destroy(name))
         await self.builder.remove(name)
+        if ctx.env.holds.discard(name) is not None:  # a crash-loop hold ends with the agent
+            await ctx.store.call(lambda c: st.delete_hold(c, name))
         note = DESTROYED_NOTE.format(name=name)
         failed = await ctx.store.call(lambda c: st.fail_pending_for_agent(c, name, note))
         for approval in failed:  # the manager and the dashboard see each resolve, as for a deny

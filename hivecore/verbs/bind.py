@@ -380,6 +380,12 @@ BINDINGS: Mapping[str, Binding] = {
         done=lambda r, _: f"{r.name} destroyed" + (" and purged" if r.purge else "; its state is kept"),
     ),
     "spawn": Binding(wh.SpawnRequest, _named("spawn")),
+    # alarms (actors/alarms.py)
+    "release": Binding(
+        wh.ReleaseRequest,
+        _named("release"),
+        done=lambda r, _: f"{r.name} released; start it when you are ready",
+    ),
     "purge_tombstone": Binding(
         wh.PurgeTombstoneRequest,
         _named("purge_tombstone"),

@@ -598,6 +598,14 @@ VERBS: tuple[Verb, ...] = (
         tool_help="Set your status text, shown on the operator's dashboard next to your name: one "
         "short line about what you are doing (at most 1024 bytes). Returns your status row.",
     ),
+    # --- alarms (actors/alarms.py): the crash-loop hold ---
+    _named(
+        "release",
+        "release",
+        "lift an agent's crash-loop hold so it may be started again (it stays stopped until started)",
+        "released",
+        dashboard="/release/<name>",
+    ),
     # --- the manager's lifecycle verbs (one agent by name; never the manager itself) ---
     _row(
         "manager_start",

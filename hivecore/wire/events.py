@@ -179,6 +179,32 @@ class QuestionResolved(Event):
     answerer: str | None = None
 
 
+# --- alarms (actors/alarms.py) ---------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class AlarmRaised(Event):
+    """An alarm was raised (or its level changed): ``key`` is stable while its condition holds."""
+
+    KIND = "alarm_raised"
+    key: str
+    alarm_kind: str
+    level: str
+    message: str
+    agent: str | None = None
+    since: float = 0.0
+
+
+@attrs.frozen(kw_only=True)
+class AlarmCleared(Event):
+    """The alarm ``key`` no longer holds."""
+
+    KIND = "alarm_cleared"
+    key: str
+    alarm_kind: str
+    agent: str | None = None
+
+
 configure_renamed(MessageSent, from_="from")
 configure_renamed(MessageDelivered, from_="from")
 
@@ -200,6 +226,8 @@ DashboardEvent = (
     | MessageDelivered
     | QuestionAdded
     | QuestionResolved
+    | AlarmRaised
+    | AlarmCleared
 )
 
 

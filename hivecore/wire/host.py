@@ -92,6 +92,17 @@ class RestartRequest(HostRequest):
     name: str = attrs.field(metadata=check(checks.agent_name))
 
 
+# --- alarms (actors/alarms.py) ---------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ReleaseRequest(HostRequest):
+    """Lift an agent's crash-loop hold (it may be started again)."""
+
+    CMD = "release"
+    name: str = attrs.field(metadata=check(checks.agent_name))
+
+
 @attrs.frozen(kw_only=True)
 class RebuildRequest(HostRequest):
     CMD = "rebuild"
@@ -257,6 +268,7 @@ AnyRequest = (
     | StartRequest
     | StopRequest
     | RestartRequest
+    | ReleaseRequest
     | RebuildRequest
     | KillRequest
     | DestroyRequest

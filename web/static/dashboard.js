@@ -40,6 +40,7 @@ const HANDLED = [
   "tombstones_changed", "meta_inputs_changed", "meta_update_running", "rebuild_queue_changed",
   "approval_added", "approval_resolved", "sent", "delivered", "actor_crashed", "agent_notice",
   "question_added", "question_resolved",
+  "alarm_raised", "alarm_cleared",
 ];
 
 // --- DOM helpers (textContent only) ---------------------------------------------------------------
@@ -497,7 +498,9 @@ function renderMessages() {
 function renderWarnings() {
   const ul = document.getElementById("warnings");
   ul.replaceChildren(...S.warnings.map((w) => el("li", { class: `warning ${w.level === "crit" ? "crit" : "warn"}` },
-    el("span", { class: "level", text: w.level === "crit" ? "✖ CR1T" : "⚠ W4RN" }), " ", w.message)));
+    el("span", { class: "level", text: w.level === "crit" ? "✖ CR1T" : "⚠ W4RN" }), " ", w.message,
+    // a crash-loop hold: the operator releases the agent here (POST /release/<name>)
+    w.kind === "crash_loop" && w.agent ? actionForm(`/release/${enc(w.agent)}`, "release", { title: `let ${w.agent} be started again` }) : null)));
 }
 
 function renderActors() {
@@ -565,6 +568,15 @@ function apply(ev) {
         asked_at: ev.asked_at, deadline_at: ev.deadline_at, target: ev.target });
       renderQuestions(); break;
     case "question_resolved": S.questions.delete(ev.id); renderQuestions(); break;
+    // alarms (actors/alarms.py): the warnings strip is the raised alarms, by key
+    case "alarm_raised": {
+      const w = { key: ev.key, kind: ev.alarm_kind, level: ev.level, message: ev.message, agent: ev.agent, since: ev.since };
+      const i = S.warnings.findIndex((x) => x.key === ev.key);
+      if (i >= 0) S.warnings[i] = w; else S.warnings.push(w);
+      renderWarnings(); break;
+    }
+    case "alarm_cleared":
+      S.warnings = S.warnings.filter((x) => x.key !== ev.key); renderWarnings(); break;
     case "refetch": reconnect(); break;
     default: break;
   }
