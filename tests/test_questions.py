@@ -357,3 +357,18 @@ def test_the_biggest_question_and_answer_fit_a_4_kib_body() -> None:
     joined = ", ".join("o" * 80 for _ in range(12))
     assert len(joined.encode()) <= 1536
     assert QuestionAdded.KIND == "question_added"
+
+
+async def test_asking_is_rate_limited_per_asker(
+    conn: sqlite3.Connection, autojump_clock: trio.testing.MockClock
+) -> None:
+    service, _, _ = make(conn, agents=("coder", "scout", "hm1nd"))
+    service.max_per_minute = 3
+    for _ in range(3):
+        q = await service.ask("coder", "hi?", to="scout")
+        await service.answer(q.id, "hi", by="scout")
+    with pytest.raises(Refused, match="at most 3 questions a minute per asker; this one was not asked"):
+        await service.ask("coder", "hi?", to="scout")
+    await service.ask("scout", "others are not limited by coder")
+    await trio.sleep(61)
+    await service.ask("coder", "a minute later")

@@ -32,6 +32,7 @@ a principal).
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -58,6 +59,10 @@ EXPIRED = "[expired]"
 CANCELLED = "[cancelled]"
 MAX_OPEN_PER_ASKER = 16
 """Open questions one asker may have at once (a hostile agent cannot bury the operator's card list)."""
+MAX_ASKS_PER_MINUTE = 30
+"""Questions one asker may ask in a sliding minute: a peer question is pushed to its target by
+``system`` (outside the sender's message quota), so a hostile agent asking and letting 1 s TTLs
+expire must not flood another agent's inbox or the store."""
 
 
 class UnknownQuestion(HiveError):
@@ -324,7 +329,10 @@ class Questions:
         clock: Callable[[], float] = time.time,
         rescan: Callable[[list[str]], None] | None = None,
         max_open: int = MAX_OPEN_PER_ASKER,
+        max_per_minute: int = MAX_ASKS_PER_MINUTE,
     ) -> None:
+        self.max_per_minute = max_per_minute
+        self._recent: dict[str, collections.deque[float]] = {}
         self._store = store
         self._bus = bus
         self._broker = broker
@@ -389,6 +397,14 @@ class Questions:
             raise BadInput("multi needs options to choose from")
         target = self._target(asker, to)
         now = self._clock()
+        recent = self._recent.setdefault(asker, collections.deque())
+        while recent and recent[0] <= now - 60:
+            recent.popleft()
+        if len(recent) >= self.max_per_minute:
+            raise Refused(
+                f"at most {self.max_per_minute} questions a minute per asker; this one was not asked"
+            )
+        recent.append(now)
         q: Question = await self._store.call(
             lambda c: insert_question(
                 c,
