@@ -26,7 +26,6 @@ below are shared with :mod:`hivecore.runtime.process`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
@@ -38,6 +37,8 @@ import time
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NamedTuple
+
+from hivecore.atomic import write_json_atomic as write_json_atomic  # shared with the process runtime
 
 EXIT_STATUS_FILE = "exit_status"
 LOG_FILE = "agent.log"
@@ -89,22 +90,6 @@ def group_members(pgid: int, *, exclude: int | None = None) -> list[int]:
         if st is not None and st.pgrp == pgid and st.state != "Z":
             members.append(int(entry.name))
     return members
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temp file and a rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: no temp file is left behind
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def exit_status_record(code: int, *, by: str) -> dict[str, Any]:

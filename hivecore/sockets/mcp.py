@@ -20,9 +20,7 @@ means to the broker.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +28,7 @@ from typing import Any, Protocol
 import trio
 
 from hivecore import agent_users
+from hivecore.atomic import write_text_no_follow
 from hivecore.config import Config
 from hivecore.container_view import STATUS_FILE
 from hivecore.errors import NotAvailable, Refused, UnknownAgent, answer_for
@@ -298,24 +297,8 @@ class ManagerSocket(McpSocket):
 
 
 def write_no_follow(directory: Path, name: str, text: str) -> None:
-    """Atomically replace ``directory/name`` with ``text``; refuses a symlinked ``directory`` and never
-    writes through a symlink planted at ``name`` (rename replaces the link itself)."""
+    """:func:`hivecore.atomic.write_text_no_follow`, its failure as :class:`Refused` naming the path."""
     try:
-        dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        write_text_no_follow(directory, name, text)
     except OSError as exc:
         raise Refused(f"cannot write {directory / name}: {exc.strerror or exc}") from None
-    tmp = f".{name}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=dirfd)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
-        except BaseException:  # a full disk, bad text: no temp file is left behind
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dirfd)
-            raise
-    except OSError as exc:
-        raise Refused(f"cannot write {directory / name}: {exc.strerror or exc}") from None
-    finally:
-        os.close(dirfd)
