@@ -19,7 +19,7 @@ let
     pyproject = true;
     src = lib.cleanSource ./.;
     build-system = [ pkgs.python3Packages.setuptools ];
-    dependencies = with pkgs.python3Packages; [ trio attrs cattrs hypercorn quart quart-trio ];
+    dependencies = with pkgs.python3Packages; [ trio attrs cattrs hypercorn quart quart-trio httpx ];
     doCheck = false;
   };
 
@@ -41,6 +41,8 @@ let
     "--crash-loop" cfg.crashLoop
     "--alarm-approval-age" (toString cfg.alarmApprovalAgeHours)
   ]
+  ++ builtins.concatMap (url: [ "--notify-url" url ]) cfg.notifyUrls
+  ++ optionals (cfg.notifyOn != null) [ "--notify-on" (builtins.concatStringsSep "," cfg.notifyOn) ]
   ++ optionals (cfg.hyperhiveFlake != null) [ "--hyperhive-flake" cfg.hyperhiveFlake ]
   ++ optionals (cfg.domain != null) [ "--domain" cfg.domain ]
   ++ optionals (cfg.agentEnvFile != null) [ "--agent-env-file" cfg.agentEnvFile ]
@@ -176,6 +178,24 @@ in
       type = types.ints.positive;
       default = 24;
       description = "Alarm when an approval has been pending this many hours.";
+    };
+
+    notifyUrls = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "ntfy+https://ntfy.sh/my-hive-topic" "https://hooks.example.org/hive" ];
+      description = ''
+        Where notifications are POSTed (docs/operations.md, Notifications): http(s)://… gets a JSON
+        document, ntfy+http(s)://HOST/TOPIC a plain-text line. The URLs end up in the unit file in
+        the world-readable store: a URL carrying a secret token is readable by every local user.
+      '';
+    };
+
+    notifyOn = mkOption {
+      type = types.nullOr (types.listOf types.str);
+      default = null;
+      example = [ "approval_added" "alarm_raised" ];
+      description = "The notification kinds sent (null: approval_added, question_asked, alarm_raised, container_crash).";
     };
 
     watchdogSec = mkOption {

@@ -89,6 +89,10 @@ class Config:
     """When each alarm is raised (:mod:`hivecore.alarms`; ``--alarm-*`` flags)."""
     alarm_interval: float = 15.0
     """Seconds between alarm evaluations."""
+    notify_urls: tuple[str, ...] = ()
+    """``--notify-url``: where notifications are POSTed (:mod:`hivecore.webhook`; secrets inside)."""
+    notify_on: tuple[str, ...] = ("approval_added", "question_asked", "alarm_raised", "container_crash")
+    """``--notify-on``: the notification kinds sent (:data:`hivecore.webhook.KINDS`)."""
     dashboard_auth: DashboardAuth = "token"
     """``token``: an operator token (``<state>/operator-token``) gates the dashboard; ``none``: no
     auth, accepted only with a loopback bind."""

@@ -27,7 +27,8 @@ from actors.rebuild_queue import JobLane
 from actors.supervisor import ChildSpec, Supervisor
 from actors.transients import TransientRegistry
 from actors.views import Views
-from hivecore import agent_users
+from actors.webhooks import Webhooks
+from hivecore import agent_users, webhook
 from hivecore.agent_env import AgentEnv
 from hivecore.config import Config
 from hivecore.container_view import StuckLimits
@@ -104,6 +105,8 @@ class Daemon:
     """Questions to the operator and between agents, and their TTL actor."""
     alarm_watch: AlarmWatch = attrs.field(kw_only=True)
     """The alarms actor (raised alarms, crash-loop holds)."""
+    webhooks: Webhooks | None = attrs.field(default=None, kw_only=True)
+    """Notifications to ``--notify-url`` endpoints (None: none configured)."""
 
     def status_summary(self) -> str:
         """One line for systemd's ``STATUS=`` (cached state only: no await, no I/O)."""
@@ -240,6 +243,14 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         disk_paths=default_disk_paths(config.paths.root),
         interval=config.alarm_interval,
     )
+    webhooks = None
+    if config.notify_urls:
+        webhooks = Webhooks(
+            bus,
+            [webhook.parse_endpoint(u) for u in config.notify_urls],
+            webhook.parse_kinds(config.notify_on),
+        )
+        alarm_watch.add_source(webhooks.alarms)
     env = JobEnv(
         store=store,
         bus=bus,
@@ -310,6 +321,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         usage=usage,
         questions=questions,
         alarm_watch=alarm_watch,
+        webhooks=webhooks,
     )
     return daemon
 
@@ -353,6 +365,8 @@ async def main(
             ChildSpec("manager_socket", daemon.manager_socket.run),
             ChildSpec("host_socket", admin.run),
         ]
+        if daemon.webhooks is not None:
+            children.append(ChildSpec("notifications", daemon.webhooks.run))
         children.append(ChildSpec("auto_update", partial(auto_update_child, daemon)))
         if config.ensure_manager:
             children.append(ChildSpec("ensure_manager", partial(ensure_manager_child, daemon)))

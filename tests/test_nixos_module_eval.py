@@ -166,6 +166,8 @@ def intended_argv(package: Path, settings: dict[str, Any]) -> list[str]:
         "domain": None,
         "agentEnvFile": None,
         "extraArgs": [],
+        "notifyUrls": [],
+        "notifyOn": None,
         **settings,
     }
     argv = [
@@ -185,6 +187,10 @@ def intended_argv(package: Path, settings: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
     argv += ["--alarm-manager-unread", "15", "--alarm-unacked", "30", "--crash-loop", "3/10"]
     argv += ["--alarm-approval-age", "24"]
+    for url in s["notifyUrls"]:
+        argv += ["--notify-url", url]
+    if s["notifyOn"] is not None:
+        argv += ["--notify-on", ",".join(s["notifyOn"])]
     if s["hyperhiveFlake"] is not None:
         argv += ["--hyperhive-flake", s["hyperhiveFlake"]]
     if s["domain"] is not None:
@@ -217,6 +223,8 @@ def test_exec_start_reaches_the_daemon_intact(tmp_path: Path, pronouns: str) -> 
         "agentMemoryMax": "1.5G",
         "agentCpuQuota": "12.5%",
         "extraArgs": ["--log-level", "DEBUG"],
+        "notifyUrls": ["ntfy+https://ntfy.example.org/hive-%i", "https://hooks.example.org/x?token=$HOME"],
+        "notifyOn": ["alarm_raised", "container_crash"],
     }
     evaluated = evaluate(tmp_path, settings)
     assert evaluated["enabled"] is True
@@ -232,6 +240,8 @@ def test_exec_start_reaches_the_daemon_intact(tmp_path: Path, pronouns: str) -> 
     assert (config.agent_memory_max, config.agent_cpu_quota) == ("1.5G", "12.5%")
     assert config.runtime_dir == Path("/run/hyperhive")
     assert config.runtime == "nixos"
+    assert config.notify_urls == tuple(settings["notifyUrls"])
+    assert config.notify_on == ("alarm_raised", "container_crash")
 
 
 def test_agent_env_file_reaches_the_daemon(tmp_path: Path) -> None:

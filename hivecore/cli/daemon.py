@@ -210,6 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds between alarm evaluations (default 15)",
     )
+    notify = serve.add_argument_group("notifications", "who gets told (docs/operations.md, Notifications)")
+    notify.add_argument(
+        "--notify-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="POST notifications here (repeatable): http(s)://… gets a JSON document, "
+        "ntfy+http(s)://HOST/TOPIC a plain-text line for an ntfy-style topic",
+    )
+    notify.add_argument(
+        "--notify-on",
+        action="append",
+        default=[],
+        metavar="KINDS",
+        help="comma-separated kinds to notify (repeatable): approval_added, question_asked, alarm_raised, "
+        "container_crash, alarm_cleared, approval_resolved (default: the first four)",
+    )
     serve.add_argument(
         "--no-ensure-manager",
         dest="ensure_manager",
@@ -292,6 +309,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if not args.turn_limit > 0 or not args.stuck_after > 0:
         raise HiveError("--turn-limit and --stuck-after must be positive numbers of seconds")
     thresholds = alarm_thresholds(args)
+    notify_urls, notify_on = notify_settings(args)
     env_file = args.agent_env_file.absolute() if args.agent_env_file else None
     if env_file is not None:
         from hivecore.agent_env import load_env_file
@@ -321,7 +339,19 @@ def config_from_args(args: argparse.Namespace) -> Config:
         stuck_after=args.stuck_after,
         alarm_thresholds=thresholds,
         alarm_interval=args.alarm_interval,
+        notify_urls=notify_urls,
+        notify_on=notify_on,
     )
+
+
+def notify_settings(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``--notify-url`` and ``--notify-on``, checked (:class:`HiveError` naming the flag)."""
+    from hivecore import webhook
+
+    for url in args.notify_url:
+        webhook.parse_endpoint(url)
+    kinds = webhook.parse_kinds(args.notify_on) if args.notify_on else frozenset(webhook.DEFAULT_KINDS)
+    return tuple(args.notify_url), tuple(sorted(kinds))
 
 
 def alarm_thresholds(args: argparse.Namespace) -> Thresholds:
