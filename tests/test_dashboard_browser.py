@@ -27,6 +27,7 @@ from tests.conftest import TEST_TOKEN, make_config, write_test_token
 from tests.test_approvals import BROKEN_NIX, commit, sonnet
 from tests.test_broker import call
 from tests.test_e2e_approval import host
+from tests.waiting import eventually
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
@@ -526,3 +527,39 @@ async def test_a_build_error_keeps_its_line_breaks_on_the_page(live: Daemon, bro
         await browser.run(lambda: page.click(f"{card} details.long-text summary"))
         note = await browser.run(lambda: page.inner_text(f"{card} details.long-text pre"))
         assert caret in note.splitlines(), note
+
+
+async def test_the_warning_strip_shows_alarms_live_and_releases_a_hold(
+    live: Daemon, browser: BrowserThread
+) -> None:
+    """Issue 19 item 4: a hold raised before the page loads comes with the snapshot, its release
+    button lifts it (the strip empties on ``alarm_cleared``), and an alarm raised later arrives on
+    the stream; still one ``/api/state``."""
+    from hivecore.alarms import Alarm
+
+    with trio.fail_after(120):
+        watch = live.alarm_watch
+        watch.disk_paths = []  # (a full disk on the test machine would add its own line)
+        await ok(await host(live, {"cmd": "spawn", "name": "coder"}))
+        for _ in range(3):
+            watch.record_crash("coder")  # what crash_watch reports (test_alarms crashes real processes)
+        await eventually(lambda: [a.key for a in live.coordinator.alarms()] == ["crash_loop:coder"])
+        page = await browser.new_page(live.dashboard_urls[0])
+        held = "#warnings li.warning.crit:has-text('coder is held stopped')"
+        await browser.run(lambda: page.wait_for_selector(held))
+        await browser.run(lambda: page.click(f"{held} form[action='/release/coder'] button"))
+        await browser.run(lambda: page.wait_for_selector("#warnings li", state="detached"))
+        assert watch.holds.get("coder") is None
+        late: list[Alarm] = [
+            Alarm("notify", "notify", "warn", "notifications are not delivered (1 given up)")
+        ]
+        watch.add_source(lambda: list(late))
+        watch.request_pass()
+        await browser.run(
+            lambda: page.wait_for_selector("#warnings li.warning.warn:has-text('not delivered')")
+        )
+        late.clear()
+        watch.request_pass()
+        await browser.run(lambda: page.wait_for_selector("#warnings li", state="detached"))
+        assert len(browser.state_requests) == 1
+        assert browser.console_errors == []
