@@ -197,6 +197,7 @@ class AlarmWatch:
             now=self._clock(),
             inboxes=inboxes,
             stuck={n: v.stuck for n, v in rows.items() if v.stuck},
+            not_reading=frozenset(n for n, v in rows.items() if not v.running or v.paused),
             holds=self.holds.all(),
             disks=disks,
             pending_approvals=pending,

@@ -9,7 +9,7 @@ An :class:`Observation` is what the actor read at one instant (Unix seconds thro
 key                    raised while                                                     default
 =====================  ==============================================================  =========
 ``manager_unread``     mail to the manager has waited unread (never handed out) longer  15 min
-``unacked:<n>``        the oldest message to ``<n>`` not acked is older than            30 min
+``unacked:<n>``        the oldest message to running ``<n>`` not acked is older than    30 min
 ``crash_loop:<n>``     ``<n>`` is held stopped after K crashes in M minutes             3 in 10
 ``stuck:<n>``          ``<n>``'s row says it is stuck (:func:`hivecore.usage.stuck_reason`)
 ``disk:<label>``       the filesystem is at least 85 % (warn) / 95 % (crit) used
@@ -98,6 +98,9 @@ class Observation:
     """``(id, agent, requested at)`` of every pending approval."""
     extra: Sequence[Alarm] = ()
     """Alarms other parts raise themselves (notification delivery)."""
+    not_reading: frozenset[str] = frozenset()
+    """Agents that are not running or are paused: their mail waits on purpose (no ``unacked``
+    alarm; a crash has its own notice and a crash loop its own alarm)."""
 
 
 MANAGER_INBOX = MANAGER_AGENT
@@ -131,7 +134,7 @@ def evaluate(obs: Observation, t: Thresholds) -> dict[str, Alarm]:
                     )
                 )
             continue
-        if obs.now - box.oldest_unacked > t.oldest_unacked:
+        if inbox not in obs.not_reading and obs.now - box.oldest_unacked > t.oldest_unacked:
             waited = obs.now - box.oldest_unacked
             sender = f" from {box.oldest_from}" if box.oldest_from else ""
             out.append(

@@ -120,6 +120,13 @@ async def test_oldest_unacked_raises_and_clears_and_the_operator_inbox_is_not_wa
     assert await rig.keys() == ["unacked:coder"]
     assert sum(1 for e in published(rig.bus) if isinstance(e, AlarmRaised)) == 1
     assert "40 min" in rig.watch.alarms()[0].message  # the strip shows the current text
+    # an agent that is paused (or not running) leaves its mail on purpose
+    rig.rows["coder"] = ContainerView(name="coder", container="coder", running=True, paused=True)
+    assert await rig.keys() == []
+    rig.rows["coder"] = ContainerView(name="coder", container="coder", running=False)
+    assert await rig.keys() == []
+    rig.rows["coder"] = ContainerView(name="coder", container="coder", running=True)
+    assert await rig.keys() == ["unacked:coder"]
     rig.conn.execute("UPDATE messages SET acked_at=? WHERE id=?", (int(rig.clock.now), mid))
     rig.conn.commit()
     assert await rig.keys() == []
