@@ -174,6 +174,54 @@ def remove_entry(dir_fd: int, name: str) -> bool:
     return True
 
 
+def write_below(
+    root: Path, top: tuple[str, ...], rel: tuple[str, ...], data: bytes, mode: int = 0o644
+) -> None:
+    """Replace the file ``root/top…/rel…`` with ``data``, atomically (a temp file renamed over it).
+
+    Directories of ``rel`` missing below ``top`` are created (0755); what is created belongs to the
+    owner of ``top`` (the agent, for its state dir). No link below ``root`` is followed: a symlink
+    among the directories fails (``ELOOP``/``ENOTDIR``), one planted at the file's name is replaced
+    by the rename, never written through. Raises ``OSError`` (``ValueError`` for a bad part).
+    """
+    if not rel:
+        raise ValueError("no file name")
+    fd = open_dir(root, *top)
+    try:
+        owner = os.fstat(fd)
+        for part in rel[:-1]:
+            try:
+                os.mkdir(_component(part), 0o755, dir_fd=fd)
+                with contextlib.suppress(PermissionError):
+                    os.chown(part, owner.st_uid, owner.st_gid, dir_fd=fd, follow_symlinks=False)
+            except FileExistsError:
+                pass
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        name = _component(rel[-1])
+        tmp = f".{name}.{os.getpid()}.tmp"
+        remove_entry(fd, tmp)
+        out = os.open(tmp, _CREATE_FLAGS, mode, dir_fd=fd)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out, view) :]
+                os.fchmod(out, mode)
+                with contextlib.suppress(PermissionError):
+                    os.fchown(out, owner.st_uid, owner.st_gid)
+            finally:
+                os.close(out)
+            os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+            raise
+    finally:
+        os.close(fd)
+
+
 class Walk:
     """Depth-first over a tree by directory fds, links not followed, at most ``max_entries`` entries.
 

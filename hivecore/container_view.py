@@ -90,6 +90,7 @@ def build_view(
         cost_today_usd=round(summary.cost_today_usd, 6),
         stuck=stuck,
         waiting_on_operator_since=waiting_since,
+        pending_reminders=activity.pending_reminders if activity is not None else 0,
     )
 
 

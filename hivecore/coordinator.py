@@ -42,6 +42,7 @@ from hivecore.models import (
     Transient,
 )
 from hivecore.names import OPERATOR_NAME, validate_name
+from hivecore.reminders import Reminder
 from hivecore.runtime.base import ContainerRuntime
 from hivecore.services.agent_settings import AgentSettings
 from hivecore.services.approvals import Approvals
@@ -77,9 +78,12 @@ class Coordinator:
         usage: Usage | None = None,
         questions: Questions | None = None,
         alarm_watch: AlarmWatch | None = None,
+        reminders: Any = None,
     ) -> None:
         self._questions = questions
         self._alarm_watch = alarm_watch
+        self._reminders = reminders
+        """The reminder scheduler (:class:`actors.reminder_scheduler.ReminderScheduler`), if any."""
         self._settings = settings
         self._usage = usage
         self._broker = broker
@@ -393,6 +397,24 @@ class Coordinator:
             s = found.get(n)
             rows.append(UsageRow(name=n, **attrs.asdict(s)) if s is not None else UsageRow(name=n))
         return rows
+
+    # --- reminders (actors/reminder_scheduler.py) ---------------------------------------------------
+
+    def _scheduler(self) -> Any:
+        if self._reminders is None:
+            raise NotAvailable("this daemon runs no reminder scheduler")
+        return self._reminders
+
+    async def reminders(self, name: str | None = None, *, done: bool = False) -> list[Reminder]:
+        """Pending reminders, earliest due first (``name``: that agent's; ``done``: also the sent and
+        failed ones still kept)."""
+        rows: list[Reminder] = await self._scheduler().listed(name, done=done)
+        return rows
+
+    async def cancel_reminder(self, reminder_id: int) -> Reminder:
+        """Delete a pending reminder (:class:`~hivecore.reminders.UnknownReminder` if none)."""
+        row: Reminder = await self._scheduler().cancel(reminder_id)
+        return row
 
 
 def _requester(source: JobSource) -> str:

@@ -24,6 +24,7 @@ from actors.crash_watch import CrashWatch
 from actors.event_bus import EventBus
 from actors.meta_lock import MetaLock
 from actors.rebuild_queue import JobLane
+from actors.reminder_scheduler import ReminderScheduler
 from actors.supervisor import ChildSpec, Supervisor
 from actors.transients import TransientRegistry
 from actors.views import Views
@@ -107,6 +108,8 @@ class Daemon:
     """The alarms actor (raised alarms, crash-loop holds)."""
     webhooks: Webhooks | None = attrs.field(default=None, kw_only=True)
     """Notifications to ``--notify-url`` endpoints (None: none configured)."""
+    reminders: ReminderScheduler | None = attrs.field(default=None, kw_only=True)
+    """The reminder scheduler (``remind``; its actor delivers them when due)."""
 
     def status_summary(self) -> str:
         """One line for systemd's ``STATUS=`` (cached state only: no await, no I/O)."""
@@ -226,6 +229,14 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     questions_box.append(questions)
     broker.incarnation_hooks.append(questions.incarnation_ended)
     notifier = Notifier(broker, bus, partial(agent_state_dir, config.runtime, config.paths))
+    reminders = ReminderScheduler(
+        store,
+        broker.post,
+        bus,
+        config.paths.agents,
+        partial(agent_state_dir, config.runtime, config.paths),
+        rescan=views.request_rescan,
+    )
     repos = Repos(config.paths, owner=proposed_owner(config))
     meta_repo = MetaRepo(config.paths, hyperhive_flake=config.hyperhive_flake, eval_limits=config.eval_limits)
     meta = MetaLock(meta_repo, bus)
@@ -279,6 +290,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         usage=usage,
         questions=questions,
         alarm_watch=alarm_watch,
+        reminders=reminders,
     )
 
     def quiet(name: str) -> bool:
@@ -293,9 +305,15 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         on_crash=alarm_watch.record_crash,
     )
     agent_sockets = AgentSockets(
-        config, views, lambda name: AgentSocket(config, name, broker, views, usage=usage, questions=questions)
+        config,
+        views,
+        lambda name: AgentSocket(
+            config, name, broker, views, usage=usage, questions=questions, reminders=reminders
+        ),
     )
-    manager_socket = ManagerSocket(config, broker, coordinator, usage=usage, questions=questions)
+    manager_socket = ManagerSocket(
+        config, broker, coordinator, usage=usage, questions=questions, reminders=reminders
+    )
     daemon = Daemon(
         config,
         bus,
@@ -322,6 +340,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         questions=questions,
         alarm_watch=alarm_watch,
         webhooks=webhooks,
+        reminders=reminders,
     )
     return daemon
 
@@ -367,6 +386,8 @@ async def main(
         ]
         if daemon.webhooks is not None:
             children.append(ChildSpec("notifications", daemon.webhooks.run))
+        if daemon.reminders is not None:
+            children.append(ChildSpec("reminders", daemon.reminders.run))
         children.append(ChildSpec("auto_update", partial(auto_update_child, daemon)))
         if config.ensure_manager:
             children.append(ChildSpec("ensure_manager", partial(ensure_manager_child, daemon)))

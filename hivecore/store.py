@@ -193,6 +193,27 @@ MIGRATIONS: tuple[str, ...] = (
         since REAL NOT NULL
     );
     """,
+    # 12: reminders (hivecore/reminder_store.py, reference §10.1): one row per ``remind``, bound to
+    # the caller's incarnation; ``fire_at`` is when the next delivery is tried (``due_at``, then the
+    # retries' backoff)
+    """
+    CREATE TABLE reminders (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent TEXT NOT NULL,
+        message TEXT NOT NULL,
+        file_path TEXT,
+        due_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        sent_at REAL,
+        attempt_count INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        status TEXT NOT NULL DEFAULT 'pending',
+        fire_at REAL NOT NULL,
+        incarnation INTEGER
+    );
+    CREATE INDEX reminders_fire ON reminders(fire_at) WHERE status = 'pending';
+    CREATE INDEX reminders_agent ON reminders(agent, status);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -225,6 +225,8 @@ class Activity:
 
     summary: Summary
     live: Liveness
+    pending_reminders: int = 0
+    """Its reminders not delivered yet (:func:`hivecore.reminder_store.pending_counts`)."""
 
 
 def _span(seconds: float) -> str:

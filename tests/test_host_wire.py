@@ -19,6 +19,7 @@ from hivecore.wire.host import (
     AgentStatusRow,
     ApprovalRequest,
     ApproveRequest,
+    CancelReminderRequest,
     DenyRequest,
     DestroyRequest,
     GetLogsRequest,
@@ -35,6 +36,7 @@ from hivecore.wire.host import (
     PendingRequest,
     PurgeTombstoneRequest,
     RebuildRequest,
+    RemindersRequest,
     RequestError,
     RequestSpawnRequest,
     RestartRequest,
@@ -95,6 +97,8 @@ EVERY_REQUEST: list[tuple[bytes, HostRequest]] = [
     (b'{"cmd":"questions"}', QuestionsRequest()),
     (b'{"cmd":"answer","id":3,"answer":"yes"}', AnswerRequest(id=3, answer="yes")),
     (b'{"cmd":"cancel_question","id":3}', CancelQuestionRequest(id=3)),
+    (b'{"cmd":"reminders","name":"a","done":true}', RemindersRequest(name="a", done=True)),
+    (b'{"cmd":"cancel_reminder","id":3}', CancelReminderRequest(id=3)),
 ]
 
 

@@ -15,7 +15,7 @@ import attrs
 from quart import Blueprint, Response
 
 from hivecore.config import StatePaths
-from hivecore.errors import answer_for
+from hivecore.errors import NotAvailable, answer_for
 from hivecore.names import OPERATOR_NAME
 from hivecore.wire.converter import converter
 from hivecore.wire.events import EVENT_KINDS
@@ -73,6 +73,7 @@ def blueprint(facade: Any, paths: StatePaths, csrf_for: Callable[[], str | None]
             # the operator has read the inbox up to here: ack it (frees the senders' quota; the
             # vacuum reclaims the rows)
             await facade.ack_operator_inbox(max(row[0] for row in inbox))
+        out["reminders"] = await _reminders(facade)
         out["server_warnings"] = snap.server_warnings(facade.alarms())
         return out
 
@@ -88,3 +89,13 @@ def blueprint(facade: Any, paths: StatePaths, csrf_for: Callable[[], str | None]
         return Response(json.dumps({"ok": True, "name": name, "lines": lines}), mimetype=JSON)
 
     return bp
+
+
+async def _reminders(facade: Any) -> list[Any]:
+    """QU3U3D R3M1ND3RS: the pending reminders, earliest due first (none without a scheduler)."""
+    try:
+        rows = await facade.reminders()
+    except NotAvailable:
+        return []
+    out: list[Any] = converter.unstructure(rows)
+    return out

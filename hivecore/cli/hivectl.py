@@ -237,6 +237,44 @@ def diff_summary(diff: object) -> str:
     return f"{files} file{'s' if files != 1 else ''} +{plus} -{minus}"
 
 
+def when(at: object, now: float) -> str:
+    """``in 5m``, ``3h ago`` (Unix seconds), or ``-``."""
+    if not isinstance(at, int | float):
+        return "-"
+    if at < now:
+        return age(now - at)
+    return "in " + age(at - now).removesuffix(" ago")
+
+
+def render_reminders(answer: Response) -> str:
+    rows = answer.get("reminders") or []
+    if not rows:
+        return "no reminders"
+    now = time.time()
+    cells = []
+    notes = []
+    for r in rows:
+        tries = int(r.get("attempt_count") or 0)
+        cells.append(
+            [
+                str(r.get("id")),
+                str(r.get("agent")),
+                when(r.get("due_at"), now),
+                str(r.get("status")),
+                str(tries),
+                _one_line(r.get("message")) + (f" ({r.get('size')} bytes)" if r.get("file_path") else ""),
+            ]
+        )
+        if r.get("last_error"):
+            retry = r.get("next_attempt_at")
+            notes.append(
+                f"reminder {r.get('id')}: last error: {_one_line(r.get('last_error'), 200)}"
+                + (f"; next try {when(retry, now)}" if r.get("status") == "pending" else "")
+            )
+    out = table(["ID", "AGENT", "DUE", "STATUS", "TRIES", "MESSAGE"], cells)
+    return "\n".join([out, *(escape(n) for n in notes)])
+
+
 def render_pending(answer: Response, history: bool = True) -> str:
     """The approvals table, then each pending row's review and each failed or denied row's reason."""
     approvals = answer.get("approvals") or []
@@ -565,6 +603,8 @@ def run(args: argparse.Namespace) -> int:
             print(render_usage(answer))
         elif request.cmd == "questions":
             print(render_questions(answer))
+        elif request.cmd == "reminders":
+            print(render_reminders(answer))
         elif answer.get("message"):  # the daemon says what happened (start: "already running")
             print(escape(str(answer["message"])))
         elif args.done is not None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection
 
 import trio
 
-from hivecore import usage
+from hivecore import reminder_store, usage
 from hivecore.errors import Refused
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME
 from hivecore.services.broker import Broker
@@ -76,10 +76,16 @@ class Usage:
         inboxes = {n: MANAGER_AGENT if n == MANAGER_NAME else n for n in names}
         wanted = list(names)
 
-        def read(conn: sqlite3.Connection) -> tuple[dict[str, usage.Summary], dict[str, int]]:
-            return usage.summaries(conn, wanted, today), usage.waiting_mail(conn, inboxes.values())
+        def read(
+            conn: sqlite3.Connection,
+        ) -> tuple[dict[str, usage.Summary], dict[str, int], dict[str, int]]:
+            return (
+                usage.summaries(conn, wanted, today),
+                usage.waiting_mail(conn, inboxes.values()),
+                reminder_store.pending_counts(conn, wanted),
+            )
 
-        summaries, waiting = await self._store.call(read)
+        summaries, waiting, reminders = await self._store.call(read)
         out = {}
         for name, inbox in inboxes.items():
             turn_since, polling, idle_since = self._broker.reading(inbox)
@@ -90,6 +96,10 @@ class Usage:
                 idle_since=idle_since,
                 oldest_waiting=waiting.get(inbox),
             )
-            out[name] = usage.Activity(summary=summaries.get(name, usage.Summary()), live=live)
+            out[name] = usage.Activity(
+                summary=summaries.get(name, usage.Summary()),
+                live=live,
+                pending_reminders=reminders.get(name, 0),
+            )
         await trio.lowlevel.checkpoint()
         return out

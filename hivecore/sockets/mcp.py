@@ -137,11 +137,14 @@ class McpSocket:
         owner: Callable[[], Credentials | None] | None = None,
         usage: Usage | None = None,
         questions: Questions | None = None,
+        reminders: Any = None,
     ) -> None:
         self.label = label
         self.usage = usage
         self.questions = questions
         """The questions service (``ask_operator``, ``ask``, ``answer``)."""
+        self.reminders = reminders
+        """The reminder scheduler (:class:`actors.reminder_scheduler.ReminderScheduler`), if any."""
         self._owner = owner
         self.path = path
         self.broker = broker

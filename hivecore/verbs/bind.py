@@ -481,6 +481,50 @@ BINDINGS: Mapping[str, Binding] = {
 }
 
 
+# --- reminders (issue 18 item 2) -----------------------------------------------------------------
+
+
+def _scheduler(ctx: Any) -> Any:
+    scheduler = getattr(ctx, "reminders", None)
+    if scheduler is None:
+        raise NotAvailable("this daemon runs no reminder scheduler")
+    return scheduler
+
+
+async def _remind(ctx: Any, r: wa.RemindRequest) -> Any:
+    return await _scheduler(ctx).remind(ctx.me.name, r.message, r.delay_seconds, r.at, r.file_path)
+
+
+async def _count_reminders(ctx: Any, r: wa.CountPendingRemindersRequest) -> int:
+    count: int = await _scheduler(ctx).count_pending(ctx.me.name)
+    return count
+
+
+REMINDER_BINDINGS: Mapping[str, Binding] = {
+    "remind": Binding(
+        wa.RemindRequest,
+        _remind,
+        mcp=lambda row: wa.McpResponse(ok=True, reminder_id=row.id, due_at=row.due_at),
+    ),
+    "count_pending_reminders": Binding(
+        wa.CountPendingRemindersRequest,
+        _count_reminders,
+        mcp=lambda n: wa.McpResponse(ok=True, pending_reminders=n),
+    ),
+    "reminders": Binding(
+        wh.RemindersRequest,
+        lambda ctx, r: ctx.facade.reminders(r.name, done=r.done),
+        host=lambda ctx, rows: wh.HostResponse(ok=True, reminders=rows),
+    ),
+    "cancel_reminder": Binding(
+        wh.CancelReminderRequest,
+        lambda ctx, r: ctx.facade.cancel_reminder(r.id),
+        done=lambda r, row: f"reminder {r.id} of {row.agent} cancelled",
+    ),
+}
+BINDINGS = {**BINDINGS, **REMINDER_BINDINGS}
+
+
 def records(surface: spec.Surface) -> dict[type[Request], str]:
     """The request record → row key map of ``surface`` (a server's verb table)."""
     out: dict[type[Request], str] = {}

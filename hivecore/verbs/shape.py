@@ -124,10 +124,10 @@ def form_text(form: Form, name: str, *, required: bool = True, limit: int = MAX_
     return value
 
 
-def form_id(form: Form, name: str = "id") -> int:
+def form_id(form: Form, name: str = "id", what: str = "an approval id") -> int:
     text = form.get(name, "")
     if not _ID_RE.fullmatch(text):
-        raise BadInput(f"an approval id is a number, got {_cut(text)}")
+        raise BadInput(f"{what} is a number, got {_cut(text)}")
     return int(text)
 
 

@@ -756,6 +756,70 @@ _QUESTION_VERBS: tuple[Verb, ...] = (
 
 VERBS = VERBS + _QUESTION_VERBS
 
+# --- reminders (issue 18 item 2: actors/reminder_scheduler.py) ---------------------------------------
+
+REMINDERS: tuple[Verb, ...] = (
+    _row(
+        "remind",
+        "Remind yourself later: message (at most 32 KiB) arrives in your own inbox from 'reminder' "
+        "after delay_seconds, or at at (Unix seconds), exactly one of them; with file_path (a file in "
+        "your state dir) or over 4 KiB the text is written to a file there and a pointer is sent.",
+        "manager agent",
+        "manager_sock agent_sock",
+        tool_help="Remind yourself later: message arrives in your own inbox, from 'reminder', as a "
+        "later turn. Give exactly one of delay_seconds (seconds from now, up to a year) and at (a Unix "
+        "time in seconds, not in the past). The message is at most 32 KiB; with file_path (a path in "
+        "your state dir, relative or absolute) or when it is longer than 4 KiB the text is written to "
+        "that file (default reminders/reminder-<id>.md) when it fires and you get its path. At most "
+        "100 pending reminders. Returns reminder_id and due_at.",
+    ),
+    _row(
+        "count_pending_reminders",
+        "How many of your reminders are not delivered yet.",
+        "manager agent",
+        "manager_sock agent_sock",
+        tool_help="How many of your reminders are still to be delivered (pending_reminders).",
+    ),
+    _row(
+        "reminders",
+        "List pending reminders, earliest due first (name: one agent's; done: also the sent and "
+        "failed ones still kept): id, agent, due time, attempts and last error, the message.",
+        "operator",
+        "host_sock hivectl",
+        commands=(
+            Command(
+                "reminders",
+                (
+                    Arg(
+                        ("name",),
+                        {"nargs": "?", "default": None, "metavar": "NAME", "help": "only this agent"},
+                    ),
+                    Arg(("--done",), {"action": "store_true", "help": "also the sent and failed ones"}),
+                ),
+                lambda a: {"name": a.name, "done": a.done},
+                help="list queued reminders",
+            ),
+        ),
+    ),
+    _row(
+        "cancel_reminder",
+        "Cancel a pending reminder by id (it is deleted, never delivered).",
+        "operator",
+        "host_sock hivectl dashboard",
+        route=Route("/cancel-reminder/<id>", lambda f: {"id": form_id(f, what="a reminder id")}),
+        commands=(
+            Command(
+                "cancel-reminder",
+                (Arg(("id",), {"type": int, "metavar": "ID"}),),
+                lambda a: {"id": a.id},
+                lambda a: f"cancelled reminder {a.id}",
+                help="cancel a pending reminder",
+            ),
+        ),
+    ),
+)
+VERBS = VERBS + REMINDERS
+
 BY_KEY: Mapping[str, Verb] = {v.key: v for v in VERBS}
 
 

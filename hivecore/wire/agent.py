@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from hivecore import usage
+from hivecore import reminders, usage
 from hivecore.verbs import checks
 from hivecore.verbs.checks import check
 from hivecore.wire.converter import configure_tagged, converter
@@ -77,6 +77,12 @@ class McpResponse:
     """``get_logs``: the byte offset just after ``lines`` (ask with ``offset`` set to it for what follows)."""
     question_id: int | None = None
     """``ask_operator`` / ``ask``: the new question's id (its answer arrives later, from system)."""
+    reminder_id: int | None = None
+    """``remind``: the new reminder's id."""
+    due_at: float | None = None
+    """``remind``: when it is due (Unix seconds)."""
+    pending_reminders: int | None = None
+    """``count_pending_reminders`` (and ``remind``): the caller's reminders not delivered yet."""
 
 
 OK = McpResponse(ok=True)
@@ -159,6 +165,24 @@ class ReportTurnRequest(McpRequest):
         return usage.Turn(**attrs.asdict(self))
 
 
+@attrs.frozen(kw_only=True)
+class RemindRequest(McpRequest):
+    """A reminder to the caller itself: ``message`` (at most 32 KiB) delivered from ``reminder``
+    after ``delay_seconds`` or at ``at`` (Unix seconds), exactly one of them; with ``file_path`` (a
+    file in the caller's state dir) or over 4 KiB the text goes to a file and a pointer is sent."""
+
+    CMD = "remind"
+    message: str = attrs.field(metadata=check(reminders.message))
+    delay_seconds: float | None = attrs.field(default=None, metadata=check(reminders.delay))
+    at: float | None = attrs.field(default=None, metadata=check(reminders.unix_time))
+    file_path: str | None = attrs.field(default=None, metadata=check(reminders.file_path))
+
+
+@attrs.frozen(kw_only=True)
+class CountPendingRemindersRequest(McpRequest):
+    CMD = "count_pending_reminders"
+
+
 AgentRequest = (
     SendRequest
     | RecvRequest
@@ -170,6 +194,8 @@ AgentRequest = (
     | AskOperatorRequest
     | AskRequest
     | AnswerRequest
+    | RemindRequest
+    | CountPendingRemindersRequest
 )
 AGENT_COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in AgentRequest.__args__)
 _WireAgentRequest = AgentRequest | UnknownRequest

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import attrs
 
 from hivecore.models import ContainerView, Job, MetaInputView, ReviewFile, TombstoneView, TransientKind
+from hivecore.reminders import Reminder
 from hivecore.wire.converter import configure_renamed, configure_tagged, converter
 
 
@@ -205,6 +206,48 @@ class AlarmCleared(Event):
     agent: str | None = None
 
 
+# --- reminders (actors/reminder_scheduler.py) -----------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ReminderAdded(Event):
+    """A caller asked for a reminder (the row, its message cut for listing)."""
+
+    KIND = "reminder_added"
+    reminder: Reminder
+
+
+@attrs.frozen(kw_only=True)
+class ReminderSent(Event):
+    """A reminder was delivered to its caller's inbox (message ``message_id``)."""
+
+    KIND = "reminder_sent"
+    id: int
+    agent: str
+    message_id: int
+    at: float
+
+
+@attrs.frozen(kw_only=True)
+class ReminderFailed(Event):
+    """A delivery failed: the row with ``attempt_count``, ``last_error`` and the next try's time
+    (``status`` ``failed``: given up)."""
+
+    KIND = "reminder_failed"
+    reminder: Reminder
+
+
+@attrs.frozen(kw_only=True)
+class ReminderRemoved(Event):
+    """A pending reminder is gone without being delivered: ``cancelled`` by the operator, or
+    ``dropped`` (its caller was purged)."""
+
+    KIND = "reminder_removed"
+    id: int
+    agent: str
+    reason: str
+
+
 configure_renamed(MessageSent, from_="from")
 configure_renamed(MessageDelivered, from_="from")
 
@@ -228,6 +271,10 @@ DashboardEvent = (
     | QuestionResolved
     | AlarmRaised
     | AlarmCleared
+    | ReminderAdded
+    | ReminderSent
+    | ReminderFailed
+    | ReminderRemoved
 )
 
 

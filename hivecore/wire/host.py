@@ -16,7 +16,9 @@ import json
 
 import attrs
 
+from hivecore import reminders
 from hivecore.models import Approval, ContainerView, Question
+from hivecore.reminders import Reminder
 from hivecore.sockets.framing import MAX_LINE as MAX_LINE
 from hivecore.verbs import checks
 from hivecore.verbs.checks import check
@@ -261,6 +263,25 @@ class UsageRequest(HostRequest):
     name: str | None = attrs.field(default=None, metadata=check(checks.optional_agent_name))
 
 
+# --- reminders (actors/reminder_scheduler.py) ---
+
+
+@attrs.frozen(kw_only=True)
+class RemindersRequest(HostRequest):
+    """Pending reminders, earliest due first (``name``: that agent's only; ``done``: also the sent
+    and failed ones still kept)."""
+
+    CMD = "reminders"
+    name: str | None = attrs.field(default=None, metadata=check(checks.optional_agent_name))
+    done: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class CancelReminderRequest(HostRequest):
+    CMD = "cancel_reminder"
+    id: int = attrs.field(metadata=check(reminders.reminder_id))
+
+
 AnyRequest = (
     ListRequest
     | AgentStatusRequest
@@ -292,6 +313,8 @@ AnyRequest = (
     | QuestionsRequest
     | AnswerRequest
     | CancelQuestionRequest
+    | RemindersRequest
+    | CancelReminderRequest
 )
 REQUEST_TYPES: tuple[type[HostRequest], ...] = AnyRequest.__args__
 COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in REQUEST_TYPES)
@@ -450,6 +473,8 @@ class HostResponse:
     """``usage``: one row per agent."""
     questions: list[Question] | None = None
     """``questions``: the open questions, oldest first."""
+    reminders: list[Reminder] | None = None
+    """``reminders``: the reminders, earliest due first."""
 
 
 OK = HostResponse(ok=True)

@@ -12,8 +12,10 @@ from hivecore.verbs import checks
 from hivecore.verbs.checks import check
 from hivecore.wire.agent import (
     AckTurnRequest,
+    CountPendingRemindersRequest,
     McpRequest,
     RecvRequest,
+    RemindRequest,
     ReportTurnRequest,
     RequestError,
     SendRequest,
@@ -88,6 +90,8 @@ ManagerRequest = (
     | AskOperatorRequest
     | AskRequest
     | AnswerRequest
+    | RemindRequest
+    | CountPendingRemindersRequest
 )
 MANAGER_COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in ManagerRequest.__args__)
 _WireManagerRequest = ManagerRequest | UnknownRequest

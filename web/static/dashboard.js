@@ -30,6 +30,7 @@ const S = {
   loginDraft: new Map(), // name -> the key being typed into its row's login field (survives re-renders)
   questions: new Map(), // id -> open question (to the operator or between agents)
   questionDraft: new Map(), // id -> the free-text answer being typed (survives re-renders)
+  reminders: new Map(), // id -> pending Reminder (QU3U3D R3M1ND3RS)
 };
 const MAX_MESSAGES = 200;
 const MAX_INBOX = 50;
@@ -41,6 +42,7 @@ const HANDLED = [
   "approval_added", "approval_resolved", "sent", "delivered", "actor_crashed", "agent_notice",
   "question_added", "question_resolved",
   "alarm_raised", "alarm_cleared",
+  "reminder_added", "reminder_sent", "reminder_failed", "reminder_removed",
 ];
 
 // --- DOM helpers (textContent only) ---------------------------------------------------------------
@@ -146,6 +148,7 @@ function containerRow(c) {
     c.needs_update ? el("span", { class: "badge update", text: "needs update ↻" }) : null,
     c.needs_login ? el("span", { class: "badge login", text: "needs login" }) : null,
     c.paused ? el("span", { class: "badge paused", text: "paused" }) : null,
+    c.pending_reminders ? el("span", { class: "chip reminder", title: "pending reminders", text: `⏰ ${c.pending_reminders}` }) : null,
     c.stuck ? el("span", { class: "badge stuck", title: c.stuck, text: "stuck" }) : null,
     c.waiting_on_operator_since ? el("span", {
       class: "badge waiting", "data-waiting-since": c.waiting_on_operator_since,
@@ -503,6 +506,42 @@ function renderWarnings() {
     w.kind === "crash_loop" && w.agent ? actionForm(`/release/${enc(w.agent)}`, "release", { title: `let ${w.agent} be started again` }) : null)));
 }
 
+// --- QU3U3D R3M1ND3RS ------------------------------------------------------------------------------
+
+function renderReminders() {
+  const box = document.getElementById("reminder-rows");
+  const rows = [...S.reminders.values()].sort((a, b) => a.due_at - b.due_at || a.id - b.id);
+  document.getElementById("reminders-count").textContent = String(rows.length);
+  const now = Date.now() / 1000;
+  box.replaceChildren(...(rows.length ? rows.map((r) => el("div", { class: "row reminder", "data-id": r.id },
+    el("div", { class: "row-head" },
+      el("span", { class: "glyph", text: "⏰" }),
+      el("span", { class: "name", text: r.agent }),
+      el("span", { class: "chip", title: clock(r.due_at), text: r.due_at > now ? `in ${ago(r.due_at - now)}` : `due ${ago(now - r.due_at)} ago` }),
+      r.file_path ? el("span", { class: "chip", title: "written to this file when it fires", text: r.file_path }) : null,
+      r.attempt_count ? el("span", { class: "badge stuck", title: r.last_error || "", text: `${r.attempt_count} failed` }) : null,
+      el("span", { class: "status-text", text: r.message })),
+    r.last_error ? el("div", { class: "note", text: `last error: ${r.last_error}` }) : null,
+    el("div", { class: "buttons" },
+      actionForm(`/cancel-reminder/${r.id}`, "✖ C4NC3L", { confirm: `Cancel reminder ${r.id} of ${r.agent}?`, cls: "danger" }))))
+    : [el("p", { class: "empty", text: "no reminders queued" })]));
+}
+
+function applyReminder(ev) {
+  switch (ev.kind) {
+    case "reminder_added":
+    case "reminder_failed":
+      if (ev.reminder.status === "pending") S.reminders.set(ev.reminder.id, ev.reminder);
+      else S.reminders.delete(ev.reminder.id);
+      break;
+    case "reminder_sent":
+    case "reminder_removed":
+      S.reminders.delete(ev.id); break;
+    default: return;
+  }
+  renderReminders();
+}
+
 function renderActors() {
   const box = document.getElementById("actors");
   box.replaceChildren(...[...S.actors.values()].map((a) => el("span", {
@@ -514,7 +553,7 @@ function renderActors() {
 
 function renderAll() {
   renderContainers(); renderApprovals(); renderQuestions(); renderTombstones(); renderMeta(); renderJobs();
-  renderMessages(); renderWarnings(); renderActors();
+  renderMessages(); renderWarnings(); renderActors(); renderReminders();
 }
 
 // --- events ---------------------------------------------------------------------------------------
@@ -577,6 +616,10 @@ function apply(ev) {
     }
     case "alarm_cleared":
       S.warnings = S.warnings.filter((x) => x.key !== ev.key); renderWarnings(); break;
+    case "reminder_added":
+    case "reminder_sent":
+    case "reminder_failed":
+    case "reminder_removed": applyReminder(ev); break;
     case "refetch": reconnect(); break;
     default: break;
   }
@@ -598,6 +641,7 @@ function load(snap) {
   S.inbox = new Map(snap.operator_inbox.map((m) => [m.id, m]));
   S.warnings = snap.server_warnings || [];
   S.actors = new Map(snap.actors.map((a) => [a.name, a]));
+  S.reminders = new Map((snap.reminders || []).map((r) => [r.id, r]));
   renderAll();
 }
 
