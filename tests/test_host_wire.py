@@ -36,6 +36,7 @@ from hivecore.wire.host import (
     PendingRequest,
     PurgeTombstoneRequest,
     RebuildRequest,
+    ReleaseRequest,
     RemindersRequest,
     RequestError,
     RequestSpawnRequest,
@@ -99,6 +100,7 @@ EVERY_REQUEST: list[tuple[bytes, HostRequest]] = [
     (b'{"cmd":"cancel_question","id":3}', CancelQuestionRequest(id=3)),
     (b'{"cmd":"reminders","name":"a","done":true}', RemindersRequest(name="a", done=True)),
     (b'{"cmd":"cancel_reminder","id":3}', CancelReminderRequest(id=3)),
+    (b'{"cmd":"release","name":"a"}', ReleaseRequest(name="a")),
 ]
 
 
