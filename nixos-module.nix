@@ -19,7 +19,7 @@ let
     pyproject = true;
     src = lib.cleanSource ./.;
     build-system = [ pkgs.python3Packages.setuptools ];
-    dependencies = with pkgs.python3Packages; [ trio attrs cattrs hypercorn quart quart-trio httpx ];
+    dependencies = with pkgs.python3Packages; [ trio attrs cattrs hypercorn quart quart-trio httpx prometheus-client ];
     doCheck = false;
   };
 
@@ -46,6 +46,7 @@ let
   ++ optionals (cfg.hyperhiveFlake != null) [ "--hyperhive-flake" cfg.hyperhiveFlake ]
   ++ optionals (cfg.domain != null) [ "--domain" cfg.domain ]
   ++ optionals (cfg.agentEnvFile != null) [ "--agent-env-file" cfg.agentEnvFile ]
+  ++ optionals (cfg.metricsListen != null) [ "--metrics-listen" cfg.metricsListen ]
   ++ cfg.extraArgs;
 in
 {
@@ -101,6 +102,17 @@ in
       default = "she/her";
       example = "they/them";
       description = "Pronouns agents use for the operator (HIVE_OPERATOR_PRONOUNS); takes effect on the next rebuild.";
+    };
+
+    metricsListen = mkOption {
+      type = types.nullOr (types.strMatching "(127[.][0-9.]+|\\[::1\\]):[0-9]+");
+      default = null;
+      example = "127.0.0.1:9464";
+      description = ''
+        A second `/metrics` listener without auth, on a loopback address only (every local
+        process can read it, agent containers on the host's network too). The dashboard's
+        `/metrics` takes the operator token as a bearer header. See docs/operations.md.
+      '';
     };
 
     hyperhiveFlake = mkOption {

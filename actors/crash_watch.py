@@ -121,6 +121,7 @@ class CrashWatch:
         self._seeded = False
         self._ticks = 0
         self._crashes = 0
+        self._crashes_by_agent: collections.Counter[str] = collections.Counter()
         self._outbox: collections.deque[HelperEvent] = collections.deque()
         self._queued = 0
         self._sent = 0
@@ -133,6 +134,10 @@ class CrashWatch:
 
     def statistics(self) -> CrashWatchStatistics:
         return CrashWatchStatistics(self._ticks, self._crashes, self.interval, len(self._watching))
+
+    def crashes_by_agent(self) -> dict[str, int]:
+        """Crashes reported since the daemon started, per agent (``/metrics``)."""
+        return dict(self._crashes_by_agent)
 
     def request_rescan(self, names: list[str] | None = None) -> None:
         """A prompt rescan (never blocks): of ``names`` at once, or a full out-of-band tick."""
@@ -153,6 +158,7 @@ class CrashWatch:
         for event in decide_changes(applied, self._quiet):
             if isinstance(event, ContainerCrash):
                 self._crashes += 1
+                self._crashes_by_agent[event.agent] += 1
                 log.warning("crash_watch: %s stopped without a stop request", event.agent)
                 if self._on_crash is not None:
                     self._on_crash(event.agent)

@@ -50,6 +50,9 @@ class BusStatistics:
     published: int
     dropped_subscribers: int
     ring_len: int
+    max_backlog: int = 0
+    """Events waiting in the fullest subscriber's buffer (the bus's lag; dropped at ``buffer``)."""
+    buffer: int = DEFAULT_SUBSCRIBER_BUFFER
 
 
 class Subscription:
@@ -87,6 +90,10 @@ class Subscription:
         except trio.ClosedResourceError:
             return False
         return True
+
+    def backlog(self) -> int:
+        """Events delivered to this subscriber and not taken yet (replayed ones included)."""
+        return self._send.statistics().current_buffer_used + len(self._backlog)
 
     def close(self) -> None:
         self._bus._unsubscribe(self)
@@ -190,6 +197,8 @@ class EventBus:
             published=self._published,
             dropped_subscribers=self._dropped,
             ring_len=len(self._ring),
+            max_backlog=max((s.backlog() for s in self._subs), default=0),
+            buffer=self._buffer,
         )
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -87,6 +87,13 @@ class ChildJobs:
         return self.lane.busy_with(agent)
 
 
+@attrs.frozen
+class LaneStatistics:
+    queued: int
+    """Jobs accepted and not started (build-class jobs waiting for their turn)."""
+    running: int
+
+
 @attrs.define(eq=False)
 class _Entry:
     job: Job
@@ -110,7 +117,10 @@ class JobLane:
         history: int = HISTORY,
         clock: Callable[[], float] = time.time,
         intent: Intent | None = None,
+        on_finished: Callable[[Job], None] | None = None,
     ) -> None:
+        self._on_finished = on_finished
+        """Told of every job as it leaves the lane, finished (``/metrics``: jobs and durations)."""
         self._store = store
         self._bus = bus
         self._runner = runner
@@ -135,6 +145,10 @@ class JobLane:
         """Queued and running jobs (by id), then the last finished ones (oldest first)."""
         live = [e.job for e in sorted(self._entries.values(), key=lambda e: e.job.id)]
         return [*live, *self._history]
+
+    def statistics(self) -> LaneStatistics:
+        queued = sum(e.job.state == "queued" for e in self._entries.values())
+        return LaneStatistics(queued=queued, running=len(self._entries) - queued)
 
     def busy_with(self, agent: str) -> Job | None:
         entry = self._by_agent.get(agent)
@@ -310,6 +324,11 @@ class JobLane:
         entry.turn.set()  # a build that never got its turn must not block the build runner
         entry.done.set()
         self._publish()
+        if self._on_finished is not None:
+            try:
+                self._on_finished(entry.job)
+            except Exception:
+                log.exception("job %d: the finish hook failed", entry.job.id)
 
     def _is_child_of_holder(self, job: Job) -> bool:
         """A build submitted by the build job that holds the turn (a ``meta_update``'s rebuilds,

@@ -42,6 +42,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) of a loopback-only listener → ``(host, port)``.
+
+    Raises ``ValueError`` naming the problem: no port, a port outside 0-65535, or a host that is not
+    a loopback address (the listener has no auth; ``localhost`` is refused too, since the name
+    could resolve elsewhere)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (a port from 0 to 65535)")
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        loopback = ipaddress.ip_address(literal).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"{text!r}: the metrics listener has no auth, so it binds only a loopback address "
+            "(127.0.0.1:PORT or [::1]:PORT); scrape the dashboard's /metrics with the token otherwise"
+        )
+    return literal, int(port)
+
+
 AUTH_NONE_NIXOS = (
     "--dashboard-auth none is refused with --runtime nixos: every local process, agent containers "
     "on the host's network included, would get the operator's power; use --dashboard-auth token"
@@ -96,6 +118,9 @@ class Config:
     dashboard_auth: DashboardAuth = "token"
     """``token``: an operator token (``<state>/operator-token``) gates the dashboard; ``none``: no
     auth, accepted only with a loopback bind."""
+    metrics_listen: str | None = None
+    """``HOST:PORT`` of a second, unauthenticated ``/metrics`` listener (loopback addresses only:
+    :func:`parse_listen`); ``None``: only the dashboard's ``/metrics``, behind its auth."""
 
     def __attrs_post_init__(self) -> None:
         validate_agent_uid_base(self.agent_uid_base)
@@ -107,6 +132,8 @@ class Config:
             )
         if self.dashboard_auth == "none" and self.runtime == "nixos":
             raise ValueError(AUTH_NONE_NIXOS)
+        if self.metrics_listen is not None:
+            parse_listen(self.metrics_listen)
 
     @property
     def eval_limits(self) -> EvalLimits:

@@ -38,6 +38,7 @@ from hivecore.errors import HiveError
 from hivecore.jobkinds import Intent
 from hivecore.kick import agent_state_dir
 from hivecore.meta import MetaRepo
+from hivecore.metrics import Metrics
 from hivecore.names import MANAGER_NAME
 from hivecore.proc import Credentials
 from hivecore.repos import Repos
@@ -110,6 +111,10 @@ class Daemon:
     """Notifications to ``--notify-url`` endpoints (None: none configured)."""
     reminders: ReminderScheduler | None = attrs.field(default=None, kw_only=True)
     """The reminder scheduler (``remind``; its actor delivers them when due)."""
+    metrics: Metrics = attrs.field(factory=Metrics)
+    """This daemon's Prometheus registry and scrape (``/metrics``; :mod:`hivecore.metrics`)."""
+    metrics_urls: list[str] = attrs.field(factory=list)
+    """The ``--metrics-listen`` listener's URLs once it serves (empty without one)."""
 
     def status_summary(self) -> str:
         """One line for systemd's ``STATUS=`` (cached state only: no await, no I/O)."""
@@ -200,6 +205,7 @@ def proposed_owner(config: Config) -> Callable[[str], Credentials | None]:
 def build(config: Config, runtime: ContainerRuntime | None = None, store: Store | None = None) -> Daemon:
     """The object graph, not yet running (tests start the actors they need, or share a store)."""
     bus = EventBus()
+    metrics = Metrics()
     store = store if store is not None else Store(config.paths.db)
     transients = TransientRegistry(bus)
     agent_env = AgentEnv(config.paths.root, config.agent_env_file)
@@ -238,7 +244,12 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         rescan=views.request_rescan,
     )
     repos = Repos(config.paths, owner=proposed_owner(config))
-    meta_repo = MetaRepo(config.paths, hyperhive_flake=config.hyperhive_flake, eval_limits=config.eval_limits)
+    meta_repo = MetaRepo(
+        config.paths,
+        hyperhive_flake=config.hyperhive_flake,
+        eval_limits=config.eval_limits,
+        timings=metrics.nix_ran,
+    )
     meta = MetaLock(meta_repo, bus)
     urls: list[str] = []  # the Daemon's dashboard_urls, filled once the dashboard serves
     meta_build = MetaBuild(config, runtime, repos, meta, dashboard_port=partial(bound_port, config, urls))
@@ -272,7 +283,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         holds=alarm_watch.holds,
     )
     jobs = Jobs(env, lifecycle, approvals, meta_updates)
-    lane = JobLane(store, bus, jobs, intent=intent)
+    lane = JobLane(store, bus, jobs, intent=intent, on_finished=metrics.job_finished)
     supervisor = Supervisor(bus)
     coordinator = Coordinator(
         lane,
@@ -341,7 +352,9 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         alarm_watch=alarm_watch,
         webhooks=webhooks,
         reminders=reminders,
+        metrics=metrics,
     )
+    metrics.attach(daemon)
     return daemon
 
 
@@ -393,6 +406,13 @@ async def main(
             children.append(ChildSpec("ensure_manager", partial(ensure_manager_child, daemon)))
         if web_factory is not None:
             children.append(_dashboard_child(daemon, web_factory))
+        if config.metrics_listen is not None:
+            from hivecore import metrics_http
+
+            serve_metrics = partial(
+                metrics_http.serve, config.metrics_listen, daemon.metrics.scrape, urls_out=daemon.metrics_urls
+            )
+            children.append(ChildSpec("metrics_listener", serve_metrics))
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.supervisor.run, children)
             log.info("hive-c0re serving (%d actors)", len(children))

@@ -17,6 +17,7 @@ it and feed the views' ``needs_update``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,8 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -406,6 +408,29 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(g) for g in match.groups() if g is not None)
 
 
+@attrs.define
+class _Timed:
+    outcome: str = "failed"
+
+
+NixTimings = Callable[[str, str, float], None]
+"""``(operation, outcome, seconds)`` of each timed nix child: operation ``eval``, ``lock``,
+``update``, ``copy`` or ``build``; outcome ``ok``, ``failed`` or ``timeout``
+(:meth:`hivecore.metrics.Metrics.nix_ran`)."""
+
+
+def nix_operation(args: Sequence[str]) -> str | None:
+    """The operation a :meth:`MetaRepo.nix` command line (its words after the options) is timed as,
+    or None for one that is not timed (``--version``)."""
+    if not args:
+        return None
+    if args[0] == "eval":
+        return "eval"
+    if args[0] == "flake" and len(args) > 1 and args[1] in ("lock", "update"):
+        return args[1]
+    return None
+
+
 class MetaRepo:
     """The git and nix work on ``<state>/meta`` and ``<state>/base`` (not serialised: see MetaLock)."""
 
@@ -416,7 +441,10 @@ class MetaRepo:
         hyperhive_flake: str | None = None,
         nix: str | None = None,
         eval_limits: EvalLimits | None = None,
+        timings: NixTimings | None = None,
     ) -> None:
+        self.timings = timings
+        """Told how long each nix child ran (``/metrics``)."""
         self.paths = paths
         self.eval_limits = eval_limits or EvalLimits()
         """Memory and time limits of every nix child (see :mod:`hivecore.nixconfine`)."""
@@ -432,6 +460,21 @@ class MetaRepo:
         return self.hyperhive_flake or f"git+file://{self.base}"
 
     # -- helpers --
+
+    @contextlib.contextmanager
+    def _timed(self, operation: str | None) -> Iterator[_Timed]:
+        """Time a nix child for :attr:`timings`: ``failed`` unless the block sets the outcome (an
+        exception, a cancellation)."""
+        timed = _Timed()
+        started = time.monotonic()
+        try:
+            yield timed
+        finally:
+            if self.timings is not None and operation is not None:
+                try:
+                    self.timings(operation, timed.outcome, time.monotonic() - started)
+                except Exception:
+                    log.exception("meta: the nix timings hook failed")
 
     async def git(self, repo: Path, *args: str, what: str, check: bool = True) -> str:
         result = await self._git.git(repo, *args, what=what, check=check, identity=True)
@@ -459,12 +502,14 @@ class MetaRepo:
             env.update(extra)
         cmd = [self._nix or nix_binary(), *NIX_FEATURES, *opts, *args]
         fail = error or MetaFailure
-        try:
-            result = await proc.run(
-                cmd, env=env, cwd=cwd, time_limit=limits.time, memory_limit=limits.memory, user=who
-            )
-        except OSError as exc:
-            raise MetaFailure(f"{what}: cannot run nix: {exc.strerror or exc}") from None
+        with self._timed(nix_operation(args)) as timed:
+            try:
+                result = await proc.run(
+                    cmd, env=env, cwd=cwd, time_limit=limits.time, memory_limit=limits.memory, user=who
+                )
+            except OSError as exc:
+                raise MetaFailure(f"{what}: cannot run nix: {exc.strerror or exc}") from None
+            timed.outcome = "timeout" if result.timed_out else "ok" if result.returncode == 0 else "failed"
         if result.timed_out:
             raise fail(f"{what}: nix did not finish within {limits.time:g} s (the evaluation time limit)")
         if result.returncode != 0:
@@ -704,10 +749,12 @@ class MetaRepo:
             await self._host_nix(
                 [nix, *NIX_FEATURES, "copy", "--no-check-sigs", "--derivation", "--from", str(store), drv],
                 what=f"{what}: copying {drv} from the evaluator's store",
+                operation="copy",
             )
         realised = await self._host_nix(
             [str(Path(nix).with_name("nix-store")) if "/" in nix else "nix-store", "--realise", drv],
             what=f"{what}: building {drv}",
+            operation="build",
             time_limit=BUILD_TIME_LIMIT,
         )
         paths = realised.decode(errors="replace").split()
@@ -715,17 +762,21 @@ class MetaRepo:
             raise BuildFailed(f"{what}: {drv} did not build one store path ({paths[:4]!r})")
         return paths[0]
 
-    async def _host_nix(self, argv: list[str], *, what: str, time_limit: float | None = None) -> bytes:
+    async def _host_nix(
+        self, argv: list[str], *, what: str, operation: str, time_limit: float | None = None
+    ) -> bytes:
         """A nix step that evaluates nothing (copy a derivation, realise one), run as the daemon
         with the host's nix configuration (``NIX_CONFIG`` of the daemon kept)."""
         env = eval_env()
         if "NIX_CONFIG" in os.environ:
             env["NIX_CONFIG"] = os.environ["NIX_CONFIG"]
         limit = time_limit if time_limit is not None else self.eval_limits.time
-        try:
-            result = await proc.run(argv, env=env, time_limit=limit)
-        except OSError as exc:
-            raise BuildFailed(f"{what}: cannot run nix: {exc.strerror or exc}") from None
+        with self._timed(operation) as timed:
+            try:
+                result = await proc.run(argv, env=env, time_limit=limit)
+            except OSError as exc:
+                raise BuildFailed(f"{what}: cannot run nix: {exc.strerror or exc}") from None
+            timed.outcome = "timeout" if result.timed_out else "ok" if result.returncode == 0 else "failed"
         if result.timed_out:
             raise BuildFailed(f"{what}: did not finish within {limit:g} s")
         if result.returncode != 0:

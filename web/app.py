@@ -3,7 +3,8 @@
 * :mod:`web.session` — ``/login``, ``/logout`` (here, beside the gate they share);
 * :mod:`web.api` — ``/healthz``, ``/api/state``, ``/api/logs/<n>`` (the read side);
 * :mod:`web.stream` — ``/api/dashboard/stream`` and its :class:`~web.stream.SseHub`;
-* :mod:`web.actions` — the POST actions, generated from the verb table (:mod:`hivecore.verbs`).
+* :mod:`web.actions` — the POST actions, generated from the verb table (:mod:`hivecore.verbs`);
+* :mod:`web.metrics` — ``/metrics`` (Prometheus text format, :mod:`hivecore.metrics`).
 
 Every blueprint talks to the daemon through the façade (the coordinator) only.
 """
@@ -11,6 +12,7 @@ Every blueprint talks to the daemon through the façade (the coordinator) only.
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -25,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 from hivecore.config import StatePaths, is_loopback
 from hivecore.coordinator import Coordinator
 from hivecore.wire.events import EVENT_KINDS
-from web import actions, api, session, stream
+from web import actions, api, metrics, session, stream
 from web.auth import CSRF_HEADER, SESSION_COOKIE, Auth, Principal, ensure_token
 from web.stream import json_error
 
@@ -104,7 +106,8 @@ def daemon_app(daemon: Daemon) -> QuartTrio:
     if config.dashboard_auth == "token":
         token, created = ensure_token(config.paths.operator_token)
     auth = Auth(config.dashboard_auth, token)
-    app = create_app(daemon.coordinator, auth=auth, paths=config.paths)
+    app = create_app(daemon.coordinator, auth=auth, paths=config.paths, scrape=daemon.metrics.scrape)
+    daemon.metrics.sse_clients = app.hive_sse_clients  # type: ignore[attr-defined]
 
     def login_hint(base_url: str) -> str:
         # never the token, nor a URL holding it: logs are read by more people than the token file
@@ -144,7 +147,15 @@ def _is_public(path: str) -> bool:
     return path in ("/", "/healthz", "/login", "/favicon.ico") or path.startswith("/static/")
 
 
-def create_app(coordinator: Coordinator, *, auth: Auth, paths: StatePaths) -> QuartTrio:
+def create_app(
+    coordinator: Coordinator,
+    *,
+    auth: Auth,
+    paths: StatePaths,
+    scrape: Callable[[], Awaitable[bytes]] | None = None,
+) -> QuartTrio:
+    """The dashboard; ``scrape`` (the daemon's :meth:`hivecore.metrics.Metrics.scrape`) adds
+    ``GET /metrics``."""
     app = QuartTrio(__name__, static_folder=None)
     app.asgi_http_class = _HTTPConnection
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -161,6 +172,7 @@ def create_app(coordinator: Coordinator, *, auth: Auth, paths: StatePaths) -> Qu
 
     hub = stream.SseHub(coordinator)
     app.hive_drop_streams = hub.drop_streams  # type: ignore[attr-defined]
+    app.hive_sse_clients = hub.clients  # type: ignore[attr-defined]
 
     def principal() -> Principal | None:
         return auth.principal(request.headers.get("Authorization"), request.cookies.get(SESSION_COOKIE))
@@ -237,4 +249,6 @@ def create_app(coordinator: Coordinator, *, auth: Auth, paths: StatePaths) -> Qu
     app.register_blueprint(api.blueprint(coordinator, paths, csrf_for))
     app.register_blueprint(stream.blueprint(hub))
     app.register_blueprint(actions.blueprint(coordinator))
+    if scrape is not None:
+        app.register_blueprint(metrics.blueprint(scrape))
     return app

@@ -64,6 +64,10 @@ class SseHub:
                 self._frames.popitem(last=False)
         return frame
 
+    def clients(self) -> int:
+        """Streams open now."""
+        return len(self._live)
+
     def drop_streams(self) -> int:
         """End every open stream from the server side (its clients reconnect with Last-Event-ID)."""
         for scope in list(self._live):

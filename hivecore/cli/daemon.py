@@ -228,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         "container_crash, alarm_cleared, approval_resolved (default: the first four)",
     )
     serve.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        default=None,
+        help="also serve /metrics without auth on this loopback address (127.0.0.1:PORT or "
+        "[::1]:PORT; any local process can read it); the dashboard's /metrics needs the token",
+    )
+    serve.add_argument(
         "--no-ensure-manager",
         dest="ensure_manager",
         action="store_false",
@@ -310,6 +317,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise HiveError("--turn-limit and --stuck-after must be positive numbers of seconds")
     thresholds = alarm_thresholds(args)
     notify_urls, notify_on = notify_settings(args)
+    if args.metrics_listen is not None:
+        from hivecore.config import parse_listen
+
+        try:
+            parse_listen(args.metrics_listen)
+        except ValueError as exc:
+            raise HiveError(f"--metrics-listen {exc}") from None
     env_file = args.agent_env_file.absolute() if args.agent_env_file else None
     if env_file is not None:
         from hivecore.agent_env import load_env_file
@@ -337,6 +351,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         agent_env_file=env_file,
         turn_limit=args.turn_limit,
         stuck_after=args.stuck_after,
+        metrics_listen=args.metrics_listen,
         alarm_thresholds=thresholds,
         alarm_interval=args.alarm_interval,
         notify_urls=notify_urls,
