@@ -97,15 +97,20 @@ class DbFacts:
     usage: Mapping[str, UsageFacts]
 
 
+INBOX_QUERY = (
+    "SELECT recipient, sum(delivered_at IS NULL), sum(delivered_at IS NOT NULL), min(sent_at) "
+    "FROM messages WHERE acked_at IS NULL AND undelivered_at IS NULL GROUP BY recipient"
+)
+"""Per inbox: queued, in flight, the oldest unacked ``sent_at``; walks index ``messages_open`` (the
+open rows only: store migration 13)."""
+
+
 def read_db_facts(conn: sqlite3.Connection) -> DbFacts:
-    """The database half of a scrape (the store thread). The inbox query walks the unacked rows
-    only (index ``messages_unacked``); approvals and usage totals are small tables."""
+    """The database half of a scrape (the store thread): :data:`INBOX_QUERY`, then the pending
+    approvals and the usage totals (small tables)."""
     inboxes = {
         recipient: InboxFacts(queued, in_flight, int(oldest))
-        for recipient, queued, in_flight, oldest in conn.execute(
-            "SELECT recipient, sum(delivered_at IS NULL), sum(delivered_at IS NOT NULL), min(sent_at) "
-            "FROM messages WHERE acked_at IS NULL AND undelivered_at IS NULL GROUP BY recipient"
-        )
+        for recipient, queued, in_flight, oldest in conn.execute(INBOX_QUERY)
     }
     pending: dict[str, int] = {}
     oldest: float | None = None

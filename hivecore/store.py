@@ -214,6 +214,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX reminders_fire ON reminders(fire_at) WHERE status = 'pending';
     CREATE INDEX reminders_agent ON reminders(agent, status);
     """,
+    # 13: the open (unacked) rows per inbox, which every /metrics scrape counts
+    # (hivecore/metrics.py::read_db_facts): a walk over the open rows only, not every row kept 30 days
+    """
+    CREATE INDEX messages_open ON messages(recipient, sent_at)
+        WHERE acked_at IS NULL AND undelivered_at IS NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -20,8 +20,9 @@ from hivecore.config import Config, parse_listen
 from hivecore.daemon import Daemon, main
 from hivecore.errors import HiveError, RuntimeFailure
 from hivecore.meta import MetaRepo
-from hivecore.metrics import AGENT_STATES, Metrics
+from hivecore.metrics import AGENT_STATES, INBOX_QUERY, Metrics
 from hivecore.nixconfine import EvalLimits
+from hivecore.store import connect
 from hivecore.wire.events import ActorCrashed
 from tests.conftest import AUTH, make_config, write_test_token
 from tests.test_crash_watch import killed
@@ -331,3 +332,14 @@ async def test_nix_children_are_timed_by_operation_and_outcome(state_dir: Path) 
     )
     assert (bucket(le="0.25"), bucket(le="0.5"), bucket(le="1.0"), bucket(le="+Inf")) == (0, 1, 1, 1)
     assert value(samples, "hivecore_nix_duration_seconds_count", operation="build", outcome="ok") == 0
+
+
+def test_the_inbox_count_walks_only_the_open_rows(state_dir: Path) -> None:
+    """Every scrape counts the unacked rows per inbox: through the partial index of open rows, not
+    a walk over every message kept for 30 days."""
+    conn = connect(state_dir / "db.sqlite")
+    try:
+        plan = " ".join(str(tuple(r)) for r in conn.execute("EXPLAIN QUERY PLAN " + INBOX_QUERY))
+    finally:
+        conn.close()
+    assert "USING INDEX messages_open" in plan
