@@ -141,17 +141,23 @@ async def run(root: Path, n: int, reps: int) -> None:
             render.append(time.perf_counter() - t1)
             await trio.lowlevel.checkpoint()
         lag: list[float] = []
+        idle: list[float] = []
+        samples = lag
         done = trio.Event()
 
         async def probe() -> None:
             while not done.is_set():
                 t0 = trio.current_time()
                 await trio.sleep(0.001)
-                lag.append(trio.current_time() - t0 - 0.001)
+                samples.append(trio.current_time() - t0 - 0.001)
 
         nursery.start_soon(probe)
+        t0 = time.perf_counter()
         for _ in range(reps):
             await daemon.metrics.scrape()
+        took = time.perf_counter() - t0
+        samples = idle
+        await trio.sleep(took)  # the baseline: as long, no scrape
         done.set()
         nursery.cancel_scope.cancel()
     print(f"{n} agents ({running} running), {series} samples, {size} bytes per scrape")
@@ -162,6 +168,7 @@ async def run(root: Path, n: int, reps: int) -> None:
         ("collect (on the trio thread)", collect[2:]),
         ("text rendering (in a worker thread)", render[2:]),
         ("event-loop lag while scraping back to back", lag),
+        ("event-loop lag, no scrape (baseline)", idle),
     ):
         print(f"{label:<44} {ms(pct(samples, 0.5))} {ms(pct(samples, 0.99))}")
 

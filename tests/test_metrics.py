@@ -16,6 +16,7 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from hivecore import usage
+from hivecore.alarms import Alarm
 from hivecore.config import Config, parse_listen
 from hivecore.daemon import Daemon, main
 from hivecore.errors import HiveError, RuntimeFailure
@@ -343,3 +344,26 @@ def test_the_inbox_count_walks_only_the_open_rows(state_dir: Path) -> None:
     finally:
         conn.close()
     assert "USING INDEX messages_open" in plan
+
+
+async def test_raised_alarms_are_counted_by_kind_and_level(hive: Daemon) -> None:
+    """An alarm another part raises (an alarm source, as the webhooks use) shows in the gauge while
+    it holds, and the raised/cleared counters move by one each."""
+    raised: list[Alarm] = [Alarm("notify:test", "notify", "warn", "injected: an endpoint fails")]
+    hive.alarm_watch.add_source(lambda: list(raised))
+    before = await scrape(hive)
+    assert value(before, "hivecore_alarms_active", kind="notify", level="warn") == 0
+    hive.alarm_watch.request_pass()
+    await eventually(lambda: any(a.key == "notify:test" for a in hive.alarm_watch.alarms()), what="raised")
+    during = await scrape(hive)
+    assert value(during, "hivecore_alarms_active", kind="notify", level="warn") == 1
+    assert moved(before, during, "hivecore_alarms_raised_total") == 1
+    raised.clear()
+    hive.alarm_watch.request_pass()
+    await eventually(
+        lambda: not any(a.key == "notify:test" for a in hive.alarm_watch.alarms()), what="cleared"
+    )
+    after = await scrape(hive)
+    assert value(after, "hivecore_alarms_active", kind="notify", level="warn") == 0
+    assert moved(during, after, "hivecore_alarms_cleared_total") == 1
+    assert value(after, "hivecore_agents_held") == 0
