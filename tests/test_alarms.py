@@ -6,6 +6,7 @@ agent processes (real clock)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import signal
 import sqlite3
 from pathlib import Path
@@ -285,6 +286,24 @@ async def test_a_crash_looping_agent_is_held_until_released(parts: Parts) -> Non
     await crash(parts, "alpha")  # the third within 10 minutes
     assert watch.holds.get("alpha") is not None
     await eventually(lambda: [a.key for a in c.alarms()] == ["crash_loop:alpha"], what="alarm raised")
+    # host.sock's alarms verb and hivectl's table of it
+    from hivecore.cli.hivectl import render_alarms
+    from hivecore.verbs import bind
+    from hivecore.wire.host import HostResponse, encode_response
+
+    rows = await bind.call("alarms", bind.Context(c, bind.OPERATOR_SOCK), {})
+    answer = json.loads(encode_response(HostResponse(ok=True, alarms=rows)))
+    [row] = answer["alarms"]
+    assert (row["key"], row["kind"], row["level"], row["agent"]) == (
+        "crash_loop:alpha",
+        "crash_loop",
+        "crit",
+        "alpha",
+    )
+    shown = render_alarms(answer).splitlines()
+    assert shown[0].split() == ["LEVEL", "FOR", "ALARM"]
+    assert shown[1].startswith("CRIT") and "alpha is held stopped" in shown[1]  # noqa: PT018
+    assert render_alarms({"ok": True, "alarms": []}) == "no alarms"
     # nobody starts it again: not the manager, not the operator, not a restart
     for attempt in (
         lambda: c.start("alpha", source="manager"),
@@ -295,8 +314,6 @@ async def test_a_crash_looping_agent_is_held_until_released(parts: Parts) -> Non
             await attempt()
         assert not (await parts.runtime.list())["alpha"].running
     # the operator releases it (the verb row, as host.sock runs it) and starts it
-    from hivecore.verbs import bind
-
     await bind.call("release", bind.Context(c, bind.OPERATOR_SOCK), {"name": "alpha"})
     assert watch.holds.get("alpha") is None
     assert c.alarms() == []

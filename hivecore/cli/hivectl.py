@@ -494,6 +494,23 @@ def render_env(answer: Response) -> str:
     return table(["KEY", "FROM"], [[str(k.get("key")), str(k.get("source"))] for k in keys])
 
 
+def render_alarms(answer: Response) -> str:
+    """The raised alarms: level, how long, message (the daemon's words; escaped by :func:`table`)."""
+    rows = answer.get("alarms") or []
+    if not rows:
+        return "no alarms"
+    now = time.time()
+    cells = [
+        [
+            str(r.get("level", "")).upper(),
+            age(now - r["since"]) if isinstance(r.get("since"), (int, float)) and r["since"] else "-",
+            str(r.get("message", "")),
+        ]
+        for r in rows
+    ]
+    return table(["LEVEL", "FOR", "ALARM"], cells)
+
+
 def render_urls(answer: Response) -> str:
     urls = answer.get("urls") or {}
     rows = [[k, str(v)] for k, v in urls.items() if v]
@@ -601,6 +618,8 @@ def run(args: argparse.Namespace) -> int:
             print(render_env(answer))
         elif request.cmd == "usage":
             print(render_usage(answer))
+        elif request.cmd == "alarms":
+            print(render_alarms(answer))
         elif request.cmd == "questions":
             print(render_questions(answer))
         elif request.cmd == "reminders":

@@ -221,6 +221,13 @@ def _scope_names(r: Any) -> str:
     return ", ".join(r.scope.agent_names) or "every agent"
 
 
+async def _alarms(facade: Any) -> list[wh.AlarmRow]:
+    return [
+        wh.AlarmRow(key=a.key, kind=a.kind, level=a.level, message=a.message, agent=a.agent, since=a.since)
+        for a in facade.alarms()
+    ]
+
+
 def _named(method: str) -> Call:
     """A call of ``facade.<method>(request.name)``."""
 
@@ -381,6 +388,11 @@ BINDINGS: Mapping[str, Binding] = {
     ),
     "spawn": Binding(wh.SpawnRequest, _named("spawn")),
     # alarms (actors/alarms.py)
+    "alarms": Binding(
+        wh.AlarmsRequest,
+        lambda ctx, r: _alarms(ctx.facade),
+        host=lambda ctx, rows: wh.HostResponse(ok=True, alarms=rows),
+    ),
     "release": Binding(
         wh.ReleaseRequest,
         _named("release"),

@@ -598,7 +598,14 @@ VERBS: tuple[Verb, ...] = (
         tool_help="Set your status text, shown on the operator's dashboard next to your name: one "
         "short line about what you are doing (at most 1024 bytes). Returns your status row.",
     ),
-    # --- alarms (actors/alarms.py): the crash-loop hold ---
+    # --- alarms (actors/alarms.py): what is raised, and the crash-loop hold ---
+    _row(
+        "alarms",
+        "Show the raised alarms (crit first, then oldest first): what needs the operator.",
+        "operator",
+        "host_sock hivectl",
+        commands=(Command("alarms", (), lambda a: {}, help="show the raised alarms"),),
+    ),
     _named(
         "release",
         "release",

@@ -98,6 +98,25 @@ class RestartRequest(HostRequest):
 
 
 @attrs.frozen(kw_only=True)
+class AlarmsRequest(HostRequest):
+    """The raised alarms (crit first, then oldest first)."""
+
+    CMD = "alarms"
+
+
+@attrs.frozen(kw_only=True)
+class AlarmRow:
+    """One raised alarm (:class:`hivecore.alarms.Alarm`): ``since`` in Unix seconds."""
+
+    key: str
+    kind: str
+    level: str
+    message: str
+    agent: str | None = None
+    since: float = 0.0
+
+
+@attrs.frozen(kw_only=True)
 class ReleaseRequest(HostRequest):
     """Lift an agent's crash-loop hold (it may be started again)."""
 
@@ -290,6 +309,7 @@ AnyRequest = (
     | StopRequest
     | RestartRequest
     | ReleaseRequest
+    | AlarmsRequest
     | RebuildRequest
     | KillRequest
     | DestroyRequest
@@ -475,6 +495,8 @@ class HostResponse:
     """``questions``: the open questions, oldest first."""
     reminders: list[Reminder] | None = None
     """``reminders``: the reminders, earliest due first."""
+    alarms: list[AlarmRow] | None = None
+    """``alarms``: the raised alarms, crit first, then oldest first."""
 
 
 OK = HostResponse(ok=True)
