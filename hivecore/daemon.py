@@ -29,7 +29,7 @@ from actors.supervisor import ChildSpec, Supervisor
 from actors.transients import TransientRegistry
 from actors.views import Views
 from actors.webhooks import Webhooks
-from hivecore import agent_users, webhook
+from hivecore import agent_users, alarm_metrics, webhook
 from hivecore.agent_env import AgentEnv
 from hivecore.config import Config
 from hivecore.container_view import StuckLimits
@@ -355,6 +355,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         metrics=metrics,
     )
     metrics.attach(daemon)
+    metrics.set_source("alarms", partial(alarm_metrics.families, alarm_watch, webhooks))
     return daemon
 
 

@@ -303,6 +303,17 @@ def test_serve_flags() -> None:
         config("--notify-on", "nope")
 
 
+async def scraped(daemon: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = (await daemon.metrics.scrape()).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 async def test_the_daemon_notifies_and_a_failing_endpoint_is_an_alarm(state_dir: Any) -> None:
     from hivecore.daemon import main
     from tests.conftest import make_config
@@ -323,10 +334,19 @@ async def test_the_daemon_notifies_and_a_failing_endpoint_is_an_alarm(state_dir:
         daemon.bus.publish(approval())
         await eventually(lambda: hooks.statistics()[0].failed == 1, what="given up")
         daemon.alarm_watch.request_pass()
+
         def notify_alarms() -> list[str]:  # (a full disk here would raise its own)
             return [a.key for a in daemon.coordinator.alarms() if a.kind == "notify"]
 
         await eventually(lambda: notify_alarms() == ["notify"], what="notify alarm")
+        # the series metrics scrapes (prometheus_client's own parser)
+        series = await scraped(daemon)
+        assert series[("hivecore_alarms_active", (("kind", "notify"), ("level", "warn")))] == 1
+        assert series[("hivecore_alarms_active", (("kind", "crash_loop"), ("level", "crit")))] == 0
+        assert series[("hivecore_notifications_total", (("outcome", "delivered"),))] == 1
+        assert series[("hivecore_notifications_total", (("outcome", "failed"),))] == 1
+        assert series[("hivecore_agents_held", ())] == 0
+        assert series[("hivecore_alarms_raised_total", ())] >= 1
         server.status = lambda r: 200
         daemon.bus.publish(approval())
         await eventually(lambda: hooks.statistics()[0].delivered == 2, what="delivers again")
