@@ -17,6 +17,7 @@ from hivecore.wire.host import (
     AgentEnvRequest,
     AgentStatusRequest,
     AgentStatusRow,
+    AlarmsRequest,
     ApprovalRequest,
     ApproveRequest,
     CancelReminderRequest,
@@ -101,6 +102,7 @@ EVERY_REQUEST: list[tuple[bytes, HostRequest]] = [
     (b'{"cmd":"reminders","name":"a","done":true}', RemindersRequest(name="a", done=True)),
     (b'{"cmd":"cancel_reminder","id":3}', CancelReminderRequest(id=3)),
     (b'{"cmd":"release","name":"a"}', ReleaseRequest(name="a")),
+    (b'{"cmd":"alarms"}', AlarmsRequest()),
 ]
 
 
