@@ -61,7 +61,9 @@ def ms(seconds: float) -> str:
 
 def seed(conn: sqlite3.Connection, names: list[str]) -> None:
     now = int(time.time())
-    rows = [("operator", n, f"unacked {i}", now - 60 * i, None) for n in names for i in range(20)]
+    rows: list[tuple[str, str, str, int, int | None]] = [
+        ("operator", n, f"unacked {i}", now - 60 * i, None) for n in names for i in range(20)
+    ]
     rows += [("operator", names[i % len(names)], f"acked {i}", now - 3600, now - 60) for i in range(20_000)]
     conn.execute("BEGIN")
     conn.executemany(

@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,10 +16,11 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors.supervisor import ChildSpec, RestartPolicy
 from hivecore import usage
 from hivecore.alarms import Alarm
 from hivecore.config import Config, parse_listen
-from hivecore.daemon import Daemon, main
+from hivecore.daemon import Daemon, build, main
 from hivecore.errors import HiveError, RuntimeFailure
 from hivecore.meta import MetaRepo
 from hivecore.metrics import AGENT_STATES, INBOX_QUERY, Metrics
@@ -367,3 +369,33 @@ async def test_raised_alarms_are_counted_by_kind_and_level(hive: Daemon) -> None
     assert value(after, "hivecore_alarms_active", kind="notify", level="warn") == 0
     assert moved(during, after, "hivecore_alarms_cleared_total") == 1
     assert value(after, "hivecore_agents_held") == 0
+
+
+async def test_actor_restarts_are_counted_per_actor(state_dir: Path) -> None:
+    """A supervised actor that crashes three times (injected) shows three restarts, then running."""
+    config = make_config(state_dir)
+    config.paths.create_layout()
+    daemon = build(config)
+    daemon.supervisor.policy = RestartPolicy(initial_backoff=0.01, max_backoff=0.01)
+    runs = 0
+
+    async def flaky(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal runs
+        runs += 1
+        task_status.started()
+        if runs <= 3:
+            raise RuntimeError("injected: the actor crashes")
+        await trio.sleep_forever()
+
+    def restarted() -> bool:
+        status = {c.name: c for c in daemon.supervisor.statistics()}["flaky"]
+        return status.restarts == 3 and status.state == "running"
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.store.run)
+        await nursery.start(daemon.supervisor.run, [ChildSpec("flaky", flaky)])
+        await eventually(restarted, what="three restarts")
+        samples = parse(await daemon.metrics.scrape())
+        nursery.cancel_scope.cancel()
+    assert value(samples, "hivecore_actor_restarts_total", actor="flaky") == 3
+    assert value(samples, "hivecore_actor_running", actor="flaky") == 1
