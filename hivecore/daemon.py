@@ -355,7 +355,8 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         metrics=metrics,
     )
     metrics.attach(daemon)
-    metrics.set_source("alarms", partial(alarm_metrics.families, alarm_watch, webhooks))
+    if webhooks is not None:
+        metrics.set_source("notifications", partial(alarm_metrics.families, webhooks))
     return daemon
 
 

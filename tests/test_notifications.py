@@ -307,6 +307,8 @@ async def scraped(daemon: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
     from prometheus_client.parser import text_string_to_metric_families
 
     text = (await daemon.metrics.scrape()).decode()
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types)), "a series family appears twice"
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
