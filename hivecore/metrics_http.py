@@ -119,6 +119,8 @@ async def serve(
     except* OSError as group:
         if bound:
             raise
-        exc = group.exceptions[0]
+        exc: BaseException = group
+        while isinstance(exc, BaseExceptionGroup):  # trio's nurseries nest the bind's OSError
+            exc = exc.exceptions[0]
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise HiveError(f"cannot bind --metrics-listen {listen}: {reason}") from None

@@ -5,6 +5,7 @@ listener (``--metrics-listen``)."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator, Mapping
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,7 @@ from hivecore.store import connect
 from hivecore.wire.events import ActorCrashed
 from tests.conftest import AUTH, make_config, write_test_token
 from tests.test_crash_watch import killed
+from tests.test_serve import _not_logging, _serve_failure
 from tests.waiting import eventually
 from tests.web_client import event_stream, http
 
@@ -398,3 +400,28 @@ async def test_actor_restarts_are_counted_per_actor(state_dir: Path) -> None:
         nursery.cancel_scope.cancel()
     assert value(samples, "hivecore_actor_restarts_total", actor="flaky") == 3
     assert value(samples, "hivecore_actor_running", actor="flaky") == 1
+
+
+def test_serve_refuses_a_non_loopback_metrics_listener(state_dir: Path) -> None:
+    result = _serve_failure(state_dir, "--dashboard-port", "0", "--metrics-listen", "0.0.0.0:9464")
+    assert result.returncode == 1
+    assert _not_logging(result.stderr) == [
+        "hive-c0re: --metrics-listen '0.0.0.0:9464': the metrics listener has no auth, so it binds only a "
+        "loopback address (127.0.0.1:PORT or [::1]:PORT); scrape the dashboard's /metrics with the token "
+        "otherwise"
+    ]
+
+
+def test_a_busy_metrics_port_is_one_line_naming_the_flag(state_dir: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _serve_failure(
+            state_dir, "--dashboard-port", "0", "--no-ensure-manager", "--metrics-listen", f"127.0.0.1:{port}"
+        )
+    assert result.returncode == 1
+    assert _not_logging(result.stderr) == [
+        f"hive-c0re: cannot bind --metrics-listen 127.0.0.1:{port}: Address already in use"
+    ]
+    assert "Traceback" not in result.stderr
