@@ -23,7 +23,8 @@ Labels
 Other engineers' series
     :meth:`Metrics.set_source` takes a named callable that yields ``prometheus_client`` metric
     families at scrape time; a second call with the same name replaces the first (a restarted actor
-    registers again). The alarms and notifications register theirs (:mod:`hivecore.alarm_metrics`).
+    registers again): the notifications' series (:mod:`hivecore.alarm_metrics`). The alarms need
+    none: their actor's ``alarms()`` and ``statistics()`` are read like every other actor's.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ NIX_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 60
 AGENT_STATES = ("running", "paused", "stopped", "failed", *TRANSIENT_KINDS)
 """``hivecore_agents{state}``: a transient (``spawning``, ``rebuilding`` …) wins, then failed, paused
 (running, paused), running, stopped."""
+
+ALARM_KINDS = ("manager_unread", "unacked", "crash_loop", "stuck", "disk", "approval", "notify")
+"""The alarms' kinds (:class:`hivecore.alarms.Alarm`), each shown from 0; a kind another part adds
+appears while it is raised."""
 
 Source = Callable[[], Iterable[Metric]]
 
@@ -362,6 +367,7 @@ class DaemonCollector(Collector):
             reports.add_metric(["refused"], d.usage.refused)
             yield reports
         yield from self._dashboard()
+        yield from self._alarms()
         if self.facts is not None:
             yield from self._db(self.facts)
         yield _counter("hivecore_metrics_scrapes", "Scrapes rendered before this one.", self._metrics.scrapes)
@@ -460,6 +466,28 @@ class DaemonCollector(Collector):
             bus.max_backlog,
         )
         yield _gauge("hivecore_event_bus_buffer_events", "Each subscriber's buffer size.", bus.buffer)
+
+    def _alarms(self) -> Iterator[Metric]:
+        watch = self._d.alarm_watch
+        stats = watch.statistics()
+        active = GaugeMetricFamily(
+            "hivecore_alarms_active",
+            "Alarms raised now, by kind and level (warn, crit).",
+            labels=["kind", "level"],
+        )
+        counts = {(kind, level): 0 for kind in ALARM_KINDS for level in ("warn", "crit")}
+        for alarm in watch.alarms():
+            counts[(alarm.kind, alarm.level)] = counts.get((alarm.kind, alarm.level), 0) + 1
+        for (kind, level), count in sorted(counts.items()):
+            active.add_metric([kind, level], count)
+        yield active
+        yield _counter(
+            "hivecore_alarms_raised", "Alarms raised since the daemon started.", stats.raised_total
+        )
+        yield _counter(
+            "hivecore_alarms_cleared", "Alarms cleared since the daemon started.", stats.cleared_total
+        )
+        yield _gauge("hivecore_agents_held", "Agents held stopped after a crash loop.", stats.holds)
 
     def _dashboard(self) -> Iterator[Metric]:
         clients = self._metrics.sse_clients

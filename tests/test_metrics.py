@@ -352,7 +352,7 @@ def test_the_inbox_count_walks_only_the_open_rows(state_dir: Path) -> None:
 
 async def test_raised_alarms_are_counted_by_kind_and_level(hive: Daemon) -> None:
     """An alarm another part raises (an alarm source, as the webhooks use) shows in the gauge while
-    it holds, and the raised counter moves by one (the series: hivecore/alarm_metrics.py, a source)."""
+    it holds, and the raised/cleared counters move by one each."""
     raised: list[Alarm] = [Alarm("notify:test", "notify", "warn", "injected: an endpoint fails")]
     hive.alarm_watch.add_source(lambda: list(raised))
     before = await scrape(hive)
@@ -369,6 +369,7 @@ async def test_raised_alarms_are_counted_by_kind_and_level(hive: Daemon) -> None
     )
     after = await scrape(hive)
     assert value(after, "hivecore_alarms_active", kind="notify", level="warn") == 0
+    assert moved(during, after, "hivecore_alarms_cleared_total") == 1
     assert value(after, "hivecore_agents_held") == 0
 
 
