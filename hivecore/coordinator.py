@@ -41,9 +41,10 @@ from hivecore.models import (
     TombstoneView,
     Transient,
 )
-from hivecore.names import OPERATOR_NAME, validate_name
+from hivecore.names import MANAGER_NAME, OPERATOR_NAME, validate_name
 from hivecore.reminders import Reminder
 from hivecore.runtime.base import ContainerRuntime
+from hivecore.schedules import Schedule
 from hivecore.services.agent_settings import AgentSettings
 from hivecore.services.approvals import Approvals
 from hivecore.services.broker import Broker
@@ -79,7 +80,10 @@ class Coordinator:
         questions: Questions | None = None,
         alarm_watch: AlarmWatch | None = None,
         reminders: Any = None,
+        schedules: Any = None,
     ) -> None:
+        self._schedules = schedules
+        """The prompt scheduler (:class:`actors.prompt_scheduler.PromptScheduler`), if any."""
         self._questions = questions
         self._alarm_watch = alarm_watch
         self._reminders = reminders
@@ -415,6 +419,56 @@ class Coordinator:
         """Delete a pending reminder (:class:`~hivecore.reminders.UnknownReminder` if none)."""
         row: Reminder = await self._scheduler().cancel(reminder_id)
         return row
+
+    # --- scheduled prompts (actors/prompt_scheduler.py) ---------------------------------------------
+
+    def _prompt_scheduler(self) -> Any:
+        if self._schedules is None:
+            raise NotAvailable("this daemon runs no prompt scheduler")
+        return self._schedules
+
+    async def schedules(self, *, done: bool = False) -> list[Schedule]:
+        """Active and requested schedules, soonest first (``done``: also finished and cancelled)."""
+        rows: list[Schedule] = await self._prompt_scheduler().listed(done=done)
+        return rows
+
+    async def schedule(
+        self, to: list[str], body: str, every: str | None, at: str | None, description: str | None = None
+    ) -> Schedule:
+        """The operator's new schedule (checked fields); every target must be an agent."""
+        row: Schedule = await self._prompt_scheduler().schedule(to, body, every, at, description)
+        return row
+
+    async def unschedule(self, schedule_id: int, target: str | None = None) -> Schedule:
+        row: Schedule = await self._prompt_scheduler().cancel(schedule_id, target)
+        return row
+
+    async def request_schedule_prompt(
+        self,
+        to: list[str],
+        body: str,
+        every: str | None,
+        at: str | None,
+        description: str | None = None,
+        *,
+        source: JobSource = "manager",
+    ) -> Approval:
+        """The manager's request: a schedule in state ``requested`` and a ``schedule_prompt``
+        approval for it (approving activates it; denying cancels it)."""
+        scheduler = self._prompt_scheduler()
+        row = await scheduler.schedule(
+            to, body, every, at, description, owner=MANAGER_NAME, state="requested"
+        )
+        try:
+            approval = await self._approvals.request_schedule_prompt(
+                row, description, requester=_requester(source)
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await scheduler.cancel(row.id)
+            raise
+        await scheduler.set_source(row.id, f"approval:{approval.id}")
+        return approval
 
 
 def _requester(source: JobSource) -> str:

@@ -23,6 +23,7 @@ from actors.alarms import AlarmWatch, default_disk_paths
 from actors.crash_watch import CrashWatch
 from actors.event_bus import EventBus
 from actors.meta_lock import MetaLock
+from actors.prompt_scheduler import PromptScheduler
 from actors.rebuild_queue import JobLane
 from actors.reminder_scheduler import ReminderScheduler
 from actors.supervisor import ChildSpec, Supervisor
@@ -115,6 +116,8 @@ class Daemon:
     """This daemon's Prometheus registry and scrape (``/metrics``; :mod:`hivecore.metrics`)."""
     metrics_urls: list[str] = attrs.field(factory=list)
     """The ``--metrics-listen`` listener's URLs once it serves (empty without one)."""
+    schedules: PromptScheduler | None = attrs.field(default=None, kw_only=True)
+    """The prompt scheduler (SCH3DUL3S: scheduled prompts; its actor fires them)."""
 
     def status_summary(self) -> str:
         """One line for systemd's ``STATUS=`` (cached state only: no await, no I/O)."""
@@ -255,6 +258,13 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     meta_build = MetaBuild(config, runtime, repos, meta, dashboard_port=partial(bound_port, config, urls))
     lifecycle = Lifecycle(config, runtime, repos, meta_build, agent_env=agent_env)
     approvals = Approvals(lifecycle, repos, store, bus, notifier)
+
+    def running(name: str) -> bool | None:
+        row = views.rows().get(name)
+        return None if row is None else row.running
+
+    schedules = PromptScheduler(store, broker.send, bus, running)
+    approvals.schedules = schedules
     meta_updates = MetaUpdates(meta_build, views)
     intent = Intent()
     alarm_watch = AlarmWatch(
@@ -302,6 +312,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         questions=questions,
         alarm_watch=alarm_watch,
         reminders=reminders,
+        schedules=schedules,
     )
 
     def quiet(name: str) -> bool:
@@ -353,6 +364,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         webhooks=webhooks,
         reminders=reminders,
         metrics=metrics,
+        schedules=schedules,
     )
     metrics.attach(daemon)
     if webhooks is not None:
@@ -403,6 +415,8 @@ async def main(
             children.append(ChildSpec("notifications", daemon.webhooks.run))
         if daemon.reminders is not None:
             children.append(ChildSpec("reminders", daemon.reminders.run))
+        if daemon.schedules is not None:
+            children.append(ChildSpec("schedules", daemon.schedules.run))
         children.append(ChildSpec("auto_update", partial(auto_update_child, daemon)))
         if config.ensure_manager:
             children.append(ChildSpec("ensure_manager", partial(ensure_manager_child, daemon)))

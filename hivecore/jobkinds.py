@@ -156,6 +156,7 @@ REGISTRY: Mapping[JobKind, JobKindSpec] = _rows(
     ),
     JobKindSpec(kind="deny", service="approvals", busy="having an approval denied"),
     JobKindSpec(kind="init_config", service="approvals", busy="having its config initialised"),
+    JobKindSpec(kind="schedule_prompt", service="approvals", busy="having a scheduled prompt approved"),
     JobKindSpec(
         kind="meta_update",
         service="meta_update",

@@ -17,7 +17,9 @@ TRANSIENT_KINDS: tuple[TransientKind, ...] = (
     "destroying",
 )
 
-ApprovalKind = Literal["spawn", "init_config", "apply_commit", "update_meta_inputs", "merge_config_pr"]
+ApprovalKind = Literal[
+    "spawn", "init_config", "apply_commit", "update_meta_inputs", "merge_config_pr", "schedule_prompt"
+]
 ApprovalStatus = Literal["pending", "approved", "denied", "failed", "cancelled"]
 
 
@@ -126,6 +128,7 @@ JobKind = Literal[
     "deny",
     "init_config",
     "meta_update",
+    "schedule_prompt",
 ]
 JOB_KINDS: tuple[JobKind, ...] = typing.get_args(JobKind)
 """Every job kind; what each one is (its service, transient, build class…) is its row in

@@ -220,6 +220,32 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX messages_open ON messages(recipient, sent_at)
         WHERE acked_at IS NULL AND undelivered_at IS NULL;
     """,
+    # 14: scheduled prompts (hivecore/schedule_store.py, reference §10.1 ``scheduled_prompts``): the
+    # operator's (or an approved request's) prompts to one or more agents, and each target's last result
+    """
+    CREATE TABLE scheduled_prompts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner TEXT NOT NULL,
+        body TEXT NOT NULL,
+        interval_seconds INTEGER,
+        next_fire_at REAL,
+        created_at REAL NOT NULL,
+        source TEXT NOT NULL DEFAULT 'operator',
+        cancelled_at REAL,
+        description TEXT,
+        state TEXT NOT NULL DEFAULT 'active'
+    );
+    CREATE INDEX scheduled_prompts_due ON scheduled_prompts(next_fire_at) WHERE state = 'active';
+    CREATE TABLE scheduled_prompt_targets (
+        schedule_id INTEGER NOT NULL REFERENCES scheduled_prompts(id) ON DELETE CASCADE,
+        target TEXT NOT NULL,
+        cancelled_at REAL,
+        last_fired_at REAL,
+        last_result TEXT,
+        fired INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (schedule_id, target)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -74,6 +74,7 @@ def blueprint(facade: Any, paths: StatePaths, csrf_for: Callable[[], str | None]
             # vacuum reclaims the rows)
             await facade.ack_operator_inbox(max(row[0] for row in inbox))
         out["reminders"] = await _reminders(facade)
+        out["schedules"] = await _schedules(facade)
         out["server_warnings"] = snap.server_warnings(facade.alarms())
         return out
 
@@ -95,6 +96,16 @@ async def _reminders(facade: Any) -> list[Any]:
     """QU3U3D R3M1ND3RS: the pending reminders, earliest due first (none without a scheduler)."""
     try:
         rows = await facade.reminders()
+    except NotAvailable:
+        return []
+    out: list[Any] = converter.unstructure(rows)
+    return out
+
+
+async def _schedules(facade: Any) -> list[Any]:
+    """SCH3DUL3S: active schedules and requested ones (none without a scheduler)."""
+    try:
+        rows = await facade.schedules()
     except NotAvailable:
         return []
     out: list[Any] = converter.unstructure(rows)

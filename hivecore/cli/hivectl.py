@@ -275,6 +275,29 @@ def render_reminders(answer: Response) -> str:
     return "\n".join([out, *(escape(n) for n in notes)])
 
 
+def render_schedules(answer: Response, *, created: bool = False) -> str:
+    rows = answer.get("schedules") or []
+    if not rows:
+        return "no schedules"
+    now = time.time()
+    out = []
+    for s in rows:
+        every = s.get("interval_seconds")
+        how = f"every {every} s" if every else "once"
+        head = (
+            f"schedule {s.get('id')} {s.get('state')} ({how}; next {when(s.get('next_fire_at'), now)})"
+            + (f": {_one_line(s.get('description'), 80)}" if s.get("description") else "")
+        )
+        out.append(("created " if created else "") + head)
+        out.append(f"  body: {_one_line(s.get('body'), 100)}")
+        for t in s.get("targets") or []:
+            result = t.get("last_result") or "not fired yet"
+            fired = f" ({when(t.get('last_fired_at'), now)})" if t.get("last_fired_at") else ""
+            cancelled = " [cancelled]" if t.get("cancelled_at") else ""
+            out.append(f"  {t.get('target')}{cancelled}: {_one_line(result, 100)}{fired}")
+    return "\n".join(escape(line) for line in out)
+
+
 def render_pending(answer: Response, history: bool = True) -> str:
     """The approvals table, then each pending row's review and each failed or denied row's reason."""
     approvals = answer.get("approvals") or []
@@ -624,6 +647,8 @@ def run(args: argparse.Namespace) -> int:
             print(render_questions(answer))
         elif request.cmd == "reminders":
             print(render_reminders(answer))
+        elif request.cmd in ("schedules", "schedule", "unschedule"):
+            print(render_schedules(answer, created=request.cmd == "schedule"))
         elif answer.get("message"):  # the daemon says what happened (start: "already running")
             print(escape(str(answer["message"])))
         elif args.done is not None:

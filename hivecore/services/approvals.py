@@ -23,6 +23,7 @@ back, tags ``failed/<id>`` and tells the manager.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -37,7 +38,7 @@ from hivecore import store as st
 from hivecore.errors import HiveError, NotAvailable, Refused, UnknownAgent, UnknownApproval
 from hivecore.kick import REASON_CONFIG_APPLIED
 from hivecore.models import Approval, JobKind
-from hivecore.names import validate_name
+from hivecore.names import MANAGER_NAME, validate_name
 from hivecore.repos import PREVIOUS_MAIN, Repos, is_commit_ref
 from hivecore.services.context import JobContext
 from hivecore.services.handles import Publisher
@@ -76,6 +77,9 @@ class Approvals:
     bus: Publisher
     notifier: Notifier
     _started: bool = attrs.field(default=False, init=False)
+    schedules: Any = None
+    """The prompt scheduler (:class:`actors.prompt_scheduler.PromptScheduler`): approving a
+    ``schedule_prompt`` activates the schedule it requested."""
 
     # --- startup ---------------------------------------------------------------------------------
 
@@ -338,6 +342,8 @@ class Approvals:
                 return "spawn", approval.agent, args
             case "init_config":
                 return "init_config", approval.agent, args
+            case "schedule_prompt":
+                return "schedule_prompt", approval.agent, args
             case _:
                 raise NotAvailable(
                     f"approving {approval.kind} is not available yet: it arrives with the meta flake"
@@ -367,6 +373,8 @@ class Approvals:
                 await self._deny(approval, _text(args.get("note"), "note"))
             case "init_config":
                 await self._init_config(approval, replay=replay)
+            case "schedule_prompt":
+                await self._schedule_prompt(approval)
             case _:
                 raise HiveError(f"job {job.id}: {job.kind} is not an approval job")
 
@@ -622,7 +630,59 @@ class Approvals:
             tag = f"denied/{approval.id}"
             await self.repos.tag(approval.agent, tag, approval.fetched_sha, message=note or "")
         resolved = await self._resolve(approval, "denied", note)
+        if approval.kind == "schedule_prompt":
+            await self._drop_requested_schedule(approval)
         await self._announce(resolved, approval.fetched_sha, tag)
+
+    # schedule_prompt (the manager's request for a scheduled prompt; actors/prompt_scheduler.py) -----
+
+    async def request_schedule_prompt(
+        self, schedule: Any, description: str | None, *, requester: str = "manager"
+    ) -> Approval:
+        """A pending approval for ``schedule`` (a row in state ``requested``); the card shows whom,
+        when and what, then the manager's description. ``commit_ref`` is ``schedule:<id>``."""
+        from hivecore.schedules import summary
+
+        text = summary(schedule) + (f"\n\n{description}" if description else "")
+        approval = await self.store.call(
+            lambda c: st.insert_approval(
+                c,
+                MANAGER_NAME,
+                "schedule_prompt",
+                f"schedule:{schedule.id}",
+                text,
+                requester=requester,
+                quota=MAX_PENDING_PER_REQUESTER,
+            )
+        )
+        log.info("approval %d: schedule_prompt (schedule %d) requested", approval.id, schedule.id)
+        self._added(approval)
+        return approval
+
+    def _requested_schedule(self, approval: Approval) -> int:
+        if self.schedules is None:
+            raise NotAvailable("this daemon runs no prompt scheduler")
+        ref = approval.commit_ref
+        if not ref.startswith("schedule:") or not ref[9:].isdigit():
+            raise HiveError(f"approval {approval.id} names no schedule ({ref!r})")
+        return int(ref[9:])
+
+    async def _schedule_prompt(self, approval: Approval) -> None:
+        self._still_pending(approval)
+        sid = self._requested_schedule(approval)
+        schedule = await self.schedules.get(sid)
+        if schedule.state == "requested":
+            await self.schedules.activate(sid)
+        elif schedule.state != "active":  # cancelled meanwhile (by the operator)
+            resolved = await self._resolve(approval, "failed", f"schedule {sid} is {schedule.state}")
+            await self._announce(resolved)
+            return
+        resolved = await self._resolve(approval, "approved")
+        await self._announce(resolved)
+
+    async def _drop_requested_schedule(self, approval: Approval) -> None:
+        with contextlib.suppress(HiveError):  # cancelled already, or never created
+            await self.schedules.cancel(self._requested_schedule(approval))
 
     async def _init_config(self, approval: Approval, *, replay: bool = False) -> None:
         self._still_pending(approval)

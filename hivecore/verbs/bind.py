@@ -537,6 +537,42 @@ REMINDER_BINDINGS: Mapping[str, Binding] = {
 BINDINGS = {**BINDINGS, **REMINDER_BINDINGS}
 
 
+# --- scheduled prompts (issue 18 item 3) -----------------------------------------------------------
+
+
+def _one_schedule(ctx: Any, row: Any) -> wh.HostResponse:
+    return wh.HostResponse(ok=True, schedules=[row])
+
+
+SCHEDULE_BINDINGS: Mapping[str, Binding] = {
+    "schedules": Binding(
+        wh.SchedulesRequest,
+        lambda ctx, r: ctx.facade.schedules(done=r.done),
+        host=lambda ctx, rows: wh.HostResponse(ok=True, schedules=rows),
+    ),
+    "schedule": Binding(
+        wh.ScheduleRequest,
+        lambda ctx, r: ctx.facade.schedule(r.to, r.body, r.every, r.at, r.description),
+        host=_one_schedule,
+        done=lambda r, row: f"schedule {row.id} created",
+    ),
+    "unschedule": Binding(
+        wh.UnscheduleRequest,
+        lambda ctx, r: ctx.facade.unschedule(r.id, r.target),
+        host=_one_schedule,
+        done=lambda r, row: f"schedule {r.id}" + (f": {r.target} cancelled" if r.target else " cancelled"),
+    ),
+    "request_schedule_prompt": Binding(
+        wm.RequestSchedulePromptRequest,
+        lambda ctx, r: ctx.facade.request_schedule_prompt(
+            r.to, r.body, r.every, r.at, r.description, **ctx.caller.kw()
+        ),
+        mcp=_approval_answer,
+    ),
+}
+BINDINGS = {**BINDINGS, **SCHEDULE_BINDINGS}
+
+
 def records(surface: spec.Surface) -> dict[type[Request], str]:
     """The request record → row key map of ``surface`` (a server's verb table)."""
     out: dict[type[Request], str] = {}

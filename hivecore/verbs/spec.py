@@ -827,6 +827,108 @@ REMINDERS: tuple[Verb, ...] = (
 )
 VERBS = VERBS + REMINDERS
 
+
+# --- scheduled prompts (issue 18 item 3: actors/prompt_scheduler.py) ---------------------------------
+
+
+def _schedule_form(f: Form) -> dict[str, Any]:
+    return {
+        "to": form_list(f, "to"),
+        "body": form_text(f, "body"),
+        "every": form_text(f, "every", required=False, limit=100),
+        "at": form_text(f, "at", required=False, limit=100),
+        "description": form_text(f, "description", required=False),
+    }
+
+
+def _schedule_cli(a: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "to": [t for t in a.to.split(",") if t.strip()],
+        "body": _stdin_or(a.body),
+        "every": a.every,
+        "at": a.at,
+        "description": a.description,
+    }
+
+
+SCHEDULES: tuple[Verb, ...] = (
+    _row(
+        "schedules",
+        "List scheduled prompts (active, and waiting for approval; done: also finished and cancelled "
+        "ones): targets, interval or time, next firing, each target's last result.",
+        "operator",
+        "host_sock hivectl",
+        commands=(
+            Command(
+                "schedules",
+                (Arg(("--done",), {"action": "store_true", "help": "also finished and cancelled ones"}),),
+                lambda a: {"done": a.done},
+                help="list scheduled prompts",
+            ),
+        ),
+    ),
+    _row(
+        "schedule",
+        "Schedule a prompt: body (at most 4096 bytes) sent as the operator to each agent of to, every "
+        "DURATION (90s, 5m, 1h30m, 2d) or once at a time (Unix seconds or ISO 8601); a stopped "
+        "target's result is recorded, it is not an error.",
+        "operator",
+        "host_sock hivectl dashboard",
+        route=Route("/schedule", _schedule_form),
+        commands=(
+            Command(
+                "schedule",
+                (
+                    Arg(("--to",), {"required": True, "metavar": "A[,B]", "help": "the target agents"}),
+                    Arg(("--every",), {"default": None, "metavar": "DURATION", "help": "recurring: 90s, 1h"}),
+                    Arg(("--at",), {"default": None, "metavar": "TIME", "help": "once: Unix s or ISO 8601"}),
+                    Arg(("--description",), {"default": None, "help": "what it is for"}),
+                    Arg(("body",), {"metavar": "BODY", "help": "the prompt (- reads it from stdin)"}),
+                ),
+                _schedule_cli,
+                help="schedule a prompt to agents (--every DURATION or --at TIME)",
+            ),
+        ),
+    ),
+    _row(
+        "unschedule",
+        "Cancel a scheduled prompt by id, or only its target (the schedule ends with its last target).",
+        "operator",
+        "host_sock hivectl dashboard",
+        route=Route(
+            "/unschedule/<id>",
+            lambda f: {
+                "id": form_id(f, what="a schedule id"),
+                "target": form_text(f, "target", required=False, limit=200),
+            },
+        ),
+        commands=(
+            Command(
+                "unschedule",
+                (
+                    Arg(("id",), {"type": int, "metavar": "ID"}),
+                    Arg(("--target",), {"default": None, "metavar": "NAME", "help": "only this target"}),
+                ),
+                lambda a: {"id": a.id, "target": a.target},
+                help="cancel a scheduled prompt (or one target of it)",
+            ),
+        ),
+    ),
+    _row(
+        "request_schedule_prompt",
+        "Ask the operator to approve a scheduled prompt (to, body, every or at, description): an "
+        "approval of kind schedule_prompt; approving creates it.",
+        "manager",
+        "manager_sock",
+        tool_help="Ask the operator to approve a scheduled prompt: body (at most 4096 bytes) sent to "
+        "each agent of to (a list of names; 'manager' for yourself) every DURATION ('90s', '30m', "
+        "'1h30m', '2d') or once at a time (Unix seconds or ISO 8601 like '2026-12-01T12:00:00Z'): "
+        "exactly one of every and at. description: what it is for (shown on the approval card). "
+        "Returns the approval id; the decision arrives as approval_resolved from system.",
+    ),
+)
+VERBS = VERBS + SCHEDULES
+
 BY_KEY: Mapping[str, Verb] = {v.key: v for v in VERBS}
 
 

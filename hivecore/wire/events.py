@@ -13,6 +13,7 @@ import attrs
 
 from hivecore.models import ContainerView, Job, MetaInputView, ReviewFile, TombstoneView, TransientKind
 from hivecore.reminders import Reminder
+from hivecore.schedules import Schedule
 from hivecore.wire.converter import configure_renamed, configure_tagged, converter
 
 
@@ -248,6 +249,35 @@ class ReminderRemoved(Event):
     reason: str
 
 
+# --- scheduled prompts (actors/prompt_scheduler.py) ----------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleAdded(Event):
+    """A schedule was created (``state`` ``requested``: waiting for an approval) or approved."""
+
+    KIND = "schedule_added"
+    schedule: Schedule
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleFired(Event):
+    """A schedule fired: the row with every target's ``last_result`` (``state`` ``done`` after a
+    one-shot)."""
+
+    KIND = "schedule_fired"
+    schedule: Schedule
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleCancelled(Event):
+    """A schedule (``target`` None) or one target of it was cancelled: the row after it."""
+
+    KIND = "schedule_cancelled"
+    schedule: Schedule
+    target: str | None = None
+
+
 configure_renamed(MessageSent, from_="from")
 configure_renamed(MessageDelivered, from_="from")
 
@@ -275,6 +305,9 @@ DashboardEvent = (
     | ReminderSent
     | ReminderFailed
     | ReminderRemoved
+    | ScheduleAdded
+    | ScheduleFired
+    | ScheduleCancelled
 )
 
 

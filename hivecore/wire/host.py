@@ -17,8 +17,10 @@ import json
 import attrs
 
 from hivecore import reminders
+from hivecore import schedules as sched
 from hivecore.models import Approval, ContainerView, Question
 from hivecore.reminders import Reminder
+from hivecore.schedules import Schedule
 from hivecore.sockets.framing import MAX_LINE as MAX_LINE
 from hivecore.verbs import checks
 from hivecore.verbs.checks import check
@@ -301,6 +303,39 @@ class CancelReminderRequest(HostRequest):
     id: int = attrs.field(metadata=check(reminders.reminder_id))
 
 
+# --- scheduled prompts (actors/prompt_scheduler.py) ---
+
+
+@attrs.frozen(kw_only=True)
+class SchedulesRequest(HostRequest):
+    """Active and requested schedules (``done``: also the finished and cancelled ones)."""
+
+    CMD = "schedules"
+    done: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleRequest(HostRequest):
+    """Send ``body`` to the ``to`` agents every ``every`` (``90s``, ``1h30m``) or once at ``at``
+    (Unix seconds or ISO 8601): exactly one of them."""
+
+    CMD = "schedule"
+    to: list[str] = attrs.field(metadata=check(sched.targets))
+    body: str = attrs.field(metadata=check(sched.body))
+    every: str | None = attrs.field(default=None, metadata=check(sched.optional_duration))
+    at: str | None = attrs.field(default=None, metadata=check(sched.optional_when))
+    description: str | None = attrs.field(default=None, metadata=check(sched.description))
+
+
+@attrs.frozen(kw_only=True)
+class UnscheduleRequest(HostRequest):
+    """Cancel schedule ``id`` (every target), or only ``target``."""
+
+    CMD = "unschedule"
+    id: int = attrs.field(metadata=check(sched.schedule_id))
+    target: str | None = attrs.field(default=None, metadata=check(checks.optional_agent_name))
+
+
 AnyRequest = (
     ListRequest
     | AgentStatusRequest
@@ -335,6 +370,9 @@ AnyRequest = (
     | CancelQuestionRequest
     | RemindersRequest
     | CancelReminderRequest
+    | SchedulesRequest
+    | ScheduleRequest
+    | UnscheduleRequest
 )
 REQUEST_TYPES: tuple[type[HostRequest], ...] = AnyRequest.__args__
 COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in REQUEST_TYPES)
@@ -497,6 +535,8 @@ class HostResponse:
     """``reminders``: the reminders, earliest due first."""
     alarms: list[AlarmRow] | None = None
     """``alarms``: the raised alarms, crit first, then oldest first."""
+    schedules: list[Schedule] | None = None
+    """``schedules`` (and ``schedule``, ``unschedule``: the one row): scheduled prompts."""
 
 
 OK = HostResponse(ok=True)

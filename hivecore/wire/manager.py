@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import attrs
 
+from hivecore import schedules
 from hivecore.verbs import checks
 from hivecore.verbs.checks import check
 from hivecore.wire.agent import (
@@ -72,6 +73,18 @@ class UpdateRequest(McpRequest):
     name: str = attrs.field(metadata=check(checks.not_manager("update")))
 
 
+@attrs.frozen(kw_only=True)
+class RequestSchedulePromptRequest(McpRequest):
+    """Ask the operator to approve a scheduled prompt (as host.sock's ``schedule``)."""
+
+    CMD = "request_schedule_prompt"
+    to: list[str] = attrs.field(metadata=check(schedules.targets))
+    body: str = attrs.field(metadata=check(schedules.body))
+    every: str | None = attrs.field(default=None, metadata=check(schedules.optional_duration))
+    at: str | None = attrs.field(default=None, metadata=check(schedules.optional_when))
+    description: str | None = attrs.field(default=None, metadata=check(schedules.description))
+
+
 ManagerRequest = (
     SendRequest
     | RecvRequest
@@ -92,6 +105,7 @@ ManagerRequest = (
     | AnswerRequest
     | RemindRequest
     | CountPendingRemindersRequest
+    | RequestSchedulePromptRequest
 )
 MANAGER_COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in ManagerRequest.__args__)
 _WireManagerRequest = ManagerRequest | UnknownRequest

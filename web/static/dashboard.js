@@ -31,6 +31,7 @@ const S = {
   questions: new Map(), // id -> open question (to the operator or between agents)
   questionDraft: new Map(), // id -> the free-text answer being typed (survives re-renders)
   reminders: new Map(), // id -> pending Reminder (QU3U3D R3M1ND3RS)
+  schedules: new Map(), // id -> active or requested Schedule (SCH3DUL3S)
 };
 const MAX_MESSAGES = 200;
 const MAX_INBOX = 50;
@@ -43,6 +44,7 @@ const HANDLED = [
   "question_added", "question_resolved",
   "alarm_raised", "alarm_cleared",
   "reminder_added", "reminder_sent", "reminder_failed", "reminder_removed",
+  "schedule_added", "schedule_fired", "schedule_cancelled",
 ];
 
 // --- DOM helpers (textContent only) ---------------------------------------------------------------
@@ -527,6 +529,40 @@ function renderReminders() {
     : [el("p", { class: "empty", text: "no reminders queued" })]));
 }
 
+// --- SCH3DUL3S ------------------------------------------------------------------------------------
+
+function renderSchedules() {
+  const box = document.getElementById("schedule-rows");
+  const rows = [...S.schedules.values()].sort((a, b) => (a.next_fire_at || 1e18) - (b.next_fire_at || 1e18) || a.id - b.id);
+  document.getElementById("schedules-count").textContent = String(rows.filter((s) => s.state === "active").length);
+  const now = Date.now() / 1000;
+  box.replaceChildren(...(rows.length ? rows.map((s) => el("div", { class: "row schedule", "data-id": s.id },
+    el("div", { class: "row-head" },
+      el("span", { class: "glyph", text: s.interval_seconds ? "↻" : "◷" }),
+      el("span", { class: "name", text: `#${s.id}` }),
+      el("span", { class: "chip", text: s.state }),
+      el("span", { class: "chip", text: s.interval_seconds ? `every ${s.interval_seconds} s` : "once" }),
+      s.next_fire_at && s.state === "active" ? el("span", { class: "chip", title: clock(s.next_fire_at), text: s.next_fire_at > now ? `next in ${ago(s.next_fire_at - now)}` : "due" }) : null,
+      s.description ? el("span", { class: "status-text", text: s.description }) : null),
+    el("div", { class: "description", text: s.body }),
+    ...s.targets.map((t) => el("div", { class: "target", "data-target": t.target },
+      el("span", { class: "name", text: t.target }),
+      el("span", { class: "status-text", text: t.cancelled_at ? "cancelled" : (t.last_result || "not fired yet") }),
+      t.last_fired_at ? el("span", { class: "age", text: `${ago(now - t.last_fired_at)} ago` }) : null,
+      !t.cancelled_at && s.targets.filter((x) => !x.cancelled_at).length > 1
+        ? actionForm(`/unschedule/${s.id}`, "✖", { hidden: { target: t.target }, confirm: `Stop sending schedule ${s.id} to ${t.target}?`, title: `cancel for ${t.target} only` })
+        : null)),
+    el("div", { class: "buttons" },
+      actionForm(`/unschedule/${s.id}`, "✖ UNSCH3DUL3", { confirm: `Cancel schedule ${s.id}?`, cls: "danger" }))))
+    : [el("p", { class: "empty", text: "no schedules" })]));
+}
+
+function applySchedule(ev) {
+  const s = ev.schedule;
+  if (s.state === "active" || s.state === "requested") S.schedules.set(s.id, s); else S.schedules.delete(s.id);
+  renderSchedules();
+}
+
 function applyReminder(ev) {
   switch (ev.kind) {
     case "reminder_added":
@@ -553,7 +589,7 @@ function renderActors() {
 
 function renderAll() {
   renderContainers(); renderApprovals(); renderQuestions(); renderTombstones(); renderMeta(); renderJobs();
-  renderMessages(); renderWarnings(); renderActors(); renderReminders();
+  renderMessages(); renderWarnings(); renderActors(); renderReminders(); renderSchedules();
 }
 
 // --- events ---------------------------------------------------------------------------------------
@@ -620,6 +656,9 @@ function apply(ev) {
     case "reminder_sent":
     case "reminder_failed":
     case "reminder_removed": applyReminder(ev); break;
+    case "schedule_added":
+    case "schedule_fired":
+    case "schedule_cancelled": applySchedule(ev); break;
     case "refetch": reconnect(); break;
     default: break;
   }
@@ -642,6 +681,7 @@ function load(snap) {
   S.warnings = snap.server_warnings || [];
   S.actors = new Map(snap.actors.map((a) => [a.name, a]));
   S.reminders = new Map((snap.reminders || []).map((r) => [r.id, r]));
+  S.schedules = new Map((snap.schedules || []).map((r) => [r.id, r]));
   renderAll();
 }
 
