@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what hivecore needs, only what is missing; quiet and idempotent.
-#   - Debian/Ubuntu as root: git, nix-bin, chromium (and python3-venv if venv is missing) via apt
+#   - Debian/Ubuntu as root: git, nix-bin, nats-server, chromium (and python3-venv if venv is missing) via apt
 #   - a virtualenv in .venv with hivecore installed editable, with its dev extra
 # Usage: .ci/setup.sh [--no-browser]
 set -euo pipefail
@@ -39,6 +39,8 @@ fi
 missing=()
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v nix >/dev/null 2>&1 || missing+=(nix-bin)
+# the swarm's tests start a real JetStream server (tests/nats_server.py); Debian's is 2.9
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 if [ "$want_browser" = 1 ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
 if [ ! -x .venv/bin/python ] && ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing+=(python3-venv)

@@ -15,6 +15,7 @@ from hivecore.alarms import Thresholds
 from hivecore.limits import DEFAULT_AGENT_UID_BASE, validate_agent_uid_base
 from hivecore.names import MANAGER_NAME, child_path, validate_name
 from hivecore.nixconfine import DEFAULT_EVAL_MEMORY, DEFAULT_EVAL_TIMEOUT, EvalLimits
+from hivecore.swarm import SwarmSettings
 from hivecore.unix_listener import resolve_group
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,8 @@ class Config:
     metrics_listen: str | None = None
     """``HOST:PORT`` of a second, unauthenticated ``/metrics`` listener (loopback addresses only:
     :func:`parse_listen`); ``None``: only the dashboard's ``/metrics``, behind its auth."""
+    swarm: SwarmSettings | None = None
+    """``--swarm`` and friends: join a swarm over NATS JetStream (docs/swarm.md); ``None``: alone."""
 
     def __attrs_post_init__(self) -> None:
         validate_agent_uid_base(self.agent_uid_base)

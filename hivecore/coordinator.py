@@ -53,6 +53,7 @@ from hivecore.services.meta_update import MetaUpdates
 from hivecore.services.questions import Questions
 from hivecore.services.usage import Usage
 from hivecore.store import Store
+from hivecore.swarm import OFF, SwarmStatus
 from hivecore.wire.agent import Delivery
 from hivecore.wire.host import EnvKey, LoginState, UsageRow
 
@@ -167,6 +168,13 @@ class Coordinator:
         return self._transients.snapshot() if self._transients is not None else {}
 
     # --- alarms (actors/alarms.py) ----------------------------------------------------------------
+
+    swarm: Any = None
+    """The swarm link (:class:`actors.swarm_link.SwarmLink`) with ``--swarm``, else None."""
+
+    def swarm_status(self) -> SwarmStatus:
+        """This hive's swarm link and every hive it sees (``state`` ``off`` without ``--swarm``)."""
+        return self.swarm.status() if self.swarm is not None else OFF
 
     def alarms(self) -> list[Alarm]:
         """The raised alarms (crit first, then oldest first)."""

@@ -27,6 +27,7 @@ from actors.prompt_scheduler import PromptScheduler
 from actors.rebuild_queue import JobLane
 from actors.reminder_scheduler import ReminderScheduler
 from actors.supervisor import ChildSpec, Supervisor
+from actors.swarm_link import SwarmLink
 from actors.transients import TransientRegistry
 from actors.views import Views
 from actors.webhooks import Webhooks
@@ -118,6 +119,8 @@ class Daemon:
     """The ``--metrics-listen`` listener's URLs once it serves (empty without one)."""
     schedules: PromptScheduler | None = attrs.field(default=None, kw_only=True)
     """The prompt scheduler (SCH3DUL3S: scheduled prompts; its actor fires them)."""
+    swarm: SwarmLink | None = attrs.field(default=None, kw_only=True)
+    """The swarm link (``--swarm``; docs/swarm.md), else None."""
 
     def status_summary(self) -> str:
         """One line for systemd's ``STATUS=`` (cached state only: no await, no I/O)."""
@@ -366,6 +369,9 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         metrics=metrics,
         schedules=schedules,
     )
+    if config.swarm is not None:
+        daemon.swarm = SwarmLink(config.swarm, views, config.paths.root)
+        coordinator.swarm = daemon.swarm
     metrics.attach(daemon)
     if webhooks is not None:
         metrics.set_source("notifications", partial(alarm_metrics.families, webhooks))
@@ -417,6 +423,9 @@ async def main(
             children.append(ChildSpec("reminders", daemon.reminders.run))
         if daemon.schedules is not None:
             children.append(ChildSpec("schedules", daemon.schedules.run))
+        if daemon.swarm is not None:
+            # after the views and the sockets: the local hive serves whatever NATS does
+            children.append(ChildSpec("swarm_link", daemon.swarm.run))
         children.append(ChildSpec("auto_update", partial(auto_update_child, daemon)))
         if config.ensure_manager:
             children.append(ChildSpec("ensure_manager", partial(ensure_manager_child, daemon)))

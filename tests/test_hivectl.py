@@ -54,6 +54,7 @@ from hivecore.wire.host import (
     StartRequest,
     StopRequest,
     SubscribeAgentStatusRequest,
+    SwarmStatusRequest,
     UnscheduleRequest,
     UrlsRequest,
     UsageRequest,
@@ -387,6 +388,7 @@ HIVECTL_REQUESTS: list[tuple[list[str], HostRequest]] = [
         ScheduleRequest(to=["a"], body="hi", at="2026-12-01T12:00:00Z"),
     ),
     (["unschedule", "3", "--target", "a"], UnscheduleRequest(id=3, target="a")),
+    (["swarm"], SwarmStatusRequest()),
     (
         ["env", "a", "K=v=w", "E=", "--unset", "U", "--stdin"],
         AgentEnvRequest(name="a", set={"K": "v=w", "E": "", "S": "from stdin"}, unset=["U"]),

@@ -49,6 +49,7 @@ from hivecore.wire.host import (
     StartRequest,
     StopRequest,
     SubscribeAgentStatusRequest,
+    SwarmStatusRequest,
     UnscheduleRequest,
     Urls,
     UrlsRequest,
@@ -112,6 +113,7 @@ EVERY_REQUEST: list[tuple[bytes, HostRequest]] = [
     (b'{"cmd":"unschedule","id":3,"target":"a"}', UnscheduleRequest(id=3, target="a")),
     (b'{"cmd":"release","name":"a"}', ReleaseRequest(name="a")),
     (b'{"cmd":"alarms"}', AlarmsRequest()),
+    (b'{"cmd":"swarm_status"}', SwarmStatusRequest()),
 ]
 
 

@@ -76,6 +76,9 @@ def blueprint(facade: Any, paths: StatePaths, csrf_for: Callable[[], str | None]
         out["reminders"] = await _reminders(facade)
         out["schedules"] = await _schedules(facade)
         out["server_warnings"] = snap.server_warnings(facade.alarms())
+        # the swarm (actors/swarm_link.py): the link's state and every hive seen ("off": alone)
+        swarm_status = getattr(facade, "swarm_status", None)
+        out["swarm"] = converter.unstructure(swarm_status()) if swarm_status is not None else None
         return out
 
     @bp.get("/api/logs/<name>")

@@ -34,6 +34,7 @@ from hivecore.limits import (
 if TYPE_CHECKING:
     from hivecore.alarms import Thresholds
     from hivecore.config import Config
+    from hivecore.swarm import SwarmSettings
 
 log = logging.getLogger("hive-c0re")
 
@@ -234,6 +235,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="also serve /metrics without auth on this loopback address (127.0.0.1:PORT or "
         "[::1]:PORT; any local process can read it); the dashboard's /metrics needs the token",
     )
+    swarm = serve.add_argument_group("swarm", "join hives on other hosts over NATS JetStream (docs/swarm.md)")
+    swarm.add_argument(
+        "--swarm",
+        metavar="URL",
+        default=None,
+        help="the NATS server (JetStream enabled): nats://HOST:PORT or tls://HOST:PORT; without it "
+        "this hive is alone and nothing below applies",
+    )
+    swarm.add_argument(
+        "--hive-name",
+        default=None,
+        help="this hive's name in the swarm (the agent-name rules; unique: the first hive to join "
+        "with it keeps it, by the identity key in <state-dir>/swarm-identity)",
+    )
+    swarm.add_argument(
+        "--swarm-creds",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a NATS .creds file (user JWT, NKey seed)",
+    )
+    swarm.add_argument(
+        "--swarm-tls-ca",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the CA of the NATS server's certificate",
+    )
+    swarm.add_argument(
+        "--swarm-heartbeat-ttl",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a hive silent this long shows unreachable (default 10; the first hive to create the "
+        "heartbeat bucket sets it for the swarm)",
+    )
     serve.add_argument(
         "--no-ensure-manager",
         dest="ensure_manager",
@@ -324,6 +361,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             parse_listen(args.metrics_listen)
         except ValueError as exc:
             raise HiveError(f"--metrics-listen {exc}") from None
+    swarm = swarm_settings(args)
     env_file = args.agent_env_file.absolute() if args.agent_env_file else None
     if env_file is not None:
         from hivecore.agent_env import load_env_file
@@ -356,6 +394,33 @@ def config_from_args(args: argparse.Namespace) -> Config:
         alarm_interval=args.alarm_interval,
         notify_urls=notify_urls,
         notify_on=notify_on,
+        swarm=swarm,
+    )
+
+
+def swarm_settings(args: argparse.Namespace) -> SwarmSettings | None:
+    """``--swarm`` and friends, checked (:class:`HiveError` naming the flag); None without ``--swarm``."""
+    from hivecore.swarm import SwarmSettings, validate_hive_name
+
+    if args.swarm is None:
+        if args.hive_name or args.swarm_creds or args.swarm_tls_ca:
+            raise HiveError("--hive-name, --swarm-creds and --swarm-tls-ca need --swarm nats://HOST:PORT")
+        return None
+    if not args.hive_name:
+        raise HiveError("--swarm needs --hive-name NAME (this hive's name in the swarm)")
+    try:
+        validate_hive_name(args.hive_name)
+    except HiveError as exc:
+        raise HiveError(f"--hive-name: {exc}") from None
+    for flag, path in (("--swarm-creds", args.swarm_creds), ("--swarm-tls-ca", args.swarm_tls_ca)):
+        if path is not None and not path.is_file():
+            raise HiveError(f"{flag} {path}: no such file")
+    return SwarmSettings(
+        url=args.swarm,
+        hive_name=args.hive_name,
+        creds=args.swarm_creds.absolute() if args.swarm_creds else None,
+        tls_ca=args.swarm_tls_ca.absolute() if args.swarm_tls_ca else None,
+        heartbeat_ttl=args.swarm_heartbeat_ttl,
     )
 
 

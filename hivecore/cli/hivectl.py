@@ -534,6 +534,35 @@ def render_alarms(answer: Response) -> str:
     return table(["LEVEL", "FOR", "ALARM"], cells)
 
 
+def render_swarm(answer: Response) -> str:
+    """``hivectl swarm``: the link's state line, then one row per agent of every hive (a hive without
+    agents gets one row); the far hives' words are escaped by :func:`table`."""
+    status = answer.get("swarm") or {}
+    state = str(status.get("state", "off"))
+    if state == "off":
+        return "not in a swarm (start hive-c0re serve with --swarm nats://HOST:PORT --hive-name NAME)"
+    head = f"hive {escape(str(status.get('hive')))} on {escape(str(status.get('server')))}: {escape(state)}"
+    if status.get("error"):
+        head += f" ({escape(str(status['error']))})"
+    now = time.time()
+    cells = []
+    for h in status.get("hives") or []:
+        seen = h.get("last_seen")
+        where = "reachable" if h.get("reachable") else "unreachable"
+        ago = age(now - seen) if isinstance(seen, (int, float)) else "never"
+        name = str(h.get("name", "?")) + (" (this)" if h.get("local") else "")
+        agents = h.get("agents") or [{}]
+        for a in agents:
+            if not a:
+                cells.append([name, where, ago, "-", "-", "-"])
+                continue
+            st = "failed" if a.get("failed") else "running" if a.get("running") else "stopped"
+            if a.get("pending"):
+                st = str(a["pending"])
+            cells.append([name, where, ago, str(a.get("name", "?")), st, _one_line(a.get("status_text"))])
+    return head + "\n" + table(["HIVE", "REACH", "SEEN", "AGENT", "STATE", "STATUS"], cells)
+
+
 def render_urls(answer: Response) -> str:
     urls = answer.get("urls") or {}
     rows = [[k, str(v)] for k, v in urls.items() if v]
@@ -649,6 +678,8 @@ def run(args: argparse.Namespace) -> int:
             print(render_reminders(answer))
         elif request.cmd in ("schedules", "schedule", "unschedule"):
             print(render_schedules(answer, created=request.cmd == "schedule"))
+        elif request.cmd == "swarm_status":
+            print(render_swarm(answer))
         elif answer.get("message"):  # the daemon says what happened (start: "already running")
             print(escape(str(answer["message"])))
         elif args.done is not None:

@@ -573,6 +573,23 @@ SCHEDULE_BINDINGS: Mapping[str, Binding] = {
 BINDINGS = {**BINDINGS, **SCHEDULE_BINDINGS}
 
 
+# --- the swarm (issue 20) ------------------------------------------------------------------------
+
+
+async def _swarm_status(ctx: Any, r: wh.SwarmStatusRequest) -> Any:
+    return ctx.facade.swarm_status()
+
+
+SWARM_BINDINGS: Mapping[str, Binding] = {
+    "swarm_status": Binding(
+        wh.SwarmStatusRequest,
+        _swarm_status,
+        host=lambda ctx, status: wh.HostResponse(ok=True, swarm=status),
+    ),
+}
+BINDINGS = {**BINDINGS, **SWARM_BINDINGS}
+
+
 def records(surface: spec.Surface) -> dict[type[Request], str]:
     """The request record → row key map of ``surface`` (a server's verb table)."""
     out: dict[type[Request], str] = {}

@@ -928,6 +928,20 @@ SCHEDULES: tuple[Verb, ...] = (
     ),
 )
 VERBS = VERBS + SCHEDULES
+# --- the swarm (issue 20: actors/swarm_link.py, docs/swarm.md) ----------------------------------------
+
+SWARM: tuple[Verb, ...] = (
+    _row(
+        "swarm_status",
+        "Show the swarm this hive joined (--swarm): the link's state (connected, reconnecting, "
+        "refused, or off), and every hive seen with whether it is reachable, when it last "
+        "heartbeated, and its agents' states.",
+        "operator",
+        "host_sock hivectl",
+        commands=(Command("swarm", (), lambda a: {}, help="show the hives of the swarm and their agents"),),
+    ),
+)
+VERBS = VERBS + SWARM
 
 BY_KEY: Mapping[str, Verb] = {v.key: v for v in VERBS}
 

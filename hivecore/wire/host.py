@@ -22,6 +22,7 @@ from hivecore.models import Approval, ContainerView, Question
 from hivecore.reminders import Reminder
 from hivecore.schedules import Schedule
 from hivecore.sockets.framing import MAX_LINE as MAX_LINE
+from hivecore.swarm import SwarmStatus
 from hivecore.verbs import checks
 from hivecore.verbs.checks import check
 from hivecore.wire.converter import configure_tagged, converter
@@ -336,6 +337,13 @@ class UnscheduleRequest(HostRequest):
     target: str | None = attrs.field(default=None, metadata=check(checks.optional_agent_name))
 
 
+@attrs.frozen(kw_only=True)
+class SwarmStatusRequest(HostRequest):
+    """This hive's swarm link and every hive it sees, with their agents (docs/swarm.md)."""
+
+    CMD = "swarm_status"
+
+
 AnyRequest = (
     ListRequest
     | AgentStatusRequest
@@ -373,6 +381,7 @@ AnyRequest = (
     | SchedulesRequest
     | ScheduleRequest
     | UnscheduleRequest
+    | SwarmStatusRequest
 )
 REQUEST_TYPES: tuple[type[HostRequest], ...] = AnyRequest.__args__
 COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in REQUEST_TYPES)
@@ -537,6 +546,8 @@ class HostResponse:
     """``alarms``: the raised alarms, crit first, then oldest first."""
     schedules: list[Schedule] | None = None
     """``schedules`` (and ``schedule``, ``unschedule``: the one row): scheduled prompts."""
+    swarm: SwarmStatus | None = None
+    """``swarm_status``: the link's state and every hive seen (``state`` ``off``: no ``--swarm``)."""
 
 
 OK = HostResponse(ok=True)

@@ -1,0 +1,375 @@
+"""The swarm link: this hive's one connection to NATS JetStream (docs/swarm.md).
+
+It claims the hive name (``hive_claims``: created once, kept; the same identity key rejoins, another
+is refused), writes a heartbeat into ``hive_heartbeats`` (a bucket whose TTL expires it) every third
+of the TTL, mirrors every agent row of the views actor into ``hive_agents`` (observed like
+:mod:`actors.agent_sockets` does: the callback only marks the name dirty), and watches all three
+buckets to keep its picture of the swarm, which :meth:`SwarmLink.status` reports.
+
+``nats-py`` is asyncio: it runs in one thread with its own loop (:mod:`hivecore.aiobridge`); watch
+updates and connection events cross to trio on an unbounded memory channel. The link never raises
+for NATS trouble: a connection that fails or drops is retried with backoff (state ``reconnecting``)
+and a name claimed by another hive leaves the link ``refused`` with the reason; the local hive serves
+on either way. A reconnect starts a fresh session: claim, re-publish every row, re-watch (a fresh
+watch replays each key's last value, so the picture resyncs).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import ssl
+import time
+from collections.abc import Callable, Coroutine
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from actors.views import RowsApplied, Views
+from hivecore import swarm as sw
+from hivecore.aiobridge import AsyncioThread, asyncio_thread
+from hivecore.errors import HiveError
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 10.0
+CALL_TIMEOUT = 5.0
+"""Seconds one NATS call (a put, a create) may take before the session is restarted."""
+
+
+class _Restart(Exception):
+    """The connection came back (or closed): start a fresh session."""
+
+
+class SwarmLink:
+    """Construct with the settings and the views, then supervise :meth:`run`."""
+
+    def __init__(
+        self,
+        settings: sw.SwarmSettings,
+        views: Views,
+        state_root: Path,
+        *,
+        host: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.me = settings.hive_name
+        self._views = views
+        self._state_root = state_root
+        self._host = host or socket.gethostname()
+        self.state: sw.LinkState = "connecting"
+        self.error: str | None = None
+        self.ttl = settings.heartbeat_ttl
+        """The heartbeat bucket's TTL as the server has it (the bucket's creator chose it)."""
+        self._claims: set[str] = set()
+        self._beats: dict[str, tuple[float, float]] = {}
+        self._agents: dict[str, dict[str, sw.SwarmAgent]] = {}
+        self._published: dict[str, sw.SwarmAgent] = {}
+        self._dirty: set[str] = set()
+        self._dirty_event = trio.Event()
+        self._changed = trio.Event()
+        self._synced: dict[str, trio.Event] = {}
+        self.sessions = 0
+        """How many sessions (connections) were started (tests, the docs' failure story)."""
+        views.observe(self._observe)
+
+    # --- what other parts read -------------------------------------------------------------------
+
+    def status(self) -> sw.SwarmStatus:
+        """The link's state and every hive seen (cached; no I/O)."""
+        hives = sw.status_rows(
+            self.me, self._beats, self._agents, self._claims, trio.current_time(), self.ttl
+        )
+        return sw.SwarmStatus(
+            state=self.state,
+            hive=self.me,
+            server=self.settings.url,
+            error=self.error,
+            heartbeat_ttl=self.ttl,
+            hives=hives,
+        )
+
+    async def wait_for(self, predicate: Callable[[SwarmLink], bool]) -> None:
+        """Return once ``predicate(self)`` holds; checked after every update received (tests)."""
+        while not predicate(self):
+            await self._changed.wait()
+
+    def _changed_now(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _observe(self, applied: RowsApplied) -> None:
+        self._dirty.update(applied.changes)
+        self._dirty_event.set()
+
+    # --- the actor -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started(self)
+        try:
+            identity = await trio.to_thread.run_sync(sw.load_identity, self._state_root)
+        except (HiveError, OSError) as exc:
+            self._refuse(str(exc))
+            await trio.sleep_forever()
+        async with asyncio_thread("swarm-nats") as bridge:
+            backoff = 0.5
+            while True:
+                started = trio.current_time()
+                try:
+                    await self._session(bridge, identity)
+                except sw.SwarmRefused as exc:
+                    self._refuse(str(exc))
+                    await trio.sleep_forever()
+                except _Restart:
+                    backoff = 0.5
+                    continue
+                except Exception as exc:
+                    self.state = "reconnecting"
+                    self.error = _describe(exc)
+                    self._changed_now()
+                    log.warning("swarm: %s; retrying in %.1fs", self.error, backoff)
+                if trio.current_time() - started > 30:
+                    backoff = 0.5
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _refuse(self, reason: str) -> None:
+        self.state = "refused"
+        self.error = reason
+        self._changed_now()
+        log.error("swarm: %s", reason)
+
+    async def _session(self, bridge: AsyncioThread, identity: str) -> None:
+        import nats
+
+        send, receive = trio.open_memory_channel[tuple[Any, ...]](math.inf)
+        post = bridge.to_trio(send.send_nowait)
+
+        async def disconnected() -> None:
+            post(("disconnected",))
+
+        async def reconnected() -> None:
+            post(("reconnected",))
+
+        async def closed() -> None:
+            post(("closed",))
+
+        async def error(exc: Exception) -> None:
+            post(("error", _describe(exc)))
+
+        tls = None
+        if self.settings.tls_ca is not None:
+            tls = ssl.create_default_context(cafile=str(self.settings.tls_ca))
+        self.sessions += 1
+        with trio.fail_after(CALL_TIMEOUT * 2):
+            nc = await bridge.call(
+                lambda: nats.connect(
+                    servers=[self.settings.url],
+                    name=f"hive-c0re {self.me}",
+                    user_credentials=str(self.settings.creds) if self.settings.creds else None,
+                    tls=tls,
+                    connect_timeout=CALL_TIMEOUT,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    disconnected_cb=disconnected,
+                    reconnected_cb=reconnected,
+                    closed_cb=closed,
+                    error_cb=error,
+                )
+            )
+        pumps: list[Any] = []
+        try:
+            js = nc.jetstream(timeout=CALL_TIMEOUT)
+            claims = await self._call(bridge, lambda: _bucket(js, sw.CLAIMS_BUCKET, None))
+            beats = await self._call(
+                bridge, lambda: _bucket(js, sw.HEARTBEATS_BUCKET, self.settings.heartbeat_ttl)
+            )
+            agents = await self._call(bridge, lambda: _bucket(js, sw.AGENTS_BUCKET, None))
+            self.ttl = await self._call(bridge, lambda: _ttl(beats, self.settings.heartbeat_ttl))
+            await self._claim(bridge, claims, identity)
+            await self._beat(bridge, beats)
+            synced = {
+                name: trio.Event() for name in (sw.CLAIMS_BUCKET, sw.HEARTBEATS_BUCKET, sw.AGENTS_BUCKET)
+            }
+            self._synced = synced
+            pumps.extend(
+                [await self._call(bridge, partial(_watch, kv, post)) for kv in (claims, beats, agents)]
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive, receive, synced)
+                await synced[sw.AGENTS_BUCKET].wait()
+                await self._reconcile(bridge, agents)
+                self.state = "connected"
+                self.error = None
+                self._changed_now()
+                log.info("swarm: %s joined %s (heartbeat TTL %gs)", self.me, self.settings.url, self.ttl)
+                nursery.start_soon(self._heartbeats, bridge, beats)
+                nursery.start_soon(self._publisher, bridge, agents)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await bridge.call(lambda: _close(nc, pumps))
+
+    async def _call(self, bridge: AsyncioThread, fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        with trio.fail_after(CALL_TIMEOUT * 2):
+            return await bridge.call(fn)
+
+    async def _claim(self, bridge: AsyncioThread, claims: Any, identity: str) -> None:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        mine = sw.Claim(identity=identity, host=self._host, claimed_at=time.time())
+        try:
+            await self._call(bridge, lambda: claims.create(self.me, sw.encode(mine)))
+            log.info("swarm: claimed the hive name %s", self.me)
+            return
+        except KeyWrongLastSequenceError:
+            pass
+        entry = await self._call(bridge, lambda: claims.get(self.me))
+        held = sw.decode(entry.value or b"", sw.Claim)
+        if held is None or held.identity != identity:
+            who = (
+                f"host {held.host!r}, since {time.ctime(held.claimed_at)}" if held else "an unreadable claim"
+            )
+            raise sw.SwarmRefused(
+                f"the hive name {self.me!r} is claimed in this swarm by another hive ({who}); pick another "
+                f"--hive-name, or if that hive is gone for good remove its claim (docs/swarm.md)"
+            )
+
+    async def _beat(self, bridge: AsyncioThread, beats: Any) -> None:
+        beat = sw.Heartbeat(at=time.time(), agents=len(self._views.rows()))
+        await self._call(bridge, lambda: beats.put(self.me, sw.encode(beat)))
+
+    async def _heartbeats(self, bridge: AsyncioThread, beats: Any) -> None:
+        while True:
+            await trio.sleep(self.ttl / 3)
+            await self._beat(bridge, beats)
+
+    async def _reconcile(self, bridge: AsyncioThread, agents: Any) -> None:
+        """After a (re)join: delete our keys of agents that are gone, publish every row afresh."""
+        rows = self._views.rows()
+        for name in sorted(set(self._agents.get(self.me, {})) - set(rows)):
+            await self._call(bridge, partial(agents.delete, sw.agent_key(self.me, name)))
+        self._published.clear()
+        self._dirty.update(rows)
+        self._dirty_event.set()
+
+    async def _publisher(self, bridge: AsyncioThread, agents: Any) -> None:
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event = trio.Event()
+            names, self._dirty = sorted(self._dirty), set()
+            for name in names:
+                view = self._views.row(name)
+                key = sw.agent_key(self.me, name)
+                if view is None:
+                    if self._published.pop(name, None) is not None or name in self._agents.get(self.me, {}):
+                        await self._call(bridge, partial(agents.delete, key))
+                    continue
+                row = sw.agent_row(view)
+                if self._published.get(name) == row:
+                    continue
+                await self._call(bridge, partial(agents.put, key, sw.encode(row)))
+                self._published[name] = row
+
+    async def _receive(
+        self, receive: trio.MemoryReceiveChannel[tuple[Any, ...]], synced: dict[str, trio.Event]
+    ) -> None:
+        async for event in receive:
+            kind = event[0]
+            if kind == "entry":
+                self._apply(event[1], event[2])
+            elif kind == "synced":
+                synced[event[1]].set()
+            elif kind == "disconnected":
+                self.state = "reconnecting"
+                self.error = "disconnected from NATS"
+                log.warning("swarm: disconnected from %s; reconnecting", self.settings.url)
+            elif kind in ("reconnected", "closed"):
+                raise _Restart(kind)
+            elif kind == "error":
+                self.error = event[1]
+            self._changed_now()
+
+    def _apply(self, bucket: str, entry: Any) -> None:
+        deleted = entry.operation in ("DEL", "PURGE")
+        value = entry.value or b""
+        if len(value) > sw.MAX_VALUE_BYTES:
+            return
+        if bucket == sw.CLAIMS_BUCKET:
+            if sw.split_agent_key(f"{entry.key}.x") is None:
+                return
+            (self._claims.discard if deleted else self._claims.add)(entry.key)
+        elif bucket == sw.HEARTBEATS_BUCKET:
+            beat = None if deleted else sw.decode(value, sw.Heartbeat)
+            if beat is None or sw.split_agent_key(f"{entry.key}.x") is None:
+                return
+            now = trio.current_time()
+            # a value from the watch's replay counts from when it was written (at most a TTL ago)
+            replayed = not self._synced[bucket].is_set()
+            age = min(max(0.0, time.time() - beat.at), self.ttl + 1) if replayed else 0.0
+            self._beats[entry.key] = (beat.at, now - age)
+        elif bucket == sw.AGENTS_BUCKET:
+            parts = sw.split_agent_key(entry.key)
+            if parts is None:
+                return
+            hive, agent = parts
+            if deleted:
+                self._agents.get(hive, {}).pop(agent, None)
+                return
+            row = sw.decode(value, sw.SwarmAgent)
+            if row is not None and row.name == agent:
+                self._agents.setdefault(hive, {})[agent] = row
+
+
+# --- the asyncio side (runs on the bridge's loop) -----------------------------------------------------
+
+
+async def _bucket(js: Any, name: str, ttl: float | None) -> Any:
+    from nats.js.errors import BucketNotFoundError
+
+    try:
+        return await js.key_value(name)
+    except BucketNotFoundError:
+        return await js.create_key_value(bucket=name, history=1, ttl=ttl)
+
+
+async def _ttl(kv: Any, default: float) -> float:
+    status = await kv.status()
+    ttl = status.stream_info.config.max_age
+    return float(ttl) if ttl else default
+
+
+async def _close(nc: Any, pumps: list[Any]) -> None:
+    for task in pumps:
+        task.cancel()
+    await nc.close()
+
+
+async def _watch(kv: Any, post: Callable[..., None]) -> Any:
+    """Start a watch of every key of ``kv``; its updates go to ``post`` from an asyncio task (returned)."""
+    import asyncio
+
+    watcher = await kv.watchall()
+    bucket = kv._name
+
+    async def pump() -> None:
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    post(("synced", bucket))
+                else:
+                    post(("entry", bucket, entry))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            post(("error", _describe(exc)))
+
+    return asyncio.get_running_loop().create_task(pump())
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,267 @@
+"""The swarm's pure half (docs/swarm.md): hive names, the identity key, the key-value layout, the
+records each hive writes, and who is reachable. No I/O beyond the identity file; no NATS import
+(:mod:`actors.swarm_link` is the actor that talks to NATS).
+
+Key-value buckets (JetStream; one value per key, history 1):
+
+=====================  =======================  ==============================================
+bucket                 key                      value
+=====================  =======================  ==============================================
+``hive_claims``        ``<hive>``               :class:`Claim` (no TTL: a name stays claimed)
+``hive_heartbeats``    ``<hive>``               :class:`Heartbeat` (bucket TTL = heartbeat TTL)
+``hive_agents``        ``<hive>.<agent>``       :class:`SwarmAgent` (deleted with the agent)
+=====================  =======================  ==============================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import attrs
+
+from hivecore.errors import HiveError, InvalidName
+from hivecore.names import CONTAINER_PREFIX, MAX_AGENT_NAME
+from hivecore.wire.converter import converter
+
+CLAIMS_BUCKET = "hive_claims"
+HEARTBEATS_BUCKET = "hive_heartbeats"
+AGENTS_BUCKET = "hive_agents"
+DEFAULT_HEARTBEAT_TTL = 10.0
+"""Seconds a hive stays reachable after its last heartbeat (the heartbeat bucket's TTL)."""
+MIN_HEARTBEAT_TTL = 1.0
+IDENTITY_FILE = "swarm-identity"
+"""``<state>/swarm-identity``: this hive's secret (0600); its SHA-256 is what the claim shows."""
+
+LinkState = Literal["off", "connecting", "connected", "reconnecting", "refused"]
+
+_HIVE_RE = re.compile(r"[a-z][a-z0-9-]{0,8}")
+
+
+class SwarmRefused(HiveError):
+    """The swarm refused this hive (its name is claimed by another hive)."""
+
+
+def validate_hive_name(name: object) -> str:
+    """``name`` if it is a valid hive name (the agent-name rules: a lowercase letter, then up to 8 of
+    ``a-z 0-9 -``, not starting ``h-``), else :class:`InvalidName`."""
+    if not isinstance(name, str) or not _HIVE_RE.fullmatch(name):
+        shown = repr(name)[:42]
+        raise InvalidName(
+            f"invalid hive name {shown}: use 1-{MAX_AGENT_NAME} characters, a lowercase letter followed "
+            "by lowercase letters, digits or '-'"
+        )
+    if name.startswith(CONTAINER_PREFIX):
+        raise InvalidName(f"invalid hive name {name!r}: it must not start with {CONTAINER_PREFIX!r}")
+    return name
+
+
+def validate_server_url(url: str) -> str:
+    """``nats://HOST:PORT`` or ``tls://HOST:PORT`` (no credentials in it: use ``--swarm-creds``),
+    else :class:`HiveError` naming the problem."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise HiveError(f"--swarm {url!r}: {exc}") from None
+    if parts.scheme not in ("nats", "tls") or not parts.hostname or port is None:
+        raise HiveError(f"--swarm {url!r} is not nats://HOST:PORT (or tls://HOST:PORT)")
+    if parts.username or parts.password:
+        raise HiveError("--swarm: put no credentials in the URL (they show in ps); use --swarm-creds FILE")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise HiveError(f"--swarm {url!r}: only nats://HOST:PORT, nothing after the port")
+    return url
+
+
+@attrs.frozen(kw_only=True)
+class SwarmSettings:
+    """``--swarm`` and friends (``None`` on the Config: not in a swarm)."""
+
+    url: str = attrs.field(validator=lambda _i, _a, v: validate_server_url(v))
+    hive_name: str = attrs.field(validator=lambda _i, _a, v: validate_hive_name(v))
+    creds: Path | None = None
+    """A NATS ``.creds`` file (user JWT and NKey seed)."""
+    tls_ca: Path | None = None
+    """The CA that signed the NATS server's certificate (then the connection is TLS)."""
+    heartbeat_ttl: float = DEFAULT_HEARTBEAT_TTL
+
+    def __attrs_post_init__(self) -> None:
+        if not self.heartbeat_ttl >= MIN_HEARTBEAT_TTL:
+            raise HiveError(f"--swarm-heartbeat-ttl must be at least {MIN_HEARTBEAT_TTL:g} seconds")
+
+
+# --- identity ----------------------------------------------------------------------------------------
+
+
+def load_identity(state_root: Path) -> str:
+    """This hive's identity fingerprint: SHA-256 (hex) of ``<state>/swarm-identity``, which is created
+    (32 random bytes, hex, 0600) on first use. Blocking. A file that is not ours to trust (a symlink,
+    unreadable, malformed) is :class:`HiveError`."""
+    path = state_root / IDENTITY_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        secret = secrets.token_hex(32)
+        tmp = path.with_name(f".{IDENTITY_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return fingerprint(secret)
+    except OSError as exc:
+        raise HiveError(f"cannot read the swarm identity {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd) as f:
+        secret = f.read(256).strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", secret):
+        raise HiveError(f"the swarm identity {path} is malformed; restore it from a backup")
+    return fingerprint(secret)
+
+
+def fingerprint(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# --- records ------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Claim:
+    """Who holds a hive name: the SHA-256 of its identity key, the host it joined from, when."""
+
+    identity: str
+    host: str
+    claimed_at: float
+
+
+@attrs.frozen(kw_only=True)
+class Heartbeat:
+    at: float
+    """Wall-clock Unix seconds when the hive wrote it."""
+    agents: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class SwarmAgent:
+    """One agent's row as other hives see it (a subset of the dashboard row)."""
+
+    name: str
+    is_manager: bool = False
+    running: bool = False
+    failed: bool = False
+    paused: bool = False
+    pending: str | None = None
+    stuck: str | None = None
+    status_text: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SwarmHive:
+    name: str
+    reachable: bool
+    last_seen: float | None = None
+    """Wall-clock Unix seconds of its newest heartbeat seen (None: none seen since we joined)."""
+    local: bool = False
+    """This hive."""
+    agents: list[SwarmAgent] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
+class SwarmStatus:
+    """``swarm_status``: this hive's link and every hive it sees (``state`` ``off``: no ``--swarm``)."""
+
+    state: LinkState
+    hive: str | None = None
+    server: str | None = None
+    error: str | None = None
+    heartbeat_ttl: float | None = None
+    hives: list[SwarmHive] = attrs.field(factory=list)
+
+
+OFF = SwarmStatus(state="off")
+
+
+def agent_key(hive: str, agent: str) -> str:
+    return f"{hive}.{agent}"
+
+
+def split_agent_key(key: str) -> tuple[str, str] | None:
+    """``(hive, agent)`` of a valid ``hive_agents`` key, else None (a foreign key is ignored)."""
+    hive, sep, agent = key.partition(".")
+    if not sep:
+        return None
+    try:
+        return validate_hive_name(hive), validate_hive_name(agent)  # agent names follow the same rules
+    except InvalidName:
+        return None
+
+
+def agent_row(view: Any) -> SwarmAgent:
+    """The shared subset of a :class:`~hivecore.models.ContainerView`."""
+    return SwarmAgent(
+        name=view.name,
+        is_manager=view.is_manager,
+        running=view.running,
+        failed=view.failed,
+        paused=view.paused,
+        pending=view.pending,
+        stuck=view.stuck,
+        status_text=view.status_text,
+    )
+
+
+def encode(record: object) -> bytes:
+    return json.dumps(converter.unstructure(record), separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(data: bytes, cls: type[Any]) -> Any | None:
+    """``data`` as ``cls``, or None when another hive wrote something malformed (ignored, never fatal)."""
+    try:
+        return converter.structure(json.loads(data), cls)
+    except Exception:
+        return None
+
+
+MAX_VALUE_BYTES = 8192
+"""A value larger than this from another hive is ignored (a row is a few hundred bytes)."""
+
+
+def reachable(last_seen_local: float | None, now_local: float, ttl: float) -> bool:
+    """A hive is reachable while its newest heartbeat was received less than ``ttl`` seconds ago."""
+    return last_seen_local is not None and now_local - last_seen_local <= ttl
+
+
+def status_rows(
+    me: str,
+    heartbeats: Mapping[str, tuple[float, float]],
+    agents: Mapping[str, Mapping[str, SwarmAgent]],
+    claimed: Iterable[str],
+    now_local: float,
+    ttl: float,
+) -> list[SwarmHive]:
+    """Every hive known (claimed, heartbeating or with rows), this one first, then by name.
+
+    ``heartbeats``: hive → (wall-clock ``at`` of its newest heartbeat, local monotonic time received)."""
+    names = set(claimed) | set(heartbeats) | set(agents)
+    out = []
+    for name in sorted(names, key=lambda n: (n != me, n)):
+        beat = heartbeats.get(name)
+        rows = agents.get(name, {})
+        out.append(
+            SwarmHive(
+                name=name,
+                reachable=reachable(beat[1] if beat else None, now_local, ttl),
+                last_seen=beat[0] if beat else None,
+                local=name == me,
+                agents=[rows[a] for a in sorted(rows)],
+            )
+        )
+    return out

@@ -1,0 +1,200 @@
+"""The swarm link against a real ``nats-server -js``: joining, the name claim, presence through the
+key-value buckets, and a NATS outage that the local side survives. The views are a small stand-in
+(rows set by the test, observers called as the views actor calls them); the processes test with two
+real ``hive-c0re serve`` is tests/test_swarm_serve.py."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from actors.swarm_link import SwarmLink
+from actors.views import RowsApplied
+from hivecore import swarm as sw
+from hivecore.aiobridge import asyncio_thread
+from hivecore.errors import HiveError, InvalidName
+from hivecore.models import ContainerView
+from tests.nats_server import NatsServer
+from tests.waiting import eventually
+
+
+class RowsStandIn:
+    """The part of :class:`actors.views.Views` the link reads."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, ContainerView] = {}
+        self._observers: list[Callable[[RowsApplied], None]] = []
+
+    def rows(self) -> dict[str, ContainerView]:
+        return dict(self._rows)
+
+    def row(self, name: str) -> ContainerView | None:
+        return self._rows.get(name)
+
+    def observe(self, fn: Callable[[RowsApplied], None]) -> None:
+        self._observers.append(fn)
+
+    def set(self, name: str, view: ContainerView | None) -> None:
+        old = self._rows.get(name)
+        if view is None:
+            self._rows.pop(name, None)
+        else:
+            self._rows[name] = view
+        for fn in self._observers:
+            fn(RowsApplied({name: (old, view)}))
+
+
+@pytest.fixture
+def roots() -> Iterator[Callable[[], Path]]:
+    made: list[Path] = []
+
+    def make() -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix="sw", dir="/tmp")))
+        return made[-1]
+
+    yield make
+    for p in made:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def hive(server: NatsServer, name: str, root: Path, ttl: float = 2.0) -> tuple[SwarmLink, RowsStandIn]:
+    views = RowsStandIn()
+    settings = sw.SwarmSettings(url=server.url, hive_name=name, heartbeat_ttl=ttl)
+    return SwarmLink(settings, views, root), views  # type: ignore[arg-type]
+
+
+def hive_of(link: SwarmLink, name: str) -> sw.SwarmHive | None:
+    return next((h for h in link.status().hives if h.name == name), None)
+
+
+async def running(nursery: trio.Nursery, link: SwarmLink) -> trio.CancelScope:
+    scope = trio.CancelScope()
+
+    async def run(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await link.run(task_status=task_status)
+
+    await nursery.start(run)
+    return scope
+
+
+async def test_two_hives_see_each_others_agents_and_a_stopped_hive_turns_unreachable(
+    nats_server: NatsServer, roots: Callable[[], Path]
+) -> None:
+    a, _ = hive(nats_server, "alpha", roots())
+    b, b_views = hive(nats_server, "beta", roots())
+    b_views.set("coder", ContainerView(name="coder", container="h-coder", running=True))
+    async with trio.open_nursery() as nursery:
+        await running(nursery, a)
+        b_scope = await running(nursery, b)
+        await eventually(lambda: a.state == "connected" and b.state == "connected", 20)
+        await eventually(lambda: (h := hive_of(a, "beta")) is not None and h.reachable and h.agents, 5)
+        beta = hive_of(a, "beta")
+        assert beta is not None
+        assert [(r.name, r.running) for r in beta.agents] == [("coder", True)]
+        # a row change reaches the other hive; a removed agent is removed there
+        b_views.set("coder", ContainerView(name="coder", container="h-coder", running=False))
+        await eventually(lambda: not hive_of(a, "beta").agents[0].running, 5)  # type: ignore[union-attr]
+        b_views.set("writer", ContainerView(name="writer", container="h-writer"))
+        b_views.set("coder", None)
+        await eventually(lambda: [r.name for r in hive_of(a, "beta").agents] == ["writer"], 5)  # type: ignore[union-attr]
+        # b stops heartbeating: a shows it unreachable within the TTL (2 s here), its rows kept
+        b_scope.cancel()
+        with trio.fail_after(2.0 + 1.5):
+            await eventually(lambda: not hive_of(a, "beta").reachable, 10, interval=0.05)  # type: ignore[union-attr]
+        assert hive_of(a, "alpha").reachable  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_name_claimed_by_another_identity_is_refused_and_the_same_identity_rejoins(
+    nats_server: NatsServer, roots: Callable[[], Path]
+) -> None:
+    b_root = roots()
+    b, _ = hive(nats_server, "beta", b_root)
+    async with trio.open_nursery() as nursery:
+        scope = await running(nursery, b)
+        await eventually(lambda: b.state == "connected", 20)
+        # another host (another state dir: another identity key) claims the same name
+        impostor, _ = hive(nats_server, "beta", roots())
+        await running(nursery, impostor)
+        await eventually(lambda: impostor.state == "refused", 20)
+        assert impostor.error is not None
+        assert "'beta' is claimed" in impostor.error
+        scope.cancel()
+        # the same hive (its state dir) comes back before its heartbeat expired: it rejoins
+        again, _ = hive(nats_server, "beta", b_root)
+        await running(nursery, again)
+        await eventually(lambda: again.state == "connected", 20)
+        assert impostor.state == "refused"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_nats_outage_leaves_the_link_reconnecting_and_it_resyncs_when_nats_returns(
+    nats_server: NatsServer, roots: Callable[[], Path]
+) -> None:
+    a, a_views = hive(nats_server, "alpha", roots())
+    b, b_views = hive(nats_server, "beta", roots())
+    async with trio.open_nursery() as nursery:
+        await running(nursery, a)
+        await running(nursery, b)
+        await eventually(lambda: a.state == "connected" and b.state == "connected", 20)
+        await trio.to_thread.run_sync(nats_server.kill)
+        await eventually(lambda: a.state == "reconnecting" and b.state == "reconnecting", 20)
+        # the local side goes on: rows still change, the status still answers
+        b_views.set("late", ContainerView(name="late", container="h-late"))
+        a_views.set("coder", ContainerView(name="coder", container="h-coder"))
+        assert a.status().state == "reconnecting"
+        await trio.to_thread.run_sync(nats_server.start)
+        await eventually(lambda: a.state == "connected" and b.state == "connected", 30)
+        await eventually(lambda: [r.name for r in hive_of(a, "beta").agents] == ["late"], 10)  # type: ignore[union-attr]
+        await eventually(lambda: [r.name for r in hive_of(b, "alpha").agents] == ["coder"], 10)  # type: ignore[union-attr]
+        assert a.sessions >= 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_hive_names_and_server_urls_are_validated() -> None:
+    for bad in ("", "Beta", "h-x", "a.b", "toolongname", "x/y", 3):
+        with pytest.raises(InvalidName):
+            sw.validate_hive_name(bad)
+    for url in ("http://x:1", "nats://x", "nats://u:p@x:4222", "nats://x:4222/path"):
+        with pytest.raises(HiveError):
+            sw.validate_server_url(url)
+    assert sw.validate_server_url("nats://10.0.0.2:4222") == "nats://10.0.0.2:4222"
+
+
+async def test_the_bridge_runs_coroutines_and_cancels_them() -> None:
+    import asyncio
+
+    async with asyncio_thread("t") as bridge:
+
+        async def add(x: int) -> int:
+            await asyncio.sleep(0)
+            return x + 1
+
+        assert await bridge.call(lambda: add(1)) == 2
+        started = asyncio.Event()
+        cancelled: list[bool] = []
+
+        async def forever() -> None:
+            started.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        with trio.move_on_after(0.2):
+            await bridge.call(forever)
+        await eventually(lambda: cancelled == [True], 5)
+
+        async def boom() -> None:
+            raise KeyError("x")
+
+        with pytest.raises(KeyError):
+            await bridge.call(boom)
