@@ -42,6 +42,7 @@ let
     "--alarm-approval-age" (toString cfg.alarmApprovalAgeHours)
   ]
   ++ builtins.concatMap (url: [ "--notify-url" url ]) cfg.notifyUrls
+  ++ optionals (cfg.notifyUrlFile != null) [ "--notify-url-file" cfg.notifyUrlFile ]
   ++ optionals (cfg.notifyOn != null) [ "--notify-on" (builtins.concatStringsSep "," cfg.notifyOn) ]
   ++ optionals (cfg.hyperhiveFlake != null) [ "--hyperhive-flake" cfg.hyperhiveFlake ]
   ++ optionals (cfg.domain != null) [ "--domain" cfg.domain ]
@@ -200,6 +201,17 @@ in
         Where notifications are POSTed (docs/operations.md, Notifications): http(s)://… gets a JSON
         document, ntfy+http(s)://HOST/TOPIC a plain-text line. The URLs end up in the unit file in
         the world-readable store: a URL carrying a secret token is readable by every local user.
+      '';
+    };
+
+    notifyUrlFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/etc/hyperhive/notify-urls";
+      description = ''
+        A file of notification URLs, one a line (for URLs that carry a secret token): a path as a
+        string, never a Nix path (that would copy it into the world-readable store). Mode 0600,
+        owned by root; the daemon refuses to start otherwise.
       '';
     };
 

@@ -112,6 +112,54 @@ def _shown(parts: urllib.parse.SplitResult) -> str:
     return f"{parts.scheme or '?'}://{host}{port}/…"
 
 
+MAX_URL_FILE = 64 * 1024
+
+
+def read_url_file(path: str) -> list[str]:
+    """The URLs of ``--notify-url-file`` (one a line; blank lines and ``#`` comments skipped), each
+    checked by :func:`parse_endpoint`. The file holds secrets: it must be a regular file (no link
+    followed), root's or the daemon's, and readable by nobody else (:class:`BadInput` says why not).
+    Blocking (the daemon reads it once, at start)."""
+    import errno
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        why = "it is a symlink (give the real path)" if exc.errno == errno.ELOOP else exc.strerror
+        raise BadInput(f"--notify-url-file {path}: cannot open it: {why}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInput(f"--notify-url-file {path}: not a regular file")
+        if st.st_uid not in (0, os.geteuid()):
+            raise BadInput(
+                f"--notify-url-file {path}: owned by uid {st.st_uid}; it must be root's or the daemon's"
+            )
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            raise BadInput(
+                f"--notify-url-file {path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read it; "
+                f"it holds secrets: chmod 600 {path}"
+            )
+        data = os.read(fd, MAX_URL_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_URL_FILE:
+        raise BadInput(f"--notify-url-file {path}: larger than {MAX_URL_FILE} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"--notify-url-file {path}: not UTF-8 text") from None
+    urls = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    for n, url in enumerate(urls, 1):
+        try:
+            parse_endpoint(url)
+        except BadInput as exc:
+            raise BadInput(f"--notify-url-file {path}, URL {n}: {exc}") from None
+    return urls
+
+
 def parse_kinds(raw: Iterable[str]) -> frozenset[str]:
     """``--notify-on`` values (each comma-separated) as a set of :data:`KINDS` (:class:`BadInput`)."""
     kinds = {k.strip() for item in raw for k in item.split(",") if k.strip()}

@@ -168,6 +168,7 @@ def intended_argv(package: Path, settings: dict[str, Any]) -> list[str]:
         "extraArgs": [],
         "notifyUrls": [],
         "notifyOn": None,
+        "notifyUrlFile": None,
         **settings,
     }
     argv = [
@@ -189,6 +190,8 @@ def intended_argv(package: Path, settings: dict[str, Any]) -> list[str]:
     argv += ["--alarm-approval-age", "24"]
     for url in s["notifyUrls"]:
         argv += ["--notify-url", url]
+    if s["notifyUrlFile"] is not None:
+        argv += ["--notify-url-file", s["notifyUrlFile"]]
     if s["notifyOn"] is not None:
         argv += ["--notify-on", ",".join(s["notifyOn"])]
     if s["hyperhiveFlake"] is not None:

@@ -355,3 +355,39 @@ async def test_the_daemon_notifies_and_a_failing_endpoint_is_an_alarm(state_dir:
         daemon.alarm_watch.request_pass()
         await eventually(lambda: notify_alarms() == [], what="notify alarm cleared")
         nursery.cancel_scope.cancel()
+
+
+def test_notify_url_file(tmp_path: Any) -> None:
+    import os
+
+    from hivecore.cli.daemon import build_parser, config_from_args
+    from hivecore.errors import HiveError
+
+    def config(*flags: str) -> Any:
+        return config_from_args(build_parser().parse_args(["serve", "--runtime", "process", *flags]))
+
+    urls = tmp_path / "urls"
+    urls.write_text("# the team's topic\nntfy+https://n.example/t?auth=SECRET\n\nhttps://h.example/x\n")
+    urls.chmod(0o600)
+    c = config("--notify-url", "http://a.example/", "--notify-url-file", str(urls))
+    assert c.notify_urls == (
+        "http://a.example/",
+        "ntfy+https://n.example/t?auth=SECRET",
+        "https://h.example/x",
+    )
+    urls.chmod(0o640)  # others may read it: refused, and the message names the fix
+    with pytest.raises(HiveError, match="chmod 600"):
+        config("--notify-url-file", str(urls))
+    urls.chmod(0o600)
+    link = tmp_path / "link"
+    os.symlink(urls, link)
+    with pytest.raises(HiveError, match="symlink"):
+        config("--notify-url-file", str(link))
+    bad = tmp_path / "bad"
+    bad.write_text("https://ok.example/\nsmtp://mail.example/?pw=SECRET\n")
+    bad.chmod(0o600)
+    with pytest.raises(HiveError, match="URL 2") as caught:
+        config("--notify-url-file", str(bad))
+    assert "SECRET" not in str(caught.value)
+    with pytest.raises(HiveError, match="cannot open"):
+        config("--notify-url-file", str(tmp_path / "missing"))

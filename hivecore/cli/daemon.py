@@ -221,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
         "ntfy+http(s)://HOST/TOPIC a plain-text line for an ntfy-style topic",
     )
     notify.add_argument(
+        "--notify-url-file",
+        metavar="FILE",
+        default=None,
+        help="more --notify-url values, one a line (# comments): for URLs that carry a secret, which "
+        "the command line would show to every local user; mode 0600, root's or the daemon's",
+    )
+    notify.add_argument(
         "--notify-on",
         action="append",
         default=[],
@@ -430,8 +437,9 @@ def notify_settings(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[st
 
     for url in args.notify_url:
         webhook.parse_endpoint(url)
+    from_file = webhook.read_url_file(args.notify_url_file) if args.notify_url_file else []
     kinds = webhook.parse_kinds(args.notify_on) if args.notify_on else frozenset(webhook.DEFAULT_KINDS)
-    return tuple(args.notify_url), tuple(sorted(kinds))
+    return (*args.notify_url, *from_file), tuple(sorted(kinds))
 
 
 def alarm_thresholds(args: argparse.Namespace) -> Thresholds:
