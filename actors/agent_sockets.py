@@ -62,6 +62,8 @@ class AgentSockets:
         self._factory = socket_factory
         self._send, self._recv = trio.open_memory_channel[tuple[str, bool]](math.inf)
         self._scopes: dict[str, trio.CancelScope] = {}
+        self._ended: dict[str, trio.Event] = {}
+        """Set when that socket's server task has ended (its own cleanup done)."""
         self._sockets: dict[str, AgentSocketServer] = {}
         self._binds = self._unbinds = self._failures = 0
         self._changed = trio.Event()
@@ -113,6 +115,7 @@ class AgentSockets:
                 for scope in self._scopes.values():
                     scope.cancel()
                 self._scopes.clear()
+                self._ended.clear()
                 self._sockets.clear()
 
     async def _bind(self, nursery: trio.Nursery, name: str) -> None:
@@ -120,10 +123,14 @@ class AgentSockets:
             return
         sock = self._factory(name)
         scope = trio.CancelScope()
+        ended = trio.Event()
 
         async def serve(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                await sock.run(task_status=task_status)
+            try:
+                with scope:
+                    await sock.run(task_status=task_status)
+            finally:
+                ended.set()
 
         try:
             await nursery.start(serve)
@@ -139,6 +146,7 @@ class AgentSockets:
             return
         self._binds += 1
         self._scopes[name] = scope
+        self._ended[name] = ended
         self._sockets[name] = sock
         self._changed_now()
 
@@ -147,9 +155,13 @@ class AgentSockets:
         if scope is not None:
             scope.cancel()  # the server unlinks its socket file on the way out
             self._unbinds += 1
+            # its cleanup and ours never run at once: the two unlinking mcp.sock together made
+            # ours fail before its rmdir, leaving the directory behind (issue 16 item 4)
+            await self._ended[name].wait()
         await trio.to_thread.run_sync(self._remove_dir, name)
         # only now is the name no longer bound(): a waiter that sees it gone finds the directory gone
         self._scopes.pop(name, None)
+        self._ended.pop(name, None)
         self._sockets.pop(name, None)
         self._changed_now()
 
@@ -158,8 +170,9 @@ class AgentSockets:
             directory = self.config.agent_socket_dir(name)
             sock = directory / "mcp.sock"
             if sock.is_socket() and not sock.is_symlink():
-                sock.unlink()
+                sock.unlink(missing_ok=True)
             directory.rmdir()
+            log.info("agent socket of %s closed; removed %s", name, directory)
         except FileNotFoundError:
             pass
         except OSError as exc:  # not empty: something planted there; left for the operator
