@@ -139,6 +139,14 @@ class ReminderScheduler:
     async def pending_counts(self, names: list[str]) -> dict[str, int]:
         return await self._store.call(lambda c: rs.pending_counts(c, names))
 
+    async def incarnation_ended(self, agent: str) -> None:
+        """``agent`` was purged (:attr:`Broker.incarnation_hooks`): drop its pending reminders now
+        (each a ``reminder_removed`` event, reason ``dropped``)."""
+        for r in await self._store.call(rs.orphans):
+            if r.agent == agent:
+                await self._drop(r)
+        self._changed(agent)
+
     def wake(self) -> None:
         """Read the next due time again now (after the clock was changed; tests)."""
         self._wake.set()

@@ -249,6 +249,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         partial(agent_state_dir, config.runtime, config.paths),
         rescan=views.request_rescan,
     )
+    broker.incarnation_hooks.append(reminders.incarnation_ended)
     repos = Repos(config.paths, owner=proposed_owner(config))
     meta_repo = MetaRepo(
         config.paths,

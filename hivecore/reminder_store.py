@@ -22,10 +22,11 @@ _COLUMNS = (
     "fire_at, incarnation"
 )
 _BOUND = (
-    "(reminders.agent = ? OR reminders.incarnation = (SELECT i.id FROM incarnations i "
-    "WHERE i.agent = reminders.agent AND i.ended_at IS NULL))"
+    "(reminders.agent = ? OR coalesce(reminders.incarnation = (SELECT i.id FROM incarnations i "
+    "WHERE i.agent = reminders.agent AND i.ended_at IS NULL), 0))"
 )
-"""A row whose caller is still the same: the manager's (bound to none), or the live incarnation's."""
+"""A row whose caller is still the same: the manager's (bound to none), or the live incarnation's
+(0 or 1, never NULL: ``NOT`` of it must select the orphans)."""
 
 
 @attrs.frozen

@@ -280,3 +280,19 @@ async def test_it_sleeps_at_most_max_sleep_then_reads_again(
         await trio.sleep(2)
         assert [b for _, _, b, _ in inbox.got] == ["far"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_purge_drops_its_reminders_at_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    sched, store, _, bus = make(tmp_path)
+    live(store, "coder")
+    live(store, "other")
+    await sched.remind("coder", "mine", delay_seconds=3600)
+    await sched.remind("other", "theirs", delay_seconds=3600)
+    st.end_incarnation(store.conn, "coder", int(BASE))
+    await sched.incarnation_ended("coder")
+    assert [r.agent for r in await sched.listed()] == ["other"]
+    assert [(e.id, e.reason) for e in bus.events if isinstance(e, ReminderRemoved)] == [(1, "dropped")]
+    loose = await sched.loose_ends("other")  # the viewers' query: due and still to come
+    assert ([r.message for r in loose.due], [r.message for r in loose.pending]) == ([], ["theirs"])

@@ -168,8 +168,12 @@ async def test_a_purged_agents_reminders_are_dropped(hive: Daemon) -> None:
     coder = await _spawn(hive, "coder")
     await _call(coder, {"cmd": "remind", "message": "later", "delay_seconds": 3600})
     assert len(await hive.coordinator.reminders("coder")) == 1
+    seq = hive.coordinator.current_seq()
     await hive.coordinator.destroy("coder", purge=True)
     assert await hive.coordinator.reminders() == []
+    with hive.coordinator.subscribe(["reminder_removed"], after_seq=seq) as sub, trio.fail_after(10):
+        dropped = await sub.receive()
+    assert (dropped.agent, dropped.reason) == ("coder", "dropped")  # type: ignore[attr-defined]
     await _spawn(hive, "coder")  # a new agent of the same name inherits nothing
     assert await hive.coordinator.reminders("coder") == []
 
