@@ -394,7 +394,7 @@ def test_the_socket_dir_goes_even_when_its_socket_vanishes_under_the_unbind(
     monkeypatch.setattr(Path, "is_socket", lambda self: True)
     monkeypatch.setattr(Path, "unlink", raced)
     views = SimpleNamespace(observe=lambda observer: None)
-    AgentSockets(config, views, lambda name: None)._remove_dir("m1")  # type: ignore[arg-type]
+    AgentSockets(config, views, lambda name: None)._remove_dir("m1")  # type: ignore[arg-type,return-value]
     assert not directory.exists()
 
 
