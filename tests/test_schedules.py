@@ -16,7 +16,7 @@ from tests.conftest import AUTH
 from tests.test_dashboard_actions import answer
 from tests.test_hivectl import err, hivectl, out
 from tests.waiting import eventually
-from tests.web_client import http
+from tests.web_client import event_stream, http
 
 
 async def _spawn(hive: Daemon, name: str) -> None:
@@ -137,8 +137,25 @@ async def test_the_manager_requests_one_and_the_operator_approves_or_denies(hive
     [still] = await hive.coordinator.schedules()  # the denied one is cancelled
     assert still.id == active.id
     with hive.coordinator.subscribe(["schedule_added", "schedule_cancelled"], after_seq=seq) as sub:
-        kinds = []
+        kinds: list[str] = []
         with trio.move_on_after(3):
             while len(kinds) < 4:
                 kinds.append((await sub.receive()).KIND)
     assert kinds == ["schedule_added", "schedule_added", "schedule_added", "schedule_cancelled"]
+
+
+async def test_reminder_and_schedule_events_replay_on_the_stream_by_last_event_id(hive: Daemon) -> None:
+    await _spawn(hive, "alpha")
+    seq = hive.bus.current_seq()
+    got = await _manager(hive, {"cmd": "remind", "message": "r", "delay_seconds": 3600})
+    await hive.coordinator.cancel_reminder(got["reminder_id"])
+    made = await hive.coordinator.schedule(["alpha"], "p", "1h", None)
+    await hive.coordinator.unschedule(made.id)
+    kinds = "reminder_added,reminder_removed,schedule_added,schedule_cancelled"
+    with trio.fail_after(20):
+        path = f"/api/dashboard/stream?kinds={kinds}"
+        async with event_stream(hive, path, f"{AUTH}Last-Event-ID: {seq}\r\n") as sse:
+            frames = [await sse.next_data() for _ in range(4)]
+    assert [f["kind"] for f in frames] == kinds.split(",")
+    assert frames[0]["reminder"]["message"] == "r"  # type: ignore[index]
+    assert frames[3]["schedule"]["state"] == "cancelled"  # type: ignore[index]

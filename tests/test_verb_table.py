@@ -208,6 +208,35 @@ SAME = [
         ["deny", "1", "--note", LONG],
         "note is longer than 4096 characters",
     ),
+    # reminders and scheduled prompts (issue 18 items 2 and 3)
+    (
+        {"cmd": "cancel_reminder", "id": 999},
+        None,
+        ("/cancel-reminder/999", {}, 404),
+        ["cancel-reminder", "999"],
+        "no pending reminder 999",
+    ),
+    (
+        {"cmd": "unschedule", "id": 999},
+        None,
+        ("/unschedule/999", {}, 404),
+        ["unschedule", "999"],
+        "no schedule 999",
+    ),
+    (
+        {"cmd": "schedule", "to": ["alpha"], "body": "x", "every": "5x"},
+        {"cmd": "request_schedule_prompt", "to": ["alpha"], "body": "x", "every": "5x"},
+        ("/schedule", {"to": "alpha", "body": "x", "every": "5x"}, 400),
+        ["schedule", "--to", "alpha", "--every", "5x", "x"],
+        "not a duration: '5x'; write e.g. 90s, 5m, 1h30m, 2d or 1w (or plain seconds)",
+    ),
+    (
+        {"cmd": "schedule", "to": ["alpha"], "body": "x"},
+        {"cmd": "request_schedule_prompt", "to": ["alpha"], "body": "x"},
+        ("/schedule", {"to": "alpha", "body": "x"}, 400),
+        ["schedule", "--to", "alpha", "x"],
+        "give exactly one of every (a duration: 1h, 30m) and at (a time), got neither",
+    ),
 ]
 
 
