@@ -48,6 +48,11 @@ let
   ++ optionals (cfg.domain != null) [ "--domain" cfg.domain ]
   ++ optionals (cfg.agentEnvFile != null) [ "--agent-env-file" cfg.agentEnvFile ]
   ++ optionals (cfg.metricsListen != null) [ "--metrics-listen" cfg.metricsListen ]
+  # the swarm (docs/swarm.md): only with swarmUrl; the daemon refuses the others without it
+  ++ optionals (cfg.swarmUrl != null) [ "--swarm" cfg.swarmUrl ]
+  ++ optionals (cfg.hiveName != null) [ "--hive-name" cfg.hiveName ]
+  ++ optionals (cfg.swarmCredsFile != null) [ "--swarm-creds" cfg.swarmCredsFile ]
+  ++ optionals (cfg.swarmTlsCaFile != null) [ "--swarm-tls-ca" cfg.swarmTlsCaFile ]
   ++ cfg.extraArgs;
 in
 {
@@ -220,6 +225,42 @@ in
       default = null;
       example = [ "approval_added" "alarm_raised" ];
       description = "The notification kinds sent (null: approval_added, question_asked, alarm_raised, container_crash).";
+    };
+
+    swarmUrl = mkOption {
+      type = types.nullOr (types.strMatching "(nats|tls)://[^/@]+:[0-9]+");
+      default = null;
+      example = "tls://nats.example.org:4222";
+      description = ''
+        Join a swarm: the NATS server (JetStream enabled) every hive of the swarm uses. Null: this
+        hive is alone. Needs hiveName. See docs/swarm.md.
+      '';
+    };
+
+    hiveName = mkOption {
+      type = types.nullOr (types.strMatching "[a-z][a-z0-9-]{0,8}");
+      default = null;
+      example = "lab";
+      description = ''
+        This hive's name in the swarm (the agent-name rules). The first hive to join with it keeps
+        it, by the identity key in the state dir (`swarm-identity`); back that file up with the state.
+      '';
+    };
+
+    swarmCredsFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/etc/hyperhive/hive.creds";
+      description = ''
+        The hive's NATS credentials (a `.creds` file: user JWT and NKey seed). A path as a string,
+        never a Nix path (that would copy the secret into the world-readable store).
+      '';
+    };
+
+    swarmTlsCaFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "The CA certificate that signed the NATS server's certificate (TLS to NATS).";
     };
 
     watchdogSec = mkOption {

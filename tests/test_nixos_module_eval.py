@@ -258,6 +258,23 @@ def test_agent_env_file_reaches_the_daemon(tmp_path: Path) -> None:
     assert config.agent_env_file == env
 
 
+def test_swarm_options_reach_the_daemon(tmp_path: Path) -> None:
+    creds = tmp_path / "hive %i.creds"
+    creds.write_text("creds\n")
+    settings = {"enable": True, "swarmUrl": "tls://nats.example.org:4222", "hiveName": "lab"}
+    settings["swarmCredsFile"] = str(creds)
+    argv = exec_argv(evaluate(tmp_path, settings)["service"]["serviceConfig"]["ExecStart"])
+    tail = ["--swarm", "tls://nats.example.org:4222", "--hive-name", "lab", "--swarm-creds", str(creds)]
+    assert argv == intended_argv(tmp_path / "pkg", {}) + tail
+    config = config_from_args(build_parser().parse_args(argv[1:]))
+    assert config.swarm is not None
+    assert (config.swarm.url, config.swarm.hive_name, config.swarm.creds) == (
+        settings["swarmUrl"],
+        "lab",
+        creds,
+    )
+
+
 def test_shell_quoting_is_not_enough_for_systemd() -> None:
     """Why the module uses escapeSystemdExecArgs rather than escapeShellArgs: single quotes stop a
     shell from expanding, not systemd."""
