@@ -217,7 +217,7 @@ def test_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("pronouns", NASTY_PRONOUNS)
 def test_exec_start_reaches_the_daemon_intact(tmp_path: Path, pronouns: str) -> None:
-    settings = {
+    settings: dict[str, Any] = {
         "enable": True,
         "operatorPronouns": pronouns,
         "stateDir": "/srv/hive state/%i",

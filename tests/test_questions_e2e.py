@@ -178,7 +178,7 @@ async def test_agents_ask_and_answer_each_other_and_never_answer_the_operator(hi
     assert again["error"] == f"question {peer} was already answered"
 
     # bad input over the sockets: one clear error each
-    bad = {
+    bad: dict[str, tuple[dict[str, Any], str]] = {
         "ghost": ({"cmd": "ask", "to": "ghost", "question": "hi?"}, 'no such agent "ghost" to ask'),
         "ttl": (
             {"cmd": "ask_operator", "question": "q", "ttl_seconds": -5},

@@ -284,9 +284,8 @@ def render_schedules(answer: Response, *, created: bool = False) -> str:
     for s in rows:
         every = s.get("interval_seconds")
         how = f"every {every} s" if every else "once"
-        head = (
-            f"schedule {s.get('id')} {s.get('state')} ({how}; next {when(s.get('next_fire_at'), now)})"
-            + (f": {_one_line(s.get('description'), 80)}" if s.get("description") else "")
+        head = f"schedule {s.get('id')} {s.get('state')} ({how}; next {when(s.get('next_fire_at'), now)})" + (
+            f": {_one_line(s.get('description'), 80)}" if s.get("description") else ""
         )
         out.append(("created " if created else "") + head)
         out.append(f"  body: {_one_line(s.get('body'), 100)}")
