@@ -40,6 +40,7 @@ let
     "--alarm-unacked" (toString cfg.alarmUnackedMinutes)
     "--crash-loop" cfg.crashLoop
     "--alarm-approval-age" (toString cfg.alarmApprovalAgeHours)
+    "--retention-days" (toString cfg.retentionDays)
   ]
   ++ builtins.concatMap (url: [ "--notify-url" url ]) cfg.notifyUrls
   ++ optionals (cfg.notifyUrlFile != null) [ "--notify-url-file" cfg.notifyUrlFile ]
@@ -271,6 +272,12 @@ in
         systemd restarts a daemon whose loop stops answering for this long. 0 turns the watchdog off.
         See docs/operations.md (Readiness).
       '';
+    };
+
+    retentionDays = mkOption {
+      type = types.ints.unsigned;
+      default = 180;
+      description = "Days the audit trail and finished jobs are kept (0: forever); the hourly sweep drops older rows, a checkpoint keeps the audit hash chain verifiable. See docs/operations.md.";
     };
 
     extraArgs = mkOption {

@@ -48,6 +48,7 @@ import trio
 
 from actors.event_bus import EventBus
 from hivecore import store as st
+from hivecore.audit import note_job
 from hivecore.errors import Busy, HiveError, Refused, RuntimeFailure
 from hivecore.jobkinds import REGISTRY, Intent
 from hivecore.models import Job, JobKind, JobSource, JobState
@@ -118,10 +119,13 @@ class JobLane:
         clock: Callable[[], float] = time.time,
         intent: Intent | None = None,
         on_finished: Callable[[Job], None] | None = None,
+        audit_log: Any = None,
     ) -> None:
         self._on_finished = on_finished
         """Told of every job as it leaves the lane, finished (``/metrics``: jobs and durations)."""
         self._store = store
+        self._audit = audit_log
+        """The :class:`~hivecore.services.audit.AuditLog` a crash recovery's replays are recorded in."""
         self._bus = bus
         self._runner = runner
         self._clock = clock
@@ -179,8 +183,11 @@ class JobLane:
         args: Mapping[str, Any] | None = None,
         parent_id: int | None = None,
     ) -> Job:
-        """Accept a job without waiting for it (fire and forget); raises :class:`Busy` like submit."""
-        return self._accept(kind, agent, source, dict(args or {}), parent_id).job
+        """Accept a job without waiting for it (fire and forget); raises :class:`Busy` like submit.
+        The job's id is noted for the audit row of the verb being run in this task, if any."""
+        job = self._accept(kind, agent, source, dict(args or {}), parent_id).job
+        note_job(job.id)
+        return job
 
     async def wait(self, job_id: int) -> Job:
         """Wait for a job accepted earlier; its error is re-raised."""
@@ -430,6 +437,14 @@ class JobLane:
             await entry.done.wait()
             if entry.error is not None:
                 log.warning("replay of job %d failed: %s", old.id, entry.error)
+            if self._audit is not None:
+                await self._audit.record(
+                    "crash_recover",
+                    {"kind": old.kind, "agent": old.agent, "interrupted_job": old.id, "was": old.state},
+                    outcome="ok" if entry.error is None else "failed",
+                    error=None if entry.error is None else str(entry.error),
+                    jobs=[old.id, entry.job.id],
+                )
 
 
 def _wrap(job: Job, exc: Exception) -> RuntimeFailure:

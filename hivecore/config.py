@@ -116,6 +116,9 @@ class Config:
     """``--notify-url``: where notifications are POSTed (:mod:`hivecore.webhook`; secrets inside)."""
     notify_on: tuple[str, ...] = ("approval_added", "question_asked", "alarm_raised", "container_crash")
     """``--notify-on``: the notification kinds sent (:data:`hivecore.webhook.KINDS`)."""
+    retention_days: float | None = 180.0
+    """Days the audit trail and the finished rows of the job journal are kept (the hourly sweep
+    drops older ones; ``None``: forever)."""
     dashboard_auth: DashboardAuth = "token"
     """``token``: an operator token (``<state>/operator-token``) gates the dashboard; ``none``: no
     auth, accepted only with a loopback bind."""

@@ -33,6 +33,7 @@ from actors.views import Views
 from actors.webhooks import Webhooks
 from hivecore import agent_users, alarm_metrics, webhook
 from hivecore.agent_env import AgentEnv
+from hivecore.audit import collecting_jobs
 from hivecore.config import Config
 from hivecore.container_view import StuckLimits
 from hivecore.coordinator import Coordinator
@@ -47,6 +48,7 @@ from hivecore.repos import Repos
 from hivecore.runtime.base import ContainerRuntime
 from hivecore.services.agent_settings import AgentSettings
 from hivecore.services.approvals import Approvals
+from hivecore.services.audit import AuditLog
 from hivecore.services.broker import Broker
 from hivecore.services.context import JobEnv
 from hivecore.services.jobs import Jobs
@@ -134,6 +136,10 @@ class Daemon:
     def healthy(self) -> bool:
         """Whether the watchdog may ping: no supervised actor has given up."""
         return all(c.state != "failed" for c in self.supervisor.statistics())
+
+    audit: AuditLog | None = None
+    """The audit trail: verbs are recorded by the verb table's server half; the daemon's own actions
+    through ``await daemon.audit.record(verb, args, …)`` (:mod:`hivecore.services.audit`)."""
 
     def dashboard_port(self) -> int:
         """The port actually bound (the configured one may be 0: ephemeral)."""
@@ -235,6 +241,8 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         return existing, await trio.to_thread.run_sync(tombstone_names, config.paths, existing)
 
     broker = Broker(store, bus, lambda: views.rows().keys(), known=known_agents)
+    audit_log = AuditLog(store, retention_days=config.retention_days)
+    broker.also_sweep.append(audit_log.sweep)  # the hourly sweep keeps the retention
     usage = Usage(store, broker, rescan=views.request_rescan)
     usage_box.append(usage)
     questions = Questions(store, bus, broker, lambda: views.rows().keys(), rescan=views.request_rescan)
@@ -297,7 +305,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         holds=alarm_watch.holds,
     )
     jobs = Jobs(env, lifecycle, approvals, meta_updates)
-    lane = JobLane(store, bus, jobs, intent=intent, on_finished=metrics.job_finished)
+    lane = JobLane(store, bus, jobs, intent=intent, on_finished=metrics.job_finished, audit_log=audit_log)
     supervisor = Supervisor(bus)
     coordinator = Coordinator(
         lane,
@@ -334,11 +342,24 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         config,
         views,
         lambda name: AgentSocket(
-            config, name, broker, views, usage=usage, questions=questions, reminders=reminders
+            config,
+            name,
+            broker,
+            views,
+            usage=usage,
+            questions=questions,
+            reminders=reminders,
+            audit_log=audit_log,
         ),
     )
     manager_socket = ManagerSocket(
-        config, broker, coordinator, usage=usage, questions=questions, reminders=reminders
+        config,
+        broker,
+        coordinator,
+        usage=usage,
+        questions=questions,
+        reminders=reminders,
+        audit_log=audit_log,
     )
     daemon = Daemon(
         config,
@@ -369,6 +390,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         reminders=reminders,
         metrics=metrics,
         schedules=schedules,
+        audit=audit_log,
     )
     if config.swarm is not None:
         daemon.swarm = SwarmLink(config.swarm, views, config.paths.root)
@@ -394,6 +416,7 @@ async def main(
             daemon.bus,
             config.host_socket_path,
             group=config.admin_group,
+            audit_log=daemon.audit,
             urls=live_urls(
                 config.domain,
                 config.dashboard_host,
@@ -490,11 +513,30 @@ async def auto_update_child(daemon: Daemon, *, task_status: Any = trio.TASK_STAT
     A failure is logged, never a crash loop."""
     task_status.started()
     try:
-        await daemon.meta_updates.auto_update(daemon.coordinator.rebuild)
+        with collecting_jobs() as jobs:
+            rebuilt = await daemon.meta_updates.auto_update(daemon.coordinator.rebuild)
     except HiveError as exc:
         log.error("auto_update: %s", exc)
-    except Exception:
+        await _record_auto_update(daemon, None, jobs, exc)
+    except Exception as exc:
         log.exception("auto_update failed")
+        await _record_auto_update(daemon, None, jobs, exc)
+    else:
+        await _record_auto_update(daemon, rebuilt, jobs, None)
+
+
+async def _record_auto_update(
+    daemon: Daemon, rebuilt: list[str] | None, jobs: list[int], exc: Exception | None
+) -> None:
+    """auto_update's audit row (only when it did something or failed: a start with nothing stale
+    adds none)."""
+    if daemon.audit is None or (exc is None and not rebuilt and not jobs):
+        return
+    args = {"rebuilt": rebuilt or []}
+    error = None if exc is None else str(exc)
+    await daemon.audit.record(
+        "auto_update", args, outcome="ok" if exc is None else "failed", error=error, jobs=jobs
+    )
 
 
 def _dashboard_child(daemon: Daemon, web_factory: WebFactory) -> ChildSpec:

@@ -112,6 +112,8 @@ class Approval:
     """spawn: the ``agent.nix`` the spawn will deploy (and the only one it deploys)."""
     requester: str | None = None
     """Who asked: ``manager`` or ``operator`` (the pending quota is per requester)."""
+    resolved_by: str | None = None
+    """Who approved or denied it, from the audit trail (``operator via host_sock uid 1000 alice``)."""
 
 
 JobKind = Literal[

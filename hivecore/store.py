@@ -246,6 +246,36 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (schedule_id, target)
     );
     """,
+    # 15: the audit trail (hivecore/audit.py): one hash-chained row per state-changing verb and per
+    # automatic action of the daemon; ``seq`` is explicit (a retention checkpoint takes a dropped seq)
+    """
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        principal TEXT NOT NULL,
+        via TEXT NOT NULL,
+        uid INTEGER,
+        user TEXT,
+        agent TEXT,
+        session TEXT,
+        session_login TEXT,
+        client TEXT,
+        token TEXT,
+        verb TEXT NOT NULL,
+        subject TEXT,
+        args TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        jobs TEXT NOT NULL,
+        approvals TEXT NOT NULL,
+        checkpoint INTEGER NOT NULL DEFAULT 0,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_at ON audit(at);
+    CREATE INDEX audit_subject ON audit(subject);
+    CREATE INDEX audit_resolutions ON audit(approvals, seq) WHERE verb IN ('approve', 'deny');
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -377,9 +407,19 @@ def _statements(script: str) -> list[str]:
 # --- approvals (sync, run on the store thread) ---------------------------------------------------
 
 
+_RESOLVED_BY = (
+    # who approved or denied it: the newest approve/deny row of the audit trail (hivecore/audit.py)
+    # naming this approval that did not just refuse (NULL: none kept, or retention dropped it)
+    "(SELECT principal || ' via ' || via || coalesce(' uid ' || uid, '') || coalesce(' ' || user, '') "
+    "|| coalesce(' session ' || session, '') || coalesce(' ' || token, '') "
+    "|| coalesce(' from ' || client, '') FROM audit "
+    "WHERE verb IN ('approve', 'deny') AND audit.approvals = '[' || approvals.id || ']' "
+    "AND outcome IN ('ok', 'failed') AND approvals.status != 'pending' "
+    "ORDER BY seq DESC LIMIT 1) AS resolved_by"
+)
 _BASE = (
     "id, agent, kind, commit_ref, fetched_sha, requested_at, status, resolved_at, note, description, "
-    "requester"
+    f"requester, {_RESOLVED_BY}"
 )
 
 

@@ -26,6 +26,7 @@ from hivecore.wire.host import (
     AlarmsRequest,
     ApprovalRequest,
     ApproveRequest,
+    AuditRequest,
     CancelReminderRequest,
     DenyRequest,
     DestroyRequest,
@@ -389,6 +390,13 @@ HIVECTL_REQUESTS: list[tuple[list[str], HostRequest]] = [
     ),
     (["unschedule", "3", "--target", "a"], UnscheduleRequest(id=3, target="a")),
     (["swarm"], SwarmStatusRequest()),
+    (["audit"], AuditRequest()),
+    (
+        ["audit", "--since", "1764540000", "--agent", "a", "--limit", "5", "--before", "9"],
+        AuditRequest(since=1764540000.0, agent="a", limit=5, before=9),
+    ),
+    (["audit", "--since", "2026-12-01T00:00:00Z"], AuditRequest(since=1796083200.0)),
+    (["audit", "--verify"], AuditRequest(verify=True)),
     (
         ["env", "a", "K=v=w", "E=", "--unset", "U", "--stdin"],
         AgentEnvRequest(name="a", set={"K": "v=w", "E": "", "S": "from stdin"}, unset=["U"]),

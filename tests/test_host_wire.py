@@ -20,6 +20,7 @@ from hivecore.wire.host import (
     AlarmsRequest,
     ApprovalRequest,
     ApproveRequest,
+    AuditRequest,
     CancelReminderRequest,
     DenyRequest,
     DestroyRequest,
@@ -114,6 +115,11 @@ EVERY_REQUEST: list[tuple[bytes, HostRequest]] = [
     (b'{"cmd":"release","name":"a"}', ReleaseRequest(name="a")),
     (b'{"cmd":"alarms"}', AlarmsRequest()),
     (b'{"cmd":"swarm_status"}', SwarmStatusRequest()),
+    (b'{"cmd":"audit"}', AuditRequest()),
+    (
+        b'{"cmd":"audit","since":1764540000.5,"agent":"a","before":9,"limit":5,"verify":true}',
+        AuditRequest(since=1764540000.5, agent="a", before=9, limit=5, verify=True),
+    ),
 ]
 
 

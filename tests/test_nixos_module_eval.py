@@ -162,6 +162,7 @@ def intended_argv(package: Path, settings: dict[str, Any]) -> list[str]:
         "crashWatchInterval": 10,
         "agentMemoryMax": "4G",
         "agentCpuQuota": "200%",
+        "retentionDays": 180,
         "hyperhiveFlake": None,
         "domain": None,
         "agentEnvFile": None,
@@ -185,6 +186,7 @@ def intended_argv(package: Path, settings: dict[str, Any]) -> list[str]:
         "--crash-watch-interval", str(s["crashWatchInterval"]),
         "--agent-memory-max", s["agentMemoryMax"],
         "--agent-cpu-quota", s["agentCpuQuota"],
+        "--retention-days", str(s["retentionDays"]),
     ]  # fmt: skip
     argv += ["--alarm-manager-unread", "15", "--alarm-unacked", "30", "--crash-loop", "3/10"]
     argv += ["--alarm-approval-age", "24"]

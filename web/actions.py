@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from quart import Blueprint, Response, request
 
+from hivecore import audit
 from hivecore.errors import BadInput, answer_for
 from hivecore.verbs import bind, spec
 from hivecore.wire.request import structure
@@ -55,10 +57,12 @@ async def _form() -> dict[str, str]:
     return {k: form.get(k, "") for k in form}
 
 
-def blueprint(facade: Any) -> Blueprint:
-    """Every action route (auth and CSRF are checked by the app before these run)."""
+def blueprint(facade: Any, audit_log: Any = None, who: Callable[[], audit.Actor] | None = None) -> Blueprint:
+    """Every action route (auth and CSRF are checked by the app before these run); ``audit_log``
+    records them (:func:`hivecore.verbs.bind.run_checked`) as ``who()`` (the request's session or
+    bearer token and client address)."""
     bp = Blueprint("actions", __name__)
-    ctx = bind.Context(facade, bind.DASHBOARD)
+    ctx = bind.Context(facade, bind.DASHBOARD, audit_log)
 
     def add(verb: spec.Verb) -> None:
         route = verb.route
@@ -70,7 +74,9 @@ def blueprint(facade: Any) -> Blueprint:
             try:
                 fields = route.fields({**(await _form()), **params})
                 record = structure(fields, binding.request)
-                record, value = await bind.run_checked(verb.key, ctx, record)
+                record, value = await bind.run_checked(
+                    verb.key, ctx, record, who=who() if who is not None else None
+                )
                 return ok(binding.done(record, value))  # type: ignore[misc]  # asserted above
             except Exception as exc:
                 answer = answer_for(exc, verb.cmd)

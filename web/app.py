@@ -24,10 +24,11 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
+from hivecore import audit
 from hivecore.config import StatePaths, is_loopback
 from hivecore.coordinator import Coordinator
 from hivecore.wire.events import EVENT_KINDS
-from web import actions, api, metrics, session, stream
+from web import actions, api, audit_view, metrics, session, stream
 from web.auth import CSRF_HEADER, SESSION_COOKIE, Auth, Principal, ensure_token
 from web.stream import json_error
 
@@ -106,7 +107,13 @@ def daemon_app(daemon: Daemon) -> QuartTrio:
     if config.dashboard_auth == "token":
         token, created = ensure_token(config.paths.operator_token)
     auth = Auth(config.dashboard_auth, token)
-    app = create_app(daemon.coordinator, auth=auth, paths=config.paths, scrape=daemon.metrics.scrape)
+    app = create_app(
+        daemon.coordinator,
+        auth=auth,
+        paths=config.paths,
+        scrape=daemon.metrics.scrape,
+        audit_log=daemon.audit,
+    )
     daemon.metrics.sse_clients = app.hive_sse_clients  # type: ignore[attr-defined]
 
     def login_hint(base_url: str) -> str:
@@ -153,9 +160,11 @@ def create_app(
     auth: Auth,
     paths: StatePaths,
     scrape: Callable[[], Awaitable[bytes]] | None = None,
+    audit_log: Any = None,
 ) -> QuartTrio:
     """The dashboard; ``scrape`` (the daemon's :meth:`hivecore.metrics.Metrics.scrape`) adds
-    ``GET /metrics``."""
+    ``GET /metrics``; ``audit_log`` (:class:`~hivecore.services.audit.AuditLog`) records the POST
+    actions and serves ``GET /api/audit``."""
     app = QuartTrio(__name__, static_folder=None)
     app.asgi_http_class = _HTTPConnection
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -179,6 +188,9 @@ def create_app(
 
     def csrf_for() -> str | None:
         return auth.csrf_for(principal(), request.cookies.get(SESSION_COOKIE))
+
+    def actor() -> audit.Actor:
+        return auth.actor(principal(), request.cookies.get(SESSION_COOKIE), request.remote_addr)
 
     @app.before_request
     async def gate() -> Response | None:
@@ -248,7 +260,8 @@ def create_app(
     app.register_blueprint(session.blueprint(auth, principal))
     app.register_blueprint(api.blueprint(coordinator, paths, csrf_for))
     app.register_blueprint(stream.blueprint(hub))
-    app.register_blueprint(actions.blueprint(coordinator))
+    app.register_blueprint(actions.blueprint(coordinator, audit_log, actor))
+    app.register_blueprint(audit_view.blueprint(audit_log))
     if scrape is not None:
         app.register_blueprint(metrics.blueprint(scrape))
     return app

@@ -37,6 +37,7 @@ from typing import Literal
 
 import attrs
 
+from hivecore import audit
 from hivecore.errors import HiveError
 
 SESSION_COOKIE = "hive_session"
@@ -90,13 +91,26 @@ def ensure_token(path: Path) -> tuple[str, bool]:
 Principal = Literal["bearer", "session", "open"]
 
 
+@attrs.frozen
+class Session:
+    """One browser session: its CSRF token and what the audit trail says about it."""
+
+    csrf: str
+    login_at: str
+    """When it logged in (RFC 3339, UTC)."""
+    client: str
+    """The address it logged in from."""
+    label: str
+    """Its identifier in the audit trail (a hash of the cookie: never the cookie)."""
+
+
 @attrs.define
 class Auth:
     """Who a request is (:meth:`principal`) and whether a POST may change anything (:meth:`csrf_ok`)."""
 
     mode: Literal["token", "none"]
     token: str | None
-    _sessions: collections.OrderedDict[str, str] = attrs.field(factory=collections.OrderedDict)
+    _sessions: collections.OrderedDict[str, Session] = attrs.field(factory=collections.OrderedDict)
     _open_csrf: str = attrs.field(factory=lambda: secrets.token_urlsafe(TOKEN_BYTES))
     throttle: LoginThrottle = attrs.field(factory=lambda: LoginThrottle())
 
@@ -105,12 +119,17 @@ class Auth:
             return False
         return hmac.compare_digest(given.strip().encode("utf-8", "replace"), self.token.encode())
 
-    def login(self, given: str | None) -> str | None:
-        """A new session id for the right token, else ``None``."""
+    def login(self, given: str | None, client: str = "?") -> str | None:
+        """A new session id for the right token (``client``: the address it came from), else ``None``."""
         if not self.token_ok(given):
             return None
         sid = secrets.token_urlsafe(TOKEN_BYTES)
-        self._sessions[sid] = secrets.token_urlsafe(TOKEN_BYTES)
+        self._sessions[sid] = Session(
+            csrf=secrets.token_urlsafe(TOKEN_BYTES),
+            login_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            client=client,
+            label=audit.secret_id(sid, "s:", 16),
+        )
         while len(self._sessions) > MAX_SESSIONS:
             self._sessions.popitem(last=False)
         return sid
@@ -134,10 +153,28 @@ class Auth:
     def csrf_for(self, principal: Principal | None, sid: str | None) -> str | None:
         """The CSRF token the page must echo on POSTs (none for bearer clients)."""
         if principal == "session" and sid is not None:
-            return self._sessions.get(sid)
+            session = self._sessions.get(sid)
+            return session.csrf if session is not None else None
         if principal == "open":
             return self._open_csrf
         return None
+
+    def actor(self, principal: Principal | None, sid: str | None, client: str | None) -> audit.Actor:
+        """Who a dashboard request is, for the audit trail: a session's identifier, login time and
+        client address; a bearer client's token identifier (never the token) and address."""
+        session = self._sessions.get(sid) if principal == "session" and sid is not None else None
+        if session is not None:
+            return audit.Actor(
+                "operator",
+                "dashboard",
+                session=session.label,
+                session_login=session.login_at,
+                client=client,
+            )
+        if principal == "bearer" and self.token is not None:
+            token = audit.secret_id(self.token, "operator-token sha256:", 12)
+            return audit.Actor("operator", "dashboard", token=token, client=client)
+        return audit.Actor("operator", "dashboard", session="open (no auth)", client=client)
 
     def csrf_ok(self, principal: Principal, sid: str | None, given: str | None) -> bool:
         if principal == "bearer":

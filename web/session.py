@@ -47,7 +47,7 @@ def blueprint(auth: Auth, principal: Callable[[], Principal | None]) -> Blueprin
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or None
         if given is None and request.mimetype == "application/x-www-form-urlencoded":
             given = (await request.form).get("token")
-        sid = auth.login(given)  # the right token always logs in, throttled address or not
+        sid = auth.login(given, client)  # the right token always logs in, throttled address or not
         if sid is None:
             if wait := auth.throttle.retry_after(client):
                 return throttled(wait)

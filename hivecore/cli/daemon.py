@@ -279,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
         "heartbeat bucket sets it for the swarm)",
     )
     serve.add_argument(
+        "--retention-days",
+        type=float,
+        default=180.0,
+        help="days the audit trail and finished jobs are kept; the hourly sweep drops older rows "
+        "(0: keep forever; default 180)",
+    )
+    serve.add_argument(
         "--no-ensure-manager",
         dest="ensure_manager",
         action="store_false",
@@ -369,6 +376,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         except ValueError as exc:
             raise HiveError(f"--metrics-listen {exc}") from None
     swarm = swarm_settings(args)
+    if not 0 <= args.retention_days < 1e6:
+        raise HiveError("--retention-days is a number of days from 0 (keep forever) up")
     env_file = args.agent_env_file.absolute() if args.agent_env_file else None
     if env_file is not None:
         from hivecore.agent_env import load_env_file
@@ -402,6 +411,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         notify_urls=notify_urls,
         notify_on=notify_on,
         swarm=swarm,
+        retention_days=args.retention_days or None,
     )
 
 

@@ -328,6 +328,8 @@ def reason_block(a: Response) -> str:
     if a.get("status") not in ("failed", "denied") or not isinstance(note, str) or not note.strip():
         return ""
     word = "failed" if a.get("status") == "failed" else "denied"
+    if a.get("resolved_by"):
+        word += f" (by {a['resolved_by']})"
     body = escape_block(note).rstrip("\n").splitlines()
     more = len(body) - REVIEW_LINES
     lines = [f"    {line}" for line in body[:REVIEW_LINES]]
@@ -424,7 +426,7 @@ def render_approval(a: Response, colour: bool = False) -> str:
         _paint(head, "bold", colour),
         field("status:   ", a.get("status")),
         field("requested:", f"{a.get('requested_at')} by {a.get('requester') or '?'}"),
-        field("resolved: ", a.get("resolved_at")),
+        field("resolved: ", _resolved(a)),
         field("ref:      ", a.get("commit_ref")),
         field("commit:   ", a.get("fetched_sha")),
         field("desc:     ", a.get("description")),
@@ -461,6 +463,14 @@ def render_approval(a: Response, colour: bool = False) -> str:
     elif a.get("kind") == "apply_commit" and not isinstance(files, list):
         out += ["", "(no review stored: the request did not get as far as pinning a commit)"]
     return "\n".join(out)
+
+
+def _resolved(a: Response) -> str | None:
+    """When an approval was resolved and, from the audit trail, who approved or denied it."""
+    when = a.get("resolved_at")
+    if when is None:
+        return None
+    return f"{when} by {a['resolved_by']}" if a.get("resolved_by") else str(when)
 
 
 def render_inbox(answer: Response) -> str:
@@ -560,6 +570,49 @@ def render_swarm(answer: Response) -> str:
                 st = str(a["pending"])
             cells.append([name, where, ago, str(a.get("name", "?")), st, _one_line(a.get("status_text"))])
     return head + "\n" + table(["HIVE", "REACH", "SEEN", "AGENT", "STATE", "STATUS"], cells)
+
+
+def who_text(row: Response) -> str:
+    """An audit row's actor in one cell: ``operator/host_sock uid 0 root``, ``operator/dashboard
+    session s:… from 127.0.0.1``, ``manager/manager_sock uid 0 root``, ``daemon``."""
+    parts = [str(row.get("principal")) + ("" if row.get("via") == "daemon" else f"/{row.get('via')}")]
+    if isinstance(row.get("uid"), int):
+        parts.append(f"uid {row['uid']}" + (f" {row['user']}" if row.get("user") else ""))
+    if row.get("agent") and row.get("principal") == "agent":
+        parts.append(str(row["agent"]))
+    if row.get("session"):
+        parts.append(f"session {row['session']}")
+    if row.get("token"):
+        parts.append(str(row["token"]))
+    if row.get("client"):
+        parts.append(f"from {row['client']}")
+    return " ".join(parts)
+
+
+def render_audit(answer: Response) -> str:
+    """The audit rows, oldest first (``--json``: every field)."""
+    rows = answer.get("audit") or []
+    if not rows:
+        return "no audit rows"
+    cells = []
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(r.get("at") or 0)))
+        made = [f"job {j}" for j in r.get("jobs") or []] + [f"approval {a}" for a in r.get("approvals") or []]
+        outcome = str(r.get("outcome"))
+        if r.get("error"):
+            outcome += ": " + _one_line(r.get("error"), 60)
+        cells.append(
+            [
+                str(r.get("seq")),
+                when,
+                who_text(r),
+                str(r.get("verb")),
+                str(r.get("subject") or "-"),
+                ", ".join(made) or "-",
+                outcome,
+            ]
+        )
+    return table(["SEQ", "TIME (UTC)", "WHO", "VERB", "AGENT", "PRODUCED", "OUTCOME"], cells)
 
 
 def render_urls(answer: Response) -> str:
@@ -679,6 +732,8 @@ def run(args: argparse.Namespace) -> int:
             print(render_schedules(answer, created=request.cmd == "schedule"))
         elif request.cmd == "swarm_status":
             print(render_swarm(answer))
+        elif request.cmd == "audit" and answer.get("audit") is not None:
+            print(render_audit(answer))
         elif answer.get("message"):  # the daemon says what happened (start: "already running")
             print(escape(str(answer["message"])))
         elif args.done is not None:

@@ -300,6 +300,9 @@ class Broker:
         self._agents = agents
         self._clock = clock
         self.vacuum_interval = vacuum_interval
+        self.also_sweep: list[Callable[[], Awaitable[object]]] = []
+        """More retention the hourly sweep runs after its own vacuum (the audit trail's and the job
+        journal's: :meth:`hivecore.services.audit.AuditLog.sweep`); a failure is logged, not fatal."""
         self.max_queued = max_queued
         self._wake: dict[str, trio.Event] = {}
         self._parked: dict[str, int] = {}
@@ -650,4 +653,11 @@ class Broker:
                 await self.vacuum()
             except Exception:
                 log.warning("broker: vacuum failed; retrying in %g s", self.vacuum_interval, exc_info=True)
+            for sweep in self.also_sweep:
+                try:
+                    await sweep()
+                except Exception:
+                    log.warning(
+                        "sweep %r failed; retrying in %g s", sweep, self.vacuum_interval, exc_info=True
+                    )
             await trio.sleep(self.vacuum_interval)

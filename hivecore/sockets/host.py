@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from hivecore import audit
 from hivecore.errors import NotAvailable, answer_for
 from hivecore.models import Approval, ContainerView
 from hivecore.sockets.server import IDLE_TIMEOUT, SEND_TIMEOUT, Connection, JsonLinesServer
@@ -141,8 +142,11 @@ class HostSocket:
         idle_timeout: float = IDLE_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
         subscriber_buffer: int = SUBSCRIBER_BUFFER,
+        audit_log: Any = None,
     ) -> None:
         self.facade = facade
+        self.audit = audit_log
+        """The :class:`~hivecore.services.audit.AuditLog` (``None``: verbs are not audited)."""
         self.bus = bus
         self.path = path
         self.urls = urls
@@ -192,16 +196,18 @@ class HostSocket:
         elif isinstance(request, SubscribeAgentStatusRequest):
             await self._subscribe(conn)
         else:
-            answer = await self.dispatch(request)
+            who = audit.socket_actor("operator", "host_sock", getattr(conn.stream, "socket", None))
+            answer = await self.dispatch(request, who=who)
             await conn.send(answer if isinstance(answer, bytes) else encode_response(answer))
 
-    async def dispatch(self, request: HostRequest) -> HostResponse | bytes:
-        """Answer one request; refusals and failures become ``ok:false`` answers, never exceptions."""
+    async def dispatch(self, request: HostRequest, *, who: audit.Actor | None = None) -> HostResponse | bytes:
+        """Answer one request; refusals and failures become ``ok:false`` answers, never exceptions.
+        ``who``: the peer, for the audit trail (its uid and user name from ``SO_PEERCRED``)."""
         key = self.verbs.get(type(request))
         try:
             if key is None or bind.BINDINGS[key].call is None:
                 raise NotAvailable(f"{request.CMD} is not handled by this daemon")
-            value = await bind.run(key, self, request)
+            value = await bind.run(key, self, request, who=who)
             return bind.BINDINGS[key].host(self, value)
         except Exception as exc:
             return failure(self._error_message(exc, request.CMD))

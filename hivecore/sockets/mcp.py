@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import trio
 
-from hivecore import agent_users
+from hivecore import agent_users, audit
 from hivecore.atomic import write_text_no_follow
 from hivecore.config import Config
 from hivecore.container_view import STATUS_FILE
@@ -138,8 +138,12 @@ class McpSocket:
         usage: Usage | None = None,
         questions: Questions | None = None,
         reminders: Any = None,
+        audit_log: Any = None,
     ) -> None:
         self.label = label
+        self.surface = surface
+        self.audit = audit_log
+        """The :class:`~hivecore.services.audit.AuditLog` (``None``: verbs are not audited)."""
         self.usage = usage
         self.questions = questions
         """The questions service (``ask_operator``, ``ask``, ``answer``)."""
@@ -202,7 +206,13 @@ class McpSocket:
                 key = self.verbs.get(type(request))
                 if key is None or bind.BINDINGS[key].call is None:
                     raise NotAvailable(f"{request.CMD} is not handled on this socket")
-                answer = bind.BINDINGS[key].mcp(await bind.run(key, self, request))
+                who = audit.socket_actor(
+                    self.caller.principal,
+                    self.surface,
+                    getattr(conn.stream, "socket", None),
+                    agent=self.me.name,
+                )
+                answer = bind.BINDINGS[key].mcp(await bind.run(key, self, request, who=who))
         except Exception as exc:
             answer = failure(self._error_message(exc, request.CMD))
         await conn.send(encode_response(answer))

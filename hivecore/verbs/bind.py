@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import trio
 
+from hivecore.audit import Actor, collecting_jobs
 from hivecore.errors import HiveError, NotAvailable, Refused, UnknownAgent, answer_for
 from hivecore.models import JobSource
 from hivecore.verbs import spec
@@ -62,6 +63,8 @@ class Context:
 
     facade: Any
     caller: Caller
+    audit: Any = None
+    """The :class:`~hivecore.services.audit.AuditLog` recording state-changing verbs (``None``: none)."""
 
 
 Call = Callable[[Any, Any], Awaitable[Any]]
@@ -91,21 +94,56 @@ class Binding:
     """The dashboard's ``message`` for (request, value)."""
 
 
-async def run(key: str, ctx: Any, request: Request) -> Any:
+async def run(key: str, ctx: Any, request: Request, *, who: Actor | None = None) -> Any:
     """Check ``request`` (its record's field checks) and make row ``key``'s call; its value."""
-    return (await run_checked(key, ctx, request))[1]
+    return (await run_checked(key, ctx, request, who=who))[1]
 
 
-async def run_checked(key: str, ctx: Any, request: Request) -> tuple[Any, Any]:
-    """:func:`run`, also returning the checked (normalised) request."""
+async def run_checked(key: str, ctx: Any, request: Request, *, who: Actor | None = None) -> tuple[Any, Any]:
+    """:func:`run`, also returning the checked (normalised) request.
+
+    The audit hook, once for every surface: a row that is not ``read_only`` is appended to the audit
+    trail (``ctx.audit``, an :class:`~hivecore.services.audit.AuditLog`; none: not recorded) with
+    ``who`` (the surface's :class:`~hivecore.audit.Actor`; ``None``: the caller's principal and
+    surface alone), its arguments (secrets redacted), outcome and the jobs it produced — refused,
+    failed and abandoned (cancelled) calls included."""
     call = BINDINGS[key].call
     row = spec.BY_KEY[key]
     if call is None:
         raise NotAvailable(f"{row.cmd} is answered by its server, not here")
-    if ctx.caller.principal not in row.principals:  # a surface serves only its rows; this is the backstop
-        raise Refused(f"{row.cmd} is not for the {ctx.caller.principal}")
-    request = checked(request)
-    return request, await call(ctx, request)
+    audit = getattr(ctx, "audit", None)
+    if audit is None or row.read_only:
+        if ctx.caller.principal not in row.principals:  # a surface serves only its rows; the backstop
+            raise Refused(f"{row.cmd} is not for the {ctx.caller.principal}")
+        request = checked(request)
+        return request, await call(ctx, request)
+    actor = (
+        who
+        if who is not None
+        else Actor(ctx.caller.principal, _VIA.get(ctx.caller.source, ctx.caller.source))
+    )
+    value: Any = None
+    with collecting_jobs() as jobs:
+        try:
+            if ctx.caller.principal not in row.principals:
+                raise Refused(f"{row.cmd} is not for the {ctx.caller.principal}")
+            request = checked(request)
+            value = await call(ctx, request)
+        except BaseException as exc:
+            if isinstance(exc, Exception | trio.Cancelled):
+                await audit.verb(actor, row.cmd, request, None, exc, jobs)
+            raise
+    await audit.verb(actor, row.cmd, request, value, None, jobs)
+    return request, value
+
+
+_VIA = {
+    "host_sock": "host_sock",
+    "dashboard": "dashboard",
+    "manager": "manager_sock",
+    "internal": "agent_sock",
+}
+"""A caller's job source → the surface it came through (when the surface gave no :class:`Actor`)."""
 
 
 async def call(key: str, ctx: Any, fields: Mapping[str, Any]) -> Any:
@@ -346,6 +384,28 @@ QUESTION_BINDINGS: Mapping[str, Binding] = {
 }
 
 
+async def _audit(ctx: Any, r: wh.AuditRequest) -> Any:
+    """The rows asked for, or (``verify``) the chain's check: refused naming the first bad row."""
+    if ctx.audit is None:
+        raise NotAvailable("this daemon keeps no audit trail")
+    if not r.verify:
+        return await ctx.audit.read(since=r.since, agent=r.agent, before=r.before, limit=r.limit)
+    found = await ctx.audit.verify()
+    if not found.ok:
+        raise Refused(
+            f"audit trail: row {found.bad_seq} does not match: {found.reason} "
+            f"({found.rows - 1} rows before it verified)"
+        )
+    start = f" from the retention checkpoint at row {found.checkpoint_seq}" if found.checkpoint_seq else ""
+    return f"audit trail verified: {found.rows} rows{start}; last hash {found.last_hash or '-'}"
+
+
+def _audit_answer(ctx: Any, value: Any) -> wh.HostResponse:
+    if isinstance(value, str):
+        return wh.HostResponse(ok=True, message=value)
+    return wh.HostResponse(ok=True, audit=value)
+
+
 BINDINGS: Mapping[str, Binding] = {
     **QUESTION_BINDINGS,
     "list": Binding(
@@ -490,6 +550,8 @@ BINDINGS: Mapping[str, Binding] = {
         host=lambda ctx, log: wh.HostResponse(ok=True, lines=log[0], log_offset=log[1]),
         mcp=lambda log: wa.McpResponse(ok=True, lines=log[0], log_offset=log[1]),
     ),
+    # --- audit (issue 19) ---
+    "audit": Binding(wh.AuditRequest, _audit, host=_audit_answer),
 }
 
 

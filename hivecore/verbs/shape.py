@@ -87,6 +87,9 @@ class Verb:
     tool_help: str | None = None
     """The MCP tool's description when it should say more than :attr:`help` (limits, what to do
     instead); ``None``: :attr:`help`."""
+    read_only: bool = False
+    """The verb changes nothing (a query). Every other row is state-changing and each call of it is
+    appended to the audit trail (:mod:`hivecore.audit`) by the server half, on every surface."""
 
     def __post_init__(self) -> None:
         for surface in self.surfaces:

@@ -48,6 +48,7 @@ def _row(
     stream: bool = False,
     harness_only: bool = False,
     tool_help: str | None = None,
+    read_only: bool = False,
 ) -> Verb:
     return Verb(
         key=key,
@@ -60,6 +61,7 @@ def _row(
         stream=stream,
         harness_only=harness_only,
         tool_help=tool_help,
+        read_only=read_only,
     )
 
 
@@ -146,6 +148,7 @@ VERBS: tuple[Verb, ...] = (
         "operator",
         "host_sock hivectl",
         commands=(Command("list", (), lambda a: {}),),
+        read_only=True,
     ),
     _row(
         "agent_status",
@@ -161,6 +164,7 @@ VERBS: tuple[Verb, ...] = (
                 help="show every agent's status (or only the named agents')",
             ),
         ),
+        read_only=True,
     ),
     _row(
         "subscribe_agent_status",
@@ -173,6 +177,7 @@ VERBS: tuple[Verb, ...] = (
                 "watch", (), lambda a: {}, help="print status changes as they happen (until interrupted)"
             ),
         ),
+        read_only=True,
     ),
     _row(
         "pending",
@@ -189,6 +194,7 @@ VERBS: tuple[Verb, ...] = (
                 help="list pending approvals (--all: the history too, with each failure's reason)",
             ),
         ),
+        read_only=True,
     ),
     _row(
         "approval",
@@ -204,6 +210,7 @@ VERBS: tuple[Verb, ...] = (
                 help="print an approval's full review (files, diff, commit message)",
             ),
         ),
+        read_only=True,
     ),
     _row(
         "operator_inbox",
@@ -219,6 +226,7 @@ VERBS: tuple[Verb, ...] = (
                 help="show the operator's messages (and mark them read)",
             ),
         ),
+        read_only=True,
     ),
     _row(
         "usage",
@@ -239,6 +247,7 @@ VERBS: tuple[Verb, ...] = (
                 help="show turns, tokens and cost per agent",
             ),
         ),
+        read_only=True,
     ),
     _row(
         "urls",
@@ -246,6 +255,7 @@ VERBS: tuple[Verb, ...] = (
         "operator",
         "host_sock hivectl",
         commands=(Command("urls", (), lambda a: {}, help="show where the hive can be reached"),),
+        read_only=True,
     ),
     # --- operator: lifecycle ---
     _row(
@@ -578,7 +588,11 @@ VERBS: tuple[Verb, ...] = (
         harness_only=True,
     ),
     _row(
-        "whoami", "Say who this socket is: name, inbox and role.", "manager agent", "manager_sock agent_sock"
+        "whoami",
+        "Say who this socket is: name, inbox and role.",
+        "manager agent",
+        "manager_sock agent_sock",
+        read_only=True,
     ),
     _row(
         "report_turn",
@@ -589,7 +603,7 @@ VERBS: tuple[Verb, ...] = (
         "manager_sock agent_sock",
         harness_only=True,
     ),
-    _row("status", "Show this agent's own status row.", "agent", "agent_sock"),
+    _row("status", "Show this agent's own status row.", "agent", "agent_sock", read_only=True),
     _row(
         "set_status",
         "Set this agent's status text (at most 1024 bytes), shown to the operator.",
@@ -605,6 +619,7 @@ VERBS: tuple[Verb, ...] = (
         "operator",
         "host_sock hivectl",
         commands=(Command("alarms", (), lambda a: {}, help="show the raised alarms"),),
+        read_only=True,
     ),
     _named(
         "release",
@@ -658,6 +673,7 @@ VERBS: tuple[Verb, ...] = (
                 help="print the last lines of an agent's log (-f: and follow it)",
             ),
         ),
+        read_only=True,
     ),
 )
 
@@ -718,6 +734,7 @@ _QUESTION_VERBS: tuple[Verb, ...] = (
         "operator",
         "host_sock hivectl",
         commands=(Command("questions", (), lambda a: {}, help="list the open questions"),),
+        read_only=True,
     ),
     _row(
         "answer_question",
@@ -761,7 +778,88 @@ _QUESTION_VERBS: tuple[Verb, ...] = (
     ),
 )
 
+# --- audit (issue 19: the audit trail, hivecore/audit.py) -------------------------------------------
+
+
+def _since(text: str) -> float:
+    """``--since``: ``90s``/``30m``/``2h``/``7d`` ago, an ISO date or time (UTC unless it says), or
+    epoch seconds; the epoch seconds it means."""
+    import datetime as dt
+    import time
+
+    text = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(text[:-1]) * units[text[-1]]
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--since: {text[:40]!r} is not 2h / 7d / an ISO date or time / epoch seconds"
+        ) from None
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
+
+
+AUDIT_VERBS: tuple[Verb, ...] = (
+    _row(
+        "audit",
+        "Show the audit trail, oldest first: who (principal, uid/user, dashboard session or token, "
+        "client) did what (verb, arguments with secrets redacted), its outcome and the job and "
+        "approval ids it produced; since (epoch seconds), agent (rows naming it or by it), before (a "
+        "seq: the page before it), limit (1-1000, default 200). verify: recompute the hash chain "
+        "instead, refused naming the first row that does not match.",
+        "operator",
+        "host_sock hivectl",
+        read_only=True,
+        commands=(
+            Command(
+                "audit",
+                (
+                    Arg(
+                        ("--since",),
+                        {
+                            "type": _since,
+                            "default": None,
+                            "metavar": "WHEN",
+                            "help": "only rows since WHEN (2h, 7d, 2026-12-01, epoch s)",
+                        },
+                    ),
+                    Arg(("--agent",), {"default": None, "metavar": "NAME", "help": "only rows about NAME"}),
+                    Arg(("--limit",), {"type": int, "default": 200, "help": "the newest N rows (200)"}),
+                    Arg(
+                        ("--before",),
+                        {
+                            "type": int,
+                            "default": None,
+                            "metavar": "SEQ",
+                            "help": "rows before SEQ (the previous page)",
+                        },
+                    ),
+                    Arg(
+                        ("--verify",),
+                        {
+                            "action": "store_true",
+                            "help": "recompute the hash chain; exit 1 naming the first bad row",
+                        },
+                    ),
+                ),
+                lambda a: {
+                    "since": a.since,
+                    "agent": a.agent,
+                    "limit": a.limit,
+                    "before": a.before,
+                    "verify": a.verify or None,
+                },
+                help="show who did what (--verify: check the audit trail's hash chain)",
+            ),
+        ),
+    ),
+)
+
 VERBS = VERBS + _QUESTION_VERBS
+VERBS = VERBS + AUDIT_VERBS
 
 # --- reminders (issue 18 item 2: actors/reminder_scheduler.py) ---------------------------------------
 
@@ -786,6 +884,7 @@ REMINDERS: tuple[Verb, ...] = (
         "manager agent",
         "manager_sock agent_sock",
         tool_help="How many of your reminders are still to be delivered (pending_reminders).",
+        read_only=True,
     ),
     _row(
         "reminders",
@@ -807,6 +906,7 @@ REMINDERS: tuple[Verb, ...] = (
                 help="list queued reminders",
             ),
         ),
+        read_only=True,
     ),
     _row(
         "cancel_reminder",
@@ -866,6 +966,7 @@ SCHEDULES: tuple[Verb, ...] = (
                 help="list scheduled prompts",
             ),
         ),
+        read_only=True,
     ),
     _row(
         "schedule",
@@ -939,6 +1040,7 @@ SWARM: tuple[Verb, ...] = (
         "operator",
         "host_sock hivectl",
         commands=(Command("swarm", (), lambda a: {}, help="show the hives of the swarm and their agents"),),
+        read_only=True,
     ),
 )
 VERBS = VERBS + SWARM

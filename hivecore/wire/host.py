@@ -18,6 +18,9 @@ import attrs
 
 from hivecore import reminders
 from hivecore import schedules as sched
+from hivecore.audit import MAX_READ as MAX_AUDIT_ROWS
+from hivecore.audit import AuditRow
+from hivecore.errors import BadInput
 from hivecore.models import Approval, ContainerView, Question
 from hivecore.reminders import Reminder
 from hivecore.schedules import Schedule
@@ -344,6 +347,39 @@ class SwarmStatusRequest(HostRequest):
     CMD = "swarm_status"
 
 
+# --- audit (issue 19: hivecore/audit.py) ----------------------------------------------------------
+
+
+def _since(value: float | None) -> float | None:
+    if value is not None and not (0 <= value < 1e11):
+        raise BadInput(f"since is epoch seconds (0 to 1e11), got {value!r}")
+    return value
+
+
+def _audit_limit(value: int) -> int:
+    if value < 1:
+        raise BadInput("limit must be at least 1")
+    return min(value, MAX_AUDIT_ROWS)
+
+
+def _before(value: int | None) -> int | None:
+    if value is not None and not 1 <= value < 2**62:
+        raise BadInput(f"before is a row's seq (a positive number), got {value}")
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class AuditRequest(HostRequest):
+    """The audit trail's newest ``limit`` rows (oldest first), or with ``verify`` the chain's check."""
+
+    CMD = "audit"
+    since: float | None = attrs.field(default=None, metadata=check(_since))
+    agent: str | None = attrs.field(default=None, metadata=check(checks.optional_agent_name))
+    before: int | None = attrs.field(default=None, metadata=check(_before))
+    limit: int = attrs.field(default=200, metadata=check(_audit_limit))
+    verify: bool = False
+
+
 AnyRequest = (
     ListRequest
     | AgentStatusRequest
@@ -382,6 +418,7 @@ AnyRequest = (
     | ScheduleRequest
     | UnscheduleRequest
     | SwarmStatusRequest
+    | AuditRequest
 )
 REQUEST_TYPES: tuple[type[HostRequest], ...] = AnyRequest.__args__
 COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in REQUEST_TYPES)
@@ -548,6 +585,8 @@ class HostResponse:
     """``schedules`` (and ``schedule``, ``unschedule``: the one row): scheduled prompts."""
     swarm: SwarmStatus | None = None
     """``swarm_status``: the link's state and every hive seen (``state`` ``off``: no ``--swarm``)."""
+    audit: list[AuditRow] | None = None
+    """``audit``: rows of the audit trail, oldest first (:class:`hivecore.audit.AuditRow`)."""
 
 
 OK = HostResponse(ok=True)

@@ -305,7 +305,8 @@ function approvalCard(a) {
       a.commit_ref ? el("span", { class: "chip sha", text: String(a.fetched_sha || a.commit_ref).slice(0, 12) }) : null,
       el("span", { class: "state-text", text: a.status })),
     a.description ? el("p", { class: "description", text: a.description }) : null,
-    a.note ? longText("note", "note: ", a.note, `approval:${a.id}`) : null);
+    a.note ? longText("note", "note: ", a.note, `approval:${a.id}`) : null,
+    a.resolved_by ? el("p", { class: "resolved-by", text: `${a.status} by ${a.resolved_by}` }) : null);
   if (a.status === "pending" && Array.isArray(a.files)) card.append(fileList(a));
   if (a.status === "pending" && a.commit_message) {
     card.append(el("details", { class: "commit-message", "data-restore-key": `approval-msg:${a.id}`, open: true },
@@ -804,5 +805,62 @@ setInterval(() => {
   for (const chip of document.querySelectorAll(".ttl[data-deadline]")) chip.textContent = ttlText(Number(chip.dataset.deadline));
   for (const b of document.querySelectorAll(".waiting[data-waiting-since]")) b.textContent = waitingText(Number(b.dataset.waitingSince));
 }, 1000);
+
+// --- audit trail (issue 19): GET /api/audit, newest page first, "older" pages back ---------------
+const AUDIT_PAGE = 100;
+let auditBefore = null;
+
+function auditWho(r) {
+  const bits = [`${r.principal}${r.via === "daemon" ? "" : "/" + r.via}`];
+  if (Number.isInteger(r.uid)) bits.push(`uid ${r.uid}${r.user ? " " + r.user : ""}`);
+  if (r.principal === "agent" && r.agent) bits.push(r.agent);
+  if (r.session) bits.push(`session ${r.session}`);
+  if (r.token) bits.push(r.token);
+  if (r.client) bits.push(`from ${r.client}`);
+  return bits.join(" ");
+}
+
+function auditRow(r) {
+  const made = [...(r.jobs || []).map((j) => `job ${j}`), ...(r.approvals || []).map((a) => `approval ${a}`)];
+  return el("div", { class: `row audit ${r.outcome}`, "data-seq": r.seq },
+    el("div", { class: "row-head" },
+      el("span", { class: "id", text: `#${r.seq}` }),
+      el("span", { class: "time", text: new Date(r.at * 1000).toISOString().replace("T", " ").slice(0, 19) }),
+      el("span", { class: "chip source", text: auditWho(r) }),
+      el("span", { class: "kind", text: r.verb }),
+      r.subject ? el("span", { class: "name", text: r.subject }) : null,
+      made.length ? el("span", { class: "chip", text: made.join(", ") }) : null,
+      el("span", { class: "state-text", text: r.outcome })),
+    r.error ? longText("error", "", r.error, `audit:${r.seq}`) : null);
+}
+
+async function loadAudit(older) {
+  const box = document.getElementById("audit-rows");
+  const query = new URLSearchParams({ limit: String(AUDIT_PAGE) });
+  if (older && auditBefore) query.set("before", String(auditBefore));
+  const resp = await fetch(`/api/audit?${query}`, { credentials: "same-origin" });
+  const body = await resp.json();
+  if (!body.ok) { toast(`audit: ${body.error}`, false); return; }
+  const rows = [...body.rows].reverse().map(auditRow);
+  if (older) box.append(...rows);
+  else box.replaceChildren(...(rows.length ? rows : [el("p", { class: "empty", text: "no audit rows yet" })]));
+  auditBefore = body.before;
+  document.getElementById("audit-older").hidden = !(body.before > 1 && body.rows.length === AUDIT_PAGE);
+}
+
+document.getElementById("audit-details").addEventListener("toggle", (ev) => {
+  if (ev.target.open) loadAudit(false);
+});
+document.getElementById("audit-refresh").addEventListener("click", () => loadAudit(false));
+document.getElementById("audit-older").addEventListener("click", () => loadAudit(true));
+document.getElementById("audit-verify").addEventListener("click", async () => {
+  const resp = await fetch("/api/audit?verify=1", { credentials: "same-origin" });
+  const body = await resp.json();
+  const v = body.verified;
+  const out = document.getElementById("audit-verified");
+  if (!body.ok) out.textContent = body.error;
+  else if (v.ok) out.textContent = `chain verified: ${v.rows} rows`;
+  else out.textContent = `row ${v.bad_seq} does not match: ${v.reason}`;
+});
 
 connect();

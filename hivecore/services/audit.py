@@ -1,0 +1,179 @@
+"""The audit trail's service: appends rows through the store actor, reads them back, verifies the chain
+and applies retention (the rows and the chain: :mod:`hivecore.audit`).
+
+* :meth:`AuditLog.verb` — called once per state-changing verb by :func:`hivecore.verbs.bind.run_checked`;
+* :meth:`AuditLog.record` — the daemon's own automatic actions (auto_update, crash recovery, an
+  expiry): ``await audit.record("reminder_expired", {"id": 7, "agent": "coder"})``;
+* :meth:`AuditLog.read` / :meth:`AuditLog.verify` — ``hivectl audit`` and the dashboard;
+* :meth:`AuditLog.sweep` — retention, run by the broker's hourly vacuum.
+
+A failure to write a row is logged (``audit: could not record …``) and never turns a verb that
+happened into an error; a row is written even if the caller is cancelled meanwhile (shielded,
+bounded by :data:`RECORD_TIMEOUT`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+import trio
+
+from hivecore import audit as au
+from hivecore.errors import HiveError, answer_for
+from hivecore.store import Store
+
+log = logging.getLogger(__name__)
+
+RECORD_TIMEOUT = 30.0
+"""Seconds a row's write may take once its verb is done (a cancelled caller's row included)."""
+
+
+def outcome_of(exc: BaseException | None) -> au.Outcome:
+    """``ok``; ``refused`` for a refusal (4xx: nothing happened); ``failed`` for anything else."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, trio.Cancelled):
+        return "abandoned"
+    if isinstance(exc, HiveError) and exc.http_status < 500:
+        return "refused"
+    return "failed"
+
+
+class AuditLog:
+    """Construct with the store; ``retention_days`` (``None``: keep forever) is what :meth:`sweep` keeps."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        retention_days: float | None = au.DEFAULT_RETENTION_DAYS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self.retention_days = retention_days
+        self._clock = clock
+        self.recorded = 0
+        self.write_failures = 0
+
+    async def append(
+        self,
+        actor: au.Actor,
+        verb: str,
+        args: Mapping[str, Any],
+        outcome: au.Outcome,
+        *,
+        error: str | None = None,
+        jobs: list[int] | None = None,
+        approvals: list[int] | None = None,
+    ) -> int | None:
+        """Append one row; its seq (``None``: it could not be written, which is logged)."""
+        content = au.content_of(
+            actor, verb, args, outcome, error=error, jobs=jobs, approvals=approvals, at=self._clock()
+        )
+        # an agent's rows (send, set_status, report_turn: many, and an agent is hostile) are committed
+        # without an fsync: the next full commit (any operator verb, a broker send) syncs them
+        fsync = actor.principal != "agent"
+        with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
+            try:
+                seq = await self._store.call(lambda c: au.append(c, content, fsync=fsync))
+            except Exception as exc:
+                self.write_failures += 1
+                log.error("audit: could not record %s by %s: %s", verb, actor.label(), exc)
+                return None
+            self.recorded += 1
+            return seq
+        self.write_failures += 1
+        log.error("audit: recording %s by %s took over %g s; given up", verb, actor.label(), RECORD_TIMEOUT)
+        return None
+
+    async def verb(
+        self,
+        actor: au.Actor,
+        verb: str,
+        request: Any,
+        value: Any,
+        exc: BaseException | None,
+        jobs: list[int],
+    ) -> int | None:
+        """The row of one verb call: its checked (or, if the checks refused it, raw) request, its
+        value and its exception (``None``: it succeeded), the jobs it produced."""
+        args = au.redacted_args(request)
+        approvals = approvals_of(args, value)
+        error = None if exc is None else answer_for(exc, verb).line
+        return await self.append(
+            actor, verb, args, outcome_of(exc), error=error, jobs=jobs, approvals=approvals
+        )
+
+    async def record(
+        self,
+        verb: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        outcome: au.Outcome = "ok",
+        error: str | None = None,
+        jobs: list[int] | None = None,
+        approvals: list[int] | None = None,
+        actor: au.Actor = au.DAEMON,
+    ) -> int | None:
+        """Record one automatic action of the daemon (principal ``daemon``): ``verb`` names it
+        (``auto_update``, ``crash_recover``, ``question_expired`` …), ``args`` are its details (JSON
+        values; name the agent under ``agent`` or ``name`` so ``hivectl audit --agent`` finds it)."""
+        return await self.append(
+            actor, verb, dict(args or {}), outcome, error=error, jobs=jobs, approvals=approvals
+        )
+
+    async def read(
+        self,
+        *,
+        since: float | None = None,
+        agent: str | None = None,
+        before: int | None = None,
+        limit: int = 200,
+    ) -> list[au.AuditRow]:
+        return await self._store.call(
+            lambda c: au.read(c, since=since, agent=agent, before=before, limit=limit)
+        )
+
+    async def verify(self) -> au.Verified:
+        """Recompute the chain, :data:`~hivecore.audit.VERIFY_CHUNK` rows per store call (other
+        calls run in between). A mismatch is checked once more from the start: a retention sweep
+        between two chunks may have replaced the rows ahead with a checkpoint."""
+        for _attempt in range(2):
+            found, after = await self._store.call(lambda c: au.verify_chunk(c, 0, None))
+            while after is not None:
+                found, after = await self._store.call(partial(au.verify_chunk, after=after, start=found))
+            if found.ok:
+                break
+        return found
+
+    async def sweep(self) -> au.Vacuumed | None:
+        """Drop audit rows and finished jobs past the retention (one transaction); ``None``: kept forever."""
+        if self.retention_days is None:
+            return None
+        cutoff = self._clock() - self.retention_days * 86400
+        done = await self._store.call(lambda c: au.vacuum(c, cutoff))
+        if done.audit_rows or done.jobs:
+            log.info(
+                "audit: retention (%g days) dropped %d audit rows (a checkpoint keeps the chain) and %d jobs",
+                self.retention_days,
+                done.audit_rows,
+                done.jobs,
+            )
+        return done
+
+
+def approvals_of(args: Mapping[str, Any], value: Any) -> list[int]:
+    """The approval ids a verb acted on (an ``id`` field: approve, deny) or produced (its value is an
+    approval: request_spawn, request_apply_commit)."""
+    from hivecore.models import Approval
+
+    out: list[int] = []
+    if isinstance(args.get("id"), int):
+        out.append(args["id"])
+    if isinstance(value, Approval) and value.id not in out:
+        out.append(value.id)
+    return out
