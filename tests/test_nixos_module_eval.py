@@ -186,10 +186,10 @@ def intended_argv(package: Path, settings: dict[str, Any]) -> list[str]:
         "--crash-watch-interval", str(s["crashWatchInterval"]),
         "--agent-memory-max", s["agentMemoryMax"],
         "--agent-cpu-quota", s["agentCpuQuota"],
-        "--retention-days", str(s["retentionDays"]),
     ]  # fmt: skip
     argv += ["--alarm-manager-unread", "15", "--alarm-unacked", "30", "--crash-loop", "3/10"]
     argv += ["--alarm-approval-age", "24"]
+    argv += ["--retention-days", str(s["retentionDays"])]
     for url in s["notifyUrls"]:
         argv += ["--notify-url", url]
     if s["notifyUrlFile"] is not None:
