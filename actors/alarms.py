@@ -24,7 +24,7 @@ import collections
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,8 @@ class AlarmStatistics:
 
 
 AlarmSource = Callable[[], list[al.Alarm]]
+Recorder = Callable[[str, Mapping[str, Any]], Awaitable[None]]
+"""``await record(action, args)``: the audit trail's hook for the daemon's own actions (never raises)."""
 
 
 class AlarmWatch:
@@ -126,6 +128,8 @@ class AlarmWatch:
         self._cleared_total = 0
         self._loaded = False
         self._pending_writes: list[al.Hold] = []
+        self.record: Recorder | None = None
+        """Set by the daemon to the audit trail's ``record``: each raise, clear and hold is a row."""
 
     # --- what others read ------------------------------------------------------------------------
 
@@ -184,6 +188,7 @@ class AlarmWatch:
             )
             if self._pending_writes and self._pending_writes[0] is hold:
                 self._pending_writes.pop(0)
+            await self._audit("agent_held", {"agent": hold.agent, "reason": hold.reason})
 
         def read(conn: sqlite3.Connection) -> tuple[dict[str, al.Inbox], list[tuple[int, str, float]]]:
             return read_inboxes(conn), read_pending(conn)
@@ -227,8 +232,23 @@ class AlarmWatch:
             self._cleared_total += 1
             log.info("alarm cleared: %s", alarm.key)
             self._bus.publish(AlarmCleared(key=alarm.key, alarm_kind=alarm.kind, agent=alarm.agent))
+        for alarm in raised:
+            await self._audit(
+                "alarm_raised",
+                {"key": alarm.key, "level": alarm.level, "agent": alarm.agent, "message": alarm.message},
+            )
+        for alarm in cleared:
+            await self._audit("alarm_cleared", {"key": alarm.key, "agent": alarm.agent})
         self._passes += 1
         return self.alarms()
+
+    async def _audit(self, action: str, args: Mapping[str, Any]) -> None:
+        if self.record is None:
+            return
+        try:
+            await self.record(action, args)
+        except Exception:  # the hook promises not to raise; an alarm pass never fails for it
+            log.warning("alarms: could not record %s in the audit trail", action, exc_info=True)
 
     async def load(self) -> None:
         """Read the holds the store kept (once, at the first :meth:`run`)."""

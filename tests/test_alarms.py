@@ -201,6 +201,33 @@ async def test_crash_loop_holds_then_release_clears(tmp_path: Path) -> None:
     assert kinds == [("alarm_raised", "crash_loop:coder"), ("alarm_cleared", "crash_loop:coder")]
 
 
+async def test_raises_clears_and_holds_are_recorded_for_the_audit_trail(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rows: list[tuple[str, dict[str, Any]]] = []
+
+    async def record(action: str, args: Any) -> None:
+        rows.append((action, dict(args)))
+
+    rig.watch.record = record
+    for _ in range(3):
+        rig.watch.record_crash("coder")
+    await rig.keys()
+    await rig.watch.release("coder")
+    assert [(a, r.get("key", r.get("agent"))) for a, r in rows] == [
+        ("agent_held", "coder"),
+        ("alarm_raised", "crash_loop:coder"),
+        ("alarm_cleared", "crash_loop:coder"),
+    ]
+    assert rows[1][1]["level"] == "crit"
+
+    async def broken(action: str, args: Any) -> None:
+        raise RuntimeError("the audit store is gone")
+
+    rig.watch.record = broken  # a failing hook never fails a pass
+    rig.rows["coder"] = ContainerView(name="coder", container="coder", stuck="x")
+    assert await rig.keys() == ["stuck:coder"]
+
+
 async def test_disk_raises_and_clears(tmp_path: Path) -> None:
     rig = Rig(tmp_path, disk_warn=0.0, disk_crit=1.01)  # any filesystem is "full"
     rig.watch.disk_paths = [("state dir", str(tmp_path)), ("again", str(tmp_path))]
