@@ -257,7 +257,11 @@ async def test_every_surface_names_its_principal_and_verify_names_an_edited_row(
     assert [r.get("uid") for r in approves if r["via"] == "host_sock"] == [0, NOBODY, 0]
     assert [r.get("uid") for r in denies if r["via"] == "host_sock"] == [0, NOBODY]
     assert all(r.get("approvals") and r.get("jobs") for r in approves), approves
-    session_rows = [r for r in rows if r["via"] == "dashboard" and r.get("session")]
+    session_rows = [
+        r
+        for r in rows
+        if r["via"] == "dashboard" and r.get("session") and not r["verb"].startswith("dashboard_")
+    ]
     bearer_rows = [r for r in rows if r["via"] == "dashboard" and r.get("token")]
     assert sorted(r["verb"] for r in session_rows) == [
         "approve",
@@ -273,6 +277,9 @@ async def test_every_surface_names_its_principal_and_verify_names_an_edited_row(
         "request_spawn",
         "request_spawn",
     ]
+    assert [r["verb"] for r in rows if r["verb"].startswith("dashboard_")] == ["dashboard_login"]
+    login_row = next(r for r in rows if r["verb"] == "dashboard_login")
+    assert login_row["session"] == session_rows[0]["session"]
     for r in session_rows:
         assert r["session"].startswith("s:")
         assert r.get("session_login")

@@ -257,7 +257,7 @@ def create_app(
         body, mimetype = found
         return Response(body, mimetype=mimetype, headers={"Cache-Control": "no-cache"})
 
-    app.register_blueprint(session.blueprint(auth, principal))
+    app.register_blueprint(session.blueprint(auth, principal, audit_log))
     app.register_blueprint(api.blueprint(coordinator, paths, csrf_for))
     app.register_blueprint(stream.blueprint(hub))
     app.register_blueprint(actions.blueprint(coordinator, audit_log, actor))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from quart import Blueprint, Response, request
 
@@ -36,8 +37,14 @@ def failed_login(auth: Auth, client: str) -> None:
         )
 
 
-def blueprint(auth: Auth, principal: Callable[[], Principal | None]) -> Blueprint:
+def blueprint(auth: Auth, principal: Callable[[], Principal | None], audit_log: Any = None) -> Blueprint:
+    """``audit_log``: a session's login and logout are recorded in the audit trail (``dashboard_login``,
+    ``dashboard_logout``, with the session's identifier, never its cookie)."""
     bp = Blueprint("session", __name__)
+
+    async def record(verb: str, sid: str | None) -> None:
+        if audit_log is not None:
+            await audit_log.record(verb, {}, actor=auth.actor("session", sid, request.remote_addr))
 
     @bp.post("/login")
     async def login() -> Response:
@@ -53,6 +60,7 @@ def blueprint(auth: Auth, principal: Callable[[], Principal | None]) -> Blueprin
                 return throttled(wait)
             failed_login(auth, client)
             return _error(403, "wrong operator token")
+        await record("dashboard_login", sid)
         resp = Response(json.dumps({"ok": True, "message": "logged in"}), mimetype=JSON)
         resp.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="Strict", path="/")
         return resp
@@ -63,6 +71,8 @@ def blueprint(auth: Auth, principal: Callable[[], Principal | None]) -> Blueprin
         who = principal()
         if who == "session" and not auth.csrf_ok(who, sid, request.headers.get(CSRF_HEADER)):
             return _error(403, f"missing or wrong CSRF token (send the {CSRF_HEADER} header)")
+        if who == "session":
+            await record("dashboard_logout", sid)
         auth.logout(sid)
         resp = Response(json.dumps({"ok": True, "message": "logged out"}), mimetype=JSON)
         resp.delete_cookie(SESSION_COOKIE, path="/")
