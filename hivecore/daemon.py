@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -287,6 +287,11 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         disk_paths=default_disk_paths(config.paths.root),
         interval=config.alarm_interval,
     )
+
+    async def record_alarm(action: str, args: Mapping[str, Any]) -> None:
+        await audit_log.record(action, args)
+
+    alarm_watch.record = record_alarm  # raises, clears and crash-loop holds are audit rows
     webhooks = None
     if config.notify_urls:
         webhooks = Webhooks(

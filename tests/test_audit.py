@@ -370,4 +370,9 @@ async def test_the_hourly_sweep_keeps_the_retention_and_a_replay_is_recorded(sta
         assert replay.jobs[0] == 7
         assert len(replay.jobs) == 2
         assert (await audit_log.verify()).ok
+        # the alarms actor's raises, clears and holds reach the trail through its hook
+        assert hive.alarm_watch.record is not None
+        await hive.alarm_watch.record("alarm_raised", {"key": "test", "agent": "ghost"})
+        alarm = (await audit_log.read(agent="ghost"))[-1]
+        assert (alarm.verb, alarm.principal) == ("alarm_raised", "daemon")
         nursery.cancel_scope.cancel()
