@@ -207,9 +207,18 @@ def next_after(fired_at: float, interval: int | None, now: float) -> float | Non
     return nxt if nxt > now else now + interval
 
 
-def summary(s: Schedule) -> str:
-    """One line for an approval card and a listing: whom, when, what."""
+def summary(s: Schedule, *, whole: bool = False) -> str:
+    """Whom, when and what, on one line (``whole``: the whole body after a line break, as an
+    approval card shows it: the operator approves exactly what will be sent)."""
     whom = ", ".join(t.target for t in s.targets)
-    when_ = f"every {s.interval_seconds} s" if s.interval_seconds else "once"
+    if s.interval_seconds:
+        when_ = f"every {s.interval_seconds} s"
+    elif s.next_fire_at is not None:
+        stamp = dt.datetime.fromtimestamp(s.next_fire_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when_ = f"once at {stamp}"
+    else:
+        when_ = "once"
+    if whole:
+        return f"to {whom}, {when_}:\n{s.body}"
     text = s.body if len(s.body) <= 200 else s.body[:199] + "…"
     return f"to {whom}, {when_}: {text}"

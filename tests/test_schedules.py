@@ -118,7 +118,7 @@ async def test_the_manager_requests_one_and_the_operator_approves_or_denies(hive
     aid = got["approval_id"]
     [pending] = [a for a in await hive.coordinator.pending(only_pending=True) if a.id == aid]
     assert (pending.kind, pending.agent, pending.commit_ref) == ("schedule_prompt", "hm1nd", "schedule:1")
-    assert pending.description == "to alpha, every 7200 s: status?\n\nx"
+    assert pending.description == "to alpha, every 7200 s:\nstatus?\n\nx"  # the whole body
     [requested] = await hive.coordinator.schedules()
     assert (requested.state, requested.owner, requested.source) == ("requested", "hm1nd", f"approval:{aid}")
     approved = await hivectl("approve", str(aid), sock=hive.config.host_socket_path)

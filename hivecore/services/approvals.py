@@ -643,7 +643,7 @@ class Approvals:
         when and what, then the manager's description. ``commit_ref`` is ``schedule:<id>``."""
         from hivecore.schedules import summary
 
-        text = summary(schedule) + (f"\n\n{description}" if description else "")
+        text = summary(schedule, whole=True) + (f"\n\n{description}" if description else "")
         approval = await self.store.call(
             lambda c: st.insert_approval(
                 c,
