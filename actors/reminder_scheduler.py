@@ -21,6 +21,7 @@ to a later agent of the same name. Every change is an event (``reminder_added``,
 
 from __future__ import annotations
 
+import collections
 import logging
 import sqlite3
 import time
@@ -34,7 +35,7 @@ import trio
 from hivecore import agentfs
 from hivecore import reminder_store as rs
 from hivecore import reminders as rm
-from hivecore.errors import BadInput, HiveError
+from hivecore.errors import BadInput, HiveError, Refused
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, REMINDER_SENDER
 from hivecore.store import Store
 from hivecore.wire.events import Event, ReminderAdded, ReminderFailed, ReminderRemoved, ReminderSent
@@ -83,6 +84,7 @@ class ReminderScheduler:
         self.max_pending = max_pending
         self._wake = trio.Event()
         self._last_vacuum = float("-inf")
+        self._recent: dict[str, collections.deque[float]] = {}
         self.sent = self.failed = self.dropped = self.wakeups = 0
 
     # --- the verbs --------------------------------------------------------------------------------
@@ -101,10 +103,19 @@ class ReminderScheduler:
         :data:`~hivecore.reminders.MAX_PENDING_PER_AGENT` pending."""
         now = self.clock()
         due = rm.due_time(delay_seconds, at, now)
+        recent = self._recent.setdefault(agent, collections.deque())
+        while recent and recent[0] <= now - 60:
+            recent.popleft()
+        if len(recent) >= rm.MAX_REMINDS_PER_MINUTE:
+            raise Refused(
+                f"remind: at most {rm.MAX_REMINDS_PER_MINUTE} reminders a minute per agent; "
+                "this one was not set (try again in a minute)"
+            )
         if file_path is not None:
             rm.state_relative(file_path, self._state_dir(agent))  # refused now, not when it fires
         quota = self.max_pending
         row = await self._store.call(lambda c: rs.insert(c, agent, message, file_path, due, now, quota))
+        recent.append(now)
         log.info("reminder %d for %s due in %.0f s", row.id, agent, due - now)
         self._wake.set()
         self._bus.publish(ReminderAdded(reminder=_preview(row)))

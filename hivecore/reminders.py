@@ -25,6 +25,9 @@ MAX_DELAY = 366 * 24 * 3600
 """The furthest a reminder may be due: a year and a day from now (seconds)."""
 MAX_PENDING_PER_AGENT = 100
 """Pending reminders one agent (or the manager) may have: one agent must not fill the store."""
+MAX_REMINDS_PER_MINUTE = 60
+"""``remind`` calls one caller may make in a sliding minute: a reminder due at once, acked and asked
+again in a loop would otherwise write rows as fast as the store takes them."""
 MAX_FILE_PATH = 255
 MAX_PATH_PARTS = 8
 FILE_DIR = "reminders"

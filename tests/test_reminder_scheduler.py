@@ -17,7 +17,7 @@ import trio.testing
 from actors.reminder_scheduler import MAX_SLEEP, ReminderScheduler
 from hivecore import reminders as rm
 from hivecore import store as st
-from hivecore.errors import BadInput
+from hivecore.errors import BadInput, Refused
 from hivecore.store import QuotaExceeded
 from hivecore.wire.agent import RemindRequest, parse_agent_request
 from hivecore.wire.events import Event, ReminderAdded, ReminderFailed, ReminderRemoved, ReminderSent
@@ -296,3 +296,19 @@ async def test_a_purge_drops_its_reminders_at_once(
     assert [(e.id, e.reason) for e in bus.events if isinstance(e, ReminderRemoved)] == [(1, "dropped")]
     loose = await sched.loose_ends("other")  # the viewers' query: due and still to come
     assert ([r.message for r in loose.due], [r.message for r in loose.pending]) == ([], ["theirs"])
+
+
+async def test_remind_is_rate_limited_per_agent(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    sched, store, _, _ = make(tmp_path, max_pending=1000)
+    live(store, "coder")
+    for n in range(rm.MAX_REMINDS_PER_MINUTE):
+        await sched.remind("coder", f"r{n}", delay_seconds=3600)
+    with pytest.raises(
+        Refused, match=r"^remind: at most 60 reminders a minute per agent; this one was not set"
+    ):
+        await sched.remind("coder", "one more", delay_seconds=3600)
+    await sched.remind("hm1nd", "the manager is not affected", delay_seconds=3600)
+    await trio.sleep(61)
+    await sched.remind("coder", "a minute later", delay_seconds=3600)
