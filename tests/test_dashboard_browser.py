@@ -149,7 +149,23 @@ async def live(state_dir: Path) -> AsyncIterator[Daemon]:
         nursery.cancel_scope.cancel()
 
 
+def open_tab(page: Page, tab: str) -> None:
+    """Click tab ``tab`` (``swarm``, ``call``, ``system``, …) as the operator would; its panel shows."""
+    page.click(f"#tab-{tab}")
+    page.wait_for_selector(f"#tabpanel-{tab}", state="visible")
+
+
+def tab_of(page: Page, element_id: str) -> str:
+    """The tab whose panel holds the element with id ``element_id``."""
+    tab: str = page.evaluate(
+        "id => document.getElementById(id).closest('[role=tabpanel]').id.replace('tabpanel-', '')",
+        element_id,
+    )
+    return tab
+
+
 def shot(page: Page, out: Path, section: str) -> None:
+    open_tab(page, tab_of(page, section))
     page.locator(f"#{section}").screenshot(path=str(out / f"{section}.png"))
 
 
@@ -200,7 +216,8 @@ async def test_the_page_follows_the_world_on_one_snapshot(
         inbox = await browser.run(lambda: page.inner_text("#operator-inbox"))
         assert evil in inbox
         assert await browser.run(lambda: page.evaluate("document.querySelectorAll('#inbox img').length")) == 0
-        # the compose box sends to an agent
+        # the compose box sends to an agent (on the FL0W tab)
+        await browser.run(lambda: open_tab(page, "flow"))
         await browser.run(lambda: page.fill("#compose input[name=to]", "@coder"))
         await browser.run(lambda: page.fill("#compose input[name=body]", "hello from the page"))
         await browser.run(lambda: page.click("#compose button[type=submit]"))
@@ -217,6 +234,7 @@ async def test_the_page_follows_the_world_on_one_snapshot(
         )
         aid = asked["approval_id"]
         card = f"#approvals .card.pending[data-id='{aid}']"
+        await browser.run(lambda: open_tab(page, "call"))
         await browser.run(wait(card))
         diff = await browser.run(lambda: page.inner_text(f"{card} pre.diff"))
         assert 'model = "sonnet"' in diff
@@ -283,6 +301,7 @@ async def test_the_page_follows_the_world_on_one_snapshot(
             await meta_update(["hyperhive"], source="host_sock")
             await browser.run(wait("#jobs .job:has-text('meta_update')"))
         await browser.run(lambda: shot(page, shots, "meta"))
+        await browser.run(lambda: page.screenshot(path=str(shots / "system.png"), full_page=True))
 
     assert browser.state_requests == [f"{base}/api/state"], browser.state_requests
     assert not browser.console_errors, browser.console_errors
@@ -419,6 +438,7 @@ async def test_a_dropped_stream_reconnects_and_misses_nothing(live: Daemon, brow
         await live.broker.send("scout", "operator", "written while you were away")
         await browser.run(lambda: page.wait_for_selector("#containers .row.stopped[data-name='coder']"))
         await browser.run(lambda: page.wait_for_selector("#containers .row.running[data-name='scout']"))
+        await browser.run(lambda: open_tab(page, "flow"))
         await browser.run(
             lambda: page.wait_for_selector("#operator-inbox .msg:has-text('while you were away')")
         )
@@ -436,8 +456,13 @@ async def test_a_dropped_stream_reconnects_and_misses_nothing(live: Daemon, brow
 
 def section_texts(p: Page) -> dict[str, str]:
     """Each section's text, with live relative times ("3s ago", "2m ago") normalised: two pages
-    loaded a second apart may round the same instant differently."""
-    return {s: RELATIVE_TIME.sub("<t> ago", p.inner_text(s)) for s in SECTIONS}
+    loaded a second apart may round the same instant differently. Each is read on its tab, shown (a
+    hidden element's text has no layout: no tabs between table cells, no line breaks)."""
+    texts = {}
+    for s in SECTIONS:
+        open_tab(p, tab_of(p, s.removeprefix("#")))
+        texts[s] = RELATIVE_TIME.sub("<t> ago", p.inner_text(s))
+    return texts
 
 
 async def test_a_refetch_frame_reloads_the_snapshot_into_the_stores(
@@ -511,6 +536,7 @@ async def test_a_build_error_keeps_its_line_breaks_on_the_page(live: Daemon, bro
         caret = next(line for line in failed.note.splitlines() if line.rstrip().endswith("^"))
 
         job = "#jobs .job.failed:has-text('apply_commit')"
+        await browser.run(lambda: open_tab(page, "system"))  # the rebuild queue
         await browser.run(wait(f"{job} details.long-text"))
         await browser.run(lambda: page.click(f"{job} details.long-text summary"))
         shown = await browser.run(lambda: page.inner_text(f"{job} details.long-text pre"))
@@ -521,6 +547,7 @@ async def test_a_build_error_keeps_its_line_breaks_on_the_page(live: Daemon, bro
         await browser.run(wait("#jobs .job.done:has-text('restart')"))
         assert await browser.run(lambda: page.locator(f"{job} details.long-text").get_attribute("open")) == ""
 
+        await browser.run(lambda: open_tab(page, "call"))
         await browser.run(lambda: page.click("#approvals-toggle"))
         card = f"#approvals .card.failed[data-id='{asked['approval_id']}']"
         await browser.run(wait(f"{card} details.long-text"))

@@ -19,6 +19,7 @@ from tests.test_dashboard_browser import (  # noqa: F401  # fixtures
     BrowserThread,
     browser,
     live,
+    open_tab,
     pytestmark,
     shot,
 )
@@ -60,6 +61,7 @@ async def test_the_operator_answers_questions_on_the_page(
 
         # an option button; the TTL counts down on the card; the pill counts the question
         evil = "<img src=x onerror=window.pwned=1> deploy now?"
+        await browser.run(lambda: open_tab(page, "call"))
         one = await ask(question=evil, options=["yes", "no"], ttl_seconds=600)
         card = f"#questions .card[data-id='{one}']"
         assert await browser.run(lambda: page.inner_text(f"{card} .question-text")) == evil
@@ -108,6 +110,7 @@ async def test_the_operator_answers_questions_on_the_page(
 
         # an agent waiting on the operator: its row says so until the question is answered
         await ok(await host(live, {"cmd": "spawn", "name": "coder"}))
+        await browser.run(lambda: open_tab(page, "swarm"))
         await browser.run(wait("#containers .row.running[data-name='coder']"))
         asked = await ok(
             await call(live.config.agent_socket_path("coder"), {"cmd": "ask_operator", "question": "may I?"})

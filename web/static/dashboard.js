@@ -492,13 +492,38 @@ function messageLine(m) {
 
 function renderMessages() {
   const box = document.getElementById("messages");
-  const stick = box.scrollTop + box.clientHeight >= box.scrollHeight - 8;
+  // on a hidden tab the terminal has no layout: it keeps following the newest line
+  const stick = box.offsetParent === null ? box.dataset.stick !== "0" : box.scrollTop + box.clientHeight >= box.scrollHeight - 8;
+  box.dataset.stick = stick ? "1" : "0";
   box.replaceChildren(...[...S.messages.values()].map(messageLine));
   if (stick) box.scrollTop = box.scrollHeight;
   const inbox = document.getElementById("operator-inbox");
   const rows = [...S.inbox.values()].reverse();
   inbox.replaceChildren(...(rows.length ? rows.map(messageLine) : [el("p", { class: "empty", text: "nobody wrote to you" })]));
   document.getElementById("inbox-count").textContent = String(S.inbox.size);
+  renderUnread();
+}
+
+// --- unread operator messages (counted in the Y3R C4LL and FL0W tab pills) -----------------------
+// A message is read once the inbox has been on screen (its tab shown, the page visible) while the
+// message was in it; the mark (the newest id seen) is kept in localStorage, per browser. Client
+// state only: the server's inbox is unchanged.
+const INBOX_MARK = "hive.inbox-read-upto";
+
+function inboxMark() {
+  try { return Number(localStorage.getItem(INBOX_MARK)) || 0; } catch (e) { return S.inboxMark || 0; }
+}
+
+function renderUnread() {
+  const ids = [...S.inbox.keys()].map(Number).filter(Number.isFinite);
+  let mark = inboxMark();
+  const shown = document.getElementById("operator-inbox").offsetParent !== null && document.visibilityState === "visible";
+  if (shown && ids.length && Math.max(...ids) > mark) {
+    mark = Math.max(...ids);
+    S.inboxMark = mark;
+    try { localStorage.setItem(INBOX_MARK, String(mark)); } catch (e) { /* private mode: this page only */ }
+  }
+  document.getElementById("inbox-unread").textContent = String(ids.filter((id) => id > mark).length);
 }
 
 function renderWarnings() {
@@ -862,5 +887,13 @@ document.getElementById("audit-verify").addEventListener("click", async () => {
   else if (v.ok) out.textContent = `chain verified: ${v.rows} rows`;
   else out.textContent = `row ${v.bad_seq} does not match: ${v.reason}`;
 });
+
+// a tab coming into view (tabs.js): its terminals that follow the newest line scroll to it, and
+// the inbox, if it is now on screen, counts as read
+document.addEventListener("hive:tabshown", (ev) => {
+  for (const box of ev.detail.panel.querySelectorAll(".terminal")) if (box.dataset.stick !== "0") box.scrollTop = box.scrollHeight;
+  renderUnread();
+});
+document.addEventListener("visibilitychange", renderUnread);
 
 connect();
