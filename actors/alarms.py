@@ -92,7 +92,7 @@ class AlarmStatistics:
 
 
 AlarmSource = Callable[[], list[al.Alarm]]
-Recorder = Callable[[str, Mapping[str, Any]], Awaitable[None]]
+Recorder = Callable[[str, Mapping[str, Any]], Awaitable[object]]
 """``await record(action, args)``: the audit trail's hook for the daemon's own actions (never raises)."""
 
 
