@@ -348,6 +348,16 @@ async def test_a_crash_looping_agent_is_held_until_released(parts: Parts) -> Non
     assert c.views()["alpha"].running
     with pytest.raises(Exception, match="alpha is not held"):
         await bind.call("release", bind.Context(c, bind.OPERATOR_SOCK), {"name": "alpha"})
+    # the audit trail: the daemon held it, raised the alarm, and cleared it after the release (the
+    # release itself is the verb's row where a surface runs it: host.sock, the dashboard)
+    audit = parts.daemon.audit
+    assert audit is not None
+    rows = await audit.read(agent="alpha")
+    seen = [(r.verb, r.principal) for r in sorted(rows, key=lambda r: r.seq)]
+    held = seen.index(("agent_held", "daemon"))
+    raised = seen.index(("alarm_raised", "daemon"))
+    cleared = seen.index(("alarm_cleared", "daemon"))
+    assert held < raised < cleared, seen
 
 
 def test_threshold_flags() -> None:
