@@ -376,3 +376,33 @@ async def test_the_hourly_sweep_keeps_the_retention_and_a_replay_is_recorded(sta
         alarm = (await audit_log.read(agent="ghost"))[-1]
         assert (alarm.verb, alarm.principal) == ("alarm_raised", "daemon")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_flooding_agent_is_counted_not_kept(tmp_path: Path) -> None:
+    """A manager or agent socket past its row budget leaves one ``audit_suppressed`` row with the
+    count, not a row per request; the operator's rows are never budgeted."""
+    from hivecore.services.audit import AuditLog
+    from hivecore.store import Store
+    from hivecore.wire.agent import SetStatusRequest
+
+    now = [1000.0]
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(tmp_path / "hive.db").run)
+        log = AuditLog(store, clock=lambda: now[0], budget=(5, 1.0))
+        agent = au.Actor("agent", "agent_sock", uid=1234, agent="coder")
+        for i in range(12):
+            await log.verb(agent, "set_status", SetStatusRequest(text=f"busy {i}"), None, None, [])
+        operator = au.Actor("operator", "host_sock", uid=0, user="root")
+        for _ in range(12):
+            await log.append(operator, "stop", {"name": "coder"}, "ok")
+        assert log.suppressed == 7
+        now[0] += 2.0  # two rows' worth of budget back
+        await log.verb(agent, "set_status", SetStatusRequest(text="later"), None, None, [])
+        rows = await log.read(agent="coder", limit=1000)
+        by_agent = [r for r in rows if r.principal == "agent"]
+        assert [r.verb for r in by_agent] == ["set_status"] * 5 + ["audit_suppressed", "set_status"]
+        assert by_agent[5].args["rows"] == 7
+        assert by_agent[-1].args == {"text": "later"}
+        assert len([r for r in rows if r.principal == "operator"]) == 12
+        assert (await log.verify()).ok
+        nursery.cancel_scope.cancel()

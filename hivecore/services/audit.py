@@ -28,6 +28,11 @@ from hivecore.store import Store
 
 log = logging.getLogger(__name__)
 
+SOCKET_BURST = 300.0
+SOCKET_RATE = 1.0
+"""Rows one manager or agent socket may add: a burst of :data:`SOCKET_BURST`, then
+:data:`SOCKET_RATE` a second (a turn adds a few). Past it its rows are counted and the count is one
+``audit_suppressed`` row before its next kept row: a hostile agent cannot fill the disk with them."""
 RECORD_TIMEOUT = 30.0
 """Seconds a row's write may take once its verb is done (a cancelled caller's row included)."""
 
@@ -52,12 +57,31 @@ class AuditLog:
         *,
         retention_days: float | None = au.DEFAULT_RETENTION_DAYS,
         clock: Callable[[], float] = time.time,
+        budget: tuple[float, float] = (SOCKET_BURST, SOCKET_RATE),
     ) -> None:
         self._store = store
         self.retention_days = retention_days
         self._clock = clock
         self.recorded = 0
         self.write_failures = 0
+        self.suppressed = 0
+        self._burst, self._rate = budget
+        self._buckets: dict[str, tuple[float, float]] = {}
+        """Per manager/agent socket: (rows it may still write now, when that was computed)."""
+        self._held_back: dict[str, int] = {}
+        """Per manager/agent socket: rows left out since its last recorded one."""
+
+    def _take(self, key: str) -> bool:
+        """Whether socket ``key`` may write a row now (a token bucket: :data:`SOCKET_BURST` rows,
+        refilled at :data:`SOCKET_RATE` a second)."""
+        now = self._clock()
+        tokens, then = self._buckets.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + max(0.0, now - then) * self._rate)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return False
+        self._buckets[key] = (tokens - 1, now)
+        return True
 
     async def append(
         self,
@@ -104,6 +128,21 @@ class AuditLog:
         args = au.redacted_args(request)
         approvals = approvals_of(args, value)
         error = None if exc is None else answer_for(exc, verb).line
+        if actor.principal in ("manager", "agent"):  # hostile: a flood must not fill the disk
+            key = f"{actor.principal}:{actor.agent}"
+            if not self._take(key):
+                self._held_back[key] = self._held_back.get(key, 0) + 1
+                self.suppressed += 1
+                if self._held_back[key] == 1:
+                    log.warning("audit: %s is over its row budget; its rows are counted, not kept", key)
+                return None
+            if held := self._held_back.pop(key, 0):
+                await self.append(
+                    actor,
+                    "audit_suppressed",
+                    {"rows": held, "budget": f"{self._burst:g} rows, then {self._rate:g} a second"},
+                    "ok",
+                )
         return await self.append(
             actor, verb, args, outcome_of(exc), error=error, jobs=jobs, approvals=approvals
         )
