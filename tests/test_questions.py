@@ -349,6 +349,13 @@ def test_checks(record: type[Any], fields: dict[str, Any], message: str) -> None
         checked(structure(fields, record))
 
 
+@pytest.mark.parametrize("record", [AskOperatorRequest, AskRequest])
+def test_options_as_a_string_is_refused_not_split_into_letters(record: type[Any]) -> None:
+    # "options": "abc" was stored as the three options a, b, c (cattrs iterates a string)
+    with pytest.raises(HiveError, match="field 'options': expected an array, got string"):
+        structure({"to": "coder", "question": "q", "options": "abc"}, record)
+
+
 def test_the_biggest_question_and_answer_fit_a_4_kib_body() -> None:
     from hivecore.wire.helper import OperatorAnswered, helper_to_body
 

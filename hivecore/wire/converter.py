@@ -72,18 +72,27 @@ def json_type_name(value: object) -> str:
     return type(value).__name__
 
 
+def _is_list(kind: Any) -> bool:
+    """``list[X]``, or ``list[X] | None`` (an optional list is a JSON array too when given)."""
+    if typing.get_origin(kind) is list:
+        return True
+    return any(typing.get_origin(k) is list for k in typing.get_args(kind)) and type(None) in typing.get_args(
+        kind
+    )
+
+
 def _strict_attrs_factory(cl: type[Any], conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
     # cattrs alone would accept "scope": "x" as an empty record and "agent_names": "abc" as
     # ["a", "b", "c"]; a wire record must come from a JSON object and its lists from JSON arrays.
     attrs.resolve_types(cl)
     base = make_dict_structure_fn(cl, conv)
-    lists = [a for a in attrs.fields(cl) if typing.get_origin(a.type) is list]
+    lists = [a for a in attrs.fields(cl) if _is_list(a.type)]
 
     def structure(value: Any, _: Any) -> Any:
         if not isinstance(value, dict):
             raise TypeError(f"expected an object, got {json_type_name(value)}")
         for a in lists:
-            if a.name in value and not isinstance(value[a.name], list):
+            if a.name in value and value[a.name] is not None and not isinstance(value[a.name], list):
                 err = TypeError(f"expected an array, got {json_type_name(value[a.name])}")
                 err.__notes__ = [AttributeValidationNote(f"@ attribute {a.name}", a.name, a.type)]
                 raise ClassValidationError(f"While structuring {cl.__name__}", [err], cl)
