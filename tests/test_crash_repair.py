@@ -43,12 +43,17 @@ from tests.waiting import eventually
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def serve(state_dir: Path, log: Path, *, auto_update: bool = False) -> trio.Process:
-    """A daemon (logs to ``log``; auto_update only when asked) once host.sock answers."""
+async def serve(
+    state_dir: Path, log: Path, *, auto_update: bool = False, ensure_manager: bool = False
+) -> trio.Process:
+    """A daemon (logs to ``log``) once host.sock answers; auto_update and ensure_manager only when
+    asked (``ensure_manager`` implies ``auto_update``, as a real start has them)."""
     cmd = [sys.executable, "-m", "hivecore.cli.daemon", "serve", "--state-dir", str(state_dir)]
-    cmd += ["--dashboard-port", "0", "--crash-watch-interval", "3600", "--no-ensure-manager"]
+    cmd += ["--dashboard-port", "0", "--crash-watch-interval", "3600"]
+    if not ensure_manager:
+        cmd.append("--no-ensure-manager")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if auto_update:
+    if auto_update or ensure_manager:
         env.pop("HIVE_SKIP_AUTO_UPDATE", None)
     with log.open("ab") as out:
         proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL, stderr=out, env=env)
@@ -187,7 +192,7 @@ async def test_an_agent_stopped_on_purpose_stays_stopped(state_dir: Path) -> Non
     ensure_manager and auto_update): the stopped agents (the manager too) stay stopped; a running one
     is rebuilt and runs; ``start`` of a running agent says so and does not kick it."""
     log = state_dir.parent / f"{state_dir.name}.log"
-    proc = await serve_with_manager(state_dir, log)
+    proc = await serve(state_dir, log, ensure_manager=True)
     try:
 
         async def manager_runs() -> bool:
@@ -217,7 +222,7 @@ async def test_an_agent_stopped_on_purpose_stays_stopped(state_dir: Path) -> Non
         assert (await statuses(state_dir))["coder"].get("pid") == pid
         await sigkill(proc)
         # the next daemon brings the manager up unless it was stopped on purpose
-        env_proc = await serve_with_manager(state_dir, log)
+        env_proc = await serve(state_dir, log, ensure_manager=True)
         proc = env_proc
         await eventually(lambda: "was stopped on purpose; leaving it stopped" in log.read_text(), 30)
         assert (await ask(state_dir, {"cmd": "rebuild", "name": "idle"}, timeout=120))["ok"]
@@ -232,28 +237,6 @@ async def test_an_agent_stopped_on_purpose_stays_stopped(state_dir: Path) -> Non
         if proc.returncode is None:
             await sigkill(proc)
         log.unlink(missing_ok=True)
-
-
-async def serve_with_manager(state_dir: Path, log: Path) -> trio.Process:
-    """:func:`serve`, with ensure_manager and auto_update as a real start has them."""
-    cmd = [sys.executable, "-m", "hivecore.cli.daemon", "serve", "--state-dir", str(state_dir)]
-    cmd += ["--dashboard-port", "0", "--crash-watch-interval", "3600"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("HIVE_SKIP_AUTO_UPDATE", None)
-    with log.open("ab") as out:
-        proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL, stderr=out, env=env)
-    sock = str(state_dir / "run" / "host.sock")
-
-    async def answers() -> bool:
-        assert proc.poll() is None, f"serve exited early; see {log}"
-        try:
-            answer = await trio.to_thread.run_sync(request, sock, b'{"cmd":"list"}\n', 5.0)
-            return bool(json.loads(answer)["ok"])
-        except (Unreachable, OSError, ValueError):
-            return False
-
-    await eventually(answers, 30, interval=0.05)
-    return proc
 
 
 # --- item 8: a meta update interrupted by kill -9 finishes its plan at the next start -------------
