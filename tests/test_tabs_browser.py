@@ -155,3 +155,50 @@ async def test_tabs_route_by_hash_count_live_and_walk_history(
         await browser.run(lambda: pill(page, "flow", 0))
     assert browser.state_requests == [f"{base}/api/state"] * 2, browser.state_requests
     assert browser.console_errors == []
+
+
+EXTRA = (
+    '<section id="extra" data-tab-count="extra-count">'
+    '<h2>◆ 3XTR4 ◆ <span class="pill" id="extra-count">4</span></h2></section>'
+    '<section id="joined" data-tab="system"><h2>◆ J01N3D ◆</h2></section></main>'
+)
+
+
+async def test_a_section_added_to_the_page_gets_a_tab_with_no_script_change(
+    live: Daemon,  # noqa: F811 (a fixture imported above)
+    browser: BrowserThread,  # noqa: F811
+) -> None:
+    """The nav is built from the sections the page has: one without ``data-tab`` gets a tab of its
+    own (routed by its id, labelled by its heading, its pill from ``data-tab-count``); one naming a
+    tab joins it. The page is served as is, with two sections spliced in on the way."""
+    from tests.conftest import TEST_TOKEN
+
+    base = live.dashboard_urls[0]
+
+    def load() -> Page:
+        context = browser.browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.on("pageerror", lambda e: browser.console_errors.append(str(e)))
+
+        def splice(route: Any) -> None:
+            response = route.fetch()
+            route.fulfill(response=response, body=response.text().replace("</main>", EXTRA))
+
+        page.route(lambda url: url.split("#")[0].rstrip("/") == base.rstrip("/"), splice)
+        page.goto(f"{base}/login#token={TEST_TOKEN}")
+        page.wait_for_selector("body[data-ready='1']")
+        return page
+
+    with trio.fail_after(120):
+        page = await browser.run(load)
+        held: dict[str, list[str]] = await browser.run(lambda: page.evaluate(HELD))
+        assert held["extra"] == ["extra"], held
+        assert held["system"][-1] == "joined", held
+        assert await browser.run(lambda: page.inner_text("#tab-extra")) == "◆ 3XTR4 ◆ 4"
+        await browser.run(lambda: page.evaluate("location.hash = '#extra'"))
+        await browser.run(lambda: page.wait_for_selector("#extra", state="visible"))
+        assert await browser.run(lambda: selected(page)) == "extra"
+        await browser.run(lambda: page.evaluate("document.getElementById('extra-count').textContent = '5'"))
+        await browser.run(lambda: pill(page, "extra", 5))
+    assert browser.console_errors == []
