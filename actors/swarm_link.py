@@ -54,7 +54,10 @@ class SwarmLink:
         state_root: Path,
         *,
         host: str | None = None,
+        store: Any = None,
+        broker: Any = None,
     ) -> None:
+        """``store`` and ``broker`` (both or neither): mail between hives; without them, presence only."""
         self.settings = settings
         self.me = settings.hive_name
         self._views = views
@@ -72,6 +75,15 @@ class SwarmLink:
         self._dirty_event = trio.Event()
         self._changed = trio.Event()
         self._synced: dict[str, trio.Event] = {}
+        self._store = store
+        self._broker = broker
+        self._identity = ""
+        self._outbox_event = trio.Event()
+        self.outbox_depth = 0
+        """Remote messages waiting for JetStream's ack (refreshed after every flush)."""
+        self.received = self.duplicates = self.bounced = 0
+        if broker is not None:
+            broker.remote = self.send_remote
         self.sessions = 0
         """How many sessions (connections) were started (tests, the docs' failure story)."""
         views.observe(self._observe)
@@ -90,6 +102,7 @@ class SwarmLink:
             error=self.error,
             heartbeat_ttl=self.ttl,
             hives=hives,
+            outbox=self.outbox_depth,
         )
 
     async def wait_for(self, predicate: Callable[[SwarmLink], bool]) -> None:
@@ -105,12 +118,111 @@ class SwarmLink:
         self._dirty.update(applied.changes)
         self._dirty_event.set()
 
+    # --- mail between hives (hivecore/swarm_mail.py) ------------------------------------------------
+
+    async def send_remote(self, sender: str, to: str, body: str) -> int:
+        """Queue ``body`` from local ``sender`` to ``name@hive``; the outbox row's id (to this hive's
+        own name: an ordinary local send, its message id). :class:`BadInput` for a bad address."""
+        from hivecore import swarm_mail as sm
+
+        name, hive = sm.parse_address(to)
+        if hive == self.me:
+            ids: list[int] = await self._broker.send(sender, name, body)
+            return ids[0]
+        now = int(time.time())
+        row_id: int = await self._store.call(lambda c: sm.add_outbox(c, sender, hive, name, body, now))
+        self.outbox_depth += 1
+        self._outbox_event.set()
+        return row_id
+
+    async def _flush_outbox(self, bridge: AsyncioThread, js: Any) -> None:
+        """Publish every outbox row (oldest first) and delete it once JetStream acked it."""
+        from hivecore import swarm_mail as sm
+
+        while True:
+            self._outbox_event = trio.Event()
+            rows = await self._store.call(sm.pending_outbox)
+            for row in rows:
+                env = sm.Envelope(
+                    id=f"{self.me}.{self._identity[:16]}.{row.id}",
+                    from_hive=self.me,
+                    sender=row.sender,
+                    to=row.recipient,
+                    body=row.body,
+                )
+                headers = {"Nats-Msg-Id": env.id}
+                await self._call(
+                    bridge, partial(js.publish, sm.subject(row.hive), sw.encode(env), headers=headers)
+                )
+                await self._store.call(partial(sm.published, outbox_id=row.id))
+            self.outbox_depth = await self._store.call(sm.outbox_depth)
+            self._changed_now()
+            if not rows:
+                await self._outbox_event.wait()
+
+    async def _consume(self, bridge: AsyncioThread, sub: Any, js: Any) -> None:
+        """Take this hive's mail: insert into the broker (de-duplicated), then ack."""
+        import nats.errors
+
+        while True:
+            try:
+                msgs = await self._call(bridge, partial(sub.fetch, 16, timeout=1.0))
+            except nats.errors.TimeoutError:
+                continue
+            for msg in msgs:
+                await self._deliver(bridge, js, msg)
+                await self._call(bridge, msg.ack_sync)
+
+    async def _deliver(self, bridge: AsyncioThread, js: Any, msg: Any) -> None:
+        from hivecore import swarm_mail as sm
+
+        env = sw.decode(msg.data, sm.Envelope) if len(msg.data) <= sm.MAX_ENVELOPE_BYTES * 2 else None
+        if not sm.envelope_ok(env):
+            log.warning("swarm: dropped a malformed mail envelope (%d bytes)", len(msg.data))
+            return
+        assert env is not None
+        recipients = set(self._views.rows())
+        inbox = env.to
+        if inbox not in ("manager", "operator") and inbox not in recipients:
+            await self._bounce(bridge, js, env, f"no agent {env.to!r} on hive {self.me!r}")
+            return
+        sender = f"{env.sender}@{env.from_hive}"
+        got = await self._broker.receive_remote(
+            partial(sm.receive, envelope=env, recipient=inbox), sender, inbox, env.body
+        )
+        if got is None:
+            self.duplicates += 1
+        else:
+            self.received += 1
+        self._changed_now()
+
+    async def _bounce(self, bridge: AsyncioThread, js: Any, env: Any, why: str) -> None:
+        from hivecore import swarm_mail as sm
+
+        self.bounced += 1
+        if env.sender == sm.BOUNCER:
+            log.warning("swarm: dropped an undeliverable bounce from %s: %s", env.from_hive, why)
+            return
+        shown = env.body if len(env.body) <= 200 else env.body[:200] + "…"
+        back = sm.Envelope(
+            id=f"bounce.{env.id}",
+            from_hive=self.me,
+            sender=sm.BOUNCER,
+            to=env.sender,
+            body=f"undeliverable: your message to {env.to}@{self.me}: {why}. It said: {shown}",
+        )
+        headers = {"Nats-Msg-Id": back.id}
+        await self._call(
+            bridge, partial(js.publish, sm.subject(env.from_hive), sw.encode(back), headers=headers)
+        )
+
     # --- the actor -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started(self)
         try:
             identity = await trio.to_thread.run_sync(sw.load_identity, self._state_root)
+            self._identity = identity
         except (HiveError, OSError) as exc:
             self._refuse(str(exc))
             await trio.sleep_forever()
@@ -120,15 +232,16 @@ class SwarmLink:
                 started = trio.current_time()
                 try:
                     await self._session(bridge, identity)
-                except sw.SwarmRefused as exc:
-                    self._refuse(str(exc))
-                    await trio.sleep_forever()
-                except _Restart:
-                    backoff = 0.5
-                    continue
                 except Exception as exc:
+                    leaf = _leaf(exc)
+                    if isinstance(leaf, sw.SwarmRefused):
+                        self._refuse(str(leaf))
+                        await trio.sleep_forever()
+                    if isinstance(leaf, _Restart):
+                        backoff = 0.5
+                        continue
                     self.state = "reconnecting"
-                    self.error = _describe(exc)
+                    self.error = _describe(leaf)
                     self._changed_now()
                     log.warning("swarm: %s; retrying in %.1fs", self.error, backoff)
                 if trio.current_time() - started > 30:
@@ -209,6 +322,10 @@ class SwarmLink:
                 log.info("swarm: %s joined %s (heartbeat TTL %gs)", self.me, self.settings.url, self.ttl)
                 nursery.start_soon(self._heartbeats, bridge, beats)
                 nursery.start_soon(self._publisher, bridge, agents)
+                if self._broker is not None:
+                    sub = await self._call(bridge, partial(_mail_consumer, js, self.me))
+                    nursery.start_soon(self._consume, bridge, sub, js)
+                    nursery.start_soon(self._flush_outbox, bridge, js)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await bridge.call(lambda: _close(nc, pumps))
@@ -342,6 +459,33 @@ async def _ttl(kv: Any, default: float) -> float:
     return float(ttl) if ttl else default
 
 
+MAIL_MAX_AGE = 14 * 24 * 3600.0
+"""Seconds mail waits in JetStream for a hive that does not come back (the stream's max age)."""
+
+
+async def _mail_consumer(js: Any, me: str) -> Any:
+    """The mail stream (created if missing: work-queue retention, file storage) and this hive's
+    durable, explicitly acked pull consumer on ``hive.mail.<me>``."""
+    from nats.js import api
+    from nats.js.errors import NotFoundError
+
+    from hivecore import swarm_mail as sm
+
+    try:
+        await js.stream_info(sm.STREAM)
+    except NotFoundError:
+        await js.add_stream(
+            name=sm.STREAM,
+            subjects=[sm.SUBJECT_PREFIX + "*"],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            max_age=MAIL_MAX_AGE,
+            duplicate_window=120.0,
+        )
+    config = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30.0, max_deliver=-1)
+    return await js.pull_subscribe(sm.subject(me), durable=f"mail-{me}", stream=sm.STREAM, config=config)
+
+
 async def _close(nc: Any, pumps: list[Any]) -> None:
     for task in pumps:
         task.cancel()
@@ -368,6 +512,13 @@ async def _watch(kv: Any, post: Callable[..., None]) -> Any:
             post(("error", _describe(exc)))
 
     return asyncio.get_running_loop().create_task(pump())
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-exception groups (trio's nurseries wrap them)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _describe(exc: BaseException) -> str:

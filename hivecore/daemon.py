@@ -398,7 +398,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         audit=audit_log,
     )
     if config.swarm is not None:
-        daemon.swarm = SwarmLink(config.swarm, views, config.paths.root)
+        daemon.swarm = SwarmLink(config.swarm, views, config.paths.root, store=store, broker=broker)
         coordinator.swarm = daemon.swarm
     metrics.attach(daemon)
     if webhooks is not None:

@@ -276,6 +276,23 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX audit_subject ON audit(subject);
     CREATE INDEX audit_resolutions ON audit(approvals, seq) WHERE verb IN ('approve', 'deny');
     """,
+    # 16: swarm mail (issue 20 item 3; hivecore/swarm_mail.py): the sender's outbox until JetStream acked
+    # the publish, and the receiver's de-dup of JetStream redeliveries (one row per envelope id)
+    """
+    CREATE TABLE swarm_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sender TEXT NOT NULL,
+        hive TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE swarm_received (
+        envelope TEXT PRIMARY KEY,
+        message_id INTEGER,
+        received_at INTEGER NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -184,6 +184,8 @@ class SwarmStatus:
     error: str | None = None
     heartbeat_ttl: float | None = None
     hives: list[SwarmHive] = attrs.field(factory=list)
+    outbox: int = 0
+    """Messages to other hives waiting for JetStream's ack (they flush when NATS is back)."""
 
 
 OFF = SwarmStatus(state="off")

@@ -198,3 +198,40 @@ async def test_the_bridge_runs_coroutines_and_cancels_them() -> None:
 
         with pytest.raises(KeyError):
             await bridge.call(boom)
+
+
+def test_a_redelivered_envelope_is_inserted_once_and_the_outbox_has_a_quota(tmp_path: Path) -> None:
+    from hivecore import store as st
+    from hivecore import swarm_mail as sm
+
+    conn = st.connect(tmp_path / "hive.sqlite")
+    st.migrate(conn)
+    env = sm.Envelope(id="alpha.abc.1", from_hive="alpha", sender="coder", to="writer", body="hi")
+    first = sm.receive(conn, 100, envelope=env, recipient="writer")
+    # JetStream redelivers when the ack was lost (the receiver crashed after its insert)
+    assert sm.receive(conn, 101, envelope=env, recipient="writer") is None
+    rows = [tuple(r) for r in conn.execute("SELECT id, sender, recipient, body FROM messages")]
+    assert rows == [(first, "coder@alpha", "writer", "hi")]
+    for i in range(sm.MAX_OUTBOX_PER_SENDER):
+        sm.add_outbox(conn, "coder", "beta", "x", f"m{i}", 100)
+    with pytest.raises(HiveError, match="swarm outbox quota"):
+        sm.add_outbox(conn, "coder", "beta", "x", "one more", 100)
+    sm.add_outbox(conn, "writer", "beta", "x", "another sender is not held up", 100)
+    oldest = sm.pending_outbox(conn, 1)[0]
+    sm.published(conn, outbox_id=oldest.id)
+    assert sm.outbox_depth(conn) == sm.MAX_OUTBOX_PER_SENDER
+    conn.close()
+
+
+def test_addresses_are_name_at_hive() -> None:
+    from hivecore import swarm_mail as sm
+
+    assert sm.parse_address("coder@beta") == ("coder", "beta")
+    assert sm.parse_address("hm1nd@beta") == ("manager", "beta")
+    assert sm.parse_address("operator@beta") == ("operator", "beta")
+    for bad in ("coder@", "@beta", "coder@Beta", "../x@beta", "a@b@c", "system@beta"):
+        with pytest.raises(HiveError):
+            sm.parse_address(bad)
+    assert not sm.envelope_ok(None)
+    assert not sm.envelope_ok(sm.Envelope(id="x", from_hive="B", sender="a", to="b", body="x"))
+    assert not sm.envelope_ok(sm.Envelope(id="x", from_hive="b", sender="a", to="b", body=""))

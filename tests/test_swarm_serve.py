@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -139,6 +140,78 @@ async def test_b_agents_show_in_a_within_a_second_and_b_killed_turns_unreachable
                 proc.kill()
                 await proc.wait()
         for d in (a_dir, b_dir):  # the state_dir fixture cleans only its own run dir
+            kill_everything_under(d / "run" / "process")
+
+
+def inbox_rows(state_dir: Path, recipient: str) -> list[tuple[str, str]]:
+    """(sender, body) of every message to ``recipient`` in a hive's broker (its sqlite, read-only)."""
+    conn = sqlite3.connect(f"file:{state_dir / 'db' / 'hive.sqlite'}?mode=ro", uri=True)
+    try:
+        q = "SELECT sender, body FROM messages WHERE recipient=? ORDER BY id"
+        return [(r[0], r[1]) for r in conn.execute(q, (recipient,))]
+    finally:
+        conn.close()
+
+
+async def test_mail_to_name_at_hive_arrives_once_survives_a_nats_outage_and_bounces_unknown_names(
+    nats_server: NatsServer, state_dir: Path, tmp_path: Path
+) -> None:
+    a_dir, b_dir = state_dir / "a", state_dir / "b"
+    os.chmod(state_dir, 0o755)  # the confined nix evaluation (another uid) traverses to b's state dir
+    a = await swarm_serve(a_dir, tmp_path / "a.log", nats_server, "alpha")
+    b = await swarm_serve(b_dir, tmp_path / "b.log", nats_server, "beta")
+    try:
+
+        async def connected(*dirs: Path) -> bool:
+            states = [(await swarm(d))["state"] for d in dirs]
+            return states == ["connected"] * len(dirs)
+
+        await eventually(lambda: connected(a_dir, b_dir), 30, interval=0.05)
+        spawned = await ask(b_dir, {"cmd": "spawn", "name": "coder"})
+        assert spawned["ok"], spawned
+        sent = await ask(a_dir, {"cmd": "op_send", "to": "coder@beta", "body": "first"})
+        assert sent["ok"], sent
+        want = [("operator@alpha", "first")]
+        await eventually(lambda: inbox_rows(b_dir, "coder") == want, 10, interval=0.05)
+        # NATS goes away: the send is accepted into a's outbox and waits there
+        await trio.to_thread.run_sync(nats_server.kill)
+        sent = await ask(a_dir, {"cmd": "op_send", "to": "coder@beta", "body": "during the outage"})
+        assert sent["ok"], sent
+        assert (await swarm(a_dir))["outbox"] == 1
+        assert inbox_rows(b_dir, "coder") == want
+        await trio.to_thread.run_sync(nats_server.start)
+        want.append(("operator@alpha", "during the outage"))
+        await eventually(lambda: inbox_rows(b_dir, "coder") == want, 30, interval=0.1)
+        await eventually(lambda: connected(a_dir, b_dir), 30, interval=0.1)
+        assert (await swarm(a_dir))["outbox"] == 0
+        # an unknown name on the far hive: a clear bounce to the sender, nothing in b's broker
+        sent = await ask(a_dir, {"cmd": "op_send", "to": "ghost@beta", "body": "hello?"})
+        assert sent["ok"], sent
+
+        def bounced() -> bool:
+            return any(
+                s == "system@beta" and "undeliverable" in body and "ghost@beta" in body
+                for s, body in inbox_rows(a_dir, "operator")
+            )
+
+        await eventually(bounced, 10, interval=0.05)
+        assert inbox_rows(b_dir, "ghost") == []
+        assert inbox_rows(b_dir, "coder") == want  # still exactly once each
+        # a bad address is refused at once, naming it
+        bad = await ask(a_dir, {"cmd": "op_send", "to": "coder@Beta", "body": "x"})
+        assert not bad["ok"]
+        assert "not name@hive" in bad["error"]
+    finally:
+        for proc in (a, b):
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in (a, b):
+            with trio.move_on_after(15):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        for d in (a_dir, b_dir):
             kill_everything_under(d / "run" / "process")
 
 

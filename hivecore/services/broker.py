@@ -290,6 +290,9 @@ class Broker:
         max_queued: int = MAX_QUEUED_PER_SENDER,
         known: Callable[[], Awaitable[tuple[Collection[str], Collection[str]]]] | None = None,
     ) -> None:
+        self.remote: Callable[[str, str, str], Awaitable[int]] | None = None
+        """The swarm's outbox (``--swarm``): ``remote(sender, "name@hive", body)`` queues a message
+        to another hive and returns its outbox id (:mod:`hivecore.swarm_mail`); None: no swarm."""
         self.incarnation_hooks: list[Callable[[str], Awaitable[None]]] = []
         """Called with the agent's name after its incarnation ended (questions cancel theirs)."""
         self._known = known
@@ -414,6 +417,13 @@ class Broker:
             )
         if not body.strip():
             raise BadMessage("body is empty")
+        if check and isinstance(to, str) and "@" in to:
+            # name@hive: another hive's agent, through the swarm's outbox (the id is the outbox row's)
+            if self.remote is None:
+                raise BadMessage(f"{to[:60]!r}: this hive is not in a swarm (name@hive needs --swarm)")
+            if in_reply_to is not None:
+                raise BadMessage("in_reply_to refers to this hive's messages; leave it out for name@hive")
+            return [await self.remote(sender, to, body)]
         if check:
             inboxes = self.resolve(sender, to)
         else:
@@ -442,6 +452,24 @@ class Broker:
             if (event := self._wake.pop(recipient, None)) is not None:
                 event.set()
         return ids
+
+    async def receive_remote(
+        self, write: Callable[[sqlite3.Connection, int], int | None], sender: str, recipient: str, body: str
+    ) -> int | None:
+        """A message from another hive: ``write(conn, now)`` inserts it and records its envelope in one
+        transaction (:func:`hivecore.swarm_mail.receive`); the recipient is woken. The new id, or None
+        when ``write`` found the envelope already received (a JetStream redelivery)."""
+        now = int(self._clock())
+        message_id = await self._store.call(lambda c: write(c, now))
+        if message_id is None:
+            return None
+        self._sent += 1
+        self._bus.publish(
+            MessageSent(id=message_id, from_=sender, to=recipient, body=body, at=now, in_reply_to=None)
+        )
+        if (event := self._wake.pop(recipient, None)) is not None:
+            event.set()
+        return message_id
 
     async def post(self, sender: str, recipient: str, body: str) -> int:
         """Internal send to exactly one inbox (no existence check, a 64 KiB body cap); the row id."""

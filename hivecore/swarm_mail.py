@@ -1,0 +1,142 @@
+"""Mail between hives (issue 20 item 3; docs/swarm.md): addresses, the envelope, and the store side.
+
+``name@hive`` in ``send`` goes to the sender's outbox (store table ``swarm_outbox``); the swarm link
+publishes each row to the JetStream stream :data:`STREAM` on subject ``hive.mail.<hive>`` with the
+header ``Nats-Msg-Id: <envelope id>`` (JetStream drops a duplicate within its window) and deletes
+the row only once JetStream acknowledged it. The receiving hive's durable consumer
+(``mail-<hive>``, explicit acks) inserts the message into its broker and records the envelope id in
+``swarm_received`` in the same transaction, and only then acks: a redelivery after a crash finds the
+envelope recorded and is acked without a second row. An unknown recipient is bounced to the sender
+as a message from ``system@<hive>``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import attrs
+
+from hivecore import store as st
+from hivecore.errors import BadInput, HiveError
+from hivecore.names import MANAGER_AGENT, MANAGER_NAME, OPERATOR_NAME, SYSTEM_SENDER, validate_name
+from hivecore.store import transaction
+from hivecore.swarm import validate_hive_name
+
+STREAM = "HIVE_MAIL"
+SUBJECT_PREFIX = "hive.mail."
+MAX_OUTBOX_PER_SENDER = 1000
+"""Rows one sender may have in the outbox (not yet acked by JetStream): NATS being down for long
+must not let an agent fill the database."""
+MAX_ENVELOPE_BYTES = 64 * 1024
+BOUNCER = SYSTEM_SENDER
+"""A bounce comes from ``system@<hive>``; a bounce is never bounced."""
+
+
+def subject(hive: str) -> str:
+    return SUBJECT_PREFIX + hive
+
+
+def parse_address(to: str) -> tuple[str, str]:
+    """``name@hive`` → ``(name, hive)``: ``name`` an agent name, ``manager`` or ``operator``; else
+    :class:`BadInput`."""
+    name, sep, hive = to.partition("@")
+    if not sep:
+        raise BadInput(f"{to[:60]!r} is not name@hive")
+    try:
+        validate_hive_name(hive)
+        if name not in (MANAGER_AGENT, MANAGER_NAME, OPERATOR_NAME):
+            validate_name(name)
+    except HiveError as exc:
+        raise BadInput(f"{to[:60]!r} is not name@hive: {exc}") from None
+    return (MANAGER_AGENT if name == MANAGER_NAME else name), hive
+
+
+@attrs.frozen(kw_only=True)
+class Envelope:
+    """One message between hives, as published (JSON)."""
+
+    id: str
+    """``<sender hive>.<identity prefix>.<outbox id>``: the ``Nats-Msg-Id`` and the receiver's de-dup key."""
+    from_hive: str
+    sender: str
+    to: str
+    body: str
+
+
+@attrs.frozen(kw_only=True)
+class OutboxRow:
+    id: int
+    sender: str
+    hive: str
+    recipient: str
+    body: str
+
+
+# --- store functions (sync, on the store thread) -------------------------------------------------------
+
+
+def add_outbox(conn: sqlite3.Connection, sender: str, hive: str, recipient: str, body: str, now: int) -> int:
+    """Queue one remote message; :class:`BadInput` past :data:`MAX_OUTBOX_PER_SENDER`."""
+    with transaction(conn):
+        (queued,) = conn.execute("SELECT count(*) FROM swarm_outbox WHERE sender=?", (sender,)).fetchone()
+        if queued >= MAX_OUTBOX_PER_SENDER:
+            raise BadInput(
+                f"swarm outbox quota: {sender} has {queued} messages waiting for NATS; wait until it is back"
+            )
+        cur = conn.execute(
+            "INSERT INTO swarm_outbox(sender, hive, recipient, body, created_at) VALUES (?,?,?,?,?)",
+            (sender, hive, recipient, body, now),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+
+def pending_outbox(conn: sqlite3.Connection, limit: int = 100) -> list[OutboxRow]:
+    rows = conn.execute(
+        "SELECT id, sender, hive, recipient, body FROM swarm_outbox ORDER BY id LIMIT ?", (limit,)
+    ).fetchall()
+    return [OutboxRow(id=r[0], sender=r[1], hive=r[2], recipient=r[3], body=r[4]) for r in rows]
+
+
+def outbox_depth(conn: sqlite3.Connection) -> int:
+    (n,) = conn.execute("SELECT count(*) FROM swarm_outbox").fetchone()
+    return int(n)
+
+
+def published(conn: sqlite3.Connection, outbox_id: int) -> None:
+    with transaction(conn):
+        conn.execute("DELETE FROM swarm_outbox WHERE id=?", (outbox_id,))
+
+
+def receive(conn: sqlite3.Connection, now: int, *, envelope: Envelope, recipient: str) -> int | None:
+    """Insert ``envelope`` for ``recipient`` (a resolved inbox) and record it, in one transaction; the
+    new message id, or None when this envelope was received before (a redelivery)."""
+    with transaction(conn):
+        if conn.execute("SELECT 1 FROM swarm_received WHERE envelope=?", (envelope.id,)).fetchone():
+            return None
+        bound = None if recipient in (MANAGER_AGENT, OPERATOR_NAME) else st.live_incarnation(conn, recipient)
+        cur = conn.execute(
+            "INSERT INTO messages(sender, recipient, body, sent_at, in_reply_to, incarnation) "
+            "VALUES (?,?,?,?,?,?)",
+            (f"{envelope.sender}@{envelope.from_hive}", recipient, envelope.body, now, None, bound),
+        )
+        assert cur.lastrowid is not None
+        conn.execute(
+            "INSERT INTO swarm_received(envelope, message_id, received_at) VALUES (?,?,?)",
+            (envelope.id, cur.lastrowid, now),
+        )
+        return cur.lastrowid
+
+
+def envelope_ok(data: Any) -> bool:
+    """Shape checks beyond the converter's: names valid, sizes bounded."""
+    if not isinstance(data, Envelope):
+        return False
+    try:
+        validate_hive_name(data.from_hive)
+    except HiveError:
+        return False
+    return (
+        0 < len(data.body.encode("utf-8", "surrogatepass")) <= MAX_ENVELOPE_BYTES and len(data.sender) <= 64
+    )
