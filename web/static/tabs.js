@@ -14,6 +14,7 @@
   const main = document.querySelector("main");
   const nav = document.getElementById("tabs");
   const tabs = new Map(); // name -> {name, button, panel, pill, counts: [element ids], label}
+  if (!main || !nav) return; // no tab list in the page: every section stays shown, as one page
 
   function slug(text) { return String(text || "").toLowerCase().replace(/[^a-z0-9_-]/g, ""); }
 
