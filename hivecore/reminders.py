@@ -30,6 +30,9 @@ MAX_REMINDS_PER_MINUTE = 60
 again in a loop would otherwise write rows as fast as the store takes them."""
 MAX_FILE_PATH = 255
 MAX_PATH_PARTS = 8
+MAX_NAME_BYTES = 240
+"""The longest part of ``file_path`` (UTF-8 bytes): the file is written through a temp file beside
+it, ``.<name>.<pid>.tmp``, which must fit NAME_MAX (255) too."""
 FILE_DIR = "reminders"
 """Where an oversized message without ``file_path`` is written, inside the caller's state dir."""
 BACKOFF_BASE = 5.0
@@ -134,6 +137,9 @@ def file_path(value: str | None) -> str | None:
             f"file_path must name a file inside your state dir (at most {MAX_PATH_PARTS} parts, "
             f"no '.' or '..'), got {value[:60]!r}"
         )
+    longest = max(len(p.encode("utf-8", "surrogatepass")) for p in parts)
+    if longest > MAX_NAME_BYTES:
+        raise BadInput(f"file_path: a name is at most {MAX_NAME_BYTES} bytes, got one of {longest}")
     return value
 
 

@@ -232,6 +232,31 @@ async def test_bad_times_and_paths_are_refused_with_one_clear_error(
     assert await sched.count_pending("coder") == 0
 
 
+async def test_the_longest_file_name_accepted_can_be_written_and_a_longer_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    # a 250-byte name was accepted but never written: the temp file beside it (".<name>.<pid>.tmp")
+    # is longer than NAME_MAX, so every delivery failed with "File name too long" until given up
+    sched, store, inbox, _ = make(tmp_path)
+    live(store, "coder")
+    (tmp_path / "coder" / "state").mkdir(parents=True)
+    name = "n" * rm.MAX_NAME_BYTES
+    r = await sched.remind("coder", "hello", delay_seconds=0, file_path=checked_path(f"d/{name}"))
+    await sched.deliver(r)
+    assert (tmp_path / "coder" / "state" / "d" / name).read_bytes() == b"hello"
+    assert inbox.got[0][2] == rm.pointer(f"/agents/coder/state/d/{name}", 5)
+    with pytest.raises(BadInput, match=f"^file_path: a name is at most {rm.MAX_NAME_BYTES} bytes"):
+        checked_path("d/" + "n" * (rm.MAX_NAME_BYTES + 1))
+    with pytest.raises(BadInput, match="a name is at most"):
+        checked_path("é" * (rm.MAX_NAME_BYTES // 2 + 1))
+
+
+def checked_path(path: str) -> str:
+    got = rm.file_path(path)
+    assert got is not None
+    return got
+
+
 @pytest.mark.parametrize(
     ("line", "error"),
     [
