@@ -24,7 +24,7 @@ import collections
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import trio
 from actors.event_bus import EventBus
 from hivecore import alarms as al
 from hivecore import store as st
+from hivecore.audit import Recorder, record_quietly
 from hivecore.models import ContainerView
 from hivecore.names import OPERATOR_NAME
 from hivecore.store import Store
@@ -92,8 +93,6 @@ class AlarmStatistics:
 
 
 AlarmSource = Callable[[], list[al.Alarm]]
-Recorder = Callable[[str, Mapping[str, Any]], Awaitable[object]]
-"""``await record(action, args)``: the audit trail's hook for the daemon's own actions (never raises)."""
 
 
 class AlarmWatch:
@@ -243,12 +242,7 @@ class AlarmWatch:
         return self.alarms()
 
     async def _audit(self, action: str, args: Mapping[str, Any]) -> None:
-        if self.record is None:
-            return
-        try:
-            await self.record(action, args)
-        except Exception:  # the hook promises not to raise; an alarm pass never fails for it
-            log.warning("alarms: could not record %s in the audit trail", action, exc_info=True)
+        await record_quietly(self.record, action, args, log)
 
     async def load(self) -> None:
         """Read the holds the store kept (once, at the first :meth:`run`)."""

@@ -23,6 +23,7 @@ import trio
 
 from hivecore import schedule_store as ss
 from hivecore import schedules as sc
+from hivecore.audit import Recorder, record_quietly
 from hivecore.errors import HiveError
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, OPERATOR_NAME
 from hivecore.store import Store
@@ -62,6 +63,8 @@ class PromptScheduler:
         self._wake = trio.Event()
         self._last_vacuum = float("-inf")
         self.firings = self.wakeups = 0
+        self.record: Recorder | None = None
+        """Set by the daemon to the audit trail's ``record``: each firing (results per target) is a row."""
 
     # --- the verbs --------------------------------------------------------------------------------
 
@@ -178,6 +181,7 @@ class PromptScheduler:
         self.firings += 1
         log.info("schedule %d fired: %s", s.id, "; ".join(f"{k}: {v}" for k, v in results.items()))
         self._bus.publish(ScheduleFired(schedule=done))
+        await record_quietly(self.record, "schedule_fired", {"id": s.id, "results": results}, log)
         return done
 
     async def _deliver(self, target: str, body: str) -> str:

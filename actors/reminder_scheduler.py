@@ -35,6 +35,7 @@ import trio
 from hivecore import agentfs
 from hivecore import reminder_store as rs
 from hivecore import reminders as rm
+from hivecore.audit import Recorder, record_quietly
 from hivecore.errors import BadInput, HiveError, Refused
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, REMINDER_SENDER
 from hivecore.store import Store
@@ -86,6 +87,8 @@ class ReminderScheduler:
         self._last_vacuum = float("-inf")
         self._recent: dict[str, collections.deque[float]] = {}
         self.sent = self.failed = self.dropped = self.wakeups = 0
+        self.record: Recorder | None = None
+        """Set by the daemon to the audit trail's ``record``: each failed delivery is a daemon row."""
 
     # --- the verbs --------------------------------------------------------------------------------
 
@@ -250,6 +253,14 @@ class ReminderScheduler:
             "giving up" if retry_at is None else f"retrying in {retry_at - self.clock():.0f} s",
         )
         self._bus.publish(ReminderFailed(reminder=_preview(row)))
+        args = {
+            "id": r.id,
+            "agent": r.agent,
+            "attempt": attempts,
+            "error": error,
+            "gave_up": retry_at is None,
+        }
+        await record_quietly(self.record, "reminder_failed", args, log)
         if retry_at is None:
             self._changed(r.agent)
 

@@ -34,11 +34,12 @@ import contextvars
 import functools
 import hashlib
 import json
+import logging
 import pwd
 import sqlite3
 import struct
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -510,3 +511,22 @@ def resolved_by_sql(approval_column: str) -> str:
         f"AND EXISTS (SELECT 1 FROM json_each(audit.approvals) j WHERE j.value = {approval_column}) "
         "ORDER BY seq DESC LIMIT 1)"
     )
+
+
+Recorder = Callable[[str, Mapping[str, Any]], Awaitable[object]]
+"""``await record(action, args)``: the audit trail's hook for the daemon's own actions
+(:meth:`hivecore.services.audit.AuditLog.record`); an actor holds one as an optional attribute the
+daemon sets, so the actor needs no audit import and its tests need no trail."""
+
+
+async def record_quietly(
+    record: Recorder | None, action: str, args: Mapping[str, Any], logger: logging.Logger
+) -> None:
+    """``await record(action, args)`` if there is a hook; a failing hook is logged, never raised:
+    an automatic action (an expiry, a delivery, an alarm pass) never fails for its audit row."""
+    if record is None:
+        return
+    try:
+        await record(action, args)
+    except Exception:
+        logger.warning("could not record %s in the audit trail", action, exc_info=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -288,10 +288,9 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         interval=config.alarm_interval,
     )
 
-    async def record_alarm(action: str, args: Mapping[str, Any]) -> None:
-        await audit_log.record(action, args)
-
-    alarm_watch.record = record_alarm  # raises, clears and crash-loop holds are audit rows
+    # the daemon's own actions are audit rows: alarm raises, clears and crash-loop holds; question
+    # expiries, failed reminder deliveries, schedule firings
+    alarm_watch.record = questions.record = reminders.record = schedules.record = audit_log.record
     webhooks = None
     if config.notify_urls:
         webhooks = Webhooks(

@@ -81,6 +81,10 @@ async def test_the_manager_asks_expires_then_the_operator_answers_with_hivectl(h
     # answering it now: one clear error
     late = await hivectl("answer", str(qid), "yes", sock=hsock)
     assert (late.returncode, err(late)) == (1, f"hivectl: question {qid} was already expired\n")
+    # the expiry is the daemon's own action: an audit row of principal daemon
+    trail = (await ok(await host(hive, {"cmd": "audit", "agent": "hm1nd"})))["audit"]
+    [expiry] = [r for r in trail if r["verb"] == "question_expired"]
+    assert (expiry["principal"], expiry["args"]["id"], expiry["args"]["to"]) == ("daemon", qid, "operator")
 
     # asked again, the operator answers with hivectl; the manager's recv returns the answer
     again = (

@@ -44,6 +44,7 @@ from typing import Any
 import trio
 
 from hivecore import store as st
+from hivecore.audit import Recorder, record_quietly
 from hivecore.errors import BadInput, HiveError, Refused
 from hivecore.models import Question
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, OPERATOR_NAME, SYSTEM_SENDER, validate_name
@@ -344,6 +345,8 @@ class Questions:
         self._waiting: dict[str, int] = {}
         self._wake = trio.Event()
         self.expired = 0
+        self.record: Recorder | None = None
+        """Set by the daemon to the audit trail's ``record``: each expiry is a daemon row."""
 
     # --- reads -------------------------------------------------------------------------------------
 
@@ -477,6 +480,9 @@ class Questions:
         done: list[tuple[Question, bool]] = await self._store.call(lambda c: expire_due(c, now))
         self.expired += len(done)
         await self._resolved(done)
+        for q, _ in done:
+            args = {"id": q.id, "agent": q.asker, "to": q.target or OPERATOR_NAME}
+            await record_quietly(self.record, "question_expired", args, log)
         return [q for q, _ in done]
 
     # --- outcomes ------------------------------------------------------------------------------------
