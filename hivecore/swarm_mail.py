@@ -135,6 +135,8 @@ def envelope_ok(data: Any) -> bool:
         return False
     try:
         validate_hive_name(data.from_hive)
+        if data.sender not in (MANAGER_AGENT, OPERATOR_NAME, BOUNCER):
+            validate_name(data.sender)  # hm1nd passes: the manager's own name
     except HiveError:
         return False
     return (

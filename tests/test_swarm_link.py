@@ -235,3 +235,12 @@ def test_addresses_are_name_at_hive() -> None:
     assert not sm.envelope_ok(None)
     assert not sm.envelope_ok(sm.Envelope(id="x", from_hive="B", sender="a", to="b", body="x"))
     assert not sm.envelope_ok(sm.Envelope(id="x", from_hive="b", sender="a", to="b", body=""))
+
+
+def test_an_envelope_with_a_forged_or_odd_sender_is_refused() -> None:
+    from hivecore import swarm_mail as sm
+
+    for sender in ("coder", "hm1nd", "manager", "operator", "system"):
+        assert sm.envelope_ok(sm.Envelope(id="x", from_hive="b", sender=sender, to="c", body="x"))
+    for sender in ("", "a\nb", "Operator", "x" * 65, "coder@other"):
+        assert not sm.envelope_ok(sm.Envelope(id="x", from_hive="b", sender=sender, to="c", body="x"))

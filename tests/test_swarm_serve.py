@@ -121,8 +121,14 @@ async def test_b_agents_show_in_a_within_a_second_and_b_killed_turns_unreachable
 
         await eventually(a_sees_b_gone, TTL + 5, interval=0.05)
         assert time.monotonic() - killed_at <= TTL + TTL / 3 + 1.0
+        # mail for b while it is down waits in JetStream
+        sent = await ask(a_dir, {"cmd": "op_send", "to": "coder@beta", "body": "while b was down"})
+        assert sent["ok"], sent
+        await eventually(lambda: outbox_empty(a_dir), 10, interval=0.05)
         # b comes back on its state dir (its identity key) and rejoins under its name
         b = await swarm_serve(b_dir, tmp_path / "b.log", nats_server, "beta")
+        want = [("operator@alpha", "while b was down")]
+        await eventually(lambda: inbox_rows(b_dir, "coder") == want, 20, interval=0.05)
 
         async def b_back() -> bool:
             beta = hive(await swarm(a_dir), "beta")
@@ -141,6 +147,11 @@ async def test_b_agents_show_in_a_within_a_second_and_b_killed_turns_unreachable
                 await proc.wait()
         for d in (a_dir, b_dir):  # the state_dir fixture cleans only its own run dir
             kill_everything_under(d / "run" / "process")
+
+
+async def outbox_empty(state_dir: Path) -> bool:
+    depth: int = (await swarm(state_dir))["outbox"]
+    return depth == 0
 
 
 def inbox_rows(state_dir: Path, recipient: str) -> list[tuple[str, str]]:

@@ -549,7 +549,13 @@ VERBS: tuple[Verb, ...] = (
             Command(
                 "send",
                 (
-                    Arg(("to",), {"metavar": "NAME", "help": "an agent, manager, or * (every agent)"}),
+                    Arg(
+                        ("to",),
+                        {
+                            "metavar": "NAME",
+                            "help": "an agent, manager, * (every agent), or name@hive (another hive's)",
+                        },
+                    ),
                     Arg(("body",), {"metavar": "TEXT", "help": "the message (- reads it from stdin)"}),
                 ),
                 lambda a: {"to": a.to, "body": _stdin_or(a.body)},
@@ -560,15 +566,17 @@ VERBS: tuple[Verb, ...] = (
     ),
     _row(
         "send",
-        "Send a message to an agent by name, to 'manager', or to '*' (every agent); body is at most "
-        "4096 bytes; in_reply_to names the message answered.",
+        "Send a message to an agent by name, to 'manager', or to '*' (every agent), or to name@hive on "
+        "another hive of the swarm; body is at most 4096 bytes; in_reply_to names the message answered.",
         "manager agent",
         "manager_sock agent_sock",
         tool_help="Send a message: to an agent by name, 'manager', 'operator', or '*' (every agent; a "
         "broadcast may not need action from each reader). The body is at most 4096 bytes (UTF-8): put "
         "longer content in a file in your state dir and send its path. in_reply_to is the id of the "
         "message you answer. It is queued at once; the answer, if any, arrives as a later turn. "
-        "Returns the queued message ids.",
+        "With the hive in a swarm, to may be name@hive: an agent, 'manager' or 'operator' on another "
+        "hive (its messages to you come from name@hive; in_reply_to does not apply; an unknown name "
+        "comes back from system@hive). Returns the queued message ids (for name@hive: the outbox id).",
     ),
     _row(
         "recv",
