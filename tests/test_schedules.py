@@ -159,3 +159,22 @@ async def test_reminder_and_schedule_events_replay_on_the_stream_by_last_event_i
     assert [f["kind"] for f in frames] == kinds.split(",")
     assert frames[0]["reminder"]["message"] == "r"  # type: ignore[index]
     assert frames[3]["schedule"]["state"] == "cancelled"  # type: ignore[index]
+
+
+async def test_approving_a_request_the_operator_unscheduled_answers_that_it_failed(hive: Daemon) -> None:
+    # the approval was marked failed ("schedule 1 is cancelled") but approve answered ok: hivectl
+    # printed "approved 1"; approve answers when the work is done, and this work did not happen
+    await _spawn(hive, "alpha")
+    got = await _manager(
+        hive, {"cmd": "request_schedule_prompt", "to": ["alpha"], "body": "b", "every": "1h"}
+    )
+    aid = got["approval_id"]
+    [requested] = await hive.coordinator.schedules()
+    gone = await hivectl("unschedule", str(requested.id), sock=hive.config.host_socket_path)
+    assert gone.returncode == 0, err(gone)
+    approved = await hivectl("approve", str(aid), sock=hive.config.host_socket_path)
+    assert approved.returncode == 1, out(approved)
+    assert f"approval {aid} failed: schedule {requested.id} is cancelled" in err(approved)
+    [failed] = [a for a in await hive.coordinator.pending(only_pending=False) if a.id == aid]
+    assert (failed.status, failed.note) == ("failed", f"schedule {requested.id} is cancelled")
+    assert await hive.coordinator.schedules() == []

@@ -674,9 +674,9 @@ class Approvals:
         if schedule.state == "requested":
             await self.schedules.activate(sid)
         elif schedule.state != "active":  # cancelled meanwhile (by the operator)
-            resolved = await self._resolve(approval, "failed", f"schedule {sid} is {schedule.state}")
-            await self._announce(resolved)
-            return
+            note = f"schedule {sid} is {schedule.state}"
+            await self._announce(await self._resolve(approval, "failed", note))
+            raise Refused(f"approval {approval.id} failed: {note}")
         resolved = await self._resolve(approval, "approved")
         await self._announce(resolved)
 
