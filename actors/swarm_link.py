@@ -21,12 +21,13 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
+from prometheus_client.metrics_core import Metric
 
 from actors.views import RowsApplied, Views
 from hivecore import swarm as sw
@@ -103,6 +104,38 @@ class SwarmLink:
             heartbeat_ttl=self.ttl,
             hives=hives,
             outbox=self.outbox_depth,
+        )
+
+    def families(self) -> Iterator[Metric]:
+        """The link's Prometheus series (a :class:`hivecore.metrics.Metrics` source; docs/swarm.md):
+        ``hivecore_swarm_state{state}`` (1 for the current one), ``hivecore_swarm_hives{reachable}``,
+        ``hivecore_swarm_outbox``, ``hivecore_swarm_mail_total{outcome}`` and
+        ``hivecore_swarm_sessions_total``."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        state = GaugeMetricFamily(
+            "hivecore_swarm_state", "The swarm link's state (1: current)", labels=["state"]
+        )
+        for name in ("connecting", "connected", "reconnecting", "refused"):
+            state.add_metric([name], 1.0 if self.state == name else 0.0)
+        yield state
+        hives = GaugeMetricFamily("hivecore_swarm_hives", "Hives seen in the swarm", labels=["reachable"])
+        rows = self.status().hives
+        hives.add_metric(["true"], sum(1 for h in rows if h.reachable))
+        hives.add_metric(["false"], sum(1 for h in rows if not h.reachable))
+        yield hives
+        yield GaugeMetricFamily(
+            "hivecore_swarm_outbox", "Messages to other hives waiting for JetStream", value=self.outbox_depth
+        )
+        mail = CounterMetricFamily(
+            "hivecore_swarm_mail", "Mail from other hives by outcome", labels=["outcome"]
+        )
+        mail.add_metric(["received"], self.received)
+        mail.add_metric(["duplicate"], self.duplicates)
+        mail.add_metric(["bounced"], self.bounced)
+        yield mail
+        yield CounterMetricFamily(
+            "hivecore_swarm_sessions", "NATS sessions started (a reconnect starts one)", value=self.sessions
         )
 
     async def wait_for(self, predicate: Callable[[SwarmLink], bool]) -> None:

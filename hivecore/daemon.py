@@ -399,6 +399,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     if config.swarm is not None:
         daemon.swarm = SwarmLink(config.swarm, views, config.paths.root, store=store, broker=broker)
         coordinator.swarm = daemon.swarm
+        metrics.set_source("swarm", daemon.swarm.families)
     metrics.attach(daemon)
     if webhooks is not None:
         metrics.set_source("notifications", partial(alarm_metrics.families, webhooks))

@@ -155,6 +155,19 @@ async def test_a_nats_outage_leaves_the_link_reconnecting_and_it_resyncs_when_na
         await eventually(lambda: [r.name for r in hive_of(a, "beta").agents] == ["late"], 10)  # type: ignore[union-attr]
         await eventually(lambda: [r.name for r in hive_of(b, "alpha").agents] == ["coder"], 10)  # type: ignore[union-attr]
         assert a.sessions >= 2
+        from prometheus_client.core import CollectorRegistry
+        from prometheus_client.exposition import generate_latest
+
+        class Source:
+            def collect(self) -> Any:
+                return a.families()
+
+        registry = CollectorRegistry()
+        registry.register(Source())
+        text = generate_latest(registry).decode()
+        assert 'hivecore_swarm_state{state="connected"} 1.0' in text
+        assert 'hivecore_swarm_hives{reachable="true"} 2.0' in text
+        assert "hivecore_swarm_sessions_total" in text
         nursery.cancel_scope.cancel()
 
 
