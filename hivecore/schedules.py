@@ -36,8 +36,8 @@ State = str
 fired), ``cancelled``."""
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION_RE = re.compile(r"(?:(\d{1,7})([smhdw]))+")
-_PART_RE = re.compile(r"(\d{1,7})([smhdw])")
+_DURATION_RE = re.compile(r"(?:([0-9]{1,7})([smhdw]))+")
+_PART_RE = re.compile(r"([0-9]{1,7})([smhdw])")
 
 
 class UnknownSchedule(HiveError):
@@ -89,7 +89,7 @@ def duration(text: str) -> int:
     """``90s``, ``5m``, ``1h30m``, ``2d``, ``1w`` (or plain seconds, ``3600``) → seconds, from
     :data:`MIN_INTERVAL` to :data:`MAX_INTERVAL`."""
     t = text.strip().lower()
-    if t.isascii() and t.isdigit() and len(t) <= 9:
+    if t.isascii() and t.isdigit() and len(t) <= 12:
         seconds = int(t)
     elif _DURATION_RE.fullmatch(t):
         seconds = sum(int(n) * _UNITS[u] for n, u in _PART_RE.findall(t))

@@ -179,6 +179,9 @@ def test_durations(text: str, seconds: int) -> None:
         ("1.5h", "not a duration: '1.5h'"),
         ("0s", "the interval must be 1 s to a year, got 0 s"),
         ("400d", "the interval must be 1 s to a year, got 34560000 s"),
+        ("\u0663s", "not a duration: '\u0663s'"),  # an Arabic-Indic 3 was read as 3 s (\\d is Unicode)
+        ("\uff15m", "not a duration: '\uff15m'"),  # a fullwidth 5
+        ("9999999999", "the interval must be 1 s to a year, got 9999999999 s"),  # not "not a duration"
     ],
 )
 def test_bad_durations(text: str, error: str) -> None:
