@@ -244,6 +244,11 @@ class ReminderScheduler:
         retry_at = None if attempts >= rm.MAX_ATTEMPTS else self.clock() + rm.backoff(attempts)
         row = await self._store.call(lambda c: rs.mark_failed(c, r.id, error, retry_at))
         self.failed += 1
+        if row is None:  # the operator cancelled it while it was being delivered
+            log.info(
+                "reminder %d for %s: delivery failed (%s); it was cancelled meanwhile", r.id, r.agent, error
+            )
+            return
         log.warning(
             "reminder %d for %s: delivery %d failed (%s); %s",
             r.id,

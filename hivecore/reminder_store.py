@@ -113,16 +113,17 @@ def mark_sent(conn: sqlite3.Connection, reminder_id: int, now: float) -> None:
 
 def mark_failed(
     conn: sqlite3.Connection, reminder_id: int, error: str, retry_at: float | None
-) -> rm.Reminder:
+) -> rm.Reminder | None:
     """One delivery failed: count it, keep ``error``; retry at ``retry_at`` (``None``: give up, the
-    row is ``failed``). The updated row."""
+    row is ``failed``). The updated row; ``None`` when it is gone (cancelled during the delivery)."""
     conn.execute(
         "UPDATE reminders SET attempt_count=attempt_count+1, last_error=?, "
         "status=CASE WHEN ? IS NULL THEN 'failed' ELSE status END, fire_at=coalesce(?, fire_at) "
         "WHERE id=?",
         (error[:1000], retry_at, retry_at, reminder_id),
     )
-    return _row(conn.execute(f"SELECT {_COLUMNS} FROM reminders WHERE id=?", (reminder_id,)).fetchone())
+    row = conn.execute(f"SELECT {_COLUMNS} FROM reminders WHERE id=?", (reminder_id,)).fetchone()
+    return None if row is None else _row(row)
 
 
 def delete(conn: sqlite3.Connection, reminder_id: int) -> rm.Reminder | None:

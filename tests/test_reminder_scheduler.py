@@ -199,6 +199,30 @@ async def test_cancel_deletes_it_and_an_unknown_id_is_one_clear_error(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_cancel_during_a_failing_delivery_is_not_an_actor_error(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # the operator cancelled a reminder while its delivery was failing: mark_failed read back the
+    # deleted row (None) and raised, so fire_due failed ("could not read or deliver due reminders",
+    # a traceback) and every other due reminder waited 10 s
+    sched, store, inbox, bus = make(tmp_path)
+    live(store, "coder")
+    first = await sched.remind("coder", "cancelled meanwhile", delay_seconds=0)
+    await sched.remind("coder", "next", delay_seconds=0)
+
+    async def post(sender: str, to: str, body: str) -> int:
+        if body == "cancelled meanwhile":
+            await sched.cancel(first.id)
+            raise OSError("the inbox is full")
+        return await inbox.post(sender, to, body)
+
+    sched._post = post
+    assert await sched.fire_due() is False
+    assert [b for _, _, b, _ in inbox.got] == ["next"]
+    assert not [e for e in bus.events if isinstance(e, ReminderFailed)]
+    assert [r.message for r in await sched.listed("coder", done=True)] == ["next"]
+
+
 async def test_the_pending_quota_is_per_agent(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     sched, store, _, _ = make(tmp_path, max_pending=3)
     live(store, "coder")
