@@ -32,11 +32,14 @@ from prometheus_client.metrics_core import Metric
 from actors.views import RowsApplied, Views
 from hivecore import swarm as sw
 from hivecore.aiobridge import AsyncioThread, asyncio_thread
+from hivecore.alarms import Alarm
 from hivecore.errors import HiveError
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 10.0
+ALARM_AFTER = 60.0
+"""Seconds the link may be down before the ``swarm`` alarm is raised (a NATS restart takes less)."""
 CALL_TIMEOUT = 5.0
 """Seconds one NATS call (a put, a create) may take before the session is restarted."""
 
@@ -64,7 +67,10 @@ class SwarmLink:
         self._views = views
         self._state_root = state_root
         self._host = host or socket.gethostname()
-        self.state: sw.LinkState = "connecting"
+        self._state: sw.LinkState = "connecting"
+        self._state_since = time.time()
+        self.alarm_after = ALARM_AFTER
+        """Seconds the link may be down (connecting, reconnecting) before it raises an alarm."""
         self.error: str | None = None
         self.ttl = settings.heartbeat_ttl
         """The heartbeat bucket's TTL as the server has it (the bucket's creator chose it)."""
@@ -90,6 +96,26 @@ class SwarmLink:
         views.observe(self._observe)
 
     # --- what other parts read -------------------------------------------------------------------
+
+    @property
+    def state(self) -> sw.LinkState:
+        return self._state
+
+    @state.setter
+    def state(self, value: sw.LinkState) -> None:
+        if value != self._state:
+            self._state, self._state_since = value, time.time()
+
+    def alarms(self) -> list[Alarm]:
+        """An alarm source (:meth:`actors.alarms.AlarmWatch.add_source`): ``swarm`` crit while the
+        name is refused, warn once the link has been down :attr:`alarm_after` seconds."""
+        if self._state == "refused":
+            return [Alarm("swarm", "swarm", "crit", f"swarm: {self.error}", since=self._state_since)]
+        if self._state != "connected" and time.time() - self._state_since >= self.alarm_after:
+            waiting = f"; {self.outbox_depth} message(s) wait in the outbox" if self.outbox_depth else ""
+            message = f"swarm link to {self.settings.url} down ({self.error or self._state}){waiting}"
+            return [Alarm("swarm", "swarm", "warn", message, since=self._state_since)]
+        return []
 
     def status(self) -> sw.SwarmStatus:
         """The link's state and every hive seen (cached; no I/O)."""

@@ -400,6 +400,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         daemon.swarm = SwarmLink(config.swarm, views, config.paths.root, store=store, broker=broker)
         coordinator.swarm = daemon.swarm
         metrics.set_source("swarm", daemon.swarm.families)
+        alarm_watch.add_source(daemon.swarm.alarms)
     metrics.attach(daemon)
     if webhooks is not None:
         metrics.set_source("notifications", partial(alarm_metrics.families, webhooks))

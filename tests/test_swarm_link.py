@@ -124,6 +124,7 @@ async def test_a_name_claimed_by_another_identity_is_refused_and_the_same_identi
         impostor, _ = hive(nats_server, "beta", roots())
         await running(nursery, impostor)
         await eventually(lambda: impostor.state == "refused", 20)
+        assert [(x.key, x.level) for x in impostor.alarms()] == [("swarm", "crit")]
         assert impostor.error is not None
         assert "'beta' is claimed" in impostor.error
         scope.cancel()
@@ -144,8 +145,14 @@ async def test_a_nats_outage_leaves_the_link_reconnecting_and_it_resyncs_when_na
         await running(nursery, a)
         await running(nursery, b)
         await eventually(lambda: a.state == "connected" and b.state == "connected", 20)
+        assert a.alarms() == []
+        a.alarm_after = 0.5
         await trio.to_thread.run_sync(nats_server.kill)
         await eventually(lambda: a.state == "reconnecting" and b.state == "reconnecting", 20)
+        await eventually(lambda: a.alarms(), 10)
+        (alarm,) = a.alarms()
+        assert (alarm.key, alarm.level) == ("swarm", "warn")
+        assert "down" in alarm.message
         # the local side goes on: rows still change, the status still answers
         b_views.set("late", ContainerView(name="late", container="h-late"))
         a_views.set("coder", ContainerView(name="coder", container="h-coder"))
@@ -155,6 +162,7 @@ async def test_a_nats_outage_leaves_the_link_reconnecting_and_it_resyncs_when_na
         await eventually(lambda: [r.name for r in hive_of(a, "beta").agents] == ["late"], 10)  # type: ignore[union-attr]
         await eventually(lambda: [r.name for r in hive_of(b, "alpha").agents] == ["coder"], 10)  # type: ignore[union-attr]
         assert a.sessions >= 2
+        assert a.alarms() == []
         from prometheus_client.core import CollectorRegistry
         from prometheus_client.exposition import generate_latest
 
