@@ -309,6 +309,30 @@ class Coordinator:
         kind, agent, args = await self._approvals.approve_job(approval_id)
         await self._lane.submit(kind, agent, source=source, args=args)
 
+    async def cancel_approval(self, approval_id: object, *, source: JobSource = "manager") -> None:
+        """Withdraw one of the caller's own pending requests (status ``cancelled``, announced like
+        any resolution): a job on the lane for the approval's agent, so it never races the
+        approval being carried out (then it is refused, naming that job)."""
+        kind, agent, args = await self._approvals.cancel_job(approval_id, _requester(source))
+        running = self._lane.running_kind("meta_update")
+        if (
+            running is not None
+            and (await self._approvals.get(args["approval_id"])).kind == "update_meta_inputs"
+        ):
+            raise Refused(
+                f"a meta update is running (job {running.id}); approval {args['approval_id']} can be "
+                "withdrawn once it is done, if it is still pending"
+            )
+        await self._lane.submit(kind, agent, source=source, args=args)
+
+    async def request_update_meta_inputs(
+        self, inputs: list[str] | None, description: str | None = None, *, source: JobSource = "manager"
+    ) -> Approval:
+        """Queue an update of meta inputs for the operator (each name checked against the lock)."""
+        return await self._approvals.request_update_meta_inputs(
+            inputs, description, requester=_requester(source)
+        )
+
     async def deny(
         self, approval_id: object, note: str | None = None, *, source: JobSource = "host_sock"
     ) -> None:

@@ -26,6 +26,7 @@ from actors.meta_lock import MetaLock
 from actors.prompt_scheduler import PromptScheduler
 from actors.rebuild_queue import JobLane
 from actors.reminder_scheduler import ReminderScheduler
+from actors.review_evals import ReviewEvals
 from actors.supervisor import ChildSpec, Supervisor
 from actors.swarm_link import SwarmLink
 from actors.transients import TransientRegistry
@@ -45,6 +46,7 @@ from hivecore.metrics import Metrics
 from hivecore.names import MANAGER_NAME
 from hivecore.proc import Credentials
 from hivecore.repos import Repos
+from hivecore.review_eval import ReviewEvaluator
 from hivecore.runtime.base import ContainerRuntime
 from hivecore.services.agent_settings import AgentSettings
 from hivecore.services.approvals import Approvals
@@ -136,6 +138,8 @@ class Daemon:
     def healthy(self) -> bool:
         """Whether the watchdog may ping: no supervised actor has given up."""
         return all(c.state != "failed" for c in self.supervisor.statistics())
+    review_evals: ReviewEvals | None = attrs.field(default=None, kw_only=True)
+    """The background evaluations of proposals for their reviews."""
 
     audit: AuditLog | None = None
     """The audit trail: verbs are recorded by the verb table's server half; the daemon's own actions
@@ -269,7 +273,19 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     urls: list[str] = []  # the Daemon's dashboard_urls, filled once the dashboard serves
     meta_build = MetaBuild(config, runtime, repos, meta, dashboard_port=partial(bound_port, config, urls))
     lifecycle = Lifecycle(config, runtime, repos, meta_build, agent_env=agent_env)
-    approvals = Approvals(lifecycle, repos, store, bus, notifier)
+    meta_updates = MetaUpdates(meta_build, views)
+    review_evals = ReviewEvals(ReviewEvaluator(meta_repo, repos, meta_build.entry), store, bus)
+    notifier.on_resolved = review_evals.cancel
+    approvals = Approvals(
+        lifecycle,
+        repos,
+        store,
+        bus,
+        notifier,
+        reviews=review_evals,
+        meta_updates=meta_updates,
+        meta_inputs=lambda: [i.name for i in meta.inputs()],
+    )
 
     def running(name: str) -> bool | None:
         row = views.rows().get(name)
@@ -277,7 +293,6 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
 
     schedules = PromptScheduler(store, broker.send, bus, running)
     approvals.schedules = schedules
-    meta_updates = MetaUpdates(meta_build, views)
     intent = Intent()
     alarm_watch = AlarmWatch(
         store,
@@ -395,6 +410,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         metrics=metrics,
         schedules=schedules,
         audit=audit_log,
+        review_evals=review_evals,
     )
     if config.swarm is not None:
         daemon.swarm = SwarmLink(config.swarm, views, config.paths.root, store=store, broker=broker)
@@ -441,6 +457,7 @@ async def main(
             ChildSpec("meta_lock", daemon.meta.run),
             # before the lane: the crash-loop holds are loaded before any job can start an agent
             ChildSpec("alarms", daemon.alarm_watch.run),
+            *([ChildSpec("review_evals", daemon.review_evals.run)] if daemon.review_evals else []),
             ChildSpec("rebuild_queue", daemon.lane.run),
             ChildSpec("crash_watch", daemon.crash_watch.run),
             ChildSpec("agent_sockets", daemon.agent_sockets.run),

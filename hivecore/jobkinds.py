@@ -157,9 +157,11 @@ REGISTRY: Mapping[JobKind, JobKindSpec] = _rows(
     JobKindSpec(kind="deny", service="approvals", busy="having an approval denied"),
     JobKindSpec(kind="init_config", service="approvals", busy="having its config initialised"),
     JobKindSpec(kind="schedule_prompt", service="approvals", busy="having a scheduled prompt approved"),
+    JobKindSpec(kind="cancel_approval", service="approvals", busy="having a request withdrawn"),
     JobKindSpec(
         kind="meta_update",
         service="meta_update",
+        approval_service="approvals",
         busy="updating meta inputs",
         noun="a meta update",
         build=True,

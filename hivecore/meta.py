@@ -573,9 +573,31 @@ class MetaRepo:
         finally:
             await trio.to_thread.run_sync(_remove_tree, work)
 
-    def _lock_workdir(self, uid: int) -> Path:
+    async def lock_preview(self, args: Sequence[str]) -> Any:
+        """The parsed ``flake.lock`` that ``nix <args>`` (an update of some inputs) would write,
+        locked confined exactly as :meth:`lock` does but always on a copy in a fresh
+        ``<state>/.meta-lock-*`` and never written back: ``meta/`` is only read, so this needs no
+        turn of the meta lock actor (an approval's review runs it)."""
+        options = eval_options([self.hyperhive_url.removeprefix("git+"), *_lock_uris(await self.lock_data())])
+        what = "previewing the meta update"
+        try:
+            user = await trio.to_thread.run_sync(agent_users.evaluator, self.paths)
+        except OSError as exc:
+            raise MetaFailure(f"{what}: cannot prepare the evaluator: {exc}") from None
+        if user is not None:
+            work = await trio.to_thread.run_sync(self._lock_workdir, user[0].uid)
+        else:
+            work = await trio.to_thread.run_sync(self._lock_workdir, os.geteuid(), os.getegid())
+        try:
+            await self.nix(*args, f"path:{work}", what=what, cwd=work, options=options, user=user)
+            return json.loads(await trio.to_thread.run_sync(_read_lock_back, work / "flake.lock"))
+        finally:
+            await trio.to_thread.run_sync(_remove_tree, work)
+
+    def _lock_workdir(self, uid: int, gid: int | None = None) -> Path:
         """A fresh ``<state>/.meta-lock-*`` (0700) holding copies of ``flake.nix`` and
-        ``flake.lock``, handed to ``uid`` (blocking)."""
+        ``flake.lock``, handed to ``uid`` (and ``gid``, default the same number; blocking)."""
+        gid = uid if gid is None else gid
         work = Path(tempfile.mkdtemp(prefix=".meta-lock-", dir=self.paths.root))
         for name in FLAKE_FILES:
             try:
@@ -587,8 +609,8 @@ class MetaRepo:
             )
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-                os.fchown(f.fileno(), uid, uid)
-        os.chown(work, uid, uid, follow_symlinks=False)
+                os.fchown(f.fileno(), uid, gid)
+        os.chown(work, uid, gid, follow_symlinks=False)
         return work
 
     def _write_lock(self, data: bytes) -> None:

@@ -88,6 +88,35 @@ class ReviewFile:
 
 
 @attrs.frozen(kw_only=True)
+class RuntimeChange:
+    """One thing a proposal changes in what the agent runs (its evaluated ``hiveAgents.<n>``), or
+    one meta input's rev an ``update_meta_inputs`` moves: ``what`` (``model``, ``env FOO``,
+    ``command``, ``setting allowedTools``, ``input hyperhive``), its value now and after (``None``:
+    absent). Values are cut at :data:`hivecore.review_eval.VALUE_CAP` characters."""
+
+    what: str
+    before: str | None = None
+    after: str | None = None
+
+
+ReviewEvalStatus = Literal["pending", "ok", "failed", "cancelled"]
+
+
+@attrs.frozen(kw_only=True)
+class ReviewEval:
+    """The evaluation of an approval's proposal, made in the background when it was requested
+    (:mod:`hivecore.review_eval`): ``pending`` until it ran; ``ok`` with ``changes`` (what the
+    agent would run differently; for ``update_meta_inputs`` each input's current and proposed
+    rev); ``failed`` with nix's ``error`` (the config cannot build); ``cancelled`` when the
+    approval was resolved first."""
+
+    status: ReviewEvalStatus = "pending"
+    error: str | None = None
+    changes: list[RuntimeChange] | None = None
+    evaluated_at: str | None = None
+
+
+@attrs.frozen(kw_only=True)
 class Approval:
     """An approval row (reference §2.3); field order is the host.sock wire order."""
 
@@ -114,6 +143,9 @@ class Approval:
     """Who asked: ``manager`` or ``operator`` (the pending quota is per requester)."""
     resolved_by: str | None = None
     """Who approved or denied it, from the audit trail (``operator via host_sock uid 1000 alice``)."""
+    evaluation: ReviewEval | None = None
+    """apply_commit, spawn, update_meta_inputs: whether the proposal evaluates (nix's error if
+    not) and what it changes at runtime, computed in the background after the request."""
 
 
 JobKind = Literal[
@@ -131,6 +163,7 @@ JobKind = Literal[
     "init_config",
     "meta_update",
     "schedule_prompt",
+    "cancel_approval",
 ]
 JOB_KINDS: tuple[JobKind, ...] = typing.get_args(JobKind)
 """Every job kind; what each one is (its service, transient, build class…) is its row in

@@ -5,6 +5,9 @@ The dashboard computes the same port without asking, so this is a pure function 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from hivecore.names import MANAGER_NAME
 
 MANAGER_PORT = 8000
@@ -29,3 +32,12 @@ def agent_port(name: str) -> int:
     if name == MANAGER_NAME:
         return MANAGER_PORT
     return WEB_PORT_BASE + fnv1a_32(name) % WEB_PORT_RANGE
+
+
+def port_conflicts(names: Iterable[str]) -> list[dict[str, Any]]:
+    """``[{port, agents}]`` for every web-UI port (:func:`agent_port`) two or more of ``names``
+    share, by port; agents sorted. The original's policy: rename one agent (no probing)."""
+    by_port: dict[int, list[str]] = {}
+    for name in names:
+        by_port.setdefault(agent_port(name), []).append(name)
+    return [{"port": p, "agents": sorted(a)} for p, a in sorted(by_port.items()) if len(a) > 1]

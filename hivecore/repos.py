@@ -691,6 +691,13 @@ class Repos:
         )
         return result.stdout.decode().strip() or None if result.returncode == 0 else None
 
+    async def resolve_in(self, repo: Path, ref: str) -> str | None:
+        """``ref`` of a daemon-owned repo ``repo`` as a commit sha, or ``None``."""
+        result = await self.git(
+            repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", what="resolve", check=False
+        )
+        return result.stdout.decode().strip() or None if result.returncode == 0 else None
+
     async def main_sha(self, name: str) -> str:
         sha = await self.resolve(name, "refs/heads/main^{commit}")
         if sha is None:

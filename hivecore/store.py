@@ -293,6 +293,14 @@ MIGRATIONS: tuple[str, ...] = (
         received_at INTEGER NOT NULL
     );
     """,
+    # 17: the background evaluation of a proposal (hivecore/review_eval.py): status, nix's
+    # error, the runtime changes (JSON of RuntimeChange rows), when it finished
+    """
+    ALTER TABLE approvals ADD COLUMN eval_status TEXT;
+    ALTER TABLE approvals ADD COLUMN eval_error TEXT;
+    ALTER TABLE approvals ADD COLUMN eval_changes TEXT;
+    ALTER TABLE approvals ADD COLUMN evaluated_at TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -436,7 +444,7 @@ _RESOLVED_BY = (
 )
 _BASE = (
     "id, agent, kind, commit_ref, fetched_sha, requested_at, status, resolved_at, note, description, "
-    f"requester, {_RESOLVED_BY}"
+    f"requester, eval_status, eval_error, eval_changes, evaluated_at, {_RESOLVED_BY}"
 )
 
 
@@ -451,6 +459,17 @@ def _approval(row: sqlite3.Row) -> Approval:
     if files is not None:
         fields["files"] = json.loads(files)
     fields["diff"] = diff
+    status = fields.pop("eval_status", None)
+    error = fields.pop("eval_error", None)
+    changes = fields.pop("eval_changes", None)
+    evaluated_at = fields.pop("evaluated_at", None)
+    if status is not None:
+        fields["evaluation"] = {
+            "status": status,
+            "error": error,
+            "changes": json.loads(changes) if changes is not None else None,
+            "evaluated_at": evaluated_at,
+        }
     return converter.structure(fields, Approval)
 
 
@@ -605,6 +624,36 @@ def set_review(
         "agent_nix=coalesce(?, agent_nix) WHERE id=?",
         (sha, files, diff, commit_message, agent_nix, approval_id),
     )
+
+
+def set_evaluation(
+    conn: sqlite3.Connection,
+    approval_id: int,
+    status: str,
+    error: str | None = None,
+    changes: str | None = None,
+    *,
+    only_pending: bool = True,
+) -> bool:
+    """Store an approval's review evaluation (``changes``: JSON of ``RuntimeChange`` rows); with
+    ``only_pending`` only while the row is pending. Whether a row changed."""
+    where = " AND status='pending'" if only_pending else ""
+    evaluated = None if status == "pending" else now_rfc3339()
+    cur = conn.execute(
+        f"UPDATE approvals SET eval_status=?, eval_error=?, eval_changes=?, evaluated_at=? WHERE id=?{where}",
+        (status, error, changes, evaluated, approval_id),
+    )
+    return cur.rowcount == 1
+
+
+def unevaluated_approvals(conn: sqlite3.Connection) -> list[tuple[int, str | None]]:
+    """``(id, requester)`` of every pending approval whose evaluation has not finished, oldest first."""
+    return [
+        (int(r[0]), r[1])
+        for r in conn.execute(
+            "SELECT id, requester FROM approvals WHERE status='pending' AND eval_status='pending' ORDER BY id"
+        )
+    ]
 
 
 def resolve_approval(

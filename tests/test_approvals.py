@@ -458,7 +458,7 @@ async def test_host_sock_and_hivectl_review_approve_deny_and_rebuild(hive: Daemo
     [wire] = answer["approvals"]
     assert list(wire) == [
         "id", "agent", "kind", "commit_ref", "fetched_sha", "requested_at", "status", "description", "diff",
-        "files", "commit_message", "requester",
+        "files", "commit_message", "requester", "evaluation",
     ]  # fmt: skip
     assert (wire["id"], wire["status"], wire["fetched_sha"]) == (approval.id, "pending", sha)
     assert "+++ b/extra.nix" in wire["diff"]

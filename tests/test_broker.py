@@ -306,9 +306,9 @@ async def test_manager_verbs(hub: Hub) -> None:
     )
     assert answer["ok"] is False, answer
     assert "hex" in answer["error"], answer
-    answer = await call(hub.manager_sock, {"cmd": "request_update_meta_inputs"})
+    answer = await call(hub.manager_sock, {"cmd": "request_update_meta_inputs", "inputs": ["nope"]})
     assert answer["ok"] is False, answer
-    assert "not available" in answer["error"], answer
+    assert "unknown meta input(s): nope" in answer["error"], answer
     answer = await call(hub.manager_sock, {"cmd": "set_status", "text": "x"})
     assert 'unknown cmd "set_status"' in answer["error"]
     # start goes through the lane and kicks the agent

@@ -92,11 +92,13 @@ class BrowserThread:
         self._jobs.put(None)
         self._thread.join(timeout=30)
 
-    async def new_page(self, base: str) -> Page:
+    async def new_page(self, base: str, init_script: str | None = None) -> Page:
         await self.run(lambda: None)  # the browser is up
 
         def make() -> Page:
             context = self.browser.new_context(viewport={"width": 1400, "height": 1000})
+            if init_script is not None:
+                context.add_init_script(init_script)
             page = context.new_page()
             page.on("request", lambda r: self._seen(r.url))
             page.on("dialog", self._answer)
@@ -590,3 +592,106 @@ async def test_the_warning_strip_shows_alarms_live_and_releases_a_hold(
         await browser.run(lambda: page.wait_for_selector("#warnings li", state="detached"))
         assert len(browser.state_requests) == 1
         assert browser.console_errors == []
+
+
+# --- the review's evaluation, port conflicts, notifications (issue 18 item 9) ----------------------
+
+FAKE_NOTIFICATIONS = """
+window.__notes = [];
+window.__hidden = false;
+Object.defineProperty(document, "hidden", { configurable: true, get: () => window.__hidden });
+window.Notification = class {
+  constructor(title, options) { window.__notes.push({ title, body: options.body, tag: options.tag }); }
+  close() {}
+};
+window.Notification.permission = localStorage.getItem("fake-permission") || "default";
+window.Notification.requestPermission = async () => {
+  localStorage.setItem("fake-permission", "granted");
+  window.Notification.permission = "granted";
+  return "granted";
+};
+"""
+"""A stand-in Notification API (the test sees each notification) and a document whose ``hidden``
+the test sets: headless Chromium shows no notifications and is never in the background."""
+
+
+async def test_evaluations_port_conflicts_and_notifications_on_the_page(
+    live: Daemon, browser: BrowserThread
+) -> None:
+    with trio.fail_after(240):
+        await ok(await host(live, {"cmd": "spawn", "name": "coder"}))
+        page = await browser.new_page(live.dashboard_urls[0], FAKE_NOTIFICATIONS)
+
+        def wait(selector: str, state: str = "attached") -> Callable[[], object]:
+            return lambda: page.wait_for_selector(selector, state=state)  # type: ignore[arg-type]
+
+        # notifications: off until the operator turns them on; the choice survives a reload
+        assert "off" in await browser.run(lambda: page.inner_text("#notify-toggle"))
+        await browser.run(lambda: page.click("#notify-toggle"))
+        await browser.run(wait("#notify-toggle[aria-pressed='true']"))
+        assert await browser.run(lambda: page.evaluate("localStorage.getItem('hive-c0re.notify')")) == "on"
+
+        # a proposal that evaluates, one that does not: each card says so, live
+        proposed = live.config.paths.agent_config("coder")
+        good = await commit(proposed, {"agent.nix": sonnet()}, "use sonnet")
+        await browser.run(lambda: page.evaluate("window.__hidden = true"))  # the tab goes to the background
+        asked = await ok(
+            await call(
+                live.config.manager_socket_path,
+                {
+                    "cmd": "request_apply_commit",
+                    "agent": "coder",
+                    "commit_ref": good,
+                    "description": "sonnet",
+                },
+            )
+        )
+        card = f"#approvals .card.pending[data-id='{asked['approval_id']}']"
+        await browser.run(wait(f"{card} details.evaluation.ok"))
+        table = await browser.run(lambda: page.inner_text(f"{card} table.runtime-changes"))
+        assert "model" in table
+        assert "haiku" in table
+        assert "sonnet" in table
+        notes = await browser.run(lambda: page.evaluate("window.__notes"))
+        assert [(n["tag"], n["body"]) for n in notes] == [(f"approval:{asked['approval_id']}", "sonnet")]
+        await browser.run(lambda: page.evaluate("window.__hidden = false"))  # in front: no notification
+        bad = await commit(proposed, {"agent.nix": BROKEN_NIX}, "broken")
+        asked2 = await ok(
+            await call(
+                live.config.manager_socket_path,
+                {"cmd": "request_apply_commit", "agent": "coder", "commit_ref": bad},
+            )
+        )
+        card2 = f"#approvals .card.pending[data-id='{asked2['approval_id']}']"
+        await browser.run(wait(f"{card2} .evaluation.failed"))
+        error = await browser.run(lambda: page.inner_text(f"{card2} .evaluation.failed"))
+        assert "D0ES N0T EV4LU4TE" in error
+        await browser.run(lambda: page.click(f"{card2} .evaluation.failed details.long-text summary"))
+        nix = await browser.run(lambda: page.inner_text(f"{card2} .evaluation.failed details.long-text pre"))
+        assert "syntax error" in nix
+        assert "4NYW4Y" in await browser.run(lambda: page.inner_text(f"{card2} button.approve"))
+        assert len(await browser.run(lambda: page.evaluate("window.__notes"))) == 1
+
+        # the manager withdraws the first: the card leaves live
+        await ok(
+            await call(
+                live.config.manager_socket_path, {"cmd": "cancel_approval", "id": asked["approval_id"]}
+            )
+        )
+        await browser.run(wait(card, "detached"))
+
+        # two agents on one web-UI port: the banner appears, and goes with one of them
+        await ok(await host(live, {"cmd": "spawn", "name": "as"}))
+        await ok(await host(live, {"cmd": "spawn", "name": "ht"}))
+        await browser.run(wait("#port-conflicts .port-conflict", "visible"))
+        banner = await browser.run(lambda: page.inner_text("#port-conflicts"))
+        assert "as, ht" in banner
+        await ok(await host(live, {"cmd": "destroy", "name": "ht"}))
+        await browser.run(wait("#port-conflicts", "hidden"))
+
+        # a reload keeps the choice; approvals pending at load never notify
+        await browser.run(lambda: page.reload())
+        await browser.run(wait("body[data-ready='1']"))
+        await browser.run(wait("#notify-toggle[aria-pressed='true']"))
+        assert await browser.run(lambda: page.evaluate("window.__notes.length")) == 0
+    assert not browser.console_errors, browser.console_errors

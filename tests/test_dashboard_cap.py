@@ -214,3 +214,4 @@ async def test_dashboard_connections_stop_where_host_sock_keeps_its_fds(hive: Da
         for fd in fillers:
             os.close(fd)
     await _operator_surfaces_answer(hive)
+

@@ -17,6 +17,7 @@ from quart import Blueprint, Response
 from hivecore.config import StatePaths
 from hivecore.errors import NotAvailable, answer_for
 from hivecore.names import OPERATOR_NAME
+from hivecore.ports import port_conflicts
 from hivecore.wire.converter import converter
 from hivecore.wire.events import EVENT_KINDS
 from web import snapshot as snap
@@ -60,6 +61,7 @@ def blueprint(facade: Any, paths: StatePaths, csrf_for: Callable[[], str | None]
             "csrf": csrf_for(),
             "event_kinds": sorted(EVENT_KINDS),
             "meta_inputs": converter.unstructure(facade.meta_inputs()),
+            "port_conflicts": port_conflicts(v.name for v in views),
         }
         approvals = await facade.pending()
         resolved = [a for a in approvals if a.status != "pending"][-HISTORY:]

@@ -354,10 +354,46 @@ REVIEW_LINES = 40
 has everything)."""
 
 
+def evaluation_lines(a: Response) -> list[str]:
+    """The review evaluation of a row (agent text escaped): whether it evaluates, nix's error if
+    not, what it changes at runtime (``what: before -> after``); empty when there is none."""
+    ev = a.get("evaluation")
+    if not isinstance(ev, dict):
+        return []
+    status = ev.get("status")
+    if status == "pending":
+        return ["evaluation: pending (hive-c0re is evaluating it in the background)"]
+    if status == "cancelled":
+        return ["evaluation: stopped (the approval was resolved first)"]
+    if status == "failed":
+        body = escape_block(str(ev.get("error") or "")).rstrip("\n").splitlines()
+        return [
+            "evaluation: FAILED: this config does not build (approving it only fails its build); deny it",
+            *(f"  {x}" for x in body),
+        ]
+    changes = [c for c in ev.get("changes") or [] if isinstance(c, dict)]
+    if not changes:
+        return ["evaluation: ok; nothing changes at runtime"]
+    out = ["evaluation: ok; at runtime:"]
+    for c in changes:
+        before, after = c.get("before"), c.get("after")
+        what = escape(str(c.get("what")))
+        if before is None and after is None:
+            out.append(f"  {what}")
+        elif before is None:
+            out.append(f"  {what}: (new) {escape(str(after))}")
+        elif after is None:
+            out.append(f"  {what}: {escape(str(before))} (removed)")
+        else:
+            out.append(f"  {what}: {escape(str(before))} -> {escape(str(after))}")
+    return out
+
+
 def review_block(a: Response) -> str:
-    """What a pending row asks the operator to approve: every file (with sizes and cut diffs), the
-    commit messages, or the agent.nix a spawn deploys; agent text escaped."""
-    lines: list[str] = []
+    """What a pending row asks the operator to approve: its evaluation (does it build, what changes
+    at runtime), every file (with sizes and cut diffs), the commit messages, or the agent.nix a
+    spawn deploys; agent text escaped."""
+    lines: list[str] = [f"  {line}" for line in evaluation_lines(a)]
     files = a.get("files")
     if isinstance(files, list):
         for f in files:
@@ -437,6 +473,10 @@ def render_approval(a: Response, colour: bool = False) -> str:
         word = {"failed": "why it failed", "denied": "why it was denied"}.get(str(a.get("status")), "note")
         out += ["", _paint(f"{word}:", "bold", colour)]
         out += [f"  {line}" for line in escape_block(note).rstrip("\n").splitlines()]
+    evaluation = evaluation_lines(a)
+    if evaluation:
+        failed = evaluation[0].startswith("evaluation: FAILED")
+        out += ["", _paint(evaluation[0], "red" if failed else "bold", colour), *evaluation[1:]]
     files = a.get("files")
     if isinstance(files, list):
         out += ["", _paint(f"files ({files_summary(files)}):", "bold", colour)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -35,9 +36,9 @@ import trio
 
 from hivecore import agent_users, shutdown
 from hivecore import store as st
-from hivecore.errors import HiveError, NotAvailable, Refused, UnknownAgent, UnknownApproval
+from hivecore.errors import BadInput, HiveError, NotAvailable, Refused, UnknownAgent, UnknownApproval
 from hivecore.kick import REASON_CONFIG_APPLIED
-from hivecore.models import Approval, JobKind
+from hivecore.models import Approval, JobKind, ReviewEval
 from hivecore.names import MANAGER_NAME, validate_name
 from hivecore.repos import PREVIOUS_MAIN, Repos, is_commit_ref
 from hivecore.services.context import JobContext
@@ -59,6 +60,19 @@ RESTARTED_NOTE = "hive-c0re restarted during the build; nothing was deployed. Re
 UNFETCHED_NOTE = "hive-c0re restarted before the proposal was fetched; request it again"
 
 
+META_AGENT = "hm1nd"
+"""The ``agent`` of an ``update_meta_inputs`` row (it concerns no one agent; the manager asked)."""
+
+
+def meta_inputs_of(approval: Approval) -> list[str]:
+    """The input names an ``update_meta_inputs`` row carries (its ``commit_ref``, a JSON list)."""
+    try:
+        names = json.loads(approval.commit_ref or "[]")
+    except ValueError:
+        names = []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
 def _text(value: object, what: str) -> str | None:
     if value is None:
         return None
@@ -76,6 +90,15 @@ class Approvals:
     store: Store
     bus: Publisher
     notifier: Notifier
+    reviews: Any = None
+    """The review evaluations actor's handle (:class:`actors.review_evals.ReviewEvals`): every
+    apply_commit, spawn and update_meta_inputs request is evaluated in the background; ``None``:
+    requests carry no evaluation."""
+    meta_updates: Any = None
+    """The meta-update service (:class:`hivecore.services.meta_update.MetaUpdates`): approving an
+    ``update_meta_inputs`` runs its job."""
+    meta_inputs: Any = None
+    """``() -> list[str]``: the meta lock's input names (``update_meta_inputs`` checks against it)."""
     _started: bool = attrs.field(default=False, init=False)
     schedules: Any = None
     """The prompt scheduler (:class:`actors.prompt_scheduler.PromptScheduler`): approving a
@@ -205,6 +228,7 @@ class Approvals:
         if approval is None:
             raise Refused(f'a spawn of "{valid}" is already waiting for approval')
         log.info("approval %d: spawn %s requested (deploys %s)", approval.id, valid, sha[:12])
+        approval = await self._queue_review(approval)
         self._added(attrs.evolve(approval, agent_nix=agent_nix))
         return approval
 
@@ -228,6 +252,7 @@ class Approvals:
             name,
             approval.fetched_sha,
         )
+        approval = await self._queue_review(approval)
         self._added(approval)
         return attrs.evolve(approval, diff=None, files=None, commit_message=None)
 
@@ -307,8 +332,18 @@ class Approvals:
             commit_message=pinned.commit_message,
         )
         log.info("approval %d: apply_commit %s %s pinned at %s", approval.id, name, commit_ref, sha[:12])
+        approval = await self._queue_review(approval)
         self._added(approval)
         return attrs.evolve(approval, diff=None, files=None, commit_message=None)
+
+    async def _queue_review(self, approval: Approval) -> Approval:
+        """Mark ``approval``'s evaluation pending and queue it (nothing when there is no evaluator)."""
+        if self.reviews is None:
+            return approval
+        aid = approval.id
+        await self.store.call(lambda c: st.set_evaluation(c, aid, "pending"))
+        self.reviews.submit(aid, approval.requester)
+        return attrs.evolve(approval, evaluation=ReviewEval())
 
     def _added(self, approval: Approval) -> None:
         self.bus.publish(
@@ -324,13 +359,16 @@ class Approvals:
                 commit_message=approval.commit_message,
                 agent_nix=approval.agent_nix,
                 requester=approval.requester,
+                evaluation=approval.evaluation,
             )
         )
 
     # --- what approving means: a job ---------------------------------------------------------------
 
-    async def approve_job(self, approval_id: object) -> tuple[JobKind, str, dict[str, Any]]:
-        """The lane job that carries out approving ``approval_id`` (refused when that cannot happen)."""
+    async def approve_job(self, approval_id: object) -> tuple[JobKind, str | None, dict[str, Any]]:
+        """The lane job that carries out approving ``approval_id`` (refused when that cannot happen).
+        A row whose review evaluation failed is still built if approved (the operator was shown
+        nix's error): the build fails with the same error, rolls back and deploys nothing."""
         approval = await self.pending(approval_id)
         args: dict[str, Any] = {"approval_id": approval.id}
         match approval.kind:
@@ -344,10 +382,10 @@ class Approvals:
                 return "init_config", approval.agent, args
             case "schedule_prompt":
                 return "schedule_prompt", approval.agent, args
+            case "update_meta_inputs":
+                return "meta_update", None, {**args, "inputs": meta_inputs_of(approval)}
             case _:
-                raise NotAvailable(
-                    f"approving {approval.kind} is not available yet: it arrives with the meta flake"
-                )
+                raise NotAvailable(f"approving {approval.kind} is not available in this hive-c0re")
 
     async def deny_job(
         self, approval_id: object, note: str | None = None
@@ -355,12 +393,56 @@ class Approvals:
         approval = await self.pending(approval_id)
         return "deny", approval.agent, {"approval_id": approval.id, "note": note}
 
+    async def cancel_job(self, approval_id: object, requester: str) -> tuple[JobKind, str, dict[str, Any]]:
+        """The lane job that withdraws ``approval_id`` for ``requester``: only its own pending
+        requests (another's is refused as if unknown to it: it learns nothing of them)."""
+        approval = await self.get(approval_id)
+        if approval.requester != requester:
+            raise UnknownApproval(approval.id)
+        self._still_pending(approval)
+        return "cancel_approval", approval.agent, {"approval_id": approval.id}
+
+    async def request_update_meta_inputs(
+        self, inputs: builtins.list[str] | None, description: str | None = None, *, requester: str = "manager"
+    ) -> Approval:
+        """Queue an update of meta inputs (``None`` or empty: every top-level input) for the
+        operator; each name must be an input of the meta lock (:class:`BadInput` naming the
+        unknown ones and the known). One such request pending at a time."""
+        known: builtins.list[str] = builtins.list(self.meta_inputs()) if self.meta_inputs is not None else []
+        if not known:
+            raise NotAvailable("the meta flake has no inputs yet (hive-c0re is starting); ask again later")
+        names: builtins.list[str] = builtins.list(dict.fromkeys(inputs or []))
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise BadInput(f"unknown meta input(s): {', '.join(unknown)}; the lock has: {', '.join(known)}")
+        chosen = names or [n for n in known if "/" not in n]
+        approval = await self.store.call(
+            lambda c: st.insert_approval_unless_pending(
+                c,
+                META_AGENT,
+                "update_meta_inputs",
+                json.dumps(chosen),
+                description,
+                requester=requester,
+                quota=MAX_PENDING_PER_REQUESTER,
+            )
+        )
+        if approval is None:
+            raise Refused("an update of meta inputs is already waiting for approval; cancel it first")
+        log.info("approval %d: update_meta_inputs %s requested", approval.id, ", ".join(chosen))
+        approval = await self._queue_review(approval)
+        self._added(approval)
+        return approval
+
     # --- the jobs (run by the lane) ------------------------------------------------------------------
 
     async def run_job(self, ctx: JobContext, args: Mapping[str, Any]) -> None:
         job = ctx.job
         approval_id = args.get("approval_id")
         approval = await self.get(approval_id)
+        if job.kind == "meta_update":
+            await self._meta_update(ctx, approval, args)
+            return
         if approval.agent != job.agent:
             raise HiveError(f"job {job.id}: approval {approval.id} is for {approval.agent}, not {job.agent}")
         replay = job.source == "crash_recover"
@@ -375,8 +457,34 @@ class Approvals:
                 await self._init_config(approval, replay=replay)
             case "schedule_prompt":
                 await self._schedule_prompt(approval)
+            case "cancel_approval":
+                await self._cancel(approval)
             case _:
                 raise HiveError(f"job {job.id}: {job.kind} is not an approval job")
+
+    async def _cancel(self, approval: Approval) -> None:
+        """The requester withdrew it: ``cancelled``, announced like any resolution."""
+        self._still_pending(approval)
+        note = f"withdrawn by the {approval.requester or 'requester'}"
+        await self._announce(await self._resolve(approval, "cancelled", note))
+
+    async def _meta_update(self, ctx: JobContext, approval: Approval, args: Mapping[str, Any]) -> None:
+        """An approved ``update_meta_inputs``: the operator's meta update job, then the row."""
+        if approval.kind != "update_meta_inputs":
+            raise HiveError(f"approval {approval.id} is not an update of meta inputs")
+        self._still_pending(approval)
+        if self.meta_updates is None or not self.meta_updates.builder.meta.running:
+            # nothing ran: the row stays pending and can be approved again
+            raise NotAvailable(
+                "the meta flake is not available (hive-c0re is starting or stopping); try again"
+            )
+        try:
+            await self.meta_updates.run_job(ctx, args)
+        except HiveError as exc:
+            with shutdown.shielded():
+                await self._announce(await self._resolve(approval, "failed", str(exc)))
+            raise
+        await self._announce(await self._resolve(approval, "approved"))
 
     def _still_pending(self, approval: Approval) -> None:
         if approval.status != "pending":

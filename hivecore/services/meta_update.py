@@ -83,7 +83,7 @@ class MetaUpdates:
                 # the runtime's agents, not the views: at a replay the views are not populated yet
                 agents = sorted(await self.builder.runtime.list(), key=lambda n: (n != "hm1nd", n))
                 plan, done = affected_agents(inputs, agents), []
-                await self._record(ctx, inputs, plan, done)  # a replay finishes this plan
+                await self._record(ctx, inputs, plan, done, args)  # a replay finishes this plan
             else:
                 log.info(
                     "meta update %s: resuming its plan (done: %s)",
@@ -107,7 +107,7 @@ class MetaUpdates:
                         log.warning("meta update: rebuild of %s failed: %s", name, exc)
                         failed.append(f"{name}: {exc}")
                 done.append(name)
-                await self._record(ctx, inputs, plan, done)
+                await self._record(ctx, inputs, plan, done, args)
             if failed:
                 raise HiveError(
                     f"meta update {', '.join(inputs)}: {len(failed)} rebuild(s) failed:\n" + "\n".join(failed)
@@ -115,9 +115,13 @@ class MetaUpdates:
         finally:
             ctx.publish(MetaUpdateRunning(running=False))
 
-    async def _record(self, ctx: JobContext, inputs: list[str], plan: list[str], done: list[str]) -> None:
-        """Persist the job's plan and progress in its journal row (its replay resumes from them)."""
-        args = json.dumps({"inputs": inputs, "plan": plan, "done": done})
+    async def _record(
+        self, ctx: JobContext, inputs: list[str], plan: list[str], done: list[str], given: Mapping[str, Any]
+    ) -> None:
+        """Persist the job's plan and progress in its journal row (its replay resumes from them;
+        an ``approval_id`` the job carries out is kept, so the replay still resolves that row)."""
+        kept = {k: given[k] for k in ("approval_id",) if k in given}
+        args = json.dumps({**kept, "inputs": inputs, "plan": plan, "done": done})
         job_id = ctx.job.id
         await ctx.store.call(lambda c: st.set_job_args(c, job_id, args))
 

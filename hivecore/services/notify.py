@@ -26,6 +26,9 @@ class Notifier:
         self._broker = broker
         self._bus = bus
         self._state_dir = state_dir
+        self.on_resolved: Callable[[int], None] | None = None
+        """Called with the id of every approval announced resolved (the review evaluations
+        actor stops that approval's evaluation)."""
 
     @property
     def broker(self) -> Broker:
@@ -34,6 +37,8 @@ class Notifier:
 
     def approval_event(self, approval: Approval, sha: str | None = None, tag: str | None = None) -> None:
         """``approval_resolved`` on the event bus (the dashboard's live update)."""
+        if self.on_resolved is not None and approval.status != "pending":
+            self.on_resolved(approval.id)
         self._bus.publish(
             ApprovalResolved(
                 id=approval.id,

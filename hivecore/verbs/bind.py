@@ -286,10 +286,6 @@ def _dashboard_meta_update(r: wh.MetaUpdateRequest, job: Any) -> str:
     return f"meta update started (job {job.id}): " + ", ".join(r.inputs)
 
 
-async def _unavailable_meta_inputs(ctx: Any, r: wm.RequestUpdateMetaInputsRequest) -> None:
-    raise NotAvailable("request_update_meta_inputs is not available yet: it arrives with the meta flake")
-
-
 async def _status(ctx: Any, r: wa.StatusRequest) -> Any:
     return await ctx.status_row()
 
@@ -526,7 +522,15 @@ BINDINGS: Mapping[str, Binding] = {
         ),
         mcp=_approval_answer,
     ),
-    "request_update_meta_inputs": Binding(wm.RequestUpdateMetaInputsRequest, _unavailable_meta_inputs),
+    "request_update_meta_inputs": Binding(
+        wm.RequestUpdateMetaInputsRequest,
+        lambda ctx, r: ctx.facade.request_update_meta_inputs(r.inputs, r.description, **ctx.caller.kw()),
+        mcp=_approval_answer,
+    ),
+    "cancel_approval": Binding(
+        wm.CancelApprovalRequest,
+        lambda ctx, r: ctx.facade.cancel_approval(r.id, **ctx.caller.kw()),
+    ),
     "op_send": Binding(
         wh.OpSendRequest,
         lambda ctx, r: ctx.facade.op_send(r.to, r.body),

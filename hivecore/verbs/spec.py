@@ -528,11 +528,29 @@ VERBS: tuple[Verb, ...] = (
         "7-40 hex digits of the commit; description: what changes and why. The commit is pinned at "
         "once: later commits need a new request. Returns the approval id.",
     ),
+    # --- approvals: withdrawing a request, meta input updates (issue 18 items 5 and 9) ---
     _row(
         "request_update_meta_inputs",
-        "Ask the operator to approve updating meta flake inputs (not available yet).",
+        "Ask the operator to approve updating meta flake inputs (names as the lock has them: "
+        "hyperhive, agent-NAME, …; none: every top-level input); approving runs the operator's "
+        "meta update (one lock update, then the affected agents rebuilt).",
         "manager",
         "manager_sock",
+        tool_help="Ask the operator to approve updating meta flake inputs. inputs: names as the meta "
+        "lock has them (hyperhive, agent-<name>, hyperhive/<sub>); omit for every top-level input. "
+        "description: why. The operator's review shows each input's current and proposed rev. "
+        "Returns the approval id; approval_resolved arrives from system when it is decided.",
+    ),
+    _row(
+        "cancel_approval",
+        "Withdraw one of your own pending requests by approval id (status cancelled, announced "
+        "like any decision).",
+        "manager",
+        "manager_sock",
+        tool_help="Withdraw one of your own pending requests (an apply_commit, spawn, init_config or "
+        "meta input update) by its approval id, e.g. after you found a mistake in it. It becomes "
+        "cancelled and approval_resolved arrives from system. Refused for a request that is not yours, "
+        "not pending, or being carried out right now.",
     ),
     # --- messages ---
     _row(

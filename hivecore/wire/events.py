@@ -11,7 +11,15 @@ from typing import Any, ClassVar
 
 import attrs
 
-from hivecore.models import ContainerView, Job, MetaInputView, ReviewFile, TombstoneView, TransientKind
+from hivecore.models import (
+    ContainerView,
+    Job,
+    MetaInputView,
+    ReviewEval,
+    ReviewFile,
+    TombstoneView,
+    TransientKind,
+)
 from hivecore.reminders import Reminder
 from hivecore.schedules import Schedule
 from hivecore.wire.converter import configure_renamed, configure_tagged, converter
@@ -37,6 +45,7 @@ class ApprovalAdded(Event):
     commit_message: str | None = None
     agent_nix: str | None = None
     requester: str | None = None
+    evaluation: ReviewEval | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -50,6 +59,16 @@ class ApprovalResolved(Event):
     description: str | None = None
     sha: str | None = None
     tag: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ApprovalReviewed(Event):
+    """A pending approval's background evaluation finished (:mod:`actors.review_evals`)."""
+
+    KIND = "approval_reviewed"
+    id: int
+    agent: str
+    evaluation: ReviewEval
 
 
 @attrs.frozen(kw_only=True)
@@ -285,6 +304,7 @@ configure_renamed(MessageDelivered, from_="from")
 DashboardEvent = (
     ApprovalAdded
     | ApprovalResolved
+    | ApprovalReviewed
     | TransientSet
     | TransientCleared
     | ContainerStateChanged

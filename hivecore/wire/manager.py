@@ -56,6 +56,12 @@ class RequestUpdateMetaInputsRequest(McpRequest):
 
 
 @attrs.frozen(kw_only=True)
+class CancelApprovalRequest(McpRequest):
+    CMD = "cancel_approval"
+    id: int = attrs.field(metadata=check(checks.approval_id))
+
+
+@attrs.frozen(kw_only=True)
 class StartRequest(McpRequest):
     CMD = "start"
     name: str = attrs.field(metadata=check(checks.not_manager("start")))
@@ -93,6 +99,7 @@ ManagerRequest = (
     | RequestInitConfigRequest
     | RequestApplyCommitRequest
     | RequestUpdateMetaInputsRequest
+    | CancelApprovalRequest
     | KillRequest
     | StartRequest
     | RestartRequest

@@ -32,6 +32,7 @@ const S = {
   questionDraft: new Map(), // id -> the free-text answer being typed (survives re-renders)
   reminders: new Map(), // id -> pending Reminder (QU3U3D R3M1ND3RS)
   schedules: new Map(), // id -> active or requested Schedule (SCH3DUL3S)
+  portConflicts: [], // [{port, agents}] from the snapshot, recomputed on every row change
 };
 const MAX_MESSAGES = 200;
 const MAX_INBOX = 50;
@@ -45,6 +46,8 @@ const HANDLED = [
   "alarm_raised", "alarm_cleared",
   "reminder_added", "reminder_sent", "reminder_failed", "reminder_removed",
   "schedule_added", "schedule_fired", "schedule_cancelled",
+  // (review) the background evaluation of a proposal
+  "approval_reviewed",
 ];
 
 // --- DOM helpers (textContent only) ---------------------------------------------------------------
@@ -294,6 +297,30 @@ function fileList(a) {
     el("ul", { class: "file-list" }, ...rows));
 }
 
+// --- the review's evaluation (issue 18 item 9) ------------------------------------------------------
+
+function evaluationView(a) {
+  const ev = a.evaluation;
+  if (!ev) return null;
+  if (ev.status === "pending") return el("p", { class: "evaluation pending", text: "⟳ evaluating this config (confined, in the background)…" });
+  if (ev.status === "cancelled") return null;
+  if (ev.status === "failed") {
+    return el("div", { class: "evaluation failed" },
+      el("p", { class: "error", text: "✖ D0ES N0T EV4LU4TE: this config cannot build; deny it (approving it only fails its build)" }),
+      longText("error", "", ev.error || "(no error text)", `eval:${a.id}`));
+  }
+  const changes = ev.changes || [];
+  if (!changes.length) return el("p", { class: "evaluation ok", text: "✔ evaluates · nothing changes at runtime" });
+  const rows = changes.map((c) => el("tr", {},
+    el("td", { class: "what", text: c.what }),
+    el("td", { class: "before", text: c.before ?? (c.after === undefined || c.after === null ? "" : "—") }),
+    el("td", { class: "arrow", text: c.before === null && c.after === null ? "" : "→" }),
+    el("td", { class: "after", text: c.after ?? (c.before === undefined || c.before === null ? "" : "(removed)") })));
+  return el("details", { class: "evaluation ok", "data-restore-key": `approval-eval:${a.id}`, open: true },
+    el("summary", { text: `✔ evaluates · ${changes.length} runtime change${changes.length === 1 ? "" : "s"}` }),
+    el("table", { class: "runtime-changes" }, el("tbody", {}, ...rows)));
+}
+
 function approvalCard(a) {
   const kind = a.kind || a.approval_kind;
   const card = el("div", { class: `card approval ${a.status}`, "data-id": a.id },
@@ -307,6 +334,7 @@ function approvalCard(a) {
     a.description ? el("p", { class: "description", text: a.description }) : null,
     a.note ? longText("note", "note: ", a.note, `approval:${a.id}`) : null,
     a.resolved_by ? el("p", { class: "resolved-by", text: `${a.status} by ${a.resolved_by}` }) : null);
+  if (a.status === "pending") { const view = evaluationView(a); if (view) card.append(view); }
   if (a.status === "pending" && Array.isArray(a.files)) card.append(fileList(a));
   if (a.status === "pending" && a.commit_message) {
     card.append(el("details", { class: "commit-message", "data-restore-key": `approval-msg:${a.id}`, open: true },
@@ -326,8 +354,12 @@ function approvalCard(a) {
     card.append(det);
   }
   if (a.status === "pending") {
+    const status = a.evaluation ? a.evaluation.status : null;
+    const question = status === "failed"
+      ? `#${a.id} (${kind} ${a.agent}) does NOT evaluate (nix's error is on the card): its build will fail and nothing will be deployed. Approve it anyway?`
+      : status === "pending" ? `#${a.id} (${kind} ${a.agent}) is still being evaluated: approve it anyway?` : `Approve #${a.id} (${kind} ${a.agent})?`;
     card.append(el("div", { class: "buttons" },
-      actionForm(`/approve/${a.id}`, "◆ APPR0VE", { confirm: `Approve #${a.id} (${kind} ${a.agent})?`, cls: "approve" }),
+      actionForm(`/approve/${a.id}`, status === "failed" ? "◆ APPR0VE 4NYW4Y" : "◆ APPR0VE", { confirm: question, cls: "approve" }),
       actionForm(`/deny/${a.id}`, "DENY", { prompt: `Deny #${a.id}: a note for the manager (optional)`, promptField: "note", cls: "danger" })));
   }
   return card;
@@ -626,16 +658,101 @@ function remember(map, m, cap) {
   while (map.size > cap) map.delete(map.keys().next().value);
 }
 
+// --- port conflicts (reference §1.2: rename one agent; the ports are a pure function of the name) ---
+
+function fnv1a32(text) {
+  let h = 0x811c9dc5;
+  for (const byte of new TextEncoder().encode(text)) {
+    h ^= byte;
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h >>> 0;
+}
+
+function agentPort(name) { return name === "hm1nd" ? 8000 : 8100 + (fnv1a32(name) % 900); }
+
+function recomputePortConflicts() {
+  const byPort = new Map();
+  for (const name of S.containers.keys()) {
+    const port = agentPort(name);
+    byPort.set(port, [...(byPort.get(port) || []), name]);
+  }
+  S.portConflicts = [...byPort.entries()].filter(([, names]) => names.length > 1).sort((x, y) => x[0] - y[0])
+    .map(([port, agents]) => ({ port, agents: agents.sort() }));
+  renderPortConflicts();
+}
+
+function renderPortConflicts() {
+  const box = document.getElementById("port-conflicts");
+  box.hidden = !S.portConflicts.length;
+  box.replaceChildren(...S.portConflicts.map((c) => el("div", { class: "port-conflict" },
+    el("span", { class: "level", text: "⚠ P0RT C0NFL1CT" }), " ",
+    `port ${c.port} is shared by ${c.agents.join(", ")}: their web UIs would collide; rename one of them (destroy it and spawn it under another name)`)));
+}
+
+// --- browser notifications (opt-in; remembered in this browser) -----------------------------------
+
+const NOTIFY_KEY = "hive-c0re.notify";
+
+function notifyOn() {
+  return localStorage.getItem(NOTIFY_KEY) === "on" && "Notification" in window && Notification.permission === "granted";
+}
+
+function renderNotifyToggle() {
+  const button = document.getElementById("notify-toggle");
+  if (!("Notification" in window)) { button.hidden = true; return; }
+  const on = notifyOn();
+  button.textContent = on ? "🔔 N0T1FY: on" : "🔕 N0T1FY: off";
+  button.setAttribute("aria-pressed", String(on));
+  button.title = Notification.permission === "denied" ? "this browser blocks notifications for this page" : "notify me of new approvals and questions while this tab is in the background";
+}
+
+async function toggleNotify() {
+  if (notifyOn()) { localStorage.setItem(NOTIFY_KEY, "off"); renderNotifyToggle(); return; }
+  if (Notification.permission !== "granted") {
+    let answer = "denied";
+    try { answer = await Notification.requestPermission(); } catch (e) { answer = "denied"; }
+    if (answer !== "granted") { toast("notifications are blocked for this page (browser settings)", false); renderNotifyToggle(); return; }
+  }
+  localStorage.setItem(NOTIFY_KEY, "on");
+  renderNotifyToggle();
+}
+
+const notified = new Set(); // "approval:3", "question:5": each once, even if replayed
+
+function maybeNotify(ev) {
+  let key, title, body;
+  if (ev.kind === "approval_added") {
+    key = `approval:${ev.id}`;
+    title = `hive-c0re: approve #${ev.id}? (${ev.approval_kind} ${ev.agent})`;
+    body = ev.description || "";
+  } else if (ev.kind === "question_added" && !ev.target) { // to the operator (not between agents)
+    key = `question:${ev.id}`;
+    title = `hive-c0re: ${ev.asker || "an agent"} asks`;
+    body = ev.question || "";
+  } else {
+    return;
+  }
+  if (notified.has(key)) return;
+  notified.add(key);
+  if (!notifyOn() || !document.hidden) return;
+  try {
+    const n = new Notification(title, { body: String(body).slice(0, 300), tag: key });
+    n.onclick = () => { window.focus(); n.close(); };
+  } catch (e) { /* a browser that refuses page notifications: nothing to do */ }
+}
+
 function apply(ev) {
   if (typeof ev.seq === "number") {
     if (ev.seq <= S.seq) return;
     S.seq = ev.seq;
   }
+  maybeNotify(ev);
   switch (ev.kind) {
     case "container_state_changed":
-      S.containers.set(ev.container.name, ev.container); renderContainer(ev.container.name); break;
+      S.containers.set(ev.container.name, ev.container); renderContainer(ev.container.name); recomputePortConflicts(); break;
     case "container_removed":
-      S.containers.delete(ev.name); S.transients.delete(ev.name); renderContainer(ev.name); break;
+      S.containers.delete(ev.name); S.transients.delete(ev.name); renderContainer(ev.name); recomputePortConflicts(); break;
     case "transient_set":
       S.transients.set(ev.name, { transient_kind: ev.transient_kind, since_unix: ev.since_unix }); renderContainer(ev.name); break;
     case "transient_cleared":
@@ -650,7 +767,12 @@ function apply(ev) {
     }
     case "approval_resolved": {
       const prev = S.approvals.get(ev.id) || { id: ev.id, agent: ev.agent, kind: ev.approval_kind };
-      S.approvals.set(ev.id, { ...prev, status: ev.status, note: ev.note ?? prev.note, diff: null, files: null, commit_message: null, agent_nix: null }); renderApprovals(); break;
+      S.approvals.set(ev.id, { ...prev, status: ev.status, note: ev.note ?? prev.note, diff: null, files: null, commit_message: null, agent_nix: null, evaluation: null }); renderApprovals(); break;
+    }
+    case "approval_reviewed": {
+      const prev = S.approvals.get(ev.id);
+      if (prev && prev.status === "pending") { S.approvals.set(ev.id, { ...prev, evaluation: ev.evaluation }); renderApprovals(); }
+      break;
     }
     case "sent":
     case "delivered": {
@@ -708,7 +830,11 @@ function load(snap) {
   S.actors = new Map(snap.actors.map((a) => [a.name, a]));
   S.reminders = new Map((snap.reminders || []).map((r) => [r.id, r]));
   S.schedules = new Map((snap.schedules || []).map((r) => [r.id, r]));
+  S.portConflicts = snap.port_conflicts || [];
+  for (const a of snap.approvals) if (a.status === "pending") notified.add(`approval:${a.id}`);
+  for (const q of snap.questions || []) notified.add(`question:${q.id}`);
   renderAll();
+  renderPortConflicts();
 }
 
 // --- the stream and the one snapshot -------------------------------------------------------------
@@ -820,6 +946,8 @@ document.addEventListener("submit", (ev) => {
 document.addEventListener("change", (ev) => {
   if (ev.target.matches("#meta-inputs input[name=pick]")) updateMetaSubmit();
 });
+document.getElementById("notify-toggle").addEventListener("click", toggleNotify);
+renderNotifyToggle();
 document.getElementById("approvals-toggle").addEventListener("click", () => {
   S.showHistory = !S.showHistory; renderApprovals();
 });
