@@ -631,7 +631,8 @@ async def test_evaluations_port_conflicts_and_notifications_on_the_page(
         await browser.run(wait("#notify-toggle[aria-pressed='true']"))
         assert await browser.run(lambda: page.evaluate("localStorage.getItem('hive-c0re.notify')")) == "on"
 
-        # a proposal that evaluates, one that does not: each card says so, live
+        # a proposal that evaluates, one that does not: each card says so, live (Y3R C4LL)
+        await browser.run(lambda: open_tab(page, "call"))
         proposed = live.config.paths.agent_config("coder")
         good = await commit(proposed, {"agent.nix": sonnet()}, "use sonnet")
         await browser.run(lambda: page.evaluate("window.__hidden = true"))  # the tab goes to the background
