@@ -413,3 +413,20 @@ async def test_port_conflicts_are_in_api_state(hive: Daemon) -> None:
     assert status == 200
     assert json.loads(body)["port_conflicts"] == [{"port": agent_port("as"), "agents": ["as", "ht"]}]
     assert port_conflicts(["coder", "hm1nd"]) == []
+
+
+async def test_withdrawing_a_schedule_request_cancels_its_requested_schedule(hive: Daemon) -> None:
+    from tests.test_broker import call
+    from tests.test_host_socket import ok
+
+    await ok(hive.config.host_socket_path, {"cmd": "spawn", "name": "alpha"})
+    sock = hive.config.manager_socket_path
+    got = await call(sock, {"cmd": "request_schedule_prompt", "to": ["alpha"], "body": "b", "every": "1h"})
+    assert got["ok"] is True, got
+    [requested] = await hive.coordinator.schedules()
+    assert requested.state == "requested"
+    answer = await call(sock, {"cmd": "cancel_approval", "id": got["approval_id"]})
+    assert answer == {"version": 1, "ok": True}, answer
+    assert await hive.coordinator.schedules() == []
+    again = await call(sock, {"cmd": "cancel_approval", "id": got["approval_id"]})
+    assert again["error"] == f"approval {got['approval_id']} is already cancelled", again

@@ -466,7 +466,10 @@ class Approvals:
         """The requester withdrew it: ``cancelled``, announced like any resolution."""
         self._still_pending(approval)
         note = f"withdrawn by the {approval.requester or 'requester'}"
-        await self._announce(await self._resolve(approval, "cancelled", note))
+        resolved = await self._resolve(approval, "cancelled", note)
+        if approval.kind == "schedule_prompt":  # its requested schedule goes with it, as on a deny
+            await self._drop_requested_schedule(approval)
+        await self._announce(resolved)
 
     async def _meta_update(self, ctx: JobContext, approval: Approval, args: Mapping[str, Any]) -> None:
         """An approved ``update_meta_inputs``: the operator's meta update job, then the row."""
