@@ -6,7 +6,9 @@
 2. a JetStream KV put (acked) through the bridge, against the same put in a bare asyncio program
    (nats-py alone, no trio): what the bridge adds to a real NATS call;
 3. presence: a KV put by one link until another link sees the row (publish → watch → trio), against
-   a bare nats-py put → watch in one asyncio loop.
+   a bare nats-py put → watch in one asyncio loop;
+4. mail: send→recv through one broker, against send to ``coder@beta`` → recv on the other hive
+   (outbox, JetStream publish, the far hive's consumer, its broker).
 
 Needs ``nats-server`` (``.ci/setup.sh`` installs it); starts its own on a free loopback port.
 
@@ -149,6 +151,64 @@ async def presence_part(n: int, url: str, bare_seen: list[float]) -> None:
             shutil.rmtree(r, ignore_errors=True)
 
 
+async def mail_part(n: int, url: str) -> None:
+    """send→recv: local (one broker) against cross-hive (hive a's outbox → JetStream → hive b's
+    broker), two links with real stores and brokers in one process."""
+    from actors.event_bus import EventBus
+    from actors.swarm_link import SwarmLink
+    from hivecore import swarm as sw
+    from hivecore.models import ContainerView
+    from hivecore.services.broker import Broker
+    from hivecore.store import Store
+    from tests.test_swarm_link import RowsStandIn
+
+    roots = [Path(tempfile.mkdtemp(prefix="bsm", dir="/tmp")) for _ in range(2)]
+    try:
+        async with trio.open_nursery() as nursery:
+            hives = []
+            for name, root in zip(("gamma", "delta"), roots, strict=True):
+                bus, store = EventBus(), Store(root / "hive.sqlite")
+                views = RowsStandIn()
+                views.set("coder", ContainerView(name="coder", container="h-coder"))
+                broker = Broker(store, bus, lambda v=views: v.rows().keys())
+                await nursery.start(bus.run)
+                await nursery.start(store.run)
+                await broker.begin_incarnation("coder")
+                link = SwarmLink(
+                    sw.SwarmSettings(url=url, hive_name=name),
+                    views,
+                    root,
+                    store=store,
+                    broker=broker,  # type: ignore[arg-type]
+                )
+                nursery.start_soon(link.run)
+                hives.append((link, broker))
+            (a, a_broker), (b, b_broker) = hives
+            with trio.fail_after(30):
+                await a.wait_for(lambda s: s.state == "connected")
+                await b.wait_for(lambda s: s.state == "connected")
+
+            async def one(sender: Broker, to: str, receiver: Broker, lease: int) -> float:
+                t = time.perf_counter()
+                await sender.send("peer", to, "ping")
+                got = await receiver.recv("coder", lease=lease, wait_seconds=10)
+                assert len(got) == 1, got
+                await receiver.ack_turn("coder", lease=lease)
+                return time.perf_counter() - t
+
+            local_lease, remote_lease = a_broker.open_lease(), b_broker.open_lease()
+            local, remote = [], []
+            for _ in range(n):  # interleaved: the machine's load hits both alike
+                local.append(await one(a_broker, "coder", a_broker, local_lease))
+                remote.append(await one(a_broker, "coder@delta", b_broker, remote_lease))
+            nursery.cancel_scope.cancel()
+        line("send→recv, local broker", local)
+        line("send→recv, cross-hive (outbox→JetStream→broker)", remote)
+    finally:
+        for r in roots:
+            shutil.rmtree(r, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000)
@@ -165,6 +225,7 @@ def main() -> None:
         trio.run(bridge_part, n, server.url)
         bare_seen: list[Any] = asyncio.run(bare_part(n, server.url))
         trio.run(presence_part, min(n, 200), server.url, bare_seen)
+        trio.run(mail_part, min(n, 200), server.url)
     finally:
         server.kill()
         shutil.rmtree(root, ignore_errors=True)
