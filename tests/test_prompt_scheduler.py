@@ -234,3 +234,13 @@ async def test_it_restarts_from_the_store(tmp_path: Path, autojump_clock: trio.t
         await trio.sleep(3601)
         assert [b for _, _, b, _ in hive.sent] == ["later"]
         nursery.cancel_scope.cancel()
+
+
+def test_hivectl_marks_a_body_cut_to_its_first_line() -> None:
+    # a body "b\nline2" was listed as "body: b": nothing said the rest was left out
+    from hivecore.cli.hivectl import render_schedules
+
+    row = {"id": 1, "state": "active", "interval_seconds": 60, "body": "b\nline2", "targets": []}
+    assert "  body: b …" in render_schedules({"schedules": [row]}).splitlines()
+    row["body"] = "one line"
+    assert "  body: one line" in render_schedules({"schedules": [row]}).splitlines()

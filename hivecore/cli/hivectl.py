@@ -104,8 +104,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def _one_line(text: object, limit: int = 60) -> str:
     if not isinstance(text, str) or not text:
         return "-"
-    first = text.strip().splitlines()[0] if text.strip() else "-"
-    return first if len(first) <= limit else first[: limit - 1] + "…"
+    lines = text.strip().splitlines() or ["-"]
+    first = lines[0]
+    if len(first) > limit:
+        return first[: limit - 1] + "…"
+    return first + " …" if len(lines) > 1 else first  # say that lines were left out
 
 
 def status_cells(row: Response) -> list[str]:
