@@ -294,5 +294,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, HiveError | BadInput):
         return str(exc)
     if isinstance(exc, OSError):
-        return f"{type(exc).__name__}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+        name = exc.filename2 or exc.filename  # a rename's target, not the temp file beside it
+        return f"{type(exc).__name__}: {exc.strerror or exc}" + (f" ({name})" if name else "")
     return f"{type(exc).__name__}: {exc}"

@@ -275,6 +275,17 @@ async def test_the_longest_file_name_accepted_can_be_written_and_a_longer_one_is
         checked_path("é" * (rm.MAX_NAME_BYTES // 2 + 1))
 
 
+async def test_a_directory_at_the_file_path_is_named_in_the_error(tmp_path: Path) -> None:
+    # last_error named the temp file beside it: "Is a directory (.adir.1234.tmp)"
+    sched, store, _, _ = make(tmp_path)
+    live(store, "coder")
+    (tmp_path / "coder" / "state" / "adir").mkdir(parents=True)
+    await sched.remind("coder", "x", delay_seconds=0, file_path=checked_path("adir"))
+    await sched.fire_due()
+    [row] = await sched.listed("coder")
+    assert row.last_error == "IsADirectoryError: Is a directory (adir)"
+
+
 def checked_path(path: str) -> str:
     got = rm.file_path(path)
     assert got is not None
