@@ -85,6 +85,10 @@ class CappedRead:
     truncated: bool
     """The file was longer than the cap."""
     mtime: float
+    nlink: int = 1
+    """Its hard-link count (``fstat`` of the fd read)."""
+    uid: int = -1
+    """Its owner (``fstat`` of the fd read)."""
 
 
 def read_capped(dir_fd: int, name: str, limit: int = MAX_READ_BYTES) -> CappedRead:
@@ -109,7 +113,9 @@ def read_capped(dir_fd: int, name: str, limit: int = MAX_READ_BYTES) -> CappedRe
     finally:
         os.close(fd)
     data = b"".join(chunks)
-    return CappedRead(data=data[:limit], truncated=len(data) > limit, mtime=st.st_mtime)
+    return CappedRead(
+        data=data[:limit], truncated=len(data) > limit, mtime=st.st_mtime, nlink=st.st_nlink, uid=st.st_uid
+    )
 
 
 def entry_mode(dir_fd: int, name: str) -> int | None:

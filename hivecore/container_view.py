@@ -91,6 +91,7 @@ def build_view(
         stuck=stuck,
         waiting_on_operator_since=waiting_since,
         pending_reminders=activity.pending_reminders if activity is not None else 0,
+        parent=activity.parent if activity is not None else None,
     )
 
 

@@ -26,7 +26,7 @@ from actors.rebuild_queue import JobLane
 from actors.supervisor import ChildStatus, Supervisor
 from actors.transients import TransientRegistry
 from actors.views import Views
-from hivecore import agentlog
+from hivecore import agent_users, agentlog, viewers
 from hivecore import store as st
 from hivecore.alarms import Alarm
 from hivecore.errors import BadInput, HiveError, NotAvailable, Refused, UnknownAgent
@@ -55,7 +55,7 @@ from hivecore.services.usage import Usage
 from hivecore.store import Store
 from hivecore.swarm import OFF, SwarmStatus
 from hivecore.wire.agent import Delivery
-from hivecore.wire.host import EnvKey, LoginState, UsageRow
+from hivecore.wire.host import AgentConfig, EnvKey, LoginState, StateFileView, UsageRow
 
 ALREADY_RUNNING = "already running"
 """What :meth:`Coordinator.start` answers for an agent that runs (nothing was done)."""
@@ -400,6 +400,40 @@ class Coordinator:
             )
         except OSError as exc:
             raise Refused(f"cannot read the log of {valid}: {exc.strerror or exc}") from None
+
+    # --- viewers (read-only: issue 18 item 6) -------------------------------------------------------
+
+    async def agent_config(self, name: object) -> AgentConfig:
+        """The ``agent.nix`` of ``name``'s applied ``main`` (:meth:`Repos.applied_agent_nix`: git only
+        in the daemon-owned applied repo, program-running keys off, capped). :class:`UnknownAgent`
+        for a name without a container; :class:`NotAvailable` when it has no applied repo."""
+        valid = await self.require_agent(name)
+        repos = self._lifecycle.repos
+        if not await repos.is_repo(repos.applied(valid)):
+            raise NotAvailable(f"{valid} has no applied config repo (it runs the bundled harness as is)")
+        sha, text, truncated = await repos.applied_agent_nix(valid)
+        return AgentConfig(
+            name=valid,
+            sha=sha,
+            deployed_sha=self._lifecycle.builder.deployed_rev(valid),
+            agent_nix=text,
+            truncated=truncated,
+        )
+
+    async def state_file(self, name: object, path: str) -> StateFileView:
+        """One regular file of ``name``'s state dir, read as :mod:`hivecore.viewers` says (no link
+        followed, at most 1 MiB, no FIFO or device). :class:`UnknownAgent` for a name without a
+        container; :class:`BadInput`/:class:`Refused`/404 naming the rule otherwise."""
+        valid = await self.require_agent(name)
+        paths = self._lifecycle.config.paths
+        parts = viewers.state_path_parts(valid, path, paths.agent_state(valid))
+
+        def read() -> viewers.StateFile:
+            owner = agent_users.recorded_uid(paths, valid) if agent_users.daemon_is_root() else None
+            return viewers.read_state_file(paths.agents, valid, parts, owner=owner)
+
+        found = await trio.to_thread.run_sync(read)
+        return StateFileView(**attrs.asdict(found))
 
     # --- per-agent settings (no job: one small file write and a rescan) ----------------------------
 

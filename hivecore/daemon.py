@@ -32,7 +32,7 @@ from actors.swarm_link import SwarmLink
 from actors.transients import TransientRegistry
 from actors.views import Views
 from actors.webhooks import Webhooks
-from hivecore import agent_users, alarm_metrics, webhook
+from hivecore import agent_users, alarm_metrics, topology, webhook
 from hivecore.agent_env import AgentEnv
 from hivecore.audit import collecting_jobs
 from hivecore.config import Config
@@ -271,7 +271,17 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     )
     meta = MetaLock(meta_repo, bus)
     urls: list[str] = []  # the Daemon's dashboard_urls, filled once the dashboard serves
-    meta_build = MetaBuild(config, runtime, repos, meta, dashboard_port=partial(bound_port, config, urls))
+    async def record_recipients(name: str, allowed: tuple[str, ...] | None) -> None:
+        await store.call(lambda c: topology.set_allowed(c, name, allowed))
+
+    meta_build = MetaBuild(
+        config,
+        runtime,
+        repos,
+        meta,
+        dashboard_port=partial(bound_port, config, urls),
+        record_recipients=record_recipients,
+    )
     lifecycle = Lifecycle(config, runtime, repos, meta_build, agent_env=agent_env)
     meta_updates = MetaUpdates(meta_build, views)
     review_evals = ReviewEvals(ReviewEvaluator(meta_repo, repos, meta_build.entry), store, bus)

@@ -54,6 +54,7 @@ from hivecore.nixconfine import (
 )
 from hivecore.repos import BuildFailed, Repos, nix_binary, useful_lines
 from hivecore.runtime.base import AgentSpec
+from hivecore.topology import parse_allowed
 
 log = logging.getLogger(__name__)
 
@@ -835,9 +836,16 @@ class MetaRepo:
             if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
                 raise TypeError("env must be an attribute set of strings")
             env = {**env, **turn_env(data.get("settings"))}
+            recipients = parse_allowed(data.get("allowedRecipients"))
         except (ValueError, KeyError, TypeError, TurnSetupError) as exc:
             raise BuildFailed(f"hiveAgents.{name} is not a valid agent: {exc}") from None
-        return AgentSpec(name=name, command=tuple(command), env=env, flake_ref=f"{self.dir}#{name}")
+        return AgentSpec(
+            name=name,
+            command=tuple(command),
+            env=env,
+            flake_ref=f"{self.dir}#{name}",
+            allowed_recipients=recipients,
+        )
 
 
 def turn_env(settings: object) -> dict[str, str]:

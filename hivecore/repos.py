@@ -635,6 +635,25 @@ class Repos:
             text += f"\n… agent.nix is longer than {AGENT_NIX_CAP // 1024} KiB\n"
         return text
 
+    async def applied_agent_nix(self, name: str) -> tuple[str, str | None, bool]:
+        """``(main sha, agent.nix text or None, truncated)`` of the applied repo of ``name`` (the
+        config viewer). Git runs only in the daemon-owned applied repo, with every program-running
+        key off (:meth:`git`); the blob is read as data, at most :data:`AGENT_NIX_CAP` bytes.
+        :class:`GitFailure` when there is no applied main."""
+        sha = await self.main_sha(name)
+        entry = await self._out(self.applied(name), "ls-tree", sha, "--", "agent.nix", what="ls-tree")
+        if not entry or not entry.split()[0].startswith("100"):  # absent, a link, a tree
+            return sha, None, False
+        result = await self.git(
+            self.applied(name),
+            "cat-file",
+            "blob",
+            f"{sha}:agent.nix",
+            what=f"reading agent.nix of {name}",
+            cap=AGENT_NIX_CAP,
+        )
+        return sha, result.stdout.decode(errors="replace"), result.truncated
+
     async def _pin(self, name: str, commit_ref: str, approval_id: int, *, what: str) -> Pinned:
         sha, pack = await self._pack_proposal(name, commit_ref, what=what)
         applied = self.applied(name)

@@ -301,6 +301,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE approvals ADD COLUMN eval_changes TEXT;
     ALTER TABLE approvals ADD COLUMN evaluated_at TEXT;
     """,
+    # 18: topology (hivecore/topology.py): who requested each agent's spawn, and the
+    # allowedRecipients its deployed agent.nix evaluated to (JSON list; NULL: no limit); replies by
+    # the message they answer (loose ends' threads)
+    """
+    CREATE TABLE topology (
+        agent TEXT PRIMARY KEY,
+        parent TEXT,
+        allowed_recipients TEXT
+    );
+    -- loose ends (hivecore/loose_ends.py): has anyone answered this message yet?
+    CREATE INDEX messages_in_reply_to ON messages(in_reply_to) WHERE in_reply_to IS NOT NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

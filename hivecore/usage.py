@@ -227,6 +227,8 @@ class Activity:
     live: Liveness
     pending_reminders: int = 0
     """Its reminders not delivered yet (:func:`hivecore.reminder_store.pending_counts`)."""
+    parent: str | None = None
+    """Who requested its spawn (:mod:`hivecore.topology`), read in the same store call."""
 
 
 def _span(seconds: float) -> str:

@@ -54,7 +54,7 @@ def test_leases_match_the_model(ops: list[tuple[str, int, int]]) -> None:
             live: set[int] = {1}
             for op, a, b in ops:
                 if op == "send":
-                    [i] = br._insert(conn, [("system", "coder", "m", None)], 0)
+                    [i], _ = br._insert(conn, [("system", "coder", "m", None)], 0)
                     model.delivered_to[i] = None
                     model.times[i] = 0
                 elif op == "open":

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pytest
 import trio
@@ -116,7 +117,7 @@ class BrowserThread:
             self.failed_responses.append((status, url))
 
     def _seen(self, url: str) -> None:
-        if "/api/state" in url:
+        if urlsplit(url).path == "/api/state":  # not /api/state-file (the state-file viewer)
             self.state_requests.append(url)
 
     def _answer(self, dialog: Any) -> None:
@@ -695,4 +696,50 @@ async def test_evaluations_port_conflicts_and_notifications_on_the_page(
         await browser.run(wait("body[data-ready='1']"))
         await browser.run(wait("#notify-toggle[aria-pressed='true']"))
         assert await browser.run(lambda: page.evaluate("window.__notes.length")) == 0
+    assert not browser.console_errors, browser.console_errors
+
+
+async def test_the_viewers_show_agent_text_as_text_and_the_tree_puts_children_under_parents(
+    live: Daemon, browser: BrowserThread
+) -> None:
+    """Issue 18 items 6 and 7: the row's 4G3NT.N1X and ST4T3 F1L3S viewers (loaded when opened; the
+    agent's markup stays text; a refused path shows its reason), and an agent the manager asked
+    for sits right under the manager's row."""
+    base = live.dashboard_urls[0]
+    with trio.fail_after(240):
+        page = await browser.new_page(base)
+
+        def wait(selector: str, state: str = "attached") -> Callable[[], object]:
+            return lambda: page.wait_for_selector(selector, state=state)  # type: ignore[arg-type]
+
+        await ok(await host(live, {"cmd": "spawn", "name": "a"}))
+        (live.config.paths.agent_state("a") / "notes.md").write_text("<b id=evil>hi</b>\n")
+        row = "#containers .row[data-name='a']"
+        await browser.run(wait(row))
+        await browser.run(lambda: page.click(f"{row} details.config summary"))
+        await browser.run(wait(f"{row} pre.agent-nix:has-text('hive.agent')"))
+        assert "applied main" in await browser.run(lambda: page.inner_text(f"{row} pre.agent-nix"))
+
+        await browser.run(lambda: page.click(f"{row} details.state-file summary"))
+        await browser.run(lambda: page.fill(f"{row} input.state-path", "notes.md"))
+        await browser.run(lambda: page.click(f"{row} .state-file-form button"))
+        await browser.run(wait(f"{row} pre.state-file:has-text('hi</b>')"))
+        assert await browser.run(lambda: page.query_selector("#evil")) is None
+        await browser.run(lambda: page.fill(f"{row} input.state-path", "../config/agent.nix"))
+        await browser.run(lambda: page.click(f"{row} .state-file-form button"))
+        await browser.run(wait(f"{row} pre.state-file:has-text('component')"))
+        # the viewer stays open, with its file, while events redraw the row
+        await ok(await host(live, {"cmd": "set_paused", "name": "a", "paused": True}))
+        await browser.run(wait(f"{row} .badge.paused"))
+        assert await browser.run(lambda: page.input_value(f"{row} input.state-path")) == "../config/agent.nix"
+
+        await live.coordinator.spawn("hm1nd")
+        approval = await live.coordinator.request_spawn("kid", "a child", source="manager")
+        await ok(await host(live, {"cmd": "approve", "id": approval.id}))
+        await browser.run(wait("#containers .row.child[data-name='kid']"))
+        order = await browser.run(
+            lambda: page.eval_on_selector_all("#containers .row", "rows => rows.map(r => r.dataset.name)")
+        )
+        assert order.index("kid") == order.index("hm1nd") + 1, order
+        assert len(browser.state_requests) == 1, browser.state_requests  # the viewers fetch only theirs
     assert not browser.console_errors, browser.console_errors

@@ -20,6 +20,7 @@ from hivecore.daemon import Daemon
 from hivecore.errors import HiveError
 from hivecore.wire.host import (
     COMMANDS,
+    AgentConfigRequest,
     AgentEnvRequest,
     AgentStatusRequest,
     AgentStatusRow,
@@ -53,6 +54,7 @@ from hivecore.wire.host import (
     SetPausedRequest,
     SpawnRequest,
     StartRequest,
+    StateFileRequest,
     StopRequest,
     SubscribeAgentStatusRequest,
     SwarmStatusRequest,
@@ -397,6 +399,8 @@ HIVECTL_REQUESTS: list[tuple[list[str], HostRequest]] = [
     ),
     (["audit", "--since", "2026-12-01T00:00:00Z"], AuditRequest(since=1796083200.0)),
     (["audit", "--verify"], AuditRequest(verify=True)),
+    (["config", "a"], AgentConfigRequest(name="a")),
+    (["state-file", "a", "notes/x.md"], StateFileRequest(name="a", path="notes/x.md")),
     (
         ["env", "a", "K=v=w", "E=", "--unset", "U", "--stdin"],
         AgentEnvRequest(name="a", set={"K": "v=w", "E": "", "S": "from stdin"}, unset=["U"]),

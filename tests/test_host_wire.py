@@ -14,6 +14,7 @@ from hivecore.wire.host import (
     COMMANDS,
     MAX_LINE,
     OK,
+    AgentConfigRequest,
     AgentEnvRequest,
     AgentStatusRequest,
     AgentStatusRow,
@@ -48,6 +49,7 @@ from hivecore.wire.host import (
     SetPausedRequest,
     SpawnRequest,
     StartRequest,
+    StateFileRequest,
     StopRequest,
     SubscribeAgentStatusRequest,
     SwarmStatusRequest,
@@ -120,6 +122,8 @@ EVERY_REQUEST: list[tuple[bytes, HostRequest]] = [
         b'{"cmd":"audit","since":1764540000.5,"agent":"a","before":9,"limit":5,"verify":true}',
         AuditRequest(since=1764540000.5, agent="a", before=9, limit=5, verify=True),
     ),
+    (b'{"cmd":"agent_config","name":"a"}', AgentConfigRequest(name="a")),
+    (b'{"cmd":"state_file","name":"a","path":"notes.md"}', StateFileRequest(name="a", path="notes.md")),
 ]
 
 

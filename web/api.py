@@ -1,5 +1,6 @@
-"""The read side of the dashboard: ``/healthz``, the ``/api/state`` snapshot and ``/api/logs/<n>``,
-all answered from the façade.
+"""The read side of the dashboard: ``/healthz``, the ``/api/state`` snapshot, ``/api/logs/<n>`` and
+the viewers ``/api/agent-config/<n>`` and ``/api/state-file?agent=…&path=…``, all answered from the
+façade (the viewers through their verb rows).
 
 ``/api/state`` is fetched once per page session and carries ``seq``, the bus's high-water mark at
 assembly; every later change arrives on the stream (:mod:`web.stream`).
@@ -12,12 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from hivecore.config import StatePaths
 from hivecore.errors import NotAvailable, answer_for
 from hivecore.names import OPERATOR_NAME
 from hivecore.ports import port_conflicts
+from hivecore.verbs import bind
 from hivecore.wire.converter import converter
 from hivecore.wire.events import EVENT_KINDS
 from web import snapshot as snap
@@ -93,6 +95,30 @@ def blueprint(facade: Any, paths: StatePaths, csrf_for: Callable[[], str | None]
                 raise
             return json_error(answer.http_status, answer.line)
         return Response(json.dumps({"ok": True, "name": name, "lines": lines}), mimetype=JSON)
+
+    # --- viewers (issue 18 item 6): the verb rows agent_config and state_file, read-only ---
+
+    async def viewer(key: str, fields: dict[str, Any]) -> Response:
+        try:
+            value = await bind.call(key, bind.Context(facade, bind.DASHBOARD), fields)
+        except Exception as exc:
+            answer = answer_for(exc, key)
+            if answer.internal:
+                raise
+            return json_error(answer.http_status, answer.line)
+        body = {"ok": True, **converter.unstructure(value)}
+        return Response(json.dumps(body), mimetype=JSON, headers={"X-Content-Type-Options": "nosniff"})
+
+    @bp.get("/api/agent-config/<name>")
+    async def agent_config(name: str) -> Response:
+        return await viewer("agent_config", {"name": name})
+
+    @bp.get("/api/state-file")
+    async def state_file() -> Response:
+        agent, path = request.args.get("agent"), request.args.get("path")
+        if agent is None or path is None:
+            return json_error(400, "name the file: /api/state-file?agent=<name>&path=<path in its state dir>")
+        return await viewer("state_file", {"name": agent, "path": path})
 
     return bp
 

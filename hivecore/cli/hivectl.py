@@ -777,6 +777,10 @@ def run(args: argparse.Namespace) -> int:
             print(render_swarm(answer))
         elif request.cmd == "audit" and answer.get("audit") is not None:
             print(render_audit(answer))
+        elif request.cmd == "agent_config":
+            print(render_agent_config(answer))
+        elif request.cmd == "state_file":
+            print(render_state_file(answer))
         elif answer.get("message"):  # the daemon says what happened (start: "already running")
             print(escape(str(answer["message"])))
         elif args.done is not None:
@@ -786,6 +790,29 @@ def run(args: argparse.Namespace) -> int:
         _err("the daemon ended the stream (it stopped, or dropped this slow watcher); run watch again")
         return EXIT_UNREACHABLE
     return EXIT_OK
+
+
+def render_agent_config(answer: Response) -> str:
+    """``config NAME``: a header line, then the applied ``agent.nix`` (escaped: the agent's text)."""
+    c = answer.get("agent_config") or {}
+    sha, deployed = str(c.get("sha") or "?"), c.get("deployed_sha")
+    runs = ""
+    if deployed and deployed != sha:
+        runs = f"; it runs {escape(str(deployed))[:12]} (needs an update)"
+    head = f"# agent.nix of {escape(str(c.get('name')))} at applied main {escape(sha)[:12]}{runs}"
+    text = c.get("agent_nix")
+    if text is None:
+        return head + "\n(applied main has no agent.nix)"
+    cut = "\n… cut at 256 KiB" if c.get("truncated") else ""
+    return head + "\n" + escape_block(str(text)).rstrip("\n") + cut
+
+
+def render_state_file(answer: Response) -> str:
+    """``state-file NAME PATH``: the file's text, escaped (the agent wrote it)."""
+    f = answer.get("state_file") or {}
+    if f.get("binary"):
+        return f"({escape(str(f.get('path')))}: {f.get('size')} bytes, not UTF-8 text)"
+    return escape_block(str(f.get("text") or "")).rstrip("\n")
 
 
 def print_lines(answer: Response) -> None:

@@ -31,6 +31,9 @@ class AgentSpec:
     system_path: str | None = None
     """The nixos runtime's container system (a ``/nix/store`` path the daemon built confined:
     :meth:`hivecore.meta.MetaRepo.build_system`); unused by the process runtime."""
+    allowed_recipients: tuple[str, ...] | None = None
+    """``hyperhive.allowedRecipients`` as the confined evaluation gave it (``None``: no limit);
+    recorded for the broker (:mod:`hivecore.topology`), never given to the runtime."""
 
 
 @attrs.frozen(kw_only=True)

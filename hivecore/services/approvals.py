@@ -39,7 +39,7 @@ from hivecore import store as st
 from hivecore.errors import BadInput, HiveError, NotAvailable, Refused, UnknownAgent, UnknownApproval
 from hivecore.kick import REASON_CONFIG_APPLIED
 from hivecore.models import Approval, JobKind, ReviewEval
-from hivecore.names import MANAGER_NAME, validate_name
+from hivecore.names import MANAGER_NAME, OPERATOR_NAME, validate_name
 from hivecore.repos import PREVIOUS_MAIN, Repos, is_commit_ref
 from hivecore.services.context import JobContext
 from hivecore.services.handles import Publisher
@@ -71,6 +71,12 @@ def meta_inputs_of(approval: Approval) -> list[str]:
     except ValueError:
         names = []
     return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def parent_of(approval: Approval) -> str:
+    """Who an approved spawn's agent is the child of (:mod:`hivecore.topology`): the manager for
+    its own requests, else the operator."""
+    return MANAGER_NAME if approval.requester == "manager" else OPERATOR_NAME
 
 
 def _text(value: object, what: str) -> str | None:
@@ -550,7 +556,7 @@ class Approvals:
                 await self.lifecycle.rebuild_agent(ctx, name, before=move_main, on_failure=roll_back)
             else:  # a prepared config (after init_config): its first deploy is the spawn
                 await move_main()
-                await self.lifecycle.spawn(ctx, name)
+                await self.lifecycle.spawn(ctx, name, parent=parent_of(approval))
         except Exception as exc:
             note = str(exc) if isinstance(exc, HiveError) else f"{type(exc).__name__}: {exc}"
             with shutdown.shielded():
@@ -725,7 +731,7 @@ class Approvals:
                         f"the config {approval.agent} would deploy is now {sha[:12]}, not the reviewed "
                         f"{approval.fetched_sha[:12]}; request the spawn again"
                     )
-            await self.lifecycle.spawn(ctx, approval.agent)
+            await self.lifecycle.spawn(ctx, approval.agent, parent=parent_of(approval))
         except HiveError as exc:
             if approval.status == "pending":
                 with shutdown.shielded():

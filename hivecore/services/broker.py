@@ -60,19 +60,23 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Collection
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from hivecore import store as st
+from hivecore import topology
 from hivecore.errors import BadInput, HiveError
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME, OPERATOR_NAME, SYSTEM_SENDER, validate_name
 from hivecore.services.handles import Publisher
 from hivecore.store import Store, no_fsync, transaction
-from hivecore.wire.agent import MAX_BODY, MAX_RECV_BATCH, MAX_RECV_WAIT, Delivery
+from hivecore.wire.agent import MAX_BODY, MAX_RECV_BATCH, MAX_RECV_WAIT, Delivery, LooseEnd
 from hivecore.wire.events import MessageDelivered, MessageSent
 from hivecore.wire.helper import MessagesUndelivered, helper_to_body
+
+if TYPE_CHECKING:
+    from hivecore.loose_ends import Party
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +128,22 @@ def _insert(
     rows: list[tuple[str, str, str, int | None]],
     now: int,
     quota: int | None = None,
-) -> list[int]:
-    """Insert ``rows`` in one transaction; with ``quota``, refuse (:class:`QuotaExceeded`) if the
-    sender's unacked rows would exceed it."""
+    *,
+    broadcast: bool = False,
+) -> tuple[list[int], list[str]]:
+    """Insert ``rows`` in one transaction; ``(ids, recipients)`` written. With ``quota``, refuse
+    (:class:`QuotaExceeded`) if the sender's unacked rows would exceed it, and (:class:`~hivecore.
+    topology.RecipientNotAllowed`) a recipient the sender's ``allowedRecipients`` leaves out; a
+    ``broadcast`` instead skips those recipients."""
     ids: list[int] = []
     with transaction(conn):
+        if quota is not None and rows:
+            sender = rows[0][0]
+            if broadcast:
+                reach = set(topology.broadcast_targets(conn, sender, [r[1] for r in rows]))
+                rows = [r for r in rows if r[1] in reach]
+            else:
+                topology.check_recipients(conn, sender, [r[1] for r in rows])
         if quota is not None and rows:
             sender = rows[0][0]
             (queued,) = conn.execute(
@@ -151,7 +166,7 @@ def _insert(
             )
             assert cur.lastrowid is not None
             ids.append(cur.lastrowid)
-    return ids
+    return ids, [r[1] for r in rows]
 
 
 def _may_reply(conn: sqlite3.Connection, message_id: int, sender: str, inbox: str) -> bool:
@@ -441,7 +456,8 @@ class Broker:
         now = int(self._clock())
         rows = [(sender, r, body, in_reply_to) for r in inboxes]
         quota = self.max_queued if check and sender != OPERATOR else None
-        ids = await self._store.call(lambda c: _insert(c, rows, now, quota))
+        fan_out = to == BROADCAST
+        ids, inboxes = await self._store.call(lambda c: _insert(c, rows, now, quota, broadcast=fan_out))
         self._sent += len(ids)
         for message_id, recipient in zip(ids, inboxes, strict=True):
             self._bus.publish(
@@ -470,6 +486,14 @@ class Broker:
         if (event := self._wake.pop(recipient, None)) is not None:
             event.set()
         return message_id
+
+    async def loose_ends(self, party: Party, parts: tuple[str, ...] | None = None) -> list[LooseEnd]:
+        """What is still open for ``party`` (:func:`hivecore.loose_ends.collect`, one store call)."""
+        from hivecore import loose_ends  # its parts read other services' tables (questions imports us)
+
+        now = int(self._clock())
+        rows: list[LooseEnd] = await self._store.call(lambda c: loose_ends.collect(c, party, now, parts))
+        return rows
 
     async def post(self, sender: str, recipient: str, body: str) -> int:
         """Internal send to exactly one inbox (no existence check, a 64 KiB body cap); the row id."""

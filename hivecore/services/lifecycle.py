@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import trio
 
-from hivecore import agent_users, usage
+from hivecore import agent_users, topology, usage
 from hivecore import store as st
 from hivecore.agent_env import AgentEnv
 from hivecore.config import Config
@@ -30,7 +30,7 @@ from hivecore.errors import HiveError, RuntimeFailure, UnknownAgent
 from hivecore.jobkinds import REGISTRY
 from hivecore.kick import REASON_REBUILT, REASON_RESTARTED, REASON_STARTED
 from hivecore.models import JobKind
-from hivecore.names import child_path, is_manager
+from hivecore.names import OPERATOR_NAME, child_path, is_manager
 from hivecore.repos import Repos
 from hivecore.runtime.base import BlockingList, ContainerRuntime
 from hivecore.services.context import JobContext
@@ -145,8 +145,12 @@ class Lifecycle:
 
     # --- the verbs -----------------------------------------------------------------------------
 
-    async def spawn(self, ctx: JobContext, name: str) -> None:
+    async def spawn(self, ctx: JobContext, name: str, *, parent: str | None = OPERATOR_NAME) -> None:
+        """Create and start ``name``; ``parent`` is who requested it (:mod:`hivecore.topology`; the
+        manager has none)."""
         paths = self.config.paths
+        recorded = None if is_manager(name) else parent
+        await ctx.store.call(lambda c: topology.set_parent(c, name, recorded))
 
         async def work() -> None:
             def layout() -> None:
@@ -303,6 +307,7 @@ class Lifecycle:
         if self.agent_env is not None:
             await trio.to_thread.run_sync(self.agent_env.forget, name)
         await ctx.store.call(lambda c: usage.forget(c, name))
+        await ctx.store.call(lambda c: topology.forget(c, name))
 
     def purge_targets(self, name: str) -> list[Path]:
         """What a purge deletes. Both paths are checked before anything is deleted: a planted

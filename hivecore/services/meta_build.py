@@ -16,7 +16,7 @@ the bundled harness's spec and restarts it (nothing to evaluate).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import attrs
@@ -55,6 +55,9 @@ class MetaBuild:
     """The meta lock actor's handle (the only path to ``<state>/meta``)."""
     dashboard_port: Callable[[], int] | None = None
     """The dashboard's bound port (for agents' environment); default: the configured one."""
+    record_recipients: Callable[[str, tuple[str, ...] | None], Awaitable[None]] | None = None
+    """Records an agent's deployed ``allowedRecipients`` (from its confined evaluation) for the
+    broker (:func:`hivecore.topology.set_allowed`); ``None``: not recorded (tests of builds alone)."""
 
     _adding: set[str] = attrs.field(factory=set, init=False)
     """Agents a spawn is adding (rendered although their container does not exist yet), so a
@@ -133,6 +136,7 @@ class MetaBuild:
             await self.sync(adding=name)
             spec: AgentSpec = await self._evaluate(meta, name)
             await self.runtime.create(spec)
+            await self._record(name, spec.allowed_recipients)
         finally:
             self._adding.discard(name)
 
@@ -144,16 +148,22 @@ class MetaBuild:
         the meta lock is down."""
         meta = self._require(f"rebuild {name}")
         if not await self.repos.check_config(name):
-            await self.runtime.update(self.agent_spec(name))
+            spec = self.agent_spec(name)
+            await self.runtime.update(spec)
         else:
             await self.sync()
             await meta.lock_update_for_rebuild(name)
-            spec: AgentSpec = await self._evaluate(meta, name)
+            spec = await self._evaluate(meta, name)
             await self.runtime.update(spec)
+        await self._record(name, spec.allowed_recipients)
         await self.runtime.stop(name, graceful=True)
         if start:
             await self.runtime.start(name)
         await self.record_deployed(name)
+
+    async def _record(self, name: str, allowed: tuple[str, ...] | None) -> None:
+        if self.record_recipients is not None:
+            await self.record_recipients(name, allowed)
 
     async def remove(self, name: str) -> None:
         """After a destroy: drop ``name`` from the flake (best effort) and its deployed record."""

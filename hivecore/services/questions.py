@@ -44,6 +44,7 @@ from typing import Any
 import trio
 
 from hivecore import store as st
+from hivecore import topology
 from hivecore.audit import Recorder, record_quietly
 from hivecore.errors import BadInput, HiveError, Refused
 from hivecore.models import Question
@@ -115,10 +116,14 @@ def insert_question(
     max_open: int = MAX_OPEN_PER_ASKER,
 ) -> Question:
     """Insert an open question (one transaction); :class:`Refused` when ``asker`` already has
-    ``max_open`` open ones. ``deadline_at`` is ``now + ttl_seconds`` rounded up to a whole second."""
+    ``max_open`` open ones, :class:`~hivecore.topology.RecipientNotAllowed` when its
+    ``hyperhive.allowedRecipients`` leaves ``target`` out. ``deadline_at`` is ``now + ttl_seconds``
+    rounded up to a whole second."""
     asked_at = int(now)
     deadline = None if ttl_seconds is None else math.ceil(now + ttl_seconds)
     with transaction(conn):
+        if target is not None:  # hyperhive.allowedRecipients (issue 18 item 7): one gate for send and ask
+            topology.check_recipient(conn, asker, target)
         (count,) = conn.execute(
             "SELECT count(*) FROM operator_questions WHERE asker=? AND answered_at IS NULL", (asker,)
         ).fetchone()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection
 
 import trio
 
-from hivecore import reminder_store, usage
+from hivecore import reminder_store, topology, usage
 from hivecore.errors import Refused
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME
 from hivecore.services.broker import Broker
@@ -78,14 +78,15 @@ class Usage:
 
         def read(
             conn: sqlite3.Connection,
-        ) -> tuple[dict[str, usage.Summary], dict[str, int], dict[str, int]]:
+        ) -> tuple[dict[str, usage.Summary], dict[str, int], dict[str, int], dict[str, str]]:
             return (
                 usage.summaries(conn, wanted, today),
                 usage.waiting_mail(conn, inboxes.values()),
                 reminder_store.pending_counts(conn, wanted),
+                topology.parents(conn, wanted),
             )
 
-        summaries, waiting, reminders = await self._store.call(read)
+        summaries, waiting, reminders, parents = await self._store.call(read)
         out = {}
         for name, inbox in inboxes.items():
             turn_since, polling, idle_since = self._broker.reading(inbox)
@@ -100,6 +101,7 @@ class Usage:
                 summary=summaries.get(name, usage.Summary()),
                 live=live,
                 pending_reminders=reminders.get(name, 0),
+                parent=parents.get(name),
             )
         await trio.lowlevel.checkpoint()
         return out

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import trio
 
-from hivecore import agent_users, audit
+from hivecore import agent_users, audit, loose_ends
 from hivecore.atomic import write_text_no_follow
 from hivecore.config import Config
 from hivecore.container_view import STATUS_FILE
@@ -44,6 +44,7 @@ from hivecore.verbs import bind
 from hivecore.verbs.spec import Surface
 from hivecore.wire.agent import (
     AckTurnRequest,
+    LooseEnd,
     McpRequest,
     McpResponse,
     RecvRequest,
@@ -180,6 +181,12 @@ class McpSocket:
         if self.usage is None:
             raise NotAvailable("report_turn: this daemon records no usage")
         await self.usage.report(self.me.name, turn)
+
+    async def loose_ends(self, parts: tuple[str, ...] | None) -> list[LooseEnd]:
+        """What is still open for this socket's identity (:mod:`hivecore.loose_ends`)."""
+        requester = MANAGER_AGENT if self.me.role == "manager" else self.me.name
+        party = loose_ends.Party(name=self.me.name, inbox=self.me.inbox, requester=requester)
+        return await self.broker.loose_ends(party, parts)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; with an ``owner``, the socket is that uid's alone (mode 0600)."""

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import trio
 
+from hivecore import loose_ends
 from hivecore.audit import Actor, collecting_jobs
 from hivecore.errors import HiveError, NotAvailable, Refused, UnknownAgent, answer_for
 from hivecore.models import JobSource
@@ -556,6 +557,28 @@ BINDINGS: Mapping[str, Binding] = {
     ),
     # --- audit (issue 19) ---
     "audit": Binding(wh.AuditRequest, _audit, host=_audit_answer),
+    # --- viewers (issue 18 item 6) ---
+    "agent_config": Binding(
+        wh.AgentConfigRequest,
+        lambda ctx, r: ctx.facade.agent_config(r.name),
+        host=lambda ctx, config: wh.HostResponse(ok=True, agent_config=config),
+    ),
+    "state_file": Binding(
+        wh.StateFileRequest,
+        lambda ctx, r: ctx.facade.state_file(r.name, r.path),
+        host=lambda ctx, found: wh.HostResponse(ok=True, state_file=found),
+    ),
+    # --- loose ends (issue 18 item 4) ---
+    "get_loose_ends": Binding(
+        wa.GetLooseEndsRequest,
+        lambda ctx, r: ctx.loose_ends(None),
+        mcp=lambda rows: wa.McpResponse(ok=True, loose_ends=rows),
+    ),
+    "get_open_threads": Binding(
+        wa.GetOpenThreadsRequest,
+        lambda ctx, r: ctx.loose_ends(loose_ends.THREAD_PARTS),
+        mcp=lambda rows: wa.McpResponse(ok=True, loose_ends=rows),
+    ),
 }
 
 

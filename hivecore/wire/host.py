@@ -305,6 +305,26 @@ class RemindersRequest(HostRequest):
 class CancelReminderRequest(HostRequest):
     CMD = "cancel_reminder"
     id: int = attrs.field(metadata=check(reminders.reminder_id))
+# --- viewers (issue 18 item 6): read-only, the operator's ---
+
+
+@attrs.frozen(kw_only=True)
+class AgentConfigRequest(HostRequest):
+    """The ``agent.nix`` of an agent's applied ``main`` (what was approved; read from the
+    daemon-owned applied repo, never the manager's proposed one)."""
+
+    CMD = "agent_config"
+    name: str = attrs.field(metadata=check(checks.agent_name))
+
+
+@attrs.frozen(kw_only=True)
+class StateFileRequest(HostRequest):
+    """One regular file of an agent's state dir (at most 1 MiB; no link followed): ``path`` relative
+    to the state dir, or absolute inside it."""
+
+    CMD = "state_file"
+    name: str = attrs.field(metadata=check(checks.agent_name))
+    path: str
 
 
 # --- scheduled prompts (actors/prompt_scheduler.py) ---
@@ -419,6 +439,8 @@ AnyRequest = (
     | UnscheduleRequest
     | SwarmStatusRequest
     | AuditRequest
+    | AgentConfigRequest
+    | StateFileRequest
 )
 REQUEST_TYPES: tuple[type[HostRequest], ...] = AnyRequest.__args__
 COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in REQUEST_TYPES)
@@ -549,6 +571,36 @@ class UsageRow:
 
 
 @attrs.frozen(kw_only=True)
+class AgentConfig:
+    """``agent_config``: an agent's applied ``agent.nix`` (the agent's text: escape it)."""
+
+    name: str
+    sha: str
+    """Applied ``main`` (the commit shown)."""
+    deployed_sha: str | None = None
+    """What the running agent was built from (differs from ``sha`` while it needs an update)."""
+    agent_nix: str | None = None
+    """``None``: applied main has no ``agent.nix``."""
+    truncated: bool = False
+    """Only the first 256 KiB are shown."""
+
+
+@attrs.frozen(kw_only=True)
+class StateFileView:
+    """``state_file``: one file of an agent's state dir (the agent's text: escape it)."""
+
+    agent: str
+    path: str
+    """Relative to the state dir."""
+    size: int
+    mtime: float
+    text: str
+    """UTF-8 decoded; an undecodable byte is U+FFFD."""
+    binary: bool
+    """It held a NUL or invalid UTF-8."""
+
+
+@attrs.frozen(kw_only=True)
 class HostResponse:
     version: int = HOST_SOCK_VERSION
     ok: bool
@@ -587,6 +639,10 @@ class HostResponse:
     """``swarm_status``: the link's state and every hive seen (``state`` ``off``: no ``--swarm``)."""
     audit: list[AuditRow] | None = None
     """``audit``: rows of the audit trail, oldest first (:class:`hivecore.audit.AuditRow`)."""
+    agent_config: AgentConfig | None = None
+    """``agent_config``: the applied ``agent.nix``."""
+    state_file: StateFileView | None = None
+    """``state_file``: the file and its content."""
 
 
 OK = HostResponse(ok=True)

@@ -14,6 +14,8 @@ from hivecore.verbs.checks import check
 from hivecore.wire.agent import (
     AckTurnRequest,
     CountPendingRemindersRequest,
+    GetLooseEndsRequest,
+    GetOpenThreadsRequest,
     McpRequest,
     RecvRequest,
     RemindRequest,
@@ -113,6 +115,8 @@ ManagerRequest = (
     | RemindRequest
     | CountPendingRemindersRequest
     | RequestSchedulePromptRequest
+    | GetLooseEndsRequest
+    | GetOpenThreadsRequest
 )
 MANAGER_COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in ManagerRequest.__args__)
 _WireManagerRequest = ManagerRequest | UnknownRequest

@@ -33,6 +33,11 @@ const S = {
   reminders: new Map(), // id -> pending Reminder (QU3U3D R3M1ND3RS)
   schedules: new Map(), // id -> active or requested Schedule (SCH3DUL3S)
   portConflicts: [], // [{port, agents}] from the snapshot, recomputed on every row change
+  // viewers (issue 18 item 6): the applied agent.nix and state files, read-only, loaded when opened
+  openConfigs: new Set(), // names whose agent.nix viewer is open
+  configText: new Map(), // name -> text shown in it
+  openStateFiles: new Set(), // names whose state-file viewer is open
+  stateFiles: new Map(), // name -> {path, text}
 };
 const MAX_MESSAGES = 200;
 const MAX_INBOX = 50;
@@ -218,7 +223,88 @@ function containerRow(c) {
   logs.addEventListener("toggle", () => {
     if (logs.open) { S.openLogs.add(c.name); loadLog(c.name); } else S.openLogs.delete(c.name);
   });
-  return el("div", { class: `row container ${state}`, "data-name": c.name }, head, buttons, logs);
+  const depth = treeKey(c.name).split("/").length - 1;
+  const row = el("div", { class: `row container ${state}${depth ? " child" : ""}`, "data-name": c.name, "data-tree": treeKey(c.name) },
+    head, buttons, logs, configViewer(c.name), stateFileViewer(c.name));
+  if (depth) {
+    row.style.marginLeft = `${Math.min(depth, 6) * 1.5}em`;
+    head.prepend(el("span", { class: "tree", title: `spawned at the request of ${c.parent}`, text: "↳ " }));
+  }
+  return row;
+}
+
+// --- SW4RM tree: an agent sits under the agent that requested its spawn (its parent) ------------
+
+// The row order: the manager first, each agent right after its parent (when that is a live agent
+// here), siblings by name. "/" sorts below every name character, so a subtree stays together.
+function treeKey(name, seen = 0) {
+  const c = S.containers.get(name);
+  if (!c) return name;
+  if (c.is_manager) return "\u0000";
+  const parent = c.parent && S.containers.get(c.parent);
+  if (!parent || c.parent === name || seen > 16) return name;
+  return `${treeKey(c.parent, seen + 1)}/${name}`;
+}
+
+// --- viewers (issue 18 item 6): read-only; the text is the agent's (textContent only) ------------
+
+function viewerDetails(cls, label, name, openSet, onOpen, ...body) {
+  const details = el("details", { class: `viewer ${cls}`, open: openSet.has(name) }, el("summary", { text: label }), ...body);
+  details.addEventListener("toggle", () => {
+    if (details.open) { openSet.add(name); onOpen(); } else openSet.delete(name);
+  });
+  return details;
+}
+
+async function getJson(url) {
+  const resp = await fetch(url, { credentials: "same-origin" });
+  let body = {};
+  try { body = await resp.json(); } catch (e) { body = { ok: false, error: `HTTP ${resp.status}` }; }
+  return resp.ok ? body : { ok: false, error: body.error || `HTTP ${resp.status}` };
+}
+
+function configViewer(name) {
+  return viewerDetails("config", "4G3NT.N1X", name, S.openConfigs, () => loadConfig(name),
+    el("pre", { class: "agent-nix", text: S.configText.get(name) || "(loading…)" }));
+}
+
+async function loadConfig(name) {
+  const body = await getJson(`/api/agent-config/${enc(name)}`);
+  let text;
+  if (!body.ok) text = `(${body.error})`;
+  else {
+    const runs = body.deployed_sha && body.deployed_sha !== body.sha ? `; it runs ${body.deployed_sha.slice(0, 12)}` : "";
+    text = `# applied main ${body.sha.slice(0, 12)}${runs}\n`
+      + (body.agent_nix === null ? "(no agent.nix)" : body.agent_nix + (body.truncated ? "\n… cut at 256 KiB" : ""));
+  }
+  S.configText.set(name, text);
+  const row = findRow("containers", name);
+  if (row) row.querySelector("pre.agent-nix").textContent = text;
+}
+
+function stateFileViewer(name) {
+  const shown = S.stateFiles.get(name) || { path: "", text: "" };
+  const path = el("input", { type: "text", class: "state-path", placeholder: "path in its state dir (e.g. notes.md)",
+    "aria-label": `file in the state dir of ${name}`, value: shown.path });
+  const form = el("form", { class: "inline state-file-form" }, path, el("button", { type: "submit", text: "R34D" }));
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); openStateFile(name, path.value); });
+  return viewerDetails("state-file", "ST4T3 F1L3S", name, S.openStateFiles, () => {}, form,
+    el("pre", { class: "state-file", text: shown.text }));
+}
+
+// Open ``path`` (relative to the agent's state dir, or absolute inside it) in the row's viewer.
+async function openStateFile(name, path) {
+  S.openStateFiles.add(name);
+  S.stateFiles.set(name, { path, text: "(loading…)" });
+  renderContainer(name);
+  const body = await getJson(`/api/state-file?agent=${enc(name)}&path=${encodeURIComponent(path)}`);
+  let text;
+  if (!body.ok) text = `(${body.error})`;
+  else if (body.binary) text = `(${body.path}: ${bytes(body.size)}, not UTF-8 text)\n${body.text}`;
+  else text = body.text || "(empty)";
+  S.stateFiles.set(name, { path, text });
+  const row = findRow("containers", name);
+  if (row) row.querySelector("pre.state-file").textContent = text;
 }
 
 async function loadLog(name) {
@@ -242,19 +328,23 @@ function renderContainer(name) {
   if (!c) { if (old) old.remove(); S.purgeChecked.delete(name); S.loginDraft.delete(name); }
   else {
     const row = containerRow(c);
-    if (old) old.replaceWith(row);
+    if (old && old.dataset.tree === row.dataset.tree) old.replaceWith(row);
     else {
-      const after = [...box.children].find((r) => r.dataset.name > name);
+      if (old) old.remove();
+      const after = [...box.children].find((r) => r.dataset.tree > row.dataset.tree);
       box.insertBefore(row, after || null);
     }
   }
+  // a parent that came or went moves its children: redraw in tree order
+  if ([...box.children].some((r) => r.dataset.tree !== treeKey(r.dataset.name))) { renderContainers(); return; }
   renderSwarmMeta();
 }
 
 function renderContainers() {
   const box = document.getElementById("containers");
   for (const name of [...S.purgeChecked]) if (!S.containers.has(name)) S.purgeChecked.delete(name);
-  box.replaceChildren(...[...S.containers.keys()].sort().map((n) => containerRow(S.containers.get(n))));
+  const ordered = [...S.containers.keys()].map((n) => [treeKey(n), n]).sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  box.replaceChildren(...ordered.map(([, n]) => containerRow(S.containers.get(n))));
   renderSwarmMeta();
 }
 
