@@ -1080,6 +1080,7 @@ VERBS += (
         "to be), with its commit and the commit the agent runs.",
         "operator",
         "host_sock hivectl",
+        read_only=True,
         commands=(Command("config", (NAME,), _cli_name, help="print an agent's applied agent.nix"),),
     ),
     _row(
@@ -1088,6 +1089,7 @@ VERBS += (
         "dir, or absolute inside it; no link, FIFO or device is followed or read).",
         "operator",
         "host_sock hivectl",
+        read_only=True,
         commands=(
             Command(
                 "state-file",
@@ -1107,6 +1109,7 @@ VERBS += (
         "(asked by you and of you) and reminders not delivered yet.",
         "manager agent",
         "manager_sock agent_sock",
+        read_only=True,
         tool_help="List what is still open for you, oldest first, each with kind, id, since (unix "
         "seconds), party (the other side), state and the first 200 characters of its text: "
         "'approval' (a request of yours the operator has not decided), 'message' (to you, not acked "
@@ -1121,6 +1124,7 @@ VERBS += (
         "has answered yet, from the last 7 days.",
         "manager agent",
         "manager_sock agent_sock",
+        read_only=True,
     ),
 )
 
