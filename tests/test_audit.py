@@ -406,3 +406,34 @@ async def test_a_flooding_agent_is_counted_not_kept(tmp_path: Path) -> None:
         assert len([r for r in rows if r.principal == "operator"]) == 12
         assert (await log.verify()).ok
         nursery.cancel_scope.cancel()
+
+
+async def test_a_spent_budget_cannot_hide_an_action(tmp_path: Path) -> None:
+    """A socket that spent its row budget on cheap calls (``recv``) still leaves a row for every
+    call that did something the operator must be able to trace (it produced a job or acted on an
+    approval): a hostile manager cannot flood first and ``kill`` an agent unrecorded. Refused calls
+    stay budgeted, and the ``audit_suppressed`` row says which verbs were left out."""
+    from hivecore.errors import Refused
+    from hivecore.services.audit import AuditLog
+    from hivecore.store import Store
+    from hivecore.wire.agent import SetStatusRequest
+
+    now = [1000.0]
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(tmp_path / "hive.db").run)
+        log = AuditLog(store, clock=lambda: now[0], budget=(3, 1.0))
+        manager = au.Actor("manager", "manager_sock", uid=1234, agent="hm1nd")
+        for i in range(5):
+            await log.verb(manager, "set_status", SetStatusRequest(text=f"spam {i}"), None, None, [])
+        await log.verb(manager, "kill", SetStatusRequest(text="coder"), None, None, [42])
+        refused = Refused("no such approval")
+        await log.verb(manager, "cancel_approval", SetStatusRequest(text="x"), None, refused, [])
+        now[0] += 1.0
+        await log.verb(manager, "set_status", SetStatusRequest(text="later"), None, None, [])
+        rows = [r for r in await log.read(limit=1000) if r.principal == "manager"]
+        assert [r.verb for r in rows] == ["set_status"] * 3 + ["kill", "audit_suppressed", "set_status"]
+        assert rows[3].jobs == [42]
+        assert rows[4].args["rows"] == 3
+        assert rows[4].args["verbs"] == {"cancel_approval": 1, "set_status": 2}
+        assert (await log.verify()).ok
+        nursery.cancel_scope.cancel()

@@ -32,7 +32,9 @@ SOCKET_BURST = 300.0
 SOCKET_RATE = 1.0
 """Rows one manager or agent socket may add: a burst of :data:`SOCKET_BURST`, then
 :data:`SOCKET_RATE` a second (a turn adds a few). Past it its rows are counted and the count is one
-``audit_suppressed`` row before its next kept row: a hostile agent cannot fill the disk with them."""
+``audit_suppressed`` row (``rows``, and ``verbs``: the count per verb) before its next kept row: a
+hostile agent cannot fill the disk with them. A call that produced a job or acted on an approval is
+always kept (it is not budgeted)."""
 RECORD_TIMEOUT = 30.0
 """Seconds a row's write may take once its verb is done (a cancelled caller's row included)."""
 
@@ -68,8 +70,8 @@ class AuditLog:
         self._burst, self._rate = budget
         self._buckets: dict[str, tuple[float, float]] = {}
         """Per manager/agent socket: (rows it may still write now, when that was computed)."""
-        self._held_back: dict[str, int] = {}
-        """Per manager/agent socket: rows left out since its last recorded one."""
+        self._held_back: dict[str, dict[str, int]] = {}
+        """Per manager/agent socket: rows left out since its last recorded one, by verb."""
 
     def _take(self, key: str) -> bool:
         """Whether socket ``key`` may write a row now (a token bucket: :data:`SOCKET_BURST` rows,
@@ -128,19 +130,29 @@ class AuditLog:
         args = au.redacted_args(request)
         approvals = approvals_of(args, value)
         error = None if exc is None else answer_for(exc, verb).line
-        if actor.principal in ("manager", "agent"):  # hostile: a flood must not fill the disk
+        # hostile: a flood must not fill the disk; but a call that did something traceable (it
+        # produced a job or acted on an approval) is always kept, or a socket could spend its budget
+        # on cheap calls first and then kill an agent unrecorded (jobs and approvals have their own
+        # bounds, and each is a row elsewhere already)
+        traced = exc is None and bool(jobs or approvals)
+        if actor.principal in ("manager", "agent") and not traced:
             key = f"{actor.principal}:{actor.agent}"
             if not self._take(key):
-                self._held_back[key] = self._held_back.get(key, 0) + 1
+                held_verbs = self._held_back.setdefault(key, {})
+                held_verbs[verb] = held_verbs.get(verb, 0) + 1
                 self.suppressed += 1
-                if self._held_back[key] == 1:
+                if sum(held_verbs.values()) == 1:
                     log.warning("audit: %s is over its row budget; its rows are counted, not kept", key)
                 return None
-            if held := self._held_back.pop(key, 0):
+            if held := self._held_back.pop(key, None):
                 await self.append(
                     actor,
                     "audit_suppressed",
-                    {"rows": held, "budget": f"{self._burst:g} rows, then {self._rate:g} a second"},
+                    {
+                        "rows": sum(held.values()),
+                        "verbs": held,
+                        "budget": f"{self._burst:g} rows, then {self._rate:g} a second",
+                    },
                     "ok",
                 )
         return await self.append(
