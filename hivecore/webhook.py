@@ -94,6 +94,7 @@ def parse_endpoint(raw: str) -> Endpoint:
         url = url[len("ntfy+") :]
     try:
         parts = urllib.parse.urlsplit(url)
+        _port = parts.port  # raises on a port that is not a number in 0..65535
     except ValueError as exc:
         raise BadInput(f"--notify-url is not a URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:

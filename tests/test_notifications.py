@@ -148,9 +148,12 @@ def test_endpoints_and_kinds_are_checked() -> None:
         "ntfy+gopher://x/",
         "http://x/a b",
         "/relative",
+        "http://user:SECRET@x:abc/",  # a port that is not a number: one clear answer, no traceback
+        "ntfy+https://x:99999/topic",
     ):
-        with pytest.raises(BadInput, match="--notify-url"):
+        with pytest.raises(BadInput, match="--notify-url") as refused:
             wh.parse_endpoint(bad)
+        assert "SECRET" not in str(refused.value)
     assert wh.parse_kinds(["alarm_raised,container_crash", "approval_added"]) == {
         "alarm_raised",
         "container_crash",
