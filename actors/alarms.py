@@ -118,7 +118,6 @@ class AlarmWatch:
         self.interval = interval
         self._clock = clock
         self.holds = al.Holds()
-        self._crashes: dict[str, collections.deque[float]] = {}
         self._raised: dict[str, al.Alarm] = {}
         self._sources: list[AlarmSource] = []
         self._wake = trio.Event()
@@ -156,7 +155,7 @@ class AlarmWatch:
         restart job can run)."""
         now = self._clock()
         t = self.thresholds
-        crashes = self._crashes.setdefault(name, collections.deque(maxlen=max(1, t.crash_loop_crashes)))
+        crashes = self.holds.crashes.setdefault(name, collections.deque(maxlen=max(1, t.crash_loop_crashes)))
         crashes.append(now)
         if self.holds.get(name) is None and al.crash_loop(crashes, now, t):
             hold = al.Hold(name, al.crash_loop_reason(t), now)
@@ -168,7 +167,6 @@ class AlarmWatch:
     async def release(self, name: str) -> bool:
         """Lift ``name``'s hold (the operator's ``release``); whether it was held."""
         hold = self.holds.discard(name)
-        self._crashes.pop(name, None)
         self._pending_writes = [h for h in self._pending_writes if h.agent != name]
         removed = await self._store.call(lambda c: st.delete_hold(c, name))
         if hold is not None or removed:
@@ -182,6 +180,9 @@ class AlarmWatch:
         """Read everything :func:`hivecore.alarms.evaluate` needs (store, views, disks)."""
         while self._pending_writes:
             hold = self._pending_writes[0]
+            if self.holds.get(hold.agent) is not hold:  # released or destroyed since: not in force
+                self._pending_writes.pop(0)
+                continue
             await self._store.call(
                 partial(st.write_hold, agent=hold.agent, reason=hold.reason, since=hold.since)
             )

@@ -20,6 +20,7 @@ key                    raised while                                             
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
@@ -228,6 +229,8 @@ class Holds:
 
     def __init__(self) -> None:
         self._held: dict[str, Hold] = {}
+        self.crashes: dict[str, collections.deque[float]] = {}
+        """Recent crash times (Unix seconds) by agent, the crash-loop count's history."""
 
     def get(self, name: str) -> Hold | None:
         return self._held.get(name)
@@ -242,6 +245,9 @@ class Holds:
         self._held[hold.agent] = hold
 
     def discard(self, name: str) -> Hold | None:
+        """End ``name``'s hold and forget its crash history (a release, or the agent's destroy: a
+        new agent of that name starts clean); the hold it had, if any."""
+        self.crashes.pop(name, None)
         return self._held.pop(name, None)
 
     def refuse_start(self, name: str) -> None:

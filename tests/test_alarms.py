@@ -201,6 +201,26 @@ async def test_crash_loop_holds_then_release_clears(tmp_path: Path) -> None:
     assert kinds == [("alarm_raised", "crash_loop:coder"), ("alarm_cleared", "crash_loop:coder")]
 
 
+async def test_a_destroyed_agent_leaves_no_crash_history_or_hold_to_its_successor(tmp_path: Path) -> None:
+    """Destroy ends an agent's hold (``holds.discard``, as the lifecycle's destroy does): a new agent
+    of the same name starts with no crash history (its first crash does not hold it for its
+    predecessor's two), and a hold not yet written to the store when the agent went is not written."""
+    rig = Rig(tmp_path, crash_loop_crashes=3, crash_loop_window=600.0)
+    rig.watch.record_crash("coder")
+    rig.watch.record_crash("coder")
+    rig.watch.holds.discard("coder")  # destroyed, then spawned again under the same name
+    rig.clock.now += 1
+    rig.watch.record_crash("coder")
+    assert rig.watch.holds.get("coder") is None
+    rig.watch.record_crash("coder")
+    rig.watch.record_crash("coder")  # three of the new agent's own: held
+    assert rig.watch.holds.get("coder") is not None
+    rig.watch.holds.discard("coder")  # destroyed before the alarms pass wrote the hold
+    st.delete_hold(rig.conn, "coder")
+    assert await rig.keys() == []
+    assert st.read_holds(rig.conn) == []
+
+
 async def test_raises_clears_and_holds_are_recorded_for_the_audit_trail(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     rows: list[tuple[str, dict[str, Any]]] = []
