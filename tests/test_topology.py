@@ -59,6 +59,19 @@ async def test_allowed_recipients_limit_send_and_name_the_rule(parts: Parts) -> 
     assert ("alice", "to all") not in await inbox_bodies(parts, "carol")
     # the others are not limited by alice's list
     await broker.send("carol", "alice", "from carol")
+    # another hive's agent is addressed as name@hive: the same list holds (nothing reaches the outbox)
+    outbox: list[tuple[str, str, str]] = []
+
+    async def remote(sender: str, to: str, body: str) -> int:
+        outbox.append((sender, to, body))
+        return 1
+
+    broker.remote = remote
+    with pytest.raises(topology.RecipientNotAllowed, match="alice may not address dave@far"):
+        await broker.send("alice", "dave@far", "hello")
+    await broker.send("carol", "dave@far", "hello")
+    assert outbox == [("carol", "dave@far", "hello")]
+    broker.remote = None
 
     # an empty list: only the manager and the operator
     await apply(parts, "alice", limited("[ ]"))

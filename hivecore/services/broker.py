@@ -438,6 +438,8 @@ class Broker:
                 raise BadMessage(f"{to[:60]!r}: this hive is not in a swarm (name@hive needs --swarm)")
             if in_reply_to is not None:
                 raise BadMessage("in_reply_to refers to this hive's messages; leave it out for name@hive")
+            # hyperhive.allowedRecipients holds for other hives too (list them as name@hive)
+            await self._store.call(lambda c: topology.check_recipient(c, sender, to))
             return [await self.remote(sender, to, body)]
         if check:
             inboxes = self.resolve(sender, to)
