@@ -437,3 +437,14 @@ async def test_a_spent_budget_cannot_hide_an_action(tmp_path: Path) -> None:
         assert rows[4].args["verbs"] == {"cancel_approval": 1, "set_status": 2}
         assert (await log.verify()).ok
         nursery.cancel_scope.cancel()
+
+
+def test_a_bad_since_names_the_flag_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """``hivectl audit --since bogus``: argparse names the flag; the reason does not repeat it."""
+    from hivecore.cli.hivectl import main
+
+    with pytest.raises(SystemExit):
+        main(["audit", "--since", "bogus"])
+    err = capsys.readouterr().err
+    assert "argument --since: 'bogus' is not 2h / 7d" in err
+    assert err.count("--since:") == 1

@@ -823,7 +823,7 @@ def _since(text: str) -> float:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--since: {text[:40]!r} is not 2h / 7d / an ISO date or time / epoch seconds"
+            f"{text[:40]!r} is not 2h / 7d / an ISO date or time / epoch seconds"
         ) from None
     return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
 
