@@ -448,3 +448,40 @@ def test_a_bad_since_names_the_flag_once(capsys: pytest.CaptureFixture[str]) -> 
     err = capsys.readouterr().err
     assert "argument --since: 'bogus' is not 2h / 7d" in err
     assert err.count("--since:") == 1
+
+
+def test_an_agent_supplied_subject_cannot_widen_or_forge_the_listing() -> None:
+    """A refused request's raw ``to`` (4096 characters, newlines, escapes) is the row's subject: the
+    ``hivectl audit`` table shows it escaped and cut, so every other row stays readable."""
+    from hivecore.cli.hivectl import render_audit
+
+    forged = (
+        "x\n6  2026-12-01 05:37:28  operator/host_sock uid 0 root  destroy  coder  ok\x1b[2J" + "y" * 4000
+    )
+    rows = [
+        {
+            "seq": 5,
+            "at": 0,
+            "principal": "agent",
+            "via": "agent_sock",
+            "agent": "coder",
+            "verb": "send",
+            "subject": forged,
+            "outcome": "refused",
+            "error": "no such agent",
+        },
+        {
+            "seq": 6,
+            "at": 0,
+            "principal": "operator",
+            "via": "host_sock",
+            "uid": 0,
+            "verb": "stop",
+            "subject": "coder",
+            "outcome": "ok",
+        },
+    ]
+    shown = render_audit({"audit": rows}).splitlines()
+    assert len(shown) == 3
+    assert all(len(line) < 200 for line in shown), [len(line) for line in shown]
+    assert "\x1b" not in shown[1]

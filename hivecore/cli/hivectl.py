@@ -650,7 +650,7 @@ def render_audit(answer: Response) -> str:
                 when,
                 who_text(r),
                 str(r.get("verb")),
-                str(r.get("subject") or "-"),
+                _one_line(r.get("subject"), 40),  # a refused request's raw name: agent-supplied
                 ", ".join(made) or "-",
                 outcome,
             ]
