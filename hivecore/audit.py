@@ -50,7 +50,8 @@ GENESIS = ""
 """The ``prev_hash`` of the first row of a chain that was never vacuumed."""
 REDACTED = "<redacted>"
 MAX_ARG_CHARS = 4096
-"""A string argument is cut to this many characters (a message body is at most 4096 bytes)."""
+"""A string argument is cut to what this many bytes of the row's ASCII JSON hold (4096 plain
+characters; fewer where each is an escape: a message body is at most 4096 bytes)."""
 DEFAULT_RETENTION_DAYS = 180.0
 MAX_READ = 1000
 """The most rows one read returns (host.sock's 64 KiB line bounds nothing on the way out)."""
@@ -181,9 +182,25 @@ def secret_id(secret: str, prefix: str, digits: int) -> str:
 # --- what: arguments ------------------------------------------------------------------------------
 
 
+def _stored_size(char: str) -> int:
+    """Bytes ``char`` takes in a row's ASCII JSON (:func:`dumps`): ``\\uXXXX`` escapes are 6 each."""
+    code = ord(char)
+    if code < 0x20:
+        return 2 if char in "\b\f\n\r\t" else 6
+    if code < 0x80:
+        return 2 if char in '"\\' else 1
+    return 6 if code < 0x10000 else 12
+
+
 def _cut(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > MAX_ARG_CHARS:
-        return value[:MAX_ARG_CHARS] + f"…(+{len(value) - MAX_ARG_CHARS} chars)"
+    if isinstance(value, str):
+        # cut by the stored size, not characters: 4096 emoji are 48 KiB of escapes
+        size = 0
+        for i, char in enumerate(value):
+            size += _stored_size(char)
+            if size > MAX_ARG_CHARS:
+                return value[:i] + f"…(+{len(value) - i} chars)"
+        return value
     if isinstance(value, list):
         return [_cut(v) for v in value]
     if isinstance(value, dict):

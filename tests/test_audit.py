@@ -485,3 +485,18 @@ def test_an_agent_supplied_subject_cannot_widen_or_forge_the_listing() -> None:
     assert len(shown) == 3
     assert all(len(line) < 200 for line in shown), [len(line) for line in shown]
     assert "\x1b" not in shown[1]
+
+
+def test_an_argument_is_cut_by_its_stored_size_not_its_characters() -> None:
+    """A refused ``send`` keeps its raw body in the row: 4096 characters of emoji are 12 bytes each
+    as the row's ASCII JSON (48 KiB a row, 12 times a plain text's). A string is cut to what
+    :data:`~hivecore.audit.MAX_ARG_CHARS` bytes of stored JSON hold, whatever its characters."""
+    from hivecore.wire.agent import SendRequest
+
+    for char in ("😀", "☃", "\x00", '"', "a"):
+        args = au.redacted_args(SendRequest(to=char * 20000, body=char * 60000))
+        stored = au.dumps(args)
+        assert len(stored) < 2 * au.MAX_ARG_CHARS + 200, (char, len(stored))
+        assert args["body"].startswith(char * 100)
+        assert "chars)" in args["body"]
+    assert au.redacted_args(SendRequest(to="coder", body="hé ☃ 😀"))["body"] == "hé ☃ 😀"  # short: kept
