@@ -743,3 +743,35 @@ async def test_the_viewers_show_agent_text_as_text_and_the_tree_puts_children_un
         assert order.index("kid") == order.index("hm1nd") + 1, order
         assert len(browser.state_requests) == 1, browser.state_requests  # the viewers fetch only theirs
     assert not browser.console_errors, browser.console_errors
+
+
+async def test_a_path_into_a_state_dir_in_a_message_opens_the_state_file_viewer(
+    live: Daemon, browser: BrowserThread
+) -> None:
+    """Issue 18 item 9: a message naming a file of a live agent's state dir (the host's path or the
+    container's ``/agents/<n>/state/…``) links to that agent's state-file viewer; a path of an agent
+    that does not exist stays text; the link only opens the viewer (the server checks the path)."""
+    base = live.dashboard_urls[0]
+    with trio.fail_after(240):
+        page = await browser.new_page(base)
+
+        def wait(selector: str, state: str = "attached") -> Callable[[], object]:
+            return lambda: page.wait_for_selector(selector, state=state)  # type: ignore[arg-type]
+
+        await ok(await host(live, {"cmd": "spawn", "name": "a"}))
+        (live.config.paths.agent_state("a") / "notes.md").write_text("the notes\n")
+        host_path = live.config.paths.agent_state("a") / "notes.md"
+        body = f"see {host_path}, /agents/a/state/notes.md. and /agents/zz/state/x.md"
+        await ok(await host(live, {"cmd": "op_send", "to": "a", "body": body}))
+        await browser.run(lambda: open_tab(page, "flow"))
+        links = "#messages .msg .body a.state-link"
+        await browser.run(wait(links))
+        texts = "as => as.map(a => a.textContent)"
+        shown = await browser.run(lambda: page.eval_on_selector_all(links, texts))
+        assert shown == [str(host_path), "/agents/a/state/notes.md"]  # no trailing '.', no zz
+        await browser.run(lambda: page.click(f"{links} >> nth=1"))
+        row = "#containers .row[data-name='a']"
+        await browser.run(wait("#tabpanel-swarm", "visible"))
+        await browser.run(wait(f"{row} pre.state-file:has-text('the notes')"))
+        assert len(browser.state_requests) == 1, browser.state_requests
+    assert not browser.console_errors, browser.console_errors

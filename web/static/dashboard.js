@@ -171,7 +171,7 @@ function containerRow(c) {
       text: `⟳ ${ago(Date.now() / 1000 - c.last_turn_at)} ago · ${c.turns_today} turns · ${tokens(c.tokens_today)} tok · $${c.cost_today_usd.toFixed(2)}`,
     }) : null,
     c.port ? el("span", { class: "port", text: `:${c.port}` }) : null,
-    c.status_text ? el("span", { class: "status-text", text: c.status_text }) : null,
+    c.status_text ? el("span", { class: "status-text" }, ...withStateLinks(c.status_text)) : null,
   );
   const n = enc(c.name);
   const buttons = el("div", { class: "buttons" });
@@ -602,6 +602,36 @@ function renderJobs() {
   box.replaceChildren(...(rows.length ? rows : [el("p", { class: "empty", text: "queue empty" })]));
 }
 
+// --- paths into an agent's state dir are links to its state-file viewer (issue 18 item 9) -------------
+// Host form <root>/agents/<n>/state/… or container form /agents/<n>/state/…; only a live agent's.
+// The link just opens the viewer with the path as written: the server checks it (viewers.py).
+const STATE_PATH = /(?:\/[^\s"'<>()[\]{}]*)?\/agents\/([a-z0-9][a-z0-9-]*)\/state\/[^\s"'<>()[\]{}]*[^\s"'<>()[\]{}.,;:!?]/g;
+
+function withStateLinks(text) {
+  const out = [];
+  let last = 0;
+  for (const match of String(text).matchAll(STATE_PATH)) {
+    const [path, name] = match;
+    if (!S.containers.has(name)) continue;
+    if (match.index > last) out.push(text.slice(last, match.index));
+    const link = el("a", { href: "#swarm", class: "state-link", title: `open in ${name}'s state-file viewer`, text: path });
+    link.addEventListener("click", (ev) => { ev.preventDefault(); showStateFile(name, path); });
+    out.push(link);
+    last = match.index + path.length;
+  }
+  if (last < text.length) out.push(text.slice(last));
+  return out;
+}
+
+function showStateFile(name, path) {
+  const tab = document.querySelector('button[role=tab][data-tab="swarm"]');
+  if (tab && tab.getAttribute("aria-selected") !== "true") tab.click();
+  openStateFile(name, path).then(() => {
+    const row = findRow("containers", name);
+    if (row) row.scrollIntoView({ block: "nearest" });
+  });
+}
+
 function messageLine(m) {
   const to = m.to === "hm1nd" ? "@manager" : `@${m.to}`;
   return el("div", { class: `msg ${m.delivered ? "delivered" : "sent"}`, "data-id": m.id },
@@ -609,7 +639,7 @@ function messageLine(m) {
     el("span", { class: "from", text: m.from }),
     el("span", { class: "arrow", text: m.delivered ? " ⇒ " : " → " }),
     el("span", { class: "to", text: to }),
-    el("span", { class: "body", text: m.body }));
+    el("span", { class: "body" }, ...withStateLinks(m.body)));
 }
 
 function renderMessages() {
