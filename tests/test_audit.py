@@ -435,6 +435,12 @@ async def test_a_spent_budget_cannot_hide_an_action(tmp_path: Path) -> None:
         assert rows[3].jobs == [42]
         assert rows[4].args["rows"] == 3
         assert rows[4].args["verbs"] == {"cancel_approval": 1, "set_status": 2}
+        # the traced calls have a budget of their own: a flood of them is counted too
+        for _ in range(5):
+            await log.verb(manager, "restart", SetStatusRequest(text="coder"), None, None, [43])
+        rows = [r for r in await log.read(limit=1000) if r.principal == "manager"]
+        assert [r.verb for r in rows].count("restart") == 3  # a burst of 3 (refilled since the kill)
+        assert log.suppressed == 3 + 2
         assert (await log.verify()).ok
         nursery.cancel_scope.cancel()
 

@@ -33,8 +33,8 @@ SOCKET_RATE = 1.0
 """Rows one manager or agent socket may add: a burst of :data:`SOCKET_BURST`, then
 :data:`SOCKET_RATE` a second (a turn adds a few). Past it its rows are counted and the count is one
 ``audit_suppressed`` row (``rows``, and ``verbs``: the count per verb) before its next kept row: a
-hostile agent cannot fill the disk with them. A call that produced a job or acted on an approval is
-always kept (it is not budgeted)."""
+hostile agent cannot fill the disk with them. A call that produced a job or acted on an approval
+draws on a second budget of the same size (cheap calls cannot spend it)."""
 RECORD_TIMEOUT = 30.0
 """Seconds a row's write may take once its verb is done (a cancelled caller's row included)."""
 
@@ -131,12 +131,11 @@ class AuditLog:
         approvals = approvals_of(args, value)
         error = None if exc is None else answer_for(exc, verb).line
         # hostile: a flood must not fill the disk; but a call that did something traceable (it
-        # produced a job or acted on an approval) is always kept, or a socket could spend its budget
-        # on cheap calls first and then kill an agent unrecorded (jobs and approvals have their own
-        # bounds, and each is a row elsewhere already)
+        # produced a job or acted on an approval) draws on a budget of its own, or a socket could
+        # spend its budget on cheap calls first and then kill an agent unrecorded
         traced = exc is None and bool(jobs or approvals)
-        if actor.principal in ("manager", "agent") and not traced:
-            key = f"{actor.principal}:{actor.agent}"
+        if actor.principal in ("manager", "agent"):
+            key = f"{actor.principal}:{actor.agent}" + (":traced" if traced else "")
             if not self._take(key):
                 held_verbs = self._held_back.setdefault(key, {})
                 held_verbs[verb] = held_verbs.get(verb, 0) + 1
