@@ -506,3 +506,24 @@ def test_an_argument_is_cut_by_its_stored_size_not_its_characters() -> None:
         assert args["body"].startswith(char * 100)
         assert "chars)" in args["body"]
     assert au.redacted_args(SendRequest(to="coder", body="hé ☃ 😀"))["body"] == "hé ☃ 😀"  # short: kept
+
+
+async def test_a_socket_that_floods_then_goes_quiet_still_leaves_its_count(tmp_path: Path) -> None:
+    """The ``audit_suppressed`` row of a flood is written at the next read (``hivectl audit``) or
+    hourly sweep, not only before the flooder's next kept row, which may never come."""
+    from hivecore.services.audit import AuditLog
+    from hivecore.store import Store
+    from hivecore.wire.agent import SetStatusRequest
+
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(tmp_path / "hive.db").run)
+        log = AuditLog(store, clock=lambda: 1000.0, budget=(2, 1.0))
+        agent = au.Actor("agent", "agent_sock", uid=1234, agent="coder")
+        for i in range(6):
+            await log.verb(agent, "set_status", SetStatusRequest(text=f"busy {i}"), None, None, [])
+        rows = await log.read()
+        assert [r.verb for r in rows] == ["set_status", "set_status", "audit_suppressed"]
+        assert rows[-1].args["verbs"] == {"set_status": 4}
+        assert [r.verb for r in await log.read()] == [r.verb for r in rows]  # written once
+        assert (await log.verify()).ok
+        nursery.cancel_scope.cancel()

@@ -70,6 +70,7 @@ class AuditLog:
         self._burst, self._rate = budget
         self._buckets: dict[str, tuple[float, float]] = {}
         """Per manager/agent socket: (rows it may still write now, when that was computed)."""
+        self._held_actor: dict[str, au.Actor] = {}
         self._held_back: dict[str, dict[str, int]] = {}
         """Per manager/agent socket: rows left out since its last recorded one, by verb."""
 
@@ -137,23 +138,14 @@ class AuditLog:
         if actor.principal in ("manager", "agent"):
             key = f"{actor.principal}:{actor.agent}" + (":traced" if traced else "")
             if not self._take(key):
+                self._held_actor[key] = actor
                 held_verbs = self._held_back.setdefault(key, {})
                 held_verbs[verb] = held_verbs.get(verb, 0) + 1
                 self.suppressed += 1
                 if sum(held_verbs.values()) == 1:
                     log.warning("audit: %s is over its row budget; its rows are counted, not kept", key)
                 return None
-            if held := self._held_back.pop(key, None):
-                await self.append(
-                    actor,
-                    "audit_suppressed",
-                    {
-                        "rows": sum(held.values()),
-                        "verbs": held,
-                        "budget": f"{self._burst:g} rows, then {self._rate:g} a second",
-                    },
-                    "ok",
-                )
+            await self._flush_suppressed(key)
         return await self.append(
             actor, verb, args, outcome_of(exc), error=error, jobs=jobs, approvals=approvals
         )
@@ -176,6 +168,28 @@ class AuditLog:
             actor, verb, dict(args or {}), outcome, error=error, jobs=jobs, approvals=approvals
         )
 
+    async def _flush_suppressed(self, key: str) -> None:
+        """The ``audit_suppressed`` row of the calls socket ``key`` left out, if any."""
+        held = self._held_back.pop(key, None)
+        actor = self._held_actor.pop(key, None)
+        if held and actor is not None:
+            await self.append(
+                actor,
+                "audit_suppressed",
+                {
+                    "rows": sum(held.values()),
+                    "verbs": held,
+                    "budget": f"{self._burst:g} rows, then {self._rate:g} a second",
+                },
+                "ok",
+            )
+
+    async def flush_suppressed(self) -> None:
+        """Write every pending ``audit_suppressed`` row now (before a read and the hourly
+        sweep): a socket that flooded and then went quiet leaves its count all the same."""
+        for key in list(self._held_back):
+            await self._flush_suppressed(key)
+
     async def read(
         self,
         *,
@@ -184,6 +198,7 @@ class AuditLog:
         before: int | None = None,
         limit: int = 200,
     ) -> list[au.AuditRow]:
+        await self.flush_suppressed()
         return await self._store.call(
             lambda c: au.read(c, since=since, agent=agent, before=before, limit=limit)
         )
@@ -202,6 +217,7 @@ class AuditLog:
 
     async def sweep(self) -> au.Vacuumed | None:
         """Drop audit rows and finished jobs past the retention (one transaction); ``None``: kept forever."""
+        await self.flush_suppressed()
         if self.retention_days is None:
             return None
         cutoff = self._clock() - self.retention_days * 86400
