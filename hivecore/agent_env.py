@@ -30,18 +30,17 @@ Every function here blocks (small files): call it from a worker thread.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
 import re
-import stat
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from hivecore.credentials import has_credentials_env
 from hivecore.errors import BadInput, HiveError
+from hivecore.secretfile import read_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -118,34 +117,7 @@ def parse_env_text(text: str, where: str) -> dict[str, str]:
 
 def load_env_file(path: Path) -> dict[str, str]:
     """Read and check the operator's global env file (module doc); :class:`EnvError` says why not."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as exc:
-        why = "it is a symlink (give the real path)" if exc.errno == errno.ELOOP else exc.strerror
-        raise EnvError(f"agent env file {path}: cannot open it: {why}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise EnvError(f"agent env file {path}: not a regular file")
-        if st.st_uid not in (0, os.geteuid()):
-            raise EnvError(
-                f"agent env file {path}: owned by uid {st.st_uid}; it must be root's or the daemon's "
-                f"(uid {os.geteuid()})"
-            )
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            raise EnvError(
-                f"agent env file {path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read it; "
-                f"it holds secrets: chmod 600 {path}"
-            )
-        data = os.read(fd, MAX_FILE + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_FILE:
-        raise EnvError(f"agent env file {path}: larger than {MAX_FILE} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise EnvError(f"agent env file {path}: not UTF-8 text") from None
+    text = read_secret_file(path, f"agent env file {path}", MAX_FILE, EnvError)
     return parse_env_text(text, f"agent env file {path}")
 
 

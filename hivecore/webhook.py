@@ -17,6 +17,7 @@ from typing import Any, Literal
 import attrs
 
 from hivecore.errors import BadInput
+from hivecore.secretfile import read_secret_file
 from hivecore.wire.events import (
     AgentNotice,
     AlarmCleared,
@@ -121,37 +122,7 @@ def read_url_file(path: str) -> list[str]:
     checked by :func:`parse_endpoint`. The file holds secrets: it must be a regular file (no link
     followed), root's or the daemon's, and readable by nobody else (:class:`BadInput` says why not).
     Blocking (the daemon reads it once, at start)."""
-    import errno
-    import os
-    import stat
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as exc:
-        why = "it is a symlink (give the real path)" if exc.errno == errno.ELOOP else exc.strerror
-        raise BadInput(f"--notify-url-file {path}: cannot open it: {why}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise BadInput(f"--notify-url-file {path}: not a regular file")
-        if st.st_uid not in (0, os.geteuid()):
-            raise BadInput(
-                f"--notify-url-file {path}: owned by uid {st.st_uid}; it must be root's or the daemon's"
-            )
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            raise BadInput(
-                f"--notify-url-file {path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read it; "
-                f"it holds secrets: chmod 600 {path}"
-            )
-        data = os.read(fd, MAX_URL_FILE + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_URL_FILE:
-        raise BadInput(f"--notify-url-file {path}: larger than {MAX_URL_FILE} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadInput(f"--notify-url-file {path}: not UTF-8 text") from None
+    text = read_secret_file(path, f"--notify-url-file {path}", MAX_URL_FILE, BadInput)
     urls = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     for n, url in enumerate(urls, 1):
         try:
