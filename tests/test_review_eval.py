@@ -191,7 +191,11 @@ async def test_a_hostile_config_is_bounded_and_blocks_no_job(
     assert restart < 10, restart
 
 
-async def _nix_children() -> list[int]:
+async def _nix_children(root: Path) -> list[int]:
+    """This daemon's review evaluations (its ``<state>/.review-eval-*`` on the command line): under
+    xdist another worker's test runs evaluations of its own at the same time."""
+    mine = os.fsencode(root) + b"/.review-eval-"
+
     def scan() -> list[int]:
         out = []
         for pid in os.listdir("/proc"):
@@ -201,7 +205,7 @@ async def _nix_children() -> list[int]:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b".review-eval-" in cmd:
+            if mine in cmd:
                 out.append(int(pid))
         return out
 
@@ -227,19 +231,19 @@ async def test_many_hostile_proposals_are_evaluated_one_at_a_time_and_a_resoluti
     assert reviewed.daemon.review_evals.queued() <= 4
 
     async def one_running() -> bool:
-        return len(await _nix_children()) >= 1
+        return len(await _nix_children(reviewed.config.paths.root)) >= 1
 
     await eventually(one_running, what="an evaluation running")
-    assert len(await _nix_children()) <= 1  # one at a time
+    assert len(await _nix_children(reviewed.config.paths.root)) <= 1  # one at a time
     await trio.sleep(1)
-    assert len(await _nix_children()) <= 1
+    assert len(await _nix_children(reviewed.config.paths.root)) <= 1
     # denying them stops the running nix at once (its time limit is 120 s)
     for aid in ids:
         await c.deny(aid, "no")
     t0 = time.monotonic()
 
     async def none_left() -> bool:
-        return not await _nix_children()
+        return not await _nix_children(reviewed.config.paths.root)
 
     await eventually(none_left, timeout=10, what="the running evaluation stopped")
     assert time.monotonic() - t0 < 5
