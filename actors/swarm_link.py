@@ -88,7 +88,7 @@ class SwarmLink:
         self._outbox_event = trio.Event()
         self.outbox_depth = 0
         """Remote messages waiting for JetStream's ack (refreshed after every flush)."""
-        self.received = self.duplicates = self.bounced = 0
+        self.received = self.duplicates = self.bounced = self.forged = 0
         if broker is not None:
             broker.remote = self.send_remote
         self.sessions = 0
@@ -159,6 +159,7 @@ class SwarmLink:
         mail.add_metric(["received"], self.received)
         mail.add_metric(["duplicate"], self.duplicates)
         mail.add_metric(["bounced"], self.bounced)
+        mail.add_metric(["forged"], self.forged)
         yield mail
         yield CounterMetricFamily(
             "hivecore_swarm_sessions", "NATS sessions started (a reconnect starts one)", value=self.sessions
@@ -211,7 +212,8 @@ class SwarmLink:
                 )
                 headers = {"Nats-Msg-Id": env.id}
                 await self._call(
-                    bridge, partial(js.publish, sm.subject(row.hive), sw.encode(env), headers=headers)
+                    bridge,
+                    partial(js.publish, sm.subject(row.hive, self.me), sw.encode(env), headers=headers),
                 )
                 await self._store.call(partial(sm.published, outbox_id=row.id))
             self.outbox_depth = await self._store.call(sm.outbox_depth)
@@ -240,6 +242,12 @@ class SwarmLink:
             log.warning("swarm: dropped a malformed mail envelope (%d bytes)", len(msg.data))
             return
         assert env is not None
+        refused = sm.origin_ok(env, msg.subject, self.me)
+        if refused is not None:
+            self.forged += 1
+            self._changed_now()
+            log.warning("swarm: refused a mail envelope %s (dropped)", refused)
+            return
         recipients = set(self._views.rows())
         inbox = env.to
         if inbox not in ("manager", "operator") and inbox not in recipients:
@@ -272,7 +280,7 @@ class SwarmLink:
         )
         headers = {"Nats-Msg-Id": back.id}
         await self._call(
-            bridge, partial(js.publish, sm.subject(env.from_hive), sw.encode(back), headers=headers)
+            bridge, partial(js.publish, sm.subject(env.from_hive, self.me), sw.encode(back), headers=headers)
         )
 
     # --- the actor -------------------------------------------------------------------------------
@@ -523,26 +531,42 @@ MAIL_MAX_AGE = 14 * 24 * 3600.0
 
 
 async def _mail_consumer(js: Any, me: str) -> Any:
-    """The mail stream (created if missing: work-queue retention, file storage) and this hive's
-    durable, explicitly acked pull consumer on ``hive.mail.<me>``."""
+    """The mail stream (created if missing: work-queue retention, file storage; a stream of the first
+    scheme, ``hive.mail.*``, is moved to ``hive.*.mail.*``) and this hive's durable, explicitly acked
+    pull consumer ``mail-<me>`` on ``hive.<me>.mail.*`` (one with another filter is replaced)."""
     from nats.js import api
     from nats.js.errors import NotFoundError
 
     from hivecore import swarm_mail as sm
 
     try:
-        await js.stream_info(sm.STREAM)
+        info = await js.stream_info(sm.STREAM)
     except NotFoundError:
         await js.add_stream(
             name=sm.STREAM,
-            subjects=[sm.SUBJECT_PREFIX + "*"],
+            subjects=[sm.STREAM_SUBJECTS],
             retention=api.RetentionPolicy.WORK_QUEUE,
             storage=api.StorageType.FILE,
             max_age=MAIL_MAX_AGE,
             duplicate_window=120.0,
         )
+    else:
+        if list(info.config.subjects or []) != [sm.STREAM_SUBJECTS]:
+            log.warning(
+                "swarm: moving the stream %s from subjects %s to %s (mail still on the old subjects "
+                "stays until it expires)", sm.STREAM, info.config.subjects, sm.STREAM_SUBJECTS
+            )
+            await js.update_stream(info.config.evolve(subjects=[sm.STREAM_SUBJECTS]))
+    name, wanted = sm.consumer_name(me), sm.inbox_filter(me)
+    try:
+        held = await js.consumer_info(sm.STREAM, name)
+    except NotFoundError:
+        held = None
+    if held is not None and held.config.filter_subject != wanted:
+        log.warning("swarm: replacing the consumer %s (filter %s)", name, held.config.filter_subject)
+        await js.delete_consumer(sm.STREAM, name)
     config = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30.0, max_deliver=-1)
-    return await js.pull_subscribe(sm.subject(me), durable=f"mail-{me}", stream=sm.STREAM, config=config)
+    return await js.pull_subscribe(wanted, durable=name, stream=sm.STREAM, config=config)
 
 
 async def _close(nc: Any, pumps: list[Any]) -> None:

@@ -1,13 +1,17 @@
 """Mail between hives (issue 20 item 3; docs/swarm.md): addresses, the envelope, and the store side.
 
 ``name@hive`` in ``send`` goes to the sender's outbox (store table ``swarm_outbox``); the swarm link
-publishes each row to the JetStream stream :data:`STREAM` on subject ``hive.mail.<hive>`` with the
+publishes each row to the JetStream stream :data:`STREAM` on subject ``hive.<to>.mail.<from>`` with the
 header ``Nats-Msg-Id: <envelope id>`` (JetStream drops a duplicate within its window) and deletes
 the row only once JetStream acknowledged it. The receiving hive's durable consumer
 (``mail-<hive>``, explicit acks) inserts the message into its broker and records the envelope id in
 ``swarm_received`` in the same transaction, and only then acks: a redelivery after a crash finds the
 envelope recorded and is acked without a second row. An unknown recipient is bounced to the sender
 as a message from ``system@<hive>``.
+
+The sender hive is the subject's last token, never the payload's word: with per-hive NATS users a
+hive may publish only ``hive.*.mail.<itself>`` (docs/swarm.md), so the subject is what NATS vouches
+for; an envelope whose ``from_hive`` differs is refused (:func:`origin_ok`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from hivecore.store import transaction
 from hivecore.swarm import validate_hive_name
 
 STREAM = "HIVE_MAIL"
-SUBJECT_PREFIX = "hive.mail."
+STREAM_SUBJECTS = "hive.*.mail.*"
+"""The mail stream's one subject filter: ``hive.<to>.mail.<from>``."""
+LEGACY_SUBJECTS = "hive.mail.*"
+"""The first scheme's subjects (``hive.mail.<to>``); a stream with them is moved on join."""
 MAX_OUTBOX_PER_SENDER = 1000
 """Rows one sender may have in the outbox (not yet acked by JetStream): NATS being down for long
 must not let an agent fill the database."""
@@ -33,8 +40,40 @@ BOUNCER = SYSTEM_SENDER
 """A bounce comes from ``system@<hive>``; a bounce is never bounced."""
 
 
-def subject(hive: str) -> str:
-    return SUBJECT_PREFIX + hive
+def subject(to_hive: str, from_hive: str) -> str:
+    """``hive.<to>.mail.<from>``: the subject mail from ``from_hive`` to ``to_hive`` is published on."""
+    return f"hive.{to_hive}.mail.{from_hive}"
+
+
+def inbox_filter(hive: str) -> str:
+    """The filter of ``hive``'s mail consumer: everything addressed to it."""
+    return f"hive.{hive}.mail.*"
+
+
+def consumer_name(hive: str) -> str:
+    return f"mail-{hive}"
+
+
+def subject_hives(subject: str) -> tuple[str, str] | None:
+    """``(to, from)`` of a mail subject ``hive.<to>.mail.<from>`` with valid hive names, else None."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != "hive" or parts[2] != "mail":
+        return None
+    try:
+        return validate_hive_name(parts[1]), validate_hive_name(parts[3])
+    except HiveError:
+        return None
+
+
+def origin_ok(envelope: Envelope, subject: str, me: str) -> str | None:
+    """None when ``envelope`` arrived on ``hive.<me>.mail.<its from_hive>``; else why it is refused
+    (the payload claims a hive the subject does not show, or the subject is not this hive's mail)."""
+    hives = subject_hives(subject)
+    if hives is None or hives[0] != me:
+        return f"on subject {subject[:80]!r}, not this hive's mail"
+    if hives[1] != envelope.from_hive:
+        return f"published by hive {hives[1]!r} but claims to come from {envelope.from_hive[:20]!r}"
+    return None
 
 
 def parse_address(to: str) -> tuple[str, str]:
