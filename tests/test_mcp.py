@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -113,9 +113,15 @@ def test_tools_are_the_surface_rows_minus_turn_plumbing(role: str, surface: spec
         assert t.input_schema["type"] == "object"
 
 
+def _bare(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` without its properties' descriptions."""
+    props = {k: {f: v for f, v in p.items() if f != "description"} for k, p in schema["properties"].items()}
+    return {**schema, "properties": props}
+
+
 def test_schemas_follow_the_records() -> None:
     [send] = [t for t in hive_tools.tools("agent") if t.name == "send"]
-    assert send.input_schema == {
+    assert _bare(send.input_schema) == {
         "type": "object",
         "properties": {
             "to": {"type": "string"},
@@ -126,9 +132,19 @@ def test_schemas_follow_the_records() -> None:
         "additionalProperties": False,
     }
     assert "4096 bytes" in send.description
+    assert "4096" in send.input_schema["properties"]["body"]["description"]
     [logs] = [t for t in hive_tools.tools("manager") if t.name == "get_logs"]
-    assert logs.input_schema["properties"]["lines"] == {"type": "integer"}
+    assert _bare(logs.input_schema)["properties"]["lines"] == {"type": "integer"}
     assert logs.input_schema["required"] == ["name"]
+
+
+@pytest.mark.parametrize("role", ["agent", "manager"])
+def test_every_tool_argument_is_described(role: str) -> None:
+    for tool in hive_tools.tools(role):
+        for name, prop in tool.input_schema["properties"].items():
+            text = prop.get("description")
+            assert isinstance(text, str), (tool.name, name)
+            assert 10 < len(text) <= 200, (tool.name, name, text)
 
 
 def test_no_tools_for_the_operator_or_unknown_roles() -> None:
@@ -137,10 +153,21 @@ def test_no_tools_for_the_operator_or_unknown_roles() -> None:
             hive_tools.tools(role)
 
 
-def test_the_tool_name_wins_over_an_argument_named_cmd() -> None:
+def test_arguments_the_schema_does_not_name_are_refused() -> None:
     known = {t.name: t for t in hive_tools.tools("agent")}
-    line = hive_tools.request_line("send", {"cmd": "approve", "to": "manager", "body": "x"}, known)
+    line = hive_tools.request_line("send", {"to": "manager", "body": "x"}, known)
     assert json.loads(line) == {"cmd": "send", "to": "manager", "body": "x"}
+    # an argument named cmd could pick another verb; a misspelt one would be dropped silently
+    with pytest.raises(
+        hive_tools.ToolError, match="send takes no argument 'cmd'; it takes: to, body, in_reply_to"
+    ):
+        hive_tools.request_line("send", {"cmd": "approve", "to": "manager", "body": "x"}, known)
+    with pytest.raises(hive_tools.ToolError, match="takes no argument 'in_reply_too'"):
+        hive_tools.request_line("send", {"to": "manager", "body": "x", "in_reply_too": 3}, known)
+    with pytest.raises(
+        hive_tools.ToolError, match="get_loose_ends takes no argument 'x'; it takes: no arguments"
+    ):
+        hive_tools.request_line("get_loose_ends", {"x": 1}, known)
     with pytest.raises(hive_tools.ToolError, match="unknown tool 'recv'"):
         hive_tools.request_line("recv", {}, known)
     with pytest.raises(hive_tools.ToolError, match="cannot be sent as JSON"):
@@ -211,6 +238,7 @@ async def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(parts_
             ("get_logs", {"name": "coder", "lines": 0}, "lines must be at least 1"),
             ("approve", {"id": 1}, "unknown tool 'approve'"),
             ("ack_turn", {}, "unknown tool 'ack_turn'"),
+            ("send", {"to": "coder", "body": "x", "cmd": "approve"}, "send takes no argument 'cmd'"),
             # far past the line limit: refused by hive-mcp itself (sent, the daemon would close the
             # connection while the line is still being written: "may or may not have happened")
             ("send", {"to": "coder", "body": "y" * (16 * MAX_LINE)}, "the hive reads at most"),
@@ -222,7 +250,7 @@ async def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(parts_
         # still serving, and nothing above reached the broker or the approvals
         assert await hive_rows(d) == []
         assert await d.coordinator.pending() == []
-        is_error, text = await call(s, "send", {"to": "coder", "body": "still here", "cmd": "approve"})
+        is_error, text = await call(s, "send", {"to": "coder", "body": "still here"})
         assert not is_error, text
         assert d.manager_socket.internal_errors == 0
 

@@ -28,6 +28,7 @@ import attrs
 
 from hivecore.sockets.framing import MAX_LINE
 from hivecore.verbs import spec
+from hivecore.verbs.checks import DOC
 from hivecore.wire.agent import AgentRequest
 from hivecore.wire.manager import ManagerRequest
 from hivecore.wire.request import Request
@@ -81,8 +82,9 @@ def tools(role: str) -> tuple[Tool, ...]:
 
 
 def json_schema(record: type[Any]) -> dict[str, Any]:
-    """The JSON Schema (an ``object``) of an attrs request record: a property per field, ``required``
-    for the fields without a default, no other properties. Supports str, int, float, bool, lists,
+    """The JSON Schema (an ``object``) of an attrs request record: a property per field (with the
+    field's ``description`` from its :data:`~hivecore.verbs.checks.DOC` metadata), ``required`` for
+    the fields without a default, no other properties. Supports str, int, float, bool, lists,
     ``X | None``, ``Literal`` and nested attrs records; :class:`TypeError` for anything else."""
     hints = typing.get_type_hints(record)
     properties: dict[str, Any] = {}
@@ -90,7 +92,10 @@ def json_schema(record: type[Any]) -> dict[str, Any]:
     for field in attrs.fields(record):
         if not field.init or field.name.startswith("_"):
             continue
-        properties[field.name] = _schema_of(hints[field.name], f"{record.__name__}.{field.name}")
+        prop = _schema_of(hints[field.name], f"{record.__name__}.{field.name}")
+        if description := field.metadata.get(DOC):
+            prop = {**prop, "description": description}
+        properties[field.name] = prop
         if field.default is attrs.NOTHING:
             required.append(field.name)
     schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
@@ -128,12 +133,19 @@ def _schema_of(tp: Any, where: str) -> dict[str, Any]:
 
 def request_line(tool: str, arguments: Mapping[str, Any] | None, known: Mapping[str, Tool]) -> bytes:
     """The socket request line calling ``tool`` with ``arguments`` (:class:`ToolError` for a tool this
-    principal lacks or arguments that cannot be sent: not JSON, or a line longer than the daemon
-    reads, :data:`~hivecore.sockets.framing.MAX_LINE` bytes; sent anyway, the daemon would answer
-    and close while the line is still being written, and the call would look lost)."""
+    principal lacks, an argument its schema does not name, or arguments that cannot be sent: not
+    JSON, or a line longer than the daemon reads, :data:`~hivecore.sockets.framing.MAX_LINE` bytes;
+    sent anyway, the daemon would answer and close while the line is still being written, and the
+    call would look lost)."""
     if tool not in known:
         raise ToolError(f"unknown tool {tool!r}; this hive offers: {', '.join(known)}")
     fields = dict(arguments or {})
+    # the schema says additionalProperties: false; the socket ignores unknown fields (the
+    # reference's wire does), so a misspelt argument is refused here rather than silently dropped
+    takes = known[tool].input_schema["properties"]
+    if unknown := [k for k in fields if k not in takes]:
+        accepted = ", ".join(takes) or "no arguments"
+        raise ToolError(f"{tool} takes no argument {unknown[0][:40]!r}; it takes: {accepted}")
     fields["cmd"] = tool
     try:
         line = json.dumps(fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()

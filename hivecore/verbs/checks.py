@@ -29,9 +29,19 @@ _INPUT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]{0,199}")
 MAX_APPROVAL_ID = 10**18
 
 
-def check(fn: Check) -> dict[str, Check]:
-    """The metadata that attaches ``fn`` to a record field."""
-    return {CHECK: fn}
+DOC = "hive_doc"
+"""The attrs metadata key holding a field's one-line description (the MCP tool schema's
+``description`` of that property)."""
+
+
+def check(fn: Check, doc: str | None = None) -> dict[str, Any]:
+    """The metadata that attaches ``fn`` (and, with ``doc``, a description) to a record field."""
+    return {CHECK: fn} if doc is None else {CHECK: fn, DOC: doc}
+
+
+def doc(text: str) -> dict[str, Any]:
+    """The metadata of a field with a description and no check."""
+    return {DOC: text}
 
 
 def _cut(text: str, limit: int = 40) -> str:

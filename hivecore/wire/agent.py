@@ -132,9 +132,14 @@ McpRequest = Request
 @attrs.frozen(kw_only=True)
 class SendRequest(McpRequest):
     CMD = "send"
-    to: str
-    body: str
-    in_reply_to: int | None = attrs.field(default=None, metadata=check(checks.message_id))
+    to: str = attrs.field(
+        metadata=checks.doc("an agent's name, 'manager', 'operator', '*' (every agent) or name@hive")
+    )
+    body: str = attrs.field(metadata=checks.doc(f"the message, at most {MAX_BODY} UTF-8 bytes"))
+    in_reply_to: int | None = attrs.field(
+        default=None,
+        metadata=check(checks.message_id, "the id of the message this answers (this hive's ids only)"),
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -179,7 +184,12 @@ class StatusRequest(McpRequest):
 @attrs.frozen(kw_only=True)
 class SetStatusRequest(McpRequest):
     CMD = "set_status"
-    text: str = attrs.field(metadata=check(checks.utf8_text("status text", MAX_STATUS)))
+    text: str = attrs.field(
+        metadata=check(
+            checks.utf8_text("status text", MAX_STATUS),
+            f"what you are doing, one line for the operator (at most {MAX_STATUS} bytes; empty clears it)",
+        )
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -209,10 +219,25 @@ class RemindRequest(McpRequest):
     file in the caller's state dir) or over 4 KiB the text goes to a file and a pointer is sent."""
 
     CMD = "remind"
-    message: str = attrs.field(metadata=check(reminders.message))
-    delay_seconds: float | None = attrs.field(default=None, metadata=check(reminders.delay))
-    at: float | None = attrs.field(default=None, metadata=check(reminders.unix_time))
-    file_path: str | None = attrs.field(default=None, metadata=check(reminders.file_path))
+    message: str = attrs.field(
+        metadata=check(
+            reminders.message, f"the text to be reminded of (at most {reminders.MAX_MESSAGE_BYTES} bytes)"
+        )
+    )
+    delay_seconds: float | None = attrs.field(
+        default=None, metadata=check(reminders.delay, "seconds from now (give this or at)")
+    )
+    at: float | None = attrs.field(
+        default=None,
+        metadata=check(reminders.unix_time, "when, in Unix seconds (give this or delay_seconds)"),
+    )
+    file_path: str | None = attrs.field(
+        default=None,
+        metadata=check(
+            reminders.file_path,
+            "a path in your state dir to write the text to; the reminder then points at it",
+        ),
+    )
 
 
 @attrs.frozen(kw_only=True)

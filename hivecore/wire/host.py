@@ -141,7 +141,7 @@ class KillRequest(HostRequest):
     """Shared by host.sock and the manager socket: nobody kills the manager."""
 
     CMD = "kill"
-    name: str = attrs.field(metadata=check(checks.not_manager("kill")))
+    name: str = attrs.field(metadata=check(checks.not_manager("kill"), "the agent's name"))
 
 
 @attrs.frozen(kw_only=True)
@@ -162,8 +162,17 @@ class RequestSpawnRequest(HostRequest):
     """Shared by host.sock, the dashboard and the manager socket."""
 
     CMD = "request_spawn"
-    name: str = attrs.field(metadata=check(checks.new_agent))
-    description: str | None = attrs.field(default=None, metadata=check(checks.text("description")))
+    name: str = attrs.field(
+        metadata=check(
+            checks.new_agent, "the new agent's name: a lowercase letter, then up to 8 of a-z 0-9 -"
+        )
+    )
+    description: str | None = attrs.field(
+        default=None,
+        metadata=check(
+            checks.text("description"), "what this is for and why, shown to the operator with the request"
+        ),
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -197,9 +206,15 @@ class GetLogsRequest(HostRequest):
     manager socket."""
 
     CMD = "get_logs"
-    name: str = attrs.field(metadata=check(checks.agent_name))
-    lines: int = attrs.field(default=DEFAULT_LOG_LINES, metadata=check(checks.log_lines(MAX_LOG_LINES)))
-    offset: int | None = attrs.field(default=None, metadata=check(checks.log_offset))
+    name: str = attrs.field(metadata=check(checks.agent_name, "the agent's name"))
+    lines: int = attrs.field(
+        default=DEFAULT_LOG_LINES,
+        metadata=check(checks.log_lines(MAX_LOG_LINES), f"how many of the last lines (1 to {MAX_LOG_LINES})"),
+    )
+    offset: int | None = attrs.field(
+        default=None,
+        metadata=check(checks.log_offset, "a log_offset a previous answer gave: the lines written since"),
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -305,6 +320,8 @@ class RemindersRequest(HostRequest):
 class CancelReminderRequest(HostRequest):
     CMD = "cancel_reminder"
     id: int = attrs.field(metadata=check(reminders.reminder_id))
+
+
 # --- viewers (issue 18 item 6): read-only, the operator's ---
 
 

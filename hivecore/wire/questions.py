@@ -15,7 +15,7 @@ from __future__ import annotations
 import attrs
 
 from hivecore.errors import BadInput
-from hivecore.verbs.checks import check
+from hivecore.verbs.checks import check, doc
 from hivecore.wire.request import Request
 
 MAX_QUESTION = 2048
@@ -93,15 +93,23 @@ def question_id(value: int) -> int:
     return value
 
 
+_QUESTION_DOC = f"the question, at most {MAX_QUESTION} bytes"
+_OPTIONS_DOC = (
+    f"up to {MAX_OPTIONS} answers to choose from (each at most {MAX_OPTION} bytes); none: free text"
+)
+_MULTI_DOC = "with options: more than one may be chosen"
+_TTL_DOC = f"seconds until the question expires unanswered (1 to {MAX_TTL})"
+
+
 @attrs.frozen(kw_only=True)
 class AskOperatorRequest(Request):
     """Ask the operator; the answer arrives later as an ``operator_answered`` event from system."""
 
     CMD = "ask_operator"
-    question: str = attrs.field(metadata=check(question_text))
-    options: list[str] | None = attrs.field(default=None, metadata=check(options))
-    multi: bool = False
-    ttl_seconds: int | None = attrs.field(default=None, metadata=check(ttl))
+    question: str = attrs.field(metadata=check(question_text, _QUESTION_DOC))
+    options: list[str] | None = attrs.field(default=None, metadata=check(options, _OPTIONS_DOC))
+    multi: bool = attrs.field(default=False, metadata=doc(_MULTI_DOC))
+    ttl_seconds: int | None = attrs.field(default=None, metadata=check(ttl, _TTL_DOC))
 
 
 @attrs.frozen(kw_only=True)
@@ -110,11 +118,13 @@ class AskRequest(Request):
     an ``answered`` event from system."""
 
     CMD = "ask"
-    to: str = attrs.field(metadata=check(lambda v: v.strip().removeprefix("@")))
-    question: str = attrs.field(metadata=check(question_text))
-    options: list[str] | None = attrs.field(default=None, metadata=check(options))
-    multi: bool = False
-    ttl_seconds: int | None = attrs.field(default=None, metadata=check(ttl))
+    to: str = attrs.field(
+        metadata=check(lambda v: v.strip().removeprefix("@"), "an agent's name, 'manager' or 'operator'")
+    )
+    question: str = attrs.field(metadata=check(question_text, _QUESTION_DOC))
+    options: list[str] | None = attrs.field(default=None, metadata=check(options, _OPTIONS_DOC))
+    multi: bool = attrs.field(default=False, metadata=doc(_MULTI_DOC))
+    ttl_seconds: int | None = attrs.field(default=None, metadata=check(ttl, _TTL_DOC))
 
 
 @attrs.frozen(kw_only=True)
@@ -122,8 +132,12 @@ class AnswerRequest(Request):
     """Answer question ``id`` (an agent: one asked of it; the operator: any open one)."""
 
     CMD = "answer"
-    id: int = attrs.field(metadata=check(question_id))
-    answer: str = attrs.field(metadata=check(answer_text))
+    id: int = attrs.field(metadata=check(question_id, "the question's id (from the event that asked it)"))
+    answer: str = attrs.field(
+        metadata=check(
+            answer_text, f"the answer, at most {MAX_ANSWER} bytes (one of the options, if it had any)"
+        )
+    )
 
 
 @attrs.frozen(kw_only=True)
