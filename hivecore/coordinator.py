@@ -477,8 +477,11 @@ class Coordinator:
 
     async def reminders(self, name: str | None = None, *, done: bool = False) -> list[Reminder]:
         """Pending reminders, earliest due first (``name``: that agent's; ``done``: also the sent and
-        failed ones still kept)."""
+        failed ones still kept; :class:`UnknownAgent` for a ``name`` with none that is no agent, so a
+        misspelt name is not answered "no reminders")."""
         rows: list[Reminder] = await self._scheduler().listed(name, done=done)
+        if name is not None and not rows:
+            await self.require_agent(name)
         return rows
 
     async def cancel_reminder(self, reminder_id: int) -> Reminder:

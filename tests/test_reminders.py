@@ -103,6 +103,9 @@ async def test_the_operator_lists_and_cancels_and_the_row_counts_them(hive: Daem
     assert zero.returncode == 1
     assert "a reminder id is a number from 1" in err(zero)
     assert out(await hivectl("reminders", sock=sock)) == "no reminders\n"
+    assert out(await hivectl("reminders", "coder", sock=sock)) == "no reminders\n"
+    typo = await hivectl("reminders", "codr", sock=sock)
+    assert (typo.returncode, err(typo)) == (1, 'hivectl: agent "codr" is not managed by this hive\n')
     await eventually(lambda: hive.views.rows()["coder"].pending_reminders == 0, what="the row's count")
 
     # the events are on the stream, and replayed after a Last-Event-ID
