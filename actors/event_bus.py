@@ -155,6 +155,22 @@ class EventBus:
                 log.warning("event bus: dropped a subscriber that fell %d events behind", self._buffer)
         return stamped
 
+    def broadcast(self, event: Event) -> int:
+        """Offer ``event`` unsequenced (``seq`` 0, not in the replay ring) to the subscribers that
+        named its kind explicitly (a subscription to every kind never sees it); never blocks, and a
+        full subscriber is dropped as by :meth:`publish`. For views that resync on their own (the
+        swarm's: every dashboard stream starts with a ``swarm_state``). Returns how many took it."""
+        took = 0
+        for sub in [s for s in self._subs if s.kinds is not None and event.KIND in s.kinds]:
+            if sub._offer(event):
+                took += 1
+            else:
+                self._subs.discard(sub)
+                if sub.lagged:
+                    self._dropped += 1
+                    log.warning("event bus: dropped a subscriber that fell %d events behind", self._buffer)
+        return took
+
     def subscribe(
         self,
         kinds: Iterable[str] | None = None,

@@ -31,6 +31,7 @@ from prometheus_client.metrics_core import Metric
 
 from actors.views import RowsApplied, Views
 from hivecore import swarm as sw
+from hivecore import swarm_view as sv
 from hivecore.aiobridge import AsyncioThread, asyncio_thread
 from hivecore.alarms import Alarm
 from hivecore.errors import HiveError
@@ -60,8 +61,10 @@ class SwarmLink:
         host: str | None = None,
         store: Any = None,
         broker: Any = None,
+        bus: Any = None,
     ) -> None:
-        """``store`` and ``broker`` (both or neither): mail between hives; without them, presence only."""
+        """``store`` and ``broker`` (both or neither): mail between hives; without them, presence only.
+        ``bus``: the event bus the swarm view is broadcast on (:mod:`actors.swarm_feed`)."""
         self.settings = settings
         self.me = settings.hive_name
         self._views = views
@@ -93,6 +96,15 @@ class SwarmLink:
             broker.remote = self.send_remote
         self.sessions = 0
         """How many sessions (connections) were started (tests, the docs' failure story)."""
+        # the swarm view (docs/swarm.md "Events"): HIVE_EVENTS out and in, the dashboards' feed
+        self._revs: dict[str, int] = {}
+        self._events_js: Any = None
+        self.events_applied = self.events_dropped = 0
+        self.feed: Any = None
+        if bus is not None:
+            from actors.swarm_feed import SwarmFeed
+
+            self.feed = SwarmFeed(self, bus)
         views.observe(self._observe)
 
     # --- what other parts read -------------------------------------------------------------------
@@ -164,11 +176,21 @@ class SwarmLink:
         yield CounterMetricFamily(
             "hivecore_swarm_sessions", "NATS sessions started (a reconnect starts one)", value=self.sessions
         )
+        events = CounterMetricFamily(
+            "hivecore_swarm_events", "Events read from HIVE_EVENTS by outcome", labels=["outcome"]
+        )
+        events.add_metric(["applied"], self.events_applied)
+        events.add_metric(["dropped"], self.events_dropped)
+        yield events
 
     async def wait_for(self, predicate: Callable[[SwarmLink], bool]) -> None:
         """Return once ``predicate(self)`` holds; checked after every update received (tests)."""
         while not predicate(self):
             await self._changed.wait()
+
+    def changed_event(self) -> trio.Event:
+        """Set at the next change of the picture (or of the link's state)."""
+        return self._changed
 
     def _changed_now(self) -> None:
         self._changed.set()
@@ -286,6 +308,12 @@ class SwarmLink:
     # --- the actor -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            if self.feed is not None:
+                nursery.start_soon(self.feed.run)
+            await self._run(task_status=task_status)
+
+    async def _run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started(self)
         try:
             identity = await trio.to_thread.run_sync(sw.load_identity, self._state_root)
@@ -376,6 +404,11 @@ class SwarmLink:
                 name: trio.Event() for name in (sw.CLAIMS_BUCKET, sw.HEARTBEATS_BUCKET, sw.AGENTS_BUCKET)
             }
             self._synced = synced
+            self._revs.clear()  # the replay below resyncs every row
+            self._events_js = None
+            await self._call(bridge, partial(_events_stream, js))
+            await self._call(bridge, partial(_events_subscription, js, post))
+            self._events_js = js
             pumps.extend(
                 [await self._call(bridge, partial(_watch, kv, post)) for kv in (claims, beats, agents)]
             )
@@ -451,12 +484,22 @@ class SwarmLink:
                 if view is None:
                     if self._published.pop(name, None) is not None or name in self._agents.get(self.me, {}):
                         await self._call(bridge, partial(agents.delete, key))
+                        await self._event_out(bridge, "agent_removed", sv.AgentRemovedEvent(name=name))
                     continue
                 row = sw.agent_row(view)
                 if self._published.get(name) == row:
                     continue
-                await self._call(bridge, partial(agents.put, key, sw.encode(row)))
+                rev = await self._call(bridge, partial(agents.put, key, sw.encode(row)))
                 self._published[name] = row
+                await self._event_out(bridge, "agent", sv.AgentEvent(rev=int(rev), agent=row))
+
+    async def _event_out(self, bridge: AsyncioThread, kind: str, record: object) -> None:
+        """Publish one of this hive's events on HIVE_EVENTS (acked; a row too big to go is skipped:
+        the key-value row still carries it)."""
+        data = sv.encode(record)
+        if self._events_js is None or len(data) > sv.MAX_EVENT_BYTES:
+            return
+        await self._call(bridge, partial(self._events_js.publish, sv.subject(self.me, kind), data))
 
     async def _receive(
         self, receive: trio.MemoryReceiveChannel[tuple[Any, ...]], synced: dict[str, trio.Event]
@@ -465,6 +508,8 @@ class SwarmLink:
             kind = event[0]
             if kind == "entry":
                 self._apply(event[1], event[2])
+            elif kind == "event":
+                self._apply_event(event[1], event[2])
             elif kind == "synced":
                 synced[event[1]].set()
             elif kind == "disconnected":
@@ -500,12 +545,45 @@ class SwarmLink:
             if parts is None:
                 return
             hive, agent = parts
+            rev = entry.revision or 0
+            if rev and rev <= self._revs.get(entry.key, 0):
+                return  # HIVE_EVENTS brought a newer row first
+            if rev:
+                self._revs[entry.key] = rev
             if deleted:
                 self._agents.get(hive, {}).pop(agent, None)
                 return
             row = sw.decode(value, sw.SwarmAgent)
-            if row is not None and row.name == agent:
+            if row is not None and row.name == agent and self._room(hive, agent):
                 self._agents.setdefault(hive, {})[agent] = row
+
+    def _room(self, hive: str, agent: str | None = None) -> bool:
+        """Whether the picture takes ``hive`` (and its ``agent``): caps against a writer inventing
+        names (:data:`hivecore.swarm_view.MAX_HIVES`, :data:`~hivecore.swarm_view.MAX_AGENTS_PER_HIVE`)."""
+        known = hive in self._agents or hive in self._beats or hive in self._claims
+        if not known and len(set(self._agents) | set(self._beats) | self._claims) >= sv.MAX_HIVES:
+            return False
+        rows = self._agents.get(hive, {})
+        return agent is None or agent in rows or len(rows) < sv.MAX_AGENTS_PER_HIVE
+
+    def _apply_event(self, subject: str, data: bytes) -> None:
+        """One message from HIVE_EVENTS (another hive's: hostile; its hive is the subject's)."""
+        parsed = sv.parse(subject, data)
+        if parsed is None:
+            self.events_dropped += 1
+            return
+        hive, record = parsed
+        if hive == self.me:
+            return
+        if isinstance(record, sv.AgentRemovedEvent):
+            self._agents.get(hive, {}).pop(record.name, None)
+        else:
+            key = sw.agent_key(hive, record.agent.name)
+            if record.rev <= self._revs.get(key, 0) or not self._room(hive, record.agent.name):
+                return
+            self._revs[key] = record.rev
+            self._agents.setdefault(hive, {})[record.agent.name] = record.agent
+        self.events_applied += 1
 
 
 # --- the asyncio side (runs on the bridge's loop) -----------------------------------------------------
@@ -567,6 +645,40 @@ async def _mail_consumer(js: Any, me: str) -> Any:
         await js.delete_consumer(sm.STREAM, name)
     config = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30.0, max_deliver=-1)
     return await js.pull_subscribe(wanted, durable=name, stream=sm.STREAM, config=config)
+
+
+async def _events_stream(js: Any) -> None:
+    """The events stream (created if missing; docs/swarm.md "Events" has the limits)."""
+    from nats.js import api
+    from nats.js.errors import NotFoundError
+
+    try:
+        await js.stream_info(sv.STREAM)
+    except NotFoundError:
+        await js.add_stream(
+            name=sv.STREAM,
+            subjects=[sv.SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.MEMORY,
+            discard=api.DiscardPolicy.OLD,
+            max_age=sv.MAX_AGE,
+            max_bytes=sv.MAX_BYTES,
+            max_msgs_per_subject=sv.MAX_MSGS_PER_SUBJECT,
+            max_msg_size=sv.MAX_EVENT_BYTES,
+        )
+
+
+async def _events_subscription(js: Any, post: Callable[..., None]) -> Any:
+    """Every hive's events from now on (an ordered consumer: nothing to ack; a reconnect re-watches
+    the key-value buckets, which resyncs what was missed)."""
+    from nats.js import api
+
+    async def cb(msg: Any) -> None:
+        post(("event", msg.subject, msg.data))
+
+    return await js.subscribe(
+        sv.SUBJECTS, stream=sv.STREAM, cb=cb, ordered_consumer=True, deliver_policy=api.DeliverPolicy.NEW
+    )
 
 
 async def _close(nc: Any, pumps: list[Any]) -> None:

@@ -138,6 +138,7 @@ class Daemon:
     def healthy(self) -> bool:
         """Whether the watchdog may ping: no supervised actor has given up."""
         return all(c.state != "failed" for c in self.supervisor.statistics())
+
     review_evals: ReviewEvals | None = attrs.field(default=None, kw_only=True)
     """The background evaluations of proposals for their reviews."""
 
@@ -271,6 +272,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     )
     meta = MetaLock(meta_repo, bus)
     urls: list[str] = []  # the Daemon's dashboard_urls, filled once the dashboard serves
+
     async def record_recipients(name: str, allowed: tuple[str, ...] | None) -> None:
         await store.call(lambda c: topology.set_allowed(c, name, allowed))
 
@@ -423,7 +425,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         review_evals=review_evals,
     )
     if config.swarm is not None:
-        daemon.swarm = SwarmLink(config.swarm, views, config.paths.root, store=store, broker=broker)
+        daemon.swarm = SwarmLink(config.swarm, views, config.paths.root, store=store, broker=broker, bus=bus)
         coordinator.swarm = daemon.swarm
         metrics.set_source("swarm", daemon.swarm.families)
         alarm_watch.add_source(daemon.swarm.alarms)

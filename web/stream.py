@@ -18,7 +18,7 @@ import trio
 from quart import Blueprint, Response, current_app, request
 
 from hivecore.coordinator import RefetchRequired
-from hivecore.wire.events import EVENT_KINDS, Event, event_to_dict
+from hivecore.wire.events import EVENT_KINDS, Event, SwarmStateEvent, event_to_dict
 
 KEEPALIVE_SECONDS = 15.0
 RETRY_MS = 1000
@@ -57,6 +57,10 @@ class SseHub:
     def frame_of(self, event: Event) -> bytes:
         """The SSE frame of ``event``, encoded once for every stream that sends it (seqs are unique
         per bus, events immutable)."""
+        if not event.seq:  # unsequenced (the swarm view): no id, nothing to cache
+            data = event_to_dict(event)
+            data.pop("seq", None)
+            return sse(data)
         frame = self._frames.get(event.seq)
         if frame is None:
             frame = self._frames[event.seq] = sse(event_to_dict(event), event_id=event.seq)
@@ -74,12 +78,24 @@ class SseHub:
             scope.cancel()
         return len(self._live)
 
+    def _swarm_state(self, kinds: list[str] | None) -> SwarmStateEvent | None:
+        """The swarm picture for a stream that asked for ``swarm_state`` (None: it did not, or no
+        ``--swarm``)."""
+        swarm_status = getattr(self.facade, "swarm_status", None)
+        if kinds is None or SwarmStateEvent.KIND not in kinds or swarm_status is None:
+            return None
+        from hivecore import swarm_view
+
+        status = swarm_status()
+        return None if status.state == "off" else SwarmStateEvent(swarm=swarm_view.shown(status))
+
     async def frames(self, kinds: list[str] | None, after: int | None) -> AsyncIterator[bytes]:
         """One stream's bytes. Subscribed here, not in the handler: a response that is never
         iterated holds nothing."""
         try:
             sub = self.facade.subscribe(kinds, after_seq=after)
             start = after if after is not None else self.facade.current_seq()  # no await in between
+            swarm = self._swarm_state(kinds)  # the picture the swarm deltas that follow apply to
         except RefetchRequired as exc:
             yield sse({"kind": "refetch", "reason": str(exc)})
             return
@@ -89,6 +105,8 @@ class SseHub:
                 # the id sets the client's Last-Event-ID to where this subscription starts, so a
                 # reconnect before the first event still replays everything after it
                 yield f"retry: {RETRY_MS}\nid: {start}\n\n: connected\n\n".encode()
+                if swarm is not None:
+                    yield self.frame_of(swarm)
                 while True:
                     event = None
                     with trio.move_on_after(KEEPALIVE_SECONDS):

@@ -22,6 +22,7 @@ from hivecore.models import (
 )
 from hivecore.reminders import Reminder
 from hivecore.schedules import Schedule
+from hivecore.swarm import LinkState, SwarmAgent, SwarmStatus
 from hivecore.wire.converter import configure_renamed, configure_tagged, converter
 
 
@@ -297,6 +298,58 @@ class ScheduleCancelled(Event):
     target: str | None = None
 
 
+# --- the swarm view (actors/swarm_feed.py, docs/swarm.md "Events") -----------------------------------
+# Not on the bus's ring and never seq-stamped: :meth:`actors.event_bus.EventBus.broadcast` offers them
+# to the streams that asked for them by kind, and each stream starts with a ``swarm_state`` (a
+# browser that reconnects resyncs the swarm from it; Last-Event-ID replays only local events).
+
+
+@attrs.frozen(kw_only=True)
+class SwarmStateEvent(Event):
+    """The whole swarm picture (this hive's own agent rows left out: they are ``containers``)."""
+
+    KIND = "swarm_state"
+    swarm: SwarmStatus
+
+
+@attrs.frozen(kw_only=True)
+class SwarmLinkChanged(Event):
+    """This hive's link changed state (or its outbox depth)."""
+
+    KIND = "swarm_link"
+    state: LinkState
+    error: str | None = None
+    outbox: int = 0
+    heartbeat_ttl: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SwarmHiveChanged(Event):
+    """A hive appeared, turned reachable or unreachable, or heartbeated (``last_seen``: its clock)."""
+
+    KIND = "swarm_hive"
+    name: str
+    reachable: bool
+    last_seen: float | None = None
+    local: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class SwarmAgentChanged(Event):
+    """Another hive's agent row, new or changed."""
+
+    KIND = "swarm_agent"
+    hive: str
+    agent: SwarmAgent
+
+
+@attrs.frozen(kw_only=True)
+class SwarmAgentRemoved(Event):
+    KIND = "swarm_agent_removed"
+    hive: str
+    name: str
+
+
 configure_renamed(MessageSent, from_="from")
 configure_renamed(MessageDelivered, from_="from")
 
@@ -328,12 +381,22 @@ DashboardEvent = (
     | ScheduleAdded
     | ScheduleFired
     | ScheduleCancelled
+    | SwarmStateEvent
+    | SwarmLinkChanged
+    | SwarmHiveChanged
+    | SwarmAgentChanged
+    | SwarmAgentRemoved
 )
 
 
 configure_tagged(DashboardEvent, tag_attr="KIND", tag_name="kind")
 
 EVENT_KINDS: frozenset[str] = frozenset(cl.KIND for cl in typing.get_args(DashboardEvent))
+SWARM_VIEW_KINDS: frozenset[str] = frozenset(
+    cl.KIND
+    for cl in (SwarmStateEvent, SwarmLinkChanged, SwarmHiveChanged, SwarmAgentChanged, SwarmAgentRemoved)
+)
+"""The unsequenced kinds (:meth:`actors.event_bus.EventBus.broadcast`)."""
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:

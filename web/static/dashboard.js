@@ -38,6 +38,9 @@ const S = {
   configText: new Map(), // name -> text shown in it
   openStateFiles: new Set(), // names whose state-file viewer is open
   stateFiles: new Map(), // name -> {path, text}
+  // the swarm view (docs/swarm.md "Events"): null alone; else the link and every hive seen,
+  // {state, hive, error, outbox, heartbeat_ttl, hives: Map name -> {name, reachable, last_seen, local, agents: Map}}
+  swarm: null,
 };
 const MAX_MESSAGES = 200;
 const MAX_INBOX = 50;
@@ -53,6 +56,8 @@ const HANDLED = [
   "schedule_added", "schedule_fired", "schedule_cancelled",
   // (review) the background evaluation of a proposal
   "approval_reviewed",
+  // the swarm view: unsequenced; every stream starts with a swarm_state (a reconnect resyncs from it)
+  "swarm_state", "swarm_link", "swarm_hive", "swarm_agent", "swarm_agent_removed",
 ];
 
 // --- DOM helpers (textContent only) ---------------------------------------------------------------
@@ -355,6 +360,112 @@ function renderSwarmMeta() {
   const list = document.getElementById("recipients");
   list.replaceChildren(el("option", { value: "@manager" }),
     ...[...S.containers.keys()].filter((n) => !S.containers.get(n).is_manager).sort().map((n) => el("option", { value: `@${n}` })));
+}
+
+// --- the swarm view: agents grouped by hive (docs/swarm.md "Events") ---------------------------------
+// Other hives' rows are theirs: text only, read-only here. This hive's own agents are the rows above.
+
+function swarmFrom(status) {
+  if (!status || status.state === "off") return null;
+  const hives = new Map();
+  for (const h of status.hives || []) {
+    hives.set(h.name, { ...h, agents: new Map(h.local ? [] : (h.agents || []).map((a) => [a.name, a])) });
+  }
+  return { state: status.state, hive: status.hive, error: status.error, outbox: status.outbox, heartbeat_ttl: status.heartbeat_ttl, hives };
+}
+
+function remoteRow(hive, a) {
+  const state = a.pending ? "pending" : a.running ? "running" : a.failed ? "failed" : "stopped";
+  const glyph = { running: "●", stopped: "○", failed: "✖", pending: "" }[state];
+  return el("div", { class: `row container remote ${state}`, "data-hive": hive, "data-name": a.name },
+    el("div", { class: "row-head" },
+      el("span", { class: `state ${state}`, title: state }, glyph,
+        a.pending ? el("span", { class: "spinner", "aria-hidden": "true" }) : null),
+      el("span", { class: "name", text: a.name }),
+      el("span", { class: "chip hive", title: "its hive", text: `@${hive}` }),
+      a.is_manager ? el("span", { class: "chip manager", text: "manager" }) : null,
+      el("span", { class: "state-text", text: a.pending || state }),
+      a.paused ? el("span", { class: "badge paused", text: "paused" }) : null,
+      a.stuck ? el("span", { class: "badge stuck", title: a.stuck, text: "stuck" }) : null,
+      a.status_text ? el("span", { class: "status-text", text: a.status_text }) : null));
+}
+
+function hiveHead(h, count) {
+  const seen = h.last_seen ? el("span", { class: "seen", "data-seen": h.last_seen, text: `seen ${ago(Date.now() / 1000 - h.last_seen)} ago` }) : null;
+  return el("h3", { class: "hive-head" },
+    el("span", { class: "name", text: h.name }),
+    h.local ? el("span", { class: "chip", text: "this hive" }) : null,
+    el("span", { class: `reach ${h.reachable ? "reachable" : "unreachable"}`, text: h.reachable ? "● reachable" : "✖ unreachable" }),
+    seen, count === null ? null : el("span", { class: "count", text: `${count} agent${count === 1 ? "" : "s"}` }));
+}
+
+function hiveBox(h) {
+  const rows = [...h.agents.values()].sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
+  return el("div", { class: `hive ${h.reachable ? "reachable" : "unreachable"}`, "data-hive": h.name },
+    hiveHead(h, rows.length), el("div", { class: "rows" }, ...rows.map((a) => remoteRow(h.name, a))));
+}
+
+function findHive(name) {
+  for (const box of document.getElementById("swarm-hives").children) if (box.dataset.hive === name) return box;
+  return null;
+}
+
+function renderSwarm() {
+  const local = document.getElementById("swarm-local");
+  const box = document.getElementById("swarm-hives");
+  const sw = S.swarm;
+  local.hidden = !sw;
+  if (!sw) { local.replaceChildren(); box.replaceChildren(); return; }
+  const me = sw.hives.get(sw.hive) || { name: sw.hive, reachable: sw.state === "connected", local: true };
+  local.replaceChildren(...hiveHead(me, null).childNodes,
+    el("span", { class: `chip link ${sw.state}`, title: sw.error || "", text: `link ${sw.state}${sw.outbox ? ` · ${sw.outbox} waiting` : ""}` }));
+  const names = [...sw.hives.keys()].filter((n) => !sw.hives.get(n).local).sort();
+  box.replaceChildren(...names.map((n) => hiveBox(sw.hives.get(n))));
+}
+
+function renderHive(name) {
+  const h = S.swarm && S.swarm.hives.get(name);
+  if (!h || h.local) { renderSwarm(); return; }
+  const old = findHive(name);
+  if (old) old.replaceWith(hiveBox(h)); else renderSwarm();
+}
+
+function renderRemoteRow(hive, name) {
+  const h = S.swarm && S.swarm.hives.get(hive);
+  const box = findHive(hive);
+  if (!h || !box) { renderHive(hive); return; }
+  const old = [...box.querySelector(".rows").children].find((r) => r.dataset.name === name);
+  const a = h.agents.get(name);
+  if (old && a) old.replaceWith(remoteRow(hive, a));
+  else { renderHive(hive); return; }
+}
+
+function applySwarm(ev) {
+  if (ev.kind === "swarm_state") { S.swarm = swarmFrom(ev.swarm); renderSwarm(); return; }
+  const sw = S.swarm;
+  if (!sw) return; // a swarm_state comes first on every stream
+  switch (ev.kind) {
+    case "swarm_link":
+      Object.assign(sw, { state: ev.state, error: ev.error, outbox: ev.outbox, heartbeat_ttl: ev.heartbeat_ttl });
+      renderSwarm(); break;
+    case "swarm_hive": {
+      const prev = sw.hives.get(ev.name);
+      sw.hives.set(ev.name, { agents: new Map(), ...prev, name: ev.name, reachable: ev.reachable, last_seen: ev.last_seen, local: ev.local });
+      if (ev.local || !prev) renderSwarm(); else renderHive(ev.name);
+      break;
+    }
+    case "swarm_agent": {
+      let h = sw.hives.get(ev.hive);
+      if (!h) { h = { name: ev.hive, reachable: false, last_seen: null, local: false, agents: new Map() }; sw.hives.set(ev.hive, h); }
+      h.agents.set(ev.agent.name, ev.agent); renderRemoteRow(ev.hive, ev.agent.name); break;
+    }
+    case "swarm_agent_removed": {
+      const h = sw.hives.get(ev.hive);
+      if (h && h.agents.delete(ev.name)) renderHive(ev.hive);
+      break;
+    }
+    default: break;
+  }
 }
 
 function diffView(diff) {
@@ -768,6 +879,7 @@ function renderActors() {
 function renderAll() {
   renderContainers(); renderApprovals(); renderQuestions(); renderTombstones(); renderMeta(); renderJobs();
   renderMessages(); renderWarnings(); renderActors(); renderReminders(); renderSchedules();
+  renderSwarm();
 }
 
 // --- events ---------------------------------------------------------------------------------------
@@ -927,6 +1039,11 @@ function apply(ev) {
     case "schedule_added":
     case "schedule_fired":
     case "schedule_cancelled": applySchedule(ev); break;
+    case "swarm_state":
+    case "swarm_link":
+    case "swarm_hive":
+    case "swarm_agent":
+    case "swarm_agent_removed": applySwarm(ev); break;
     case "refetch": reconnect(); break;
     default: break;
   }
@@ -951,6 +1068,7 @@ function load(snap) {
   S.reminders = new Map((snap.reminders || []).map((r) => [r.id, r]));
   S.schedules = new Map((snap.schedules || []).map((r) => [r.id, r]));
   S.portConflicts = snap.port_conflicts || [];
+  S.swarm = swarmFrom(snap.swarm);
   for (const a of snap.approvals) if (a.status === "pending") notified.add(`approval:${a.id}`);
   for (const q of snap.questions || []) notified.add(`question:${q.id}`);
   renderAll();
@@ -1077,6 +1195,7 @@ setInterval(() => {
   for (const span of document.querySelectorAll(".elapsed[data-since]")) span.textContent = ago(now - Number(span.dataset.since));
   for (const chip of document.querySelectorAll(".ttl[data-deadline]")) chip.textContent = ttlText(Number(chip.dataset.deadline));
   for (const b of document.querySelectorAll(".waiting[data-waiting-since]")) b.textContent = waitingText(Number(b.dataset.waitingSince));
+  for (const s of document.querySelectorAll(".hive-head .seen[data-seen]")) s.textContent = `seen ${ago(now - Number(s.dataset.seen))} ago`;
 }, 1000);
 
 // --- audit trail (issue 19): GET /api/audit, newest page first, "older" pages back ---------------

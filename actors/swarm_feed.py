@@ -1,0 +1,52 @@
+"""The swarm view on the dashboard's stream (docs/swarm.md "Events").
+
+:class:`SwarmFeed` follows the link's picture of the swarm (:meth:`actors.swarm_link.SwarmLink.status`)
+and broadcasts what changed as unsequenced dashboard events (:mod:`hivecore.swarm_view`) on the event
+bus: per hive (reachable, last seen) and per agent row. It looks after every change the link reports
+(at most every :data:`COALESCE` seconds, so a burst of remote changes is one pass) and every
+:data:`TICK` seconds without one, which is how a hive that stopped heartbeating turns unreachable on
+open pages within the heartbeat TTL. It runs inside the link's actor and never touches NATS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from hivecore import swarm_view as sv
+from hivecore.swarm import SwarmStatus
+
+COALESCE = 0.1
+"""Seconds between two passes while changes keep coming."""
+TICK = 0.25
+"""Seconds between two passes without a change (reachability follows the clock, not a message)."""
+
+
+class SwarmFeed:
+    """Construct with the link and the event bus, then run :meth:`run` beside the link's sessions."""
+
+    def __init__(self, link: Any, bus: Any) -> None:
+        self._link = link
+        self._bus = bus
+        self.shown: SwarmStatus | None = None
+        """The picture the open pages have now (as :func:`hivecore.swarm_view.shown` makes it)."""
+        self.passes = 0
+
+    def step(self) -> int:
+        """One pass: broadcast what changed since the last one; how many events went out."""
+        now = sv.shown(self._link.status())
+        events = sv.changes(self.shown, now)
+        self.shown = now
+        self.passes += 1
+        for event in events:
+            self._bus.broadcast(event)
+        return len(events)
+
+    async def run(self) -> None:
+        while True:
+            changed = self._link.changed_event()
+            self.step()
+            with trio.move_on_after(TICK):
+                await changed.wait()
+            await trio.sleep(COALESCE)
