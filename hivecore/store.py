@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import os
+import queue
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator
@@ -764,14 +765,39 @@ def fail_unfetched_apply_commits(conn: sqlite3.Connection, note: str) -> list[in
     return ids
 
 
+QUEUE_LIMIT = 64
+"""Requests sent and not yet answered before a caller waits for room (backpressure)."""
+
+
+class _Request:
+    """One call: ``fn`` and, once the store thread ran it, its outcome (``None``: never ran)."""
+
+    __slots__ = ("done", "fn", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.result: outcome.Outcome[Any] | None = None
+        self.done = trio.Event()
+
+
+_STOP = object()
+"""Put on the queue by :meth:`Store.run` when it is cancelled: the store thread ends after it."""
+
+
 class Store:
-    """The store actor: owns the connection; ``await store.call(fn)`` runs ``fn(conn)`` in order."""
+    """The store actor: owns the connection; ``await store.call(fn)`` runs ``fn(conn)`` in order.
+
+    The connection lives on one thread of its own (started by :meth:`run`, on a thread token of its
+    own: a slow file walk elsewhere never delays the database) that takes requests from a FIFO
+    queue. A caller puts its request on the queue and waits for the answer, which the store thread
+    hands straight back to the trio loop (``run_sync_soon``): one thread hop per call and no task
+    hand-off in between (``bench/broker.py``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._send, self._recv = trio.open_memory_channel[
-            tuple[Callable[[sqlite3.Connection], Any], trio.MemorySendChannel[outcome.Outcome[Any]]]
-        ](64)
+        self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
+        self._unanswered = 0
+        self._room = trio.Event()
         self._calls = 0
         self._thread = trio.CapacityLimiter(1)
         self._stopped = False
@@ -784,15 +810,18 @@ class Store:
         Raises :class:`StoreUnavailable` when the store has stopped (shutdown) or stops before
         answering: a caller never waits on an answer that cannot come.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()  # a caller cancelled already sends nothing
+        while self._unanswered >= QUEUE_LIMIT and not self._stopped:
+            await self._room.wait()
         if self._stopped:
             raise StoreUnavailable("the database is closed: the daemon is stopping")
-        reply_send, reply_recv = trio.open_memory_channel[outcome.Outcome[Any]](1)
-        with reply_recv:
-            await self._send.send((fn, reply_send))
-            try:
-                result: outcome.Outcome[T] = await reply_recv.receive()
-            except trio.EndOfChannel:
-                raise StoreUnavailable("the database stopped before answering; try again") from None
+        request = _Request(fn)
+        self._unanswered += 1
+        self._queue.put(request)  # sent: from here on it runs, whatever happens to this caller
+        await request.done.wait()
+        result: outcome.Outcome[T] | None = request.result
+        if result is None:
+            raise StoreUnavailable("the database stopped before answering; try again")
         if isinstance(result, outcome.Error) and is_full(result.error):
             raise StoreFull(
                 f"the database cannot be written: {result.error} ({self.path}); nothing was saved. "
@@ -800,35 +829,56 @@ class Store:
             ) from result.error
         return result.unwrap()
 
+    def _answer(self, request: _Request, result: outcome.Outcome[Any] | None) -> None:
+        """On the trio thread: hand ``result`` to the caller (gone, if it was cancelled: the work is
+        done regardless)."""
+        self._unanswered -= 1
+        if result is not None:
+            self._calls += 1
+        request.result = result
+        request.done.set()
+        if self._unanswered < QUEUE_LIMIT:
+            self._room.set()
+            self._room = trio.Event()
+
+    def _serve(self, conn: sqlite3.Connection, token: trio.lowlevel.TrioToken) -> None:
+        """The store thread: run requests in the order they were sent until :data:`_STOP`."""
+        while (request := self._queue.get()) is not _STOP:
+            assert isinstance(request, _Request)
+            result = outcome.capture(request.fn, conn)
+            token.run_sync_soon(self._answer, request, result)
+
+    async def _stop_when_cancelled(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._stopped = True  # before _STOP: nothing is sent after it
+            self._queue.put(_STOP)
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self._stopped = False
         conn = await trio.to_thread.run_sync(connect, self.path)
         log.info("store: opened %s (schema %d, WAL)", self.path, SCHEMA_VERSION)
         try:
-            task_status.started(self)
-            while True:
-                fn, reply = await self._recv.receive()
-                # closing the reply on every path means a caller never waits on an answer that
-                # cannot come (if this actor is cancelled or crashes mid-request it sees EndOfChannel)
-                with reply:
-                    self._calls += 1
-                    # its own thread token: a slow file walk elsewhere never delays the database
-                    result = await trio.to_thread.run_sync(outcome.capture, fn, conn, limiter=self._thread)
-                    # a cancelled caller closed its end; the work is done regardless
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        reply.send_nowait(result)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._stop_when_cancelled)
+                task_status.started(self)
+                # not abandoned on cancel: a request in flight finishes (and is answered) first
+                token = trio.lowlevel.current_trio_token()
+                await trio.to_thread.run_sync(self._serve, conn, token, limiter=self._thread)
         finally:
             conn.close()
             self._stopped = True
-            while True:  # requests queued but never run: their callers get StoreUnavailable
+            while True:  # requests sent but never run: their callers get StoreUnavailable
                 try:
-                    _, queued_reply = self._recv.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
+                    request = self._queue.get_nowait()
+                except queue.Empty:
                     break
-                queued_reply.close()
+                if isinstance(request, _Request):
+                    self._answer(request, None)
 
     def statistics(self) -> StoreStatistics:
-        return StoreStatistics(calls=self._calls, queued=self._send.statistics().current_buffer_used)
+        return StoreStatistics(calls=self._calls, queued=self._queue.qsize())
 
 
 # --- broker messages (sync, run on the store thread) ----------------------------------------------
