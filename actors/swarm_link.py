@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 10.0
 ALARM_AFTER = 60.0
 """Seconds the link may be down before the ``swarm`` alarm is raised (a NATS restart takes less)."""
+PUT_BATCH = 64
+"""Agent rows put in one crossing to the asyncio side (concurrent puts there)."""
 CALL_TIMEOUT = 5.0
 """Seconds one NATS call (a put, a create) may take before the session is restarted."""
 
@@ -98,7 +100,7 @@ class SwarmLink:
         """How many sessions (connections) were started (tests, the docs' failure story)."""
         # the swarm view (docs/swarm.md "Events"): HIVE_EVENTS out and in, the dashboards' feed
         self._revs: dict[str, int] = {}
-        self._events_js: Any = None
+        self._events_nc: Any = None
         self.events_applied = self.events_dropped = 0
         self.feed: Any = None
         if bus is not None:
@@ -405,10 +407,10 @@ class SwarmLink:
             }
             self._synced = synced
             self._revs.clear()  # the replay below resyncs every row
-            self._events_js = None
+            self._events_nc = None
             await self._call(bridge, partial(_events_stream, js))
             await self._call(bridge, partial(_events_subscription, js, post))
-            self._events_js = js
+            self._events_nc = nc
             pumps.extend(
                 [await self._call(bridge, partial(_watch, kv, post)) for kv in (claims, beats, agents)]
             )
@@ -478,6 +480,7 @@ class SwarmLink:
             await self._dirty_event.wait()
             self._dirty_event = trio.Event()
             names, self._dirty = sorted(self._dirty), set()
+            puts: list[tuple[str, sw.SwarmAgent]] = []
             for name in names:
                 view = self._views.row(name)
                 key = sw.agent_key(self.me, name)
@@ -487,19 +490,22 @@ class SwarmLink:
                         await self._event_out(bridge, "agent_removed", sv.AgentRemovedEvent(name=name))
                     continue
                 row = sw.agent_row(view)
-                if self._published.get(name) == row:
-                    continue
-                rev = await self._call(bridge, partial(agents.put, key, sw.encode(row)))
-                self._published[name] = row
-                await self._event_out(bridge, "agent", sv.AgentEvent(rev=int(rev), agent=row))
+                if self._published.get(name) != row:
+                    puts.append((name, row))
+            # a burst (a join, a resync, a rebuild of many) goes in batches: one crossing each
+            for at in range(0, len(puts), PUT_BATCH):
+                batch = puts[at : at + PUT_BATCH]
+                await self._call(bridge, partial(_put_rows, agents, self._events_nc, self.me, batch))
+                self._published.update(batch)
 
     async def _event_out(self, bridge: AsyncioThread, kind: str, record: object) -> None:
-        """Publish one of this hive's events on HIVE_EVENTS (acked; a row too big to go is skipped:
-        the key-value row still carries it)."""
+        """Publish one of this hive's events on HIVE_EVENTS: a core publish, not waited for (an
+        event lost with the connection is resynced from the key-value row it mirrors; a row too big
+        to go is skipped, the key-value row still carries it)."""
         data = sv.encode(record)
-        if self._events_js is None or len(data) > sv.MAX_EVENT_BYTES:
+        if self._events_nc is None or len(data) > sv.MAX_EVENT_BYTES:
             return
-        await self._call(bridge, partial(self._events_js.publish, sv.subject(self.me, kind), data))
+        await self._call(bridge, partial(self._events_nc.publish, sv.subject(self.me, kind), data))
 
     async def _receive(
         self, receive: trio.MemoryReceiveChannel[tuple[Any, ...]], synced: dict[str, trio.Event]
@@ -632,7 +638,10 @@ async def _mail_consumer(js: Any, me: str) -> Any:
         if list(info.config.subjects or []) != [sm.STREAM_SUBJECTS]:
             log.warning(
                 "swarm: moving the stream %s from subjects %s to %s (mail still on the old subjects "
-                "stays until it expires)", sm.STREAM, info.config.subjects, sm.STREAM_SUBJECTS
+                "stays until it expires)",
+                sm.STREAM,
+                info.config.subjects,
+                sm.STREAM_SUBJECTS,
             )
             await js.update_stream(info.config.evolve(subjects=[sm.STREAM_SUBJECTS]))
     name, wanted = sm.consumer_name(me), sm.inbox_filter(me)
@@ -645,6 +654,20 @@ async def _mail_consumer(js: Any, me: str) -> Any:
         await js.delete_consumer(sm.STREAM, name)
     config = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30.0, max_deliver=-1)
     return await js.pull_subscribe(wanted, durable=name, stream=sm.STREAM, config=config)
+
+
+async def _put_rows(kv: Any, nc: Any, me: str, rows: list[tuple[str, sw.SwarmAgent]]) -> None:
+    """Put ``rows`` into ``hive_agents`` (concurrently, each acked), then publish each as an
+    ``agent`` event with the revision its put got (``nc`` None: no events this session)."""
+    import asyncio
+
+    revs = await asyncio.gather(*(kv.put(sw.agent_key(me, name), sw.encode(row)) for name, row in rows))
+    if nc is None:
+        return
+    for (_, row), rev in zip(rows, revs, strict=True):
+        data = sv.encode(sv.AgentEvent(rev=int(rev), agent=row))
+        if len(data) <= sv.MAX_EVENT_BYTES:
+            await nc.publish(sv.subject(me, "agent"), data)
 
 
 async def _events_stream(js: Any) -> None:

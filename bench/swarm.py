@@ -8,11 +8,17 @@
 3. presence: a KV put by one link until another link sees the row (publish → watch → trio), against
    a bare nats-py put → watch in one asyncio loop;
 4. mail: send→recv through one broker, against send to ``coder@beta`` → recv on the other hive
-   (outbox, JetStream publish, the far hive's consumer, its broker).
+   (outbox, JetStream publish, the far hive's consumer, its broker);
+5. the swarm view (docs/swarm.md "Events", "Limits"), H hives x A agents (3 x 100; ``--hives 10
+   --agents 200`` for the limits): how long until hive 0 has every row after the others join (its
+   status and its dashboard stream), how long a restarted link takes to resync from the key-value
+   buckets, the swarm part of ``/api/state`` and the stream's ``swarm_state`` frame (size, encode
+   time) against the same rows as local ``containers``, and the feed's pass over the picture;
+   against a bare nats-py watcher replaying the same keys.
 
 Needs ``nats-server`` (``.ci/setup.sh`` installs it); starts its own on a free loopback port.
 
-    .venv/bin/python bench/swarm.py [--n N] [--smoke]
+    .venv/bin/python bench/swarm.py [--n N] [--smoke] [--hives H --agents A] [--view-only]
 """
 
 from __future__ import annotations
@@ -209,23 +215,220 @@ async def mail_part(n: int, url: str) -> None:
             shutil.rmtree(r, ignore_errors=True)
 
 
+async def bare_join(url: str, hives: int, agents: int) -> float:
+    """Bare nats-py: hives-1 clients put ``agents`` keys each into a fresh bucket (acked, one at a
+    time, as a hive does) while a watcher counts them; until it has them all."""
+    import nats
+
+    row = b'{"name":"a000","running":true,"status_text":"on 0"}'
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    kv = await js.create_key_value(bucket="bench_join", history=1)
+    watcher = await kv.watchall()
+    while (await watcher.updates(5)) is not None:
+        pass
+    clients = [await nats.connect(url) for _ in range(hives - 1)]
+    buckets = [await c.jetstream().key_value("bench_join") for c in clients]
+
+    async def fill(i: int, bucket: Any) -> None:
+        for j in range(agents):
+            await bucket.put(f"h{i}.a{j}", row)
+
+    t = time.perf_counter()
+    tasks = [asyncio.ensure_future(fill(i, b)) for i, b in enumerate(buckets)]
+    seen = 0
+    while seen < (hives - 1) * agents:
+        if (await watcher.updates(30)) is not None:
+            seen += 1
+    took = time.perf_counter() - t
+    await asyncio.gather(*tasks)
+    for c in [*clients, nc]:
+        await c.close()
+    return took
+
+
+async def bare_replay(url: str, keys: int) -> float:
+    """A fresh nats-py watcher replaying ``keys`` keys of ``hive_agents`` (bare asyncio, no trio)."""
+    import nats
+
+    nc = await nats.connect(url)
+    kv = await nc.jetstream().key_value("hive_agents")
+    t = time.perf_counter()
+    watcher = await kv.watchall()
+    got = 0
+    while (await watcher.updates(10)) is not None:
+        got += 1
+    took = time.perf_counter() - t
+    await nc.close()
+    assert got >= keys, (got, keys)
+    return took
+
+
+def timed(fn: Any, n: int = 20) -> float:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return pct(times, 0.5)
+
+
+async def view_part(hives: int, agents: int, url: str) -> None:
+    """Hive 0 watches hives 1..H-1 join with A agents each (see the module docstring, part 5)."""
+    import json
+
+    from actors.event_bus import EventBus
+    from actors.swarm_link import SwarmLink
+    from hivecore import swarm as sw
+    from hivecore import swarm_view as sv
+    from hivecore.models import ContainerView
+    from hivecore.wire.converter import converter
+    from hivecore.wire.events import SWARM_VIEW_KINDS, SwarmStateEvent, event_to_dict
+    from tests.test_swarm_link import RowsStandIn
+    from web.stream import sse
+
+    names = [f"hive{i}" for i in range(hives)]
+    roots = [Path(tempfile.mkdtemp(prefix="bsv", dir="/tmp")) for _ in names]
+    total, remote = hives * agents, (hives - 1) * agents
+
+    def make(name: str, root: Path, bus: EventBus | None) -> SwarmLink:
+        views = RowsStandIn()
+        for j in range(agents):
+            agent = f"a{j:03d}"
+            views.set(
+                agent, ContainerView(name=agent, container=f"h-{agent}", running=True, status_text=f"on {j}")
+            )
+        settings = sw.SwarmSettings(url=url, hive_name=name, heartbeat_ttl=10.0)
+        return SwarmLink(settings, views, root, bus=bus)  # type: ignore[arg-type]
+
+    def rows(link: SwarmLink) -> int:
+        return sum(len(h.agents) for h in link.status().hives if h.name in names)
+
+    async def follow(bus: EventBus, page: dict[tuple[str, str], Any], done: trio.Event) -> None:
+        """What a page has: the swarm_* events applied as dashboard.js applies them."""
+        with bus.subscribe(kinds=sorted(SWARM_VIEW_KINDS), buffer=4096) as sub:
+            async for event in sub:
+                data = event_to_dict(event)
+                if data["kind"] == "swarm_state":
+                    page.clear()
+                    for h in data["swarm"]["hives"]:
+                        page.update({(h["name"], a["name"]): a for a in h["agents"]})
+                elif data["kind"] == "swarm_agent":
+                    page[(data["hive"], data["agent"]["name"])] = data["agent"]
+                elif data["kind"] == "swarm_agent_removed":
+                    page.pop((data["hive"], data["name"]), None)
+                if len(page) >= remote:
+                    done.set()
+
+    async def watch(
+        link: SwarmLink, nursery: trio.Nursery
+    ) -> tuple[dict[Any, Any], trio.Event, trio.CancelScope]:
+        page: dict[Any, Any] = {}
+        done = trio.Event()
+        scope = trio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(follow, link.feed._bus, page, done)
+                    inner.start_soon(link.run)
+
+        nursery.start_soon(run)
+        return page, done, scope
+
+    try:
+        async with trio.open_nursery() as nursery:
+            a = make(names[0], roots[0], EventBus())
+            _, a_done, a_scope = await watch(a, nursery)
+            with trio.fail_after(60):
+                await a.wait_for(lambda s: s.state == "connected")
+            t = time.perf_counter()
+            others = [make(n, r, None) for n, r in zip(names[1:], roots[1:], strict=True)]
+            for link in others:
+                nursery.start_soon(link.run)
+            with trio.fail_after(300):
+                for link in others:
+                    await link.wait_for(lambda s: s.state == "connected")
+                joined_at = time.perf_counter() - t
+                await a.wait_for(lambda s: rows(s) >= total)
+                status_at = time.perf_counter() - t
+                await a_done.wait()
+                page_at = time.perf_counter() - t
+            print(f"  join: the other hives connected (claim, buckets, watches) {joined_at * 1e3:9.1f} ms")
+            print(f"  join: hive 0 status has all {total} rows      {status_at * 1e3:9.1f} ms")
+            print(f"  join: hive 0 dashboard stream has all {remote} remote rows {page_at * 1e3:9.1f} ms")
+            bare = await trio.to_thread.run_sync(lambda: asyncio.run(bare_join(url, hives, agents)))
+            label = f"baseline: bare nats-py, {hives - 1} writers, a watcher has {remote} keys"
+            print(f"  {label} {bare * 1e3:8.1f} ms")
+            # resync: hive 0's link restarts (a new session from nothing) and replays the buckets
+            a_scope.cancel()
+            t = time.perf_counter()
+            again = make(names[0], roots[0], EventBus())
+            _, again_done, _ = await watch(again, nursery)
+            with trio.fail_after(300):
+                await again.wait_for(lambda s: s.state == "connected" and rows(s) >= total)
+                status_at = time.perf_counter() - t
+                await again_done.wait()
+                page_at = time.perf_counter() - t
+            print(f"  resync after a restart: status has all rows    {status_at * 1e3:9.1f} ms")
+            print(f"  resync after a restart: stream has all rows    {page_at * 1e3:9.1f} ms")
+            replay = await trio.to_thread.run_sync(lambda: asyncio.run(bare_replay(url, total)))
+            print(f"  baseline: bare nats-py watcher replays {total} keys {replay * 1e3:9.1f} ms")
+            # what a page gets: /api/state's swarm part and the stream's first frame
+            status = again.status()
+            swarm_json = json.dumps(converter.unstructure(status))
+            frame = sse(event_to_dict(SwarmStateEvent(swarm=sv.shown(status))))
+            local = [
+                ContainerView(name=f"a{j:03d}", container=f"h-a{j:03d}", running=True, status_text=f"on {j}")
+                for j in range(total)
+            ]
+            local_json = json.dumps(converter.unstructure(local))
+            enc_swarm = timed(lambda: json.dumps(converter.unstructure(again.status())))
+            enc_frame = timed(lambda: sse(event_to_dict(SwarmStateEvent(swarm=sv.shown(again.status())))))
+            enc_local = timed(lambda: json.dumps(converter.unstructure(local)))
+            kib = len(swarm_json) / 1024
+            print(f"  /api/state swarm part: {kib:8.1f} KiB, {enc_swarm * 1e3:7.2f} ms to build")
+            print(f"  stream's swarm_state frame: {len(frame) / 1024:8.1f} KiB, {enc_frame * 1e3:7.2f} ms")
+            kib = len(local_json) / 1024
+            print(f"  baseline: {total} local containers: {kib:8.1f} KiB, {enc_local * 1e3:7.2f} ms")
+            assert again.feed is not None
+            step = timed(again.feed.step)
+            print(
+                f"  the feed's pass over {total} rows, nothing changed: {step * 1e3:7.2f} ms (every 0.25 s)"
+            )
+            nursery.cancel_scope.cancel()
+    finally:
+        for r in roots:
+            shutil.rmtree(r, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
+    parser.add_argument("--hives", type=int, default=3, help="the swarm view: hives (part 5)")
+    parser.add_argument("--agents", type=int, default=100, help="the swarm view: agents per hive")
+    parser.add_argument("--view-only", action="store_true", help="only the swarm view (part 5)")
     args = parser.parse_args()
     n = 20 if args.smoke else args.n
+    hives, agents = (3, 10) if args.smoke else (args.hives, args.agents)
     if NATS_SERVER is None:
         sys.exit("bench/swarm.py: nats-server is not installed (.ci/setup.sh installs it)")
     root = Path(tempfile.mkdtemp(prefix="nats", dir="/tmp"))
     server = NatsServer(free_port(), root / "store", root / "nats.log")
     server.start()
     try:
-        print(f"swarm bridge and NATS calls, n={n} (nats-server on {server.url})")
-        trio.run(bridge_part, n, server.url)
-        bare_seen: list[Any] = asyncio.run(bare_part(n, server.url))
-        trio.run(presence_part, min(n, 200), server.url, bare_seen)
-        trio.run(mail_part, min(n, 200), server.url)
+        if not args.view_only:
+            print(f"swarm bridge and NATS calls, n={n} (nats-server on {server.url})")
+            trio.run(bridge_part, n, server.url)
+            bare_seen: list[Any] = asyncio.run(bare_part(n, server.url))
+            trio.run(presence_part, min(n, 200), server.url, bare_seen)
+            trio.run(mail_part, min(n, 200), server.url)
+        server.kill()  # the view part on a fresh server: only its hives in the buckets
+        shutil.rmtree(root / "store", ignore_errors=True)
+        server.start()
+        print(f"the swarm view, {hives} hives x {agents} agents")
+        trio.run(view_part, hives, agents, server.url)
     finally:
         server.kill()
         shutil.rmtree(root, ignore_errors=True)
