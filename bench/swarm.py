@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -273,8 +276,9 @@ def timed(fn: Any, n: int = 20) -> float:
     return pct(times, 0.5)
 
 
-async def view_part(hives: int, agents: int, url: str) -> None:
-    """Hive 0 watches hives 1..H-1 join with A agents each (see the module docstring, part 5)."""
+async def view_part(hives: int, agents: int, urls: list[str]) -> None:
+    """Hive 0 watches hives 1..H-1 join with A agents each (see the module docstring, part 5);
+    hive i joins through ``urls[i % len(urls)]`` (one server, or each server of a cluster)."""
     import json
 
     from actors.event_bus import EventBus
@@ -291,6 +295,8 @@ async def view_part(hives: int, agents: int, url: str) -> None:
     roots = [Path(tempfile.mkdtemp(prefix="bsv", dir="/tmp")) for _ in names]
     total, remote = hives * agents, (hives - 1) * agents
 
+    url = urls[0]
+
     def make(name: str, root: Path, bus: EventBus | None) -> SwarmLink:
         views = RowsStandIn()
         for j in range(agents):
@@ -298,11 +304,14 @@ async def view_part(hives: int, agents: int, url: str) -> None:
             views.set(
                 agent, ContainerView(name=agent, container=f"h-{agent}", running=True, status_text=f"on {j}")
             )
-        settings = sw.SwarmSettings(url=url, hive_name=name, heartbeat_ttl=10.0)
+        settings = sw.SwarmSettings(
+            url=urls[names.index(name) % len(urls)], hive_name=name, heartbeat_ttl=10.0
+        )
         return SwarmLink(settings, views, root, bus=bus)  # type: ignore[arg-type]
 
     def rows(link: SwarmLink) -> int:
-        return sum(len(h.agents) for h in link.status().hives if h.name in names)
+        # checked after every update the link takes: its cache, not status() (a sort per call)
+        return sum(len(link._agents.get(n, {})) for n in names)
 
     async def follow(bus: EventBus, page: dict[tuple[str, str], Any], done: trio.Event) -> None:
         """What a page has: the swarm_* events applied as dashboard.js applies them."""
@@ -402,6 +411,90 @@ async def view_part(hives: int, agents: int, url: str) -> None:
             shutil.rmtree(r, ignore_errors=True)
 
 
+CLUSTER_CONF = """server_name: {name}
+listen: 127.0.0.1:{port}
+jetstream {{ store_dir: "{store}" }}
+cluster {{
+  name: hives
+  listen: 127.0.0.1:{route}
+  routes: [{routes}]
+}}
+"""
+
+
+def cluster_part(hives: int, agents: int, root: Path) -> None:
+    """Part 5 on three ``nats-server``s in one cluster (docs/swarm.md "Limits"): the buckets and
+    the events stream made with three replicas before any hive joins, as the docs say; hive i joins
+    through server i % 3."""
+    import subprocess
+
+    from hivecore import swarm as sw
+    from hivecore import swarm_view as sv
+
+    ports = [(free_port(), free_port()) for _ in range(3)]
+    procs = []
+    assert NATS_SERVER is not None
+    for i, (port, route) in enumerate(ports):
+        routes = ", ".join(f"nats://127.0.0.1:{r}" for j, (_, r) in enumerate(ports) if j != i)
+        conf = root / f"n{i}.conf"
+        conf.write_text(
+            CLUSTER_CONF.format(name=f"n{i}", port=port, store=root / f"js{i}", route=route, routes=routes)
+        )
+        log = (root / f"n{i}.log").open("ab")
+        procs.append(
+            subprocess.Popen([NATS_SERVER, "-c", str(conf)], stdout=log, stderr=log, start_new_session=True)
+        )
+    urls = [f"nats://127.0.0.1:{p}" for p, _ in ports]
+
+    async def replicated() -> float:
+        import nats
+        from nats.js import api
+
+        t = time.perf_counter()
+        while True:  # until the cluster has a JetStream meta leader
+            try:
+                nc = await nats.connect(urls[0])
+                js = nc.jetstream(timeout=5)
+                await js.create_key_value(bucket=sw.CLAIMS_BUCKET, history=1, replicas=3)
+                break
+            except Exception:
+                await nc.close()
+                await asyncio.sleep(0.5)
+                if time.perf_counter() - t > 60:
+                    raise
+        await js.create_key_value(bucket=sw.HEARTBEATS_BUCKET, history=1, ttl=10.0, replicas=3)
+        await js.create_key_value(bucket=sw.AGENTS_BUCKET, history=1, replicas=3)
+        await js.add_stream(
+            name=sv.STREAM,
+            subjects=[sv.SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.MEMORY,
+            discard=api.DiscardPolicy.OLD,
+            max_age=sv.MAX_AGE,
+            max_bytes=sv.MAX_BYTES,
+            max_msgs_per_subject=sv.MAX_MSGS_PER_SUBJECT,
+            max_msg_size=sv.MAX_EVENT_BYTES,
+            num_replicas=3,
+        )
+        info = await js.stream_info("KV_" + sw.AGENTS_BUCKET)
+        assert info.config.num_replicas == 3, info.config
+        await nc.close()
+        return time.perf_counter() - t
+
+    try:
+        took = asyncio.run(replicated())
+        print(
+            f"the swarm view on a 3-server cluster (R3 buckets and stream), {hives} hives x {agents} agents"
+        )
+        print(f"  cluster up and the buckets and stream made with 3 replicas {took * 1e3:9.1f} ms")
+        trio.run(view_part, hives, agents, urls)
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000)
@@ -409,6 +502,11 @@ def main() -> None:
     parser.add_argument("--hives", type=int, default=3, help="the swarm view: hives (part 5)")
     parser.add_argument("--agents", type=int, default=100, help="the swarm view: agents per hive")
     parser.add_argument("--view-only", action="store_true", help="only the swarm view (part 5)")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="part 5 on a 3-server NATS cluster, buckets and stream replicated",
+    )
     args = parser.parse_args()
     n = 20 if args.smoke else args.n
     hives, agents = (3, 10) if args.smoke else (args.hives, args.agents)
@@ -427,8 +525,12 @@ def main() -> None:
         server.kill()  # the view part on a fresh server: only its hives in the buckets
         shutil.rmtree(root / "store", ignore_errors=True)
         server.start()
-        print(f"the swarm view, {hives} hives x {agents} agents")
-        trio.run(view_part, hives, agents, server.url)
+        if args.cluster:
+            server.kill()
+            cluster_part(hives, agents, root)
+        else:
+            print(f"the swarm view, {hives} hives x {agents} agents")
+            trio.run(view_part, hives, agents, [server.url])
     finally:
         server.kill()
         shutil.rmtree(root, ignore_errors=True)

@@ -48,8 +48,9 @@ MAX_HIVES = 64
 """Hives kept in the picture; more (a hostile writer inventing names) are ignored."""
 MAX_AGENTS_PER_HIVE = 1000
 """Agent rows kept per other hive; a hive that writes more has the rest ignored."""
-MAX_DELTAS = 256
-"""A change of the picture bigger than this goes to the dashboards as one ``swarm_state``."""
+MAX_DELTAS = 100
+"""A change of the picture bigger than this goes to the dashboards as one ``swarm_state`` (well
+under a dashboard stream's buffer of 256 events, which local events share)."""
 MAX_SHOWN_TEXT = 512
 """A status text from another hive is cut to this many characters for the dashboard."""
 
