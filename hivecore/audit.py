@@ -517,17 +517,22 @@ def vacuum(conn: sqlite3.Connection, cutoff: float) -> Vacuumed:
     return Vacuumed(int(dropped), int(jobs))
 
 
-def resolved_by_sql(approval_column: str) -> str:
-    """A SQL expression: who approved or denied the approval whose id is ``approval_column`` (the
-    newest approve/deny row of the audit trail for it that did not just refuse), else NULL."""
-    return (
-        "(SELECT principal || ' via ' || via || coalesce(' uid ' || uid, '') || coalesce(' ' || user, '') "
-        "|| coalesce(' session ' || session, '') || coalesce(' ' || token, '') "
-        "|| coalesce(' from ' || client, '') "
-        "FROM audit WHERE verb IN ('approve', 'deny') AND outcome IN ('ok', 'failed') "
-        f"AND EXISTS (SELECT 1 FROM json_each(audit.approvals) j WHERE j.value = {approval_column}) "
-        "ORDER BY seq DESC LIMIT 1)"
-    )
+def resolved_by(actor: Actor) -> str:
+    """Who approved or denied an approval, as one line: the text :mod:`hivecore.store` derives in SQL
+    from that verb's audit row (``resolved_by`` on approval rows), so the live event and a reload
+    agree (``operator via host_sock uid 0 root``)."""
+    parts = [f"{actor.principal} via {actor.via}"]
+    if actor.uid is not None:
+        parts.append(f"uid {actor.uid}")
+    if actor.user is not None:
+        parts.append(actor.user)
+    if actor.session is not None:
+        parts.append(f"session {actor.session}")
+    if actor.token is not None:
+        parts.append(actor.token)
+    if actor.client is not None:
+        parts.append(f"from {actor.client}")
+    return " ".join(parts)
 
 
 Recorder = Callable[[str, Mapping[str, Any]], Awaitable[object]]

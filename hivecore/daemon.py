@@ -246,7 +246,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         return existing, await trio.to_thread.run_sync(tombstone_names, config.paths, existing)
 
     broker = Broker(store, bus, lambda: views.rows().keys(), known=known_agents)
-    audit_log = AuditLog(store, retention_days=config.retention_days)
+    audit_log = AuditLog(store, retention_days=config.retention_days, bus=bus)
     broker.also_sweep.append(audit_log.sweep)  # the hourly sweep keeps the retention
     usage = Usage(store, broker, rescan=views.request_rescan)
     usage_box.append(usage)

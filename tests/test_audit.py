@@ -25,6 +25,7 @@ from hivecore import audit as au
 from hivecore import store as st
 from hivecore.daemon import Daemon
 from hivecore.models import Job, JobState
+from hivecore.wire.events import ApprovalAttributed
 from tests.conftest import TEST_TOKEN, make_config, write_test_token
 from tests.test_broker import call
 from tests.test_dashboard_actions import login
@@ -203,6 +204,7 @@ async def test_every_surface_names_its_principal_and_verify_names_an_edited_row(
 ) -> None:
     hive = admin_hive
     nobody = pwd.getpwuid(NOBODY).pw_name
+    attributed = hive.coordinator.subscribe(["approval_attributed"])  # the live "by", checked below
     # host.sock as root and as nobody (the admin group): spawn, approve a requested spawn, deny one,
     # destroy
     for _who, uid, tag in (("root", None, "r"), (nobody, NOBODY, "n")):
@@ -305,6 +307,16 @@ async def test_every_surface_names_its_principal_and_verify_names_an_edited_row(
     assert "session s:" in resolved["sdn"]
     assert "operator-token sha256:" in resolved["bap"]
     assert "uid 0 root" in resolved["rdn"]
+    # the live event said the same as the reload, for every approve and deny (each once)
+    decided = {a["id"]: a["resolved_by"] for a in history if a["status"] != "pending"}
+    live: dict[int, str] = {}
+    with attributed, trio.fail_after(10):
+        while len(live) < len(decided):
+            event = await attributed.receive()
+            assert isinstance(event, ApprovalAttributed)
+            assert event.id not in live, event
+            live[event.id] = event.resolved_by
+    assert live == decided
     # the chain verifies; one edited row makes --verify exit non-zero naming it
     code, out, err = await hivectl(hive, "audit", "--verify")
     assert code == 0, err

@@ -24,7 +24,9 @@ import trio
 
 from hivecore import audit as au
 from hivecore.errors import HiveError, answer_for
+from hivecore.services.handles import Publisher
 from hivecore.store import Store
+from hivecore.wire.events import ApprovalAttributed
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,11 @@ class AuditLog:
         retention_days: float | None = au.DEFAULT_RETENTION_DAYS,
         clock: Callable[[], float] = time.time,
         budget: tuple[float, float] = (SOCKET_BURST, SOCKET_RATE),
+        bus: Publisher | None = None,
     ) -> None:
+        """``bus``: where ``approval_attributed`` goes once an approve/deny row is written."""
         self._store = store
+        self._bus = bus
         self.retention_days = retention_days
         self._clock = clock
         self.recorded = 0
@@ -146,9 +151,18 @@ class AuditLog:
                     log.warning("audit: %s is over its row budget; its rows are counted, not kept", key)
                 return None
             await self._flush_suppressed(key)
-        return await self.append(
-            actor, verb, args, outcome_of(exc), error=error, jobs=jobs, approvals=approvals
-        )
+        outcome = outcome_of(exc)
+        seq = await self.append(actor, verb, args, outcome, error=error, jobs=jobs, approvals=approvals)
+        if (
+            self._bus is not None
+            and seq is not None
+            and verb in ("approve", "deny")
+            and outcome in ("ok", "failed")
+            and len(approvals) == 1
+        ):
+            # the job published approval_resolved before this row existed; say who, as a reload would
+            self._bus.publish(ApprovalAttributed(id=approvals[0], resolved_by=au.resolved_by(actor)))
+        return seq
 
     async def record(
         self,

@@ -73,6 +73,16 @@ class ApprovalReviewed(Event):
 
 
 @attrs.frozen(kw_only=True)
+class ApprovalAttributed(Event):
+    """Who approved or denied approval ``id`` (:func:`hivecore.audit.resolved_by`), once that
+    verb's audit row is written: after ``approval_resolved``, which the job publishes."""
+
+    KIND = "approval_attributed"
+    id: int
+    resolved_by: str
+
+
+@attrs.frozen(kw_only=True)
 class TransientSet(Event):
     KIND = "transient_set"
     name: str
@@ -358,6 +368,7 @@ DashboardEvent = (
     ApprovalAdded
     | ApprovalResolved
     | ApprovalReviewed
+    | ApprovalAttributed
     | TransientSet
     | TransientCleared
     | ContainerStateChanged

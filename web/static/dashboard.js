@@ -58,6 +58,8 @@ const HANDLED = [
   "approval_reviewed",
   // the swarm view: unsequenced; every stream starts with a swarm_state (a reconnect resyncs from it)
   "swarm_state", "swarm_link", "swarm_hive", "swarm_agent", "swarm_agent_removed",
+  // (audit) who approved or denied, once the verb's audit row is written
+  "approval_attributed",
 ];
 
 // --- DOM helpers (textContent only) ---------------------------------------------------------------
@@ -1000,6 +1002,11 @@ function apply(ev) {
     case "approval_resolved": {
       const prev = S.approvals.get(ev.id) || { id: ev.id, agent: ev.agent, kind: ev.approval_kind };
       S.approvals.set(ev.id, { ...prev, status: ev.status, note: ev.note ?? prev.note, diff: null, files: null, commit_message: null, agent_nix: null, evaluation: null }); renderApprovals(); break;
+    }
+    case "approval_attributed": {
+      const prev = S.approvals.get(ev.id);
+      if (prev && prev.status !== "pending") { S.approvals.set(ev.id, { ...prev, resolved_by: ev.resolved_by }); renderApprovals(); }
+      break;
     }
     case "approval_reviewed": {
       const prev = S.approvals.get(ev.id);
