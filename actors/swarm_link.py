@@ -31,6 +31,7 @@ from prometheus_client.metrics_core import Metric
 
 from actors.views import RowsApplied, Views
 from hivecore import swarm as sw
+from hivecore import swarm_perms
 from hivecore import swarm_view as sv
 from hivecore.aiobridge import AsyncioThread, asyncio_thread
 from hivecore.alarms import Alarm
@@ -96,6 +97,8 @@ class SwarmLink:
         self.received = self.duplicates = self.bounced = self.forged = 0
         if broker is not None:
             broker.remote = self.send_remote
+        self.denied: str | None = None
+        """The last permissions violation NATS reported in this session (it names the subject)."""
         self.sessions = 0
         """How many sessions (connections) were started (tests, the docs' failure story)."""
         # the swarm view (docs/swarm.md "Events"): HIVE_EVENTS out and in, the dashboards' feed
@@ -339,6 +342,11 @@ class SwarmLink:
                         continue
                     self.state = "reconnecting"
                     self.error = _describe(leaf)
+                    if self.denied is not None:
+                        self.error = (
+                            f"NATS refused this hive's user: {self.denied} ({self.error}); give it the "
+                            f"permissions 'hive-c0re swarm-permissions {self.me}' prints (docs/swarm.md)"
+                        )
                     self._changed_now()
                     log.warning("swarm: %s; retrying in %.1fs", self.error, backoff)
                 if trio.current_time() - started > 30:
@@ -368,18 +376,26 @@ class SwarmLink:
             post(("closed",))
 
         async def error(exc: Exception) -> None:
-            post(("error", _describe(exc)))
+            text = _describe(exc)
+            if "permissions violation" in text.lower():
+                self.denied = text  # read on trio after the call that needed it timed out
+            post(("error", text))
 
         tls = None
         if self.settings.tls_ca is not None:
             tls = ssl.create_default_context(cafile=str(self.settings.tls_ca))
         self.sessions += 1
+        self.denied = None
+        auth: dict[str, Any] = {}
+        if self.settings.creds is not None:
+            creds = await trio.to_thread.run_sync(sw.load_credentials, self.settings.creds)
+            auth = creds.connect_options()
         with trio.fail_after(CALL_TIMEOUT * 2):
             nc = await bridge.call(
                 lambda: nats.connect(
                     servers=[self.settings.url],
                     name=f"hive-c0re {self.me}",
-                    user_credentials=str(self.settings.creds) if self.settings.creds else None,
+                    inbox_prefix=swarm_perms.inbox_prefix(self.me),
                     tls=tls,
                     connect_timeout=CALL_TIMEOUT,
                     allow_reconnect=True,
@@ -389,6 +405,7 @@ class SwarmLink:
                     reconnected_cb=reconnected,
                     closed_cb=closed,
                     error_cb=error,
+                    **auth,
                 )
             )
         pumps: list[Any] = []

@@ -97,6 +97,61 @@ class SwarmSettings:
             raise HiveError(f"--swarm-heartbeat-ttl must be at least {MIN_HEARTBEAT_TTL:g} seconds")
 
 
+# --- credentials -------------------------------------------------------------------------------------
+
+MAX_CREDS_BYTES = 16 * 1024
+_SEED_RE = re.compile(r"SU[A-Z2-7]{56}")
+_USER_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@attrs.frozen(kw_only=True)
+class NatsCredentials:
+    """How the link authenticates (``--swarm-creds FILE``; docs/swarm.md): exactly one of a NATS
+    ``.creds`` file (user JWT and nkey seed, nsc's), an nkey seed, or a user and password."""
+
+    creds_file: Path | None = None
+    nkey_seed: str | None = attrs.field(default=None, repr=False)
+    user: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+
+    def connect_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect`` (secrets stay out of argv and the URL)."""
+        if self.creds_file is not None:
+            return {"user_credentials": str(self.creds_file)}
+        if self.nkey_seed is not None:
+            return {"nkeys_seed_str": self.nkey_seed}
+        return {"user": self.user, "password": self.password}
+
+
+def parse_credentials(text: str, path: Path) -> NatsCredentials:
+    """What ``--swarm-creds`` holds: a ``.creds`` file (``-----BEGIN NATS USER JWT-----`` …), a user
+    nkey seed (one line ``SU…``) or one line ``user:password``; else :class:`HiveError` naming the file
+    (never its content)."""
+    if "-----BEGIN NATS USER JWT-----" in text and "-----BEGIN USER NKEY SEED-----" in text:
+        return NatsCredentials(creds_file=path)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) == 1:
+        line = lines[0]
+        if _SEED_RE.fullmatch(line):
+            return NatsCredentials(nkey_seed=line)
+        user, sep, password = line.partition(":")
+        if sep and _USER_RE.fullmatch(user) and password and not any(c.isspace() for c in password):
+            return NatsCredentials(user=user, password=password)
+    raise HiveError(
+        f"--swarm-creds {path}: neither a NATS .creds file (nsc generate creds), a user nkey seed "
+        "(one line SU…) nor one line user:password"
+    )
+
+
+def load_credentials(path: Path) -> NatsCredentials:
+    """Read and parse ``--swarm-creds`` (:func:`hivecore.secretfile.read_secret_file`'s rules: a
+    regular file, root's or the daemon's, mode 0600, at most 16 KiB); :class:`HiveError`. Blocking."""
+    from hivecore.secretfile import read_secret_file
+
+    text = read_secret_file(path, f"--swarm-creds {path}", MAX_CREDS_BYTES, HiveError)
+    return parse_credentials(text, path)
+
+
 # --- identity ----------------------------------------------------------------------------------------
 
 

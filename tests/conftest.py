@@ -25,6 +25,7 @@ from hivecore.config import Config
 from hivecore.coordinator import Coordinator
 from hivecore.runtime.process import ProcessRuntime
 from hivecore.store import Store
+from tests.nats_server import nats_auth_server as nats_auth_server  # the same with per-hive users
 from tests.nats_server import nats_server as nats_server  # the swarm tests' real NATS server
 from tests.procs import kill_everything_under
 from tests.worker import AGENT_UID_BASE

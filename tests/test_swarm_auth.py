@@ -6,6 +6,8 @@ in one process, against a real ``nats-server -js``; raw nats-py clients play the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -20,10 +22,11 @@ from actors.event_bus import EventBus
 from actors.swarm_link import SwarmLink
 from hivecore import swarm as sw
 from hivecore import swarm_mail as sm
+from hivecore.errors import HiveError
 from hivecore.models import ContainerView
 from hivecore.services.broker import Broker
 from hivecore.store import Store
-from tests.nats_server import NatsServer
+from tests.nats_server import ADMIN_PASSWORD, NatsServer
 from tests.test_swarm_link import RowsStandIn
 from tests.waiting import eventually
 
@@ -159,3 +162,265 @@ def test_mail_subjects_name_both_hives_and_the_origin_check_reads_the_subject() 
     assert sm.origin_ok(env, "hive.beta.mail.alpha", "beta") is None
     assert "claims to come from 'alpha'" in (sm.origin_ok(env, "hive.beta.mail.gamma", "beta") or "")
     assert "not this hive's mail" in (sm.origin_ok(env, "hive.delta.mail.alpha", "beta") or "")
+
+
+def hive_of(link: SwarmLink, name: str) -> sw.SwarmHive | None:
+    return next((h for h in link.status().hives if h.name == name), None)
+
+
+def agents_of(link: SwarmLink, name: str) -> list[str]:
+    h = hive_of(link, name)
+    return [] if h is None else [r.name for r in h.agents]
+
+
+async def test_two_hives_with_their_own_nats_users_join_see_each_other_and_mail(
+    nats_auth_server: NatsServer, roots: Callable[[], Path], nursery: trio.Nursery
+) -> None:
+    server = nats_auth_server
+    # alpha logs in with user:password, gamma with an nkey seed; both have only their permissions
+    a = await start_hive(nursery, server.url, "alpha", roots(), creds=server.creds("alpha"))
+    g = await start_hive(nursery, server.url, "gamma", roots(), creds=server.creds("gamma"))
+    await eventually(lambda: a.link.state == "connected" and g.link.state == "connected", 30)
+    await eventually(
+        lambda: agents_of(a.link, "gamma") == ["coder"] and agents_of(g.link, "alpha") == ["coder"]
+    )
+    await a.broker.send("coder", "coder@gamma", "over the permissioned link")
+    await a.broker.send("coder", "ghost@gamma", "to nobody")
+    await eventually(lambda: _eq(inbox(g, "coder"), [("coder@alpha", "over the permissioned link")]), 10)
+
+    async def bounced() -> bool:
+        return any(s == "system@gamma" and "undeliverable" in b for s, b in await inbox(a, "coder"))
+
+    await eventually(bounced, 10)
+    g.views.set("coder", ContainerView(name="coder", container="h-coder", status_text="busy"))
+    await eventually(
+        lambda: (h := hive_of(a.link, "gamma")) is not None and h.agents[0].status_text == "busy"
+    )
+    assert a.link.denied is None
+    assert g.link.denied is None
+    assert "Violation" not in server.log.read_text()  # nats-server logs "Publish Violation - User …"
+
+
+async def test_one_hives_nats_user_cannot_write_read_or_delete_as_another(
+    nats_auth_server: NatsServer, roots: Callable[[], Path], nursery: trio.Nursery
+) -> None:
+    server = nats_auth_server
+    a = await start_hive(nursery, server.url, "alpha", roots(), creds=server.creds("alpha"))
+    await eventually(lambda: a.link.state == "connected", 30)
+    await eventually(lambda: agents_of(a.link, "alpha") == ["coder"])
+    password = server.secrets["beta"].partition(":")[2]
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    async def attacks(nc: Any) -> dict[str, str]:
+        from nats.js import api
+
+        js = nc.jetstream(timeout=1.5)
+        fake = sw.encode(sw.SwarmAgent(name="evil"))
+        env = sm.Envelope(id="f.1", from_hive="alpha", sender="coder", to="coder", body="forged")
+        steal = api.ConsumerConfig(
+            name="mail-beta", durable_name="mail-beta", filter_subject="hive.alpha.mail.*"
+        )
+        tries: dict[str, Coroutine[Any, Any, Any]] = {
+            # control: beta may write its own heartbeat (the connection works)
+            "own heartbeat": js.publish("$KV.hive_heartbeats.beta", sw.encode(sw.Heartbeat(at=1.0))),
+            "heartbeat as alpha": js.publish("$KV.hive_heartbeats.alpha", sw.encode(sw.Heartbeat(at=1.0))),
+            "agent row as alpha": js.publish("$KV.hive_agents.alpha.evil", fake),
+            "claim as alpha": js.publish(
+                "$KV.hive_claims.alpha", b'{"identity":"x","host":"h","claimed_at":1}'
+            ),
+            "mail as alpha": js.publish("hive.gamma.mail.alpha", sw.encode(env)),
+            "mail to alpha as alpha": js.publish("hive.alpha.mail.alpha", sw.encode(env)),
+            "read alpha's mail": nc.request(
+                "$JS.API.CONSUMER.MSG.NEXT.HIVE_MAIL.mail-alpha", b"1", timeout=1.5
+            ),
+            "ephemeral consumer on mail": js.add_consumer(
+                sm.STREAM, api.ConsumerConfig(filter_subject="hive.alpha.mail.*")
+            ),
+            "own consumer on alpha's mail": nc.request(
+                "$JS.API.CONSUMER.CREATE.HIVE_MAIL.mail-beta.hive.beta.mail.*",
+                json.dumps({"stream_name": sm.STREAM, "config": steal.as_dict()}).encode(),
+                timeout=1.5,
+            ),
+            "delete alpha's consumer": js.delete_consumer(sm.STREAM, "mail-alpha"),
+            "delete the mail stream": js.delete_stream(sm.STREAM),
+            "purge the mail stream": js.purge_stream(sm.STREAM),
+            "delete the agents bucket": js.delete_key_value(sw.AGENTS_BUCKET),
+            "purge the claims": js.purge_stream("KV_hive_claims"),
+            "update the heartbeats": js.update_stream(
+                api.StreamConfig(name="KV_hive_heartbeats", subjects=["x"])
+            ),
+        }
+
+        async def attempt(coro: Coroutine[Any, Any, Any]) -> str:
+            try:
+                got = await coro
+            except Exception as exc:
+                return f"refused: {type(exc).__name__} {exc}"
+            if hasattr(got, "data") and b'"error"' in (got.data or b""):
+                return f"refused: {got.data[:200]!r}"
+            return "done"
+
+        outcomes = await asyncio.gather(*(attempt(c) for c in tries.values()))
+        # the inboxes and the operator requests of alpha are not beta's to read
+        for subject in ("_INBOX.alpha.>", "hive.alpha.ops.*"):
+            await nc.subscribe(subject)
+        await nc.flush()
+        await asyncio.sleep(0.3)
+        return dict(zip(tries, outcomes, strict=True))
+
+    outcomes = await nats(
+        attacks, server.url, user="beta", password=password, inbox_prefix="_INBOX.beta", error_cb=on_error
+    )
+    assert outcomes.pop("own heartbeat") == "done"
+    assert all(v.startswith("refused") for v in outcomes.values()), outcomes
+    assert "did not match filtered subject" in outcomes["own consumer on alpha's mail"], outcomes
+    text = "\n".join(errors).lower()  # nats-py reports the server's error in lower case
+    for subject in (
+        "$KV.hive_heartbeats.alpha",
+        "$KV.hive_agents.alpha.evil",
+        "$KV.hive_claims.alpha",
+        "hive.gamma.mail.alpha",
+        "$JS.API.CONSUMER.MSG.NEXT.HIVE_MAIL.mail-alpha",
+        "$JS.API.STREAM.DELETE.HIVE_MAIL",
+        "$JS.API.STREAM.DELETE.KV_hive_agents",
+        "$JS.API.STREAM.PURGE.KV_hive_claims",
+        "$JS.API.STREAM.UPDATE.KV_hive_heartbeats",
+        "$JS.API.CONSUMER.CREATE.HIVE_MAIL",
+        "$JS.API.CONSUMER.DELETE.HIVE_MAIL.mail-alpha",
+        "_INBOX.alpha.>",
+        "hive.alpha.ops.*",
+    ):
+        assert f'permissions violation for publish to "{subject.lower()}"' in text or (
+            f'permissions violation for subscription to "{subject.lower()}"' in text
+        ), (subject, text)
+
+    # nothing changed: alpha's rows, claim and mail consumer are as alpha left them
+    async def intact(nc: Any) -> tuple[list[str], str | None]:
+        js = nc.jetstream(timeout=3)
+        kv = await js.key_value(sw.AGENTS_BUCKET)
+        keys = sorted(await kv.keys())
+        consumer = await js.consumer_info(sm.STREAM, "mail-alpha")
+        claims = await js.key_value(sw.CLAIMS_BUCKET)
+        claim = sw.decode((await claims.get("alpha")).value, sw.Claim)
+        assert claim is not None
+        assert claim.host != "h"
+        return keys, consumer.config.filter_subject
+
+    assert await nats(intact, server.url, user="admin", password=ADMIN_PASSWORD) == (
+        ["alpha.coder"],
+        "hive.alpha.mail.*",
+    )
+    assert agents_of(a.link, "alpha") == ["coder"]
+    assert a.link.received == 0
+
+
+def test_the_permission_list_is_per_hive_and_renders_for_the_server_and_nsc() -> None:
+    from hivecore import swarm_perms as sp
+
+    p = sp.permissions("alpha")
+    assert "hive.*.mail.alpha" in p.publish
+    assert "$KV.hive_agents.alpha.>" in p.publish
+    assert not [s for s in p.publish if "beta" in s or (s.endswith(".>") and s.startswith("hive.*"))]
+    assert p.subscribe == ("_INBOX.alpha.>", "hive.alpha.ops.*")
+    assert not any("DELETE.HIVE_MAIL\n" in s or "STREAM.DELETE" in s or "PURGE" in s for s in p.publish)
+    assert '"$KV.hive_claims.alpha"' in sp.server_user("alpha", password="pw")
+    assert "$ALPHA_NATS_PASSWORD" in sp.server_user("alpha")
+    assert "--allow-pub 'hive.*.mail.alpha'" in sp.nsc_command("alpha")
+    with pytest.raises(HiveError):
+        sp.permissions("Alpha")
+
+
+def test_swarm_creds_is_a_creds_file_an_nkey_seed_or_user_password(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    creds = "-----BEGIN NATS USER JWT-----\neyJ\n------END NATS USER JWT------\n"
+    creds += "-----BEGIN USER NKEY SEED-----\nSUA\n"
+    assert sw.parse_credentials(creds, path).connect_options() == {"user_credentials": str(path)}
+    seed = "SU" + "A" * 56
+    assert sw.parse_credentials(seed + "\n", path).connect_options() == {"nkeys_seed_str": seed}
+    assert sw.parse_credentials("lab:s3cret\n", path).connect_options() == {
+        "user": "lab",
+        "password": "s3cret",
+    }
+    for bad in ("", "lab", "lab:", ":pw", "lab:pw\nmore:lines", "lab:p w"):
+        with pytest.raises(HiveError, match="--swarm-creds") as info:
+            sw.parse_credentials(bad, path)
+        assert "pw" not in str(info.value) or bad == ""
+    path.write_text("lab:s3cret\n")
+    path.chmod(0o644)
+    with pytest.raises(HiveError, match="chmod 600"):
+        sw.load_credentials(path)
+    path.chmod(0o600)
+    assert sw.load_credentials(path).user == "lab"
+
+
+def test_swarm_permissions_prints_a_user_entry_nats_server_accepts_and_serve_checks_the_creds_file(
+    tmp_path: Path,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from hivecore.cli.daemon import build_parser, swarm_settings
+    from tests.nats_server import NATS_SERVER
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "hivecore.cli.daemon", "swarm-permissions", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+    out = cli("lab")
+    assert out.returncode == 0, out.stderr
+    assert '"hive.*.mail.lab"' in out.stdout
+    assert "$LAB_NATS_PASSWORD" in out.stdout
+    assert "--allow-pub '$KV.hive_agents.lab.>'" in cli("lab", "--nsc").stdout
+    bad = cli("Lab")
+    assert bad.returncode == 1
+    assert "invalid hive name" in bad.stderr
+    if NATS_SERVER is not None:
+        conf = tmp_path / "nats.conf"
+        conf.write_text(
+            "accounts { HIVES { jetstream: enabled, users: [\n" + out.stdout + "\n] } }\njetstream {}\n"
+        )
+        env = {**os.environ, "LAB_NATS_PASSWORD": "pw"}
+        checked = subprocess.run(
+            [NATS_SERVER, "-c", str(conf), "-t"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stderr + checked.stdout
+    creds = tmp_path / "lab.creds"
+    creds.write_text("lab:pw\n")
+    creds.chmod(0o644)
+    argv = ["serve", "--swarm", "nats://127.0.0.1:4222", "--hive-name", "lab", "--swarm-creds", str(creds)]
+    with pytest.raises(HiveError, match="chmod 600"):
+        swarm_settings(build_parser().parse_args(argv))
+    creds.chmod(0o600)
+    settings = swarm_settings(build_parser().parse_args(argv))
+    assert settings is not None
+    assert settings.creds == creds
+
+
+async def test_a_missing_permission_leaves_the_link_reconnecting_naming_the_refused_subject(
+    roots: Callable[[], Path], nursery: trio.Nursery
+) -> None:
+    from tests.nats_server import NATS_SERVER, auth_server
+
+    if NATS_SERVER is None:
+        pytest.skip("nats-server is not installed")
+    servers = auth_server(omit="$JS.API.CONSUMER.INFO.KV_hive_claims.*")
+    server = next(servers)
+    try:
+        a = await start_hive(nursery, server.url, "alpha", roots(), creds=server.creds("alpha"))
+        await eventually(lambda: a.link.error is not None and "permissions violation" in a.link.error, 30)
+        assert a.link.state == "reconnecting"
+        error = a.link.error or ""
+        assert '"$js.api.consumer.info.kv_hive_claims.' in error
+        assert "hive-c0re swarm-permissions alpha" in error
+    finally:  # the link (the nursery fixture's) outlives the server: it only reconnects
+        with contextlib.suppress(StopIteration):
+            next(servers)

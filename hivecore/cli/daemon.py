@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="FILE",
-        help="a NATS .creds file (user JWT, NKey seed)",
+        help="this hive's NATS credentials (mode 0600): a .creds file (nsc's user JWT and nkey seed), "
+        "a user nkey seed (one line SU...) or one line user:password (docs/swarm.md)",
     )
     swarm.add_argument(
         "--swarm-tls-ca",
@@ -313,6 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--url",
         default="http://127.0.0.1:7000",
         help="the dashboard's address (default http://127.0.0.1:7000)",
+    )
+    perms = sub.add_parser(
+        "swarm-permissions",
+        help="print the NATS permissions of one hive's user (docs/swarm.md, production setup)",
+        description="Print what hive NAME's NATS user may publish and subscribe to: by default one entry "
+        "for an account's users list in nats-server.conf, with --nsc the 'nsc edit user' command.",
+    )
+    perms.add_argument("name", metavar="NAME", help="the hive's --hive-name")
+    how = perms.add_mutually_exclusive_group()
+    how.add_argument(
+        "--nkey", metavar="PUBLIC_KEY", help="the user logs in with this nkey (U...), not a password"
+    )
+    how.add_argument(
+        "--nsc", metavar="ACCOUNT", nargs="?", const="HIVES", help="print the nsc command instead"
     )
     return parser
 
@@ -432,6 +447,10 @@ def swarm_settings(args: argparse.Namespace) -> SwarmSettings | None:
     for flag, path in (("--swarm-creds", args.swarm_creds), ("--swarm-tls-ca", args.swarm_tls_ca)):
         if path is not None and not path.is_file():
             raise HiveError(f"{flag} {path}: no such file")
+    if args.swarm_creds is not None:
+        from hivecore.swarm import load_credentials
+
+        load_credentials(args.swarm_creds)  # refused at start, naming the flag, not at the first join
     return SwarmSettings(
         url=args.swarm,
         hive_name=args.hive_name,
@@ -533,12 +552,24 @@ async def serve(config: Config) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-") and argv[0] not in ("serve", "login-url"):
+    if argv and not argv[0].startswith("-") and argv[0] not in ("serve", "login-url", "swarm-permissions"):
         # the original's admin client lives in the same binary: `hive-c0re list`, `hive-c0re spawn x`
         from hivecore.cli import hivectl
 
         return hivectl.main(argv)
     args = build_parser().parse_args(argv)
+    if args.command == "swarm-permissions":
+        from hivecore import swarm_perms
+
+        try:
+            if args.nsc is not None:
+                print(swarm_perms.nsc_command(args.name, args.nsc))
+            else:
+                print(swarm_perms.server_user(args.name, nkey=args.nkey))
+        except HiveError as exc:
+            print(f"hive-c0re: {exc}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "login-url":
         try:
             print(login_url(args.state_dir, args.url))
