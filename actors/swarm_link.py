@@ -255,7 +255,9 @@ class SwarmLink:
         while True:
             try:
                 msgs = await self._call(bridge, partial(sub.fetch, 16, timeout=1.0))
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
+                # an empty fetch; nats-py sometimes lets asyncio's own TimeoutError out of it (a
+                # race in its _fetch_n), which ended the session: "TimeoutError; retrying"
                 continue
             for msg in msgs:
                 await self._deliver(bridge, js, msg)

@@ -26,8 +26,9 @@ import attrs
 
 from hivecore import swarm as sw
 from hivecore import swarm_mail as sm
+from hivecore import swarm_view as sv
 
-EVENTS_STREAM = "HIVE_EVENTS"
+EVENTS_STREAM = sv.STREAM
 """Dashboard events per hive (``hive.<from>.events.<kind>``; issue 20 item 5)."""
 API = "$JS.API"
 

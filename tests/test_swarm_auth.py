@@ -64,7 +64,7 @@ async def start_hive(
     await nursery.start(store.run)
     await broker.begin_incarnation("coder")
     settings = sw.SwarmSettings(url=url, hive_name=name, creds=creds, heartbeat_ttl=3.0)
-    link = SwarmLink(settings, views, root, store=store, broker=broker)  # type: ignore[arg-type]
+    link = SwarmLink(settings, views, root, store=store, broker=broker, bus=bus)  # type: ignore[arg-type]
     nursery.start_soon(link.run)
     return Hive(link, broker, store, views)
 
@@ -196,6 +196,13 @@ async def test_two_hives_with_their_own_nats_users_join_see_each_other_and_mail(
     await eventually(
         lambda: (h := hive_of(a.link, "gamma")) is not None and h.agents[0].status_text == "busy"
     )
+
+    async def events_from(nc: Any) -> list[str]:  # both published on HIVE_EVENTS under their users
+        info = await nc.jetstream().stream_info("HIVE_EVENTS", subjects_filter=">")
+        return sorted(info.state.subjects or {})
+
+    want = ["hive.alpha.events.agent", "hive.gamma.events.agent"]
+    await eventually(lambda: _eq(nats(events_from, server.url, user="admin", password=ADMIN_PASSWORD), want))
     assert a.link.denied is None
     assert g.link.denied is None
     assert "Violation" not in server.log.read_text()  # nats-server logs "Publish Violation - User …"
@@ -232,6 +239,7 @@ async def test_one_hives_nats_user_cannot_write_read_or_delete_as_another(
                 "$KV.hive_claims.alpha", b'{"identity":"x","host":"h","claimed_at":1}'
             ),
             "mail as alpha": js.publish("hive.gamma.mail.alpha", sw.encode(env)),
+            "event as alpha": js.publish("hive.alpha.events.agent", b"{}"),
             "mail to alpha as alpha": js.publish("hive.alpha.mail.alpha", sw.encode(env)),
             "read alpha's mail": nc.request(
                 "$JS.API.CONSUMER.MSG.NEXT.HIVE_MAIL.mail-alpha", b"1", timeout=1.5
@@ -283,6 +291,7 @@ async def test_one_hives_nats_user_cannot_write_read_or_delete_as_another(
         "$KV.hive_agents.alpha.evil",
         "$KV.hive_claims.alpha",
         "hive.gamma.mail.alpha",
+        "hive.alpha.events.agent",
         "$JS.API.CONSUMER.MSG.NEXT.HIVE_MAIL.mail-alpha",
         "$JS.API.STREAM.DELETE.HIVE_MAIL",
         "$JS.API.STREAM.DELETE.KV_hive_agents",
