@@ -22,8 +22,9 @@ publishes ``tombstones_changed``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from typing import Any
+import sqlite3
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -39,10 +40,22 @@ from hivecore.models import ContainerView, TombstoneView, Transient
 from hivecore.names import MANAGER_NAME
 from hivecore.runtime.base import AgentRuntimeState, BlockingList, ContainerRuntime
 from hivecore.tombstones import build_tombstone_views
-from hivecore.usage import Activity
+from hivecore.usage import Activity, ActivityRows
 from hivecore.wire.events import ContainerRemoved, ContainerStateChanged, TombstonesChanged
 
 log = logging.getLogger(__name__)
+
+
+class ActivitySource(Protocol):
+    """Each agent's usage and liveness for its row (:class:`hivecore.services.usage.Usage`)."""
+
+    def read_activity(self, names: Collection[str]) -> ActivityRows:
+        """Blocking (the scan's worker thread): what the database says; raises sqlite3.Error."""
+        ...
+
+    def activity_from(self, names: Collection[str], rows: ActivityRows) -> Mapping[str, Activity]:
+        """On the trio thread: ``rows`` with what is known in memory."""
+        ...
 
 
 class ViewsStopped(HiveError):
@@ -106,7 +119,7 @@ class Views:
         *,
         domain: str | None = None,
         agent_env: AgentEnv | None = None,
-        activity: Callable[[list[str]], Awaitable[Mapping[str, Activity]]] | None = None,
+        activity: ActivitySource | None = None,
         limits: StuckLimits = DEFAULT_LIMITS,
         waiting: Callable[[str], int | None] | None = None,
     ) -> None:
@@ -114,7 +127,8 @@ class Views:
         """Since when an agent waits on the operator
         (:meth:`hivecore.services.questions.Questions.waiting_since`)."""
         self._activity = activity
-        """Each agent's usage and liveness (:meth:`hivecore.services.usage.Usage.activity`)."""
+        """Each agent's usage and liveness (:class:`hivecore.services.usage.Usage`), read in the
+        scan's thread hop."""
         self._limits = limits
         self._paths = paths
         self._agent_env = agent_env
@@ -265,27 +279,36 @@ class Views:
         self._stamp += 1
         stamp = self._stamp
         runtime = self._runtime
-        if isinstance(runtime, BlockingList):  # the steps, the probe and the facts in one thread hop
-            states, facts = await trio.to_thread.run_sync(self._probe_and_read, runtime, names, steps)
+        if isinstance(runtime, BlockingList):  # the steps, the probe, the facts in one thread hop
+            states, facts, rows = await trio.to_thread.run_sync(self._probe_and_read, runtime, names, steps)
         else:
             if steps:
                 await trio.to_thread.run_sync(_run_steps, steps)
             states = await runtime.list(names)
-            facts = await trio.to_thread.run_sync(self._read_all_facts, list(states))
+            facts, rows = await trio.to_thread.run_sync(self._read_all, list(states))
         activity: Mapping[str, Activity] = {}
-        if self._activity is not None and states:
-            try:
-                activity = await self._activity(list(states))
-            except HiveError as exc:  # the store is stopping: rows without usage, not a failed scan
-                log.info("views: no usage for this scan: %s", exc)
+        if self._activity is not None and rows is not None:
+            activity = self._activity.activity_from(list(states), rows)
         self._apply(stamp, names, states, facts, full=full, activity=activity)
 
     def _probe_and_read(
         self, runtime: BlockingList, names: list[str] | None, steps: Sequence[_Step]
-    ) -> tuple[dict[str, AgentRuntimeState], dict[str, AgentFacts]]:
+    ) -> tuple[dict[str, AgentRuntimeState], dict[str, AgentFacts], ActivityRows | None]:
         _run_steps(steps)
         states = runtime.list_nowait(names)
-        return states, self._read_all_facts(list(states))
+        return states, *self._read_all(list(states))
+
+    def _read_all(self, names: list[str]) -> tuple[dict[str, AgentFacts], ActivityRows | None]:
+        """The agents' facts and (with an activity source) what the database says of their
+        activity: blocking, in the scan's thread."""
+        facts = self._read_all_facts(names)
+        if self._activity is None or not names:
+            return facts, None
+        try:
+            return facts, self._activity.read_activity(names)
+        except sqlite3.Error as exc:  # the database is stopping or broken: rows without usage
+            log.info("views: no usage for this scan: %s", exc)
+            return facts, None
 
     def _read_all_facts(self, names: list[str]) -> dict[str, AgentFacts]:
         meta = read_meta_facts(self._paths)

@@ -228,18 +228,6 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     agent_env = AgentEnv(config.paths.root, config.agent_env_file)
     runtime = runtime if runtime is not None else make_runtime(config, agent_env)
     questions_box: list[Questions] = []  # the views read who waits on the operator through it
-    usage_box: list[Usage] = []  # the views read usage through it (the usage service needs the broker)
-    views = Views(
-        config.paths,
-        runtime,
-        transients,
-        bus,
-        domain=config.domain,
-        agent_env=agent_env,
-        activity=lambda names: usage_box[0].activity(names),
-        limits=StuckLimits(config.turn_limit, config.stuck_after),
-        waiting=lambda name: questions_box[0].waiting_since(name) if questions_box else None,
-    )
 
     async def known_agents() -> tuple[set[str], list[str]]:
         existing = set(await runtime.list())
@@ -248,8 +236,19 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     broker = Broker(store, bus, lambda: views.rows().keys(), known=known_agents)
     audit_log = AuditLog(store, retention_days=config.retention_days, bus=bus)
     broker.also_sweep.append(audit_log.sweep)  # the hourly sweep keeps the retention
-    usage = Usage(store, broker, rescan=views.request_rescan)
-    usage_box.append(usage)
+    usage = Usage(store, broker)  # the views read usage in their scans' thread hops
+    views = Views(
+        config.paths,
+        runtime,
+        transients,
+        bus,
+        domain=config.domain,
+        agent_env=agent_env,
+        activity=usage,
+        limits=StuckLimits(config.turn_limit, config.stuck_after),
+        waiting=lambda name: questions_box[0].waiting_since(name) if questions_box else None,
+    )
+    usage.rescan = views.request_rescan
     questions = Questions(store, bus, broker, lambda: views.rows().keys(), rescan=views.request_rescan)
     questions_box.append(questions)
     broker.incarnation_hooks.append(questions.incarnation_ended)

@@ -19,6 +19,7 @@ import os
 import queue
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -765,6 +766,49 @@ def fail_unfetched_apply_commits(conn: sqlite3.Connection, note: str) -> list[in
     return ids
 
 
+class Reader:
+    """Read-only connections to the store's database for worker threads (WAL: a reader never waits
+    for the writer, nor the writer for it), so a thread that gathers other facts reads the database
+    in its own hop instead of queueing a store call: the views actor's scans read each agent's usage
+    this way (:meth:`hivecore.services.usage.Usage.read_activity`). ``PRAGMA query_only``: nothing
+    is ever written through one. Blocking; safe from several threads at once (one connection each,
+    kept for the next read)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` in one read transaction (one snapshot of the database); its result. Raises
+        :class:`sqlite3.Error` (the database is missing, locked past the busy timeout, broken)."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._open()
+        try:
+            conn.execute("BEGIN")
+            try:
+                result = fn(conn)
+            finally:
+                conn.execute("COMMIT")
+        except BaseException:
+            conn.close()  # whatever state it is in, it is not reused
+            raise
+        with self._lock:
+            self._idle.append(conn)
+        return result
+
+    def _open(self) -> sqlite3.Connection:
+        # mode=rw: never create the database (the store does, with its mode and schema)
+        uri = f"{self.path.absolute().as_uri()}?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA query_only=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+
 QUEUE_LIMIT = 64
 """Requests sent and not yet answered before a caller waits for room (backpressure)."""
 
@@ -802,6 +846,8 @@ class Store:
         self._thread = trio.CapacityLimiter(1)
         self._stopped = False
         """Set when :meth:`run` ends: later calls fail at once instead of waiting for an answer."""
+        self.reader = Reader(path)
+        """Reads from worker threads without a store call (:class:`Reader`)."""
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the store thread after every earlier request; return its result.

@@ -231,6 +231,19 @@ class Activity:
     """Who requested its spawn (:mod:`hivecore.topology`), read in the same store call."""
 
 
+@attrs.frozen
+class ActivityRows:
+    """What :meth:`hivecore.services.usage.Usage.read_activity` read (one snapshot of the database)
+    at ``now`` (Unix seconds)."""
+
+    now: float
+    summaries: dict[str, Summary]
+    waiting: dict[str, int]
+    """Inbox → ``sent_at`` of its oldest message not handed out yet."""
+    reminders: dict[str, int]
+    parents: dict[str, str]
+
+
 def _span(seconds: float) -> str:
     minutes = int(seconds // 60)
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"

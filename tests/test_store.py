@@ -135,3 +135,24 @@ async def test_a_request_in_flight_when_the_store_stops_still_gets_its_answer(tm
     assert answers == [1]  # the write finished and its caller was answered, not left waiting
     conn = store.connect(tmp_path / "hive.sqlite")
     assert [a.agent for a in store.list_approvals(conn)] == ["late"]
+
+
+async def test_the_reader_sees_commits_never_writes_and_never_creates_the_database(tmp_path: Path) -> None:
+    """Worker threads read through :class:`store.Reader` (the views' scans read usage so, in their own
+    thread hop): each read sees what the store committed before it, writes are refused, and a
+    database the store has not created yet is an error, not an empty file."""
+    missing = store.Reader(tmp_path / "none.sqlite")
+    with pytest.raises(sqlite3.OperationalError):
+        missing.read(lambda c: c.execute("SELECT 1").fetchone())
+    assert not (tmp_path / "none.sqlite").exists()
+    s = store.Store(tmp_path / "hive.sqlite")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        count = "SELECT count(*) FROM approvals"
+        assert await trio.to_thread.run_sync(s.reader.read, lambda c: c.execute(count).fetchone()[0]) == 0
+        await s.call(lambda c: store.insert_approval(c, "a", "spawn"))
+        assert await trio.to_thread.run_sync(s.reader.read, lambda c: c.execute(count).fetchone()[0]) == 1
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            s.reader.read(lambda c: c.execute("DELETE FROM approvals"))
+        assert await s.call(lambda c: c.execute(count).fetchone()[0]) == 1
+        nursery.cancel_scope.cancel()

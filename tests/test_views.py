@@ -4,6 +4,7 @@ so a scan can be held in flight."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from actors.transients import TransientRegistry
 from actors.views import Views, ViewsStopped
 from hivecore.config import StatePaths
 from hivecore.runtime.base import AgentRuntimeState
+from hivecore.usage import Activity, ActivityRows
 from tests.waiting import eventually
 
 AGENTS = ("x", "y", "z")
@@ -199,3 +201,34 @@ async def test_a_step_before_a_rescan_runs_first_and_fails_only_its_own_caller(
     assert actor.statistics().targeted_scans == 1
     with pytest.raises(ValueError, match="needs the names"):
         await actor.rescan(before=lambda: None)
+
+
+class BrokenActivity:
+    """An activity source whose database read fails (the database is stopping, or broken)."""
+
+    def __init__(self) -> None:
+        self.reads: list[list[str]] = []
+
+    def read_activity(self, names: Collection[str]) -> ActivityRows:
+        self.reads.append(sorted(names))
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def activity_from(self, names: Collection[str], rows: ActivityRows) -> dict[str, Activity]:
+        raise AssertionError("never called without rows")
+
+
+async def test_a_failed_usage_read_gives_rows_without_usage(tmp_path: Path) -> None:
+    """Usage is read in the scan's own thread hop (no store call after it): when that read fails the
+    scan still answers, its rows showing no usage, and the next scan reads again."""
+    runtime = GatedRuntime()
+    bus = EventBus()
+    activity = BrokenActivity()
+    actor = Views(StatePaths(tmp_path), runtime, TransientRegistry(bus), bus, activity=activity)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        rows = await actor.rescan(["x"])
+        assert rows["x"].running
+        assert rows["x"].turns_today == 0
+        await actor.rescan()
+        assert activity.reads == [["x"], list(AGENTS)]
+        nursery.cancel_scope.cancel()

@@ -14,8 +14,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection
 
-import trio
-
 from hivecore import reminder_store, topology, usage
 from hivecore.errors import Refused
 from hivecore.names import MANAGER_AGENT, MANAGER_NAME
@@ -69,39 +67,49 @@ class Usage:
         wanted = None if names is None else list(names)
         return await self._store.call(lambda c: usage.summaries(c, wanted, today))
 
-    async def activity(self, names: Collection[str]) -> dict[str, usage.Activity]:
-        """Every one of ``names``' usage and liveness now (one store call)."""
+    def read_activity(self, names: Collection[str]) -> usage.ActivityRows:
+        """What the database says of ``names``' activity now: blocking, for the views actor's scan
+        thread (one read transaction through the store's :class:`~hivecore.store.Reader`, in the
+        scan's own thread hop instead of a store call after it). Raises :class:`sqlite3.Error`."""
         now = self._clock()
         today = usage.day_start(now)
-        inboxes = {n: MANAGER_AGENT if n == MANAGER_NAME else n for n in names}
         wanted = list(names)
+        inboxes = [_inbox(n) for n in wanted]
 
-        def read(
-            conn: sqlite3.Connection,
-        ) -> tuple[dict[str, usage.Summary], dict[str, int], dict[str, int], dict[str, str]]:
-            return (
-                usage.summaries(conn, wanted, today),
-                usage.waiting_mail(conn, inboxes.values()),
-                reminder_store.pending_counts(conn, wanted),
-                topology.parents(conn, wanted),
+        def read(conn: sqlite3.Connection) -> usage.ActivityRows:
+            return usage.ActivityRows(
+                now=now,
+                summaries=usage.summaries(conn, wanted, today),
+                waiting=usage.waiting_mail(conn, inboxes),
+                reminders=reminder_store.pending_counts(conn, wanted),
+                parents=topology.parents(conn, wanted),
             )
 
-        summaries, waiting, reminders, parents = await self._store.call(read)
+        return self._store.reader.read(read)
+
+    def activity_from(self, names: Collection[str], rows: usage.ActivityRows) -> dict[str, usage.Activity]:
+        """``names``' usage and liveness: ``rows`` (:meth:`read_activity`) with what the broker
+        knows of each one's reading right now (on the trio thread: the broker's state is its)."""
         out = {}
-        for name, inbox in inboxes.items():
+        for name in names:
+            inbox = _inbox(name)
             turn_since, polling, idle_since = self._broker.reading(inbox)
             live = usage.Liveness(
-                now=now,
+                now=rows.now,
                 turn_since=turn_since,
                 polling=polling,
                 idle_since=idle_since,
-                oldest_waiting=waiting.get(inbox),
+                oldest_waiting=rows.waiting.get(inbox),
             )
             out[name] = usage.Activity(
-                summary=summaries.get(name, usage.Summary()),
+                summary=rows.summaries.get(name, usage.Summary()),
                 live=live,
-                pending_reminders=reminders.get(name, 0),
-                parent=parents.get(name),
+                pending_reminders=rows.reminders.get(name, 0),
+                parent=rows.parents.get(name),
             )
-        await trio.lowlevel.checkpoint()
         return out
+
+
+def _inbox(name: str) -> str:
+    return MANAGER_AGENT if name == MANAGER_NAME else name
+
