@@ -6,16 +6,23 @@ bus: per hive (reachable, last seen) and per agent row. It looks after every cha
 (at most every :data:`COALESCE` seconds, so a burst of remote changes is one pass) and every
 :data:`TICK` seconds without one, which is how a hive that stopped heartbeating turns unreachable on
 open pages within the heartbeat TTL. It runs inside the link's actor and never touches NATS.
+
+:class:`PendingApprovals` counts this hive's pending approvals for the link (which tells the swarm
+the count, never what they are).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import trio
 
 from hivecore import swarm_view as sv
+from hivecore.errors import HiveError
 from hivecore.swarm import SwarmStatus
+
+log = logging.getLogger(__name__)
 
 COALESCE = 0.1
 """Seconds between two passes while changes keep coming."""
@@ -49,4 +56,36 @@ class SwarmFeed:
             self.step()
             with trio.move_on_after(TICK):
                 await changed.wait()
+            await trio.sleep(COALESCE)
+
+
+def count_pending(conn: Any) -> int:
+    row = conn.execute("SELECT COUNT(*) FROM approvals WHERE status = 'pending'").fetchone()
+    return int(row[0])
+
+
+class PendingApprovals:
+    """This hive's pending approvals for :meth:`actors.swarm_link.SwarmLink.set_pending_approvals`:
+    counted in the store at start and after every ``approval_added`` / ``approval_resolved`` on
+    the bus (a burst of them is one count)."""
+
+    def __init__(self, link: Any, bus: Any, store: Any) -> None:
+        self._link = link
+        self._bus = bus
+        self._store = store
+
+    async def run(self) -> None:
+        while True:
+            with self._bus.subscribe(kinds=["approval_added", "approval_resolved"]) as sub:
+                try:
+                    while True:
+                        try:
+                            self._link.set_pending_approvals(await self._store.call(count_pending))
+                        except (HiveError, OSError) as exc:  # the store is busy or closing: next time
+                            log.warning("swarm: cannot count pending approvals: %s", exc)
+                        await sub.receive()
+                        while sub.backlog():
+                            await sub.receive()
+                except trio.EndOfChannel:
+                    pass  # fell behind (or the bus closed): subscribe again and recount
             await trio.sleep(COALESCE)

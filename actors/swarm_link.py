@@ -105,7 +105,12 @@ class SwarmLink:
         self._revs: dict[str, int] = {}
         self._events_nc: Any = None
         self.events_applied = self.events_dropped = 0
+        self.pending_approvals: int | None = None
+        """This hive's pending approvals (None: not counted; :class:`actors.swarm_feed.PendingApprovals`)."""
+        self._approvals: dict[str, int] = {}
+        self._approvals_event = trio.Event()
         self.feed: Any = None
+        self._bus = bus
         if bus is not None:
             from actors.swarm_feed import SwarmFeed
 
@@ -136,8 +141,11 @@ class SwarmLink:
 
     def status(self) -> sw.SwarmStatus:
         """The link's state and every hive seen (cached; no I/O)."""
+        approvals = dict(self._approvals)
+        if self.pending_approvals is not None:
+            approvals[self.me] = self.pending_approvals
         hives = sw.status_rows(
-            self.me, self._beats, self._agents, self._claims, trio.current_time(), self.ttl
+            self.me, self._beats, self._agents, self._claims, trio.current_time(), self.ttl, approvals
         )
         return sw.SwarmStatus(
             state=self.state,
@@ -192,6 +200,14 @@ class SwarmLink:
         """Return once ``predicate(self)`` holds; checked after every update received (tests)."""
         while not predicate(self):
             await self._changed.wait()
+
+    def set_pending_approvals(self, count: int) -> None:
+        """This hive's pending approvals changed: other hives hear it (an ``approvals`` event now,
+        the heartbeat for a hive that joins later)."""
+        if count != self.pending_approvals:
+            self.pending_approvals = count
+            self._approvals_event.set()
+            self._changed_now()
 
     def changed_event(self) -> trio.Event:
         """Set at the next change of the picture (or of the link's state)."""
@@ -318,6 +334,10 @@ class SwarmLink:
         async with trio.open_nursery() as nursery:
             if self.feed is not None:
                 nursery.start_soon(self.feed.run)
+            if self._bus is not None and self._store is not None:
+                from actors.swarm_feed import PendingApprovals
+
+                nursery.start_soon(PendingApprovals(self, self._bus, self._store).run)
             await self._run(task_status=task_status)
 
     async def _run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -442,6 +462,7 @@ class SwarmLink:
                 self._changed_now()
                 log.info("swarm: %s joined %s (heartbeat TTL %gs)", self.me, self.settings.url, self.ttl)
                 nursery.start_soon(self._heartbeats, bridge, beats)
+                nursery.start_soon(self._approvals_out, bridge, beats)
                 nursery.start_soon(self._publisher, bridge, agents)
                 if self._broker is not None:
                     sub = await self._call(bridge, partial(_mail_consumer, js, self.me))
@@ -477,13 +498,23 @@ class SwarmLink:
             )
 
     async def _beat(self, bridge: AsyncioThread, beats: Any) -> None:
-        beat = sw.Heartbeat(at=time.time(), agents=len(self._views.rows()))
+        beat = sw.Heartbeat(at=time.time(), agents=len(self._views.rows()), approvals=self.pending_approvals)
         await self._call(bridge, lambda: beats.put(self.me, sw.encode(beat)))
 
     async def _heartbeats(self, bridge: AsyncioThread, beats: Any) -> None:
         while True:
             await trio.sleep(self.ttl / 3)
             await self._beat(bridge, beats)
+
+    async def _approvals_out(self, bridge: AsyncioThread, beats: Any) -> None:
+        """Tell the swarm this hive's pending approvals on every change: an event, then a heartbeat
+        carrying it (what a hive that joins later, or resyncs, reads)."""
+        while True:
+            self._approvals_event = trio.Event()
+            if self.pending_approvals is not None:
+                await self._event_out(bridge, "approvals", sv.ApprovalsEvent(pending=self.pending_approvals))
+                await self._beat(bridge, beats)
+            await self._approvals_event.wait()
 
     async def _reconcile(self, bridge: AsyncioThread, agents: Any) -> None:
         """After a (re)join: delete our keys of agents that are gone, publish every row afresh."""
@@ -553,13 +584,15 @@ class SwarmLink:
         if len(value) > sw.MAX_VALUE_BYTES:
             return
         if bucket == sw.CLAIMS_BUCKET:
-            if sw.split_agent_key(f"{entry.key}.x") is None:
+            if sw.split_agent_key(f"{entry.key}.x") is None or not self._room(entry.key):
                 return
             (self._claims.discard if deleted else self._claims.add)(entry.key)
         elif bucket == sw.HEARTBEATS_BUCKET:
             beat = None if deleted else sw.decode(value, sw.Heartbeat)
-            if beat is None or sw.split_agent_key(f"{entry.key}.x") is None:
+            if beat is None or sw.split_agent_key(f"{entry.key}.x") is None or not self._room(entry.key):
                 return
+            if entry.key != self.me and sw.approvals_ok(beat.approvals):
+                self._approvals[entry.key] = beat.approvals
             now = trio.current_time()
             # a value from the watch's replay counts from when it was written (at most a TTL ago)
             replayed = not self._synced[bucket].is_set()
@@ -600,7 +633,11 @@ class SwarmLink:
         hive, record = parsed
         if hive == self.me:
             return
-        if isinstance(record, sv.AgentRemovedEvent):
+        if isinstance(record, sv.ApprovalsEvent):
+            if not self._room(hive):
+                return
+            self._approvals[hive] = record.pending
+        elif isinstance(record, sv.AgentRemovedEvent):
             self._agents.get(hive, {}).pop(record.name, None)
         else:
             key = sw.agent_key(hive, record.agent.name)

@@ -202,6 +202,8 @@ class Heartbeat:
     at: float
     """Wall-clock Unix seconds when the hive wrote it."""
     agents: int = 0
+    approvals: int | None = None
+    """Its pending approvals (None: it does not say)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -227,6 +229,8 @@ class SwarmHive:
     local: bool = False
     """This hive."""
     agents: list[SwarmAgent] = attrs.field(factory=list)
+    approvals: int | None = None
+    """Approvals pending on that hive, to approve there (None: not known)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -291,6 +295,14 @@ MAX_VALUE_BYTES = 8192
 """A value larger than this from another hive is ignored (a row is a few hundred bytes)."""
 
 
+MAX_APPROVALS = 1_000_000
+"""A pending-approvals count from another hive above this is ignored (malformed)."""
+
+
+def approvals_ok(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_APPROVALS
+
+
 def reachable(last_seen_local: float | None, now_local: float, ttl: float) -> bool:
     """A hive is reachable while its newest heartbeat was received less than ``ttl`` seconds ago."""
     return last_seen_local is not None and now_local - last_seen_local <= ttl
@@ -303,10 +315,12 @@ def status_rows(
     claimed: Iterable[str],
     now_local: float,
     ttl: float,
+    approvals: Mapping[str, int] | None = None,
 ) -> list[SwarmHive]:
     """Every hive known (claimed, heartbeating or with rows), this one first, then by name.
 
-    ``heartbeats``: hive → (wall-clock ``at`` of its newest heartbeat, local monotonic time received)."""
+    ``heartbeats``: hive → (wall-clock ``at`` of its newest heartbeat, local monotonic time received);
+    ``approvals``: hive → its pending approvals, where known."""
     names = set(claimed) | set(heartbeats) | set(agents)
     out = []
     for name in sorted(names, key=lambda n: (n != me, n)):
@@ -319,6 +333,7 @@ def status_rows(
                 last_seen=beat[0] if beat else None,
                 local=name == me,
                 agents=[rows[a] for a in sorted(rows)],
+                approvals=(approvals or {}).get(name),
             )
         )
     return out

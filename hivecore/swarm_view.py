@@ -9,6 +9,7 @@ subject                                  body
 =======================================  ============================================================
 ``hive.<hive>.events.agent``             :class:`AgentEvent`: the row, with its ``hive_agents`` revision
 ``hive.<hive>.events.agent_removed``     :class:`AgentRemovedEvent`: the agent's name
+``hive.<hive>.events.approvals``         :class:`ApprovalsEvent`: how many approvals wait there
 =======================================  ============================================================
 
 The rows are the shared subset (:class:`hivecore.swarm.SwarmAgent`: no message bodies, no questions,
@@ -68,7 +69,19 @@ class AgentRemovedEvent:
     name: str
 
 
-KINDS: dict[str, type[Any]] = {"agent": AgentEvent, "agent_removed": AgentRemovedEvent}
+@attrs.frozen(kw_only=True)
+class ApprovalsEvent:
+    pending: int
+    """Approvals pending on the hive (a count only: no agent, kind or description)."""
+
+
+KINDS: dict[str, type[Any]] = {
+    "agent": AgentEvent,
+    "agent_removed": AgentRemovedEvent,
+    "approvals": ApprovalsEvent,
+}
+
+Record = AgentEvent | AgentRemovedEvent | ApprovalsEvent
 
 
 def subject(hive: str, kind: str) -> str:
@@ -79,7 +92,7 @@ def encode(record: object) -> bytes:
     return sw.encode(record)
 
 
-def parse(subject_: str, data: bytes) -> tuple[str, AgentEvent | AgentRemovedEvent] | None:
+def parse(subject_: str, data: bytes) -> tuple[str, Record] | None:
     """``(hive, event)`` of a message from ``HIVE_EVENTS``, or None for anything malformed: a subject
     not ``hive.<valid name>.events.<known kind>``, a body over :data:`MAX_EVENT_BYTES`, one the
     converter does not take, an agent name that is not a valid name, a negative revision."""
@@ -91,8 +104,12 @@ def parse(subject_: str, data: bytes) -> tuple[str, AgentEvent | AgentRemovedEve
     try:
         hive = sw.validate_hive_name(parts[1])
         record = converter.structure(json.loads(data), KINDS[parts[3]])
-        name = record.agent.name if isinstance(record, AgentEvent) else record.name
-        sw.validate_hive_name(name)  # agent names follow the same rules
+        if isinstance(record, ApprovalsEvent):
+            if not sw.approvals_ok(record.pending):
+                return None
+        else:
+            name = record.agent.name if isinstance(record, AgentEvent) else record.name
+            sw.validate_hive_name(name)  # agent names follow the same rules
     except (InvalidName, ValueError, TypeError, KeyError, AttributeError, RecursionError, Exception):
         return None
     if isinstance(record, AgentEvent) and not 0 <= record.rev < 2**63:
@@ -139,14 +156,19 @@ def changes(before: sw.SwarmStatus | None, after: sw.SwarmStatus) -> list[Event]
         return whole
     for hive in after.hives:
         old = old_hives.get(hive.name)
-        if old is None or (old.reachable, old.last_seen, old.local) != (
+        if old is None or (old.reachable, old.last_seen, old.local, old.approvals) != (
             hive.reachable,
             hive.last_seen,
             hive.local,
+            hive.approvals,
         ):
             out.append(
                 SwarmHiveChanged(
-                    name=hive.name, reachable=hive.reachable, last_seen=hive.last_seen, local=hive.local
+                    name=hive.name,
+                    reachable=hive.reachable,
+                    last_seen=hive.last_seen,
+                    local=hive.local,
+                    approvals=hive.approvals,
                 )
             )
         old_rows = {a.name: a for a in old.agents} if old is not None else {}

@@ -77,6 +77,14 @@ async def test_another_hives_agents_show_grouped_under_it_live_as_text_and_turn_
                     "#swarm-hives [data-hive='beta'] .row.stopped[data-name='writer']"
                 )
             )
+            # beta's pending approvals: a count on its head (approved on beta); alpha counts its own
+            beta.set_pending_approvals(2)
+            await browser.run(
+                lambda: page.wait_for_selector(
+                    "#swarm-hives [data-hive='beta'] .chip.approvals:has-text('2 approvals')"
+                )
+            )
+            await eventually(lambda: link.pending_approvals == 0, 10)
             # the stream drops; what changes meanwhile comes back with the new stream's swarm_state
             assert alpha.dashboard_app.hive_drop_streams() >= 1
             views.set("writer", None)

@@ -63,6 +63,11 @@ def test_changes_are_per_row_and_per_hive_and_a_first_look_is_the_whole_picture(
         ev.SwarmAgentRemoved(hive="beta", name="coder"),
         ev.SwarmHiveChanged(name="gamma", reachable=True, last_seen=1.0),
     ]
+    # another hive's pending approvals changed: its hive event carries the count
+    counted = sv.shown(attrs.evolve(after, hives=[attrs.evolve(h, approvals=2) for h in after.hives]))
+    assert ev.SwarmHiveChanged(name="gamma", reachable=True, last_seen=1.0, approvals=2) in sv.changes(
+        after, counted
+    )
     # a hive gone from the picture, or a burst over MAX_DELTAS rows: one whole picture instead
     assert sv.changes(after, status(a_hive("alpha"))) == [ev.SwarmStateEvent(swarm=status(a_hive("alpha")))]
     many = sv.shown(status(a_hive("beta", *(sw.SwarmAgent(name=f"a{i}") for i in range(sv.MAX_DELTAS + 1)))))
@@ -110,6 +115,16 @@ def test_an_event_from_another_hive_is_read_defensively() -> None:
     ]:
         assert sv.parse("hive.beta.events.agent", body) is None, body[:60]
     assert sv.parse("hive.beta.events.agent_removed", b'{"name": "../x"}') is None
+    # approvals: a count, nothing else
+    assert sv.parse("hive.beta.events.approvals", b'{"pending": 3}') == ("beta", sv.ApprovalsEvent(pending=3))
+    for body in [
+        b'{"pending": -1}',
+        b'{"pending": "3"}',
+        b'{"pending": true}',
+        b'{"pending": 10000000}',
+        b"{}",
+    ]:
+        assert sv.parse("hive.beta.events.approvals", body) is None, body
 
 
 def test_broadcast_reaches_only_streams_that_asked_by_kind_and_takes_no_seq() -> None:
@@ -217,6 +232,23 @@ async def test_rows_go_out_on_hive_events_and_reach_the_other_hives_bus_hostile_
         beta = hive_of(a, "beta")
         assert beta is not None
         assert [r.status_text for r in beta.agents] == ["new"]
+
+        # beta's pending approvals: a count reaches a at once (an event), and a hive that joins
+        # later reads it from beta's heartbeat
+        b.set_pending_approvals(3)
+        await eventually(
+            lambda: any(
+                isinstance(e, ev.SwarmHiveChanged) and e.name == "beta" and e.approvals == 3 for e in seen
+            ),
+            10,
+        )
+        await eventually(lambda: any(s == "hive.beta.events.approvals" for s, _ in raw), 5)
+        late, _ = hive(nats_server, "delta", roots())
+        await running(nursery, late)
+        await eventually(lambda: (h := hive_of(late, "beta")) is not None and h.approvals == 3, 20)
+        await publish("hive.gamma.events.approvals", b'{"pending": -5}')
+        await publish("hive.gamma.events.approvals", b'{"pending": 2}')
+        await eventually(lambda: hive_of(a, "gamma").approvals == 2, 10)  # type: ignore[union-attr]
         await bridge.call(nc.close)
         nursery.cancel_scope.cancel()
 
@@ -247,4 +279,39 @@ async def test_a_stopped_hive_turns_unreachable_on_the_bus_within_the_ttl(
         await eventually(lambda: flips[-1][1] is False, 10, interval=0.05)
         # the TTL (2 s) after its last heartbeat, plus one feed pass
         assert flips[-1][0] - stopped <= 2.0 + 0.5
+        nursery.cancel_scope.cancel()
+
+
+async def test_pending_approvals_are_counted_from_the_store_after_each_approval_event(tmp_path: Path) -> None:
+    from actors.swarm_feed import PendingApprovals
+    from hivecore.store import Store
+
+    counts: list[int] = []
+
+    class Link:
+        def set_pending_approvals(self, count: int) -> None:
+            counts.append(count)
+
+    def add(conn: Any, status: str) -> int:
+        cur = conn.execute(
+            "INSERT INTO approvals (agent, kind, requested_at, status) VALUES ('coder', 'spawn', '0', ?)",
+            (status,),
+        )
+        return int(cur.lastrowid)
+
+    bus, store = EventBus(), Store(tmp_path / "hive.sqlite")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        await nursery.start(store.run)
+        nursery.start_soon(PendingApprovals(Link(), bus, store).run)
+        await eventually(lambda: counts == [0], 5)
+        first = await store.call(lambda c: add(c, "pending"))
+        await store.call(lambda c: add(c, "denied"))
+        bus.publish(ev.ApprovalAdded(id=first, agent="coder", approval_kind="spawn"))
+        await eventually(lambda: counts[-1:] == [1], 5)
+        await store.call(
+            lambda c: c.execute("UPDATE approvals SET status = 'approved' WHERE id = ?", (first,))
+        )
+        bus.publish(ev.ApprovalResolved(id=first, agent="coder", status="approved"))
+        await eventually(lambda: counts[-1:] == [0], 5)
         nursery.cancel_scope.cancel()

@@ -342,6 +342,8 @@ class SwarmHiveChanged(Event):
     reachable: bool
     last_seen: float | None = None
     local: bool = False
+    approvals: int | None = None
+    """Approvals pending on that hive (approved there; None: not known)."""
 
 
 @attrs.frozen(kw_only=True)

@@ -398,7 +398,11 @@ function hiveHead(h, count) {
     el("span", { class: "name", text: h.name }),
     h.local ? el("span", { class: "chip", text: "this hive" }) : null,
     el("span", { class: `reach ${h.reachable ? "reachable" : "unreachable"}`, text: h.reachable ? "● reachable" : "✖ unreachable" }),
-    seen, count === null ? null : el("span", { class: "count", text: `${count} agent${count === 1 ? "" : "s"}` }));
+    seen, count === null ? null : el("span", { class: "count", text: `${count} agent${count === 1 ? "" : "s"}` }),
+    !h.local && h.approvals ? el("span", {
+      class: "chip approvals", title: `approve them on ${h.name}`,
+      text: `◆ ${h.approvals} approval${h.approvals === 1 ? "" : "s"} pending`,
+    }) : null);
 }
 
 function hiveBox(h) {
@@ -452,7 +456,7 @@ function applySwarm(ev) {
       renderSwarm(); break;
     case "swarm_hive": {
       const prev = sw.hives.get(ev.name);
-      sw.hives.set(ev.name, { agents: new Map(), ...prev, name: ev.name, reachable: ev.reachable, last_seen: ev.last_seen, local: ev.local });
+      sw.hives.set(ev.name, { agents: new Map(), ...prev, name: ev.name, reachable: ev.reachable, last_seen: ev.last_seen, local: ev.local, approvals: ev.approvals });
       if (ev.local || !prev) renderSwarm(); else renderHive(ev.name);
       break;
     }
