@@ -201,7 +201,7 @@ async def test_two_hives_with_their_own_nats_users_join_see_each_other_and_mail(
         info = await nc.jetstream().stream_info("HIVE_EVENTS", subjects_filter=">")
         return sorted(info.state.subjects or {})
 
-    want = ["hive.alpha.events.agent", "hive.gamma.events.agent"]
+    want = [f"hive.{h}.events.{kind}" for h in ("alpha", "gamma") for kind in ("agent", "approvals")]
     await eventually(lambda: _eq(nats(events_from, server.url, user="admin", password=ADMIN_PASSWORD), want))
     assert a.link.denied is None
     assert g.link.denied is None
