@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import hypothesis
@@ -21,7 +21,7 @@ from actors.rebuild_queue import JobLane
 from actors.transients import TransientRegistry
 from actors.views import Views
 from hivecore import store as st
-from hivecore.config import Config
+from hivecore.config import Config, StatePaths
 from hivecore.coordinator import Coordinator
 from hivecore.runtime.process import ProcessRuntime
 from hivecore.store import Store
@@ -163,3 +163,52 @@ async def parts(state_dir: Path) -> AsyncIterator[Parts]:
     async with trio.open_nursery() as nursery:
         yield await start_parts(config, nursery)
         nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def paths(state_dir: Path) -> StatePaths:
+    """The state layout under /tmp (``state_dir``): a root daemon's agents run as their own uids and
+    must reach it."""
+    p = StatePaths(state_dir)
+    p.create_layout()
+    return p
+
+
+@pytest.fixture
+def runtime(paths: StatePaths) -> Iterator[ProcessRuntime]:
+    """The process runtime alone; every process it started is killed at the end."""
+    try:
+        # generous: a graceful stop's outcome must not depend on how loaded the machine is
+        yield ProcessRuntime(paths, stop_timeout=10)
+    finally:
+        kill_everything_under(paths.run_process)
+
+
+async def start_hub(state_dir: Path, nursery: trio.Nursery) -> Parts:
+    """:func:`start_parts` plus the broker, the agent sockets and the manager socket; agents
+    ``coder`` and ``tester`` exist, stopped (no harness reads their inboxes but the test), their
+    sockets bound."""
+    config = make_config(state_dir, crash_watch_interval=3600.0)
+    parts = await start_parts(config, nursery)
+    d = parts.daemon
+    await nursery.start(d.broker.run)
+    await nursery.start(d.agent_sockets.run)
+    await nursery.start(d.manager_socket.run)
+    for name in ("coder", "tester"):
+        await d.coordinator.spawn(name)
+        await d.coordinator.stop(name)
+    with trio.fail_after(10):
+        await d.agent_sockets.wait_for(lambda a: a.bound() == ["coder", "tester"])
+    return parts
+
+
+async def call(path: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """One request on a fresh connection to the socket at ``path`` (10 s at most)."""
+    from hivecore.harness import Channel
+
+    chan = await Channel.open(path)
+    try:
+        with trio.fail_after(10):
+            return await chan.call(request)
+    finally:
+        await chan.aclose()

@@ -171,13 +171,6 @@ async def test_the_manager_owns_every_proposed_repo(hive: Daemon) -> None:
 
 
 @pytest.fixture
-def paths(state_dir: Path) -> StatePaths:
-    p = StatePaths(state_dir)
-    p.create_layout()
-    return p
-
-
-@pytest.fixture
 async def runtime(paths: StatePaths) -> Any:
     try:
         yield ProcessRuntime(paths, stop_timeout=5, runtime_dir=paths.run)

@@ -26,8 +26,7 @@ from hivecore import store as st
 from hivecore.daemon import Daemon
 from hivecore.models import Job, JobState
 from hivecore.wire.events import ApprovalAttributed
-from tests.conftest import TEST_TOKEN, make_config, write_test_token
-from tests.test_broker import call
+from tests.conftest import TEST_TOKEN, call, make_config, write_test_token
 from tests.test_dashboard_actions import login
 from tests.waiting import eventually
 from tests.web_client import http

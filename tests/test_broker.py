@@ -25,7 +25,7 @@ from hivecore.runtime.nixos import container_binds
 from hivecore.services import broker as br
 from hivecore.services.broker import Broker
 from hivecore.services.meta_build import MetaBuild
-from tests.conftest import Parts, make_config, start_parts
+from tests.conftest import Parts, call, make_config, start_hub, start_parts
 from tests.procs import exited
 from tests.waiting import eventually
 
@@ -62,29 +62,9 @@ class Hub:
 async def hub(state_dir: Path) -> AsyncIterator[Hub]:
     """Store, views, lane, broker, the agent sockets and the manager socket; agents ``coder`` and
     ``tester`` exist but are stopped (so no harness reads their inboxes but the test)."""
-    config = make_config(state_dir, crash_watch_interval=3600.0)
     async with trio.open_nursery() as nursery:
-        parts = await start_parts(config, nursery)
-        d = parts.daemon
-        await nursery.start(d.broker.run)
-        await nursery.start(d.agent_sockets.run)
-        await nursery.start(d.manager_socket.run)
-        for name in ("coder", "tester"):
-            await d.coordinator.spawn(name)
-            await d.coordinator.stop(name)
-        with trio.fail_after(10):
-            await d.agent_sockets.wait_for(lambda a: a.bound() == ["coder", "tester"])
-        yield Hub(parts)
+        yield Hub(await start_hub(state_dir, nursery))
         nursery.cancel_scope.cancel()
-
-
-async def call(path: Path, request: dict[str, Any]) -> dict[str, Any]:
-    chan = await Channel.open(path)
-    try:
-        with trio.fail_after(10):
-            return await chan.call(request)
-    finally:
-        await chan.aclose()
 
 
 async def test_send_recv_ack_over_real_sockets(hub: Hub) -> None:

@@ -18,9 +18,8 @@ from hivecore import claude_turn as ct
 from hivecore.daemon import Daemon
 from hivecore.harness import HarnessSettings, run_harness
 from hivecore.names import MANAGER_NAME
-from tests.conftest import Parts, make_config, write_test_token
+from tests.conftest import Parts, call, make_config, write_test_token
 from tests.model_api import ModelApi, Rule
-from tests.test_broker import call
 from tests.test_mcp import parts_with_sockets as parts_with_sockets
 from tests.waiting import eventually
 

@@ -24,9 +24,8 @@ import pytest
 import trio
 
 from hivecore.daemon import Daemon
-from tests.conftest import TEST_TOKEN, make_config, write_test_token
+from tests.conftest import TEST_TOKEN, call, make_config, write_test_token
 from tests.test_approvals import BROKEN_NIX, commit, sonnet
-from tests.test_broker import call
 from tests.test_e2e_approval import host
 from tests.waiting import eventually
 

@@ -16,8 +16,8 @@ import trio
 from hivecore.daemon import Daemon
 from hivecore.kick import REASON_CONFIG_APPLIED
 from hivecore.sockets.client import request
+from tests.conftest import call
 from tests.test_approvals import BROKEN_NIX, commit, main_of, sonnet, tags
-from tests.test_broker import call
 from tests.waiting import eventually
 
 

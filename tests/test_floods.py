@@ -13,8 +13,7 @@ import trio
 from hivecore.daemon import Daemon
 from hivecore.services import broker as br
 from hivecore.services.broker import MAX_QUEUED_PER_SENDER
-from tests.conftest import AUTH
-from tests.test_broker import call
+from tests.conftest import AUTH, call
 from tests.web_client import http
 
 

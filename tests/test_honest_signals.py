@@ -83,7 +83,7 @@ async def test_a_config_change_never_shows_needs_update(parts: Parts) -> None:
 
 
 async def test_hivectl_prints_a_build_error_with_its_line_breaks(hive: Daemon) -> None:
-    from tests.test_broker import call
+    from tests.conftest import call
     from tests.test_hivectl import err, hivectl
 
     sock = hive.config.host_socket_path

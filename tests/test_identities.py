@@ -10,8 +10,7 @@ from hivecore.daemon import Daemon
 from hivecore.errors import InvalidName
 from hivecore.names import MANAGER_NAME, validate_name
 from hivecore.services.broker import OPERATOR
-from tests.conftest import AUTH
-from tests.test_broker import call
+from tests.conftest import AUTH, call
 from tests.test_dashboard_actions import answer
 from tests.test_host_socket import ask as host_ask
 from tests.web_client import http

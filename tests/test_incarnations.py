@@ -23,7 +23,7 @@ from hivecore.errors import Refused
 from hivecore.harness import Channel
 from hivecore.services import broker as br
 from hivecore.wire.helper import ApprovalResolvedHelper, MessagesUndelivered, helper_from_body
-from tests.conftest import AUTH, Parts, make_config, start_parts
+from tests.conftest import AUTH, Parts, call, make_config, start_hub, start_parts
 from tests.waiting import eventually
 from tests.web_client import event_stream
 
@@ -32,27 +32,9 @@ from tests.web_client import event_stream
 async def hub(state_dir: Path) -> AsyncIterator[Parts]:
     """The daemon's parts with the broker and sockets; ``coder`` and ``tester`` exist, stopped (no
     harness reads their inboxes but the test)."""
-    config = make_config(state_dir, crash_watch_interval=3600.0)
     async with trio.open_nursery() as nursery:
-        parts = await start_parts(config, nursery)
-        d = parts.daemon
-        await nursery.start(d.broker.run)
-        await nursery.start(d.agent_sockets.run)
-        await nursery.start(d.manager_socket.run)
-        for name in ("coder", "tester"):
-            await d.coordinator.spawn(name)
-            await d.coordinator.stop(name)
-        yield parts
+        yield await start_hub(state_dir, nursery)
         nursery.cancel_scope.cancel()
-
-
-async def call(path: Path, request: dict[str, Any]) -> dict[str, Any]:
-    chan = await Channel.open(path)
-    try:
-        with trio.fail_after(10):
-            return await chan.call(request)
-    finally:
-        await chan.aclose()
 
 
 async def _socket(d: Daemon, name: str) -> Path:

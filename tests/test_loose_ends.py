@@ -11,7 +11,8 @@ import pytest
 
 from hivecore import loose_ends, topology
 from hivecore.wire.agent import LooseEnd
-from tests.test_broker import Hub, call, hub  # noqa: F401  (the fixture)
+from tests.conftest import call
+from tests.test_broker import Hub, hub  # noqa: F401  (the fixture)
 
 
 def kinds(answer: dict[str, Any]) -> list[tuple[str, int, str | None]]:

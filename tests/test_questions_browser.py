@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from hivecore.daemon import Daemon
-from tests.test_broker import call
+from tests.conftest import call
 from tests.test_dashboard_browser import (  # noqa: F401  # fixtures
     BrowserThread,
     browser,

@@ -17,8 +17,7 @@ import trio
 
 from hivecore.daemon import Daemon
 from hivecore.services import broker as br
-from tests.conftest import AUTH, make_config
-from tests.test_broker import call
+from tests.conftest import AUTH, call, make_config
 from tests.test_e2e_approval import host
 from tests.test_hivectl import err, hivectl, out
 from tests.waiting import eventually

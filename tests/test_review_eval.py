@@ -420,7 +420,7 @@ async def test_port_conflicts_are_in_api_state(hive: Daemon) -> None:
 
 
 async def test_withdrawing_a_schedule_request_cancels_its_requested_schedule(hive: Daemon) -> None:
-    from tests.test_broker import call
+    from tests.conftest import call
     from tests.test_host_socket import ok
 
     await ok(hive.config.host_socket_path, {"cmd": "spawn", "name": "alpha"})

@@ -13,8 +13,6 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import trio
@@ -30,29 +28,11 @@ from tests.procs import (
     dead,
     exited,
     group_alive,
-    kill_everything_under,
     started,
     stubborn,
     wait_for,
 )
 from tests.waiting import eventually
-
-
-@pytest.fixture
-def paths(state_dir: Path) -> StatePaths:
-    """Under /tmp (``state_dir``): a root daemon's agents run as their own uids and must reach it."""
-    p = StatePaths(state_dir)
-    p.create_layout()
-    return p
-
-
-@pytest.fixture
-def runtime(paths: StatePaths) -> Iterator[ProcessRuntime]:
-    try:
-        # generous: a graceful stop's outcome must not depend on how loaded the machine is
-        yield ProcessRuntime(paths, stop_timeout=10)
-    finally:
-        kill_everything_under(paths.run_process)
 
 
 def open_pidfds() -> int:

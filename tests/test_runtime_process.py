@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,23 +38,6 @@ from tests.procs import (
 from tests.waiting import eventually
 
 IGNORES_TERM = ("sh", "-c", "trap '' TERM; while :; do sleep 0.05; done")
-
-
-@pytest.fixture
-def paths(state_dir: Path) -> StatePaths:
-    """Under /tmp (``state_dir``): a root daemon's agents run as their own uids and must reach it."""
-    p = StatePaths(state_dir)
-    p.create_layout()
-    return p
-
-
-@pytest.fixture
-def runtime(paths: StatePaths) -> Iterator[ProcessRuntime]:
-    try:
-        # generous: a graceful stop's outcome must not depend on how loaded the machine is
-        yield ProcessRuntime(paths, stop_timeout=10)
-    finally:
-        kill_everything_under(paths.run_process)
 
 
 async def test_create_start_two_agents(runtime: ProcessRuntime, paths: StatePaths) -> None:

@@ -12,7 +12,7 @@ import pytest
 from hivecore.cli.terminal import escape, escape_block, escape_json
 from hivecore.daemon import Daemon
 from hivecore.names import MANAGER_NAME
-from tests.test_broker import call
+from tests.conftest import call
 from tests.test_hivectl import hivectl
 
 ATTACKS = [
