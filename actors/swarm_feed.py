@@ -21,6 +21,7 @@ import trio
 from hivecore import swarm_view as sv
 from hivecore.errors import HiveError
 from hivecore.swarm import SwarmStatus
+from hivecore.wire.events import SwarmStateEvent
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,17 @@ class SwarmFeed:
         self.shown: SwarmStatus | None = None
         """The picture the open pages have now (as :func:`hivecore.swarm_view.shown` makes it)."""
         self.passes = 0
+        self._state: SwarmStateEvent | None = None
+
+    def state_event(self) -> SwarmStateEvent | None:
+        """``swarm_state`` of :attr:`shown` (one object per picture: a stream's frame of it is
+        encoded once), or None before the first pass. The deltas broadcast after it are relative
+        to exactly this picture."""
+        if self.shown is None:
+            return None
+        if self._state is None or self._state.swarm is not self.shown:
+            self._state = SwarmStateEvent(swarm=self.shown)
+        return self._state
 
     def step(self) -> int:
         """One pass: broadcast what changed since the last one; how many events went out."""

@@ -46,6 +46,7 @@ async def test_another_hives_agents_show_grouped_under_it_live_as_text_and_turn_
     browser: BrowserThread,  # noqa: F811
     nats_server: NatsServer,
     roots: Callable[[], Path],  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     views = RowsStandIn()
     views.set("hm1nd", ContainerView(name="hm1nd", container="hm1nd", is_manager=True, running=True))
@@ -85,6 +86,7 @@ async def test_another_hives_agents_show_grouped_under_it_live_as_text_and_turn_
                 )
             )
             await eventually(lambda: link.pending_approvals == 0, 10)
+            await browser.run(lambda: page.locator("#swarm").screenshot(path=str(tmp_path / "swarm.png")))
             # the stream drops; what changes meanwhile comes back with the new stream's swarm_state
             assert alpha.dashboard_app.hive_drop_streams() >= 1
             views.set("writer", None)

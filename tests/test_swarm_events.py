@@ -315,3 +315,21 @@ async def test_pending_approvals_are_counted_from_the_store_after_each_approval_
         bus.publish(ev.ApprovalResolved(id=first, agent="coder", status="approved"))
         await eventually(lambda: counts[-1:] == [0], 5)
         nursery.cancel_scope.cancel()
+
+
+def test_a_swarm_frame_carries_no_id_so_last_event_id_counts_local_events_only() -> None:
+    from web.stream import SseHub
+
+    hub = SseHub(facade=None)
+    removed = ev.SwarmAgentRemoved(hive="beta", name="coder")
+    frame = hub.frame_of(removed)
+    assert frame.startswith(b"data: ")
+    assert b"\nid:" not in frame
+    assert json.loads(frame[len(b"data: ") :]) == {
+        "kind": "swarm_agent_removed",
+        "hive": "beta",
+        "name": "coder",
+    }
+    assert hub.frame_of(removed) is frame  # one encoding for every stream
+    local = hub.frame_of(ev.ContainerRemoved(name="x", seq=7))
+    assert local.startswith(b"id: 7\n")

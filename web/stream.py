@@ -12,7 +12,7 @@ import collections
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import trio
 from quart import Blueprint, Response, current_app, request
@@ -53,14 +53,19 @@ class SseHub:
         self.facade = facade
         self._live: set[trio.CancelScope] = set()
         self._frames: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._unsequenced: tuple[Event, bytes] | None = None
 
     def frame_of(self, event: Event) -> bytes:
         """The SSE frame of ``event``, encoded once for every stream that sends it (seqs are unique
         per bus, events immutable)."""
-        if not event.seq:  # unsequenced (the swarm view): no id, nothing to cache
+        if not event.seq:  # unsequenced (the swarm view): no id; the last one's frame is kept
+            if self._unsequenced is not None and self._unsequenced[0] is event:
+                return self._unsequenced[1]
             data = event_to_dict(event)
             data.pop("seq", None)
-            return sse(data)
+            encoded = sse(data)
+            self._unsequenced = (event, encoded)
+            return encoded
         frame = self._frames.get(event.seq)
         if frame is None:
             frame = self._frames[event.seq] = sse(event_to_dict(event), event_id=event.seq)
@@ -84,6 +89,10 @@ class SseHub:
         swarm_status = getattr(self.facade, "swarm_status", None)
         if kinds is None or SwarmStateEvent.KIND not in kinds or swarm_status is None:
             return None
+        feed = getattr(getattr(self.facade, "swarm", None), "feed", None)
+        cached = feed.state_event() if feed is not None else None
+        if cached is not None:  # the picture the feed's next deltas apply to, its frame encoded once
+            return cast(SwarmStateEvent, cached)
         from hivecore import swarm_view
 
         status = swarm_status()
