@@ -54,6 +54,10 @@ let
   ++ optionals (cfg.hiveName != null) [ "--hive-name" cfg.hiveName ]
   ++ optionals (cfg.swarmCredsFile != null) [ "--swarm-creds" cfg.swarmCredsFile ]
   ++ optionals (cfg.swarmTlsCaFile != null) [ "--swarm-tls-ca" cfg.swarmTlsCaFile ]
+  ++ optionals (cfg.swarmOperatorHives != [ ]) [
+    "--swarm-operator-hives"
+    (builtins.concatStringsSep "," cfg.swarmOperatorHives)
+  ]
   ++ cfg.extraArgs;
 in
 {
@@ -262,6 +266,17 @@ in
       type = types.nullOr types.str;
       default = null;
       description = "The CA certificate that signed the NATS server's certificate (TLS to NATS).";
+    };
+
+    swarmOperatorHives = mkOption {
+      type = types.listOf (types.strMatching "[a-z][a-z0-9-]{0,8}");
+      default = [ ];
+      example = [ "lab" ];
+      description = ''
+        Hives of the swarm whose operators may start, stop, restart, rebuild, kill, pause and resume
+        this hive's agents and approve or deny its approvals (`--swarm-operator-hives`). Empty: none;
+        every such request is refused and audited. See docs/swarm.md (Operator reach).
+      '';
     };
 
     watchdogSec = mkOption {

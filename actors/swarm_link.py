@@ -115,6 +115,8 @@ class SwarmLink:
             from actors.swarm_feed import SwarmFeed
 
             self.feed = SwarmFeed(self, bus)
+        self.ops: Any = None
+        """Operator reach (:class:`actors.swarm_ops.SwarmOps` sets itself): served in every session."""
         views.observe(self._observe)
 
     # --- what other parts read -------------------------------------------------------------------
@@ -464,6 +466,8 @@ class SwarmLink:
                 nursery.start_soon(self._heartbeats, bridge, beats)
                 nursery.start_soon(self._approvals_out, bridge, beats)
                 nursery.start_soon(self._publisher, bridge, agents)
+                if self.ops is not None:
+                    nursery.start_soon(self.ops.serve, bridge, nc)
                 if self._broker is not None:
                     sub = await self._call(bridge, partial(_mail_consumer, js, self.me))
                     nursery.start_soon(self._consume, bridge, sub, js)

@@ -232,8 +232,9 @@ def redacted_args(request: Any) -> dict[str, Any]:
 
 
 def subject_of(args: Mapping[str, Any]) -> str | None:
-    """The one agent a request names (``name``, ``agent``, ``to``, a one-name scope), if any."""
-    for key in ("name", "agent", "to"):
+    """The one agent a request names (``name``, ``agent``, ``to``, ``target``: another hive's
+    ``NAME@HIVE``, a one-name scope), if any."""
+    for key in ("name", "agent", "to", "target"):
         value = args.get(key)
         if isinstance(value, str) and value:
             return value
@@ -267,6 +268,25 @@ def collecting_jobs() -> Iterator[list[int]]:
         yield jobs
     finally:
         _produced.reset(token)
+
+
+# --- who is asking, for a verb that passes it on (swarm_op: the far hive audits it too) -------------
+
+_acting: contextvars.ContextVar[Actor | None] = contextvars.ContextVar("audit_actor", default=None)
+
+
+def current_actor() -> Actor | None:
+    """The :class:`Actor` of the verb running in this task (set by the verb table's server half)."""
+    return _acting.get()
+
+
+@contextlib.contextmanager
+def acting_as(actor: Actor) -> Iterator[None]:
+    token = _acting.set(actor)
+    try:
+        yield
+    finally:
+        _acting.reset(token)
 
 
 # --- the chain (pure) -----------------------------------------------------------------------------

@@ -176,6 +176,16 @@ class Coordinator:
         """This hive's swarm link and every hive it sees (``state`` ``off`` without ``--swarm``)."""
         return self.swarm.status() if self.swarm is not None else OFF
 
+    async def swarm_op(self, request: Any, actor: Any) -> Any:
+        """``swarm_op``: an operator verb on another hive (:meth:`actors.swarm_ops.SwarmOps.ask`)."""
+        ops = getattr(self.swarm, "ops", None)
+        if ops is None:
+            raise NotAvailable(
+                "this hive is not in a swarm (start hive-c0re serve with --swarm nats://HOST:PORT "
+                "--hive-name NAME)"
+            )
+        return await ops.ask(request, actor)
+
     def alarms(self) -> list[Alarm]:
         """The raised alarms (crit first, then oldest first)."""
         return self._alarm_watch.alarms() if self._alarm_watch is not None else []

@@ -29,6 +29,7 @@ from actors.reminder_scheduler import ReminderScheduler
 from actors.review_evals import ReviewEvals
 from actors.supervisor import ChildSpec, Supervisor
 from actors.swarm_link import SwarmLink
+from actors.swarm_ops import SwarmOps
 from actors.transients import TransientRegistry
 from actors.views import Views
 from actors.webhooks import Webhooks
@@ -425,6 +426,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     )
     if config.swarm is not None:
         daemon.swarm = SwarmLink(config.swarm, views, config.paths.root, store=store, broker=broker, bus=bus)
+        SwarmOps(daemon.swarm, config.swarm.operator_hives, coordinator, audit_log)  # operator reach
         coordinator.swarm = daemon.swarm
         metrics.set_source("swarm", daemon.swarm.families)
         alarm_watch.add_source(daemon.swarm.alarms)

@@ -169,7 +169,7 @@ JOB_KINDS: tuple[JobKind, ...] = typing.get_args(JobKind)
 """Every job kind; what each one is (its service, transient, build class…) is its row in
 :data:`hivecore.jobkinds.REGISTRY`."""
 JobSource = Literal[
-    "host_sock", "dashboard", "manager", "auto_update", "meta_update", "crash_recover", "internal"
+    "host_sock", "dashboard", "manager", "auto_update", "meta_update", "crash_recover", "internal", "swarm"
 ]
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 

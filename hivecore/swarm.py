@@ -91,6 +91,10 @@ class SwarmSettings:
     tls_ca: Path | None = None
     """The CA that signed the NATS server's certificate (then the connection is TLS)."""
     heartbeat_ttl: float = DEFAULT_HEARTBEAT_TTL
+    operator_hives: tuple[str, ...] = attrs.field(
+        default=(), validator=lambda _i, _a, v: [validate_hive_name(n) for n in v]
+    )
+    """``--swarm-operator-hives``: hives whose operators may run operator verbs here (docs/swarm.md)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.heartbeat_ttl >= MIN_HEARTBEAT_TTL:

@@ -57,6 +57,7 @@ from hivecore.wire.host import (
     StateFileRequest,
     StopRequest,
     SubscribeAgentStatusRequest,
+    SwarmOpRequest,
     SwarmStatusRequest,
     UnscheduleRequest,
     UrlsRequest,
@@ -392,6 +393,20 @@ HIVECTL_REQUESTS: list[tuple[list[str], HostRequest]] = [
     ),
     (["unschedule", "3", "--target", "a"], UnscheduleRequest(id=3, target="a")),
     (["swarm"], SwarmStatusRequest()),
+    # operator reach (docs/swarm.md): NAME@HIVE / ID@HIVE become one swarm_op
+    (["stop", "coder@farm", "--hard"], SwarmOpRequest(op="stop", target="coder@farm", graceful=False)),
+    (["start", "coder@farm"], SwarmOpRequest(op="start", target="coder@farm")),
+    (["restart", "coder@farm"], SwarmOpRequest(op="restart", target="coder@farm")),
+    (["rebuild", "coder@farm"], SwarmOpRequest(op="rebuild", target="coder@farm")),
+    (["kill", "coder@farm"], SwarmOpRequest(op="kill", target="coder@farm")),
+    (["pause", "coder@farm"], SwarmOpRequest(op="pause", target="coder@farm")),
+    (["resume", "coder@farm"], SwarmOpRequest(op="resume", target="coder@farm")),
+    (["approve", "7@farm"], SwarmOpRequest(op="approve", target="7@farm")),
+    (["deny", "7@farm", "--note", "no"], SwarmOpRequest(op="deny", target="7@farm", note="no")),
+    (
+        ["swarm-op", "stop", "coder@farm", "--hard", "--wait", "5"],
+        SwarmOpRequest(op="stop", target="coder@farm", graceful=False, timeout=5.0),
+    ),
     (["audit"], AuditRequest()),
     (
         ["audit", "--since", "1764540000", "--agent", "a", "--limit", "5", "--before", "9"],

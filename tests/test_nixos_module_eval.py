@@ -265,8 +265,10 @@ def test_swarm_options_reach_the_daemon(tmp_path: Path) -> None:
     creds.write_text("creds\n")
     settings = {"enable": True, "swarmUrl": "tls://nats.example.org:4222", "hiveName": "lab"}
     settings["swarmCredsFile"] = str(creds)
+    settings["swarmOperatorHives"] = ["ops", "lab2"]
     argv = exec_argv(evaluate(tmp_path, settings)["service"]["serviceConfig"]["ExecStart"])
     tail = ["--swarm", "tls://nats.example.org:4222", "--hive-name", "lab", "--swarm-creds", str(creds)]
+    tail += ["--swarm-operator-hives", "ops,lab2"]
     assert argv == intended_argv(tmp_path / "pkg", {}) + tail
     config = config_from_args(build_parser().parse_args(argv[1:]))
     assert config.swarm is not None
@@ -275,6 +277,7 @@ def test_swarm_options_reach_the_daemon(tmp_path: Path) -> None:
         "lab",
         creds,
     )
+    assert config.swarm.operator_hives == ("ops", "lab2")
 
 
 def test_shell_quoting_is_not_enough_for_systemd() -> None:

@@ -279,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a hive silent this long shows unreachable (default 10; the first hive to create the "
         "heartbeat bucket sets it for the swarm)",
     )
+    swarm.add_argument(
+        "--swarm-operator-hives",
+        default=None,
+        metavar="A,B",
+        help="hives whose operators may start, stop, restart, rebuild, kill, pause and resume this "
+        "hive's agents and approve or deny its approvals (comma-separated hive names; default none)",
+    )
     serve.add_argument(
         "--retention-days",
         type=float,
@@ -433,10 +440,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def swarm_settings(args: argparse.Namespace) -> SwarmSettings | None:
     """``--swarm`` and friends, checked (:class:`HiveError` naming the flag); None without ``--swarm``."""
     from hivecore.swarm import SwarmSettings, validate_hive_name
+    from hivecore.swarm_ops import operator_hives
 
     if args.swarm is None:
-        if args.hive_name or args.swarm_creds or args.swarm_tls_ca:
-            raise HiveError("--hive-name, --swarm-creds and --swarm-tls-ca need --swarm nats://HOST:PORT")
+        if args.hive_name or args.swarm_creds or args.swarm_tls_ca or args.swarm_operator_hives:
+            raise HiveError(
+                "--hive-name, --swarm-creds, --swarm-tls-ca and --swarm-operator-hives need --swarm "
+                "nats://HOST:PORT"
+            )
         return None
     if not args.hive_name:
         raise HiveError("--swarm needs --hive-name NAME (this hive's name in the swarm)")
@@ -457,6 +468,7 @@ def swarm_settings(args: argparse.Namespace) -> SwarmSettings | None:
         creds=args.swarm_creds.absolute() if args.swarm_creds else None,
         tls_ca=args.swarm_tls_ca.absolute() if args.swarm_tls_ca else None,
         heartbeat_ttl=args.swarm_heartbeat_ttl,
+        operator_hives=operator_hives(args.swarm_operator_hives),
     )
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from hivecore.cli.terminal import escape, escape_block, escape_json
-from hivecore.errors import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE
+from hivecore.errors import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, BadInput
 from hivecore.sockets.client import Unreachable, exchange
 from hivecore.verbs import spec
 from hivecore.wire.lines import HOST_SOCK_VERSION, request_line
@@ -679,7 +679,15 @@ Done = Callable[[argparse.Namespace], str]
 
 
 def _builder(cmd: str, fields: Callable[[argparse.Namespace], dict[str, Any]]) -> Builder:
-    return lambda args: Request(cmd, fields(args))
+    def build(args: argparse.Namespace) -> Request:
+        built = fields(args)
+        try:
+            routed = spec.swarm_route(cmd, built)  # NAME@HIVE: another hive's (docs/swarm.md)
+        except BadInput as exc:
+            raise SystemExit(f"hivectl: {exc}") from None
+        return Request(*routed) if routed is not None else Request(cmd, built)
+
+    return build
 
 
 def _lower_first(text: str) -> str:

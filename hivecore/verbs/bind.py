@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from hivecore import loose_ends
-from hivecore.audit import Actor, collecting_jobs
+from hivecore.audit import Actor, acting_as, collecting_jobs, current_actor
 from hivecore.errors import HiveError, NotAvailable, Refused, UnknownAgent, answer_for
 from hivecore.models import JobSource
 from hivecore.verbs import spec
@@ -113,18 +113,19 @@ async def run_checked(key: str, ctx: Any, request: Request, *, who: Actor | None
     if call is None:
         raise NotAvailable(f"{row.cmd} is answered by its server, not here")
     audit = getattr(ctx, "audit", None)
-    if audit is None or row.read_only:
-        if ctx.caller.principal not in row.principals:  # a surface serves only its rows; the backstop
-            raise Refused(f"{row.cmd} is not for the {ctx.caller.principal}")
-        request = checked(request)
-        return request, await call(ctx, request)
     actor = (
         who
         if who is not None
         else Actor(ctx.caller.principal, _VIA.get(ctx.caller.source, ctx.caller.source))
     )
+    if audit is None or row.read_only:
+        if ctx.caller.principal not in row.principals:  # a surface serves only its rows; the backstop
+            raise Refused(f"{row.cmd} is not for the {ctx.caller.principal}")
+        request = checked(request)
+        with acting_as(actor):
+            return request, await call(ctx, request)
     value: Any = None
-    with collecting_jobs() as jobs:
+    with collecting_jobs() as jobs, acting_as(actor):
         try:
             if ctx.caller.principal not in row.principals:
                 raise Refused(f"{row.cmd} is not for the {ctx.caller.principal}")
@@ -677,6 +678,25 @@ SWARM_BINDINGS: Mapping[str, Binding] = {
     ),
 }
 BINDINGS = {**BINDINGS, **SWARM_BINDINGS}
+
+
+# --- operator reach (issue 20 item 4: actors/swarm_ops.py) ----------------------------------------
+
+
+async def _swarm_op(ctx: Any, r: wh.SwarmOpRequest) -> Any:
+    """One request to the far hive, as the operator asking here (the far hive audits them too)."""
+    return await ctx.facade.swarm_op(r, current_actor())
+
+
+SWARM_OP_BINDINGS: Mapping[str, Binding] = {
+    "swarm_op": Binding(
+        wh.SwarmOpRequest,
+        _swarm_op,
+        host=lambda ctx, reply: wh.HostResponse(ok=True, message=reply.message),
+        done=lambda r, reply: reply.message or f"{spec.SWARM_OP_PAST.get(r.op, r.op)} {r.target}",
+    ),
+}
+BINDINGS = {**BINDINGS, **SWARM_OP_BINDINGS}
 
 
 def records(surface: spec.Surface) -> dict[type[Request], str]:

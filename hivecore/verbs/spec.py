@@ -138,6 +138,21 @@ def _env_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {"name": args.name, "set": pairs, "unset": list(args.unset)}
 
 
+def _approval_ref(text: str) -> int | str:
+    """An approval id (``7``), or another hive's (``7@lab``: routed to ``swarm_op``)."""
+    if "@" in text:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid int value: {text[:40]!r} (an approval id, or ID@HIVE for another hive's)"
+        ) from None
+
+
+APPROVAL_REF = Arg(("id",), {"type": _approval_ref, "metavar": "ID"})
+
+
 # --- the table -----------------------------------------------------------------------------------
 
 VERBS: tuple[Verb, ...] = (
@@ -482,7 +497,7 @@ VERBS: tuple[Verb, ...] = (
         commands=(
             Command(
                 "approve",
-                (Arg(("id",), {"type": int, "metavar": "ID"}),),
+                (APPROVAL_REF,),
                 lambda a: {"id": a.id},
                 lambda a: f"approved {a.id}",
                 help="approve a request",
@@ -499,7 +514,7 @@ VERBS: tuple[Verb, ...] = (
             Command(
                 "deny",
                 (
-                    Arg(("id",), {"type": int, "metavar": "ID"}),
+                    APPROVAL_REF,
                     Arg(("--note",), {"default": None, "help": "why (shown to the manager)"}),
                 ),
                 lambda a: {"id": a.id, "note": a.note},
@@ -1070,6 +1085,99 @@ SWARM: tuple[Verb, ...] = (
     ),
 )
 VERBS = VERBS + SWARM
+
+# --- operator reach (issue 20 item 4: hivecore/swarm_ops.py, actors/swarm_ops.py) -----------------------
+
+SWARM_OP_PAST = {
+    "start": "started",
+    "stop": "stopped",
+    "restart": "restarted",
+    "rebuild": "rebuilt",
+    "kill": "killed",
+    "pause": "paused",
+    "resume": "resumed",
+    "approve": "approved",
+    "deny": "denied",
+}
+"""What ``swarm_op`` may ask of another hive (the far side's allowlist: ``hivecore.swarm_ops.OPS``),
+and how its success reads (``stopped coder@farm``)."""
+SWARM_OP_NAMES = tuple(SWARM_OP_PAST)
+
+
+def swarm_route(cmd: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """hivectl's ``NAME@HIVE`` / ``ID@HIVE``: a lifecycle or approval command naming another hive's
+    agent or approval becomes one ``swarm_op`` request (``None``: a local one). One remote target
+    per command; :class:`BadInput` when it is mixed with other names or ``--all``."""
+    if cmd in ("start", "stop"):
+        scope = fields.get("scope") or {}
+        names = list(scope.get("agent_names") or [])
+        remote = [n for n in names if "@" in n]
+        if not remote:
+            return None
+        if len(names) != 1 or scope.get("agents"):
+            raise BadInput(f"{cmd}: name one NAME@HIVE at a time (not with other names or --all)")
+        extra = {"graceful": fields.get("graceful", True)} if cmd == "stop" else {}
+        return "swarm_op", {"op": cmd, "target": names[0], **extra}
+    if cmd in ("restart", "rebuild", "kill", "set_paused"):
+        name = fields.get("name")
+        if not isinstance(name, str) or "@" not in name:
+            return None
+        op = cmd if cmd != "set_paused" else ("pause" if fields.get("paused") else "resume")
+        return "swarm_op", {"op": op, "target": name}
+    if cmd in ("approve", "deny"):
+        ref = fields.get("id")
+        if not isinstance(ref, str):
+            return None
+        return "swarm_op", {"op": cmd, "target": ref, "note": fields.get("note")}
+    return None
+
+
+def _swarm_op_cli(a: argparse.Namespace) -> dict[str, Any]:
+    return {"op": a.op, "target": a.target, "graceful": not a.hard, "note": a.note, "timeout": a.wait}
+
+
+def _swarm_op_form(f: Form) -> dict[str, Any]:
+    return {
+        "op": f["op"],
+        "target": f"{f['name']}@{f['hive']}",
+        "graceful": not form_flag(f, "hard"),
+        "note": form_text(f, "note", required=False),
+    }
+
+
+SWARM_OPS: tuple[Verb, ...] = (
+    _row(
+        "swarm_op",
+        "Run an operator verb on another hive of the swarm: op (start, stop, restart, rebuild, kill, "
+        "pause, resume on an agent, target NAME@HIVE; approve, deny on an approval, target ID@HIVE), "
+        "graceful (stop), note (deny), timeout (seconds to wait; 60, a rebuild 280). That hive must "
+        "list this one in --swarm-operator-hives; both hives audit it. hivectl's start, stop, restart, "
+        "rebuild, kill, pause, resume, approve and deny send it for a NAME@HIVE or ID@HIVE.",
+        "operator",
+        "host_sock hivectl dashboard",
+        route=Route("/swarm-op/<hive>/<op>/<name>", _swarm_op_form),
+        commands=(
+            Command(
+                "swarm-op",
+                (
+                    Arg(("op",), {"choices": SWARM_OP_NAMES, "metavar": "OP"}),
+                    Arg(("target",), {"metavar": "NAME@HIVE|ID@HIVE"}),
+                    Arg(("--hard",), {"action": "store_true", "help": "stop: kill at once"}),
+                    Arg(("--note",), {"default": None, "help": "deny: why (shown to that hive's manager)"}),
+                    Arg(
+                        ("--wait",),
+                        {"type": float, "default": None, "metavar": "SECONDS", "help": "how long to wait"},
+                    ),
+                ),
+                _swarm_op_cli,
+                lambda a: f"{SWARM_OP_PAST[a.op]} {a.target}",
+                help="run OP (start, stop, restart, rebuild, kill, pause, resume, approve, deny) on "
+                "another hive's agent NAME@HIVE or approval ID@HIVE",
+            ),
+        ),
+    ),
+)
+VERBS = VERBS + SWARM_OPS
 
 VERBS += (
     # --- viewers (issue 18 item 6): read-only; the dashboard's GET /api/agent-config/<n> and

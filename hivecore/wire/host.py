@@ -16,7 +16,7 @@ import json
 
 import attrs
 
-from hivecore import reminders
+from hivecore import reminders, swarm_ops
 from hivecore import schedules as sched
 from hivecore.audit import MAX_READ as MAX_AUDIT_ROWS
 from hivecore.audit import AuditRow
@@ -384,6 +384,25 @@ class SwarmStatusRequest(HostRequest):
     CMD = "swarm_status"
 
 
+# --- operator reach (issue 20 item 4: hivecore/swarm_ops.py) -----------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class SwarmOpRequest(HostRequest):
+    """Run ``op`` on another hive's agent (``target`` ``NAME@HIVE``) or approval (``ID@HIVE``):
+    one NATS request to that hive, which must list this one in ``--swarm-operator-hives``."""
+
+    CMD = "swarm_op"
+    op: str = attrs.field(metadata=swarm_ops.OP)
+    target: str = attrs.field(metadata=swarm_ops.TARGET)
+    graceful: bool = True
+    """``stop``: SIGTERM first (false: SIGKILL now)."""
+    note: str | None = attrs.field(default=None, metadata=swarm_ops.NOTE)
+    """``deny``: why (shown to the far hive's manager)."""
+    timeout: float | None = attrs.field(default=None, metadata=swarm_ops.TIMEOUT)
+    """Seconds to wait for the far hive (default 60; a rebuild 280)."""
+
+
 # --- audit (issue 19: hivecore/audit.py) ----------------------------------------------------------
 
 
@@ -455,6 +474,7 @@ AnyRequest = (
     | ScheduleRequest
     | UnscheduleRequest
     | SwarmStatusRequest
+    | SwarmOpRequest
     | AuditRequest
     | AgentConfigRequest
     | StateFileRequest

@@ -355,6 +355,31 @@ function renderContainers() {
   renderSwarmMeta();
 }
 
+// --- operator reach (docs/swarm.md "Operator reach"): the buttons of another hive's row -----------------
+// Each posts /swarm-op/<hive>/<op>/<name>; that hive decides (it must list this one in
+// --swarm-operator-hives) and both hives audit it; the toast is its verb's answer. ``a`` is the
+// remote row as /api/state's swarm has it (name, is_manager, running, paused).
+function remoteButtons(hive, a) {
+  const base = `/swarm-op/${enc(hive)}`;
+  const n = enc(a.name);
+  const who = `${a.name}@${hive}`;
+  const buttons = el("div", { class: "buttons remote-ops" });
+  if (a.running) {
+    buttons.append(actionForm(`${base}/restart/${n}`, "↺ R3ST4RT", { title: `restart ${who}` }));
+    if (!a.is_manager) {
+      buttons.append(actionForm(`${base}/stop/${n}`, "■ ST0P", { title: `stop ${who}` }));
+      buttons.append(actionForm(`${base}/kill/${n}`, "☠ K1LL", { confirm: `Kill ${who} (SIGKILL)?`, cls: "danger" }));
+    }
+  } else {
+    buttons.append(actionForm(`${base}/start/${n}`, "▶ ST4RT", { title: `start ${who}` }));
+  }
+  buttons.append(actionForm(`${base}/rebuild/${n}`, "↻ R3BU1LD", { title: `rebuild ${who}` }));
+  buttons.append(a.paused
+    ? actionForm(`${base}/resume/${n}`, "▶ R3SUM3", { title: `resume ${who}` })
+    : actionForm(`${base}/pause/${n}`, "‖ P4US3", { title: `pause ${who}` }));
+  return buttons;
+}
+
 function renderSwarmMeta() {
   document.getElementById("swarm-count").textContent = String(S.containers.size);
   const stale = S.anyStale || [...S.containers.values()].some((c) => c.needs_update);
@@ -365,7 +390,8 @@ function renderSwarmMeta() {
 }
 
 // --- the swarm view: agents grouped by hive (docs/swarm.md "Events") ---------------------------------
-// Other hives' rows are theirs: text only, read-only here. This hive's own agents are the rows above.
+// Other hives' rows are theirs: text only; their buttons ask that hive (remoteButtons, operator reach).
+// This hive's own agents are the rows above.
 
 function swarmFrom(status) {
   if (!status || status.state === "off") return null;
@@ -389,7 +415,8 @@ function remoteRow(hive, a) {
       el("span", { class: "state-text", text: a.pending || state }),
       a.paused ? el("span", { class: "badge paused", text: "paused" }) : null,
       a.stuck ? el("span", { class: "badge stuck", title: a.stuck, text: "stuck" }) : null,
-      a.status_text ? el("span", { class: "status-text", text: a.status_text }) : null));
+      a.status_text ? el("span", { class: "status-text", text: a.status_text }) : null),
+    remoteButtons(hive, a)); // operator reach: that hive decides (docs/swarm.md "Operator reach")
 }
 
 function hiveHead(h, count) {
