@@ -10,23 +10,31 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from actors.swarm_link import SwarmLink
 from actors.swarm_ops import SwarmOps
 from hivecore import swarm as sw
 from hivecore import swarm_ops as so
 from hivecore.audit import Actor
 from hivecore.daemon import Daemon
 from hivecore.errors import BadInput, HiveError, Refused
+from hivecore.models import ContainerView
 from hivecore.sockets.client import Unreachable
 from hivecore.verbs import spec
 from tests.nats_server import NatsServer
 from tests.procs import kill_everything_under
+from tests.test_dashboard_browser import BrowserThread, browser  # noqa: F401
+from tests.test_dashboard_browser import pytestmark as needs_browser
 from tests.test_kill9 import ROOT, ask
+from tests.test_swarm_browser import TTL as BROWSER_TTL
+from tests.test_swarm_browser import alpha  # noqa: F401
+from tests.test_swarm_link import RowsStandIn, roots, running  # noqa: F401
 from tests.test_swarm_serve import TTL, hivectl, swarm
 from tests.test_verb_table import _mcp
 from tests.waiting import eventually
@@ -366,3 +374,41 @@ async def test_operator_reach_between_two_real_hives(
                 await proc.wait()
         for d in (a_dir, b_dir):
             kill_everything_under(d / "run" / "process")
+
+
+# --- the dashboard's buttons on a remote row (Chromium) ---------------------------------------------------
+
+
+@needs_browser
+async def test_a_remote_rows_button_asks_that_hive_and_shows_its_answer(
+    alpha: Daemon,  # noqa: F811
+    browser: BrowserThread,  # noqa: F811
+    nats_server: NatsServer,
+    roots: Callable[[], Path],  # noqa: F811
+) -> None:
+    """alpha's page, beta a bare link whose SwarmOps lists no operator hive: ST0P on beta's row posts
+    /swarm-op/beta/stop/coder, beta refuses (it does not list alpha), the toast says so."""
+    views = RowsStandIn()
+    views.set("coder", ContainerView(name="coder", container="h-coder", running=True))
+    settings = sw.SwarmSettings(url=nats_server.url, hive_name="beta", heartbeat_ttl=BROWSER_TTL)
+    beta = SwarmLink(settings, views, roots())  # type: ignore[arg-type]
+    far = SwarmOps(beta, (), facade=None)
+    row = "#swarm-hives [data-hive='beta'] .row[data-name='coder']"
+    button = f"{row} form[action='/swarm-op/beta/stop/coder'] button"
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(120):
+            await running(nursery, beta)
+            link = alpha.swarm
+            assert link is not None
+            await eventually(lambda: link.state == "connected" and beta.state == "connected", 20)
+            page = await browser.new_page(alpha.dashboard_urls[0])
+            await browser.run(lambda: page.click(button))
+            await browser.run(lambda: page.wait_for_selector("#toasts .toast.err"))
+            text = await browser.run(lambda: page.inner_text("#toasts .toast.err"))
+            assert text == (
+                "hive beta: hive beta does not take operator commands from hive alpha (it is not in "
+                "beta's --swarm-operator-hives)"
+            )
+            assert far.refused == 1
+            assert browser.console_errors == []
+        nursery.cancel_scope.cancel()
