@@ -262,7 +262,8 @@ def test_agent_env_file_reaches_the_daemon(tmp_path: Path) -> None:
 
 def test_swarm_options_reach_the_daemon(tmp_path: Path) -> None:
     creds = tmp_path / "hive %i.creds"
-    creds.write_text("creds\n")
+    creds.write_text("lab:secret\n")  # a user:password line (docs/swarm.md)
+    creds.chmod(0o600)  # --swarm-creds is a secret file: 0600 or refused
     settings = {"enable": True, "swarmUrl": "tls://nats.example.org:4222", "hiveName": "lab"}
     settings["swarmCredsFile"] = str(creds)
     settings["swarmOperatorHives"] = ["ops", "lab2"]
