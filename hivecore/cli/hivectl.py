@@ -596,6 +596,13 @@ def render_swarm(answer: Response) -> str:
     head = f"hive {escape(str(status.get('hive')))} on {escape(str(status.get('server')))}: {escape(state)}"
     if status.get("error"):
         head += f" ({escape(str(status['error']))})"
+    waiting = [
+        f"{escape(str(h.get('name', '?')))} {h['approvals']}"
+        for h in status.get("hives") or []
+        if not h.get("local") and isinstance(h.get("approvals"), int) and h["approvals"] > 0
+    ]
+    if waiting:
+        head += "\napprovals pending on other hives (approve them there): " + ", ".join(waiting)
     now = time.time()
     cells = []
     for h in status.get("hives") or []:
