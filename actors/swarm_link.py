@@ -31,7 +31,7 @@ from prometheus_client.metrics_core import Metric
 
 from actors.views import RowsApplied, Views
 from hivecore import swarm as sw
-from hivecore import swarm_perms
+from hivecore import swarm_ask, swarm_perms
 from hivecore import swarm_view as sv
 from hivecore.aiobridge import AsyncioThread, asyncio_thread
 from hivecore.alarms import Alarm
@@ -97,6 +97,9 @@ class SwarmLink:
         self.received = self.duplicates = self.bounced = self.forged = 0
         if broker is not None:
             broker.remote = self.send_remote
+        self.questions: Any = None
+        """The questions service (:class:`hivecore.services.questions.Questions`): asks and answers
+        from other hives go to it (set by the daemon)."""
         self.denied: str | None = None
         """The last permissions violation NATS reported in this session (it names the subject)."""
         self.sessions = 0
@@ -248,13 +251,7 @@ class SwarmLink:
             self._outbox_event = trio.Event()
             rows = await self._store.call(sm.pending_outbox)
             for row in rows:
-                env = sm.Envelope(
-                    id=f"{self.me}.{self._identity[:16]}.{row.id}",
-                    from_hive=self.me,
-                    sender=row.sender,
-                    to=row.recipient,
-                    body=row.body,
-                )
+                env = swarm_ask.envelope(row, f"{self.me}.{self._identity[:16]}.{row.id}", self.me)
                 headers = {"Nats-Msg-Id": env.id}
                 await self._call(
                     bridge,
@@ -295,6 +292,14 @@ class SwarmLink:
             self._changed_now()
             log.warning("swarm: refused a mail envelope %s (dropped)", refused)
             return
+        problem = swarm_ask.envelope_problem(env)
+        if problem is not None:
+            kind = env.kind[:20]
+            log.warning("swarm: dropped a malformed %s envelope from %s: %s", kind, env.from_hive, problem)
+            return
+        if env.kind != "mail":
+            await self._deliver_question(env)
+            return
         recipients = set(self._views.rows())
         inbox = env.to
         if inbox not in ("manager", "operator") and inbox not in recipients:
@@ -309,6 +314,32 @@ class SwarmLink:
         else:
             self.received += 1
         self._changed_now()
+
+    async def _deliver_question(self, env: Any) -> None:
+        """An ask or an answer (:mod:`hivecore.swarm_ask`) into the questions service, before the ack."""
+        from hivecore.names import MANAGER_AGENT, MANAGER_NAME
+
+        if self.questions is None:
+            log.warning("swarm: dropped an %s from %s: no questions service here", env.kind, env.from_hive)
+            return
+        if env.kind == "ask":
+            target = MANAGER_NAME if env.to == MANAGER_AGENT else env.to
+            if target != MANAGER_NAME and target not in set(self._views.rows()):
+                target = None
+            outcome = await self.questions.deliver_ask(env, target)
+        else:
+            outcome = await self.questions.deliver_answer(env)
+        if outcome == "duplicate":
+            self.duplicates += 1
+        elif outcome == "received":
+            self.received += 1
+        else:
+            self.bounced += 1
+        self._changed_now()
+
+    def wake_outbox(self) -> None:
+        """An ask or an answer was queued in the outbox by another service: flush it now."""
+        self._outbox_event.set()
 
     async def _bounce(self, bridge: AsyncioThread, js: Any, env: Any, why: str) -> None:
         from hivecore import swarm_mail as sm

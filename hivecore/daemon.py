@@ -428,6 +428,9 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         daemon.swarm = SwarmLink(config.swarm, views, config.paths.root, store=store, broker=broker, bus=bus)
         SwarmOps(daemon.swarm, config.swarm.operator_hives, coordinator, audit_log)  # operator reach
         coordinator.swarm = daemon.swarm
+        daemon.swarm.questions = questions  # ask across hives (hivecore/swarm_ask.py)
+        questions.hive = config.swarm.hive_name
+        questions.outbox_added = daemon.swarm.wake_outbox
         metrics.set_source("swarm", daemon.swarm.families)
         alarm_watch.add_source(daemon.swarm.alarms)
     metrics.attach(daemon)

@@ -315,6 +315,17 @@ MIGRATIONS: tuple[str, ...] = (
     -- loose ends (hivecore/loose_ends.py): has anyone answered this message yet?
     CREATE INDEX messages_in_reply_to ON messages(in_reply_to) WHERE in_reply_to IS NOT NULL;
     """,
+    # 19: ask across hives (hivecore/swarm_ask.py): an outbox row of an ask or an answer carries the
+    # question's part of the envelope (JSON; NULL: plain mail); a question another hive asked here
+    # maps to its id on the asking hive
+    """
+    ALTER TABLE swarm_outbox ADD COLUMN question TEXT;
+    CREATE TABLE swarm_questions (
+        question_id INTEGER PRIMARY KEY,
+        hive TEXT NOT NULL,
+        remote_id INTEGER NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -101,6 +101,17 @@ class Envelope:
     sender: str
     to: str
     body: str
+    kind: str = "mail"
+    """``mail``; ``ask`` (``body`` the question) or ``answer`` (``body`` the answer) across hives
+    (:mod:`hivecore.swarm_ask`); an older hive ignores the fields below."""
+    ref: int | None = None
+    """ask/answer: the question's id on the asking hive."""
+    options: list[str] = attrs.field(factory=list)
+    multi: bool = False
+    deadline_at: int | None = None
+    """ask: when the question expires (Unix seconds), None: never."""
+    cancelled: bool = False
+    """answer: the question was cancelled (or could not be asked) rather than answered."""
 
 
 @attrs.frozen(kw_only=True)
@@ -110,32 +121,61 @@ class OutboxRow:
     hive: str
     recipient: str
     body: str
+    question: str | None = None
+    """JSON of the envelope's ask/answer fields (:mod:`hivecore.swarm_ask`); None: plain mail."""
 
 
 # --- store functions (sync, on the store thread) -------------------------------------------------------
 
 
-def add_outbox(conn: sqlite3.Connection, sender: str, hive: str, recipient: str, body: str, now: int) -> int:
+def add_outbox(
+    conn: sqlite3.Connection,
+    sender: str,
+    hive: str,
+    recipient: str,
+    body: str,
+    now: int,
+    question: str | None = None,
+) -> int:
     """Queue one remote message; :class:`BadInput` past :data:`MAX_OUTBOX_PER_SENDER`."""
     with transaction(conn):
-        (queued,) = conn.execute("SELECT count(*) FROM swarm_outbox WHERE sender=?", (sender,)).fetchone()
-        if queued >= MAX_OUTBOX_PER_SENDER:
-            raise BadInput(
-                f"swarm outbox quota: {sender} has {queued} messages waiting for NATS; wait until it is back"
-            )
-        cur = conn.execute(
-            "INSERT INTO swarm_outbox(sender, hive, recipient, body, created_at) VALUES (?,?,?,?,?)",
-            (sender, hive, recipient, body, now),
+        return add_outbox_now(conn, sender, hive, recipient, body, now, question)
+
+
+def add_outbox_now(
+    conn: sqlite3.Connection,
+    sender: str,
+    hive: str,
+    recipient: str,
+    body: str,
+    now: int,
+    question: str | None = None,
+    *,
+    limit: bool = True,
+) -> int:
+    """:func:`add_outbox` inside the caller's transaction (an ask or an answer with its question row);
+    ``limit=False``: no quota (an answer the hive owes, whoever gave it)."""
+    (queued,) = conn.execute("SELECT count(*) FROM swarm_outbox WHERE sender=?", (sender,)).fetchone()
+    if limit and queued >= MAX_OUTBOX_PER_SENDER:
+        raise BadInput(
+            f"swarm outbox quota: {sender} has {queued} messages waiting for NATS; wait until it is back"
         )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+    cur = conn.execute(
+        "INSERT INTO swarm_outbox(sender, hive, recipient, body, created_at, question) "
+        "VALUES (?,?,?,?,?,?)",
+        (sender, hive, recipient, body, now, question),
+    )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
 
 
 def pending_outbox(conn: sqlite3.Connection, limit: int = 100) -> list[OutboxRow]:
     rows = conn.execute(
-        "SELECT id, sender, hive, recipient, body FROM swarm_outbox ORDER BY id LIMIT ?", (limit,)
+        "SELECT id, sender, hive, recipient, body, question FROM swarm_outbox ORDER BY id LIMIT ?", (limit,)
     ).fetchall()
-    return [OutboxRow(id=r[0], sender=r[1], hive=r[2], recipient=r[3], body=r[4]) for r in rows]
+    return [
+        OutboxRow(id=r[0], sender=r[1], hive=r[2], recipient=r[3], body=r[4], question=r[5]) for r in rows
+    ]
 
 
 def outbox_depth(conn: sqlite3.Connection) -> int:

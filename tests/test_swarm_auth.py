@@ -25,6 +25,7 @@ from hivecore import swarm_mail as sm
 from hivecore.errors import HiveError
 from hivecore.models import ContainerView
 from hivecore.services.broker import Broker
+from hivecore.services.questions import Questions
 from hivecore.store import Store
 from tests.nats_server import ADMIN_PASSWORD, NatsServer
 from tests.test_swarm_link import RowsStandIn
@@ -37,6 +38,7 @@ class Hive:
     broker: Broker
     store: Store
     views: RowsStandIn
+    questions: Questions
 
 
 @pytest.fixture
@@ -65,8 +67,12 @@ async def start_hive(
     await broker.begin_incarnation("coder")
     settings = sw.SwarmSettings(url=url, hive_name=name, creds=creds, heartbeat_ttl=3.0)
     link = SwarmLink(settings, views, root, store=store, broker=broker, bus=bus)  # type: ignore[arg-type]
+    # the questions service wired as hivecore/daemon.py wires it (ask across hives)
+    questions = Questions(store, bus, broker, lambda: views.rows().keys())
+    await nursery.start(questions.run)
+    link.questions, questions.hive, questions.outbox_added = questions, name, link.wake_outbox
     nursery.start_soon(link.run)
-    return Hive(link, broker, store, views)
+    return Hive(link, broker, store, views, questions)
 
 
 def inbox(hive: Hive, recipient: str) -> Any:

@@ -471,6 +471,16 @@ class Broker:
                 event.set()
         return ids
 
+    def announce(self, message_id: int, sender: str, recipient: str, body: str, at: int) -> None:
+        """A message another service inserted in its own transaction (a question from another hive:
+        :mod:`hivecore.swarm_ask`): tell the dashboards and wake the recipient."""
+        self._sent += 1
+        self._bus.publish(
+            MessageSent(id=message_id, from_=sender, to=recipient, body=body, at=at, in_reply_to=None)
+        )
+        if (event := self._wake.pop(recipient, None)) is not None:
+            event.set()
+
     async def receive_remote(
         self, write: Callable[[sqlite3.Connection, int], int | None], sender: str, recipient: str, body: str
     ) -> int | None:

@@ -119,35 +119,67 @@ def insert_question(
     ``max_open`` open ones, :class:`~hivecore.topology.RecipientNotAllowed` when its
     ``hyperhive.allowedRecipients`` leaves ``target`` out. ``deadline_at`` is ``now + ttl_seconds``
     rounded up to a whole second."""
+    with transaction(conn):
+        return insert_question_now(
+            conn,
+            asker=asker,
+            question=question,
+            options=options,
+            multi=multi,
+            now=now,
+            ttl_seconds=ttl_seconds,
+            target=target,
+            max_open=max_open,
+        )
+
+
+def insert_question_now(
+    conn: sqlite3.Connection,
+    *,
+    asker: str,
+    question: str,
+    options: list[str],
+    multi: bool,
+    now: float,
+    ttl_seconds: int | None,
+    target: str | None,
+    max_open: int = MAX_OPEN_PER_ASKER,
+    check_recipient: bool = True,
+    deadline_at: int | None = None,
+) -> Question:
+    """:func:`insert_question` inside the caller's transaction (an ask across hives writes its
+    outbox row with it: :mod:`hivecore.swarm_ask`); ``deadline_at`` (Unix s) in place of a TTL: the
+    asking hive's deadline, kept as it is."""
     asked_at = int(now)
     deadline = None if ttl_seconds is None else math.ceil(now + ttl_seconds)
-    with transaction(conn):
-        if target is not None:  # hyperhive.allowedRecipients (issue 18 item 7): one gate for send and ask
-            topology.check_recipient(conn, asker, target)
-        (count,) = conn.execute(
-            "SELECT count(*) FROM operator_questions WHERE asker=? AND answered_at IS NULL", (asker,)
-        ).fetchone()
-        if count >= max_open:
-            raise Refused(
-                f"{asker} already has {count} open questions (the limit is {max_open}); wait for answers"
-            )
-        cur = conn.execute(
-            "INSERT INTO operator_questions(asker, question, options_json, multi, asked_at, deadline_at, "
-            "target, asker_incarnation, target_incarnation) VALUES (?,?,?,?,?,?,?,?,?)",
-            (
-                asker,
-                question,
-                json.dumps(options),
-                int(multi),
-                asked_at,
-                deadline,
-                target,
-                _incarnation(conn, asker),
-                None if target is None else _incarnation(conn, target),
-            ),
+    if deadline_at is not None:
+        deadline = deadline_at
+    if target is not None and check_recipient:  # allowedRecipients (issue 18 item 7): send and ask
+        topology.check_recipient(conn, asker, target)
+    (count,) = conn.execute(
+        "SELECT count(*) FROM operator_questions WHERE asker=? AND answered_at IS NULL", (asker,)
+    ).fetchone()
+    if count >= max_open:
+        raise Refused(
+            f"{asker} already has {count} open questions (the limit is {max_open}); wait for answers"
         )
-        assert cur.lastrowid is not None
-        qid = cur.lastrowid
+    cur = conn.execute(
+        "INSERT INTO operator_questions(asker, question, options_json, multi, asked_at, deadline_at, "
+        "target, asker_incarnation, target_incarnation) VALUES (?,?,?,?,?,?,?,?,?)",
+        (
+            asker,
+            question,
+            json.dumps(options),
+            int(multi),
+            asked_at,
+            deadline,
+            target,
+            _incarnation(conn, asker),
+            None if target is None else _incarnation(conn, target),
+        ),
+    )
+    assert cur.lastrowid is not None
+    qid = cur.lastrowid
     return Question(
         id=qid,
         asker=asker,
@@ -225,7 +257,15 @@ def _resolve_now(
     resolved = Question(
         **{**_fields(q), "answered_at": at, "answer": answer, "cancelled": cancelled, "answerer": answerer}
     )
+    if "@" in q.asker:  # another hive asked: its answer goes back in this transaction (swarm_ask)
+        from hivecore import swarm_ask
+
+        swarm_ask.queue_answer(conn, resolved, answer, cancelled=cancelled, answerer=answerer, now=now)
     return resolved, _still_live(conn, question_id)
+
+
+resolve_now = _resolve_now
+"""``_resolve_now`` for :func:`hivecore.swarm_ask.receive_answer` (inside its transaction)."""
 
 
 def resolve_question(
@@ -352,6 +392,11 @@ class Questions:
         self.expired = 0
         self.record: Recorder | None = None
         """Set by the daemon to the audit trail's ``record``: each expiry is a daemon row."""
+        self.hive: str | None = None
+        """This hive's name in the swarm (``--swarm``; set with :attr:`outbox_added`): ``ask`` then
+        takes ``name@hive`` (:mod:`hivecore.swarm_ask`). None: not in a swarm."""
+        self.outbox_added: Callable[[], None] | None = None
+        """Wakes the swarm link's outbox flush after an ask or an answer to another hive was queued."""
 
     # --- reads -------------------------------------------------------------------------------------
 
@@ -403,7 +448,18 @@ class Questions:
         the operator or, with ``to``, a peer; the stored row."""
         if multi and not options:
             raise BadInput("multi needs options to choose from")
-        target = self._target(asker, to)
+        remote = None
+        if to is not None and "@" in to:
+            from hivecore import swarm_ask
+
+            if self.hive is None:
+                raise BadInput(f"{to[:60]!r}: this hive is not in a swarm (name@hive needs --swarm)")
+            name, hive = swarm_ask.remote_target(to, self.hive)
+            if hive == self.hive:
+                to = name
+            else:
+                remote = (to, name, hive)
+        target = None if remote is not None else self._target(asker, to)
         now = self._clock()
         recent = self._recent.setdefault(asker, collections.deque())
         while recent and recent[0] <= now - 60:
@@ -413,6 +469,9 @@ class Questions:
                 f"at most {self.max_per_minute} questions a minute per asker; this one was not asked"
             )
         recent.append(now)
+        if remote is not None:
+            opts = list(options or [])
+            return await self._ask_remote(asker, question, opts, multi, ttl_seconds, remote, now)
         q: Question = await self._store.call(
             lambda c: insert_question(
                 c,
@@ -426,20 +485,7 @@ class Questions:
                 max_open=self.max_open,
             )
         )
-        self._bus.publish(
-            QuestionAdded(
-                id=q.id,
-                asker=q.asker,
-                question=q.question,
-                options=q.options,
-                multi=q.multi,
-                asked_at=q.asked_at,
-                deadline_at=q.deadline_at,
-                target=q.target,
-            )
-        )
-        if q.deadline_at is not None:
-            self._wake.set()
+        self._added(q)
         if target is None:
             self._waiting.setdefault(asker, q.asked_at)
             self._rescan([asker])
@@ -454,6 +500,98 @@ class Questions:
             )
             await self._tell(target, event)
         return q
+
+    async def _ask_remote(
+        self,
+        asker: str,
+        question: str,
+        options: list[str],
+        multi: bool,
+        ttl_seconds: int | None,
+        remote: tuple[str, str, str],
+        now: float,
+    ) -> Question:
+        """The question row and its ``ask`` envelope in the outbox, one transaction."""
+        from hivecore import swarm_ask
+
+        to, name, hive = remote
+        q: Question = await self._store.call(
+            lambda c: swarm_ask.ask(
+                c,
+                asker=asker,
+                to=to,
+                name=name,
+                hive=hive,
+                question=question,
+                options=options,
+                multi=multi,
+                now=now,
+                ttl_seconds=ttl_seconds,
+                max_open=self.max_open,
+            )
+        )
+        self._added(q)
+        self._outbox()
+        return q
+
+    def _added(self, q: Question) -> None:
+        self._bus.publish(
+            QuestionAdded(
+                id=q.id,
+                asker=q.asker,
+                question=q.question,
+                options=q.options,
+                multi=q.multi,
+                asked_at=q.asked_at,
+                deadline_at=q.deadline_at,
+                target=q.target,
+            )
+        )
+        if q.deadline_at is not None:
+            self._wake.set()
+
+    def _outbox(self) -> None:
+        if self.outbox_added is not None:
+            self.outbox_added()
+
+    async def deliver_ask(self, envelope: Any, target: str | None) -> str:
+        """Another hive's ``ask`` (the swarm link, before it acks): ``target`` the local agent asked
+        (None: no such agent); ``received``, ``duplicate`` or ``refused`` (answered back at once)."""
+        from hivecore import swarm_ask
+
+        me = self.hive or "?"
+        now = self._clock()
+        got = await self._store.call(
+            lambda c: swarm_ask.receive_ask(
+                c, now, envelope=envelope, target=target, max_open=self.max_open, me=me
+            )
+        )
+        if got is None:
+            return "duplicate"
+        if isinstance(got, str):
+            log.info("questions: %s@%s's question not asked: %s", envelope.sender, envelope.from_hive, got)
+            self._outbox()
+            return "refused"
+        q, inbox, message_id, body = got
+        self._added(q)
+        self._broker.announce(message_id, SYSTEM_SENDER, inbox, body, int(now))
+        return "received"
+
+    async def deliver_answer(self, envelope: Any) -> str:
+        """Another hive's ``answer`` to a question asked from here: ``received`` (the asker is told
+        as for a local peer), ``duplicate``, or ``dropped`` (not an open question of that asker to
+        that hive: expired here already, or a forgery)."""
+        from hivecore import swarm_ask
+
+        now = self._clock()
+        got = await self._store.call(lambda c: swarm_ask.receive_answer(c, now, envelope=envelope))
+        if got == "duplicate":
+            return "duplicate"
+        if isinstance(got, str):
+            log.info("questions: an answer from hive %s dropped: %s", envelope.from_hive, got)
+            return "dropped"
+        await self._resolved([got])
+        return "received"
 
     async def answer(self, question_id: int, answer: str, *, by: str) -> Question:
         """Answer open question ``question_id`` as ``by`` (``operator``, or the asked agent's name)."""
@@ -509,8 +647,10 @@ class Questions:
                 )
             )
         await self._refresh_waiting({q.asker for q, _ in done if q.target is None})
+        if any("@" in q.asker for q, _ in done):
+            self._outbox()  # their answers went to the swarm outbox with the resolve
         for q, tell in done:
-            if not tell:
+            if not tell or "@" in q.asker:
                 continue
             assert q.answer is not None
             event: HelperEvent

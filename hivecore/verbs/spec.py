@@ -752,7 +752,8 @@ _QUESTION_VERBS: tuple[Verb, ...] = (
         "manager agent",
         "manager_sock agent_sock",
         tool_help="Ask another agent a question and carry on: this does not wait. to: an existing "
-        "agent's name, 'manager', or 'operator' (then it is ask_operator). question, options, multi "
+        "agent's name, 'manager', or 'operator' (then it is ask_operator), or name@hive for an agent "
+        "or the manager of another hive of the swarm. question, options, multi "
         "and ttl_seconds as for ask_operator. The agent gets a question_asked event from system and "
         "answers with answer; the answer reaches you as an answered event from system ('[expired]' "
         "after the TTL, '[cancelled]' if the operator cancels it; the operator may also answer it). "

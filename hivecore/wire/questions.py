@@ -119,7 +119,10 @@ class AskRequest(Request):
 
     CMD = "ask"
     to: str = attrs.field(
-        metadata=check(lambda v: v.strip().removeprefix("@"), "an agent's name, 'manager' or 'operator'")
+        metadata=check(
+            lambda v: v.strip().removeprefix("@"),
+            "an agent's name, 'manager' or 'operator'; name@hive: an agent or the manager of another hive",
+        )
     )
     question: str = attrs.field(metadata=check(question_text, _QUESTION_DOC))
     options: list[str] | None = attrs.field(default=None, metadata=check(options, _OPTIONS_DOC))

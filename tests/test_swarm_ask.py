@@ -1,0 +1,192 @@
+"""``ask`` across hives (issue 20; hivecore/swarm_ask.py, docs/swarm.md): a question to ``name@hive``
+goes out with the outbox's guarantees, the far agent (or operator) answers, the asker hears
+``answered`` once; unknown names, TTLs, allowedRecipients, redelivered asks and forged answers. Two
+links with real stores, brokers and questions services in one process, against a real
+``nats-server -js``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from hivecore import swarm as sw
+from hivecore import swarm_mail as sm
+from hivecore import topology
+from hivecore.errors import HiveError
+from hivecore.services import questions as qs
+from tests.nats_server import NatsServer
+from tests.test_swarm_auth import Hive, nats, start_hive
+from tests.test_swarm_auth import nursery as nursery  # the fixtures
+from tests.test_swarm_auth import roots as roots
+from tests.waiting import eventually
+
+
+def events(hive: Hive, inbox: str, kind: str) -> Any:
+    """The helper events of ``kind`` from system in ``inbox`` (parsed), oldest first."""
+
+    def read(conn: Any) -> list[dict[str, Any]]:
+        q = "SELECT body FROM messages WHERE recipient=? AND sender='system' ORDER BY id"
+        out = [json.loads(r[0]) for r in conn.execute(q, (inbox,))]
+        return [e for e in out if e.get("event") == kind]
+
+    return hive.store.call(read)
+
+
+async def question(hive: Hive, qid: int) -> Any:
+    return await hive.store.call(lambda c: qs.get_question(c, qid))
+
+
+async def test_ask_across_hives_is_answered_once_and_unknown_names_expiry_and_topology_hold(
+    nats_server: NatsServer, roots: Callable[[], Path], nursery: trio.Nursery
+) -> None:
+    a = await start_hive(nursery, nats_server.url, "alpha", roots())
+    b = await start_hive(nursery, nats_server.url, "beta", roots())
+    await eventually(lambda: a.link.state == "connected" and b.link.state == "connected", 30)
+
+    # coder@alpha asks coder@beta; beta's coder hears question_asked naming the asker with its hive
+    asked = await a.questions.ask("coder", "tests green?", ["yes", "no"], False, 600, to="coder@beta")
+    assert asked.target == "coder@beta"
+    got: list[dict[str, Any]] = []
+
+    async def arrived() -> bool:
+        got[:] = await events(b, "coder", "question_asked")
+        return len(got) == 1
+
+    await eventually(arrived, 10)
+    assert (got[0]["asker"], got[0]["question"], got[0]["options"]) == (
+        "coder@alpha",
+        "tests green?",
+        ["yes", "no"],
+    )
+    assert got[0]["deadline_at"] == asked.deadline_at
+    far_id = got[0]["id"]
+    # only the asked agent answers there; its answer reaches the asker as a local peer's would
+    with pytest.raises(HiveError, match="not asked of you"):
+        await b.questions.answer(far_id, "no", by="writer")
+    await b.questions.answer(far_id, "yes", by="coder")
+    answered: list[dict[str, Any]] = []
+
+    async def heard() -> bool:
+        answered[:] = await events(a, "coder", "answered")
+        return len(answered) == 1
+
+    await eventually(heard, 10)
+    assert answered[0] == {
+        "event": "answered",
+        "id": asked.id,
+        "question": "tests green?",
+        "answer": "yes",
+        "target": "coder@beta",
+        "answerer": "coder@beta",
+    }
+    row = await question(a, asked.id)
+    assert (row.answer, row.answerer) == ("yes", "coder@beta")
+
+    # JetStream redelivers the same ask (another Nats-Msg-Id, the same envelope): asked once only
+    async def outbox_empty() -> bool:
+        return bool(await a.store.call(sm.outbox_depth) == 0)
+
+    await eventually(outbox_empty, 10)
+    env = sm.Envelope(
+        id=f"alpha.{a.link._identity[:16]}.1",
+        from_hive="alpha",
+        sender="coder",
+        to="coder",
+        body="tests green?",
+        kind="ask",
+        ref=asked.id,
+        options=["yes", "no"],
+        deadline_at=asked.deadline_at,
+    )
+
+    async def again(nc: Any) -> None:
+        await nc.jetstream().publish("hive.beta.mail.alpha", sw.encode(env), headers={"Nats-Msg-Id": "again"})
+
+    before = b.link.duplicates
+    await nats(again, nats_server.url)
+    await eventually(lambda: b.link.duplicates == before + 1, 10)
+    assert len(await events(b, "coder", "question_asked")) == 1
+
+    # an unknown name there: the asker hears at once that it was not asked
+    ghost = await a.questions.ask("coder", "anyone?", to="ghost@beta")
+
+    async def ghost_heard() -> bool:
+        return any(e["id"] == ghost.id for e in await events(a, "coder", "answered"))
+
+    await eventually(ghost_heard, 10)
+    (note,) = [e for e in await events(a, "coder", "answered") if e["id"] == ghost.id]
+    assert "not asked: no agent 'ghost' on hive 'beta'" in note["answer"]
+    assert note.get("answerer") is None
+    assert (await question(a, ghost.id)).cancelled
+
+    # a TTL: both hives expire it; the asker hears [expired] once (beta's late answer is dropped)
+    short = await a.questions.ask("coder", "quick?", ttl_seconds=1, to="manager@beta")
+    await eventually(
+        lambda: _any(events(b, "manager", "question_asked"), lambda e: e["asker"] == "coder@alpha"), 10
+    )
+
+    async def expired_both() -> bool:
+        far = [q for q in await b.questions.open() if q.asker == "coder@alpha"]
+        return not far and (await question(a, short.id)).answer == qs.EXPIRED
+
+    await eventually(expired_both, 10)
+    await eventually(outbox_empty, 10)
+    await trio.sleep(0.5)  # beta's [expired] answer arrives and is dropped
+    assert [e["answer"] for e in await events(a, "coder", "answered") if e["id"] == short.id] == [qs.EXPIRED]
+
+    # allowedRecipients holds for name@hive: nothing stored, nothing queued
+    await a.store.call(lambda c: topology.set_allowed(c, "coder", ["writer@beta"]))
+    with pytest.raises(topology.RecipientNotAllowed):
+        await a.questions.ask("coder", "may I?", to="coder@beta")
+    assert await a.store.call(sm.outbox_depth) == 0
+    # another hive's operator is not asked from here; a bad address names itself
+    with pytest.raises(HiveError, match="another hive's operator"):
+        await a.questions.ask("coder", "x", to="operator@beta")
+    with pytest.raises(HiveError, match="not name@hive"):
+        await a.questions.ask("coder", "x", to="coder@Beta")
+
+
+async def test_an_answer_is_taken_only_from_the_hive_asked_and_the_operator_there_may_answer(
+    nats_server: NatsServer, roots: Callable[[], Path], nursery: trio.Nursery
+) -> None:
+    a = await start_hive(nursery, nats_server.url, "alpha", roots())
+    b = await start_hive(nursery, nats_server.url, "beta", roots())
+    await eventually(lambda: a.link.state == "connected" and b.link.state == "connected", 30)
+    asked = await a.questions.ask("coder", "which branch?", to="coder@beta")
+    await eventually(lambda: _any(events(b, "coder", "question_asked"), lambda e: True), 10)
+
+    # gamma (its own subject) answers alpha's question to beta: dropped, the question stays open
+    forged = sm.Envelope(
+        id="gamma.x.1",
+        from_hive="gamma",
+        sender="coder",
+        to="coder",
+        body="main",
+        kind="answer",
+        ref=asked.id,
+    )
+
+    async def publish(nc: Any) -> None:
+        await nc.jetstream().publish(
+            "hive.alpha.mail.gamma", sw.encode(forged), headers={"Nats-Msg-Id": "g1"}
+        )
+
+    before = a.link.bounced
+    await nats(publish, nats_server.url)
+    await eventually(lambda: a.link.bounced == before + 1, 10)
+    assert (await question(a, asked.id)).answered_at is None
+    # beta's operator answers in the agent's place
+    (far,) = [q for q in await b.questions.open() if q.asker == "coder@alpha"]
+    await b.questions.answer(far.id, "develop", by="operator")
+    await eventually(lambda: _any(events(a, "coder", "answered"), lambda e: e["id"] == asked.id), 10)
+    (heard,) = await events(a, "coder", "answered")
+    assert (heard["answer"], heard["answerer"]) == ("develop", "operator@beta")
+
+
+async def _any(rows: Any, pred: Callable[[dict[str, Any]], bool]) -> bool:
+    return any(pred(e) for e in await rows)
