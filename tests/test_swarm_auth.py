@@ -20,6 +20,7 @@ import trio
 
 from actors.event_bus import EventBus
 from actors.swarm_link import SwarmLink
+from actors.swarm_ops import SwarmOps
 from hivecore import swarm as sw
 from hivecore import swarm_mail as sm
 from hivecore.errors import HiveError
@@ -39,6 +40,7 @@ class Hive:
     store: Store
     views: RowsStandIn
     questions: Questions
+    ops: SwarmOps
 
 
 @pytest.fixture
@@ -71,8 +73,9 @@ async def start_hive(
     questions = Questions(store, bus, broker, lambda: views.rows().keys())
     await nursery.start(questions.run)
     link.questions, questions.hive, questions.outbox_added = questions, name, link.wake_outbox
+    ops = SwarmOps(link, (), None)  # operator reach, served (no operator hives: it refuses)
     nursery.start_soon(link.run)
-    return Hive(link, broker, store, views, questions)
+    return Hive(link, broker, store, views, questions, ops)
 
 
 def inbox(hive: Hive, recipient: str) -> Any:
@@ -182,6 +185,8 @@ def agents_of(link: SwarmLink, name: str) -> list[str]:
 async def test_two_hives_with_their_own_nats_users_join_see_each_other_and_mail(
     nats_auth_server: NatsServer, roots: Callable[[], Path], nursery: trio.Nursery
 ) -> None:
+    from hivecore.wire.host import SwarmOpRequest
+
     server = nats_auth_server
     # alpha logs in with user:password, gamma with an nkey seed; both have only their permissions
     a = await start_hive(nursery, server.url, "alpha", roots(), creds=server.creds("alpha"))
@@ -209,6 +214,10 @@ async def test_two_hives_with_their_own_nats_users_join_see_each_other_and_mail(
 
     want = [f"hive.{h}.events.{kind}" for h in ("alpha", "gamma") for kind in ("agent", "approvals")]
     await eventually(lambda: _eq(nats(events_from, server.url, user="admin", password=ADMIN_PASSWORD), want))
+    # operator reach under the permissions: alpha's request on hive.gamma.ops.alpha, gamma's answer
+    # (a refusal: alpha is not one of its operator hives) under _INBOX.alpha (allow_responses)
+    with pytest.raises(HiveError, match="does not take operator commands from hive alpha"):
+        await a.ops.ask(SwarmOpRequest(op="stop", target="coder@gamma", timeout=10), None)
     assert a.link.denied is None
     assert g.link.denied is None
     assert "Violation" not in server.log.read_text()  # nats-server logs "Publish Violation - User …"
@@ -246,6 +255,7 @@ async def test_one_hives_nats_user_cannot_write_read_or_delete_as_another(
             ),
             "mail as alpha": js.publish("hive.gamma.mail.alpha", sw.encode(env)),
             "event as alpha": js.publish("hive.alpha.events.agent", b"{}"),
+            "operator request as alpha": nc.request("hive.gamma.ops.alpha", b"{}", timeout=1.5),
             "mail to alpha as alpha": js.publish("hive.alpha.mail.alpha", sw.encode(env)),
             "read alpha's mail": nc.request(
                 "$JS.API.CONSUMER.MSG.NEXT.HIVE_MAIL.mail-alpha", b"1", timeout=1.5
@@ -298,6 +308,7 @@ async def test_one_hives_nats_user_cannot_write_read_or_delete_as_another(
         "$KV.hive_claims.alpha",
         "hive.gamma.mail.alpha",
         "hive.alpha.events.agent",
+        "hive.gamma.ops.alpha",
         "$JS.API.CONSUMER.MSG.NEXT.HIVE_MAIL.mail-alpha",
         "$JS.API.STREAM.DELETE.HIVE_MAIL",
         "$JS.API.STREAM.DELETE.KV_hive_agents",
