@@ -53,7 +53,9 @@ MAX_DELTAS = 100
 """A change of the picture bigger than this goes to the dashboards as one ``swarm_state`` (well
 under a dashboard stream's buffer of 256 events, which local events share)."""
 MAX_SHOWN_TEXT = 512
-"""A status text from another hive is cut to this many characters for the dashboard."""
+"""A status or stuck text from another hive is cut to this many characters for the dashboard."""
+MAX_SHOWN_WORD = 32
+"""Another hive's pending transient (``starting``, ``rebuilding``, …) is cut to this many."""
 
 
 @attrs.frozen(kw_only=True)
@@ -130,10 +132,20 @@ def shown(status: sw.SwarmStatus) -> sw.SwarmStatus:
 
 
 def _cut(row: sw.SwarmAgent) -> sw.SwarmAgent:
-    text = row.status_text
-    if text is None or len(text) <= MAX_SHOWN_TEXT:
+    """Another hive's free texts cut for the page: the status and stuck texts to
+    :data:`MAX_SHOWN_TEXT`, the pending transient (a word here) to :data:`MAX_SHOWN_WORD`."""
+    status, stuck, pending = (
+        _short(row.status_text, MAX_SHOWN_TEXT),
+        _short(row.stuck, MAX_SHOWN_TEXT),
+        _short(row.pending, MAX_SHOWN_WORD),
+    )
+    if (status, stuck, pending) == (row.status_text, row.stuck, row.pending):
         return row
-    return attrs.evolve(row, status_text=text[:MAX_SHOWN_TEXT] + "…")
+    return attrs.evolve(row, status_text=status, stuck=stuck, pending=pending)
+
+
+def _short(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[:limit] + "…"
 
 
 def changes(before: sw.SwarmStatus | None, after: sw.SwarmStatus) -> list[Event]:

@@ -78,6 +78,9 @@ def test_changes_are_per_row_and_per_hive_and_a_first_look_is_the_whole_picture(
     text = sv.shown(status(a_hive("beta", long_row))).hives[0].agents[0].status_text
     assert text is not None
     assert len(text) == sv.MAX_SHOWN_TEXT + 1
+    odd = sw.SwarmAgent(name="coder", pending="p" * 100, stuck="s" * 5000)
+    cut = sv.shown(status(a_hive("beta", odd))).hives[0].agents[0]
+    assert (cut.pending, cut.stuck) == ("p" * sv.MAX_SHOWN_WORD + "…", "s" * sv.MAX_SHOWN_TEXT + "…")
 
 
 def test_an_event_from_another_hive_is_read_defensively() -> None:
