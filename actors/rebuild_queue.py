@@ -38,6 +38,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -73,6 +74,31 @@ class JobRunner(Protocol):
         ...
 
 
+@attrs.define(eq=False)
+class JournalStep:
+    """An atomic job's ``running`` journal row as a blocking step (:attr:`ChildJobs.journal_step`):
+    the job runs it first in its one thread hop (``JobContext.rescan(before=...)``), so the row
+    and the job's file write cost one hop (:meth:`hivecore.store.Store.write_here`) instead of two
+    threads woken at once. Runs at most once; a failure is logged and left to the lane, which
+    writes the row through a store call before the job is answered."""
+
+    store: Store
+    write: Callable[[sqlite3.Connection], None]
+    job_id: int
+    written: bool = False
+    """Set in the worker thread; read on the trio thread once that thread's hop has returned."""
+
+    def __call__(self) -> None:
+        if self.written:
+            return
+        try:
+            self.store.write_here(self.write)
+        except Exception:
+            log.warning("job %d: could not journal its start in its hop", self.job_id, exc_info=True)
+            return
+        self.written = True
+
+
 @attrs.frozen
 class ChildJobs:
     """One running job's handle on the lane: submit its children (``parent_id`` = the job's id; a
@@ -80,6 +106,8 @@ class ChildJobs:
 
     lane: JobLane
     parent: Job
+    journal_step: JournalStep | None = None
+    """An atomic job's running row, for its one thread hop to write (:class:`JournalStep`)."""
 
     async def submit(self, kind: JobKind, agent: str | None, *, source: JobSource) -> Job:
         return await self.lane.submit(kind, agent, source=source, parent_id=self.parent.id)
@@ -261,12 +289,16 @@ class JobLane:
     # --- running -------------------------------------------------------------------------------
 
     async def _journal(self, entry: _Entry) -> None:
+        await self._store.call(self._journal_row(entry))
+
+    def _journal_row(self, entry: _Entry) -> Callable[[sqlite3.Connection], None]:
+        """The write of ``entry``'s row as it is now (for the store thread, or a job's own hop)."""
         job, args = entry.job, json.dumps(dict(entry.args))
         live = job.state in ("queued", "running")
         # an intent change is worth an fsync even for a light verb: a stop on purpose must hold
         fsync = not REGISTRY[job.kind].power_loss_moot or (live and entry.mark_changed)
         mark = entry.stopped_on_purpose if live else None
-        await self._store.call(lambda c: st.journal_job(c, job, args, fsync=fsync, stopped_on_purpose=mark))
+        return lambda c: st.journal_job(c, job, args, fsync=fsync, stopped_on_purpose=mark)
 
     def _transition(self, entry: _Entry, state: JobState, **changes: Any) -> None:
         entry.job = attrs.evolve(entry.job, state=state, **changes)
@@ -275,7 +307,6 @@ class JobLane:
 
     async def _run_job(self, entry: _Entry) -> None:
         job = entry.job
-        journaled: trio.Event | None = None
         try:
             if REGISTRY[job.kind].build and not self._is_child_of_holder(job):
                 await self._journal(entry)  # queued: it may wait for its turn a long time
@@ -284,16 +315,15 @@ class JobLane:
             # a job that runs at once is journaled once before it starts, as running: one commit
             # less on every light verb's path (replay treats queued and running alike)
             self._transition(entry, "running", started_at=self._clock())
-            if REGISTRY[job.kind].atomic:  # its row commits while it runs; done waits for both
-                journaled = trio.Event()
-                assert self._nursery is not None
-                self._nursery.start_soon(self._journal_running, entry, journaled)
+            step = None
+            if REGISTRY[job.kind].atomic:  # its row commits in its own thread hop, beside its step
+                step = JournalStep(self._store, self._journal_row(entry), job.id)
             else:
                 await self._journal(entry)
             log.info("job %d: %s %s (from %s) started", job.id, job.kind, job.agent or "", job.source)
-            await self._runner.run(entry.job, entry.args, ChildJobs(self, entry.job))
-            if journaled is not None:
-                await journaled.wait()  # an answered job is in the journal
+            await self._runner.run(entry.job, entry.args, ChildJobs(self, entry.job, step))
+            if step is not None and not step.written:
+                await self._store.call(step.write)  # an answered job is in the journal
         except trio.Cancelled:
             entry.error = LaneClosed(f"job {job.id} ({job.kind}) was cancelled: hive-c0re is shutting down")
             self._transition(entry, "cancelled", finished_at=self._clock(), error=str(entry.error))
@@ -309,19 +339,9 @@ class JobLane:
         finally:
             self._finish(entry)
         try:
-            if journaled is not None:
-                await journaled.wait()  # the end row after the running row, never before it
-            await self._journal(entry)
+            await self._journal(entry)  # an atomic job's running row is written by now, if at all
         except Exception:
             log.warning("job %d: could not journal its end", job.id, exc_info=True)
-
-    async def _journal_running(self, entry: _Entry, journaled: trio.Event) -> None:
-        try:
-            await self._journal(entry)
-        except Exception:
-            log.warning("job %d: could not journal its start", entry.job.id, exc_info=True)
-        finally:
-            journaled.set()
 
     def _finish(self, entry: _Entry) -> None:
         self._entries.pop(entry.job.id, None)

@@ -60,8 +60,10 @@ class JobKindSpec:
     files may be lost too) can take the last of them; nothing would be left to replay."""
     atomic: bool = False
     """Its whole effect is one idempotent, atomic filesystem step (``set_paused``: one marker written
-    or removed): its ``running`` row commits while it runs instead of before (the caller still hears
-    of it only once the row is committed). A ``kill -9`` mid-job leaves the step done or not done:
+    or removed): its ``running`` row commits in the job's own thread hop, just before that step
+    (:class:`actors.rebuild_queue.JournalStep`; through a store call before the answer if the job
+    never took it), so the caller hears of it only once the row is committed. A ``kill -9`` mid-job
+    leaves the step done or not done:
     with the row committed the replay redoes it (harmless), without it the caller got no answer and
     nothing changed but, at most, that step (the next scan shows the marker as it is)."""
     approval_service: ServiceName | None = None

@@ -859,6 +859,9 @@ class Store:
         """Set when :meth:`run` ends: later calls fail at once instead of waiting for an answer."""
         self.reader = Reader(path)
         """Reads from worker threads without a store call (:class:`Reader`)."""
+        self._conn: sqlite3.Connection | None = None
+        self._conn_lock = threading.Lock()
+        """Held by whichever thread uses the connection: the store thread, or :meth:`write_here`."""
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the store thread after every earlier request; return its result.
@@ -898,11 +901,23 @@ class Store:
             self._room.set()
             self._room = trio.Event()
 
+    def write_here(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in *this* worker thread (blocking: never on the trio thread), between two
+        requests of the store thread: a step that already has a thread hop of its own writes without
+        a second one (an atomic job's journal row beside its one file write). It does not queue
+        behind requests sent earlier: only for a write no earlier request needs to precede. Raises
+        :class:`StoreUnavailable` when the store is not running, or what ``fn`` raises."""
+        with self._conn_lock:
+            if self._conn is None:
+                raise StoreUnavailable("the database is closed: the daemon is stopping")
+            return fn(self._conn)
+
     def _serve(self, conn: sqlite3.Connection, token: trio.lowlevel.TrioToken) -> None:
         """The store thread: run requests in the order they were sent until :data:`_STOP`."""
         while (request := self._queue.get()) is not _STOP:
             assert isinstance(request, _Request)
-            result = outcome.capture(request.fn, conn)
+            with self._conn_lock:
+                result = outcome.capture(request.fn, conn)
             token.run_sync_soon(self._answer, request, result)
 
     async def _stop_when_cancelled(self) -> None:
@@ -916,6 +931,7 @@ class Store:
         self._stopped = False
         conn = await trio.to_thread.run_sync(connect, self.path)
         log.info("store: opened %s (schema %d, WAL)", self.path, SCHEMA_VERSION)
+        self._conn = conn
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._stop_when_cancelled)
@@ -924,6 +940,8 @@ class Store:
                 token = trio.lowlevel.current_trio_token()
                 await trio.to_thread.run_sync(self._serve, conn, token, limiter=self._thread)
         finally:
+            with self._conn_lock:  # a write_here under way finishes first (one statement's wait)
+                self._conn = None
             conn.close()
             self._stopped = True
             while True:  # requests sent but never run: their callers get StoreUnavailable

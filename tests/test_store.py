@@ -156,3 +156,22 @@ async def test_the_reader_sees_commits_never_writes_and_never_creates_the_databa
             s.reader.read(lambda c: c.execute("DELETE FROM approvals"))
         assert await s.call(lambda c: c.execute(count).fetchone()[0]) == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_write_here_runs_in_the_callers_thread_between_requests_and_not_after_a_stop(
+    tmp_path: Path,
+) -> None:
+    s = store.Store(tmp_path / "hive.sqlite")
+    with pytest.raises(store.StoreUnavailable):  # not running yet: no connection to lend
+        s.write_here(lambda c: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        here = await trio.to_thread.run_sync(
+            s.write_here, lambda c: (store.insert_approval(c, "a", "spawn").id, threading.get_ident())
+        )
+        assert here[0] == 1
+        assert here[1] not in (threading.get_ident(), await s.call(lambda c: threading.get_ident()))
+        assert [a.agent for a in await s.call(store.list_approvals)] == ["a"]
+        nursery.cancel_scope.cancel()
+    with pytest.raises(store.StoreUnavailable):
+        s.write_here(lambda c: None)

@@ -81,7 +81,16 @@ class JobContext:
     async def rescan(
         self, names: Collection[str] | None = None, *, before: Callable[[], None] | None = None
     ) -> dict[str, ContainerView]:
-        """Rescan ``names``; ``before`` runs in the scan's thread hop first (:meth:`Views.rescan`)."""
+        """Rescan ``names``; ``before`` runs in the scan's thread hop first (:meth:`Views.rescan`),
+        after an atomic job's journal row (:attr:`ChildJobs.journal_step`): one hop for all three."""
+        journal = self.children.journal_step
+        if journal is not None and before is not None:
+            step = before
+
+            def before() -> None:
+                journal()
+                step()
+
         return await self.env.views.rescan(names, before=before)
 
     def request_rescan(self, names: Collection[str] | None = None) -> None:

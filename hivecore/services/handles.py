@@ -84,3 +84,9 @@ class ChildJobs(Protocol):
         ...
 
     def busy_with(self, agent: str) -> Job | None: ...
+
+    @property
+    def journal_step(self) -> Callable[[], None] | None:
+        """An atomic job's running journal row: a blocking step for the job's one thread hop to
+        run first (:meth:`hivecore.services.context.JobContext.rescan` does); ``None`` otherwise."""
+        ...
