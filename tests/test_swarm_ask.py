@@ -190,3 +190,69 @@ async def test_an_answer_is_taken_only_from_the_hive_asked_and_the_operator_ther
 
 async def _any(rows: Any, pred: Callable[[dict[str, Any]], bool]) -> bool:
     return any(pred(e) for e in await rows)
+
+
+async def test_two_serve_processes_the_manager_asks_coder_at_beta_and_betas_operator_answers(
+    nats_server: NatsServer, state_dir: Path, tmp_path: Path
+) -> None:
+    """The daemon's wiring (hivecore/daemon.py) and the verb surface: the manager socket's ``ask``
+    with ``to`` ``coder@beta`` on one ``hive-c0re serve``, the answer by the operator's ``answer`` on the
+    other's host.sock, the asker's ``answered`` in its broker."""
+    import os
+    import signal
+    import sqlite3
+
+    from hivecore.sockets.client import request
+    from tests.procs import kill_everything_under
+    from tests.test_kill9 import ask
+    from tests.test_swarm_serve import swarm, swarm_serve
+
+    def system_events(state: Path, inbox: str, kind: str) -> list[dict[str, Any]]:
+        conn = sqlite3.connect(f"file:{state / 'db' / 'hive.sqlite'}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT body FROM messages WHERE recipient=? AND sender='system'", (inbox,))
+            return [e for e in (json.loads(r[0]) for r in rows) if e.get("event") == kind]
+        finally:
+            conn.close()
+
+    a_dir, b_dir = state_dir / "a", state_dir / "b"
+    os.chmod(state_dir, 0o755)  # the confined nix evaluation (another uid) traverses to b's state dir
+    a = await swarm_serve(a_dir, tmp_path / "a.log", nats_server, "alpha")
+    b = await swarm_serve(b_dir, tmp_path / "b.log", nats_server, "beta")
+    try:
+
+        async def connected() -> bool:
+            return [(await swarm(d))["state"] for d in (a_dir, b_dir)] == ["connected"] * 2
+
+        await eventually(connected, 30, interval=0.05)
+        spawned = await ask(b_dir, {"cmd": "spawn", "name": "coder"})
+        assert spawned["ok"], spawned
+        msock = str(a_dir / "run" / "manager" / "mcp.sock")
+        line = json.dumps(
+            {"cmd": "ask", "to": "coder@beta", "question": "ship it?", "options": ["yes", "no"]}
+        )
+        asked = json.loads(await trio.to_thread.run_sync(request, msock, line.encode() + b"\n", 30.0))
+        assert asked["ok"], asked
+        await eventually(lambda: system_events(b_dir, "coder", "question_asked"), 20, interval=0.05)
+        (event,) = system_events(b_dir, "coder", "question_asked")
+        assert (event["asker"], event["question"]) == ("hm1nd@alpha", "ship it?")
+        listed = await ask(b_dir, {"cmd": "questions"})
+        assert [q["asker"] for q in listed["questions"]] == ["hm1nd@alpha"], listed
+        answered = await ask(b_dir, {"cmd": "answer", "id": event["id"], "answer": "no"})
+        assert answered["ok"], answered
+        await eventually(lambda: system_events(a_dir, "manager", "answered"), 20, interval=0.05)
+        (heard,) = system_events(a_dir, "manager", "answered")
+        assert heard["id"] == asked["question_id"]
+        assert (heard["answer"], heard["target"], heard["answerer"]) == ("no", "coder@beta", "operator@beta")
+    finally:
+        for proc in (a, b):
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in (a, b):
+            with trio.move_on_after(15):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        for d in (a_dir, b_dir):
+            kill_everything_under(d / "run" / "process")
