@@ -641,14 +641,24 @@ class SwarmLink:
             rev = entry.revision or 0
             if rev and rev <= self._revs.get(entry.key, 0):
                 return  # HIVE_EVENTS brought a newer row first
-            if rev:
-                self._revs[entry.key] = rev
             if deleted:
-                self._agents.get(hive, {}).pop(agent, None)
+                if self._agents.get(hive, {}).pop(agent, None) is not None or entry.key in self._revs:
+                    self._note_rev(entry.key, rev)  # kept: a late event older than this stays out
                 return
             row = sw.decode(value, sw.SwarmAgent)
             if row is not None and row.name == agent and self._room(hive, agent):
+                self._note_rev(entry.key, rev)
                 self._agents.setdefault(hive, {})[agent] = row
+
+    def _note_rev(self, key: str, rev: int) -> None:
+        """Remember ``key``'s newest revision; bounded: past the picture's caps twice over, the
+        revisions of rows no longer in the picture are forgotten (a writer churning names)."""
+        if not rev:
+            return
+        self._revs[key] = rev
+        if len(self._revs) > 2 * sv.MAX_HIVES * sv.MAX_AGENTS_PER_HIVE:
+            live = {sw.agent_key(h, a) for h, rows in self._agents.items() for a in rows}
+            self._revs = {k: v for k, v in self._revs.items() if k in live}
 
     def _room(self, hive: str, agent: str | None = None) -> bool:
         """Whether the picture takes ``hive`` (and its ``agent``): caps against a writer inventing
@@ -678,7 +688,7 @@ class SwarmLink:
             key = sw.agent_key(hive, record.agent.name)
             if record.rev <= self._revs.get(key, 0) or not self._room(hive, record.agent.name):
                 return
-            self._revs[key] = record.rev
+            self._note_rev(key, record.rev)
             self._agents.setdefault(hive, {})[record.agent.name] = record.agent
         self.events_applied += 1
 

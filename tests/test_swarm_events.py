@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import trio
 
 from actors.event_bus import EventBus
@@ -354,3 +355,36 @@ def test_hivectl_swarm_names_the_other_hives_pending_approvals() -> None:
     )
     text = render_swarm({"swarm": converter.unstructure(status)})
     assert text.splitlines()[1] == "approvals pending on other hives (approve them there): beta 2"
+
+
+async def test_a_writer_inventing_hives_and_agents_is_capped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sv, "MAX_HIVES", 4)
+    monkeypatch.setattr(sv, "MAX_AGENTS_PER_HIVE", 10)
+    settings = sw.SwarmSettings(url="nats://127.0.0.1:1", hive_name="alpha")
+    link = SwarmLink(settings, RowsStandIn(), tmp_path)  # type: ignore[arg-type]
+
+    def row(hive: str, name: str, rev: int) -> None:
+        link._apply_event(
+            sv.subject(hive, "agent"), sv.encode(sv.AgentEvent(rev=rev, agent=sw.SwarmAgent(name=name)))
+        )
+
+    for i in range(15):
+        row("evil", f"a{i}", i + 1)
+    for i in range(8):
+        row(f"x{i}", "coder", 1)
+    assert sorted(link._agents["evil"]) == sorted(f"a{i}" for i in range(10))
+    assert len(link._agents) == 4
+    assert len(link.status().hives) == 4
+    # a known agent still changes when its hive is full
+    row("evil", "a0", 100)
+    assert link._agents["evil"]["a0"] == sw.SwarmAgent(name="a0")
+    # churning names (each removed, a new one made) does not grow what the link remembers
+    for i in range(500):
+        link._apply_event(
+            sv.subject("evil", "agent_removed"), sv.encode(sv.AgentRemovedEvent(name=f"a{i + 1}"))
+        )
+        row("evil", f"a{i + 11}", 1000 + i)
+        assert len(link._revs) <= 2 * 4 * 10
+    assert len(link._agents["evil"]) == 10
