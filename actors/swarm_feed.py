@@ -41,6 +41,7 @@ class SwarmFeed:
         """The picture the open pages have now (as :func:`hivecore.swarm_view.shown` makes it)."""
         self.passes = 0
         self._state: SwarmStateEvent | None = None
+        self._seen: tuple[int, tuple[tuple[str, bool], ...]] | None = None
 
     def state_event(self) -> SwarmStateEvent | None:
         """``swarm_state`` of :attr:`shown` (one object per picture: a stream's frame of it is
@@ -52,8 +53,14 @@ class SwarmFeed:
             self._state = SwarmStateEvent(swarm=self.shown)
         return self._state
 
-    def step(self) -> int:
-        """One pass: broadcast what changed since the last one; how many events went out."""
+    def step(self, *, force: bool = False) -> int:
+        """One pass: broadcast what changed since the last one; how many events went out. Without
+        a change of the link's picture and no hive's reachability flipped, nothing is looked at
+        (an idle tick; ``force``: look anyway)."""
+        seen = (self._link.version, self._link.reach())
+        if seen == self._seen and not force:
+            return 0
+        self._seen = seen
         now = sv.shown(self._link.status())
         events = sv.changes(self.shown, now)
         self.shown = now

@@ -104,6 +104,8 @@ class SwarmLink:
         """The last permissions violation NATS reported in this session (it names the subject)."""
         self.sessions = 0
         """How many sessions (connections) were started (tests, the docs' failure story)."""
+        self.version = 0
+        """Counts the changes of the picture and the link's state (:meth:`changed_event`)."""
         # the swarm view (docs/swarm.md "Events"): HIVE_EVENTS out and in, the dashboards' feed
         self._revs: dict[str, int] = {}
         self._events_nc: Any = None
@@ -219,8 +221,14 @@ class SwarmLink:
         return self._changed
 
     def _changed_now(self) -> None:
+        self.version += 1
         self._changed.set()
         self._changed = trio.Event()
+
+    def reach(self) -> tuple[tuple[str, bool], ...]:
+        """Which heartbeating hives are reachable now (what the clock alone changes; cheap)."""
+        now = trio.current_time()
+        return tuple((h, sw.reachable(recv, now, self.ttl)) for h, (_, recv) in sorted(self._beats.items()))
 
     def _observe(self, applied: RowsApplied) -> None:
         self._dirty.update(applied.changes)

@@ -388,3 +388,21 @@ async def test_a_writer_inventing_hives_and_agents_is_capped(
         row("evil", f"a{i + 11}", 1000 + i)
         assert len(link._revs) <= 2 * 4 * 10
     assert len(link._agents["evil"]) == 10
+
+
+async def test_an_idle_feed_tick_looks_at_nothing(tmp_path: Path) -> None:
+    bus = EventBus()
+    settings = sw.SwarmSettings(url="nats://127.0.0.1:1", hive_name="alpha", heartbeat_ttl=1.0)
+    link = SwarmLink(settings, RowsStandIn(), tmp_path, bus=bus)  # type: ignore[arg-type]
+    feed = link.feed
+    assert feed is not None
+    sub = bus.subscribe(kinds=sorted(ev.SWARM_VIEW_KINDS))
+    assert feed.step() == 1  # the first look: the whole picture
+    assert (feed.step(), feed.passes) == (0, 1)  # nothing changed: not even looked at
+    link._beats["beta"] = (0.0, trio.current_time())
+    link._changed_now()
+    assert feed.step() == 1  # beta heartbeats: one swarm_hive
+    assert (feed.step(), feed.passes) == (0, 2)
+    await trio.sleep(1.1)  # the clock alone: beta's heartbeat is older than the TTL now
+    assert feed.step() == 1
+    assert sub.backlog() == 3
