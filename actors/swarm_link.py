@@ -324,7 +324,8 @@ class SwarmLink:
         self._changed_now()
 
     async def _deliver_question(self, env: Any) -> None:
-        """An ask or an answer (:mod:`hivecore.swarm_ask`) into the questions service, before the ack."""
+        """An ask, an answer or a cancel (:mod:`hivecore.swarm_ask`) to the questions service, before
+        the ack."""
         from hivecore.names import MANAGER_AGENT, MANAGER_NAME
 
         if self.questions is None:
@@ -335,6 +336,8 @@ class SwarmLink:
             if target != MANAGER_NAME and target not in set(self._views.rows()):
                 target = None
             outcome = await self.questions.deliver_ask(env, target)
+        elif env.kind == "cancel":
+            outcome = await self.questions.deliver_cancel(env)
         else:
             outcome = await self.questions.deliver_answer(env)
         if outcome == "duplicate":

@@ -39,7 +39,7 @@ from hivecore.wire import questions as wq
 from hivecore.wire.converter import converter
 from hivecore.wire.helper import QuestionAsked, helper_to_body
 
-KINDS = ("mail", "ask", "answer")
+KINDS = ("mail", "ask", "answer", "cancel")
 MAX_OPEN_PER_HIVE = 64
 """Open questions one other hive may have asked here (a hostile hive inventing askers is bounded)."""
 
@@ -149,11 +149,13 @@ def receive_ask(
     target: str | None,
     max_open: int,
     me: str,
+    refuse: str | None = None,
 ) -> tuple[Question, str, int, str] | str | None:
     """Another hive's ``ask`` for local ``target`` (None: no such agent here), one transaction: the
     question, its ``question_asked`` message, the mapping and the envelope recorded; returns
     ``(question, inbox, message id, its body)``; a reason string when it was answered ``cancelled`` instead
-    (an answer queued back); None for a redelivery."""
+    (an answer queued back: also for ``refuse``, a reason decided outside, a rate limit); None for a
+    redelivery."""
     from hivecore.services import questions as qs
 
     env = envelope
@@ -165,8 +167,10 @@ def receive_ask(
             "SELECT count(*) FROM operator_questions WHERE answered_at IS NULL AND asker GLOB ?",
             (f"*@{env.from_hive}",),
         ).fetchone()
-        why = None
-        if target is None:
+        why = refuse
+        if why is not None:
+            pass
+        elif target is None:
             why = f"no agent {env.to!r} on hive {me!r}"
         elif from_hive >= MAX_OPEN_PER_HIVE:
             why = (
@@ -246,11 +250,48 @@ def queue_answer(
     if row is None:
         return False
     hive, remote_id = row
+    conn.execute("DELETE FROM swarm_questions WHERE question_id=?", (q.id,))  # answered: done with
     asker = q.asker.partition("@")[0]
     sender = answerer if answerer is not None and "@" not in answerer else SYSTEM_SENDER
     part = QuestionPart(kind="answer", ref=int(remote_id), cancelled=cancelled)
     sm.add_outbox_now(conn, sender, hive, asker, answer, int(now), _json(part), limit=False)
     return True
+
+
+def queue_cancel(conn: sqlite3.Connection, q: Question, *, now: float) -> None:
+    """Inside the transaction that resolved ``q`` here (a question asked from here of another hive,
+    answered or cancelled by this hive's operator, or its asker purged): tell the far hive to close
+    its copy (a ``cancel`` envelope), so it does not stay open there."""
+    assert q.target is not None
+    name, _, hive = q.target.partition("@")
+    part = QuestionPart(kind="cancel", ref=q.id, cancelled=True)
+    sm.add_outbox_now(conn, q.asker, hive, name, "[cancelled]", int(now), _json(part), limit=False)
+
+
+def receive_cancel(conn: sqlite3.Connection, now: float, *, envelope: sm.Envelope) -> Question | str:
+    """Another hive closes a question it asked here (``cancel``), one transaction: the question
+    cancelled (nothing is answered back), or why not (a redelivery, not its open question)."""
+    from hivecore.services import questions as qs
+
+    env = envelope
+    with transaction(conn):
+        if conn.execute("SELECT 1 FROM swarm_received WHERE envelope=?", (env.id,)).fetchone():
+            return "duplicate"
+        conn.execute(
+            "INSERT INTO swarm_received(envelope, message_id, received_at) VALUES (?,?,?)",
+            (env.id, None, int(now)),
+        )
+        row = conn.execute(
+            "SELECT question_id FROM swarm_questions WHERE hive=? AND remote_id=?", (env.from_hive, env.ref)
+        ).fetchone()
+        q = None if row is None else qs.get_question(conn, int(row[0]))
+        if q is None or q.asker != f"{env.sender}@{env.from_hive}" or q.answered_at is not None:
+            return f"no open question {env.ref} of {env.sender}@{env.from_hive} here"
+        conn.execute("DELETE FROM swarm_questions WHERE question_id=?", (q.id,))
+        resolved, _ = qs.resolve_now(
+            conn, q.id, qs.CANCELLED, by=OPERATOR_NAME, now=now, cancelled=True, answerer=None, echo=False
+        )
+        return resolved
 
 
 def receive_answer(
@@ -277,7 +318,7 @@ def receive_answer(
             return f"question {q.id} was already resolved"
         answerer = None if env.cancelled else f"{env.sender}@{env.from_hive}"
         return qs.resolve_now(
-            conn, q.id, env.body, by=q.target, now=now, cancelled=env.cancelled, answerer=answerer
+            conn, q.id, env.body, by=q.target, now=now, cancelled=env.cancelled, answerer=answerer, echo=False
         )
 
 

@@ -256,3 +256,52 @@ async def test_two_serve_processes_the_manager_asks_coder_at_beta_and_betas_oper
                 await proc.wait()
         for d in (a_dir, b_dir):
             kill_everything_under(d / "run" / "process")
+
+
+async def test_a_question_closed_on_the_asking_hive_closes_the_far_copy_and_a_hive_is_rate_limited(
+    nats_server: NatsServer, roots: Callable[[], Path], nursery: trio.Nursery
+) -> None:
+    a = await start_hive(nursery, nats_server.url, "alpha", roots())
+    b = await start_hive(nursery, nats_server.url, "beta", roots())
+    await eventually(lambda: a.link.state == "connected" and b.link.state == "connected", 30)
+
+    async def far_open() -> list[Any]:
+        return [q for q in await b.questions.open() if q.asker == "coder@alpha"]
+
+    async def mapped() -> int:
+        return int(
+            await b.store.call(lambda c: c.execute("SELECT count(*) FROM swarm_questions").fetchone()[0])
+        )
+
+    # alpha's operator cancels one and answers another in the agent's place: beta's copies close
+    first = await a.questions.ask("coder", "first?", to="coder@beta")
+    second = await a.questions.ask("coder", "second?", to="coder@beta")
+    await eventually(lambda: _len_is(far_open(), 2), 10)
+    await a.questions.cancel(first.id)
+    await a.questions.answer(second.id, "never mind", by="operator")
+    await eventually(lambda: _len_is(far_open(), 0), 10)
+    assert await mapped() == 0
+    far: list[Any] = await b.store.call(lambda c: [qs.get_question(c, i) for i in (1, 2)])
+    assert [(q.question, q.cancelled) for q in far] == [("first?", True), ("second?", True)]
+    # nothing came back: the asker heard each outcome once, from its own hive
+    await eventually(lambda: _eq_async(a.store.call(sm.outbox_depth), 0), 10)
+    await trio.sleep(0.3)
+    heard = [(e["id"], e["answer"]) for e in await events(a, "coder", "answered")]
+    assert heard == [(first.id, qs.CANCELLED), (second.id, "never mind")]
+    assert [e["id"] for e in await events(b, "coder", "question_asked")] == [1, 2]
+
+    # a hive's askers share one rate on the far side (a hostile hive may invent asker names)
+    b.questions.max_per_minute = 4  # the two above count in this minute: two more, then refused
+    asked = [await a.questions.ask("coder", f"q{i}?", to="coder@beta") for i in range(3)]
+    await eventually(lambda: _any(events(a, "coder", "answered"), lambda e: e["id"] == asked[2].id), 10)
+    (refused,) = [e for e in await events(a, "coder", "answered") if e["id"] == asked[2].id]
+    assert "at most 4 questions a minute from hive 'alpha'" in refused["answer"]
+    assert len(await far_open()) == 2
+
+
+async def _len_is(rows: Any, n: int) -> bool:
+    return len(await rows) == n
+
+
+async def _eq_async(value: Any, want: Any) -> bool:
+    return bool(await value == want)

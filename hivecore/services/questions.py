@@ -239,7 +239,11 @@ def _resolve_now(
     now: float,
     cancelled: bool = False,
     answerer: str | None,
+    echo: bool = True,
 ) -> tuple[Question, bool]:
+    """Resolve one open question in the caller's transaction. Across hives (``echo``): a question
+    another hive asked here queues its answer back; one asked from here of another hive, resolved
+    here (the operator, a purge), tells that hive to close its copy (:mod:`hivecore.swarm_ask`)."""
     q = get_question(conn, question_id)
     if q is None:
         raise UnknownQuestion(question_id)
@@ -257,10 +261,13 @@ def _resolve_now(
     resolved = Question(
         **{**_fields(q), "answered_at": at, "answer": answer, "cancelled": cancelled, "answerer": answerer}
     )
-    if "@" in q.asker:  # another hive asked: its answer goes back in this transaction (swarm_ask)
-        from hivecore import swarm_ask
+    if echo and ("@" in q.asker or (q.target is not None and "@" in q.target and by != q.target)):
+        from hivecore import swarm_ask  # another hive asked, or was asked: it hears in this transaction
 
-        swarm_ask.queue_answer(conn, resolved, answer, cancelled=cancelled, answerer=answerer, now=now)
+        if "@" in q.asker:
+            swarm_ask.queue_answer(conn, resolved, answer, cancelled=cancelled, answerer=answerer, now=now)
+        elif answer != EXPIRED:  # the far hive keeps the same deadline
+            swarm_ask.queue_cancel(conn, resolved, now=now)
     return resolved, _still_live(conn, question_id)
 
 
@@ -561,9 +568,18 @@ class Questions:
 
         me = self.hive or "?"
         now = self._clock()
+        # a hive's askers share one rate (a hostile hive may invent names): 30 a minute, as one asker
+        recent = self._recent.setdefault(f"@{envelope.from_hive}", collections.deque())
+        while recent and recent[0] <= now - 60:
+            recent.popleft()
+        refuse = None
+        if len(recent) >= self.max_per_minute:
+            refuse = f"at most {self.max_per_minute} questions a minute from hive {envelope.from_hive!r}"
+        else:
+            recent.append(now)
         got = await self._store.call(
             lambda c: swarm_ask.receive_ask(
-                c, now, envelope=envelope, target=target, max_open=self.max_open, me=me
+                c, now, envelope=envelope, target=target, max_open=self.max_open, me=me, refuse=refuse
             )
         )
         if got is None:
@@ -591,6 +607,21 @@ class Questions:
             log.info("questions: an answer from hive %s dropped: %s", envelope.from_hive, got)
             return "dropped"
         await self._resolved([got])
+        return "received"
+
+    async def deliver_cancel(self, envelope: Any) -> str:
+        """Another hive closes a question it asked here: ``received`` (cancelled, nothing answered
+        back), ``duplicate``, or ``dropped`` (not its open question)."""
+        from hivecore import swarm_ask
+
+        now = self._clock()
+        got = await self._store.call(lambda c: swarm_ask.receive_cancel(c, now, envelope=envelope))
+        if got == "duplicate":
+            return "duplicate"
+        if isinstance(got, str):
+            log.info("questions: a cancel from hive %s dropped: %s", envelope.from_hive, got)
+            return "dropped"
+        await self._resolved([(got, False)])
         return "received"
 
     async def answer(self, question_id: int, answer: str, *, by: str) -> Question:
@@ -647,8 +678,8 @@ class Questions:
                 )
             )
         await self._refresh_waiting({q.asker for q, _ in done if q.target is None})
-        if any("@" in q.asker for q, _ in done):
-            self._outbox()  # their answers went to the swarm outbox with the resolve
+        if any("@" in q.asker or "@" in (q.target or "") for q, _ in done):
+            self._outbox()  # an answer or a cancel went to the swarm outbox with the resolve
         for q, tell in done:
             if not tell or "@" in q.asker:
                 continue
