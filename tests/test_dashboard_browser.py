@@ -92,6 +92,33 @@ class BrowserThread:
         self._jobs.put(None)
         self._thread.join(timeout=30)
 
+    def alive(self) -> bool:
+        """Whether the thread serves and its Chromium is still connected."""
+        return self._thread.is_alive() and self.call(lambda: self.browser.is_connected())
+
+    def call(self, fn: Callable[[], T], timeout: float = 60.0) -> T:
+        """:meth:`run` for synchronous callers (fixtures): blocks up to ``timeout`` s."""
+        reply: queue.Queue[tuple[bool, Any]] = queue.Queue()
+        self._jobs.put((fn, reply))
+        ok, value = reply.get(timeout=timeout)
+        if not ok:
+            raise value
+        result: T = value
+        return result
+
+    def begin_test(self) -> None:
+        """Forget what the previous test's pages recorded (each test opens its own contexts)."""
+        self.state_requests = []
+        self.dialog_answers = []
+        self.dialog_messages = []
+        self.console_errors = []
+        self.failed_responses = []
+
+    def end_test(self) -> None:
+        """Close every context the test opened (its pages with them): the next test starts on a
+        browser with none, as a freshly launched one would."""
+        self.call(lambda: [context.close() for context in self.browser.contexts])
+
     async def new_page(self, base: str, init_script: str | None = None) -> Page:
         await self.run(lambda: None)  # the browser is up
 
@@ -127,14 +154,33 @@ class BrowserThread:
             dialog.accept()
 
 
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[list[BrowserThread]]:
+    """One Chromium per xdist worker (a launch costs ~3 s); :func:`browser` relaunches it if a test
+    left it disconnected."""
+    box: list[BrowserThread] = []
+    try:
+        yield box
+    finally:
+        for b in box:
+            b.stop()
+
+
 @pytest.fixture
-def browser() -> Iterator[BrowserThread]:
-    b = BrowserThread()
-    b.start()
+def browser(chromium: list[BrowserThread]) -> Iterator[BrowserThread]:
+    """The worker's Chromium, with no context open and nothing recorded yet."""
+    if chromium and not chromium[0].alive():
+        chromium.pop().stop()
+    if not chromium:
+        b = BrowserThread()
+        b.start()
+        chromium.append(b)
+    b = chromium[0]
+    b.begin_test()
     try:
         yield b
     finally:
-        b.stop()
+        b.end_test()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from tests.conftest import call
 from tests.test_dashboard_browser import (  # noqa: F401  # fixtures
     BrowserThread,
     browser,
+    chromium,
     live,
     open_tab,
     pytestmark,
