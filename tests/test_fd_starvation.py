@@ -74,9 +74,28 @@ async def test_idle_connections_past_the_cap_are_refused(
     try:
         clients.extend([await trio.open_unix_socket(os.fspath(path)) for _ in range(ATTACK_CONNECTIONS)])
         await eventually(lambda: server.statistics().connections == ATTACK_CONNECTIONS, timeout=30)
+        # every client watched at once (one after another, each held one cost its own 0.5 s): a
+        # refused one answers and closes; once all the refusals are in, a held one has still said
+        # nothing 0.5 s later
+        answers: list[bytes | None] = [None] * len(clients)
+
+        async def watch(i: int) -> None:
+            got = b""
+            while chunk := await clients[i].receive_some():
+                got += chunk
+            answers[i] = got
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(clients)):
+                nursery.start_soon(watch, i)
+            expected = ATTACK_CONNECTIONS - cap
+            await eventually(
+                lambda: sum(a is not None for a in answers) >= expected, what=f"{expected} refusals"
+            )
+            await trio.sleep(0.5)
+            nursery.cancel_scope.cancel()
         held = refused = 0
-        for client in clients:
-            got = await _reads_eof(client, 0.5)
+        for got in answers:
             if got is None:
                 held += 1
                 assert held <= cap, "the daemon holds more connections than the cap"
