@@ -117,7 +117,12 @@ class BrowserThread:
     def end_test(self) -> None:
         """Close every context the test opened (its pages with them): the next test starts on a
         browser with none, as a freshly launched one would."""
-        self.call(lambda: [context.close() for context in self.browser.contexts])
+
+        def close_all() -> None:
+            for context in self.browser.contexts:
+                context.close()
+
+        self.call(close_all)
 
     async def new_page(self, base: str, init_script: str | None = None) -> Page:
         await self.run(lambda: None)  # the browser is up
