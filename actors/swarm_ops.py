@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
 import trio
+from prometheus_client.metrics_core import Metric
 
 from hivecore import swarm as sw
 from hivecore import swarm_ops as so
@@ -41,8 +43,9 @@ OVERALL_IN_FLIGHT = 16
 
 
 class SwarmOps:
-    """Construct with the link, the hives allowed to operate here, the façade and the audit log; it
-    attaches itself to the link (``link.ops``), which runs :meth:`serve` in each session."""
+    """Construct with the link, the hives allowed to operate here, the façade and the audit log,
+    before the link runs: it attaches itself (``link.ops``), and the link runs :meth:`serve` in each
+    session it starts from then on."""
 
     def __init__(
         self,
@@ -64,7 +67,22 @@ class SwarmOps:
         self._conn: tuple[AsyncioThread, Any] | None = None
         self.served = self.refused = self.limited = self.dropped = 0
         """Counters (requests carried out, refused, rate limited or busy, dropped unanswered)."""
+        self.asked = 0
+        """Requests this hive sent to others."""
         link.ops = self
+
+    def families(self) -> Iterator[Metric]:
+        """``hivecore_swarm_ops_total{outcome}``: requests from other hives by outcome (``served``,
+        ``refused``, ``limited``: rate limited or busy, ``dropped``: a forged reply subject), and
+        ``asked``: requests this hive sent (a :class:`hivecore.metrics.Metrics` source)."""
+        from prometheus_client.core import CounterMetricFamily
+
+        ops = CounterMetricFamily(
+            "hivecore_swarm_ops", "Operator requests between hives by outcome", labels=["outcome"]
+        )
+        for outcome in ("served", "refused", "limited", "dropped", "asked"):
+            ops.add_metric([outcome], getattr(self, outcome))
+        yield ops
 
     # --- asking ---------------------------------------------------------------------------------------
 
@@ -91,6 +109,7 @@ class SwarmOps:
             operator=so.RemoteOperator.of(actor),
         )
         timeout = so.timeout_for(request.op, request.timeout)
+        self.asked += 1
         bridge, nc = conn
         data = sw.encode(call)
         try:

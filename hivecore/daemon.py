@@ -426,7 +426,8 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
     )
     if config.swarm is not None:
         daemon.swarm = SwarmLink(config.swarm, views, config.paths.root, store=store, broker=broker, bus=bus)
-        SwarmOps(daemon.swarm, config.swarm.operator_hives, coordinator, audit_log)  # operator reach
+        ops = SwarmOps(daemon.swarm, config.swarm.operator_hives, coordinator, audit_log)  # operator reach
+        metrics.set_source("swarm_ops", ops.families)
         coordinator.swarm = daemon.swarm
         daemon.swarm.questions = questions  # ask across hives (hivecore/swarm_ask.py)
         questions.hive = config.swarm.hive_name

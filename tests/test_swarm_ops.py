@@ -27,11 +27,12 @@ from hivecore.errors import BadInput, HiveError, Refused
 from hivecore.models import ContainerView
 from hivecore.sockets.client import Unreachable
 from hivecore.verbs import spec
-from tests.nats_server import NatsServer
+from tests.nats_server import NatsServer, nats_auth_server  # noqa: F401
 from tests.procs import kill_everything_under
 from tests.test_dashboard_browser import BrowserThread, browser  # noqa: F401
 from tests.test_dashboard_browser import pytestmark as needs_browser
 from tests.test_kill9 import ROOT, ask
+from tests.test_swarm_auth import nursery  # noqa: F401
 from tests.test_swarm_browser import TTL as BROWSER_TTL
 from tests.test_swarm_browser import alpha  # noqa: F401
 from tests.test_swarm_link import RowsStandIn, roots, running  # noqa: F401
@@ -168,6 +169,36 @@ async def test_manager_and_agent_sockets_answer_swarm_op_as_unknown(hive: Daemon
     assert got["error"].startswith('unknown cmd "swarm_op"'), got
 
 
+class _Nursery:
+    """Records what :meth:`SwarmOps._take` starts (it only admits; the tasks are not run here)."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[Any, ...]] = []
+
+    def start_soon(self, fn: Any, *args: Any) -> None:
+        self.started.append((getattr(fn, "__name__", ""), *args))
+
+
+class _Msg:
+    def __init__(self, subject: str, reply: str | None) -> None:
+        self.subject, self.reply, self.data = subject, reply, b"{}"
+
+
+def test_admission_drops_forged_replies_and_caps_one_hives_requests_in_flight() -> None:
+    ops = SwarmOps(_Link(), ("alpha",), facade=None, clock=lambda: 0.0)
+    starts = _Nursery()
+    ops._take(starts, None, None, _Msg("hive.beta.ops.alpha", "_INBOX.gamma.x"))  # type: ignore[arg-type]
+    ops._take(starts, None, None, _Msg("hive.beta.ops.Alpha", "_INBOX.Alpha.x"))  # type: ignore[arg-type]
+    assert (ops.dropped, starts.started) == (2, [])
+    for _ in range(so.MAX_IN_FLIGHT + 1):
+        ops._take(starts, None, None, _Msg("hive.beta.ops.alpha", "_INBOX.alpha.r"))  # type: ignore[arg-type]
+    assert [s[0] for s in starts.started] == ["_serve_one"] * so.MAX_IN_FLIGHT + ["_reply"]
+    busy = starts.started[-1][-1]
+    assert (busy.ok, busy.status) == (False, 409)
+    assert busy.error == "busy: hive beta is carrying out 4 requests from hive alpha"
+    assert ops.in_flight == {"alpha": so.MAX_IN_FLIGHT}
+
+
 class _Link:
     me = "beta"
     state = "connected"
@@ -191,6 +222,9 @@ async def test_the_far_side_refuses_before_any_verb_runs() -> None:
     assert "not an operation other hives may run" in (destroy.error or "")
     assert ops.refused == 4
     assert ops.served == 0
+    [family] = list(ops.families())
+    got = {s.labels["outcome"]: s.value for s in family.samples if s.name.endswith("_total")}
+    assert got == {"served": 0, "refused": 4, "limited": 0, "dropped": 0, "asked": 0}
 
 
 # --- two real hives ---------------------------------------------------------------------------------------
@@ -250,6 +284,30 @@ async def _raw_request(url: str, subject: str, payload: dict[str, Any], inbox: s
     return await trio.to_thread.run_sync(lambda: asyncio.run(go()))
 
 
+async def _raw_flood(url: str, subject: str, payload: dict[str, Any], inbox: str, n: int) -> list[str]:
+    """``n`` requests at once from one bare client; each answer's error (or ``no answer``)."""
+    import asyncio
+
+    import nats
+    import nats.errors
+
+    async def one(nc: Any) -> str:
+        try:
+            msg = await nc.request(subject, json.dumps(payload).encode(), timeout=5.0)
+        except nats.errors.TimeoutError:
+            return "no answer"
+        return str(json.loads(msg.data).get("error"))
+
+    async def go() -> list[str]:
+        nc = await nats.connect(servers=[url], inbox_prefix=inbox)
+        try:
+            return list(await asyncio.gather(*(one(nc) for _ in range(n))))
+        finally:
+            await nc.close()
+
+    return await trio.to_thread.run_sync(lambda: asyncio.run(go()))
+
+
 async def _dashboard_post(state_dir: Path, path: str) -> tuple[int, dict[str, Any]]:
     """POST ``path`` to a serve process's dashboard as a bearer client (its operator token)."""
     import httpx
@@ -260,6 +318,16 @@ async def _dashboard_post(state_dir: Path, path: str) -> tuple[int, dict[str, An
         resp = await client.post(path, headers={"Authorization": f"Bearer {token}"}, data={})
     answer: dict[str, Any] = resp.json()
     return resp.status_code, answer
+
+
+async def _metrics(state_dir: Path) -> str:
+    import httpx
+
+    token = (state_dir / "operator-token").read_text().strip()
+    home = (await ask(state_dir, {"cmd": "urls"}))["urls"]["home"]
+    async with httpx.AsyncClient(base_url=home, timeout=30) as client:
+        resp = await client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    return resp.text
 
 
 async def test_operator_reach_between_two_real_hives(
@@ -308,6 +376,8 @@ async def test_operator_reach_between_two_real_hives(
             "ok",
         )
         assert theirs["subject"] == "coder"
+        assert 'hivecore_swarm_ops_total{outcome="served"} 1.0' in await _metrics(b_dir)
+        assert 'hivecore_swarm_ops_total{outcome="asked"} 1.0' in await _metrics(a_dir)
         assert theirs["jobs"]
         # the dashboard's button on a remote row: the same path, as the logged-in dashboard client
         status, body = await _dashboard_post(a_dir, "/swarm-op/beta/pause/coder")
@@ -342,6 +412,18 @@ async def test_operator_reach_between_two_real_hives(
         assert "from hive gamma" in answer["error"]
         # posing as alpha on the subject with a reply subject outside alpha's inbox: no answer at all
         assert await _raw_request(nats_server.url, "hive.beta.ops.alpha", forged, "_INBOX.gamma") is None
+
+        # a flood from one hive: past its bucket each request is answered "rate limited" at once,
+        # without a verb, a job or an audit row
+        answers = await _raw_flood(nats_server.url, "hive.beta.ops.gamma", forged, "_INBOX.gamma", 60)
+        # (and past its 4 requests in flight, "busy")
+        limited = [e for e in answers if e.startswith("rate limited: hive beta takes 30 requests")]
+        busy = [e for e in answers if e == "busy: hive beta is carrying out 4 requests from hive gamma"]
+        not_listed = [e for e in answers if "does not take operator commands from hive gamma" in e]
+        assert len(limited) + len(busy) + len(not_listed) == 60, answers
+        assert len(limited) >= 20, answers
+        gamma_rows = [r for r in _audit(b_dir, "stop") if r["via"].startswith("hive:gamma/")]
+        assert len(gamma_rows) == 1 + len(not_listed) <= 40
 
         # b hung (SIGSTOP): a clear timeout; b gone (kill -9): a clear "not connected"
         b.send_signal(signal.SIGSTOP)
@@ -395,9 +477,9 @@ async def test_a_remote_rows_button_asks_that_hive_and_shows_its_answer(
     far = SwarmOps(beta, (), facade=None)
     row = "#swarm-hives [data-hive='beta'] .row[data-name='coder']"
     button = f"{row} form[action='/swarm-op/beta/stop/coder'] button"
-    async with trio.open_nursery() as nursery:
+    async with trio.open_nursery() as n:
         with trio.fail_after(120):
-            await running(nursery, beta)
+            await running(n, beta)
             link = alpha.swarm
             assert link is not None
             await eventually(lambda: link.state == "connected" and beta.state == "connected", 20)
@@ -411,4 +493,54 @@ async def test_a_remote_rows_button_asks_that_hive_and_shows_its_answer(
             )
             assert far.refused == 1
             assert browser.console_errors == []
-        nursery.cancel_scope.cancel()
+        n.cancel_scope.cancel()
+
+
+# --- under per-hive NATS users (docs/swarm.md production setup) -------------------------------------------
+
+
+async def test_operator_requests_work_under_per_hive_users_and_one_cannot_ask_as_another(
+    nats_auth_server: NatsServer,  # noqa: F811
+    roots: Callable[[], Path],  # noqa: F811
+    nursery: trio.Nursery,  # noqa: F811
+) -> None:
+    """alpha asks gamma over their own users (the reply crosses by allow_responses into alpha's
+    inbox); beta's user can neither ask as alpha nor take replies meant for alpha."""
+    from hivecore.wire.host import SwarmOpRequest
+    from tests.test_swarm_auth import nats, start_hive
+
+    server = nats_auth_server
+    # each SwarmOps attaches before its link's first checkpoint (as the daemon builds them)
+    a = await start_hive(nursery, server.url, "alpha", roots(), creds=server.creds("alpha"))
+    asking = SwarmOps(a.link, (), facade=None)
+    g = await start_hive(nursery, server.url, "gamma", roots(), creds=server.creds("gamma"))
+    far = SwarmOps(g.link, (), facade=None)
+    try:
+        await eventually(lambda: asking._conn is not None and far._conn is not None, 30)
+    except AssertionError:  # say why
+        links = [(h.link.state, h.link.error, h.link.denied) for h in (a, g)]
+        raise AssertionError(f"serving: {asking._conn, far._conn}; links: {links}") from None
+    with pytest.raises(Refused, match="hive gamma does not take operator commands from hive alpha"):
+        await asking.ask(SwarmOpRequest(op="stop", target="coder@gamma"), None)
+    assert far.refused == 1
+    password = server.secrets["beta"].partition(":")[2]
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc).lower())
+
+    async def as_alpha(nc: Any) -> None:
+        import asyncio
+
+        await nc.publish("hive.gamma.ops.alpha", b'{"op":"stop","name":"coder"}', reply="_INBOX.beta.x")
+        await nc.subscribe("_INBOX.alpha.>")
+        await nc.flush()
+        await asyncio.sleep(0.3)
+
+    await nats(
+        as_alpha, server.url, user="beta", password=password, inbox_prefix="_INBOX.beta", error_cb=on_error
+    )
+    text = "\n".join(errors)
+    assert 'permissions violation for publish to "hive.gamma.ops.alpha"' in text, text
+    assert 'permissions violation for subscription to "_inbox.alpha.>"' in text, text
+    assert (far.refused, far.dropped, far.served) == (1, 0, 0)
