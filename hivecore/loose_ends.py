@@ -15,7 +15,7 @@ store call (one snapshot). The parts here:
     or the operator) that nobody has answered yet, sent within :data:`THREAD_WINDOW`;
 ``question_asked`` / ``question_to_answer``
     an open question the caller asked (of the operator or a peer) / one asked of it
-    (:func:`hivecore.services.questions.open_questions`);
+    (:func:`hivecore.question_store.open_questions`);
 ``reminder_due`` / ``reminder_pending``
     a reminder of the caller's past its time (its delivery failed and is retried) / still to come.
 
@@ -35,7 +35,7 @@ import attrs
 
 from hivecore import reminder_store
 from hivecore.names import OPERATOR_NAME, REMINDER_SENDER, SYSTEM_SENDER
-from hivecore.services.questions import open_questions
+from hivecore.question_store import open_questions
 from hivecore.wire.agent import LooseEnd
 
 MAX_PER_PART = 50

@@ -14,7 +14,7 @@ open-question limit, is answered at once, ``cancelled``, with the reason.
 
 Whatever resolves b's row (the agent's ``answer``, the operator's answer or cancel, the TTL, the
 agent's purge) queues, in that transaction (:func:`queue_answer`, called by
-:func:`hivecore.services.questions._resolve_now`), an ``answer`` envelope to A. A resolves its own
+:func:`hivecore.question_store.resolve_now`), an ``answer`` envelope to A. A resolves its own
 row with it (:func:`receive_answer`) only if the answer comes from the hive asked (the subject's) and
 names the asker, once; the asker hears ``answered`` as for a local peer (``target`` and
 ``answerer`` ``name@b``). A question A expired itself takes no later answer.
@@ -119,8 +119,8 @@ def ask(
 ) -> Question:
     """The asker's question row and its ``ask`` outbox row, one transaction (``allowedRecipients``
     checked against ``to`` as ``send`` checks ``name@hive``)."""
+    from hivecore import question_store as qs
     from hivecore import topology
-    from hivecore.services import questions as qs
 
     with transaction(conn):
         topology.check_recipient(conn, asker, to)
@@ -156,7 +156,7 @@ def receive_ask(
     ``(question, inbox, message id, its body)``; a reason string when it was answered ``cancelled`` instead
     (an answer queued back: also for ``refuse``, a reason decided outside, a rate limit); None for a
     redelivery."""
-    from hivecore.services import questions as qs
+    from hivecore import question_store as qs
 
     env = envelope
     asker = f"{env.sender}@{env.from_hive}"
@@ -271,7 +271,7 @@ def queue_cancel(conn: sqlite3.Connection, q: Question, *, now: float) -> None:
 def receive_cancel(conn: sqlite3.Connection, now: float, *, envelope: sm.Envelope) -> Question | str:
     """Another hive closes a question it asked here (``cancel``), one transaction: the question
     cancelled (nothing is answered back), or why not (a redelivery, not its open question)."""
-    from hivecore.services import questions as qs
+    from hivecore import question_store as qs
 
     env = envelope
     with transaction(conn):
@@ -300,7 +300,7 @@ def receive_answer(
     """Another hive's ``answer`` to a question asked from here, one transaction: the question resolved
     (with whether its asker is still live) or why it was not (a redelivery, no such open question
     of that asker to that hive); the envelope is recorded either way."""
-    from hivecore.services import questions as qs
+    from hivecore import question_store as qs
 
     env = envelope
     with transaction(conn):

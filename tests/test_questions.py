@@ -18,10 +18,12 @@ import pytest
 import trio
 import trio.testing
 
+from hivecore import question_store
 from hivecore import store as st
 from hivecore.errors import BadInput, HiveError, Refused
+from hivecore.question_store import UnknownQuestion
 from hivecore.services import questions as qs
-from hivecore.services.questions import Questions, UnknownQuestion
+from hivecore.services.questions import Questions
 from hivecore.wire.events import Event, QuestionAdded, QuestionResolved
 from hivecore.wire.helper import helper_from_body
 from hivecore.wire.questions import AnswerRequest, AskOperatorRequest, AskRequest
@@ -163,7 +165,7 @@ async def test_no_deadline_means_the_actor_sleeps_until_woken(
 ) -> None:
     service, posts, _ = make(conn)
     reads = 0
-    real = qs.next_deadline
+    real = question_store.next_deadline
 
     def counting(c: sqlite3.Connection) -> int | None:
         nonlocal reads
@@ -296,7 +298,7 @@ async def test_a_purge_cancels_the_questions_of_that_incarnation(conn: sqlite3.C
         )
     ]
     assert service.waiting_since("coder") is None
-    row = qs.get_question(conn, mine.id)
+    row = question_store.get_question(conn, mine.id)
     assert row is not None
     assert (row.cancelled, row.answer) == (True, "[cancelled]")
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import trio
 
+from hivecore import question_store as qs
 from hivecore import swarm as sw
 from hivecore import swarm_mail as sm
 from hivecore import topology
 from hivecore.errors import HiveError
-from hivecore.services import questions as qs
 from tests.nats_server import NatsServer
 from tests.test_swarm_auth import Hive, nats, start_hive
 from tests.test_swarm_auth import nursery as nursery  # the fixtures
