@@ -19,7 +19,7 @@ from hivecore.daemon import Daemon
 from hivecore.models import ContainerView
 from tests.conftest import make_config, write_test_token
 from tests.nats_server import NatsServer
-from tests.test_dashboard_browser import BrowserThread, browser, pytestmark  # noqa: F401
+from tests.test_dashboard_browser import BrowserThread, browser, chromium, pytestmark  # noqa: F401
 from tests.test_swarm_link import RowsStandIn, roots, running  # noqa: F401
 from tests.waiting import eventually
 

@@ -29,7 +29,7 @@ from hivecore.sockets.client import Unreachable
 from hivecore.verbs import spec
 from tests.nats_server import NatsServer, nats_auth_server  # noqa: F401
 from tests.procs import kill_everything_under
-from tests.test_dashboard_browser import BrowserThread, browser  # noqa: F401
+from tests.test_dashboard_browser import BrowserThread, browser, chromium  # noqa: F401
 from tests.test_dashboard_browser import pytestmark as needs_browser
 from tests.test_kill9 import ROOT, ask
 from tests.test_swarm_auth import nursery  # noqa: F401
