@@ -27,7 +27,7 @@ lint:
 	.venv/bin/ruff check hivecore actors web tests bench
 	.venv/bin/mypy hivecore actors web tests
 
-BENCHES = event_bus rescan host_sock cli verbs broker sse meta confine proposal_fetch mcp_tools metrics swarm
+BENCHES = event_bus rescan host_sock cli verbs broker sse meta confine proposal_fetch mcp_tools metrics swarm swarm_ops
 
 # every bench bounds its own waits; the timeout is the last resort
 bench:

@@ -164,6 +164,7 @@ async def test_manager_and_agent_sockets_answer_swarm_op_as_unknown(hive: Daemon
     from hivecore.verbs.bind import records
 
     assert "swarm_op" not in records("manager_sock").values()
+    assert "swarm_op" not in records("agent_sock").values()
     request = {"cmd": "swarm_op", "id": 1, "op": "stop", "target": "coder@beta"}
     got = await _mcp(hive.config.manager_socket_path, request)
     assert got["error"].startswith('unknown cmd "swarm_op"'), got
