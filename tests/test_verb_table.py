@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from hivecore.verbs import bind, spec
 from hivecore.wire import agent as wire_agent
 from hivecore.wire import host as wire_host
 from hivecore.wire import manager as wire_manager
+from hivecore.wire.request import RequestError, UnknownRequest
 from tests.conftest import AUTH
 from tests.test_dashboard_actions import answer
 from tests.test_hivectl import err, hivectl
@@ -57,9 +59,21 @@ def test_every_row_is_bound_and_every_principal_is_its_surfaces() -> None:
 
 
 def test_the_wire_unions_decode_exactly_the_rows() -> None:
+    """The sockets' decoders are generated from the table (one union per surface, built from its
+    rows' records): each row's record is in its surface's union and nothing else is, and a verb of
+    another surface is an unknown verb there."""
     assert set(wire_host.COMMANDS) == ROWS["host_sock"]
     assert set(wire_manager.MANAGER_COMMANDS) == ROWS["manager_sock"]
     assert set(wire_agent.AGENT_COMMANDS) == ROWS["agent_sock"]
+    for surface in ("host_sock", "manager_sock", "agent_sock"):
+        members = set(typing.get_args(bind.request_union(surface)))
+        assert members == {*bind.records(surface), UnknownRequest}, surface
+        assert {cl.CMD for cl in members - {UnknownRequest}} == ROWS[surface]
+    for parse in (wire_agent.parse_agent_request, wire_manager.parse_manager_request):
+        refused = parse(b'{"cmd": "approve", "id": 1}')
+        assert isinstance(refused, RequestError)
+        assert "approve" in refused.message
+    assert isinstance(wire_host.parse_request(b'{"cmd": "approve", "id": 1}'), wire_host.ApproveRequest)
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -27,15 +27,12 @@ from typing import Any, Literal
 import attrs
 
 from hivecore.sockets.framing import MAX_LINE
-from hivecore.verbs import spec
+from hivecore.verbs import bind, spec
 from hivecore.verbs.checks import DOC
-from hivecore.wire.agent import AgentRequest
-from hivecore.wire.manager import ManagerRequest
 from hivecore.wire.request import Request
 
 Role = Literal["agent", "manager"]
 SURFACE_OF_ROLE: Mapping[str, spec.Surface] = {"agent": "agent_sock", "manager": "manager_sock"}
-_UNIONS: Mapping[spec.Surface, Any] = {"agent_sock": AgentRequest, "manager_sock": ManagerRequest}
 ENVELOPE = frozenset({"version", "ok", "error"})
 
 
@@ -55,7 +52,7 @@ class ToolError(Exception):
 
 def records(surface: spec.Surface) -> dict[str, type[Request]]:
     """``cmd`` → request record for every request the socket of ``surface`` parses."""
-    return {cl.CMD: cl for cl in typing.get_args(_UNIONS[surface])}
+    return {cl.CMD: cl for cl in bind.records(surface)}
 
 
 def tools(role: str) -> tuple[Tool, ...]:

@@ -15,9 +15,10 @@ is one row in :mod:`hivecore.verbs.spec`, one :class:`Binding` here and its serv
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Union
 
 import attrs
 import trio
@@ -31,7 +32,8 @@ from hivecore.wire import agent as wa
 from hivecore.wire import host as wh
 from hivecore.wire import manager as wm
 from hivecore.wire import questions as wq
-from hivecore.wire.request import Request, checked, structure
+from hivecore.wire.converter import configure_tagged
+from hivecore.wire.request import Request, UnknownRequest, checked, structure
 
 log = logging.getLogger(__name__)
 
@@ -708,6 +710,22 @@ def records(surface: spec.Surface) -> dict[type[Request], str]:
             raise ValueError(f"verb {verb.key}: record {cl.__name__} has cmd {cl.CMD!r}, row {verb.cmd!r}")
         out[cl] = verb.key
     return out
+
+
+@functools.cache
+def request_union(surface: spec.Surface) -> Any:
+    """The union of the request records ``surface`` decodes, built from the table (its rows' records,
+    :func:`records`) with :class:`~hivecore.wire.request.UnknownRequest` as the fallback, registered
+    with the one converter as a union tagged by ``cmd``: what the socket's decoder structures a line
+    into (:func:`hivecore.wire.host.parse_request` and its manager/agent siblings).
+
+    A runtime value, not a static type: the records are bound to their rows here, in the server
+    half, which imports the wire modules, so the wire modules cannot name it at import (a cycle)
+    and mypy cannot see a union built from a table. Static types use the records' base classes
+    (``HostRequest``, ``McpRequest``)."""
+    union: Any = Union[(*records(surface), UnknownRequest)]  # built from a tuple
+    configure_tagged(union, tag_attr="CMD", tag_name="cmd", default=UnknownRequest)
+    return union
 
 
 def _check_bindings() -> None:

@@ -1245,6 +1245,11 @@ def on(surface: Surface) -> tuple[Verb, ...]:
     return tuple(v for v in VERBS if surface in v.surfaces)
 
 
+def cmds(surface: Surface) -> tuple[str, ...]:
+    """The wire ``cmd`` of every row ``surface`` exposes, in table order."""
+    return tuple(v.cmd for v in on(surface))
+
+
 def _check_table() -> None:
     if len(BY_KEY) != len(VERBS):
         raise ValueError("verb keys must be unique")

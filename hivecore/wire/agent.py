@@ -14,12 +14,11 @@ from typing import Any
 import attrs
 
 from hivecore import reminders, usage
-from hivecore.verbs import checks
+from hivecore.verbs import checks, spec
 from hivecore.verbs.checks import check
-from hivecore.wire.converter import configure_tagged, converter
+from hivecore.wire.converter import converter
 from hivecore.wire.host import AgentStatusRow
 from hivecore.wire.lines import json_line, request_line
-from hivecore.wire.questions import AnswerRequest, AskOperatorRequest, AskRequest
 from hivecore.wire.request import Request, parse_line
 from hivecore.wire.request import RequestError as RequestError
 from hivecore.wire.request import UnknownRequest as UnknownRequest
@@ -245,25 +244,9 @@ class CountPendingRemindersRequest(McpRequest):
     CMD = "count_pending_reminders"
 
 
-AgentRequest = (
-    SendRequest
-    | RecvRequest
-    | AckTurnRequest
-    | StatusRequest
-    | SetStatusRequest
-    | WhoamiRequest
-    | ReportTurnRequest
-    | AskOperatorRequest
-    | AskRequest
-    | AnswerRequest
-    | RemindRequest
-    | CountPendingRemindersRequest
-    | GetLooseEndsRequest
-    | GetOpenThreadsRequest
-)
-AGENT_COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in AgentRequest.__args__)
-_WireAgentRequest = AgentRequest | UnknownRequest
-configure_tagged(_WireAgentRequest, tag_attr="CMD", tag_name="cmd", default=UnknownRequest)
+AGENT_COMMANDS: tuple[str, ...] = spec.cmds("agent_sock")
+"""Every verb an agent socket answers, from the verb table (its records:
+:func:`hivecore.verbs.bind.request_union`)."""
 
 
 def parse(line: bytes, union: Any, commands: tuple[str, ...]) -> McpRequest | RequestError:
@@ -274,7 +257,9 @@ def parse(line: bytes, union: Any, commands: tuple[str, ...]) -> McpRequest | Re
 
 
 def parse_agent_request(line: bytes) -> McpRequest | RequestError:
-    return parse(line, _WireAgentRequest, AGENT_COMMANDS)
+    from hivecore.verbs import bind  # the table's server half imports this module
+
+    return parse(line, bind.request_union("agent_sock"), AGENT_COMMANDS)
 
 
 def encode_request(request: McpRequest) -> bytes:

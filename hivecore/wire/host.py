@@ -26,13 +26,12 @@ from hivecore.reminders import Reminder
 from hivecore.schedules import Schedule
 from hivecore.sockets.framing import MAX_LINE as MAX_LINE
 from hivecore.swarm import SwarmStatus
-from hivecore.verbs import checks
+from hivecore.verbs import checks, spec
 from hivecore.verbs.checks import check
-from hivecore.wire.converter import configure_tagged, converter
+from hivecore.wire.converter import converter
 from hivecore.wire.lines import HOST_SOCK_VERSION as HOST_SOCK_VERSION
 from hivecore.wire.lines import json_line, request_line
-from hivecore.wire.questions import AnswerRequest, CancelQuestionRequest, QuestionsRequest
-from hivecore.wire.request import Request, UnknownRequest, parse_line
+from hivecore.wire.request import Request, parse_line
 from hivecore.wire.request import RequestError as RequestError
 
 DEFAULT_LOG_LINES = 50
@@ -436,51 +435,9 @@ class AuditRequest(HostRequest):
     verify: bool = False
 
 
-AnyRequest = (
-    ListRequest
-    | AgentStatusRequest
-    | SubscribeAgentStatusRequest
-    | StartRequest
-    | StopRequest
-    | RestartRequest
-    | ReleaseRequest
-    | AlarmsRequest
-    | RebuildRequest
-    | KillRequest
-    | DestroyRequest
-    | SpawnRequest
-    | RequestSpawnRequest
-    | PendingRequest
-    | ApprovalRequest
-    | GetLogsRequest
-    | OpSendRequest
-    | OperatorInboxRequest
-    | ApproveRequest
-    | DenyRequest
-    | SetPausedRequest
-    | UrlsRequest
-    | PurgeTombstoneRequest
-    | MetaUpdateRequest
-    | LoginRequest
-    | LogoutRequest
-    | AgentEnvRequest
-    | UsageRequest
-    | QuestionsRequest
-    | AnswerRequest
-    | CancelQuestionRequest
-    | RemindersRequest
-    | CancelReminderRequest
-    | SchedulesRequest
-    | ScheduleRequest
-    | UnscheduleRequest
-    | SwarmStatusRequest
-    | SwarmOpRequest
-    | AuditRequest
-    | AgentConfigRequest
-    | StateFileRequest
-)
-REQUEST_TYPES: tuple[type[HostRequest], ...] = AnyRequest.__args__
-COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in REQUEST_TYPES)
+COMMANDS: tuple[str, ...] = spec.cmds("host_sock")
+"""Every verb host.sock answers, from the verb table (its records:
+:func:`hivecore.verbs.bind.request_union`)."""
 
 
 # --- responses -------------------------------------------------------------------------------------
@@ -710,10 +667,10 @@ def decode_response(line: bytes | str) -> HostResponse:
 
 
 def parse_request(line: bytes) -> HostRequest | RequestError:
-    """Decode one request line (without its newline); never raises for bad input."""
-    result: HostRequest | RequestError = parse_line(line, _WireRequest, example="list")
+    """Decode one request line (without its newline); never raises for bad input. The records are
+    the verb table's host.sock rows (:func:`hivecore.verbs.bind.request_union`)."""
+    from hivecore.verbs import bind  # the table's server half imports this module
+
+    union = bind.request_union("host_sock")
+    result: HostRequest | RequestError = parse_line(line, union, example="list")
     return result
-
-
-_WireRequest = AnyRequest | UnknownRequest
-configure_tagged(_WireRequest, tag_attr="CMD", tag_name="cmd", default=UnknownRequest)

@@ -9,30 +9,18 @@ from __future__ import annotations
 import attrs
 
 from hivecore import schedules
-from hivecore.verbs import checks
+from hivecore.verbs import checks, spec
 from hivecore.verbs.checks import check
 from hivecore.wire.agent import (
-    AckTurnRequest,
-    CountPendingRemindersRequest,
-    GetLooseEndsRequest,
-    GetOpenThreadsRequest,
     McpRequest,
-    RecvRequest,
-    RemindRequest,
-    ReportTurnRequest,
     RequestError,
-    SendRequest,
-    UnknownRequest,
-    WhoamiRequest,
     parse,
 )
-from hivecore.wire.converter import configure_tagged
 from hivecore.wire.host import DEFAULT_LOG_LINES as DEFAULT_LOG_LINES
 from hivecore.wire.host import MAX_LOG_LINES as MAX_LOG_LINES
 from hivecore.wire.host import GetLogsRequest as GetLogsRequest
 from hivecore.wire.host import KillRequest as KillRequest
 from hivecore.wire.host import RequestSpawnRequest as RequestSpawnRequest
-from hivecore.wire.questions import AnswerRequest, AskOperatorRequest, AskRequest
 
 
 @attrs.frozen(kw_only=True)
@@ -147,35 +135,12 @@ class RequestSchedulePromptRequest(McpRequest):
     )
 
 
-ManagerRequest = (
-    SendRequest
-    | RecvRequest
-    | AckTurnRequest
-    | RequestSpawnRequest
-    | RequestInitConfigRequest
-    | RequestApplyCommitRequest
-    | RequestUpdateMetaInputsRequest
-    | CancelApprovalRequest
-    | KillRequest
-    | StartRequest
-    | RestartRequest
-    | UpdateRequest
-    | GetLogsRequest
-    | WhoamiRequest
-    | ReportTurnRequest
-    | AskOperatorRequest
-    | AskRequest
-    | AnswerRequest
-    | RemindRequest
-    | CountPendingRemindersRequest
-    | RequestSchedulePromptRequest
-    | GetLooseEndsRequest
-    | GetOpenThreadsRequest
-)
-MANAGER_COMMANDS: tuple[str, ...] = tuple(cl.CMD for cl in ManagerRequest.__args__)
-_WireManagerRequest = ManagerRequest | UnknownRequest
-configure_tagged(_WireManagerRequest, tag_attr="CMD", tag_name="cmd", default=UnknownRequest)
+MANAGER_COMMANDS: tuple[str, ...] = spec.cmds("manager_sock")
+"""Every verb the manager socket answers, from the verb table (its records:
+:func:`hivecore.verbs.bind.request_union`)."""
 
 
 def parse_manager_request(line: bytes) -> McpRequest | RequestError:
-    return parse(line, _WireManagerRequest, MANAGER_COMMANDS)
+    from hivecore.verbs import bind  # the table's server half imports this module
+
+    return parse(line, bind.request_union("manager_sock"), MANAGER_COMMANDS)
