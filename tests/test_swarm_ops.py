@@ -131,6 +131,9 @@ def test_targets_parse_by_op_and_hivectl_routes_name_at_hive() -> None:
     assert spec.swarm_route("stop", {"scope": {"agent_names": ["coder"]}}) is None
     with pytest.raises(BadInput, match="one NAME@HIVE at a time"):
         spec.swarm_route("stop", {"scope": {"agent_names": ["a", "c@b"]}})
+    with pytest.raises(BadInput, match=r"destroy does not reach another hive .*; run it on hive 'b'"):
+        spec.swarm_route("destroy", {"name": "c@b", "purge": True})
+    assert spec.swarm_route("destroy", {"name": "c", "purge": True}) is None
     from hivecore.cli import hivectl as cli
 
     args = cli.build_parser().parse_args(["stop", "a", "coder@beta"])

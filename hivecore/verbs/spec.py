@@ -1130,6 +1130,13 @@ def swarm_route(cmd: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]] 
         if not isinstance(ref, str):
             return None
         return "swarm_op", {"op": cmd, "target": ref, "note": fields.get("note")}
+    name = fields.get("name")
+    if isinstance(name, str) and "@" in name:
+        hive = name.partition("@")[2]
+        raise BadInput(
+            f"{cmd} does not reach another hive (only {', '.join(SWARM_OP_NAMES)} do); run it on "
+            f"hive {hive[:20]!r}"
+        )
     return None
 
 
