@@ -91,6 +91,7 @@ class SwarmLink:
         self._store = store
         self._broker = broker
         self._identity = ""
+        self._secret = ""
         self._outbox_event = trio.Event()
         self.outbox_depth = 0
         """Remote messages waiting for JetStream's ack (refreshed after every flush)."""
@@ -259,7 +260,7 @@ class SwarmLink:
             self._outbox_event = trio.Event()
             rows = await self._store.call(sm.pending_outbox)
             for row in rows:
-                env = swarm_ask.envelope(row, f"{self.me}.{self._identity[:16]}.{row.id}", self.me)
+                env = swarm_ask.envelope(row, sw.envelope_id(self.me, self._secret, row.id), self.me)
                 headers = {"Nats-Msg-Id": env.id}
                 await self._call(
                     bridge,
@@ -387,8 +388,8 @@ class SwarmLink:
     async def _run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started(self)
         try:
-            identity = await trio.to_thread.run_sync(sw.load_identity, self._state_root)
-            self._identity = identity
+            self._secret = await trio.to_thread.run_sync(sw.load_secret, self._state_root)
+            identity = self._identity = sw.fingerprint(self._secret)
         except (HiveError, OSError) as exc:
             self._refuse(str(exc))
             await trio.sleep_forever()

@@ -16,6 +16,7 @@ bucket                 key                      value
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -163,6 +164,21 @@ def load_identity(state_root: Path) -> str:
     """This hive's identity fingerprint: SHA-256 (hex) of ``<state>/swarm-identity``, which is created
     (32 random bytes, hex, 0600) on first use. Blocking. A file that is not ours to trust (a symlink,
     unreadable, malformed) is :class:`HiveError`."""
+    return fingerprint(load_secret(state_root))
+
+
+def envelope_id(me: str, secret: str, outbox_id: int) -> str:
+    """The id (and ``Nats-Msg-Id``) of this hive's outbox row ``outbox_id``:
+    ``<me>.<16 hex of HMAC-SHA256(secret, outbox_id)>.<outbox_id>``. Stable for the row (a republish
+    after a crash is a duplicate JetStream drops) and unguessable to other hives: JetStream's de-dup
+    window is stream-wide, so a hive that could predict another's next id could publish it first (on
+    its own subject) and have the real message acked as a duplicate and never stored."""
+    token = hmac.new(secret.encode(), f"envelope:{outbox_id}".encode(), hashlib.sha256).hexdigest()
+    return f"{me}.{token[:16]}.{outbox_id}"
+
+
+def load_secret(state_root: Path) -> str:
+    """The secret in ``<state>/swarm-identity`` (created on first use): :func:`load_identity`'s rules."""
     path = state_root / IDENTITY_FILE
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -175,14 +191,14 @@ def load_identity(state_root: Path) -> str:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        return fingerprint(secret)
+        return secret
     except OSError as exc:
         raise HiveError(f"cannot read the swarm identity {path}: {exc.strerror or exc}") from None
     with os.fdopen(fd) as f:
         secret = f.read(256).strip()
     if not re.fullmatch(r"[0-9a-f]{64}", secret):
         raise HiveError(f"the swarm identity {path} is malformed; restore it from a backup")
-    return fingerprint(secret)
+    return secret
 
 
 def fingerprint(secret: str) -> str:

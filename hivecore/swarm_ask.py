@@ -161,7 +161,7 @@ def receive_ask(
     env = envelope
     asker = f"{env.sender}@{env.from_hive}"
     with transaction(conn):
-        if conn.execute("SELECT 1 FROM swarm_received WHERE envelope=?", (env.id,)).fetchone():
+        if conn.execute("SELECT 1 FROM swarm_received WHERE envelope=?", (sm.received_key(env),)).fetchone():
             return None
         (from_hive,) = conn.execute(
             "SELECT count(*) FROM operator_questions WHERE answered_at IS NULL AND asker GLOB ?",
@@ -233,7 +233,7 @@ def receive_ask(
             )
         conn.execute(
             "INSERT INTO swarm_received(envelope, message_id, received_at) VALUES (?,?,?)",
-            (env.id, message_id, int(now)),
+            (sm.received_key(env), message_id, int(now)),
         )
     if q is None:
         return why or "not asked"
@@ -275,11 +275,11 @@ def receive_cancel(conn: sqlite3.Connection, now: float, *, envelope: sm.Envelop
 
     env = envelope
     with transaction(conn):
-        if conn.execute("SELECT 1 FROM swarm_received WHERE envelope=?", (env.id,)).fetchone():
+        if conn.execute("SELECT 1 FROM swarm_received WHERE envelope=?", (sm.received_key(env),)).fetchone():
             return "duplicate"
         conn.execute(
             "INSERT INTO swarm_received(envelope, message_id, received_at) VALUES (?,?,?)",
-            (env.id, None, int(now)),
+            (sm.received_key(env), None, int(now)),
         )
         row = conn.execute(
             "SELECT question_id FROM swarm_questions WHERE hive=? AND remote_id=?", (env.from_hive, env.ref)
@@ -304,11 +304,11 @@ def receive_answer(
 
     env = envelope
     with transaction(conn):
-        if conn.execute("SELECT 1 FROM swarm_received WHERE envelope=?", (env.id,)).fetchone():
+        if conn.execute("SELECT 1 FROM swarm_received WHERE envelope=?", (sm.received_key(env),)).fetchone():
             return "duplicate"
         conn.execute(
             "INSERT INTO swarm_received(envelope, message_id, received_at) VALUES (?,?,?)",
-            (env.id, None, int(now)),
+            (sm.received_key(env), None, int(now)),
         )
         assert env.ref is not None
         q = qs.get_question(conn, env.ref)

@@ -188,11 +188,23 @@ def published(conn: sqlite3.Connection, outbox_id: int) -> None:
         conn.execute("DELETE FROM swarm_outbox WHERE id=?", (outbox_id,))
 
 
+def received_key(envelope: Envelope) -> str:
+    """The de-dup key ``swarm_received`` records for ``envelope`` (its ``from_hive`` already checked
+    against the subject, :func:`origin_ok`): its id when the id names that hive (``<hive>.…``, as
+    every hive's own ids do), else ``<hive>/<id>``. So a hive can only ever mark as received the ids of
+    its own envelopes: another hive publishing an envelope with ``alpha``'s next id on its own subject
+    does not make alpha's real one look like a redelivery."""
+    if envelope.id.startswith(f"{envelope.from_hive}."):
+        return envelope.id
+    return f"{envelope.from_hive}/{envelope.id}"
+
+
 def receive(conn: sqlite3.Connection, now: int, *, envelope: Envelope, recipient: str) -> int | None:
     """Insert ``envelope`` for ``recipient`` (a resolved inbox) and record it, in one transaction; the
     new message id, or None when this envelope was received before (a redelivery)."""
     with transaction(conn):
-        if conn.execute("SELECT 1 FROM swarm_received WHERE envelope=?", (envelope.id,)).fetchone():
+        key = received_key(envelope)
+        if conn.execute("SELECT 1 FROM swarm_received WHERE envelope=?", (key,)).fetchone():
             return None
         bound = None if recipient in (MANAGER_AGENT, OPERATOR_NAME) else st.live_incarnation(conn, recipient)
         cur = conn.execute(
@@ -203,7 +215,7 @@ def receive(conn: sqlite3.Connection, now: int, *, envelope: Envelope, recipient
         assert cur.lastrowid is not None
         conn.execute(
             "INSERT INTO swarm_received(envelope, message_id, received_at) VALUES (?,?,?)",
-            (envelope.id, cur.lastrowid, now),
+            (key, cur.lastrowid, now),
         )
         return cur.lastrowid
 

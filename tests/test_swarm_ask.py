@@ -93,7 +93,7 @@ async def test_ask_across_hives_is_answered_once_and_unknown_names_expiry_and_to
 
     await eventually(outbox_empty, 10)
     env = sm.Envelope(
-        id=f"alpha.{a.link._identity[:16]}.1",
+        id=sw.envelope_id("alpha", a.link._secret, 1),
         from_hive="alpha",
         sender="coder",
         to="coder",

@@ -158,6 +158,55 @@ async def test_mail_uses_to_and_from_subjects_and_a_forged_from_hive_is_dropped_
     await eventually(lambda: _eq(nats(left, nats_server.url), 0), 10)
 
 
+async def test_another_hive_cannot_make_a_hives_mail_look_like_a_duplicate(
+    nats_server: NatsServer, roots: Callable[[], Path], nursery: trio.Nursery
+) -> None:
+    # mallory (a hostile hive, its own subject) reads alpha's public claim and publishes, first, what
+    # alpha's next envelopes would be: the Nats-Msg-Id of alpha's outbox row 1 (JetStream's de-dup
+    # window is stream-wide) and an envelope carrying the id of alpha's row 2 (the receiver's de-dup)
+    a = await start_hive(nursery, nats_server.url, "alpha", roots())
+    b = await start_hive(nursery, nats_server.url, "beta", roots())
+    await eventually(lambda: a.link.state == "connected" and b.link.state == "connected", 30)
+
+    async def forge(nc: Any) -> None:
+        js = nc.jetstream()
+        entry = await (await js.key_value(sw.CLAIMS_BUCKET)).get("alpha")
+        claim = sw.decode(entry.value or b"", sw.Claim)
+        assert claim is not None
+        predicted = [f"alpha.{claim.identity[:16]}.{n}" for n in (1, 2)]
+        for i, msg_id in enumerate(predicted):
+            env = sm.Envelope(id=f"m.{i}", from_hive="mallory", sender="coder", to="coder", body=f"j{i}")
+            await js.publish("hive.beta.mail.mallory", sw.encode(env), headers={"Nats-Msg-Id": msg_id})
+            env = attrs.evolve(env, id=msg_id, body=f"r{i}")
+            await js.publish("hive.beta.mail.mallory", sw.encode(env), headers={"Nats-Msg-Id": f"m.r{i}"})
+
+    await nats(forge, nats_server.url)
+    await eventually(lambda: b.link.received == 4, 10)
+    await a.broker.send("coder", "coder@beta", "one")
+    await a.broker.send("coder", "coder@beta", "two")
+
+    async def from_alpha() -> list[str]:
+        return [body for sender, body in await inbox(b, "coder") if sender == "coder@alpha"]
+
+    await eventually(lambda: _eq(from_alpha(), ["one", "two"]), 10)
+    assert b.link.duplicates == 0
+
+
+def test_the_received_key_of_an_envelope_is_its_senders() -> None:
+    def env(id_: str, hive: str) -> sm.Envelope:
+        return sm.Envelope(id=id_, from_hive=hive, sender="coder", to="coder", body="x")
+
+    assert sm.received_key(env("alpha.abc.1", "alpha")) == "alpha.abc.1"
+    assert sm.received_key(env("alpha.abc.1", "mallory")) == "mallory/alpha.abc.1"
+    assert sm.received_key(env("bounce.alpha.abc.1", "beta")) == "beta/bounce.alpha.abc.1"
+    secret = "ab" * 32
+    ids = {sw.envelope_id("alpha", secret, n) for n in range(1, 1000)}
+    assert len(ids) == 999
+    assert all(i.startswith("alpha.") for i in ids)
+    assert sw.envelope_id("alpha", secret, 7) == sw.envelope_id("alpha", secret, 7)  # stable per row
+    assert sw.fingerprint(secret)[:16] not in sw.envelope_id("alpha", secret, 7)
+
+
 async def _eq(value: Any, want: Any) -> bool:
     return bool(await value == want)
 
