@@ -52,6 +52,7 @@ from hivecore.wire.host import (
     StateFileRequest,
     StopRequest,
     SubscribeAgentStatusRequest,
+    SwarmOpRequest,
     SwarmStatusRequest,
     UnscheduleRequest,
     Urls,
@@ -117,6 +118,14 @@ EVERY_REQUEST: list[tuple[bytes, HostRequest]] = [
     (b'{"cmd":"release","name":"a"}', ReleaseRequest(name="a")),
     (b'{"cmd":"alarms"}', AlarmsRequest()),
     (b'{"cmd":"swarm_status"}', SwarmStatusRequest()),
+    (
+        b'{"cmd":"swarm_op","op":"stop","target":"worker@beta"}',
+        SwarmOpRequest(op="stop", target="worker@beta"),
+    ),
+    (
+        b'{"cmd":"swarm_op","op":"deny","target":"7@beta","graceful":false,"note":"no","timeout":5.0}',
+        SwarmOpRequest(op="deny", target="7@beta", graceful=False, note="no", timeout=5.0),
+    ),
     (b'{"cmd":"audit"}', AuditRequest()),
     (
         b'{"cmd":"audit","since":1764540000.5,"agent":"a","before":9,"limit":5,"verify":true}',
