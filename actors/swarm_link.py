@@ -315,9 +315,13 @@ class SwarmLink:
             await self._bounce(bridge, js, env, f"no agent {env.to!r} on hive {self.me!r}")
             return
         sender = f"{env.sender}@{env.from_hive}"
-        got = await self._broker.receive_remote(
-            partial(sm.receive, envelope=env, recipient=inbox), sender, inbox, env.body
-        )
+        try:
+            got = await self._broker.receive_remote(
+                partial(sm.receive, envelope=env, recipient=inbox), sender, inbox, env.body
+            )
+        except sm.InboxFull as exc:
+            await self._bounce(bridge, js, env, str(exc))
+            return
         if got is None:
             self.duplicates += 1
         else:

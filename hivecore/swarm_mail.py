@@ -36,6 +36,14 @@ MAX_OUTBOX_PER_SENDER = 1000
 """Rows one sender may have in the outbox (not yet acked by JetStream): NATS being down for long
 must not let an agent fill the database."""
 MAX_ENVELOPE_BYTES = 64 * 1024
+MAX_QUEUED_PER_HIVE = 1000
+"""Messages from one other hive (all its senders together) that may wait here unacked by their
+recipients; past it its mail is bounced (:class:`InboxFull`): another hive must not fill the
+database or the disk by mailing an agent that does not read (a local sender has the broker's quota)."""
+
+
+class InboxFull(BadInput):
+    """Mail from a hive past :data:`MAX_QUEUED_PER_HIVE`; nothing was written."""
 BOUNCER = SYSTEM_SENDER
 """A bounce comes from ``system@<hive>``; a bounce is never bounced."""
 
@@ -199,13 +207,25 @@ def received_key(envelope: Envelope) -> str:
     return f"{envelope.from_hive}/{envelope.id}"
 
 
-def receive(conn: sqlite3.Connection, now: int, *, envelope: Envelope, recipient: str) -> int | None:
+def receive(
+    conn: sqlite3.Connection, now: int, *, envelope: Envelope, recipient: str, max_queued: int | None = None
+) -> int | None:
     """Insert ``envelope`` for ``recipient`` (a resolved inbox) and record it, in one transaction; the
-    new message id, or None when this envelope was received before (a redelivery)."""
+    new message id, or None when this envelope was received before (a redelivery). :class:`InboxFull`
+    (nothing written) when ``envelope``'s hive has ``max_queued`` (default :data:`MAX_QUEUED_PER_HIVE`)
+    messages here unacked."""
     with transaction(conn):
         key = received_key(envelope)
         if conn.execute("SELECT 1 FROM swarm_received WHERE envelope=?", (key,)).fetchone():
             return None
+        quota = MAX_QUEUED_PER_HIVE if max_queued is None else max_queued
+        unread = "SELECT count(*) FROM messages WHERE acked_at IS NULL AND sender GLOB ?"
+        (queued,) = conn.execute(unread, (f"*@{envelope.from_hive}",)).fetchone()
+        if queued >= quota:
+            raise InboxFull(
+                f"hive {envelope.from_hive!r} has {queued} messages here not yet read (the quota per hive); "
+                "send again once they are"
+            )
         bound = None if recipient in (MANAGER_AGENT, OPERATOR_NAME) else st.live_incarnation(conn, recipient)
         cur = conn.execute(
             "INSERT INTO messages(sender, recipient, body, sent_at, in_reply_to, incarnation) "

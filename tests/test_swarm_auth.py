@@ -192,6 +192,32 @@ async def test_another_hive_cannot_make_a_hives_mail_look_like_a_duplicate(
     assert b.link.duplicates == 0
 
 
+async def test_a_hive_mailing_an_agent_that_does_not_read_is_bounced_past_its_quota(
+    nats_server: NatsServer, roots: Callable[[], Path], nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sm, "MAX_QUEUED_PER_HIVE", 3)
+    b = await start_hive(nursery, nats_server.url, "beta", roots())
+    await eventually(lambda: b.link.state == "connected", 30)
+
+    async def flood(nc: Any) -> None:  # mallory, its own subject, senders it invents
+        js = nc.jetstream()
+        for i in range(6):
+            env = sm.Envelope(id=f"mallory.{i}", from_hive="mallory", sender=f"s{i}", to="coder", body=str(i))
+            await js.publish("hive.beta.mail.mallory", sw.encode(env), headers={"Nats-Msg-Id": env.id})
+
+    await nats(flood, nats_server.url)
+    await eventually(lambda: b.link.received == 3 and b.link.bounced == 3, 10)
+    assert [body for _, body in await inbox(b, "coder")] == ["0", "1", "2"]
+
+    async def bounces(nc: Any) -> list[str]:  # what mallory hears back: why, not silence
+        sub = await nc.jetstream().pull_subscribe("hive.mallory.mail.beta", durable="mail-mallory")
+        return [json.loads(m.data)["body"] for m in await sub.fetch(3, timeout=5)]
+
+    heard = await nats(bounces, nats_server.url)
+    assert len(heard) == 3
+    assert all("quota per hive" in body for body in heard)
+
+
 def test_the_received_key_of_an_envelope_is_its_senders() -> None:
     def env(id_: str, hive: str) -> sm.Envelope:
         return sm.Envelope(id=id_, from_hive=hive, sender="coder", to="coder", body="x")

@@ -244,6 +244,30 @@ def test_a_redelivered_envelope_is_inserted_once_and_the_outbox_has_a_quota(tmp_
     conn.close()
 
 
+def test_one_hive_cannot_fill_the_database_with_mail(tmp_path: Path) -> None:
+    from hivecore import store as st
+    from hivecore import swarm_mail as sm
+
+    conn = st.connect(tmp_path / "hive.sqlite")
+    st.migrate(conn)
+
+    def env(hive: str, sender: str, n: int) -> sm.Envelope:
+        return sm.Envelope(id=f"{hive}.x.{n}", from_hive=hive, sender=sender, to="writer", body=f"m{n}")
+
+    # mallory's senders (invented names) share one quota; beta's mail is not held up by it
+    for n in range(3):
+        assert sm.receive(conn, 100, envelope=env("mallory", f"s{n}", n), recipient="writer", max_queued=3)
+    with pytest.raises(HiveError, match="quota per hive"):
+        sm.receive(conn, 100, envelope=env("mallory", "s9", 9), recipient="manager", max_queued=3)
+    assert sm.receive(conn, 100, envelope=env("beta", "coder", 1), recipient="writer", max_queued=3)
+    (rows,) = conn.execute("SELECT count(*) FROM messages WHERE sender GLOB '*@mallory'").fetchone()
+    assert rows == 3
+    # once read (acked), the quota is free again; the refused envelope was not recorded as received
+    conn.execute("UPDATE messages SET acked_at=101 WHERE sender='s0@mallory'")
+    assert sm.receive(conn, 102, envelope=env("mallory", "s9", 9), recipient="manager", max_queued=3)
+    conn.close()
+
+
 def test_addresses_are_name_at_hive() -> None:
     from hivecore import swarm_mail as sm
 
