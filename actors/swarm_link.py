@@ -103,6 +103,10 @@ class SwarmLink:
         from other hives go to it (set by the daemon)."""
         self.denied: str | None = None
         """The last permissions violation NATS reported in this session (it names the subject)."""
+        self.trouble: str | None = None
+        """The last connection error nats-py reported in this session, explained
+        (:func:`hivecore.swarm.explain_connect_error`): why the link is not connected yet."""
+        self._trouble_known = False
         self.sessions = 0
         """How many sessions (connections) were started (tests, the docs' failure story)."""
         self.version = 0
@@ -391,6 +395,7 @@ class SwarmLink:
 
     async def _run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started(self)
+        _quiet_asyncio_tls()
         try:
             self._secret = await trio.to_thread.run_sync(sw.load_secret, self._state_root)
             identity = self._identity = sw.fingerprint(self._secret)
@@ -413,6 +418,11 @@ class SwarmLink:
                         continue
                     self.state = "reconnecting"
                     self.error = _describe(leaf)
+                    if self.trouble is not None:  # nats-py said why (a wrong password, a certificate)
+                        self.error = self.trouble
+                    elif isinstance(leaf, trio.TooSlowError):
+                        wait = CALL_TIMEOUT * 2
+                        self.error = f"no answer from NATS at {self.settings.url} within {wait:g} s"
                     if self.denied is not None:
                         self.error = (
                             f"NATS refused this hive's user: {self.denied} ({self.error}); give it the "
@@ -424,6 +434,19 @@ class SwarmLink:
                     backoff = 0.5
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _trouble(self, text: str) -> None:
+        """nats-py's error callback, on trio: while the link is not connected, its state line says
+        why at once (a wrong password, an untrusted certificate), not only when the attempt times out."""
+        if self.state not in ("connecting", "reconnecting"):
+            return
+        explained = sw.explain_connect_error(text, self.settings)
+        if explained == text and self.trouble is not None and self._trouble_known:
+            return  # a broken pipe after an Authorization Violation: the violation is the news
+        self.trouble, self._trouble_known = explained, explained != text
+        if self.error != self.trouble:
+            self.error = self.trouble
+            self._changed_now()
 
     def _refuse(self, reason: str) -> None:
         self.state = "refused"
@@ -450,13 +473,17 @@ class SwarmLink:
             text = _describe(exc)
             if "permissions violation" in text.lower():
                 self.denied = text  # read on trio after the call that needed it timed out
+            else:
+                trouble(text)
             post(("error", text))
+
+        trouble = bridge.to_trio(self._trouble)
 
         tls = None
         if self.settings.tls_ca is not None:
             tls = ssl.create_default_context(cafile=str(self.settings.tls_ca))
         self.sessions += 1
-        self.denied = None
+        self.denied = self.trouble = None
         auth: dict[str, Any] = {}
         if self.settings.creds is not None:
             creds = await trio.to_thread.run_sync(sw.load_credentials, self.settings.creds)
@@ -847,6 +874,19 @@ async def _watch(kv: Any, post: Callable[..., None]) -> Any:
             post(("error", _describe(exc)))
 
     return asyncio.get_running_loop().create_task(pump())
+
+
+def _eof_warning(record: logging.LogRecord) -> bool:
+    return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+def _quiet_asyncio_tls() -> None:
+    """asyncio logs a warning each time a TLS peer closes on nats-py (``returning true from
+    eof_received() has no effect when using ssl``): twice a second while a wrong password is retried.
+    It says nothing to an operator; the link's own line says what is wrong."""
+    logger = logging.getLogger("asyncio")
+    if _eof_warning not in logger.filters:
+        logger.addFilter(_eof_warning)
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -102,6 +102,33 @@ class SwarmSettings:
             raise HiveError(f"--swarm-heartbeat-ttl must be at least {MIN_HEARTBEAT_TTL:g} seconds")
 
 
+def explain_connect_error(text: str, settings: SwarmSettings) -> str:
+    """What an operator reads when nats-py reports ``text`` while the link is not connected:
+    the error with the flag to look at (``--swarm-creds``, ``--swarm-tls-ca``, ``--swarm``); an
+    error this does not recognise is returned as it is."""
+    low = text.lower()
+    if "authorization violation" in low:
+        who = "this hive: no --swarm-creds"
+        if settings.creds is not None:
+            who = f"the user in --swarm-creds {settings.creds}"
+        return (
+            f"NATS refused {who} ({text}); check the user and password (or nkey) against the "
+            "server's users (docs/swarm.md, production setup)"
+        )
+    if "certificate verify failed" in low or "certificate_verify_failed" in low:
+        if settings.tls_ca is None:
+            hint = "the server speaks TLS: pass the CA that signed its certificate with --swarm-tls-ca FILE"
+        else:
+            hint = (
+                f"--swarm-tls-ca {settings.tls_ca} is not the CA that signed it, or the certificate does "
+                f"not name the host in --swarm {settings.url}"
+            )
+        return f"the NATS server's TLS certificate is not trusted ({text}); {hint}"
+    if "connect call failed" in low or "connection refused" in low:
+        return f"nothing accepts connections at {settings.url} ({text}); is nats-server running there?"
+    return text
+
+
 # --- credentials -------------------------------------------------------------------------------------
 
 MAX_CREDS_BYTES = 16 * 1024

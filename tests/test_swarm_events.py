@@ -357,6 +357,21 @@ def test_hivectl_swarm_names_the_other_hives_pending_approvals() -> None:
     assert text.splitlines()[1] == "approvals pending on other hives (approve them there): beta 2"
 
 
+def test_hivectl_swarm_shows_the_outbox_depth_when_mail_waits() -> None:
+    from hivecore.cli.hivectl import render_swarm
+
+    status = sw.SwarmStatus(state="reconnecting", hive="alpha", server="nats://x:1", error="down", outbox=3)
+    head = render_swarm({"swarm": converter.unstructure(status)}).splitlines()[0]
+    assert head == (
+        "hive alpha on nats://x:1: reconnecting (down); outbox 3 (mail to other hives waiting for "
+        "JetStream; it goes on reconnect)"
+    )
+    status = attrs.evolve(status, state="connected", error=None, outbox=0)
+    assert render_swarm({"swarm": converter.unstructure(status)}).splitlines()[0] == (
+        "hive alpha on nats://x:1: connected"
+    )
+
+
 async def test_a_writer_inventing_hives_and_agents_is_capped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

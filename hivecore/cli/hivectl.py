@@ -596,6 +596,9 @@ def render_swarm(answer: Response) -> str:
     head = f"hive {escape(str(status.get('hive')))} on {escape(str(status.get('server')))}: {escape(state)}"
     if status.get("error"):
         head += f" ({escape(str(status['error']))})"
+    outbox = status.get("outbox")
+    if isinstance(outbox, int) and outbox > 0:
+        head += f"; outbox {outbox} (mail to other hives waiting for JetStream; it goes on reconnect)"
     waiting = [
         f"{escape(str(h.get('name', '?')))} {h['approvals']}"
         for h in status.get("hives") or []
