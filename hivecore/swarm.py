@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import secrets
@@ -330,10 +331,29 @@ def encode(record: object) -> bytes:
     return json.dumps(converter.unstructure(record), separators=(",", ":"), sort_keys=True).encode()
 
 
+def loads(data: bytes | str) -> Any:
+    """JSON from another hive, numbers finite: ``NaN``, ``Infinity`` and a float that overflows
+    (``1e999``) are :class:`ValueError` (they would go on into ``/api/state`` and the SSE stream as
+    ``NaN``/``Infinity``, which no browser's ``JSON.parse`` takes: one hive's heartbeat would blank
+    every dashboard in the swarm)."""
+    return json.loads(data, parse_constant=_no_constant, parse_float=_finite)
+
+
+def _no_constant(word: str) -> Any:
+    raise ValueError(f"{word} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is not a finite number")
+    return value
+
+
 def decode(data: bytes, cls: type[Any]) -> Any | None:
     """``data`` as ``cls``, or None when another hive wrote something malformed (ignored, never fatal)."""
     try:
-        return converter.structure(json.loads(data), cls)
+        return converter.structure(loads(data), cls)
     except Exception:
         return None
 

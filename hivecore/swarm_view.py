@@ -18,7 +18,6 @@ no config, no usage). The publishing hive is the subject's second token, never t
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import attrs
@@ -105,7 +104,7 @@ def parse(subject_: str, data: bytes) -> tuple[str, Record] | None:
         return None
     try:
         hive = sw.validate_hive_name(parts[1])
-        record = converter.structure(json.loads(data), KINDS[parts[3]])
+        record = converter.structure(sw.loads(data), KINDS[parts[3]])
         if isinstance(record, ApprovalsEvent):
             if not sw.approvals_ok(record.pending):
                 return None

@@ -28,6 +28,7 @@ from hivecore.models import ContainerView
 from hivecore.services.broker import Broker
 from hivecore.services.questions import Questions
 from hivecore.store import Store
+from hivecore.wire.converter import converter
 from tests.nats_server import ADMIN_PASSWORD, NatsServer
 from tests.test_swarm_link import RowsStandIn
 from tests.waiting import eventually
@@ -216,6 +217,31 @@ async def test_a_hive_mailing_an_agent_that_does_not_read_is_bounced_past_its_qu
     heard = await nats(bounces, nats_server.url)
     assert len(heard) == 3
     assert all("quota per hive" in body for body in heard)
+
+
+async def test_a_non_finite_number_from_another_hive_never_reaches_a_page(
+    nats_server: NatsServer, roots: Callable[[], Path], nursery: trio.Nursery
+) -> None:
+    # NaN / Infinity would go out in /api/state and on the SSE stream, and JSON.parse refuses them
+    b = await start_hive(nursery, nats_server.url, "beta", roots())
+    await eventually(lambda: b.link.state == "connected", 30)
+
+    async def hostile(nc: Any) -> None:
+        js = nc.jetstream()
+        beats = await js.key_value(sw.HEARTBEATS_BUCKET)
+        for hive, at in (("nan", b"NaN"), ("inf", b"1e999"), ("ninf", b"-Infinity"), ("zed", b"1.5")):
+            await beats.put(hive, b'{"at":' + at + b',"agents":1}')
+        await js.publish("hive.inf.events.approvals", b'{"pending":1e999}')
+
+    await nats(hostile, nats_server.url)
+    await eventually(lambda: hive_of(b.link, "zed") is not None, 10)
+    await eventually(lambda: b.link.events_dropped >= 1, 10)
+    status = json.dumps(converter.unstructure(b.link.status()), allow_nan=False)  # raises on NaN
+    assert "zed" in status
+    for hive in ("nan", "inf", "ninf"):
+        assert hive_of(b.link, hive) is None
+    assert sw.decode(b'{"at":NaN}', sw.Heartbeat) is None
+    assert sw.decode(b'{"at":2.5}', sw.Heartbeat) == sw.Heartbeat(at=2.5)
 
 
 def test_the_received_key_of_an_envelope_is_its_senders() -> None:
