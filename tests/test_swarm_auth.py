@@ -159,6 +159,22 @@ async def test_mail_uses_to_and_from_subjects_and_a_forged_from_hive_is_dropped_
     await eventually(lambda: _eq(nats(left, nats_server.url), 0), 10)
 
 
+async def mail_ready(url: str, *hives: str) -> None:
+    """Wait until each of ``hives`` has its mail consumer (a link says ``connected`` a moment
+    before it creates the stream and its consumer)."""
+
+    async def ready(nc: Any) -> bool:
+        js = nc.jetstream()
+        try:
+            for hive in hives:
+                await js.consumer_info(sm.STREAM, sm.consumer_name(hive))
+        except Exception:
+            return False
+        return True
+
+    await eventually(lambda: nats(ready, url), 30, interval=0.1)
+
+
 async def test_another_hive_cannot_make_a_hives_mail_look_like_a_duplicate(
     nats_server: NatsServer, roots: Callable[[], Path], nursery: trio.Nursery
 ) -> None:
@@ -168,6 +184,7 @@ async def test_another_hive_cannot_make_a_hives_mail_look_like_a_duplicate(
     a = await start_hive(nursery, nats_server.url, "alpha", roots())
     b = await start_hive(nursery, nats_server.url, "beta", roots())
     await eventually(lambda: a.link.state == "connected" and b.link.state == "connected", 30)
+    await mail_ready(nats_server.url, "alpha", "beta")
 
     async def forge(nc: Any) -> None:
         js = nc.jetstream()
@@ -199,6 +216,7 @@ async def test_a_hive_mailing_an_agent_that_does_not_read_is_bounced_past_its_qu
     monkeypatch.setattr(sm, "MAX_QUEUED_PER_HIVE", 3)
     b = await start_hive(nursery, nats_server.url, "beta", roots())
     await eventually(lambda: b.link.state == "connected", 30)
+    await mail_ready(nats_server.url, "beta")
 
     async def flood(nc: Any) -> None:  # mallory, its own subject, senders it invents
         js = nc.jetstream()
