@@ -35,7 +35,7 @@ from hivecore import swarm_ask, swarm_perms
 from hivecore import swarm_view as sv
 from hivecore.aiobridge import AsyncioThread, asyncio_thread
 from hivecore.alarms import Alarm
-from hivecore.errors import HiveError
+from hivecore.errors import BadInput, HiveError
 
 log = logging.getLogger(__name__)
 
@@ -241,15 +241,28 @@ class SwarmLink:
 
     # --- mail between hives (hivecore/swarm_mail.py) ------------------------------------------------
 
+    def unknown_hive(self, hive: str) -> str | None:
+        """Why ``hive`` cannot be addressed: no hive of that name has ever joined this swarm (it holds
+        no claim). Known only while the link is connected and has read the claims; else None (mail
+        then waits in the outbox, as for a hive that is down)."""
+        claims = self._synced.get(sw.CLAIMS_BUCKET)
+        if self.state != "connected" or claims is None or not claims.is_set() or hive in self._claims:
+            return None
+        return f"no hive {hive!r} has joined this swarm ('hivectl swarm' lists the hives)"
+
     async def send_remote(self, sender: str, to: str, body: str) -> int:
         """Queue ``body`` from local ``sender`` to ``name@hive``; the outbox row's id (to this hive's
-        own name: an ordinary local send, its message id). :class:`BadInput` for a bad address."""
+        own name: an ordinary local send, its message id). :class:`BadInput` for a bad address or a
+        hive that never joined (:meth:`unknown_hive`: a typo would wait in JetStream for 14 days)."""
         from hivecore import swarm_mail as sm
 
         name, hive = sm.parse_address(to)
         if hive == self.me:
             ids: list[int] = await self._broker.send(sender, name, body)
             return ids[0]
+        unknown = self.unknown_hive(hive)
+        if unknown is not None:
+            raise BadInput(f"cannot send to {to}: {unknown}; nothing was sent")
         now = int(time.time())
         row_id: int = await self._store.call(lambda c: sm.add_outbox(c, sender, hive, name, body, now))
         self.outbox_depth += 1

@@ -100,6 +100,9 @@ class SwarmOps:
                 f"cannot reach hive {hive}: this hive's swarm link is {self._link.state}"
                 + (f" ({self._link.error})" if self._link.error else "")
             )
+        unknown = self._link.unknown_hive(hive)
+        if unknown is not None:
+            raise Refused(f"cannot {request.op} {request.target}: {unknown}")
         call = so.OpCall(
             op=request.op,
             name=name,

@@ -155,3 +155,39 @@ def test_connect_errors_are_explained_with_the_flag_to_look_at() -> None:
         "NATS refused this hive: no --swarm-creds (Error: nats: 'Authorization Violation')"
     )
     assert sw.explain_connect_error("OSError: something else", s) == "OSError: something else"
+
+
+async def test_mail_and_operator_commands_to_a_hive_that_never_joined_are_refused_at_once(
+    nats_server: NatsServer, roots: Callable[[], Path], nursery: trio.Nursery
+) -> None:
+    """A typo'd hive (``coder@bta``) would wait in HIVE_MAIL for its 14 days, and ``stop`` would say
+    the hive is not connected now: both say no such hive joined, and nothing goes to the outbox."""
+    from hivecore.errors import BadInput, Refused
+    from hivecore.wire.host import SwarmOpRequest
+    from tests.test_swarm_auth import inbox, start_hive
+
+    a = await start_hive(nursery, nats_server.url, "alpha", roots())
+    b = await start_hive(nursery, nats_server.url, "beta", roots())
+    await eventually(lambda: a.link.state == "connected" and b.link.state == "connected", 30)
+    await eventually(lambda: "beta" in a.link._claims, 10)
+    with pytest.raises(BadInput) as refused:
+        await a.broker.send("coder", "coder@bta", "typo")
+    assert str(refused.value) == (
+        "cannot send to coder@bta: no hive 'bta' has joined this swarm ('hivectl swarm' lists the "
+        "hives); nothing was sent"
+    )
+    assert a.link.outbox_depth == 0
+    with pytest.raises(Refused, match="cannot stop coder@bta: no hive 'bta' has joined this swarm"):
+        await a.ops.ask(SwarmOpRequest(op="stop", target="coder@bta", timeout=10), None)
+    await a.broker.send("coder", "coder@beta", "a hive that joined")
+
+    async def got() -> bool:
+        rows: list[tuple[str, str]] = await inbox(b, "coder")
+        return rows == [("coder@alpha", "a hive that joined")]
+
+    await eventually(got, 10)
+    # not connected: it cannot know; the mail waits in the outbox as for a hive that is down
+    nats_server.kill()
+    await eventually(lambda: a.link.state != "connected", 30)
+    await a.broker.send("coder", "coder@bta", "queued")
+    assert a.link.outbox_depth == 1
