@@ -538,3 +538,15 @@ async def test_a_socket_that_floods_then_goes_quiet_still_leaves_its_count(tmp_p
         assert [r.verb for r in await log.read()] == [r.verb for r in rows]  # written once
         assert (await log.verify()).ok
         nursery.cancel_scope.cancel()
+
+
+def test_only_an_approvals_id_is_recorded_as_an_approval() -> None:
+    """``hivectl answer 1 yes`` showed ``approval 1`` in the audit's PRODUCED column (and joined
+    approval 1's trail): a question's, reminder's or schedule's id is not an approval's."""
+    from hivecore.services.audit import approvals_of
+
+    assert approvals_of({"id": 3}, None, "approve") == [3]
+    assert approvals_of({"id": 3, "note": "no"}, None, "deny") == [3]
+    assert approvals_of({"id": 3}, None, "cancel_approval") == [3]
+    for verb in ("answer", "cancel_question", "cancel_reminder", "unschedule", "release"):
+        assert approvals_of({"id": 3}, None, verb) == [], verb

@@ -134,7 +134,7 @@ class AuditLog:
         """The row of one verb call: its checked (or, if the checks refused it, raw) request, its
         value and its exception (``None``: it succeeded), the jobs it produced."""
         args = au.redacted_args(request)
-        approvals = approvals_of(args, value)
+        approvals = approvals_of(args, value, verb)
         error = None if exc is None else answer_for(exc, verb).line
         # hostile: a flood must not fill the disk; but a call that did something traceable (it
         # produced a job or acted on an approval) draws on a budget of its own, or a socket could
@@ -246,13 +246,18 @@ class AuditLog:
         return done
 
 
-def approvals_of(args: Mapping[str, Any], value: Any) -> list[int]:
-    """The approval ids a verb acted on (an ``id`` field: approve, deny) or produced (its value is an
-    approval: request_spawn, request_apply_commit)."""
+APPROVAL_ID_VERBS = frozenset({"approve", "deny", "approval", "cancel_approval"})
+"""The verbs whose ``id`` field is an approval's (``answer``'s is a question's, ``cancel_reminder``'s a
+reminder's, ``unschedule``'s a schedule's: not approvals)."""
+
+
+def approvals_of(args: Mapping[str, Any], value: Any, verb: str) -> list[int]:
+    """The approval ids a verb acted on (the ``id`` field of :data:`APPROVAL_ID_VERBS`: approve,
+    deny) or produced (its value is an approval: request_spawn, request_apply_commit)."""
     from hivecore.models import Approval
 
     out: list[int] = []
-    if isinstance(args.get("id"), int):
+    if verb in APPROVAL_ID_VERBS and isinstance(args.get("id"), int):
         out.append(args["id"])
     if isinstance(value, Approval) and value.id not in out:
         out.append(value.id)
