@@ -354,7 +354,10 @@ def test_hivectl_swarm_names_the_other_hives_pending_approvals() -> None:
         ],
     )
     text = render_swarm({"swarm": converter.unstructure(status)})
-    assert text.splitlines()[1] == "approvals pending on other hives (approve them there): beta 2"
+    assert text.splitlines()[1] == (
+        "approvals pending on other hives (approve them there, or here with 'hivectl approve ID@HIVE' "
+        "if that hive lists this one in --swarm-operator-hives): beta 2"
+    )
 
 
 def test_hivectl_swarm_shows_the_outbox_depth_when_mail_waits() -> None:

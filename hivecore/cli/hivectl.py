@@ -605,7 +605,10 @@ def render_swarm(answer: Response) -> str:
         if not h.get("local") and isinstance(h.get("approvals"), int) and h["approvals"] > 0
     ]
     if waiting:
-        head += "\napprovals pending on other hives (approve them there): " + ", ".join(waiting)
+        head += (
+            "\napprovals pending on other hives (approve them there, or here with 'hivectl approve "
+            "ID@HIVE' if that hive lists this one in --swarm-operator-hives): " + ", ".join(waiting)
+        )
     now = time.time()
     cells = []
     for h in status.get("hives") or []:
