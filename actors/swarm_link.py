@@ -665,8 +665,8 @@ class SwarmLink:
                 log.warning("swarm: disconnected from %s; reconnecting", self.settings.url)
             elif kind in ("reconnected", "closed"):
                 raise _Restart(kind)
-            elif kind == "error":
-                self.error = event[1]
+            elif kind == "error":  # explained by _trouble (posted first) while not connected
+                self.error = event[1] if self.state == "connected" else (self.trouble or event[1])
             self._changed_now()
 
     def _apply(self, bucket: str, entry: Any) -> None:

@@ -191,3 +191,19 @@ async def test_mail_and_operator_commands_to_a_hive_that_never_joined_are_refuse
     await eventually(lambda: a.link.state != "connected", 30)
     await a.broker.send("coder", "coder@bta", "queued")
     assert a.link.outbox_depth == 1
+
+
+async def test_nats_gone_says_nothing_accepts_connections_not_a_bare_error(
+    nats_server: NatsServer, roots: Callable[[], Path], nursery: trio.Nursery
+) -> None:
+    a = link(nats_server.url, roots())
+    await running(nursery, a)
+    await eventually(lambda: a.state == "connected", 30)
+    await trio.to_thread.run_sync(nats_server.kill)
+    await eventually(lambda: a.error is not None and a.error.startswith("nothing accepts connections"), 30)
+    seen = set()
+    for _ in range(60):  # every error nats-py reports from here on reaches the line explained
+        seen.add(a.error)
+        await trio.sleep(0.05)
+    want = "nothing accepts connections at nats://127.0.0.1"
+    assert all(e is not None and e.startswith(want) for e in seen), seen
