@@ -16,6 +16,7 @@ for; an envelope whose ``from_hive`` differs is refused (:func:`origin_ok`).
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import Any
 
@@ -251,5 +252,19 @@ def envelope_ok(data: Any) -> bool:
     except HiveError:
         return False
     return (
-        0 < len(data.body.encode("utf-8", "surrogatepass")) <= MAX_ENVELOPE_BYTES and len(data.sender) <= 64
+        0 < len(data.body.encode("utf-8", "surrogatepass")) <= MAX_ENVELOPE_BYTES
+        and len(data.sender) <= 64
+        and id_ok(data.id)
     )
+
+
+MAX_ID_CHARS = 128
+"""An envelope id is short printable ASCII without spaces (this hive's are ``<hive>.<16 hex>.<n>``, a bounce's
+``bounce.`` + that): it is kept in ``swarm_received`` and a ``Nats-Msg-Id`` header."""
+
+
+_ID_RE = re.compile(rf"[!-~]{{1,{MAX_ID_CHARS}}}")
+
+
+def id_ok(envelope_id: str) -> bool:
+    return _ID_RE.fullmatch(envelope_id) is not None

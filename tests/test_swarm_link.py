@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from actors.swarm_link import SwarmLink
+from actors.swarm_link import MAIL_MAX_AGE, SwarmLink
 from actors.views import RowsApplied
 from hivecore import swarm as sw
 from hivecore.aiobridge import asyncio_thread
@@ -265,6 +265,37 @@ def test_one_hive_cannot_fill_the_database_with_mail(tmp_path: Path) -> None:
     # once read (acked), the quota is free again; the refused envelope was not recorded as received
     conn.execute("UPDATE messages SET acked_at=101 WHERE sender='s0@mallory'")
     assert sm.receive(conn, 102, envelope=env("mallory", "s9", 9), recipient="manager", max_queued=3)
+    conn.close()
+
+
+def test_an_envelope_id_is_short_printable_ascii() -> None:
+    # it is kept in swarm_received (a de-dup row per envelope) and sent back in a bounce's header
+    from hivecore import swarm_mail as sm
+
+    def ok(id_: str) -> bool:
+        return sm.envelope_ok(sm.Envelope(id=id_, from_hive="b", sender="coder", to="c", body="x"))
+
+    assert ok("b.0123456789abcdef.1")
+    assert ok("bounce." + "b" * 121)
+    for bad in ("", "x" * 129, "x" * 100_000, "a\nb", "a\x1b[2Jb", "a b", "caf\u00e9", "\u202eb"):
+        assert not ok(bad), bad
+
+
+def test_the_vacuum_forgets_received_envelopes_jetstream_can_no_longer_redeliver(tmp_path: Path) -> None:
+    # one de-dup row per envelope ever received grew swarm_received without bound
+    from hivecore import store as st
+    from hivecore import swarm_mail as sm
+    from hivecore.services import broker
+
+    conn = st.connect(tmp_path / "hive.sqlite")
+    st.migrate(conn)
+    day = 24 * 3600
+    assert broker.VACUUM_AGE > MAIL_MAX_AGE  # the mail stream's max age (actors/swarm_link.py MAIL_MAX_AGE)
+    for n, at in enumerate((100, 100 + 40 * day)):
+        env = sm.Envelope(id=f"b.x.{n}", from_hive="b", sender="coder", to="writer", body="x")
+        sm.receive(conn, at, envelope=env, recipient="writer")
+    broker._vacuum(conn, 100 + 40 * day - broker.VACUUM_AGE)
+    assert [r[0] for r in conn.execute("SELECT envelope FROM swarm_received")] == ["b.x.1"]
     conn.close()
 
 

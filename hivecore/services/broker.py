@@ -275,6 +275,9 @@ def _vacuum(conn: sqlite3.Connection, cutoff: int) -> int:
         "(SELECT in_reply_to FROM messages WHERE in_reply_to IS NOT NULL)",
         (cutoff,),
     )
+    # the de-dup rows of mail from other hives (hivecore/swarm_mail.py): JetStream keeps a message at
+    # most 14 days (the mail stream's max age), so none older than VACUUM_AGE can come again
+    conn.execute("DELETE FROM swarm_received WHERE received_at < ?", (cutoff,))
     return cur.rowcount
 
 
