@@ -432,6 +432,7 @@ def build(config: Config, runtime: ContainerRuntime | None = None, store: Store 
         daemon.swarm.questions = questions  # ask across hives (hivecore/swarm_ask.py)
         questions.hive = config.swarm.hive_name
         questions.outbox_added = daemon.swarm.wake_outbox
+        questions.unknown_hive = daemon.swarm.unknown_hive
         metrics.set_source("swarm", daemon.swarm.families)
         alarm_watch.add_source(daemon.swarm.alarms)
     metrics.attach(daemon)

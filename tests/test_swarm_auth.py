@@ -74,6 +74,7 @@ async def start_hive(
     questions = Questions(store, bus, broker, lambda: views.rows().keys())
     await nursery.start(questions.run)
     link.questions, questions.hive, questions.outbox_added = questions, name, link.wake_outbox
+    questions.unknown_hive = link.unknown_hive
     ops = SwarmOps(link, (), None)  # operator reach, served (no operator hives: it refuses)
     nursery.start_soon(link.run)
     return Hive(link, broker, store, views, questions, ops)

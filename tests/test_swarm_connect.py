@@ -160,8 +160,8 @@ def test_connect_errors_are_explained_with_the_flag_to_look_at() -> None:
 async def test_mail_and_operator_commands_to_a_hive_that_never_joined_are_refused_at_once(
     nats_server: NatsServer, roots: Callable[[], Path], nursery: trio.Nursery
 ) -> None:
-    """A typo'd hive (``coder@bta``) would wait in HIVE_MAIL for its 14 days, and ``stop`` would say
-    the hive is not connected now: both say no such hive joined, and nothing goes to the outbox."""
+    """A typo'd hive (``coder@bta``) would wait in HIVE_MAIL for its 14 days (an ask: its TTL), and
+    ``stop`` would say the hive is not connected now: all say no such hive joined, nothing queued."""
     from hivecore.errors import BadInput, Refused
     from hivecore.wire.host import SwarmOpRequest
     from tests.test_swarm_auth import inbox, start_hive
@@ -176,6 +176,8 @@ async def test_mail_and_operator_commands_to_a_hive_that_never_joined_are_refuse
         "cannot send to coder@bta: no hive 'bta' has joined this swarm ('hivectl swarm' lists the "
         "hives); nothing was sent"
     )
+    with pytest.raises(BadInput, match="cannot ask coder@bta: no hive 'bta' has joined this swarm"):
+        await a.questions.ask("coder", "typo?", to="coder@bta")
     assert a.link.outbox_depth == 0
     with pytest.raises(Refused, match="cannot stop coder@bta: no hive 'bta' has joined this swarm"):
         await a.ops.ask(SwarmOpRequest(op="stop", target="coder@bta", timeout=10), None)

@@ -105,6 +105,9 @@ class Questions:
         takes ``name@hive`` (:mod:`hivecore.swarm_ask`). None: not in a swarm."""
         self.outbox_added: Callable[[], None] | None = None
         """Wakes the swarm link's outbox flush after an ask or an answer to another hive was queued."""
+        self.unknown_hive: Callable[[str], str | None] | None = None
+        """The swarm link's :meth:`~actors.swarm_link.SwarmLink.unknown_hive`: why a hive cannot be
+        asked (it never joined), so a typo is refused at once instead of waiting out the TTL."""
 
     # --- reads -------------------------------------------------------------------------------------
 
@@ -166,6 +169,9 @@ class Questions:
             if hive == self.hive:
                 to = name
             else:
+                unknown = None if self.unknown_hive is None else self.unknown_hive(hive)
+                if unknown is not None:
+                    raise BadInput(f"cannot ask {to}: {unknown}; nothing was asked")
                 remote = (to, name, hive)
         target = None if remote is not None else self._target(asker, to)
         now = self._clock()
