@@ -214,8 +214,8 @@ class SwarmOps:
         try:
             if asking not in self.operator_hives:
                 raise Refused(
-                    f"hive {self.me} does not take operator commands from hive {asking} (it is not in "
-                    f"{self.me}'s --swarm-operator-hives)"
+                    f"operator commands from hive {asking} are not taken here (add {asking} to "
+                    f"{self.me}'s --swarm-operator-hives to allow them)"
                 )
             call = so.check_call(raw)
             key, fields = so.verb_of(call)

@@ -216,7 +216,7 @@ async def test_the_far_side_refuses_before_any_verb_runs() -> None:
     not_listed = await ops.run("gamma", json.dumps(call).encode())
     assert not not_listed.ok
     assert not_listed.status == 409
-    assert "does not take operator commands from hive gamma" in (not_listed.error or "")
+    assert "operator commands from hive gamma are not taken here" in (not_listed.error or "")
     big = await ops.run("alpha", b"{" + b" " * so.MAX_CALL_BYTES + b"}")
     assert (big.ok, big.status) == (False, 400)
     junk = await ops.run("alpha", b"\xff not json")
@@ -354,7 +354,7 @@ async def test_operator_reach_between_two_real_hives(
         # a lists no operator hives: b's request is refused there, clearly, and a audits the attempt
         out = hivectl(b_dir, "stop", "x@alpha")
         assert out.returncode == 1, out
-        assert "hive alpha: hive alpha does not take operator commands from hive beta" in out.stderr
+        assert "hive alpha: operator commands from hive beta are not taken here" in out.stderr
         refused = _audit(a_dir, "stop")
         assert [(r["via"], r["outcome"], r["uid"]) for r in refused] == [
             ("hive:beta/host_sock", "refused", 0)
@@ -423,7 +423,7 @@ async def test_operator_reach_between_two_real_hives(
         # (and past its 4 requests in flight, "busy")
         limited = [e for e in answers if e.startswith("rate limited: hive beta takes 30 requests")]
         busy = [e for e in answers if e == "busy: hive beta is carrying out 4 requests from hive gamma"]
-        not_listed = [e for e in answers if "does not take operator commands from hive gamma" in e]
+        not_listed = [e for e in answers if "operator commands from hive gamma are not taken here" in e]
         assert len(limited) + len(busy) + len(not_listed) == 60, answers
         assert len(limited) >= 20, answers
         gamma_rows = [r for r in _audit(b_dir, "stop") if r["via"].startswith("hive:gamma/")]
@@ -492,8 +492,8 @@ async def test_a_remote_rows_button_asks_that_hive_and_shows_its_answer(
             await browser.run(lambda: page.wait_for_selector("#toasts .toast.err"))
             text = await browser.run(lambda: page.inner_text("#toasts .toast.err"))
             assert text == (
-                "hive beta: hive beta does not take operator commands from hive alpha (it is not in "
-                "beta's --swarm-operator-hives)"
+                "hive beta: operator commands from hive alpha are not taken here (add alpha to "
+                "beta's --swarm-operator-hives to allow them)"
             )
             assert far.refused == 1
             assert browser.console_errors == []
@@ -524,7 +524,7 @@ async def test_operator_requests_work_under_per_hive_users_and_one_cannot_ask_as
     except AssertionError:  # say why
         links = [(h.link.state, h.link.error, h.link.denied) for h in (a, g)]
         raise AssertionError(f"serving: {asking._conn, far._conn}; links: {links}") from None
-    with pytest.raises(Refused, match="hive gamma does not take operator commands from hive alpha"):
+    with pytest.raises(Refused, match="hive gamma: operator commands from hive alpha are not taken here"):
         await asking.ask(SwarmOpRequest(op="stop", target="coder@gamma"), None)
     assert far.refused == 1
     password = server.secrets["beta"].partition(":")[2]
