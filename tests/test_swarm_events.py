@@ -360,6 +360,28 @@ def test_hivectl_swarm_names_the_other_hives_pending_approvals() -> None:
     )
 
 
+def test_hivectl_swarm_says_an_unreachable_hives_agent_states_are_as_last_heard() -> None:
+    from hivecore.cli.hivectl import render_swarm
+
+    row = sw.SwarmAgent(name="coder", running=True)
+    status = sw.SwarmStatus(
+        state="connected",
+        hive="alpha",
+        server="nats://x:1",
+        hives=[
+            sw.SwarmHive(name="alpha", reachable=True, local=True, agents=[row]),
+            sw.SwarmHive(name="beta", reachable=True, agents=[row]),
+            sw.SwarmHive(name="gamma", reachable=False, agents=[row]),
+        ],
+    )
+    lines = render_swarm({"swarm": converter.unstructure(status)}).splitlines()[2:]
+    assert [line.split()[:2] + line.split()[-3:-1] for line in lines] == [
+        ["alpha", "(this)", "coder", "running"],
+        ["beta", "reachable", "coder", "running"],
+        ["gamma", "unreachable", "was", "running"],
+    ]
+
+
 def test_hivectl_swarm_shows_the_outbox_depth_when_mail_waits() -> None:
     from hivecore.cli.hivectl import render_swarm
 

@@ -624,6 +624,8 @@ def render_swarm(answer: Response) -> str:
             st = "failed" if a.get("failed") else "running" if a.get("running") else "stopped"
             if a.get("pending"):
                 st = str(a["pending"])
+            if not h.get("reachable") and not h.get("local"):
+                st = f"was {st}"  # as last heard: nobody knows now
             cells.append([name, where, ago, str(a.get("name", "?")), st, _one_line(a.get("status_text"))])
     return head + "\n" + table(["HIVE", "REACH", "SEEN", "AGENT", "STATE", "STATUS"], cells)
 
