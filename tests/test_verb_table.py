@@ -308,3 +308,15 @@ def test_one_mapping_from_errors_to_answers() -> None:
         500,
         True,
     )
+
+
+@pytest.mark.parametrize(
+    ("prefix", "surface"),
+    [("| `manager/mcp.sock` |", "manager_sock"), ("| `agents/<name>/mcp.sock` |", "agent_sock")],
+)
+def test_sockets_doc_lists_each_sockets_verbs(prefix: str, surface: spec.Surface) -> None:
+    """docs/sockets.md's table of sockets names exactly the verbs the table puts on each."""
+    doc = (Path(__file__).parent.parent / "docs" / "sockets.md").read_text()
+    [line] = [ln for ln in doc.splitlines() if ln.startswith(prefix)]
+    listed = line.rstrip(" |").rsplit("|", 1)[1].strip().strip("`").split()
+    assert sorted(listed) == sorted(v.cmd for v in spec.on(surface))
