@@ -77,13 +77,21 @@ def _connect(path: Path, n: int) -> list[socket.socket]:
 
 
 async def _accept_out_of_fds_for(path: Path, seconds: float) -> None:
-    """Serve ``path`` for ``seconds`` (virtual) with no fd left for accept, then with fds again."""
-    clients = _connect(path, 3)
+    """Serve ``path`` for ``seconds`` (virtual) with no fd left for accept, then with fds again.
+
+    Another thread of this process (an xdist worker's session Chromium, a worker thread ending) may
+    close an fd below the limit at any moment; accept would take that hole and drain the waiting
+    clients, ending the burst early. So the limit is set again to the lowest free fd every 0.05 s
+    (on this thread: no accept runs in between), and 20 clients wait, not 3."""
+    clients = _connect(path, 20)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (_lowest_free_fd(), hard))
+        end = trio.current_time() + seconds
         try:
-            await trio.sleep(seconds)
+            while (left := end - trio.current_time()) > 0:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                resource.setrlimit(resource.RLIMIT_NOFILE, (_lowest_free_fd(), hard))
+                await trio.sleep(min(0.05, left))
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         await trio.testing.wait_all_tasks_blocked()  # the pending clients are accepted now
