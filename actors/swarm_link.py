@@ -829,23 +829,12 @@ async def _put_rows(kv: Any, nc: Any, me: str, rows: list[tuple[str, sw.SwarmAge
 
 async def _events_stream(js: Any) -> None:
     """The events stream (created if missing; docs/swarm.md "Events" has the limits)."""
-    from nats.js import api
     from nats.js.errors import NotFoundError
 
     try:
         await js.stream_info(sv.STREAM)
     except NotFoundError:
-        await js.add_stream(
-            name=sv.STREAM,
-            subjects=[sv.SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.MEMORY,
-            discard=api.DiscardPolicy.OLD,
-            max_age=sv.MAX_AGE,
-            max_bytes=sv.MAX_BYTES,
-            max_msgs_per_subject=sv.MAX_MSGS_PER_SUBJECT,
-            max_msg_size=sv.MAX_EVENT_BYTES,
-        )
+        await js.add_stream(sv.stream_config())
 
 
 async def _events_subscription(js: Any, post: Callable[..., None]) -> Any:

@@ -449,7 +449,6 @@ def cluster_part(hives: int, agents: int, root: Path) -> None:
 
     async def replicated() -> float:
         import nats
-        from nats.js import api
 
         t = time.perf_counter()
         while True:  # until the cluster has a JetStream meta leader
@@ -465,18 +464,7 @@ def cluster_part(hives: int, agents: int, root: Path) -> None:
                     raise
         await js.create_key_value(bucket=sw.HEARTBEATS_BUCKET, history=1, ttl=10.0, replicas=3)
         await js.create_key_value(bucket=sw.AGENTS_BUCKET, history=1, replicas=3)
-        await js.add_stream(
-            name=sv.STREAM,
-            subjects=[sv.SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.MEMORY,
-            discard=api.DiscardPolicy.OLD,
-            max_age=sv.MAX_AGE,
-            max_bytes=sv.MAX_BYTES,
-            max_msgs_per_subject=sv.MAX_MSGS_PER_SUBJECT,
-            max_msg_size=sv.MAX_EVENT_BYTES,
-            num_replicas=3,
-        )
+        await js.add_stream(sv.stream_config(replicas=3))
         info = await js.stream_info("KV_" + sw.AGENTS_BUCKET)
         assert info.config.num_replicas == 3, info.config
         await nc.close()

@@ -44,6 +44,27 @@ MAX_MSGS_PER_SUBJECT = 100_000
 """Per hive and kind; with :data:`MAX_BYTES` it keeps one hive from pushing out the others."""
 MAX_EVENT_BYTES = 4096
 """The largest event body published or read (the server refuses a larger one: ``max_msg_size``)."""
+
+
+def stream_config(replicas: int = 1) -> Any:
+    """The ``nats.js.api.StreamConfig`` of :data:`STREAM` (memory, discard old, the limits above;
+    ``replicas`` > 1 on a NATS cluster, created before the hives join: docs/swarm.md "Limits")."""
+    from nats.js import api
+
+    return api.StreamConfig(
+        name=STREAM,
+        subjects=[SUBJECTS],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.MEMORY,
+        discard=api.DiscardPolicy.OLD,
+        max_age=MAX_AGE,
+        max_bytes=MAX_BYTES,
+        max_msgs_per_subject=MAX_MSGS_PER_SUBJECT,
+        max_msg_size=MAX_EVENT_BYTES,
+        num_replicas=replicas,
+    )
+
+
 MAX_HIVES = 64
 """Hives kept in the picture; more (a hostile writer inventing names) are ignored."""
 MAX_AGENTS_PER_HIVE = 1000
