@@ -71,19 +71,26 @@ class _Scan:
     done: trio.Event = attrs.field(factory=trio.Event)
     error: BaseException | None = None
     steps: list[_Step] = attrs.field(factory=list)
-    """The callers' ``before`` steps, run first in the scan's thread hop."""
+    """The callers' ``before`` steps, run in the scan's thread hop between the probe and the facts."""
+    usage: bool = False
+    """Whether a caller needs the database's activity re-read (else each row keeps the last read)."""
+
+
+Step = Callable[[Mapping[str, AgentRuntimeState]], None]
+"""A caller's blocking step in a per-agent scan's thread hop: it gets the probe's states of the
+scanned names (an absent name: the runtime has no such agent) and runs before the facts are read."""
 
 
 @attrs.define
 class _Step:
     """One caller's ``before`` step and what it raised (for that caller only)."""
 
-    fn: Callable[[], None]
+    fn: Step
     error: Exception | None = None
 
-    def run(self) -> None:
+    def run(self, states: Mapping[str, AgentRuntimeState]) -> None:
         try:
-            self.fn()
+            self.fn(states)
         except Exception as exc:
             self.error = exc
 
@@ -137,6 +144,8 @@ class Views:
         self._bus = bus
         self._domain = domain
         self._rows: dict[str, ContainerView] = {}
+        self._activity_read: dict[str, Activity] = {}
+        """Each row's activity as last read from the database (a scan that need not re-read it)."""
         self._written_by: dict[str, int] = {}
         self._stamp = 0
         self._tomb_stamp = 0
@@ -190,20 +199,24 @@ class Views:
     # --- requests --------------------------------------------------------------------------------
 
     async def rescan(
-        self, names: Collection[str] | None = None, *, before: Callable[[], None] | None = None
+        self, names: Collection[str] | None = None, *, before: Step | None = None, usage: bool = True
     ) -> dict[str, ContainerView]:
         """Rescan ``names`` (or everything) and return the rows afterwards.
 
-        ``before`` (blocking, with ``names`` only): run in the scan's worker thread just before the
-        probe, so a verb's own file write and its rescan cost one thread hop; what it raises is
-        raised to this caller alone (the scan goes on for the others). Once joined, it runs even if
-        this caller is cancelled.
+        ``before`` (blocking, with ``names`` only): run in the scan's worker thread after the probe
+        (it gets the probe's states) and before the facts are read, so a verb's own file write and
+        its rescan cost one thread hop; what it raises is raised to this caller alone (the scan goes
+        on for the others). Once joined, it runs even if this caller is cancelled.
+
+        ``usage=False`` (with ``names`` only): this caller's change leaves the database's activity
+        (usage, waiting mail, reminders, parent) alone, so the rows may keep the activity last read;
+        a scan re-reads it when any caller joined without saying so (``set_paused``: one read less).
 
         Raises :class:`ViewsStopped` when the actor is not running, or what the scan raised (the
         runtime's probe failing). Cancelling this call leaves the scan running for the others."""
-        if before is not None and names is None:
-            raise ValueError("a step before a rescan needs the names to rescan")
-        scan = self._join(names)
+        if (before is not None or not usage) and names is None:
+            raise ValueError("a step before a rescan, or a rescan without usage, needs the names")
+        scan = self._join(names, usage=usage)
         step = None
         if before is not None:
             step = _Step(before)
@@ -220,7 +233,7 @@ class Views:
         if self._nursery is not None:
             self._join(names)
 
-    def _join(self, names: Collection[str] | None) -> _Scan:
+    def _join(self, names: Collection[str] | None, *, usage: bool = True) -> _Scan:
         if self._nursery is None:
             raise ViewsStopped("hive-c0re is starting up or shutting down; try again in a moment")
         if names is None:
@@ -232,6 +245,7 @@ class Views:
             self._next_targeted = _Scan()
             self._targeted_wanted.set()
         self._next_targeted.names.update(names)
+        self._next_targeted.usage |= usage
         return self._next_targeted
 
     async def refresh_tombstones(self) -> list[TombstoneView]:
@@ -265,7 +279,7 @@ class Views:
 
     async def _run_scan(self, scan: _Scan, names: list[str] | None) -> None:
         try:
-            await self._scan(names, full=names is None, steps=scan.steps)
+            await self._scan(names, full=names is None, steps=scan.steps, usage=names is None or scan.usage)
         except Exception as exc:
             log.warning("views: a %s scan failed", "full" if names is None else "per-agent", exc_info=True)
             scan.error = exc
@@ -275,34 +289,52 @@ class Views:
         finally:
             scan.done.set()
 
-    async def _scan(self, names: list[str] | None, *, full: bool, steps: Sequence[_Step] = ()) -> None:
+    async def _scan(
+        self, names: list[str] | None, *, full: bool, steps: Sequence[_Step] = (), usage: bool = True
+    ) -> None:
         self._stamp += 1
         stamp = self._stamp
         runtime = self._runtime
-        if isinstance(runtime, BlockingList):  # the steps, the probe, the facts in one thread hop
-            states, facts, rows = await trio.to_thread.run_sync(self._probe_and_read, runtime, names, steps)
+        # a scan that need not re-read activity keeps each row's last read (all of them known)
+        kept = None if usage else self._kept_activity(names)
+        if isinstance(runtime, BlockingList):  # the probe, the steps, the facts in one thread hop
+            states, facts, rows = await trio.to_thread.run_sync(
+                self._probe_and_read, runtime, names, steps, kept is None
+            )
         else:
-            if steps:
-                await trio.to_thread.run_sync(_run_steps, steps)
             states = await runtime.list(names)
-            facts, rows = await trio.to_thread.run_sync(self._read_all, list(states))
-        activity: Mapping[str, Activity] = {}
+            facts, rows = await trio.to_thread.run_sync(self._steps_and_read, states, steps, kept is None)
+        activity: Mapping[str, Activity] = kept or {}
         if self._activity is not None and rows is not None:
             activity = self._activity.activity_from(list(states), rows)
+            self._activity_read.update(activity)
         self._apply(stamp, names, states, facts, full=full, activity=activity)
 
-    def _probe_and_read(
-        self, runtime: BlockingList, names: list[str] | None, steps: Sequence[_Step]
-    ) -> tuple[dict[str, AgentRuntimeState], dict[str, AgentFacts], ActivityRows | None]:
-        _run_steps(steps)
-        states = runtime.list_nowait(names)
-        return states, *self._read_all(list(states))
+    def _kept_activity(self, names: list[str] | None) -> dict[str, Activity] | None:
+        if self._activity is None or names is None or any(n not in self._activity_read for n in names):
+            return None
+        return {n: self._activity_read[n] for n in names}
 
-    def _read_all(self, names: list[str]) -> tuple[dict[str, AgentFacts], ActivityRows | None]:
-        """The agents' facts and (with an activity source) what the database says of their
-        activity: blocking, in the scan's thread."""
+    def _probe_and_read(
+        self, runtime: BlockingList, names: list[str] | None, steps: Sequence[_Step], usage: bool
+    ) -> tuple[dict[str, AgentRuntimeState], dict[str, AgentFacts], ActivityRows | None]:
+        states = runtime.list_nowait(names)
+        return states, *self._steps_and_read(states, steps, usage)
+
+    def _steps_and_read(
+        self, states: dict[str, AgentRuntimeState], steps: Sequence[_Step], usage: bool
+    ) -> tuple[dict[str, AgentFacts], ActivityRows | None]:
+        for step in steps:
+            step.run(states)
+        return self._read_all(list(states), usage=usage)
+
+    def _read_all(
+        self, names: list[str], *, usage: bool = True
+    ) -> tuple[dict[str, AgentFacts], ActivityRows | None]:
+        """The agents' facts and (with an activity source, unless ``usage`` is false) what the
+        database says of their activity: blocking, in the scan's thread."""
         facts = self._read_all_facts(names)
-        if self._activity is None or not names:
+        if self._activity is None or not names or not usage:
             return facts, None
         try:
             return facts, self._activity.read_activity(names)
@@ -356,6 +388,7 @@ class Views:
             changes[name] = (old, new)
             if new is None:
                 del self._rows[name]
+                self._activity_read.pop(name, None)
                 self._bus.publish(ContainerRemoved(name=name))
             else:
                 self._rows[name] = new
@@ -385,8 +418,3 @@ class Views:
                     scan.error = ViewsStopped("hive-c0re stopped before the scan started")
                     scan.done.set()
             self._next_full = self._next_targeted = None
-
-
-def _run_steps(steps: Sequence[_Step]) -> None:
-    for step in steps:
-        step.run()

@@ -69,6 +69,17 @@ def open_dir(root: Path, *parts: str) -> int:
 
 
 @contextlib.contextmanager
+def opened_subdir(dir_fd: int, name: str) -> Iterator[int]:
+    """The directory ``name`` in ``dir_fd``, opened without following a link (``ELOOP``/``ENOTDIR``
+    for a link or a non-directory), as a context manager closing the fd on the way out."""
+    fd = os.open(_component(name), _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def opened_dir(root: Path, *parts: str) -> Iterator[int]:
     """:func:`open_dir` as a context manager: the fd is closed on the way out."""
     fd = open_dir(root, *parts)
@@ -152,12 +163,12 @@ def ensure_regular_file(dir_fd: int, name: str, mode: int = 0o644, *, attempts: 
     when something re-appears at ``name`` on each of ``attempts`` tries (a racing writer).
     """
     for _ in range(attempts):
-        if regular_file_exists(dir_fd, name):
-            return
-        remove_entry(dir_fd, name)
-        try:
+        try:  # the common case first: nothing there (one syscall less than checking first)
             create_file(dir_fd, name, mode)
         except FileExistsError:
+            if regular_file_exists(dir_fd, name):
+                return
+            remove_entry(dir_fd, name)
             continue
         return
     raise FileExistsError(errno.EEXIST, f"{name} keeps being replaced")
@@ -168,15 +179,15 @@ def remove_entry(dir_fd: int, name: str) -> bool:
 
     Raises ``IsADirectoryError`` for a directory (it is left alone).
     """
-    mode = entry_mode(dir_fd, name)
-    if mode is None:
-        return False
-    if stat.S_ISDIR(mode):
-        raise IsADirectoryError(errno.EISDIR, f"{name} is a directory")
-    try:
-        os.unlink(name, dir_fd=dir_fd)
+    try:  # unlink(2) never follows a link and refuses a directory (EISDIR; EPERM elsewhere)
+        os.unlink(_component(name), dir_fd=dir_fd)
     except FileNotFoundError:
         return False
+    except (IsADirectoryError, PermissionError):
+        mode = entry_mode(dir_fd, name)
+        if mode is not None and stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, f"{name} is a directory") from None
+        raise
     return True
 
 

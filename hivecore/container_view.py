@@ -167,7 +167,7 @@ def set_pause_marker(paths: StatePaths, name: str, paused: bool) -> None:
         with agentfs.opened_dir(paths.agents, valid) as agent:
             with contextlib.suppress(FileExistsError):
                 os.mkdir("state", 0o755, dir_fd=agent)  # mkdir never follows a link at its name
-            with agentfs.opened_dir(paths.agents, valid, "state") as state:
+            with agentfs.opened_subdir(agent, "state") as state:
                 if paused:
                     agentfs.ensure_regular_file(state, PAUSE_MARKER)
                 else:

@@ -5,7 +5,8 @@ so a scan can be held in flight."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from actors.transients import TransientRegistry
 from actors.views import Views, ViewsStopped
 from hivecore.config import StatePaths
 from hivecore.runtime.base import AgentRuntimeState
-from hivecore.usage import Activity, ActivityRows
+from hivecore.usage import Activity, ActivityRows, Liveness, Summary
 from tests.waiting import eventually
 
 AGENTS = ("x", "y", "z")
@@ -170,37 +171,41 @@ async def test_a_request_to_a_stopped_actor_is_refused_at_once(tmp_path: Path) -
 async def test_a_step_before_a_rescan_runs_first_and_fails_only_its_own_caller(
     views: tuple[Views, GatedRuntime],
 ) -> None:
-    """A verb's file write rides the rescan's thread hop (set_paused): it runs before the probe, and
-    what it raises reaches that caller alone."""
+    """A verb's file write rides the rescan's thread hop (set_paused): it runs after the probe, with
+    the probe's states (so it can refuse an agent the runtime does not have), and what it raises
+    reaches that caller alone."""
     actor, runtime = views
-    ran: list[str] = []
+    ran: list[tuple[str, list[str]]] = []
 
-    def step(label: str) -> None:
-        ran.append(label)
+    def step(label: str, states: Mapping[str, AgentRuntimeState]) -> None:
+        ran.append((label, sorted(states)))
         if label == "bad":
             raise ValueError("this step failed")
 
     answers: dict[str, set[str]] = {}
 
     async def good() -> None:
-        answers["good"] = set(await actor.rescan(["x"], before=lambda: step("good")))
+        answers["good"] = set(await actor.rescan(["x"], before=partial(step, "good")))
 
     async def bad() -> None:
         with pytest.raises(ValueError, match="this step failed"):
-            await actor.rescan(["y"], before=lambda: step("bad"))
+            await actor.rescan(["y", "nobody"], before=partial(step, "bad"))
         answers["bad"] = set()
 
     runtime.hold()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(good)
         nursery.start_soon(bad)
-        await eventually(lambda: runtime.calls == [["x", "y"]])  # one scan, after both steps
-        assert sorted(ran) == ["bad", "good"]
+        await eventually(lambda: runtime.calls == [["nobody", "x", "y"]])  # one scan for both
+        assert ran == []  # the probe is still under way: no step ran before it
         runtime.gate.set()
+    assert sorted(ran) == [("bad", ["x", "y"]), ("good", ["x", "y"])]
     assert answers == {"good": {"x", "y"}, "bad": set()}
     assert actor.statistics().targeted_scans == 1
     with pytest.raises(ValueError, match="needs the names"):
-        await actor.rescan(before=lambda: None)
+        await actor.rescan(before=lambda states: None)
+    with pytest.raises(ValueError, match="needs the names"):
+        await actor.rescan(usage=False)
 
 
 class BrokenActivity:
@@ -231,4 +236,50 @@ async def test_a_failed_usage_read_gives_rows_without_usage(tmp_path: Path) -> N
         assert rows["x"].turns_today == 0
         await actor.rescan()
         assert activity.reads == [["x"], list(AGENTS)]
+        nursery.cancel_scope.cancel()
+
+
+class CountingActivity:
+    """An activity source that counts its database reads; each read gives ``turns`` turns today."""
+
+    def __init__(self) -> None:
+        self.reads: list[list[str]] = []
+        self.turns = 1
+
+    def read_activity(self, names: Collection[str]) -> ActivityRows:
+        self.reads.append(sorted(names))
+        summaries = {n: Summary(turns_today=self.turns) for n in names}
+        return ActivityRows(now=0.0, summaries=summaries, waiting={}, reminders={}, parents={})
+
+    def activity_from(self, names: Collection[str], rows: ActivityRows) -> dict[str, Activity]:
+        return {n: Activity(summary=rows.summaries[n], live=Liveness(now=rows.now)) for n in names}
+
+
+async def test_a_rescan_without_usage_keeps_the_last_read_and_joins_without_weakening(
+    tmp_path: Path,
+) -> None:
+    """``usage=False`` (set_paused: a pause changes no usage) skips the database read and keeps each
+    row's last read activity; a scan that another caller joined without saying so still reads, and
+    a name never read before is read."""
+    runtime = GatedRuntime()
+    bus = EventBus()
+    activity = CountingActivity()
+    actor = Views(StatePaths(tmp_path), runtime, TransientRegistry(bus), bus, activity=activity)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        rows = await actor.rescan(["x"], usage=False)  # never read: read now
+        assert activity.reads == [["x"]]
+        assert rows["x"].turns_today == 1
+        activity.turns = 5
+        rows = await actor.rescan(["x"], usage=False)
+        assert activity.reads == [["x"]]
+        assert rows["x"].turns_today == 1
+        runtime.hold()
+        async with trio.open_nursery() as callers:
+            callers.start_soon(partial(actor.rescan, ["x"], usage=False))
+            callers.start_soon(partial(actor.rescan, ["y"]))
+            await eventually(lambda: len(runtime.calls) == 3)  # one scan, joined by both
+            runtime.gate.set()
+        assert activity.reads == [["x"], ["x", "y"]]
+        assert actor.rows()["x"].turns_today == 5
         nursery.cancel_scope.cancel()

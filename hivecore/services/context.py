@@ -7,7 +7,7 @@ handle for that job): transients, rescans, child jobs, notifications, the store 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -16,6 +16,7 @@ import attrs
 from hivecore.alarms import Holds
 from hivecore.jobkinds import Intent
 from hivecore.models import ContainerView, Job, JobKind, JobSource, TombstoneView, TransientKind
+from hivecore.runtime.base import AgentRuntimeState
 from hivecore.services.handles import AgentViews, ChildJobs, Publisher, Transients
 from hivecore.services.notify import Notifier
 from hivecore.store import Store
@@ -79,19 +80,25 @@ class JobContext:
         return self.env.transients.transient(name, kind)
 
     async def rescan(
-        self, names: Collection[str] | None = None, *, before: Callable[[], None] | None = None
+        self,
+        names: Collection[str] | None = None,
+        *,
+        before: Callable[[Mapping[str, AgentRuntimeState]], None] | None = None,
+        usage: bool = True,
     ) -> dict[str, ContainerView]:
-        """Rescan ``names``; ``before`` runs in the scan's thread hop first (:meth:`Views.rescan`),
-        after an atomic job's journal row (:attr:`ChildJobs.journal_step`): one hop for all three."""
+        """Rescan ``names``; ``before`` runs in the scan's thread hop after the probe, with its
+        states (:meth:`Views.rescan`), after an atomic job's journal row
+        (:attr:`ChildJobs.journal_step`): one hop for the probe, the row, the step and the facts.
+        ``usage=False``: the job leaves usage alone (the rows keep the activity last read)."""
         journal = self.children.journal_step
         if journal is not None and before is not None:
             step = before
 
-            def before() -> None:
+            def before(states: Mapping[str, AgentRuntimeState]) -> None:
                 journal()
-                step()
+                step(states)
 
-        return await self.env.views.rescan(names, before=before)
+        return await self.env.views.rescan(names, before=before, usage=usage)
 
     def request_rescan(self, names: Collection[str] | None = None) -> None:
         self.env.views.request_rescan(names)

@@ -5,7 +5,7 @@ The actors (``actors/``) satisfy these structurally; :mod:`hivecore.daemon` hand
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -18,6 +18,7 @@ from hivecore.models import (
     TombstoneView,
     TransientKind,
 )
+from hivecore.runtime.base import AgentRuntimeState
 from hivecore.wire.events import Event
 
 
@@ -39,7 +40,11 @@ class AgentViews(Protocol):
     def rows(self) -> dict[str, ContainerView]: ...
 
     async def rescan(
-        self, names: Collection[str] | None = None, *, before: Callable[[], None] | None = None
+        self,
+        names: Collection[str] | None = None,
+        *,
+        before: Callable[[Mapping[str, AgentRuntimeState]], None] | None = None,
+        usage: bool = True,
     ) -> dict[str, ContainerView]: ...
 
     def request_rescan(self, names: Collection[str] | None = None) -> None: ...
