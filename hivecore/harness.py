@@ -364,13 +364,14 @@ async def report_turn(chan: Channel, result: TurnResult) -> None:
 
 
 def save_result(state_dir: Path, result: TurnResult) -> None:
-    """Append ``result`` to the turns file; keep its session for the next turn's ``--resume``."""
-    with (state_dir / ct.TURNS_FILE).open("a", encoding="utf-8") as f:
-        f.write(json.dumps(result.as_json(), separators=(",", ":")) + "\n")
+    """Keep ``result``'s session for the next turn's ``--resume``, then append ``result`` to the
+    turns file: in that order, so whoever sees the turn recorded finds its session kept."""
     if result.session_id and result.status != "mcp_unavailable":
         tmp = state_dir / f".{ct.SESSION_FILE}.tmp"
         tmp.write_text(result.session_id + "\n", encoding="utf-8")
         os.replace(tmp, state_dir / ct.SESSION_FILE)
+    with (state_dir / ct.TURNS_FILE).open("a", encoding="utf-8") as f:
+        f.write(json.dumps(result.as_json(), separators=(",", ":")) + "\n")
 
 
 def read_session(state_dir: Path) -> str | None:
