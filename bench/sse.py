@@ -1,4 +1,4 @@
-"""Dashboard SSE fan-out: 500 concurrent clients on loopback, trigger→receipt latency and memory.
+"""Dashboard SSE fan-out: 120 concurrent clients on loopback, trigger→receipt latency and memory.
 
 Two servers, each in its own subprocess, fed the same way in the same run:
 
@@ -12,7 +12,11 @@ The clients (raw HTTP/1.1 over TCP, all in this process) connect, then for each 
 writes a nonce to the side port and notes when each client reads it. Latency is trigger→receipt per
 client; memory is the server's RSS growth from before the clients connected to after, per client.
 
-    .venv/bin/python bench/sse.py [--clients 500] [--triggers 40]
+    .venv/bin/python bench/sse.py [--clients 120] [--triggers 40]
+
+At most :data:`hivecore.dashboard_listener.MAX_AUTHENTICATED` clients (128): the daemon refuses
+authenticated connections past that (one operator's tabs, not a fan-out service), so a larger
+``--clients`` would measure the refusals.
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hivecore.dashboard_listener import MAX_AUTHENTICATED  # noqa: E402  (after the sys.path fix)
+
 TOKEN = "bench-operator-token-0123456789abcdef"
+CLIENTS = MAX_AUTHENTICATED - 8
+"""Below the daemon's authenticated-connection cap (a few slots left for the bench's own probes)."""
 
 
 def raise_nofile() -> None:
@@ -278,13 +286,18 @@ async def bench(n_clients: int, n_triggers: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=500)
+    parser.add_argument("--clients", type=int, default=CLIENTS)
     parser.add_argument("--triggers", type=int, default=40)
     parser.add_argument("--serve", choices=["hivecore", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: does it still run?")
     args = parser.parse_args()
     if args.smoke:
         args.clients, args.triggers = 10, 3
+    if args.clients > MAX_AUTHENTICATED:
+        parser.error(
+            f"--clients {args.clients}: the daemon serves at most {MAX_AUTHENTICATED} authenticated "
+            "dashboard connections at once (hivecore.dashboard_listener.MAX_AUTHENTICATED)"
+        )
     if args.serve:
         raise_nofile()
         import logging
