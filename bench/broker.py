@@ -8,6 +8,10 @@ Run: ``.venv/bin/python bench/broker.py [--messages 2000] [--wakeups 300]``
   in the same run. The ratio is what to compare across machines.
 * **wake-up latency**: a second connection parks in ``recv{wait_seconds: 60}``; the time from
   writing the ``send`` line on the first connection to the parked ``recv`` answer arriving.
+* **the floor of this protocol**: what a turn cannot go below however cheap the broker's own work
+  gets: three request/answer round trips on the socket (timed with ``status``, which reads no
+  database), one store hop (a no-op :meth:`~hivecore.store.Store.call`) and one fsynced insert (the
+  bare baseline's own time); and the ratio that floor allows.
 
 The server and the clients share one trio process (clients are the harness's own
 :class:`~hivecore.harness.Channel`), so the client's work is counted against the server.
@@ -100,6 +104,18 @@ async def bench(root: Path, messages: int, wakeups: int) -> None:
                 bare_s += await trio.to_thread.run_sync(bare_inserts, bare_conn, first, n)
         bare_conn.close()
         turns, bare = messages / broker_s, messages / bare_s
+        round_trips: list[float] = []
+        store_hops: list[float] = []
+        with trio.fail_after(WAIT + messages * 0.01):
+            for _ in range(max(10, messages // 4)):
+                start = time.perf_counter()
+                await chan.call({"cmd": "status"})
+                round_trips.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                await store.call(lambda c: None)
+                store_hops.append(time.perf_counter() - start)
+        round_trip, store_hop = statistics.median(round_trips), statistics.median(store_hops)
+        floor = 3 * round_trip + store_hop + 1 / bare
 
         waiter = await Channel.open(sock.path)
         latencies: list[float] = []
@@ -128,6 +144,11 @@ async def bench(root: Path, messages: int, wakeups: int) -> None:
     print(f"bare sqlite inserts:     {bare:8.0f} inserts/s")
     print(f"RATIO turns/inserts:     {turns / bare:8.3f}  (target ≥ 0.3)")
     print(f"recv wake-up after send: p50 {q[49]:.3f} ms  p99 {q[98]:.3f} ms ({wakeups} wake-ups)")
+    print(
+        f"floor of a turn: 3 round trips ({round_trip * 1e3:.3f} ms p50 each, no store work) + one store "
+        f"hop ({store_hop * 1e3:.3f} ms) + one fsynced insert ({1e3 / bare:.3f} ms) = {floor * 1e3:.3f} ms "
+        f"(this run's turn: {1e3 / turns:.3f} ms): at most {1 / floor / bare:.3f} of the bare rate"
+    )
 
 
 def main() -> None:
