@@ -18,7 +18,9 @@ taken in the same run:
 2. Event-loop lag while 20 running agents stop at once (``coordinator.stop`` for 20 names in one
    nursery, 300 agents present): a probe task loops ``await trio.sleep(0.001)`` and records how late
    it wakes. Baselines: the same probe with nothing happening, and a bare ``trio.sleep(0)`` loop's
-   iteration time. Target: p99 ≤ 20 ms.
+   iteration time. Target: p99 ≤ 20 ms. ``--parts 2`` runs it alone (after part 1's setup);
+   ``--why`` adds where the time goes (long trio steps, thread hops and CPU per stop);
+   ``bench/ab_lag.py`` compares two trees on it.
 3. SSE trigger→receipt: the real daemon (``hivecore.daemon.main`` with the dashboard on port 0) on a
    state dir holding 1 agent and on one holding 100; a raw TCP client reads
    ``/api/dashboard/stream?kinds=container_state_changed`` and times ``coordinator.set_paused`` until
@@ -37,6 +39,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -139,47 +142,152 @@ class LagProbe:
             self.recording = False
 
 
+def thread_sched() -> tuple[float, float]:
+    """``(s on a CPU, s waiting in a run queue for one)`` of the calling thread so far
+    (``/proc/thread-self/schedstat``; zeros where the kernel does not keep it)."""
+    try:
+        with open("/proc/thread-self/schedstat", encoding="ascii") as f:
+            on_cpu, queued, _ = f.read().split()
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(on_cpu) / 1e9, int(queued) / 1e9
+
+
+class HopCounter:
+    """Counts thread hops while installed (``--why``): ``trio.to_thread.run_sync`` calls (worker
+    threads) and ``Store.call`` (the store thread), and how long the worker hops waited in all
+    between the call and their function starting in a thread (mostly for a thread token:
+    :data:`hivecore.daemon.WORKER_THREADS`)."""
+
+    def __init__(self) -> None:
+        self.worker = self.store = 0
+        self.token_wait = 0.0
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def install(self) -> None:
+        from hivecore.store import Store
+
+        run_sync, call = trio.to_thread.run_sync, Store.call
+        counter = self
+
+        async def counted_run_sync(fn: Any, *args: Any, **kw: Any) -> Any:
+            counter.worker += 1
+            t0 = time.perf_counter()
+
+            def timed(*a: Any) -> Any:
+                counter.token_wait += time.perf_counter() - t0
+                return fn(*a)
+
+            return await run_sync(timed, *args, **kw)
+
+        async def counted_call(self: Any, fn: Any) -> Any:
+            counter.store += 1
+            return await call(self, fn)
+
+        self._saved = [(trio.to_thread, "run_sync", run_sync), (Store, "call", call)]
+        trio.to_thread.run_sync = counted_run_sync  # type: ignore[assignment]
+        Store.call = counted_call  # type: ignore[method-assign]
+
+    def uninstall(self) -> None:
+        for owner, attr, value in self._saved:
+            setattr(owner, attr, value)
+
+
+def _proc_cpu(pid: int) -> float:
+    """Seconds of CPU the threads of process ``pid`` used so far (``/proc/<pid>/task/*/schedstat``:
+    ns, where ``stat``'s clock ticks are 10 ms); 0 for a process that is gone."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return total / 1e9
+
+
+class RoundCost:
+    """CPU spent while the agents stop (``--why``), summed over the rounds: the trio thread's (and
+    its wait in a run queue), the whole daemon process's, and the reaped children's from the stop on
+    (the shims, and the agents they reaped: ``RUSAGE_CHILDREN`` less the shims' CPU before it)."""
+
+    def __init__(self) -> None:
+        self.trio_cpu = self.trio_queued = self.process = self.children = self.wall = 0.0
+        self._at: tuple[float, ...] = ()
+
+    @staticmethod
+    def _now() -> tuple[float, ...]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (
+            *thread_sched(),
+            time.process_time(),
+            children.ru_utime + children.ru_stime,
+            time.perf_counter(),
+        )
+
+    def begin(self, shims: list[int]) -> None:
+        """``shims``: the pids of the shims about to stop (their CPU so far is not the stop's)."""
+        self._at = self._now()
+        self.children -= sum(_proc_cpu(pid) for pid in shims)
+
+    def end(self) -> None:
+        d = [b - a for a, b in zip(self._at, self._now(), strict=True)]
+        self.trio_cpu += d[0]
+        self.trio_queued += d[1]
+        self.process += d[2]
+        self.children += d[3]
+        self.wall += d[4]
+
+    def report(self, n: int) -> str:
+        return (
+            f"CPU ms: trio thread {self.trio_cpu / n * 1e3:.2f} (queued for a core "
+            f"{self.trio_queued / n * 1e3:.2f}), daemon process {self.process / n * 1e3:.2f}, reaped "
+            f"children {self.children / n * 1e3:.2f}; wall {self.wall * 1e3:.0f} ms for {n} stops"
+        )
+
+
 class StepTimer(trio.abc.Instrument):
-    """Which trio task steps are long while ``recording``, and whether the trio thread *ran* them
-    (its CPU time ≈ the step's wall time: our code blocks the loop) or *waited* in them (CPU ≪ wall:
-    the GIL held by a worker thread, or no core free): what a lag spike is made of."""
+    """Which trio task steps are long while ``recording``, and what the trio thread did in them: *ran*
+    (its CPU time ≈ the step's wall time: our code blocks the loop), *queued* for a core (the run
+    queue wait of ``/proc/thread-self/schedstat``: other processes or threads had both cores), or
+    neither: it slept, i.e. waited for the GIL (or in a blocking syscall). What a lag spike is made of."""
 
     LONG = 0.005
 
     def __init__(self) -> None:
         self.recording = False
-        self.long: list[tuple[float, float, str]] = []
-        """``(wall s, thread CPU s, task name)`` of each step longer than :attr:`LONG`."""
-        self._t0 = self._cpu0 = 0.0
+        self.long: list[tuple[float, float, float, str]] = []
+        """``(wall s, thread CPU s, run queue s, task name)`` of each step longer than :attr:`LONG`."""
+        self._t0 = self._cpu0 = self._rq0 = 0.0
+        self._armed = False
+        """Whether the step under way began while recording (its start was read)."""
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self._t0, self._cpu0 = time.perf_counter(), time.thread_time()
+        self._armed = self.recording
+        if self._armed:  # a /proc read per step: only while it counts
+            self._t0, (self._cpu0, self._rq0) = time.perf_counter(), thread_sched()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if not self.recording:
+        if not (self.recording and self._armed):
             return
         wall = time.perf_counter() - self._t0
         if wall > self.LONG:
-            self.long.append((wall, time.thread_time() - self._cpu0, task.name.split(" ", 1)[0][-40:]))
+            cpu, rq = thread_sched()
+            name = task.name.split(" ", 1)[0][-40:]
+            self.long.append((wall, cpu - self._cpu0, rq - self._rq0, name))
 
     def report(self, label: str) -> None:
         if not self.long:
             print(f"  {label}: no trio task step over {self.LONG * 1e3:.0f} ms")
             return
-        walls = [w for w, _, _ in self.long]
-        cpus = [c for _, c, _ in self.long]
-        tasks = sorted({n for _, _, n in self.long})
-        waited = statistics.median(cpus) < statistics.median(walls) / 4
-        verdict = (
-            "CPU ≪ wall: the loop waited for the GIL or a core, it did not run our code"
-            if waited
-            else "CPU ≈ wall: our code ran that long on the trio thread"
-        )
+        walls = sum(w for w, _, _, _ in self.long)
+        cpus = sum(c for _, c, _, _ in self.long)
+        rqs = sum(q for _, _, q, _ in self.long)
+        tasks = sorted({n for _, _, _, n in self.long})
         print(
-            f"  {label}: {len(self.long)} trio task steps over {self.LONG * 1e3:.0f} ms; wall p50 "
-            f"{statistics.median(walls) * 1e3:.1f} / max {max(walls) * 1e3:.1f} ms, the trio thread's "
-            f"CPU in them p50 {statistics.median(cpus) * 1e3:.2f} / max {max(cpus) * 1e3:.2f} ms "
-            f"({verdict}); tasks: {', '.join(tasks[:6])}"
+            f"  {label}: {len(self.long)} trio task steps over {self.LONG * 1e3:.0f} ms (max "
+            f"{max(w for w, _, _, _ in self.long) * 1e3:.1f} ms), {walls * 1e3:.0f} ms in all: the trio "
+            f"thread ran {cpus * 1e3:.1f}, queued for a core {rqs * 1e3:.1f}, slept (GIL) "
+            f"{(walls - cpus - rqs) * 1e3:.1f}; tasks: {', '.join(tasks[:6])}"
         )
 
 
@@ -288,6 +396,8 @@ async def bench_lag(daemon: Daemon, rounds: int, nursery: trio.Nursery, *, why: 
     starting: list[float] = []
     walls: list[float] = []
     steps = StepTimer()
+    hops = HopCounter()
+    spent = RoundCost()
     if why:  # its hooks run at every task step: off by default, so they never weigh on the lag
         trio.lowlevel.add_instrument(steps)
     for _ in range(rounds):
@@ -296,6 +406,10 @@ async def bench_lag(daemon: Daemon, rounds: int, nursery: trio.Nursery, *, why: 
                 inner.start_soon(partial(c.start, name))
         starting += s
         await trio.sleep(0.3)  # let the shims settle: each is a fresh python process
+        if why:
+            running = await daemon.runtime.list(names)
+            spent.begin([state.pid for state in running.values() if state.pid is not None])
+            hops.install()
         t0 = time.perf_counter()
         steps.recording = True
         async with probe.record() as s, trio.open_nursery() as inner:
@@ -303,6 +417,9 @@ async def bench_lag(daemon: Daemon, rounds: int, nursery: trio.Nursery, *, why: 
                 inner.start_soon(partial(c.stop, name))
         steps.recording = False
         walls.append(time.perf_counter() - t0)
+        if why:
+            spent.end()
+            hops.uninstall()
         stopping += s
         await trio.sleep(0.2)
     if why:
@@ -321,6 +438,11 @@ async def bench_lag(daemon: Daemon, rounds: int, nursery: trio.Nursery, *, why: 
     print(f"  stop wall time per round: {', '.join(f'{w * 1e3:.0f}' for w in walls)} ms")
     if why:
         steps.report("while stopping")
+        n = rounds * STOPPERS
+        print(
+            f"  per stop: {hops.worker / n:.1f} worker-thread hops (waiting {hops.token_wait / n * 1e3:.2f} "
+            f"ms for a thread in all), {hops.store / n:.1f} store calls; " + spent.report(n)
+        )
     print(f"  RATIO stop lag p99 / idle p99: {pct(stopping, 0.99) / pct(idle, 0.99):.1f}")
     stop99, start99 = pct(stopping, 0.99) * 1e3, pct(starting, 0.99) * 1e3
     print(f"  target: p99 ≤ 20 ms while stopping (here {stop99:.1f} ms) and starting ({start99:.1f} ms)")

@@ -28,6 +28,7 @@ from hivecore.runtime.shim import RotatingLog, group_members, read_proc_stat
 from tests.procs import (
     ENV,
     SLEEP,
+    dead,
     exited,
     group_alive,
     kill_everything_under,
@@ -122,6 +123,26 @@ async def test_agent_exiting_on_its_own_is_failed(runtime: ProcessRuntime, paths
     missing = await wait_for(runtime, "missing", lambda s: not s.running and s.exit_status is not None)
     assert missing.failed
     assert missing.exit_status == 127
+
+
+async def test_what_an_agent_leaves_in_its_group_is_killed(
+    runtime: ProcessRuntime, paths: StatePaths
+) -> None:
+    """The agent exits on its own and leaves a process behind in its group (stdout closed, so the
+    log pipe does not keep the shim waiting): the shim records the agent's status, then ends the
+    group, the leftover included, with one ``killpg``; the agent counts as not running at once."""
+    left = paths.agent_state("leaves") / "left.pid"  # the agent's own dir: it may run as its own uid
+    script = f'sleep 3600 >/dev/null 2>&1 & echo $! > "{left}"; exit 4'
+    await runtime.create(AgentSpec(name="leaves", command=("sh", "-c", script), env=ENV))
+    await runtime.start("leaves")
+    shim = int(json.loads((paths.agent_run("leaves") / "pid").read_text())["pid"])
+    await exited(shim)  # our child: a zombie until a probe reaps it, so its pid is still its own
+    state = await wait_for(runtime, "leaves", lambda s: not s.running)
+    assert state.exit_status == 4
+    assert json.loads((paths.agent_run("leaves") / "exit_status").read_text())["by"] == "shim"
+    leftover = int(left.read_text())
+    await eventually(lambda: dead(leftover), 5, what="the leftover sleep killed")
+    assert not group_alive(shim)
 
 
 async def test_zombie_is_not_running_and_gets_reaped(runtime: ProcessRuntime) -> None:
