@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
@@ -20,6 +21,8 @@ from typing import Any, TypeVar
 import trio
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class LoopClosed(RuntimeError):
@@ -42,16 +45,29 @@ class AsyncioThread:
             raise LoopClosed("the asyncio loop has stopped")
         done = trio.Event()
         token = self._token
+        abandoned = False
 
         def wake(_: object) -> None:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(done.set)
 
-        future = asyncio.run_coroutine_threadsafe(fn(), self.loop)
+        async def run() -> T:
+            try:
+                return await fn()
+            except Exception:
+                if abandoned:  # nobody will read it; asyncio would log "Task exception was never
+                    # retrieved" with a traceback (nats-py's fetch, cancelled as its connection
+                    # closes, raises ConnectionClosedError instead of CancelledError)
+                    log.debug("an abandoned asyncio call ended with an error", exc_info=True)
+                    raise asyncio.CancelledError from None
+                raise
+
+        future = asyncio.run_coroutine_threadsafe(run(), self.loop)
         future.add_done_callback(wake)
         try:
             await done.wait()
         except BaseException:
+            abandoned = True
             future.cancel()
             raise
         return future.result()

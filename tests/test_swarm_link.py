@@ -221,6 +221,32 @@ async def test_the_bridge_runs_coroutines_and_cancels_them() -> None:
             await bridge.call(boom)
 
 
+async def test_an_abandoned_call_that_fails_as_it_is_cancelled_logs_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """nats-py's fetch, cancelled while its connection closes, raises ConnectionClosedError rather
+    than CancelledError: nobody reads it, and asyncio used to log "Task exception was never
+    retrieved" with a traceback at every swarm link stop (seen in ``make bench``'s swarm bench)."""
+    import asyncio
+    import gc
+
+    finished: list[bool] = []
+    async with asyncio_thread("t") as bridge:
+
+        async def fails_when_cancelled() -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                finished.append(True)
+                raise ConnectionError("closed under it") from None
+
+        with trio.move_on_after(0.2):
+            await bridge.call(fails_when_cancelled)
+        await eventually(lambda: finished == [True], 5)
+    gc.collect()
+    assert "never retrieved" not in caplog.text
+
+
 def test_a_redelivered_envelope_is_inserted_once_and_the_outbox_has_a_quota(tmp_path: Path) -> None:
     from hivecore import store as st
     from hivecore import swarm_mail as sm
